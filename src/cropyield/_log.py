@@ -1,0 +1,57 @@
+"""Logging and redaction of secrets (signed query strings, tokens) in text."""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+logger = logging.getLogger("cropyield")
+logger.addHandler(logging.NullHandler())
+
+#: Query parameters whose values are secrets (Azure SAS, AWS pre-signed, generic tokens).
+SECRET_PARAMS = frozenset(
+    {"sig", "se", "st", "sp", "sv", "sr", "skoid", "sktid", "skt", "ske", "sks", "skv", "spr",
+     "token", "access_token", "subscription-key", "key", "signature", "policy", "key-pair-id"}
+)
+_URL_RE = re.compile(r"(?:/vsicurl/)?https?://[^\s'\"<>]+")
+_BEARER_RE = re.compile(r"(?i)(authorization|bearer|ocp-apim-subscription-key)([\"':= ]+)([^\s'\",}]+)")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with secret query values replaced by ``REDACTED``.
+
+    Parameters that are not secrets are kept so that errors stay useful.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if not parts.query:
+        return url
+    query = [
+        (k, "REDACTED" if (k.lower() in SECRET_PARAMS or k.lower().startswith("x-amz-")) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="/:")))
+
+
+def redact(text: str) -> str:
+    """Redact every URL's secret query values and any bearer token in free text."""
+    text = _URL_RE.sub(lambda m: redact_url(m.group(0)), str(text))
+    return _BEARER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}REDACTED", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts secrets from records (installed on the cropyield logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
+        try:
+            message = record.getMessage()
+        except Exception:  # pragma: no cover - malformed record, leave it alone
+            return True
+        record.msg, record.args = redact(message), None
+        return True
+
+
+logger.addFilter(RedactingFilter())
