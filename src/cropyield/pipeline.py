@@ -1,0 +1,166 @@
+"""The whole chain in one call: scenes → observations → series → phenology → crops →
+yield and value → credit profiles.
+
+``estimate`` is what the demo runs and what a notebook user calls when they do not need
+each stage separately. Every intermediate table is kept on the result so that nothing
+the credit decision relied on is hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ._geo import validate_fields
+from ._log import logger
+
+__all__ = ["estimate", "PipelineResult"]
+
+#: Indices computed by default: NDVI drives series and yield; NDRE and NDMI feed crop
+#: identification (red-edge and moisture separate crops with similar NDVI calendars).
+DEFAULT_INDICES = ("ndvi", "ndre", "ndmi")
+
+
+@dataclass
+class PipelineResult:
+    """Every table the chain produced, plus timings and lineage."""
+
+    scenes: Any
+    observations: pd.DataFrame
+    series: pd.DataFrame
+    phenology: pd.DataFrame
+    crops: pd.DataFrame
+    estimates: pd.DataFrame
+    profiles: list
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """Write all tables (Parquet/GeoParquet) and the credit profiles (JSON) to ``out``."""
+        import json
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name in ("observations", "series", "phenology", "crops", "estimates"):
+            df = getattr(self, name)
+            p = out / f"{name}.parquet"
+            df.to_parquet(p, index=False)
+            paths[name] = p
+        p = out / "scenes.parquet"
+        self.scenes.to_dataframe().to_parquet(p, index=False)
+        paths["scenes"] = p
+        p = out / "credit_profiles.json"
+        p.write_text(json.dumps([pr.to_dict() for pr in self.profiles], indent=1, sort_keys=True))
+        paths["credit_profiles"] = p
+        return paths
+
+
+class _Stages:
+    """Times each stage and reports progress as ``(step, n_steps, label)``."""
+
+    def __init__(self, names: Sequence[str], progress: Callable | None):
+        self.names, self.progress, self.timings = list(names), progress, {}
+
+    def run(self, name: str, fn: Callable, *args, **kwargs):
+        i = self.names.index(name) + 1
+        if self.progress is not None:
+            self.progress(i, len(self.names), name)
+        logger.info("stage %d/%d: %s", i, len(self.names), name)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+
+def estimate(
+    fields,
+    start,
+    end,
+    *,
+    catalog: Any = "earth-search",
+    collection: str | None = None,
+    scenes=None,
+    indices: Sequence[str] = DEFAULT_INDICES,
+    region: str = "north_china_plain",
+    max_cloud: float | None = None,
+    model=None,
+    prices=None,
+    policy=None,
+    as_of=None,
+    on_error: str = "flag",
+    id_col: str = "field_id",
+    progress: Callable[[int, int, str], None] | None = None,
+    read_progress: Any = None,
+) -> PipelineResult:
+    """Run the whole chain for ``fields`` between ``start`` and ``end``.
+
+    Parameters
+    ----------
+    fields : GeoDataFrame
+        Field polygons with a CRS and a unique ``id_col``; optional ``farmer_id``, ``crop``
+        (declared crop id) and ``declared_area_mu`` columns are used by the credit checks.
+    start, end : date-like
+        Search window (UTC dates, inclusive).
+    catalog : str or pystac_client.Client
+        ``"earth-search"``, ``"planetary-computer"``, a STAC API URL or a client.
+    scenes : Scenes, optional
+        Already searched scenes; skips the search.
+    indices : sequence of str
+        Indices computed per field and date; ``"ndvi"`` is required.
+    region : str
+        Crop-calendar and price region (see :data:`cropyield.crops.REGIONS`).
+    on_error : {"flag", "raise"}
+        Read failures become flagged rows (default, so that one bad COG cannot stop a county
+        run and is still visible in every downstream table) or raise.
+    progress : callable, optional
+        Called as ``progress(step, n_steps, stage_name)`` before each stage.
+
+    Returns
+    -------
+    PipelineResult
+    """
+    from . import credit
+    from .catalogs import search_scenes
+    from .identify import identify_crops
+    from .observations import field_observations
+    from .phenology import phenology
+    from .series import smooth_series
+    from .value import estimate_yield
+
+    fields = validate_fields(fields, id_col=id_col)
+    if "ndvi" not in indices:
+        raise ValueError("indices must include 'ndvi' (it drives the series and the yield model)")
+    stages = _Stages(
+        ["search", "observations", "series", "phenology", "crops", "yield", "credit"], progress
+    )
+    if scenes is None:
+        scenes = stages.run("search", search_scenes, fields, start, end, catalog=catalog,
+                            collection=collection, max_cloud=max_cloud)
+    obs = stages.run("observations", field_observations, scenes, fields, indices=tuple(indices),
+                     on_error=on_error, id_col=id_col, progress=read_progress)
+    series = stages.run("series", _smooth_all, smooth_series, obs, indices)
+    phen = stages.run("phenology", phenology, series, index="ndvi", as_of=as_of)
+    declared = fields.set_index(id_col)["crop"] if "crop" in fields.columns else None
+    crops = stages.run("crops", identify_crops, phen, region=region, declared=declared)
+    estimates = stages.run("yield", estimate_yield, series, fields, model=model, prices=prices,
+                           phenology=phen, crops=crops, region=region, as_of=as_of)
+    profiles = stages.run("credit", credit.assess, estimates, policy=policy, as_of=as_of)
+    return PipelineResult(scenes, obs, series, phen, crops, estimates, profiles, stages.timings)
+
+
+def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str]) -> pd.DataFrame:
+    """Smooth every index and join them into one daily table keyed by (field_id, time)."""
+    out = None
+    for ix in indices:
+        s = smooth_series(obs, index=ix)
+        if out is None:
+            out = s
+        else:
+            keep = [c for c in s.columns if c not in out.columns or c in ("field_id", "time")]
+            out = out.merge(s[keep], on=["field_id", "time"], how="left")
+    return out
