@@ -46,6 +46,31 @@ class CropCalendar:
     harvest_doy: tuple[int, int]
     season_length_days: tuple[int, int]
     source: str = ""
+    # --- added for identify (issue 5) ---
+    #: relative area weight of the crop in the region (prior of crop identification; only
+    #: ratios between crops of one region matter).
+    prior: float = 1.0
+    #: crops that typically precede this one in the same field and year (rotation context,
+    #: e.g. summer maize after winter wheat on the North China Plain).
+    after: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("sow_doy", "sos_doy", "peak_doy", "eos_doy", "harvest_doy"):
+            w = getattr(self, name)
+            if len(w) != 2 or not all(1 <= int(d) <= 366 for d in w):
+                raise ConfigError(f"calendar {self.region}: {name} must be two day-of-year "
+                                  f"values in 1..366, got {w!r}")
+        lo, hi = self.season_length_days
+        if not 0 < lo <= hi:
+            raise ConfigError(f"calendar {self.region}: season_length_days must be "
+                              f"0 < low <= high, got {self.season_length_days!r}")
+        if not self.prior >= 0:
+            raise ConfigError(f"calendar {self.region}: prior must be >= 0, got {self.prior}")
+
+    def contains(self, name: str, doy: float) -> bool:
+        """Whether day of year ``doy`` lies in window ``name`` (e.g. ``"peak_doy"``), wrapping."""
+        a, b = getattr(self, name)
+        return a <= doy <= b if a <= b else (doy >= a or doy <= b)
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,16 @@ class YieldParams:
     sanity_t_ha: tuple[float, float] = (0.0, float("inf"))
     calibration: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
+    # --- added for yieldmodel/value (issue 6) ---
+    #: day of year from which light use is accumulated (winter crops: after spring green-up,
+    #: dormant-season APAR adds no yield); None = from the season start.
+    active_from_doy: int | None = None
+    #: benchmark yield per region (t/ha at reporting basis) for ``yield_basis="value_only"``
+    #: crops (orchards, tea, vegetables), with a ``"default"`` key; see science.md §1.2.
+    benchmark_t_ha: Mapping[str, float] = field(default_factory=dict)
+    #: prior relative spread (log-scale sigma) of the uncalibrated model: P10/P90 =
+    #: P50 × exp(∓1.2816 σ) before any residual calibration.
+    prior_sigma: float = 0.25
 
 
 @dataclass(frozen=True)

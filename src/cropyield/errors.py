@@ -19,6 +19,11 @@ __all__ = [
     "AuthExpiredError",
     "ConfigError",
     "ModelError",
+    "CreditInputError",
+    "CreditSchemaError",
+    "IndexFormulaError",
+    "UnknownIndexError",
+    "MissingBandError",
     "CropYieldWarning",
     "OffsetInconsistentWarning",
     "DataQualityWarning",
@@ -79,6 +84,27 @@ class ModelError(CropYieldError):
     """A model could not be fitted or loaded."""
 
 
+class CreditInputError(CropYieldError, ValueError):
+    """The estimates or farmers table cannot be turned into credit profiles (missing columns...)."""
+
+
+class CreditSchemaError(CropYieldError, ValueError):
+    """A credit record (profile, field evidence, policy) is malformed or of an unsupported
+    schema version; the message names the offending key and the supported versions."""
+
+
+class IndexFormulaError(CropYieldError, ValueError):
+    """A custom index formula uses something outside the allowed expression language."""
+
+
+class UnknownIndexError(CropYieldError, ValueError):
+    """An index name is neither registered nor a valid formula."""
+
+
+class MissingBandError(CropYieldError, ValueError):
+    """A band needed by an index (or a mask) was not given."""
+
+
 class CropYieldWarning(UserWarning):
     """Base class of every warning emitted by cropyield."""
 
@@ -104,6 +130,8 @@ FLAGS: dict[str, str] = {
     "FIELD_TOO_SMALL": "the field covers too few pure pixels for a reliable estimate",
     "SUBPIXEL_FIELD": "the field is smaller than one pixel",
     "INVALID_GEOMETRY": "the field geometry is empty or invalid",
+    "INVALID_INDEX": "the index is undefined (zero denominator or out of its valid range) "
+                     "on every valid pixel of the field",
     # series / phenology / crops
     "NO_DATA": "no valid observation at all",
     "LOW_OBS": "too few clear observations in the season",
@@ -112,11 +140,16 @@ FLAGS: dict[str, str] = {
     "EXTRAPOLATED": "values outside the observed period are extrapolated",
     "CROP_MISMATCH": "the declared crop disagrees with the imagery",
     "CROP_UNCERTAIN": "crop identification is not confident",
+    "PARTIAL_SEASON": "the season is cut by the start or end of the series (e.g. in-season)",
+    "FIT_FAILED": "a curve fit (e.g. double logistic) did not converge",
     # yield / value
     "OUT_OF_RANGE": "estimate outside the crop's sanity range",
     "NO_PRICE": "no price record for this crop and region",
     "NO_MODEL": "no yield model for this crop",
     "AREA_MISMATCH": "declared area differs from the measured area",
+    "BENCHMARK_YIELD": "yield is a regional benchmark (x vigour), not modelled from light use",
+    "CROP_DECLARED": "crop taken from the farmer's declaration, not identified from imagery",
+    "SEASON_INCOMPLETE": "the season had not ended at as_of; no yield before harvest",
 }
 
 

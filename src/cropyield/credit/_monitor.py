@@ -1,0 +1,411 @@
+"""In-season monitoring: alerts when a field departs from its expected trajectory or peers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._log import logger
+from ..errors import CreditInputError
+from ._assess import _date, _str
+
+__all__ = ["monitor", "MonitorRules", "ALERT_CODES", "ALERT_COLUMNS"]
+
+#: Columns of the alerts table returned by :func:`monitor`.
+ALERT_COLUMNS = ("field_id", "farmer_id", "as_of", "code", "severity", "message", "value",
+                 "expected")
+
+#: Alert codes and what they mean (``value``/``expected`` units in brackets).
+ALERT_CODES: dict[str, str] = {
+    "STALE_DATA": "no clear observation near as_of; index values there are extrapolated "
+                  "[days to the nearest clear observation / allowed days]",
+    "NOT_SOWN": "past the crop's expected start of season without green-up [index amplitude "
+                "since the expected sowing / peers' median amplitude]",
+    "EARLY_HARVEST": "the index collapsed well before the expected end of season [current "
+                     "index / the field's peak so far]",
+    "VIGOUR_DROP": "index below the crop's expected trajectory at the same day of season "
+                   "[current index / peers' median at the same day of season]",
+    "PEER_OUTLIER": "index far below fields of the same crop and region on the same date "
+                    "[current index / peers' median on as_of]",
+}
+
+
+@dataclass(frozen=True)
+class MonitorRules:
+    """Thresholds of :func:`monitor` (index units are those of ``index``, e.g. NDVI).
+
+    Attributes
+    ----------
+    max_gap_days : a value is *observed* when the nearest clear observation is at most this
+        many days away (``gap_days`` of the series); otherwise it is extrapolated.
+    min_peers : minimum number of peer fields (same crop and region) for a peer statistic.
+    drop : VIGOUR_DROP when the index is more than ``drop`` below the expected value ...
+    z : ... and the robust z-score (median/MAD of peers) is below ``-z``.
+    min_spread : floor of the robust spread (1.4826 x MAD), index units.
+    outlier_drop, outlier_z : the same two thresholds for PEER_OUTLIER.
+    sos_margin_days : NOT_SOWN when ``as_of`` is this many days past the latest expected SOS.
+    greenup : minimum index amplitude that counts as green-up.
+    eos_margin_days : EARLY_HARVEST only when ``as_of`` is this many days before the expected
+        end of season.
+    collapse_fraction, collapse_min : EARLY_HARVEST when the index fell by more than this
+        fraction of the season amplitude and by at least ``collapse_min``.
+    loo_max_peers : leave the field itself out of its peer statistics for groups up to this
+        size (larger groups include it; the effect on a median is negligible there).
+    """
+
+    max_gap_days: float = 15.0
+    min_peers: int = 3
+    drop: float = 0.15
+    z: float = 2.0
+    min_spread: float = 0.05
+    outlier_drop: float = 0.2
+    outlier_z: float = 3.0
+    sos_margin_days: int = 20
+    greenup: float = 0.15
+    eos_margin_days: int = 20
+    collapse_fraction: float = 0.5
+    collapse_min: float = 0.2
+    loo_max_peers: int = 200
+
+
+def _empty(as_of: pd.Timestamp) -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype=object) for c in ALERT_COLUMNS})
+    df["as_of"] = pd.Series(dtype="datetime64[ns]")
+    df["value"] = pd.Series(dtype=float)
+    df["expected"] = pd.Series(dtype=float)
+    return df
+
+
+def _robust(values: np.ndarray, self_idx: int | None, rules: MonitorRules
+            ) -> tuple[float, float, int]:
+    """Median, robust spread (>= min_spread) and count of finite peer values."""
+    v = values
+    if self_idx is not None and len(values) <= rules.loo_max_peers:
+        v = np.delete(values, self_idx)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return np.nan, np.nan, 0
+    med = float(np.median(v))
+    spread = max(1.4826 * float(np.median(np.abs(v - med))), rules.min_spread)
+    return med, spread, int(v.size)
+
+
+def _pick_rows(est: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """One estimates row per field: the season whose [sos, eos] is nearest to as_of."""
+    nat = pd.Series(pd.NaT, index=est.index, dtype="datetime64[ns]")
+    start = est["sos"] if "sos" in est else nat
+    end = est["eos"] if "eos" in est else nat
+    if "harvest_date" in est:
+        end = end.fillna(est["harvest_date"])
+    before = (start - as_of).dt.days.clip(lower=0)
+    after = (as_of - end).dt.days.clip(lower=0)
+    dist = before.fillna(0) + after.fillna(0)
+    dist = dist.where(start.notna() | end.notna(), 10**6)
+    season = est["season"].astype(str) if "season" in est else pd.Series("", index=est.index)
+    order = est.assign(_dist=dist.to_numpy(), _season=season.to_numpy())
+    order = order.sort_values(["field_id", "_dist", "_season"], ascending=[True, True, False],
+                              kind="mergesort")
+    return order.drop_duplicates("field_id").drop(columns=["_dist", "_season"])
+
+
+def _naive_dates(s: pd.Series) -> pd.Series:
+    s = pd.to_datetime(s)
+    if getattr(s.dt, "tz", None) is not None:
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    return s.dt.normalize()
+
+
+def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
+            phenology: pd.DataFrame | None = None, index: str = "ndvi",
+            rules: MonitorRules | None = None, registry: Any = None) -> pd.DataFrame:
+    """In-season alerts per field at ``as_of``.
+
+    Parameters
+    ----------
+    series : DataFrame
+        Daily smoothed series (:func:`cropyield.series.smooth_series`): ``field_id, time,
+        <index>, gap_days`` (``time`` daily dates; ``gap_days`` = days to the nearest clear
+        observation). Rows after ``as_of`` are ignored (no look-ahead).
+    estimates : DataFrame
+        One row per (field_id, season) with ``crop`` (or ``declared_crop``, preferred),
+        optional ``farmer_id``, ``region``, ``sos``, ``eos``, ``harvest_date`` (expected) and
+        ``season``. Per field, the season whose [sos, eos] is nearest ``as_of`` is used.
+    as_of : date-like
+        Monitoring date.
+    phenology : DataFrame, optional
+        ``field_id[, season], sos, eos``; fills ``sos``/``eos`` missing from ``estimates``.
+    index : str
+        Series column to monitor (index units; thresholds in ``rules`` are in these units).
+    rules : MonitorRules, optional
+        Thresholds (defaults for NDVI).
+    registry : CropRegistry, optional
+        Crop calendars used for NOT_SOWN when fewer than ``rules.min_peers`` peers have a
+        start of season (default: the packaged registry, if it has the calendar).
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`ALERT_COLUMNS`: ``field_id, farmer_id, as_of`` (tz-naive date),
+        ``code`` (see :data:`ALERT_CODES`), ``severity`` ("warning" or "high"),
+        ``message``, ``value``, ``expected``; sorted by farmer, field and code.
+        ``attrs["rules"]`` records the thresholds.
+
+    Notes
+    -----
+    Peers are fields with the same crop (and ``region`` when the column exists). Expected
+    values are leave-one-out peer medians and the spread is 1.4826 x MAD (floored at
+    ``rules.min_spread``). Values with ``gap_days > rules.max_gap_days`` are extrapolated
+    and never used: a field whose value at ``as_of`` is extrapolated gets ``STALE_DATA``
+    and no index alert. Per field at most one index alert is emitted, the most specific:
+    ``NOT_SOWN`` > ``EARLY_HARVEST`` > ``VIGOUR_DROP`` > ``PEER_OUTLIER``.
+    """
+    rules = rules or MonitorRules()
+    as_of_d = _date(as_of)
+    if as_of_d is None:
+        raise CreditInputError(f"as_of={as_of!r} is not a date; pass e.g. '2025-05-01'")
+    t0 = pd.Timestamp(as_of_d)
+    for name, df, cols in (("series", series, ("field_id", "time", index, "gap_days")),
+                           ("estimates", estimates, ("field_id",))):
+        if not isinstance(df, pd.DataFrame):
+            raise CreditInputError(f"{name} must be a DataFrame, got {type(df).__name__}")
+        miss = [c for c in cols if c not in df.columns]
+        if miss:
+            raise CreditInputError(f"{name} lacks columns {miss}")
+    if "crop" not in estimates and "declared_crop" not in estimates:
+        raise CreditInputError("estimates needs a 'crop' or 'declared_crop' column")
+
+    est = estimates.copy()
+    est["field_id"] = [_str(v) for v in est["field_id"]]
+    for c in ("sos", "eos", "harvest_date"):
+        if c in est:
+            est[c] = _naive_dates(est[c])
+    if phenology is not None and len(phenology):
+        keys = ["field_id", "season"] if "season" in phenology and "season" in est \
+            else ["field_id"]
+        ph = phenology[[*keys, *[c for c in ("sos", "eos") if c in phenology]]].copy()
+        ph["field_id"] = [_str(v) for v in ph["field_id"]]
+        if "season" in keys:
+            ph["season"] = ph["season"].astype(str)
+            est["season"] = est["season"].astype(str)
+        for c in ("sos", "eos"):
+            if c in ph:
+                ph[c] = _naive_dates(ph[c])
+        ph = ph.drop_duplicates(keys).rename(columns={"sos": "_psos", "eos": "_peos"})
+        est = est.merge(ph, on=keys, how="left")
+        for c in ("sos", "eos"):
+            if f"_p{c}" in est:
+                est[c] = est[c].fillna(est[f"_p{c}"]) if c in est else est[f"_p{c}"]
+        est = est.drop(columns=[c for c in ("_psos", "_peos") if c in est])
+    est = _pick_rows(est, t0)
+    crop = est["declared_crop"] if "declared_crop" in est else est["crop"]
+    if "declared_crop" in est and "crop" in est:
+        crop = crop.where(crop.notna(), est["crop"])
+    region = est["region"].astype(str) if "region" in est else pd.Series("", index=est.index)
+    info = pd.DataFrame({
+        "field_id": est["field_id"].to_numpy(),
+        "farmer_id": [_str(v) for v in est["farmer_id"]] if "farmer_id" in est else None,
+        "crop": [_str(v) for v in crop],
+        "region": region.to_numpy(),
+        "sos": est["sos"].to_numpy() if "sos" in est else pd.NaT,
+        "eos": est["eos"].to_numpy() if "eos" in est else pd.NaT,
+        "harvest": est["harvest_date"].to_numpy() if "harvest_date" in est else pd.NaT,
+    }).set_index("field_id")
+
+    s = series[["field_id", "time", index, "gap_days"]].copy()
+    s["field_id"] = [_str(v) for v in s["field_id"]]
+    s["time"] = _naive_dates(s["time"])
+    s = s[s["time"] <= t0]
+    if s.duplicated(["field_id", "time"]).any():
+        raise CreditInputError("series has duplicate (field_id, time) rows; pass the output of "
+                               "smooth_series (one row per field and day)")
+    V = s.pivot(index="field_id", columns="time", values=index)
+    G = s.pivot(index="field_id", columns="time", values="gap_days")
+    if len(V.columns):
+        full = pd.date_range(V.columns.min(), V.columns.max(), freq="D")
+        V, G = V.reindex(columns=full), G.reindex(columns=full)
+    ids = sorted(set(info.index) | set(V.index))
+    V, G = V.reindex(ids), G.reindex(ids)
+    info = info.reindex(ids)
+    dates = V.columns
+    vals = np.array(V.to_numpy(float), copy=True)
+    gaps = np.array(G.to_numpy(float), copy=True)
+    sup = np.where(gaps <= rules.max_gap_days, vals, np.nan)  # observed-supported values
+    n = len(ids)
+    if len(dates):
+        last = dates[-1]
+        cur_v = vals[:, -1]
+        # days from as_of to the nearest clear observation (series may end before as_of)
+        cur_gap = gaps[:, -1] + (t0 - last).days
+        # a series that stops earlier for some fields: use each field's last row
+        has = ~np.isnan(vals)
+        last_idx = np.where(has.any(axis=1), has.shape[1] - 1 - np.argmax(has[:, ::-1], axis=1), -1)
+        for i in np.flatnonzero(last_idx < len(dates) - 1):
+            j = last_idx[i]
+            cur_v[i] = vals[i, j] if j >= 0 else np.nan
+            cur_gap[i] = gaps[i, j] + (t0 - dates[j]).days if j >= 0 else np.inf
+    else:
+        cur_v = np.full(n, np.nan)
+        cur_gap = np.full(n, np.inf)
+    cur_gap = np.where(np.isnan(cur_gap), np.inf, cur_gap)
+    fresh = cur_gap <= rules.max_gap_days
+    cur_sup = np.where(fresh, cur_v, np.nan)
+
+    def col_of(ts) -> int:
+        if pd.isna(ts) or not len(dates):
+            return -1
+        k = (pd.Timestamp(ts) - dates[0]).days
+        return int(k) if 0 <= k < len(dates) else -1
+
+    groups: dict[tuple, np.ndarray] = {}
+    keys = list(zip(info["crop"].fillna(""), info["region"].fillna("")))
+    for g in set(keys):
+        groups[g] = np.array([i for i, k in enumerate(keys) if k == g and k[0]], dtype=int)
+    alerts: list[dict[str, Any]] = []
+
+    def add(i: int, code: str, severity: str, message: str, value: float, expected: float):
+        alerts.append({"field_id": ids[i], "farmer_id": info["farmer_id"].iloc[i],
+                       "as_of": t0, "code": code, "severity": severity,
+                       "message": f"field {ids[i]}: {message}", "value": float(value),
+                       "expected": float(expected)})
+
+    sos_col = np.array([col_of(x) for x in info["sos"]], dtype=int)
+    sos_day = np.array([(t0 - pd.Timestamp(x)).days if pd.notna(x) else -1
+                        for x in info["sos"]], dtype=int)
+    for i in range(n):
+        crop_i, region_i = keys[i]
+        if not fresh[i]:
+            gap = cur_gap[i]
+            add(i, "STALE_DATA", "warning",
+                ("no series data up to as_of" if not np.isfinite(gap) else
+                 f"nearest clear observation {gap:.0f} days from {t0.date()} "
+                 f"(> {rules.max_gap_days:g}); index values are extrapolated"),
+                gap if np.isfinite(gap) else np.nan, rules.max_gap_days)
+            continue
+        if not crop_i or crop_i == "fallow":
+            continue
+        peers = groups[(crop_i, region_i)]
+        self_pos = int(np.searchsorted(peers, i))
+        v = cur_sup[i]
+        # ---- NOT_SOWN
+        field_sown = sos_col[i] >= 0 and pd.Timestamp(info["sos"].iloc[i]) <= t0
+        if not field_sown:
+            latest = _expected_sos_latest(info, peers, i, t0, rules, registry, crop_i, region_i)
+            if latest is not None and t0 > latest + pd.Timedelta(days=rules.sos_margin_days):
+                j0 = col_of(latest - pd.Timedelta(days=60))
+                j0 = 0 if j0 < 0 else j0
+                win = sup[:, j0:]
+                amp = np.nanmax(win, axis=1) - np.nanmin(win, axis=1) if win.shape[1] else \
+                    np.full(n, np.nan)
+                a = amp[i]
+                if np.isfinite(a) and a < rules.greenup:
+                    med, _, _k = _robust(amp[peers], self_pos, rules)
+                    add(i, "NOT_SOWN", "high",
+                        f"no green-up (index amplitude {a:.2f} < {rules.greenup:g}) "
+                        f"{(t0 - latest).days} days after the latest expected start of season "
+                        f"{latest.date()}", a, med)
+                    continue
+            continue
+        # ---- EARLY_HARVEST
+        exp_eos = _expected_eos(info, peers, i, rules)
+        if exp_eos is not None and t0 < exp_eos - pd.Timedelta(days=rules.eos_margin_days):
+            j = sos_col[i]
+            seg = sup[i, j:]
+            pre = sup[i, max(0, j - 30):j + 1]
+            if np.isfinite(seg).any() and np.isfinite(pre).any():
+                peak = float(np.nanmax(seg))
+                base = float(np.nanmin(pre))
+                fall = peak - v
+                if fall > rules.collapse_min and fall > rules.collapse_fraction * (peak - base):
+                    add(i, "EARLY_HARVEST", "high",
+                        f"index fell from {peak:.2f} to {v:.2f}, "
+                        f"{(exp_eos - t0).days} days before the expected end of season "
+                        f"{exp_eos.date()}", v, peak)
+                    continue
+        # ---- VIGOUR_DROP (same day of season)
+        d = sos_day[i]
+        aligned = np.full(len(peers), np.nan)
+        for k, p in enumerate(peers):
+            jj = sos_col[p] + d if sos_col[p] >= 0 else -1
+            if 0 <= jj < len(dates):
+                aligned[k] = sup[p, jj]
+        aligned[self_pos] = v
+        med, spread, cnt = _robust(aligned, self_pos, rules)
+        if cnt >= rules.min_peers:
+            zz = (v - med) / spread
+            if med - v > rules.drop and zz < -rules.z:
+                add(i, "VIGOUR_DROP", "high" if zz < -2 * rules.z else "warning",
+                    f"index {v:.2f} vs expected {med:.2f} at day {d} of season "
+                    f"(z = {zz:.1f}, {cnt} peers)", v, med)
+                continue
+        # ---- PEER_OUTLIER (same date)
+        med, spread, cnt = _robust(cur_sup[peers], self_pos, rules)
+        if cnt >= rules.min_peers:
+            zz = (v - med) / spread
+            if med - v > rules.outlier_drop and zz < -rules.outlier_z:
+                add(i, "PEER_OUTLIER", "warning",
+                    f"index {v:.2f} vs peers' median {med:.2f} on {t0.date()} "
+                    f"(z = {zz:.1f}, {cnt} peers)", v, med)
+    if not alerts:
+        out = _empty(t0)
+    else:
+        out = pd.DataFrame(alerts, columns=list(ALERT_COLUMNS))
+        out["as_of"] = pd.to_datetime(out["as_of"])
+        out = out.sort_values(["farmer_id", "field_id", "code"], na_position="last",
+                              kind="mergesort").reset_index(drop=True)
+    out.attrs["rules"] = asdict(rules)
+    out.attrs["as_of"] = t0.date().isoformat()
+    out.attrs["index"] = index
+    logger.info("monitor: %d alert(s) on %d field(s) at %s", len(out), n, t0.date())
+    return out
+
+
+def _expected_sos_latest(info, peers, i, t0, rules, registry, crop, region):
+    """Latest expected start of the season under way at ``t0``, or None if none is.
+
+    From peers (>= ``min_peers`` peers with an SOS in the 300 days before ``t0`` and a
+    median EOS, if known, after ``t0``): their 90th percentile SOS. Otherwise from the crop
+    calendar: the latest-SOS day of year, when ``t0`` lies between it and the latest EOS
+    day of year (windows may wrap the new year).
+    """
+    others = [p for p in peers if p != i]
+    sos = pd.to_datetime(info["sos"].iloc[others])
+    sos = sos[sos.notna() & (sos <= t0) & (sos > t0 - pd.Timedelta(days=300))]
+    if len(sos) >= rules.min_peers:
+        eos = pd.to_datetime(info["eos"].iloc[others]).dropna()
+        if len(eos) and pd.Timestamp(int(np.median(eos.to_numpy("datetime64[ns]").astype(
+                "int64")))) < t0:
+            return None  # peers are harvested: no season under way
+        ns = np.sort(sos.to_numpy("datetime64[ns]").astype("int64"))
+        return pd.Timestamp(int(np.quantile(ns, 0.9, method="higher"))).normalize()
+    try:
+        from ..crops import get_crop
+
+        crop_obj = get_crop(crop, registry)
+        cal = crop_obj.calendar(region) if region else None
+        if cal is None and len(crop_obj.calendars) == 1:
+            cal = next(iter(crop_obj.calendars.values()))
+        if cal is None:
+            return None
+        latest, end = int(cal.sos_doy[1]), int(cal.eos_doy[1])
+    except Exception as exc:  # noqa: BLE001 - the registry is optional here
+        logger.debug("no calendar for %s/%s: %s", crop, region, exc)
+        return None
+    since = (t0.day_of_year - latest) % 365
+    if since <= (end - latest) % 365:
+        return (t0 - pd.Timedelta(days=since)).normalize()
+    return None
+
+
+def _expected_eos(info, peers, i, rules):
+    """Expected end of season: peers' median EOS, else the field's expected harvest date."""
+    eos = pd.to_datetime(info["eos"].iloc[[p for p in peers if p != i]])
+    eos = eos[eos.notna()]
+    if len(eos) >= rules.min_peers:
+        ns = np.sort(eos.to_numpy("datetime64[ns]").astype("int64"))
+        return pd.Timestamp(int(np.median(ns))).normalize()
+    h = info["harvest"].iloc[i]
+    return pd.Timestamp(h).normalize() if pd.notna(h) else None

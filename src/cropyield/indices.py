@@ -1,0 +1,1163 @@
+"""Vegetation-index registry with numba kernels, SCL/nodata masks and per-field statistics.
+
+Every index has a numba kernel (``njit(nogil=True)``, elementwise, NaN for invalid
+denominators, NaN inputs and values outside the index's valid range; never 0 and never an
+exception for bad pixels) and a plain NumPy reference twin used by the tests. Custom indices
+are parsed from formula strings with an :mod:`ast` allow-list (never ``eval``) and run by a
+small numba stack machine.
+
+Units: reflectances are dimensionless surface reflectance (``DN * scale + offset``);
+every index is dimensionless.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+
+from ._log import logger
+from .coverage import Coverage, coverage_fractions
+from .errors import IndexFormulaError, MissingBandError, UnknownIndexError, join_flags
+
+__all__ = [
+    "IndexSpec",
+    "INDICES",
+    "BAND_ALIASES",
+    "CANONICAL_BANDS",
+    "DEFAULT_SCL_INVALID",
+    "SCL_DILATE_CLASSES",
+    "canonical_band",
+    "reflectance",
+    "compute_index",
+    "get_index",
+    "register_index",
+    "custom_index",
+    "invalid_mask",
+    "dilate_mask",
+    "weighted_field_stats",
+    "coverage_stats",
+    "zonal_stats",
+]
+
+#: Canonical Sentinel-2 L2A band names.
+CANONICAL_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09",
+                   "B11", "B12", "SCL")
+#: Common aliases (Earth Search v1 asset keys and colour names) -> canonical band.
+BAND_ALIASES: dict[str, str] = {
+    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04",
+    "rededge1": "B05", "rededge2": "B06", "rededge3": "B07", "re1": "B05", "re2": "B06",
+    "re3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09", "narrownir": "B8A",
+    "swir16": "B11", "swir22": "B12", "swir1": "B11", "swir2": "B12", "scl": "SCL",
+    **{f"b{i}": f"B{i:02d}" for i in range(1, 13) if i != 10},
+    **{f"b{i:02d}": f"B{i:02d}" for i in range(1, 13) if i != 10},
+    "b8a": "B8A", "b08a": "B8A",
+}
+
+#: SCL classes invalid by default: 0 no data, 1 saturated/defective, 3 cloud shadow,
+#: 8 cloud medium, 9 cloud high, 10 thin cirrus, 11 snow.
+DEFAULT_SCL_INVALID = (0, 1, 3, 8, 9, 10, 11)
+#: SCL classes grown by ``dilate``: cloud shadow and the three cloud classes.
+SCL_DILATE_CLASSES = (3, 8, 9, 10)
+
+
+def canonical_band(name: str) -> str:
+    """Canonical band name (``'B08'``) for a band name or alias (``'nir'``, ``'b8'``).
+
+    Raises
+    ------
+    MissingBandError
+        If the name is not a known Sentinel-2 band or alias.
+    """
+    s = str(name).strip()
+    if s.upper() in CANONICAL_BANDS:
+        return s.upper()
+    c = BAND_ALIASES.get(s.lower())
+    if c is None:
+        raise MissingBandError(
+            f"unknown band {name!r}; use one of {', '.join(CANONICAL_BANDS)} or an alias "
+            f"such as 'red', 'nir', 'swir16'"
+        )
+    return c
+
+
+# =============================================================================================
+# Reflectance
+# =============================================================================================
+def reflectance(dn, scale: float = 1e-4, offset: float = 0.0, nodata=0) -> np.ndarray:
+    """Surface reflectance ``dn * scale + offset`` as float64, NaN where ``dn == nodata``.
+
+    Parameters
+    ----------
+    dn : array_like
+        Digital numbers (any shape; usually uint16).
+    scale, offset : float
+        Radiometric scale and offset from the normalised scene. Sentinel-2 L2A with
+        processing baseline >= 04.00: ``scale=1e-4, offset=-0.1``; older baselines
+        ``offset=0``.
+    nodata : number or None
+        DN value meaning "no data" (0 for Sentinel-2 L2A); NaN matches NaN; None: no nodata.
+
+    Returns
+    -------
+    numpy.ndarray of float64
+        Dimensionless reflectance; NaN at nodata and NaN inputs.
+    """
+    a = np.asarray(dn)
+    out = a.astype(np.float64) * float(scale) + float(offset)
+    if nodata is not None:
+        if isinstance(nodata, float) and math.isnan(nodata):
+            bad = np.isnan(out)
+        else:
+            bad = a == nodata
+        if np.any(bad):
+            out[bad] = np.nan
+    return out
+
+
+# =============================================================================================
+# Built-in index formulas: scalar numba functions + NumPy twins
+# =============================================================================================
+_nan = np.nan
+
+
+@numba.njit(nogil=True, inline="always")
+def _nd(a, b):
+    d = a + b
+    if d == 0.0:
+        return _nan
+    return (a - b) / d
+
+
+@numba.njit(nogil=True)
+def _f_ndvi(nir, red):
+    return _nd(nir, red)
+
+
+@numba.njit(nogil=True)
+def _f_evi(nir, red, blue):
+    d = nir + 6.0 * red - 7.5 * blue + 1.0
+    if d == 0.0:
+        return _nan
+    return 2.5 * (nir - red) / d
+
+
+@numba.njit(nogil=True)
+def _f_evi2(nir, red):
+    d = nir + 2.4 * red + 1.0
+    if d == 0.0:
+        return _nan
+    return 2.5 * (nir - red) / d
+
+
+@numba.njit(nogil=True)
+def _f_savi(nir, red):
+    d = nir + red + 0.5
+    if d == 0.0:
+        return _nan
+    return 1.5 * (nir - red) / d
+
+
+@numba.njit(nogil=True)
+def _f_msavi2(nir, red):
+    t = 2.0 * nir + 1.0
+    arg = t * t - 8.0 * (nir - red)
+    if not arg >= 0.0:
+        return _nan
+    return (t - np.sqrt(arg)) / 2.0
+
+
+@numba.njit(nogil=True)
+def _f_ratio_m1(a, b):
+    if b == 0.0:
+        return _nan
+    return a / b - 1.0
+
+
+@numba.njit(nogil=True)
+def _f_mtci(b6, b5, b4):
+    d = b5 - b4
+    if d == 0.0:
+        return _nan
+    return (b6 - b5) / d
+
+
+def _np_div(num, den):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den == 0.0, np.nan, num / np.where(den == 0.0, 1.0, den))
+
+
+def _np_nd(a, b):
+    return _np_div(a - b, a + b)
+
+
+def _np_evi(nir, red, blue):
+    return _np_div(2.5 * (nir - red), nir + 6.0 * red - 7.5 * blue + 1.0)
+
+
+def _np_evi2(nir, red):
+    return _np_div(2.5 * (nir - red), nir + 2.4 * red + 1.0)
+
+
+def _np_savi(nir, red):
+    return _np_div(1.5 * (nir - red), nir + red + 0.5)
+
+
+def _np_msavi2(nir, red):
+    t = 2.0 * nir + 1.0
+    arg = t * t - 8.0 * (nir - red)
+    ok = arg >= 0.0
+    return np.where(ok, (t - np.sqrt(np.where(ok, arg, 0.0))) / 2.0, np.nan)
+
+
+def _np_ratio_m1(a, b):
+    return _np_div(a, b) - 1.0
+
+
+def _np_mtci(b6, b5, b4):
+    return _np_div(b6 - b5, b5 - b4)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel factories (one loop per arity; the scalar function and range are compile-time constants)
+# ---------------------------------------------------------------------------------------------
+def _make_kernel(f, nargs: int, lo: float, hi: float):
+    lo = float(lo)
+    hi = float(hi)
+    if nargs == 1:
+        def k(a):
+            n = a.size
+            out = np.empty(n)
+            for i in range(n):
+                v = f(a[i])
+                out[i] = v if (v >= lo and v <= hi) else _nan
+            return out
+    elif nargs == 2:
+        def k(a, b):
+            n = a.size
+            out = np.empty(n)
+            for i in range(n):
+                v = f(a[i], b[i])
+                out[i] = v if (v >= lo and v <= hi) else _nan
+            return out
+    elif nargs == 3:
+        def k(a, b, c):
+            n = a.size
+            out = np.empty(n)
+            for i in range(n):
+                v = f(a[i], b[i], c[i])
+                out[i] = v if (v >= lo and v <= hi) else _nan
+            return out
+    else:  # pragma: no cover - built-ins use 1..3 bands
+        raise ValueError(nargs)
+    return numba.njit(nogil=True)(k)
+
+
+def _make_reference(f, lo: float, hi: float):
+    def ref(*arrays):
+        arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+        with np.errstate(all="ignore"):
+            v = np.asarray(f(*arrays), dtype=np.float64)
+        return np.where((v >= lo) & (v <= hi), v, np.nan)
+    return ref
+
+
+# =============================================================================================
+# Registry
+# =============================================================================================
+@dataclass(frozen=True)
+class IndexSpec:
+    """Definition of a spectral index.
+
+    Attributes
+    ----------
+    name : str
+        Lower-case registry name (``'ndvi'``).
+    bands : tuple of str
+        Canonical bands, in the order the kernel takes them.
+    formula : str
+        Human-readable formula.
+    valid_range : (float, float)
+        Closed range of meaningful values; values outside become NaN.
+    source : str
+        Citation.
+    kernel : callable
+        numba kernel: ``kernel(*bands)`` on 1-D float64 arrays -> 1-D float64 array.
+    reference : callable
+        Plain NumPy twin with the same signature (used by tests).
+    description : str
+    aliases : tuple of str
+    """
+
+    name: str
+    bands: tuple[str, ...]
+    formula: str
+    valid_range: tuple[float, float]
+    source: str
+    kernel: Callable[..., np.ndarray] = field(repr=False)
+    reference: Callable[..., np.ndarray] = field(repr=False)
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    builtin: bool = True
+
+    def __call__(self, refl: Mapping[str, Any], *, engine: str = "numba") -> np.ndarray:
+        """Compute the index from a mapping band -> reflectance (see :func:`compute_index`)."""
+        return _apply(self, refl, engine=engine)
+
+
+INDICES: dict[str, IndexSpec] = {}
+_REG_LOCK = threading.Lock()
+
+
+def _builtin(name, bands, formula, valid_range, source, f, ref, description, aliases=()):
+    lo, hi = valid_range
+    spec = IndexSpec(
+        name=name, bands=tuple(bands), formula=formula, valid_range=(float(lo), float(hi)),
+        source=source, kernel=_make_kernel(f, len(bands), lo, hi),
+        reference=_make_reference(ref, lo, hi), description=description,
+        aliases=tuple(aliases), builtin=True,
+    )
+    INDICES[name] = spec
+    for a in aliases:
+        INDICES[a] = spec
+
+
+_builtin("ndvi", ("B08", "B04"), "(B08 - B04) / (B08 + B04)", (-1, 1),
+         "Rouse et al. 1974, NASA SP-351; Tucker 1979, Remote Sens. Environ. 8:127-150",
+         _f_ndvi, _np_nd, "Normalized Difference Vegetation Index")
+_builtin("evi", ("B08", "B04", "B02"), "2.5 * (B08 - B04) / (B08 + 6 B04 - 7.5 B02 + 1)", (-1, 1),
+         "Huete et al. 2002, Remote Sens. Environ. 83:195-213 (MODIS EVI)",
+         _f_evi, _np_evi, "Enhanced Vegetation Index")
+_builtin("evi2", ("B08", "B04"), "2.5 * (B08 - B04) / (B08 + 2.4 B04 + 1)", (-1, 1.25),
+         "Jiang et al. 2008, Remote Sens. Environ. 112:3833-3845",
+         _f_evi2, _np_evi2, "Two-band Enhanced Vegetation Index")
+_builtin("savi", ("B08", "B04"), "1.5 * (B08 - B04) / (B08 + B04 + 0.5)", (-1, 1),
+         "Huete 1988, Remote Sens. Environ. 25:295-309 (L = 0.5)",
+         _f_savi, _np_savi, "Soil-Adjusted Vegetation Index")
+_builtin("msavi2", ("B08", "B04"), "(2 B08 + 1 - sqrt((2 B08 + 1)^2 - 8 (B08 - B04))) / 2",
+         (-1, 1), "Qi et al. 1994, Remote Sens. Environ. 48:119-126",
+         _f_msavi2, _np_msavi2, "Modified SAVI (self-adjusting L)")
+_builtin("gcvi", ("B08", "B03"), "B08 / B03 - 1", (-1, 50),
+         "Gitelson et al. 2003, Geophys. Res. Lett. 30(5):1248 (green chlorophyll index)",
+         _f_ratio_m1, _np_ratio_m1, "Green Chlorophyll Vegetation Index")
+_builtin("ndre", ("B8A", "B05"), "(B8A - B05) / (B8A + B05)", (-1, 1),
+         "Gitelson & Merzlyak 1994, J. Plant Physiol. 143:286-292; Barnes et al. 2000",
+         _f_ndvi, _np_nd, "Normalized Difference Red-Edge index")
+_builtin("cire", ("B07", "B05"), "B07 / B05 - 1", (-1, 50),
+         "Gitelson et al. 2003/2005 (red-edge chlorophyll index, S2 form B7/B5 - 1)",
+         _f_ratio_m1, _np_ratio_m1, "Red-edge Chlorophyll Index")
+_builtin("mtci", ("B06", "B05", "B04"), "(B06 - B05) / (B05 - B04)", (-50, 50),
+         "Dash & Curran 2004, Int. J. Remote Sens. 25:5403-5413",
+         _f_mtci, _np_mtci, "MERIS Terrestrial Chlorophyll Index (S2 bands)")
+_builtin("ndwi", ("B03", "B08"), "(B03 - B08) / (B03 + B08)", (-1, 1),
+         "McFeeters 1996, Int. J. Remote Sens. 17:1425-1432", _f_ndvi, _np_nd,
+         "Normalized Difference Water Index (open water)")
+_builtin("ndmi", ("B08", "B11"), "(B08 - B11) / (B08 + B11)", (-1, 1),
+         "Gao 1996, Remote Sens. Environ. 58:257-266; Xiao et al. 2004 (LSWI)",
+         _f_ndvi, _np_nd, "Normalized Difference Moisture Index / Land Surface Water Index",
+         aliases=("lswi",))
+_builtin("nbr", ("B08", "B12"), "(B08 - B12) / (B08 + B12)", (-1, 1),
+         "Key & Benson 2006, USDA RMRS-GTR-164-CD (Normalized Burn Ratio)", _f_ndvi, _np_nd,
+         "Normalized Burn Ratio")
+
+BUILTIN_INDICES = tuple(sorted({s.name for s in INDICES.values()}))
+
+
+def get_index(name_or_formula: str | IndexSpec) -> IndexSpec:
+    """Look up a registered index (case-insensitive) or compile a formula string.
+
+    Raises
+    ------
+    UnknownIndexError
+        If ``name`` is neither registered nor a formula using known bands.
+    IndexFormulaError
+        If it looks like a formula but uses something outside the allow-list.
+    """
+    if isinstance(name_or_formula, IndexSpec):
+        return name_or_formula
+    key = str(name_or_formula).strip()
+    spec = INDICES.get(key.lower())
+    if spec is not None:
+        return spec
+    if any(ch in key for ch in "+-*/()"):
+        return custom_index(key)
+    raise UnknownIndexError(
+        f"unknown index {name_or_formula!r}; registered: {', '.join(sorted(INDICES))}. "
+        "Pass a formula such as '(B08 - B04) / (B08 + B04)' or register one with "
+        "cropyield.indices.register_index()"
+    )
+
+
+def _apply(spec: IndexSpec, refl: Mapping[str, Any], *, engine: str = "numba") -> np.ndarray:
+    canon = _canon_mapping(refl)
+    missing = [b for b in spec.bands if b not in canon]
+    if missing:
+        raise MissingBandError(
+            f"index {spec.name!r} needs bands {list(spec.bands)}; missing {missing} "
+            f"(given: {sorted(canon)})"
+        )
+    arrays = np.broadcast_arrays(*[np.asarray(canon[b], dtype=np.float64) for b in spec.bands])
+    shape = arrays[0].shape
+    flat = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
+    if engine == "numba":
+        out = spec.kernel(*flat)
+    elif engine == "numpy":
+        out = spec.reference(*flat)
+    else:
+        raise ValueError(f"engine must be 'numba' or 'numpy', got {engine!r}")
+    return np.asarray(out, dtype=np.float64).reshape(shape)
+
+
+def _canon_mapping(refl: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in refl.items():
+        try:
+            out[canonical_band(k)] = v
+        except MissingBandError:
+            continue
+    return out
+
+
+def compute_index(name: str | IndexSpec, refl: Mapping[str, Any], *,
+                  engine: str = "numba") -> np.ndarray:
+    """Compute an index from reflectances.
+
+    Parameters
+    ----------
+    name : str or IndexSpec
+        Registered name (``'ndvi'``, ``'lswi'``...), a formula string
+        (``'(B08 - B04) / (B08 + B04)'``) or an :class:`IndexSpec`.
+    refl : mapping
+        Band name or alias -> reflectance array (dimensionless; any broadcastable shape).
+    engine : {'numba', 'numpy'}
+        ``'numpy'`` runs the reference twin.
+
+    Returns
+    -------
+    numpy.ndarray of float64
+        Dimensionless index, same shape as the broadcast inputs; NaN where an input is NaN,
+        the denominator is 0, or the value lies outside the index's valid range.
+
+    Raises
+    ------
+    UnknownIndexError, IndexFormulaError, MissingBandError
+    """
+    return _apply(get_index(name), refl, engine=engine)
+
+
+# =============================================================================================
+# Custom indices: AST allow-list -> stack program run by one numba kernel
+# =============================================================================================
+_OP_BAND, _OP_CONST, _OP_ADD, _OP_SUB, _OP_MUL, _OP_DIV, _OP_POW, _OP_NEG = range(8)
+_OP_SQRT, _OP_ABS, _OP_MIN, _OP_MAX, _OP_LOG, _OP_EXP = range(8, 14)
+_FUNCS = {"sqrt": (_OP_SQRT, 1), "abs": (_OP_ABS, 1), "min": (_OP_MIN, 2),
+          "max": (_OP_MAX, 2), "log": (_OP_LOG, 1), "exp": (_OP_EXP, 1)}
+_BINOPS = {ast.Add: _OP_ADD, ast.Sub: _OP_SUB, ast.Mult: _OP_MUL, ast.Div: _OP_DIV,
+           ast.Pow: _OP_POW}
+_MAX_FORMULA_LEN = 2000
+_MAX_PROGRAM = 512
+
+
+@numba.njit(nogil=True)
+def _run_program(prog, consts, bands, lo, hi, maxdepth):
+    """Evaluate a compiled formula for every pixel. ``bands`` is (n_bands, n) float64."""
+    n = bands.shape[1]
+    out = np.empty(n)
+    stack = np.empty(maxdepth)
+    m = prog.shape[0]
+    for i in range(n):
+        sp = 0
+        for k in range(m):
+            op = prog[k, 0]
+            arg = prog[k, 1]
+            if op == 0:
+                stack[sp] = bands[arg, i]
+                sp += 1
+            elif op == 1:
+                stack[sp] = consts[arg]
+                sp += 1
+            elif op == 7:
+                stack[sp - 1] = -stack[sp - 1]
+            elif op == 8:
+                x = stack[sp - 1]
+                stack[sp - 1] = np.sqrt(x) if x >= 0.0 else _nan
+            elif op == 9:
+                stack[sp - 1] = abs(stack[sp - 1])
+            elif op == 12:
+                x = stack[sp - 1]
+                stack[sp - 1] = np.log(x) if x > 0.0 else _nan
+            elif op == 13:
+                stack[sp - 1] = np.exp(stack[sp - 1])
+            else:
+                b = stack[sp - 1]
+                a = stack[sp - 2]
+                sp -= 1
+                if op == 2:
+                    r = a + b
+                elif op == 3:
+                    r = a - b
+                elif op == 4:
+                    r = a * b
+                elif op == 5:
+                    r = a / b if b != 0.0 else _nan
+                elif op == 6:
+                    if a == 0.0 and b < 0.0:
+                        r = _nan
+                    elif a < 0.0 and b != np.floor(b):
+                        r = _nan
+                    else:
+                        r = a ** b
+                elif op == 10:
+                    r = _nan if (a != a or b != b) else min(a, b)
+                else:
+                    r = _nan if (a != a or b != b) else max(a, b)
+                stack[sp - 1] = r
+        v = stack[0]
+        out[i] = v if (v >= lo and v <= hi) else _nan
+    return out
+
+
+class _Compiler:
+    def __init__(self, formula: str):
+        self.formula = formula
+        self.prog: list[tuple[int, int]] = []
+        self.consts: list[float] = []
+        self.bands: list[str] = []
+        self.depth = 0
+        self.maxdepth = 0
+
+    def err(self, node, what):
+        col = getattr(node, "col_offset", None)
+        where = f" at column {col + 1}" if col is not None else ""
+        raise IndexFormulaError(
+            f"index formula {self.formula!r}: {what}{where} is not allowed. Formulas may use "
+            "band names (B02..B12, B8A, or aliases like red, nir), numbers, + - * / ** , "
+            "unary -, parentheses and the functions " + ", ".join(sorted(_FUNCS))
+        )
+
+    def push(self, op, arg=0, delta=1):
+        self.prog.append((op, arg))
+        self.depth += delta
+        self.maxdepth = max(self.maxdepth, self.depth)
+        if len(self.prog) > _MAX_PROGRAM:
+            raise IndexFormulaError(f"index formula {self.formula!r} is too long")
+
+    def visit(self, node):
+        if isinstance(node, ast.Expression):
+            return self.visit(node.body)
+        if isinstance(node, ast.BinOp):
+            op = _BINOPS.get(type(node.op))
+            if op is None:
+                self.err(node, f"operator {type(node.op).__name__}")
+            self.visit(node.left)
+            self.visit(node.right)
+            return self.push(op, 0, -1)
+        if isinstance(node, ast.UnaryOp):
+            if isinstance(node.op, ast.USub):
+                self.visit(node.operand)
+                return self.push(_OP_NEG, 0, 0)
+            if isinstance(node.op, ast.UAdd):
+                return self.visit(node.operand)
+            self.err(node, f"unary operator {type(node.op).__name__}")
+        if isinstance(node, ast.Constant):
+            val = node.value
+            if isinstance(val, bool) or not isinstance(val, (int, float)):
+                self.err(node, f"constant {val!r}")
+            self.consts.append(float(val))
+            return self.push(_OP_CONST, len(self.consts) - 1, 1)
+        if isinstance(node, ast.Name):
+            try:
+                band = canonical_band(node.id)
+            except MissingBandError:
+                self.err(node, f"name {node.id!r}")
+            if band == "SCL":
+                self.err(node, "the SCL band")
+            if band not in self.bands:
+                self.bands.append(band)
+            return self.push(_OP_BAND, self.bands.index(band), 1)
+        if isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCS:
+                self.err(node, "this function call")
+            if node.keywords:
+                self.err(node, "keyword arguments")
+            op, arity = _FUNCS[node.func.id]
+            if len(node.args) != arity or any(isinstance(a, ast.Starred) for a in node.args):
+                self.err(node, f"{node.func.id}() with {len(node.args)} arguments "
+                               f"(needs {arity})")
+            for a in node.args:
+                self.visit(a)
+            return self.push(op, 0, 1 - arity)
+        self.err(node, type(node).__name__)
+
+
+def _numpy_eval(node, arrays: dict[str, np.ndarray]):
+    """NumPy reference evaluation of an allow-listed AST (the twin of ``_run_program``)."""
+    if isinstance(node, ast.Expression):
+        return _numpy_eval(node.body, arrays)
+    if isinstance(node, ast.BinOp):
+        a = _numpy_eval(node.left, arrays)
+        b = _numpy_eval(node.right, arrays)
+        t = type(node.op)
+        if t is ast.Add:
+            return a + b
+        if t is ast.Sub:
+            return a - b
+        if t is ast.Mult:
+            return a * b
+        if t is ast.Div:
+            return _np_div(a, b)
+        a, b = np.broadcast_arrays(np.asarray(a, float), np.asarray(b, float))
+        bad = ((a == 0.0) & (b < 0.0)) | ((a < 0.0) & (b != np.floor(b)))
+        return np.where(bad, np.nan, np.power(np.where(bad, 1.0, a), b))
+    if isinstance(node, ast.UnaryOp):
+        v = _numpy_eval(node.operand, arrays)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.Constant):
+        return float(node.value)
+    if isinstance(node, ast.Name):
+        return arrays[canonical_band(node.id)]
+    if isinstance(node, ast.Call):
+        args = [np.asarray(_numpy_eval(a, arrays), dtype=float) for a in node.args]
+        fn = node.func.id
+        if fn == "sqrt":
+            return np.where(args[0] >= 0.0, np.sqrt(np.abs(args[0])), np.nan)
+        if fn == "abs":
+            return np.abs(args[0])
+        if fn == "log":
+            return np.where(args[0] > 0.0, np.log(np.where(args[0] > 0.0, args[0], 1.0)),
+                            np.nan)
+        if fn == "exp":
+            return np.exp(args[0])
+        if fn == "min":
+            return np.minimum(args[0], args[1])  # propagates NaN
+        return np.maximum(args[0], args[1])
+    raise IndexFormulaError(f"unexpected node {type(node).__name__}")  # pragma: no cover
+
+
+def _parse(formula: str):
+    if not isinstance(formula, str) or not formula.strip():
+        raise IndexFormulaError("index formula must be a non-empty string, e.g. "
+                                "'(B08 - B04) / (B08 + B04)'")
+    if len(formula) > _MAX_FORMULA_LEN:
+        raise IndexFormulaError(f"index formula longer than {_MAX_FORMULA_LEN} characters")
+    try:
+        tree = ast.parse(formula.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise IndexFormulaError(f"index formula {formula!r} is not a valid expression: {e}") \
+            from None
+    comp = _Compiler(formula)
+    comp.visit(tree)
+    if not comp.bands:
+        raise IndexFormulaError(f"index formula {formula!r} uses no band")
+    return tree, comp
+
+
+def custom_index(formula: str, *, name: str | None = None,
+                 valid_range: tuple[float, float] | None = None,
+                 bands: Iterable[str] | None = None, source: str = "user formula",
+                 description: str = "") -> IndexSpec:
+    """Compile a formula string into an :class:`IndexSpec` (not registered).
+
+    The formula is parsed with :mod:`ast` and checked against an allow-list: band names
+    (``B02``..``B12``, ``B8A`` or aliases ``blue``, ``green``, ``red``, ``nir``, ``swir16``...),
+    numeric constants, ``+ - * / **``, unary ``-``, parentheses and ``sqrt``, ``abs``,
+    ``log``, ``exp``, ``min``, ``max``. Anything else (attributes, subscripts, other calls,
+    lambdas, comparisons, names) raises :class:`~cropyield.errors.IndexFormulaError`. It is
+    never passed to ``eval``.
+
+    Division by zero, ``sqrt``/``log`` outside their domain and non-finite results give NaN;
+    so do values outside ``valid_range`` (default: no limit).
+    """
+    tree, comp = _parse(formula)
+    if bands is not None:
+        order = [canonical_band(b) for b in bands]
+        extra = [b for b in comp.bands if b not in order]
+        if extra:
+            raise IndexFormulaError(f"formula {formula!r} uses bands {extra} not listed in "
+                                    f"bands={list(order)}")
+        remap = [order.index(b) for b in comp.bands]
+        prog_bands = order
+    else:
+        remap = list(range(len(comp.bands)))
+        prog_bands = list(comp.bands)
+    prog = np.array([(op, remap[arg] if op == _OP_BAND else arg) for op, arg in comp.prog],
+                    dtype=np.int64).reshape(-1, 2)
+    consts = np.array(comp.consts if comp.consts else [0.0], dtype=np.float64)
+    lo, hi = (-np.inf, np.inf) if valid_range is None else (float(valid_range[0]),
+                                                            float(valid_range[1]))
+    maxdepth = max(comp.maxdepth, 1)
+    nb = len(prog_bands)
+
+    def kernel(*arrays):
+        if len(arrays) != nb:
+            raise MissingBandError(f"formula {formula!r} needs {nb} band arrays")
+        n = np.asarray(arrays[0]).size
+        stack = np.empty((nb, n), dtype=np.float64)
+        for j, a in enumerate(arrays):
+            stack[j] = np.asarray(a, dtype=np.float64).reshape(-1)
+        return _run_program(prog, consts, stack, lo, hi, maxdepth)
+
+    def reference(*arrays):
+        arrs = {b: np.asarray(a, dtype=np.float64) for b, a in zip(prog_bands, arrays)}
+        with np.errstate(all="ignore"):
+            v = np.asarray(_numpy_eval(tree, arrs), dtype=np.float64)
+            v = np.broadcast_to(v, np.asarray(arrays[0]).shape).astype(np.float64)
+        v = np.where(np.isfinite(v), v, np.nan)
+        return np.where((v >= lo) & (v <= hi), v, np.nan)
+
+    # non-finite results (overflow, exp) -> NaN in the kernel too
+    def kernel_finite(*arrays):
+        out = kernel(*arrays)
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+    return IndexSpec(
+        name=name.strip().lower() if name else formula.strip(),
+        bands=tuple(prog_bands), formula=formula.strip(), valid_range=(lo, hi),
+        source=source, kernel=kernel_finite, reference=reference, description=description,
+        builtin=False,
+    )
+
+
+def register_index(name: str, formula: str, bands: Iterable[str] | None = None,
+                   valid_range: tuple[float, float] | None = None, *,
+                   source: str = "user formula", description: str = "",
+                   overwrite: bool = False) -> IndexSpec:
+    """Compile ``formula`` (see :func:`custom_index`) and add it to :data:`INDICES`.
+
+    Raises
+    ------
+    IndexFormulaError
+        If the formula is not allowed, or ``name`` is taken by a built-in index, or taken
+        by another custom index and ``overwrite`` is False.
+    """
+    key = str(name).strip().lower()
+    if not key.isidentifier():
+        raise IndexFormulaError(f"index name {name!r} must be an identifier like 'my_index'")
+    spec = custom_index(formula, name=key, valid_range=valid_range, bands=bands,
+                        source=source, description=description)
+    with _REG_LOCK:
+        old = INDICES.get(key)
+        if old is not None and (old.builtin or not overwrite):
+            raise IndexFormulaError(
+                f"index name {key!r} is already registered"
+                + (" as a built-in" if old.builtin else "; pass overwrite=True to replace it")
+            )
+        INDICES[key] = spec
+    logger.info("registered custom index %r = %s", key, spec.formula)
+    return spec
+
+
+def unregister_index(name: str) -> None:
+    """Remove a custom index from :data:`INDICES` (built-ins cannot be removed)."""
+    key = str(name).strip().lower()
+    with _REG_LOCK:
+        spec = INDICES.get(key)
+        if spec is None:
+            return
+        if spec.builtin:
+            raise IndexFormulaError(f"{key!r} is a built-in index and cannot be removed")
+        del INDICES[key]
+
+
+# =============================================================================================
+# Masks
+# =============================================================================================
+@numba.njit(nogil=True)
+def _dilate_square(mask, radius):
+    """Binary dilation by a (2r+1) x (2r+1) square (separable running windows)."""
+    h, w = mask.shape
+    tmp = np.zeros((h, w), dtype=np.bool_)
+    for i in range(h):
+        last = -(radius + 1) * 2  # column of the last True seen
+        # forward pass: any True in [j - r, j]
+        for j in range(w):
+            if mask[i, j]:
+                last = j
+            if j - last <= radius:
+                tmp[i, j] = True
+        last = w + (radius + 1) * 2
+        for j in range(w - 1, -1, -1):
+            if mask[i, j]:
+                last = j
+            if last - j <= radius:
+                tmp[i, j] = True
+    out = np.zeros((h, w), dtype=np.bool_)
+    for j in range(w):
+        last = -(radius + 1) * 2
+        for i in range(h):
+            if tmp[i, j]:
+                last = i
+            if i - last <= radius:
+                out[i, j] = True
+        last = h + (radius + 1) * 2
+        for i in range(h - 1, -1, -1):
+            if tmp[i, j]:
+                last = i
+            if last - i <= radius:
+                out[i, j] = True
+    return out
+
+
+def dilate_mask(mask, radius: int) -> np.ndarray:
+    """Grow a 2-D boolean mask by ``radius`` pixels in every direction (square, i.e.
+    Chebyshev distance <= radius; equals ``scipy.ndimage.binary_dilation`` with a
+    ``(2r+1, 2r+1)`` structure of ones)."""
+    m = np.ascontiguousarray(np.asarray(mask, dtype=bool))
+    r = int(radius)
+    if r < 0:
+        raise ValueError(f"dilation radius must be >= 0 pixels, got {radius!r}")
+    if r == 0 or m.size == 0:
+        return m.copy()
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    return _dilate_square(m, r)
+
+
+def invalid_mask(scl, classes: Iterable[int] | None = DEFAULT_SCL_INVALID, dilate: int = 0, *,
+                 dilate_classes: Iterable[int] = SCL_DILATE_CLASSES) -> np.ndarray:
+    """Boolean mask of invalid pixels from a Sentinel-2 Scene Classification Layer.
+
+    Parameters
+    ----------
+    scl : array_like of int, 2-D
+        SCL classes (0 no data ... 11 snow).
+    classes : iterable of int or None
+        Invalid classes; default :data:`DEFAULT_SCL_INVALID` ``(0, 1, 3, 8, 9, 10, 11)``.
+        Class 0 (no data) and values outside 0..11 are always invalid.
+    dilate : int
+        Grow the invalid pixels of the cloud and shadow classes (``dilate_classes`` that
+        are in ``classes``; default 3, 8, 9, 10) by this many pixels of the SCL raster
+        (20 m for L2A), with a square structuring element.
+    dilate_classes : iterable of int
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where the pixel must not be used.
+    """
+    a = np.asarray(scl)
+    if a.ndim != 2:
+        raise ValueError(f"scl must be a 2-D array, got shape {a.shape}")
+    cls = set(DEFAULT_SCL_INVALID if classes is None else (int(c) for c in classes))
+    cls.add(0)
+    lut = np.zeros(256, dtype=bool)
+    lut[sorted(c for c in cls if 0 <= c < 256)] = True
+    lut[12:] = True  # not an SCL class (0..11): treat as invalid
+    ai = a.astype(np.int64, copy=False)
+    inrange = (ai >= 0) & (ai < 256)
+    bad = np.where(inrange, lut[np.clip(ai, 0, 255)], True)  # unknown classes are invalid
+    d = int(dilate)
+    if d > 0:
+        grow = sorted(cls & {int(c) for c in dilate_classes})
+        if grow:
+            seed = np.isin(ai, grow)
+            bad |= dilate_mask(seed, d)
+    elif d < 0:
+        raise ValueError(f"dilate must be >= 0 pixels, got {dilate!r}")
+    return bad
+
+
+# =============================================================================================
+# Per-field weighted statistics
+# =============================================================================================
+@numba.njit(nogil=True)
+def _weighted_stats(values, weights, offsets, mean, std, wsum):
+    nf = offsets.shape[0] - 1
+    for f in range(nf):
+        s = offsets[f]
+        e = offsets[f + 1]
+        sw = 0.0
+        swx = 0.0
+        for k in range(s, e):
+            w = weights[k]
+            x = values[k]
+            if w > 0.0 and x == x:
+                sw += w
+                swx += w * x
+        if sw > 0.0:
+            m = swx / sw
+            ss = 0.0
+            for k in range(s, e):
+                w = weights[k]
+                x = values[k]
+                if w > 0.0 and x == x:
+                    d = x - m
+                    ss += w * d * d
+            mean[f] = m
+            std[f] = np.sqrt(ss / sw)
+            wsum[f] = sw
+        else:
+            mean[f] = _nan
+            std[f] = _nan
+            wsum[f] = 0.0
+
+
+def weighted_field_stats(values, weights, offsets):
+    """Per-field weighted mean, weighted population standard deviation and weight sum.
+
+    Parameters
+    ----------
+    values : array_like of float64, shape (n,)
+        Pixel values in CSR order (e.g. an index gathered at ``Coverage.rows/cols``).
+        NaN values are skipped.
+    weights : array_like of float64, shape (n,)
+        Weights, usually coverage fraction x validity (0 or 1). Weights <= 0 or NaN are
+        skipped.
+    offsets : array_like of int64, shape (n_fields + 1,)
+        CSR offsets (``Coverage.offsets``).
+
+    Returns
+    -------
+    mean, std, weight_sum : numpy.ndarray of float64, shape (n_fields,)
+        ``mean = Σ w x / Σ w``; ``std = sqrt(Σ w (x - mean)² / Σ w)`` (population, same
+        definition as exactextract's ``stdev`` with coverage weights); both NaN where
+        ``weight_sum == 0``. ``weight_sum`` is in the units of ``weights`` (pixels).
+    """
+    v = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    w = np.ascontiguousarray(weights, dtype=np.float64).reshape(-1)
+    o = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
+    if v.shape != w.shape:
+        raise ValueError(f"values and weights differ in length ({v.size} vs {w.size})")
+    if o.size < 1 or o[0] != 0 or o[-1] != v.size or np.any(np.diff(o) < 0):
+        raise ValueError("offsets must start at 0, be non-decreasing and end at len(values)")
+    nf = o.size - 1
+    mean = np.empty(nf)
+    std = np.empty(nf)
+    wsum = np.empty(nf)
+    _weighted_stats(v, w, o, mean, std, wsum)
+    return mean, std, wsum
+
+
+def weighted_field_stats_reference(values, weights, offsets):
+    """Plain NumPy twin of :func:`weighted_field_stats` (for tests)."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    o = np.asarray(offsets, dtype=np.int64)
+    nf = len(o) - 1
+    mean, std, wsum = np.full(nf, np.nan), np.full(nf, np.nan), np.zeros(nf)
+    for f in range(nf):
+        vv, ww = v[o[f]:o[f + 1]], w[o[f]:o[f + 1]]
+        ok = (ww > 0) & ~np.isnan(vv)
+        if ok.any():
+            m = np.average(vv[ok], weights=ww[ok])
+            mean[f] = m
+            std[f] = np.sqrt(np.average((vv[ok] - m) ** 2, weights=ww[ok]))
+            wsum[f] = ww[ok].sum()
+    return mean, std, wsum
+
+
+# =============================================================================================
+# Row builder shared by zonal_stats and observations.field_observations
+# =============================================================================================
+def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
+                   indices: Iterable[str] = ("ndvi",), footprint=None,
+                   min_valid_fraction: float = 0.0, include_empty: bool = False,
+                   id_col: str = "field_id"):
+    """Per-field statistics from reflectances gathered at a coverage's pixels.
+
+    Parameters
+    ----------
+    cov : Coverage
+        Coverage fractions on the grid the reflectances were read on.
+    refl : mapping
+        Band -> float64 reflectance of shape ``(cov.nnz,)`` aligned with ``cov.rows/cols``
+        (NaN for nodata).
+    valid : array_like of bool, shape (cov.nnz,)
+        Pixel validity (not masked by SCL, not nodata).
+    indices : iterable of str
+        Registered names or formulas.
+    footprint : array_like of bool, shape (cov.nnz,), optional
+        Pixels inside the scene's data footprint (not nodata). A field without any such
+        pixel is flagged ``NO_OVERLAP`` rather than ``ALL_MASKED``. Default: all True.
+    min_valid_fraction : float
+        Rows whose ``valid_fraction`` is below this get NaN statistics and the flag
+        ``LOW_VALID_FRACTION``.
+    include_empty : bool
+        Also return rows for fields without any pixel on the grid (flag ``NO_OVERLAP``).
+        Fields with invalid geometry always get a row (NaN, ``INVALID_GEOMETRY``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``field_id, coverage, valid_fraction, <index>, <index>_std, n_pixels, n_pure,
+        flags``; ``coverage`` in pixels, ``valid_fraction`` in [0, 1].
+    """
+    import pandas as pd
+
+    specs = [get_index(i) for i in indices]
+    names = [_column_name(i, s) for i, s in zip(indices, specs)]
+    n = cov.nnz
+    valid = np.asarray(valid, dtype=bool).reshape(-1)
+    if valid.size != n:
+        raise ValueError(f"valid has {valid.size} entries, coverage has {n}")
+    foot = np.ones(n, bool) if footprint is None else np.asarray(footprint, bool).reshape(-1)
+    pf = cov.pixel_field
+    nf = cov.n_fields
+    covsum = cov.coverage
+    w = cov.fractions * valid
+    vsum = np.bincount(pf, weights=w, minlength=nf)
+    fsum = np.bincount(pf, weights=cov.fractions * foot, minlength=nf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vfrac = np.where(covsum > 0, vsum / np.where(covsum > 0, covsum, 1.0), np.nan)
+    flags = [set(f.split(",")) - {""} for f in cov.flags]
+    has_px = cov.n_pixels > 0
+    for i in np.flatnonzero(has_px & (fsum <= 0)):
+        flags[i].add("NO_OVERLAP")
+    for i in np.flatnonzero(has_px & (fsum > 0) & (vsum <= 0)):
+        flags[i].add("ALL_MASKED")
+    low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
+    for i in np.flatnonzero(low):
+        flags[i].add("LOW_VALID_FRACTION")
+    cols: dict[str, Any] = {
+        id_col: cov.field_ids, "coverage": covsum, "valid_fraction": vfrac,
+    }
+    for name, spec in zip(names, specs):
+        vals = _apply(spec, refl) if n else np.empty(0)
+        mean, std, ws = weighted_field_stats(vals, w, cov.offsets)
+        for i in np.flatnonzero(has_px & (vsum > 0) & (ws <= 0)):
+            flags[i].add("INVALID_INDEX")
+        mean[low] = np.nan
+        std[low] = np.nan
+        cols[name] = mean
+        cols[f"{name}_std"] = std
+    cols["n_pixels"] = cov.n_pixels
+    cols["n_pure"] = cov.n_pure
+    cols["flags"] = [join_flags(f) for f in flags]
+    df = pd.DataFrame(cols)
+    if not include_empty:
+        keep = has_px | np.array(["INVALID_GEOMETRY" in f for f in cov.flags], dtype=bool)
+        df = df.loc[keep].reset_index(drop=True)
+    return df
+
+
+def _column_name(requested: str, spec: IndexSpec) -> str:
+    if isinstance(requested, IndexSpec):
+        return requested.name
+    key = str(requested).strip().lower()
+    return key if key in INDICES else spec.name
+
+
+# =============================================================================================
+# zonal_stats from in-memory arrays
+# =============================================================================================
+def _nest_factor(shape, grid_shape, what: str) -> int:
+    h, w = grid_shape
+    sh = tuple(int(s) for s in shape)
+    for f in (1, 2, 3, 6):
+        if sh == (-(-h // f), -(-w // f)) or (f > 1 and sh == (h // f, w // f)):
+            return f
+    raise ValueError(
+        f"{what} has shape {sh}, which does not nest in the grid {grid_shape}: give 10 m "
+        "bands on the grid and 20 m / 60 m bands at 1/2 or 1/6 of its shape (same origin)"
+    )
+
+
+def _per_band(value, band: str, default: float, what: str) -> float:
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        canon = _canon_mapping(value)
+        return float(canon.get(band, default))
+    return float(value)
+
+
+def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
+                indices: Iterable[str] = ("ndvi",), scl=None, scales=None, offsets=None,
+                nodata=0, scl_classes: Iterable[int] | None = None, dilate: int = 0,
+                min_valid_fraction: float = 0.0, id_col: str = "field_id",
+                include_empty: bool = False, coverage: Coverage | None = None):
+    """Coverage-weighted per-field index statistics from in-memory band arrays.
+
+    Parameters
+    ----------
+    bands : mapping
+        Band name or alias -> 2-D DN array. 10 m bands on ``grid``; 20 m bands may be given
+        on their own grid at half the shape (same origin) and are up-mapped by the exact
+        2 x 2 nesting (10 m pixel ``(r, c)`` reads 20 m pixel ``(r // 2, c // 2)``).
+    grid : Grid
+        The 10 m grid (CRS, transform, shape).
+    fields : geopandas.GeoDataFrame
+        Field polygons with a CRS and unique ``id_col``.
+    indices : iterable of str
+        Registered index names or formulas.
+    scl : 2-D array, optional
+        Scene Classification Layer, on ``grid`` or at half its shape.
+    scales, offsets : float or mapping band -> float, optional
+        Radiometric scale (default 1e-4) and offset (default 0; -0.1 for baseline >= 04.00).
+    nodata : number
+        DN meaning no data (default 0); such pixels are invalid and outside the footprint.
+    scl_classes : iterable of int, optional
+        Invalid SCL classes (default :data:`DEFAULT_SCL_INVALID`).
+    dilate : int
+        Dilation of cloud/shadow classes in SCL pixels (see :func:`invalid_mask`).
+    min_valid_fraction : float
+        Minimum ``valid_fraction``; rows below get NaN values and ``LOW_VALID_FRACTION``.
+    id_col : str
+    include_empty : bool
+        Also return rows (``NO_OVERLAP``) for fields that do not touch the grid.
+    coverage : Coverage, optional
+        Precomputed coverage on ``grid`` (else computed and cached).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per field that touches the grid: ``field_id, coverage`` (sum of fractions,
+        pixels), ``valid_fraction`` (valid weight / coverage), ``<index>`` (weighted mean),
+        ``<index>_std`` (weighted population std), ``n_pixels``, ``n_pure``, ``flags``
+        (``NO_OVERLAP``, ``ALL_MASKED``, ``LOW_VALID_FRACTION``, ``INVALID_INDEX``,
+        ``SUBPIXEL_FIELD``, ``FIELD_TOO_SMALL``, ``INVALID_GEOMETRY``). Weights are coverage
+        fraction x validity; a NaN always comes with a flag.
+    """
+    indices = list(indices)
+    specs = [get_index(i) for i in indices]
+    need = sorted({b for s in specs for b in s.bands})
+    given = {}
+    for k, v in bands.items():
+        given[canonical_band(k)] = v
+    missing = [b for b in need if b not in given]
+    if missing:
+        raise MissingBandError(f"indices {indices} need bands {need}; missing {missing}")
+    cov = coverage if coverage is not None else coverage_fractions(fields, grid, id_col=id_col)
+    if cov.grid != grid:
+        raise ValueError("coverage was computed on a different grid")
+    rows = np.asarray(cov.rows, dtype=np.intp)
+    cols = np.asarray(cov.cols, dtype=np.intp)
+    refl = {}
+    foot = np.ones(cov.nnz, dtype=bool)
+    for b in need:
+        arr = np.asarray(given[b])
+        if arr.ndim != 2:
+            raise ValueError(f"band {b} must be a 2-D array, got shape {arr.shape}")
+        f = _nest_factor(arr.shape, grid.shape, f"band {b}")
+        dn = arr[rows // f, cols // f]
+        r = reflectance(dn, _per_band(scales, b, 1e-4, "scales"),
+                        _per_band(offsets, b, 0.0, "offsets"), nodata)
+        foot &= ~np.isnan(r)
+        refl[b] = r
+    valid = foot.copy()
+    if scl is not None:
+        s = np.asarray(scl)
+        if s.ndim != 2:
+            raise ValueError(f"scl must be a 2-D array, got shape {s.shape}")
+        f = _nest_factor(s.shape, grid.shape, "scl")
+        win = cov.window()
+        if win is not None:
+            d = max(int(dilate), 0)
+            r0, c0 = max(win[0] // f - d, 0), max(win[1] // f - d, 0)
+            r1 = min(-(-win[2] // f) + d, s.shape[0])
+            c1 = min(-(-win[3] // f) + d, s.shape[1])
+            bad = invalid_mask(s[r0:r1, c0:c1], scl_classes, dilate)
+            sg = s[rows // f, cols // f]
+            foot &= sg != 0
+            valid &= ~bad[rows // f - r0, cols // f - c0]
+            valid &= foot
+    return coverage_stats(cov, refl, valid, indices=indices, footprint=foot,
+                          min_valid_fraction=min_valid_fraction, include_empty=include_empty,
+                          id_col=id_col)

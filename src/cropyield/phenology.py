@@ -1,0 +1,550 @@
+"""Growing seasons and phenology metrics from smoothed daily series (TIMESAT conventions).
+
+Seasons are found per field as peaks of the smoothed curve separated by troughs that are
+deep enough: a trough splits two seasons only if it drops at least ``min_amplitude`` index
+units below *both* neighbouring peaks and at least ``min_trough_depth`` × the amplitude of
+the larger neighbour (above the field's lowest value). This keeps winter wheat's pre-winter
+tillering bump and dormancy dip in one season, while wheat → maize double cropping (the
+curve falls to bare soil at the June harvest) gives two, and three crops a year give three.
+
+Metrics per season follow TIMESAT (Jönsson & Eklundh 2002, 2004): SOS is the first day after
+the left minimum on which the curve reaches ``base + f × (peak − base)`` and EOS the last day
+before the right minimum on which it is still there, each side with its own base (the
+minimum between this peak and the previous/next season's peak), ``f`` = 0.2 (``sos``/``eos``) and 0.5
+(``sos50``/``eos50``); base = mean of left and right base; amplitude = peak − base; rates
+between the 20 % and 80 % levels; large integral = Σ curve and small integral =
+Σ max(curve − base, 0) over the days from SOS to EOS (index units × days).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pandas as pd
+
+from ._log import logger
+from .errors import CropYieldError, join_flags, split_flags
+
+__all__ = ["phenology", "season_stage", "STAGES", "PhenologyError"]
+
+
+class PhenologyError(CropYieldError, ValueError):
+    """The series table cannot be analysed (missing columns, bad options)."""
+
+
+#: Growth stages reported on the ``as_of`` date, in order.
+STAGES = ("not_sown", "emergence", "green_up", "peak", "senescence", "harvested", "unknown")
+
+_MAXS = 12  # most seasons kept per field (over a multi-year series)
+
+# flag bits
+_F_LOW_OBS = 1
+_F_CLOUDY = 2
+_F_EXTRAP = 4
+_F_PARTIAL_L = 8
+_F_PARTIAL_R = 16
+
+
+@numba.njit(nogil=True)
+def _fill_nan(y, out):
+    """Linear interpolation over NaN gaps, constant extension at the ends. Returns #valid."""
+    n = y.shape[0]
+    last = -1
+    nv = 0
+    for i in range(n):
+        if y[i] == y[i]:
+            nv += 1
+            if last < 0:
+                for k in range(i):
+                    out[k] = y[i]
+            elif i - last > 1:
+                for k in range(last + 1, i):
+                    out[k] = y[last] + (y[i] - y[last]) * (k - last) / (i - last)
+            out[i] = y[i]
+            last = i
+    if nv == 0:
+        for k in range(n):
+            out[k] = np.nan
+    else:
+        for k in range(last + 1, n):
+            out[k] = y[last]
+    return nv
+
+
+@numba.njit(nogil=True)
+def _find_peaks(y, min_amp, min_depth, peaks_out):
+    """Season peaks of a curve without NaN. Returns the number written to ``peaks_out``."""
+    n = y.shape[0]
+    if n < 3:
+        return 0
+    ext = np.empty(n, dtype=np.int64)
+    typ = np.empty(n, dtype=np.int64)   # +1 peak, -1 trough
+    # first non-flat direction
+    i0 = 1
+    while i0 < n and y[i0] == y[0]:
+        i0 += 1
+    if i0 == n:
+        return 0
+    m = 0
+    ext[0] = 0
+    typ[0] = -1 if y[i0] > y[0] else 1
+    m = 1
+    direction = 1 if y[i0] > y[0] else -1
+    for i in range(i0, n - 1):
+        if direction > 0 and y[i + 1] < y[i]:
+            ext[m] = i
+            typ[m] = 1
+            m += 1
+            direction = -1
+        elif direction < 0 and y[i + 1] > y[i]:
+            ext[m] = i
+            typ[m] = -1
+            m += 1
+            direction = 1
+    ext[m] = n - 1
+    typ[m] = 1 if direction > 0 else -1
+    m += 1
+    gmin = y[0]
+    for i in range(n):
+        if y[i] < gmin:
+            gmin = y[i]
+    alive = np.ones(m, dtype=np.bool_)
+    # merge shallow internal troughs, shallowest (relative) first
+    while True:
+        best = np.inf
+        bi = -1
+        bl = -1
+        br = -1
+        for k in range(m):
+            if not alive[k] or typ[k] != -1:
+                continue
+            l = k - 1
+            while l >= 0 and not alive[l]:
+                l -= 1
+            r = k + 1
+            while r < m and not alive[r]:
+                r += 1
+            if l < 0 or r >= m:
+                continue
+            yl = y[ext[l]]
+            yr = y[ext[r]]
+            yt = y[ext[k]]
+            drop = min(yl, yr) - yt
+            big = max(yl, yr) - gmin
+            rel = drop / big if big > 0 else 0.0
+            if drop < min_amp or rel < min_depth:
+                score = rel
+                if score < best:
+                    best = score
+                    bi = k
+                    bl = l
+                    br = r
+        if bi < 0:
+            break
+        alive[bi] = False
+        if y[ext[bl]] < y[ext[br]]:
+            alive[bl] = False
+        else:
+            alive[br] = False
+    # keep peaks that rise at least min_amp above the lowest point on either side
+    np_ = 0
+    for k in range(m):
+        if alive[k] and typ[k] == 1:
+            peaks_out[np_] = ext[k]
+            np_ += 1
+    # an isolated peak (no internal trough) must still have enough amplitude
+    cand = peaks_out[:np_].copy()
+    kept = 0
+    for j in range(np_):
+        p = cand[j]
+        a = cand[j - 1] if j > 0 else 0
+        b = cand[j + 1] if j + 1 < np_ else n - 1
+        lmin = y[p]
+        for i in range(a, p + 1):
+            if y[i] < lmin:
+                lmin = y[i]
+        rmin = y[p]
+        for i in range(p, b + 1):
+            if y[i] < rmin:
+                rmin = y[i]
+        if y[p] - min(lmin, rmin) >= min_amp:
+            peaks_out[kept] = p
+            kept += 1
+    return kept
+
+
+@numba.njit(nogil=True)
+def _cross_up(y, lo, p, level):
+    """Fractional index where y first reaches ``level`` going forward from ``lo`` to ``p``."""
+    for j in range(lo, p):
+        if y[j + 1] >= level:
+            if y[j] >= level:
+                return float(j)
+            d = y[j + 1] - y[j]
+            return j + ((level - y[j]) / d if d > 0 else 0.0)
+    return np.nan
+
+
+@numba.njit(nogil=True)
+def _cross_down(y, p, hi, level):
+    """Fractional index where y is last at ``level`` going back from ``hi`` to ``p``."""
+    for j in range(hi, p, -1):
+        if y[j - 1] >= level:
+            if y[j] >= level:
+                return float(j)
+            d = y[j - 1] - y[j]
+            return j - ((level - y[j]) / d if d > 0 else 0.0)
+    return np.nan
+
+
+@numba.njit(nogil=True)
+def _phenology_all(Y, G, S, min_amp, min_depth, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap,
+                   out_f, out_i, n_seasons):
+    """Seasons and metrics for every field.
+
+    ``out_f[f, s, :]`` = pos, sos, sos50, eos50, eos, peak, base_l, base_r, greenup,
+    senescence, large, small, min_support, t80l, t80r; ``out_i[f, s, :]`` = n_obs, flags.
+    """
+    nf, n = Y.shape
+    y = np.empty(n)
+    peaks = np.empty(n, dtype=np.int64)
+    for f in range(nf):
+        n_seasons[f] = 0
+        nv = _fill_nan(Y[f], y)
+        if nv == 0:
+            n_seasons[f] = -1
+            continue
+        k = _find_peaks(y, min_amp, min_depth, peaks)
+        if k > out_f.shape[1]:
+            k = out_f.shape[1]
+        gmin = y[0]
+        for i in range(n):
+            if y[i] < gmin:
+                gmin = y[i]
+        n_seasons[f] = k
+        for s in range(k):
+            p = peaks[s]
+            a = peaks[s - 1] if s > 0 else 0
+            b = peaks[s + 1] if s + 1 < k else n - 1
+            pk = y[p]
+            lm = p
+            for i in range(a, p + 1):
+                if y[i] < y[lm]:
+                    lm = i
+            rm = p
+            for i in range(b, p - 1, -1):
+                if y[i] < y[rm]:
+                    rm = i
+            bl = y[lm]
+            br = y[rm]
+            flags = 0
+            # a side is cut by the series limits when its base is the series end and the
+            # curve there is still well above the field's lowest level
+            part_l = (p == 0) or (lm == 0 and y[0] - gmin > f_lo * (pk - gmin))
+            part_r = (p == n - 1) or (rm == n - 1 and y[n - 1] - gmin > f_lo * (pk - gmin))
+            if part_l:
+                flags |= _F_PARTIAL_L
+            if part_r:
+                flags |= _F_PARTIAL_R
+            if part_l:
+                sos = np.nan
+                sos50 = np.nan
+                t80l = np.nan
+            else:
+                sos = _cross_up(y, lm, p, bl + f_lo * (pk - bl))
+                sos50 = _cross_up(y, lm, p, bl + 0.5 * (pk - bl))
+                t80l = _cross_up(y, lm, p, bl + f_hi * (pk - bl))
+            if part_r:
+                eos = np.nan
+                eos50 = np.nan
+                t80r = np.nan
+            else:
+                eos = _cross_down(y, p, rm, br + f_lo * (pk - br))
+                eos50 = _cross_down(y, p, rm, br + 0.5 * (pk - br))
+                t80r = _cross_down(y, p, rm, br + f_hi * (pk - br))
+            if part_l and not part_r:
+                base = br
+            elif part_r and not part_l:
+                base = bl
+            else:
+                base = 0.5 * (bl + br)
+            gr = (f_hi - f_lo) * (pk - bl) / (t80l - sos) if t80l - sos > 0 else np.nan
+            sr = (f_hi - f_lo) * (pk - br) / (eos - t80r) if eos - t80r > 0 else np.nan
+            i0 = int(np.ceil(sos)) if sos == sos else 0
+            i1 = int(np.floor(eos)) if eos == eos else n - 1
+            if p == n - 1 or p == 0:
+                pos = np.nan
+            else:
+                pos = float(p)
+            large = 0.0
+            small = 0.0
+            nob = 0
+            minsup = np.inf
+            wide = 0
+            maxgap = 0.0
+            for i in range(i0, i1 + 1):
+                large += y[i]
+                if y[i] > base:
+                    small += y[i] - base
+                if G[f, i] == 0:
+                    nob += 1
+                if S[f, i] < minsup:
+                    minsup = S[f, i]
+                if G[f, i] > cloudy_gap:
+                    wide += 1
+                if G[f, i] > maxgap:
+                    maxgap = G[f, i]
+            nd = i1 - i0 + 1
+            if nd <= 0:
+                minsup = np.nan
+            if nob < min_obs:
+                flags |= _F_LOW_OBS
+            if nd > 0 and (wide > 0.5 * nd or maxgap > 4 * cloudy_gap):
+                flags |= _F_CLOUDY
+            # key dates extrapolated far from any observation
+            keyd = np.array([sos, float(p), eos])
+            for t in keyd:
+                if t == t:
+                    it = int(round(t))
+                    if it >= 0 and it < n and G[f, it] > extrap_gap:
+                        flags |= _F_EXTRAP
+            o = out_f[f, s]
+            o[0] = pos
+            o[1] = sos
+            o[2] = sos50
+            o[3] = eos50
+            o[4] = eos
+            o[5] = pk
+            o[6] = bl
+            o[7] = br
+            o[8] = gr
+            o[9] = sr
+            o[10] = large
+            o[11] = small
+            o[12] = minsup
+            o[13] = t80l
+            o[14] = t80r
+            out_i[f, s, 0] = nob
+            out_i[f, s, 1] = flags
+
+
+def season_stage(as_of_day: float, sos: float, sos50: float, pos: float, eos50: float,
+                 eos: float, *, peak_window: float = 10.0) -> str:
+    """Growth stage of one season on a day (all arguments in the same day units; NaN unknown).
+
+    ``not_sown`` before SOS, ``emergence`` between SOS and SOS50, ``green_up`` from SOS50
+    to ``peak_window`` days before the peak, ``peak`` within ``peak_window`` days of the
+    peak, ``senescence`` until EOS, ``harvested`` after EOS; ``unknown`` if the needed
+    dates are missing.
+    """
+    t = as_of_day
+    if sos == sos and t < sos:
+        return "not_sown"
+    if sos50 == sos50 and t < sos50:
+        return "emergence"
+    if pos != pos:  # peak not reached yet (curve still rising at the end)
+        return "green_up" if sos50 == sos50 or sos == sos else "unknown"
+    if t < pos - peak_window:
+        return "green_up"
+    if t <= pos + peak_window:
+        return "peak"
+    if eos == eos and t >= eos:
+        return "harvested"
+    return "senescence"
+
+
+def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
+              min_amplitude: float = 0.1, min_trough_depth: float = 0.3,
+              sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
+              cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
+              id_col: str = "field_id") -> pd.DataFrame:
+    """Growing seasons and TIMESAT-style phenology metrics per field.
+
+    Parameters
+    ----------
+    series : DataFrame
+        Daily series (:func:`cropyield.series.smooth_series` output): ``field_id``,
+        ``time`` (tz-naive daily dates), ``<index>``; ``gap_days`` and ``support`` are used
+        when present (without them every day counts as observed). Missing days/NaN inside
+        a field's record are linearly interpolated; a field whose values are all NaN gets
+        one ``NO_DATA, NO_SEASON`` row.
+    index : str
+        Column holding the (smoothed) vegetation index.
+    as_of : date-like, optional
+        In-season date: days after it are ignored and ``stage`` is reported on it
+        (default: the last day of the series). Smooth only observations up to ``as_of``
+        for an honest in-season analysis.
+    min_amplitude : float
+        Smallest rise (index units) that makes a season, and smallest trough drop that
+        separates two seasons.
+    min_trough_depth : float
+        A trough separates two seasons only if its drop below the lower neighbouring peak
+        is at least this fraction of the larger neighbour's height above the field's
+        lowest value (0.3 keeps winter wheat's winter dormancy inside one season).
+    sos_fraction : float
+        Fraction of the amplitude for ``sos``/``eos`` (TIMESAT's 20 %).
+    rate_fraction : float
+        Upper level for green-up/senescence rates (rates between ``sos_fraction`` and this).
+    min_obs : int
+        Seasons with fewer observation days between SOS and EOS get ``LOW_OBS``.
+    cloudy_gap_days : float
+        ``CLOUDY_SEASON`` when more than half of the season's days are further than this
+        from any clear observation (or the longest gap exceeds 4× this).
+    extrapolated_gap_days : float
+        ``EXTRAPOLATED`` when SOS, peak or EOS lies further than this from any observation.
+
+    Returns
+    -------
+    DataFrame
+        One row per (field_id, season): ``season`` (1, 2, ... in time order; 1 with NaN
+        metrics and ``NO_SEASON`` when none), ``sos``, ``sos50``, ``pos``, ``eos50``,
+        ``eos`` (Timestamps, tz-naive; NaT when cut by the series limits), ``peak`` and
+        ``base``/``base_left``/``base_right``/``amplitude`` (index units), ``length_days``,
+        ``greenup_rate``/``senescence_rate`` (index units per day, both positive),
+        ``large_integral``/``small_integral`` (index units × days, SOS..EOS or the part
+        inside the series), ``n_obs`` (observation days SOS..EOS), ``min_support``,
+        ``complete`` (both SOS and EOS inside the series), ``stage`` (on ``as_of``),
+        ``flags`` (``NO_SEASON``, ``NO_DATA``, ``LOW_OBS``, ``CLOUDY_SEASON``,
+        ``EXTRAPOLATED``, ``PARTIAL_SEASON``).
+
+    Raises
+    ------
+    PhenologyError
+        Missing columns or invalid options.
+    """
+    need = [id_col, "time", index]
+    missing = [c for c in need if c not in series.columns]
+    if missing:
+        raise PhenologyError(f"series lacks columns {missing}; pass smooth_series output "
+                             f"(need {need})")
+    if not 0 < sos_fraction < 0.5 or not 0.5 < rate_fraction < 1:
+        raise PhenologyError("need 0 < sos_fraction < 0.5 < rate_fraction < 1")
+    if min_amplitude <= 0 or not 0 <= min_trough_depth < 1:
+        raise PhenologyError("need min_amplitude > 0 and 0 <= min_trough_depth < 1")
+    cols = ["season", "sos", "sos50", "pos", "eos50", "eos", "peak", "base", "base_left",
+            "base_right", "amplitude", "length_days", "greenup_rate", "senescence_rate",
+            "large_integral", "small_integral", "n_obs", "min_support", "complete", "stage",
+            "flags"]
+    if len(series) == 0:
+        return pd.DataFrame(columns=[id_col, *cols])
+    t = pd.to_datetime(series["time"])
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    t = t.dt.floor("D")
+    if as_of is not None:
+        a = pd.Timestamp(as_of)
+        if a.tzinfo is not None:
+            a = a.tz_convert("UTC").tz_localize(None)
+        a = a.floor("D")
+        keep = (t <= a).to_numpy()
+        series = series.loc[keep]
+        t = t[keep]
+    else:
+        a = None
+    fidx, ids = pd.factorize(series[id_col], sort=True)
+    if len(series) == 0:
+        raise PhenologyError(f"no series days on or before as_of={as_of}")
+    t0 = t.min()
+    t1 = t.max()
+    n = int((t1 - t0) / pd.Timedelta(days=1)) + 1
+    nf = len(ids)
+    di = ((t - t0) / pd.Timedelta(days=1)).to_numpy().astype(np.int64)
+    flat = fidx.astype(np.int64) * n + di
+    Y = np.full(nf * n, np.nan)
+    Y[flat] = series[index].to_numpy(dtype=np.float64, na_value=np.nan)
+    G = np.full(nf * n, 1e9)
+    if "gap_days" in series.columns:
+        G[flat] = np.nan_to_num(series["gap_days"].to_numpy(dtype=np.float64, na_value=np.nan),
+                                nan=1e9)
+    else:
+        G[flat] = 0.0
+    S = np.zeros(nf * n)
+    if "support" in series.columns:
+        S[flat] = np.nan_to_num(series["support"].to_numpy(dtype=np.float64, na_value=np.nan))
+    else:
+        S[flat] = np.nan
+    Y, G, S = Y.reshape(nf, n), G.reshape(nf, n), S.reshape(nf, n)
+    out_f = np.full((nf, _MAXS, 15), np.nan)
+    out_i = np.zeros((nf, _MAXS, 2), dtype=np.int64)
+    n_seasons = np.zeros(nf, dtype=np.int64)
+    _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(sos_fraction),
+                   float(rate_fraction), int(min_obs), float(cloudy_gap_days),
+                   float(extrapolated_gap_days), out_f, out_i, n_seasons)
+
+    # flatten to rows
+    ns = np.maximum(n_seasons, 1)
+    fi = np.repeat(np.arange(nf), ns)
+    si = np.concatenate([np.arange(k) for k in ns]) if nf else np.zeros(0, dtype=np.int64)
+    has = n_seasons[fi] > 0
+    F = np.where(has[:, None], out_f[fi, si], np.nan)
+    I = np.where(has[:, None], out_i[fi, si], 0)
+    day = pd.Timedelta(days=1)
+
+    def to_time(x):
+        r = np.round(x)
+        res = pd.Series(pd.NaT, index=range(len(x)), dtype="datetime64[ns]")
+        ok = np.isfinite(r)
+        res[ok] = t0 + pd.to_timedelta(r[ok], unit="D")
+        return res.to_numpy()
+
+    bl, br = F[:, 6], F[:, 7]
+    part_l = (I[:, 1] & _F_PARTIAL_L) > 0
+    part_r = (I[:, 1] & _F_PARTIAL_R) > 0
+    base = np.where(part_l & ~part_r, br, np.where(part_r & ~part_l, bl, 0.5 * (bl + br)))
+    df = pd.DataFrame({
+        id_col: np.asarray(ids)[fi],
+        "season": si + 1,
+        "sos": to_time(F[:, 1]),
+        "sos50": to_time(F[:, 2]),
+        "pos": to_time(F[:, 0]),
+        "eos50": to_time(F[:, 3]),
+        "eos": to_time(F[:, 4]),
+        "peak": F[:, 5],
+        "base": base,
+        "base_left": bl,
+        "base_right": br,
+        "amplitude": F[:, 5] - base,
+        "length_days": np.round(F[:, 4]) - np.round(F[:, 1]),
+        "greenup_rate": F[:, 8],
+        "senescence_rate": F[:, 9],
+        "large_integral": F[:, 10],
+        "small_integral": F[:, 11],
+        "n_obs": I[:, 0],
+        "min_support": F[:, 12],
+        "complete": has & ~part_l & ~part_r,
+    })
+    as_day = float((a - t0) / day) if a is not None else float(n - 1)
+    stages = []
+    flags = []
+    for r in range(len(df)):
+        f = fi[r]
+        if n_seasons[f] <= 0:
+            nodata = n_seasons[f] < 0
+            stages.append("unknown" if nodata else "not_sown")
+            flags.append(join_flags("NO_SEASON", "NO_DATA" if nodata else None))
+            continue
+        o = F[r]
+        stages.append(season_stage(as_day, o[1], o[2], o[0], o[3], o[4]))
+        b = I[r, 1]
+        flags.append(join_flags(
+            "LOW_OBS" if b & _F_LOW_OBS else None,
+            "CLOUDY_SEASON" if b & _F_CLOUDY else None,
+            "EXTRAPOLATED" if b & _F_EXTRAP else None,
+            "PARTIAL_SEASON" if b & (_F_PARTIAL_L | _F_PARTIAL_R) else None,
+        ))
+    df["stage"] = stages
+    df["flags"] = flags
+    # series-level NO_DATA flags travel on
+    if "flags" in series.columns:
+        nod = series.loc[series["flags"].astype(str).str.contains("NO_DATA", regex=False),
+                         id_col].unique()
+        if len(nod):
+            m = df[id_col].isin(nod)
+            df.loc[m, "flags"] = [join_flags(x, "NO_DATA") for x in df.loc[m, "flags"]]
+    df.attrs.update(index=index, as_of=None if a is None else str(a.date()),
+                    min_amplitude=min_amplitude, min_trough_depth=min_trough_depth,
+                    sos_fraction=sos_fraction)
+    n_none = int((n_seasons <= 0).sum())
+    if n_none:
+        logger.info("phenology: %d of %d fields without a season", n_none, nf)
+    return df

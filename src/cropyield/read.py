@@ -1,0 +1,880 @@
+"""Field-centric reading of Cloud-Optimized GeoTIFF blocks, and ``load_cube``.
+
+The reader fetches and decodes only the internal COG blocks (tiles) that contain pixels the
+fields need, each block once, and returns the values at those pixels as 1-D vectors, so that
+the index kernels never see a full raster. It is built on rasterio/GDAL:
+
+* **Plan.** Needed pixels are grouped by block; consecutive needed blocks of the same block
+  row are merged into *runs* (one block-aligned window read each, at most ``max_run`` blocks;
+  over HTTP GDAL turns a run into one merged range request because COG tiles of a row are
+  stored contiguously). A run never spans a block that no needed pixel falls in.
+* **Threads.** A bounded :class:`~concurrent.futures.ThreadPoolExecutor` (default 2 threads)
+  executes runs; every worker thread keeps its own dataset handles (GDAL handles are not
+  thread-safe), in a small per-thread LRU, and enters the GDAL environment
+  (:func:`gdal_env`) itself: rasterio config options are thread-local in child threads.
+* **Accounting.** GDAL exposes no byte counter, so bytes are counted from the TIFF tile
+  byte counts of the blocks read (``dataset.block_size``) plus an estimated header read per
+  opened handle (:data:`HEADER_BYTES`); ``requests`` counts handle opens plus run reads
+  (retries included). Server-side counts can differ by GDAL's own header/HEAD requests.
+* **Faults.** Transient failures (HTTP 5xx, 429, timeouts, truncated bodies, connection
+  resets, and decode errors on remote files, which is how truncation surfaces) are retried
+  with exponential backoff after closing the handle and clearing GDAL's ``/vsicurl/`` cache
+  for that URL (``VSICurlPartialClearCache`` through ctypes on the libgdal rasterio loaded;
+  the retry handle is also opened with ``CPL_VSIL_CURL_NON_CACHED`` for the URL so a cached
+  failure can never be replayed). 404 is permanent. 403 triggers one re-sign through the
+  ``signer`` (if any), then :class:`~cropyield.errors.AuthExpiredError`. A local file that
+  cannot be decoded raises :class:`~cropyield.errors.CorruptAssetError` at once. Every href
+  in messages is redacted. A failed block never becomes numbers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._log import logger, redact
+from .errors import AssetReadError, AuthExpiredError, CorruptAssetError, CropYieldError
+
+__all__ = [
+    "DEFAULT_GDAL_ENV",
+    "HEADER_BYTES",
+    "gdal_env",
+    "configure_rio",
+    "clear_gdal_cache",
+    "classify_error",
+    "BlockPlan",
+    "plan_blocks",
+    "ReadStats",
+    "BlockReader",
+    "load_cube",
+]
+
+#: GDAL configuration used for every read (see reference/reliability.md §1).
+DEFAULT_GDAL_ENV: dict[str, Any] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",   # no sidecar listing (.ovr/.msk probes)
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",   # one request per run of adjacent tiles
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_MAX_RETRY": "2",                    # GDAL-level retries (429/5xx), then ours
+    "GDAL_HTTP_RETRY_DELAY": "0.5",                # seconds, doubled with jitter by GDAL
+    "GDAL_HTTP_TIMEOUT": "30",                     # seconds per request
+    "GDAL_HTTP_CONNECTTIMEOUT": "10",              # seconds
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": str(8 * 1024 * 1024),        # bytes per handle
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF",
+    "GDAL_TIFF_INTERNAL_MASK": "YES",
+    "GTIFF_IGNORE_READ_ERRORS": "NO",              # a broken tile must raise, never give zeros
+}
+
+#: Bytes assumed to be read when a handle opens a COG (GDAL's first 16 KiB ingest).
+HEADER_BYTES = 16_384
+
+_configured: dict[str, Any] = {}
+_configured_lock = threading.Lock()
+
+
+def gdal_env(**overrides: Any) -> dict[str, Any]:
+    """GDAL configuration options for reads: defaults, then :func:`configure_rio`, then overrides.
+
+    Returns a new dict (strings or numbers) suitable for ``rasterio.Env(**gdal_env())``.
+    Nothing is written to ``os.environ``.
+    """
+    with _configured_lock:
+        env = {**DEFAULT_GDAL_ENV, **_configured}
+    env.update({k: v for k, v in overrides.items() if v is not None})
+    return env
+
+
+def configure_rio(*, client: Any = None, **options: Any) -> dict[str, Any]:
+    """Set process-wide GDAL options used by cropyield reads, optionally on dask workers too.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        When given, a :class:`distributed.WorkerPlugin` is registered so that every current
+        and future worker of the cluster applies the same options (``[distributed]`` extra).
+    **options
+        GDAL configuration options (e.g. ``GDAL_HTTP_MAX_RETRY=5``) layered over
+        :data:`DEFAULT_GDAL_ENV`.
+
+    Returns
+    -------
+    dict
+        The resulting options (as :func:`gdal_env` now returns them).
+    """
+    with _configured_lock:
+        _configured.update(options)
+    if client is not None:
+        plugin = make_worker_plugin(**options)
+        register = getattr(client, "register_plugin", None) or client.register_worker_plugin
+        register(plugin, name="cropyield-gdal-env")
+    return gdal_env()
+
+
+def make_worker_plugin(**options: Any):
+    """A ``distributed.WorkerPlugin`` that calls :func:`configure_rio` with ``options`` on workers."""
+    from ._extras import require
+
+    distributed = require("distributed", "distributed", "pushing GDAL settings to dask workers")
+
+    class GDALEnvPlugin(distributed.WorkerPlugin):
+        """Apply cropyield's GDAL options on a dask worker (see :func:`configure_rio`)."""
+
+        name = "cropyield-gdal-env"
+
+        def __init__(self, opts: Mapping[str, Any]):
+            self.opts = dict(opts)
+
+        def setup(self, worker=None):  # noqa: D102
+            from cropyield.read import configure_rio as _cfg
+
+            _cfg(**self.opts)
+
+    return GDALEnvPlugin(options)
+
+
+# --------------------------------------------------------------------------------------------
+# GDAL cache clearing
+
+
+_gdal_lib: Any = None
+_gdal_lib_tried = False
+
+
+def _load_gdal() -> Any:
+    """The libgdal that rasterio loaded (for ``VSICurlPartialClearCache``), or None."""
+    global _gdal_lib, _gdal_lib_tried
+    if _gdal_lib_tried:
+        return _gdal_lib
+    _gdal_lib_tried = True
+    import rasterio  # noqa: F401  (make sure its libgdal is loaded)
+
+    candidates: list[str] = []
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                path = line.rsplit(" ", 1)[-1].strip()
+                if "libgdal" in path.rsplit("/", 1)[-1] and path not in candidates:
+                    candidates.append(path)
+    except OSError:
+        pass
+    found = ctypes.util.find_library("gdal")
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+            fn = lib.VSICurlPartialClearCache
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_char_p]
+        fn.restype = None
+        _gdal_lib = lib
+        return lib
+    return None
+
+
+def _vsi_path(href: str) -> str:
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    return href
+
+
+def clear_gdal_cache(href: str) -> bool:
+    """Clear GDAL's ``/vsicurl/`` caches (file size, existence, data regions) for ``href``.
+
+    Query strings are ignored, so every signed variant of the URL is cleared. Returns True
+    when GDAL's ``VSICurlPartialClearCache`` could be called, False otherwise (local paths,
+    or a GDAL build not reachable through ctypes).
+    """
+    if not href.startswith(("http://", "https://", "/vsicurl/")):
+        return False
+    lib = _load_gdal()
+    if lib is None:
+        return False
+    prefix = _vsi_path(href.split("?", 1)[0]) if not href.startswith("/vsicurl/") else \
+        href.split("?", 1)[0]
+    lib.VSICurlPartialClearCache(prefix.encode())
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# error classification
+
+_TRANSIENT = ("response code: 5", "response code: 429", "timed out", "timeout", "connection reset",
+              "reset by peer", "transfer closed", "recv failure", "empty reply", "couldn't connect",
+              "could not connect", "failed to connect", "broken pipe", "partial file",
+              "connection refused", "ssl", "range downloading not supported",
+              "does not exist in the file system", "not recognized as being in a supported",
+              "not recognized as a supported", "curl error")
+_DECODE = ("tiffreadencodedtile", "ireadblock", "decod", "inflate", "zipdecode", "read error",
+           "read failed", "tiffreaddirectory", "tifffetchnormaltag", "not a tiff", "cannot read",
+           "short read", "unexpected end", "incorrect", "failed to read", "lzw", "deflate")
+
+
+def classify_error(exc: BaseException, *, remote: bool) -> str:
+    """Sort a read failure into ``"not_found"``, ``"auth"``, ``"transient"`` or ``"corrupt"``.
+
+    GDAL reports failures as text only, so this matches the messages GDAL/rasterio emit
+    (HTTP response codes, curl errors, libtiff decode errors).
+    """
+    msg = str(exc).lower()
+    if "response code: 404" in msg or "response code: 410" in msg:
+        return "not_found"
+    if "response code: 403" in msg or "response code: 401" in msg:
+        return "auth"
+    if remote and any(s in msg for s in _TRANSIENT):
+        return "transient"
+    if any(s in msg for s in _DECODE):
+        return "transient" if remote else "corrupt"
+    if not remote and ("no such file" in msg or "does not exist" in msg):
+        return "not_found"
+    return "transient" if remote else "corrupt"
+
+
+# --------------------------------------------------------------------------------------------
+# block plans
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Which blocks to read for a set of pixels, grouped into runs.
+
+    ``order`` lists the indices (into the caller's pixel vectors) of the wanted pixels sorted
+    by block; run ``k`` covers block row ``run_row[k]``, block columns
+    ``run_col0[k] .. run_col1[k]`` (inclusive) and pixels ``order[run_start[k]:run_end[k]]``.
+    """
+
+    block_shape: tuple[int, int]
+    order: np.ndarray
+    run_row: np.ndarray
+    run_col0: np.ndarray
+    run_col1: np.ndarray
+    run_start: np.ndarray
+    run_end: np.ndarray
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.run_row)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(np.sum(self.run_col1 - self.run_col0 + 1))
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """All ``(block_row, block_col)`` pairs in the plan."""
+        return [(int(r), int(c)) for r, c0, c1 in zip(self.run_row, self.run_col0, self.run_col1)
+                for c in range(c0, c1 + 1)]
+
+
+def plan_blocks(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+                block_shape: tuple[int, int], want: np.ndarray | None = None,
+                max_run: int = 8) -> BlockPlan:
+    """Group pixels by the raster block they fall in and merge adjacent blocks into runs.
+
+    Parameters
+    ----------
+    rows, cols : int arrays
+        Pixel indices on the raster (must be inside ``shape``).
+    shape : (height, width)
+        Raster shape in pixels.
+    block_shape : (block_height, block_width)
+        Internal tile shape in pixels.
+    want : bool array, optional
+        Only pixels where ``want`` is True are planned (others are not read).
+    max_run : int
+        Maximum number of blocks in one run (window read).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    bh, bw = int(block_shape[0]), int(block_shape[1])
+    nbc = -(-int(shape[1]) // bw)
+    sel = np.arange(len(rows)) if want is None else np.flatnonzero(np.asarray(want, bool))
+    key = (rows[sel] // bh) * nbc + cols[sel] // bw
+    order = np.argsort(key, kind="stable")
+    sel, key = sel[order], key[order]
+    if len(sel) == 0:
+        e = np.zeros(0, np.int64)
+        return BlockPlan((bh, bw), sel.astype(np.int64), e, e, e, e, e)
+    ublocks, starts = np.unique(key, return_index=True)
+    ends = np.append(starts[1:], len(key))
+    br, bc = ublocks // nbc, ublocks % nbc
+    brk = np.ones(len(ublocks), bool)
+    brk[1:] = (br[1:] != br[:-1]) | (bc[1:] != bc[:-1] + 1)
+    # cap run lengths at max_run blocks
+    run_id = np.cumsum(brk) - 1
+    first = np.flatnonzero(brk)
+    pos = np.arange(len(ublocks)) - first[run_id]
+    brk |= (pos % max(int(max_run), 1)) == 0
+    s = np.flatnonzero(brk)
+    e = np.append(s[1:], len(ublocks)) - 1
+    return BlockPlan((bh, bw), sel.astype(np.int64), br[s], bc[s], bc[e], starts[s], ends[e])
+
+
+# --------------------------------------------------------------------------------------------
+# the reader
+
+
+@dataclass
+class ReadStats:
+    """Counters of one reader (thread-safe updates through :meth:`add`)."""
+
+    requests: int = 0      # handle opens + run reads issued (retries included)
+    bytes_read: int = 0    # tile byte counts of blocks read + HEADER_BYTES per open
+    blocks_read: int = 0   # internal COG blocks decoded
+    runs: int = 0          # window reads issued
+    opens: int = 0
+    retries: int = 0
+    resigns: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "bytes_read": self.bytes_read,
+                "blocks_read": self.blocks_read, "runs": self.runs, "opens": self.opens,
+                "retries": self.retries, "resigns": self.resigns,
+                "read_failures": [dict(f) for f in self.failures]}
+
+
+@dataclass(frozen=True)
+class _Meta:
+    shape: tuple[int, int]
+    block_shape: tuple[int, int]
+    dtype: str
+    nodata: float | None
+    transform: Any
+    crs: Any
+
+
+class BlockReader:
+    """Thread pool + per-thread dataset handles reading only the COG blocks that are needed.
+
+    Use as a context manager (the pool is shut down and every handle closed on exit)::
+
+        with BlockReader(threads=2) as rd:
+            values = rd.read(href, rows, cols, fill=0)
+
+    Parameters
+    ----------
+    threads : int
+        Worker threads (each keeps its own GDAL handles). 2–4 is right for local DEFLATE COGs.
+    env : dict, optional
+        GDAL options layered over :func:`gdal_env`.
+    max_attempts : int
+        Attempts per run for transient failures (first try included).
+    backoff : float
+        First retry delay in seconds, doubled at every attempt.
+    signer : callable, optional
+        ``signer(href) -> signed_href`` applied to remote hrefs before opening and once more
+        on HTTP 403 (URL signing, e.g. ``planetary_computer.sign``).
+    max_run : int
+        Maximum number of adjacent blocks merged into one window read.
+    max_handles : int
+        Handles kept open per thread (LRU).
+    """
+
+    def __init__(self, *, threads: int = 2, env: Mapping[str, Any] | None = None,
+                 max_attempts: int = 4, backoff: float = 0.25,
+                 signer: Callable[[str], str] | None = None, max_run: int = 8,
+                 max_handles: int = 16):
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self.threads = int(threads)
+        self.env = gdal_env(**dict(env or {}))
+        self.max_attempts = max(1, int(max_attempts))
+        self.backoff = float(backoff)
+        self.signer = signer
+        self.max_run = int(max_run)
+        self.max_handles = int(max_handles)
+        self.stats = ReadStats()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read")
+        self._local = threading.local()
+        self._all: set[Any] = set()
+        self._lock = threading.Lock()
+        self._meta: dict[str, _Meta] = {}
+        self._signed: dict[str, tuple[int, str]] = {}
+        self._resigned: dict[str, int] = {}
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "BlockReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut the pool down and close every dataset handle."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            handles, self._all = list(self._all), set()
+        for ds in handles:
+            try:
+                ds.close()
+            except Exception:  # pragma: no cover - closing a broken handle
+                pass
+
+    # -- signing -----------------------------------------------------------------------------
+    def _path(self, href: str) -> tuple[int, str]:
+        if self.signer is None or not href.startswith(("http://", "https://")):
+            return 0, _vsi_path(href)
+        with self._lock:
+            cur = self._signed.get(href)
+            if cur is None:
+                cur = (0, _vsi_path(self.signer(href)))
+                self._signed[href] = cur
+            return cur
+
+    def _resign(self, href: str, generation: int) -> bool:
+        """Re-sign ``href`` once. False when the single allowed re-sign was already used."""
+        if self.signer is None:
+            return False
+        with self._lock:
+            cur = self._signed.get(href, (0, ""))
+            if cur[0] > generation:      # another thread already re-signed
+                return True
+            if self._resigned.get(href, 0) >= 1:
+                return False
+            self._resigned[href] = self._resigned.get(href, 0) + 1
+            self._signed[href] = (cur[0] + 1, _vsi_path(self.signer(href)))
+        self.stats.add(resigns=1)
+        return True
+
+    # -- handles -----------------------------------------------------------------------------
+    def _handles(self) -> OrderedDict:
+        h = getattr(self._local, "h", None)
+        if h is None:
+            h = self._local.h = OrderedDict()
+        return h
+
+    def _open(self, href: str, *, fresh: bool = False):
+        import rasterio
+
+        handles = self._handles()
+        gen, path = self._path(href)
+        if not fresh and href in handles:
+            ds, g = handles[href]
+            if g == gen:
+                handles.move_to_end(href)
+                return ds, gen
+        self._drop(href)
+        extra = {}
+        if fresh and path.startswith("/vsicurl/"):
+            extra["CPL_VSIL_CURL_NON_CACHED"] = path.split("?", 1)[0]
+        with rasterio.Env(**{**self.env, **extra}):
+            self.stats.add(requests=1, opens=1, bytes_read=HEADER_BYTES)
+            ds = rasterio.open(path, sharing=False)
+        handles[href] = (ds, gen)
+        with self._lock:
+            self._all.add(ds)
+        while len(handles) > self.max_handles:
+            _, (old, _) = handles.popitem(last=False)
+            self._close_one(old)
+        return ds, gen
+
+    def _close_one(self, ds) -> None:
+        with self._lock:
+            self._all.discard(ds)
+        try:
+            ds.close()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _drop(self, href: str) -> None:
+        handles = self._handles()
+        if href in handles:
+            ds, _ = handles.pop(href)
+            self._close_one(ds)
+
+    # -- retries -----------------------------------------------------------------------------
+    def _attempt(self, href: str, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(dataset)`` with retries; raise a cropyield error when it keeps failing."""
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        remote = href.startswith(("http://", "https://", "/vsicurl/"))
+        fresh = False
+        last: BaseException | None = None
+        kind = "transient"
+        attempt, limit = 0, self.max_attempts
+        while attempt < limit:
+            attempt += 1
+            gen = 0
+            try:
+                ds, gen = self._open(href, fresh=fresh)
+                with rasterio.Env(**self.env):
+                    return fn(ds)
+            except (RasterioError, OSError, RuntimeError, ValueError) as exc:
+                if isinstance(exc, CropYieldError):
+                    raise
+                last = exc
+                kind = classify_error(exc, remote=remote)
+                self._drop(href)
+                clear_gdal_cache(href)
+                fresh = True
+                if kind == "auth":
+                    if self._resign(href, gen):
+                        limit += 1          # the re-signed try is an extra attempt
+                        self.stats.add(retries=1)
+                        logger.warning("HTTP 403 reading %s; re-signed, retrying", redact(href))
+                        continue
+                    break
+                if kind in ("not_found", "corrupt"):
+                    break
+                if attempt < limit:
+                    delay = self.backoff * (2 ** (attempt - 1))
+                    self.stats.add(retries=1)
+                    logger.warning("transient failure reading %s (attempt %d/%d): %s; retrying "
+                                   "in %.2fs", redact(href), attempt, limit,
+                                   redact(str(exc)), delay)
+                    time.sleep(delay)
+        raise self._error(href, kind, last, attempt)
+
+    def _error(self, href: str, kind: str, exc: BaseException | None, attempts: int):
+        safe = redact(href)
+        detail = redact(str(exc)) if exc is not None else ""
+        if kind == "auth":
+            err: AssetReadError = AuthExpiredError(
+                f"access to {safe} was refused (HTTP 403) even after re-signing; sign the "
+                f"hrefs again (fresh token) or check the credentials. GDAL said: {detail}",
+                href=safe, reason="auth_expired", attempts=attempts)
+        elif kind == "corrupt":
+            err = CorruptAssetError(
+                f"{safe} could not be decoded (corrupt or truncated tile/header); re-download "
+                f"the asset or exclude the scene. GDAL said: {detail}",
+                href=safe, reason="corrupt", attempts=attempts)
+        elif kind == "not_found":
+            err = AssetReadError(
+                f"{safe} does not exist (HTTP 404 / missing file); the item is stale or the "
+                f"href is wrong. Search again or exclude the scene. GDAL said: {detail}",
+                href=safe, reason="not_found", attempts=attempts)
+        else:
+            err = AssetReadError(
+                f"reading {safe} failed after {attempts} attempts; the server may be down or "
+                f"rate-limiting: retry later or raise GDAL_HTTP_TIMEOUT/max_attempts. GDAL said: "
+                f"{detail}", href=safe, reason="transient", attempts=attempts)
+        self.stats.failures.append({"href": safe, "error": type(err).__name__,
+                                    "reason": err.reason, "attempts": attempts})
+        return err
+
+    # -- metadata ----------------------------------------------------------------------------
+    def meta(self, href: str) -> _Meta:
+        """Shape, block shape, dtype, nodata, transform and CRS of band 1 of ``href``."""
+        m = self._meta.get(href)
+        if m is None:
+            m = self._pool.submit(self._meta_task, href).result()
+            with self._lock:
+                self._meta[href] = m
+        return m
+
+    def _meta_task(self, href: str) -> _Meta:
+        def fn(ds):
+            return _Meta((ds.height, ds.width), tuple(ds.block_shapes[0]), ds.dtypes[0],
+                         ds.nodata, ds.transform, ds.crs)
+        return self._attempt(href, fn)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, href: str, rows: np.ndarray, cols: np.ndarray, *,
+             want: np.ndarray | None = None, fill: Any = 0, dtype: Any = None, pad: int = 0,
+             window_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Values of band 1 of ``href`` at pixels ``(rows, cols)``, reading only needed blocks.
+
+        Parameters
+        ----------
+        href : str
+            Local path or http(s) URL (read through ``/vsicurl/``), unsigned.
+        rows, cols : int arrays
+            Pixel indices on the asset's grid (inside its shape).
+        want : bool array, optional
+            Only these pixels are needed; blocks without any wanted pixel are not read and
+            unwanted pixels get ``fill``.
+        fill : scalar
+            Value of pixels not read.
+        dtype : numpy dtype, optional
+            Output dtype (default: the asset's, or ``window_fn``'s output dtype).
+        pad : int
+            Extra pixels read around each run window (clipped to the raster), e.g. for
+            dilation in ``window_fn``.
+        window_fn : callable, optional
+            ``window_fn(array2d) -> array2d`` applied to each (padded) window before the
+            values are gathered (e.g. an SCL mask with dilation).
+
+        Returns
+        -------
+        numpy.ndarray
+            1-D array of ``len(rows)`` values.
+        """
+        rows = np.asarray(rows, np.int64)
+        cols = np.asarray(cols, np.int64)
+        m = self.meta(href)
+        if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= m.shape[0]
+                          or cols.max() >= m.shape[1]):
+            raise ValueError(f"pixel indices outside the raster {m.shape} of {redact(href)}")
+        plan = plan_blocks(rows, cols, m.shape, m.block_shape, want, self.max_run)
+        out_dtype = np.dtype(dtype) if dtype is not None else (
+            np.dtype(m.dtype) if window_fn is None else None)
+        out = None if out_dtype is None else np.full(len(rows), fill, dtype=out_dtype)
+        if plan.n_runs == 0:
+            return out if out is not None else np.full(len(rows), fill)
+        # chunks of runs per task: enough tasks to keep every thread busy
+        n_blocks = plan.run_col1 - plan.run_col0 + 1
+        target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
+        chunks, cur, acc = [], [], 0
+        for k in range(plan.n_runs):
+            cur.append(k)
+            acc += int(n_blocks[k])
+            if acc >= target:
+                chunks.append(cur)
+                cur, acc = [], 0
+        if cur:
+            chunks.append(cur)
+        futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
+                                  window_fn) for runs in chunks]
+        error = None
+        for f in futs:
+            try:
+                for idx, vals in f.result():
+                    if out is None:
+                        out = np.full(len(rows), fill, dtype=vals.dtype)
+                    out[idx] = vals
+            except AssetReadError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return out
+
+    def _read_runs(self, href, plan: BlockPlan, runs, rows, cols, m: _Meta, pad, window_fn):
+        from rasterio.windows import Window
+
+        bh, bw = plan.block_shape
+        H, W = m.shape
+        results = []
+        for k in runs:
+            br, c0b, c1b = int(plan.run_row[k]), int(plan.run_col0[k]), int(plan.run_col1[k])
+            r0, r1 = br * bh, min((br + 1) * bh, H)
+            c0, c1 = c0b * bw, min((c1b + 1) * bw, W)
+            pr0, pr1 = max(r0 - pad, 0), min(r1 + pad, H)
+            pc0, pc1 = max(c0 - pad, 0), min(c1 + pad, W)
+            idx = plan.order[plan.run_start[k]:plan.run_end[k]]
+
+            def fn(ds, pr0=pr0, pr1=pr1, pc0=pc0, pc1=pc1, br=br, c0b=c0b, c1b=c1b):
+                arr = ds.read(1, window=Window(pc0, pr0, pc1 - pc0, pr1 - pr0))
+                if arr.shape != (pr1 - pr0, pc1 - pc0):  # pragma: no cover - GDAL contract
+                    raise OSError(f"short read: got {arr.shape}")
+                nbytes = sum(int(ds.block_size(1, br, c)) for c in range(c0b, c1b + 1))
+                return arr, nbytes
+
+            arr, nbytes = self._attempt(href, fn)
+            nb = c1b - c0b + 1
+            if pad:
+                # blocks touched by the padding are decoded too
+                nb = (-(-pr1 // bh) - pr0 // bh) * (-(-pc1 // bw) - pc0 // bw)
+            self.stats.add(requests=1, runs=1, blocks_read=nb, bytes_read=nbytes)
+            if window_fn is not None:
+                arr = window_fn(arr)
+            results.append((idx, arr[rows[idx] - pr0, cols[idx] - pc0]))
+        return results
+
+    def block_bytes(self, href: str, blocks: list[tuple[int, int]]) -> int:
+        """Sum of the TIFF tile byte counts of ``blocks`` (``(row, col)``) of band 1."""
+        def fn(ds):
+            return sum(int(ds.block_size(1, r, c)) for r, c in blocks)
+        return self._pool.submit(self._attempt, href, fn).result()
+
+
+# --------------------------------------------------------------------------------------------
+# load_cube
+
+
+def _aoi_geometry(aoi):
+    """Return (shapely geometry, pyproj CRS) for a GeoDataFrame/GeoSeries/geometry/bbox."""
+    import geopandas as gpd
+    import shapely
+    from pyproj import CRS
+
+    from .errors import MissingCRSError
+
+    if isinstance(aoi, (gpd.GeoDataFrame, gpd.GeoSeries)):
+        if aoi.crs is None:
+            raise MissingCRSError("aoi has no CRS; call aoi.set_crs(...) first")
+        return shapely.union_all(np.asarray(aoi.geometry.values)), CRS.from_user_input(aoi.crs)
+    if isinstance(aoi, (tuple, list)) and len(aoi) == 4:
+        return shapely.box(*map(float, aoi)), CRS.from_epsg(4326)
+    if hasattr(aoi, "geom_type"):
+        crs = getattr(aoi, "crs", None)
+        if crs is None:
+            raise MissingCRSError(
+                "a bare shapely geometry has no CRS; pass a GeoSeries with a CRS or a lon/lat "
+                "bbox tuple (minx, miny, maxx, maxy)")
+        return aoi, CRS.from_user_input(crs)
+    raise TypeError(f"aoi must be a GeoDataFrame/GeoSeries or a lon/lat bbox, got {type(aoi)}")
+
+
+def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
+              resampling: str = "nearest", scl_classes=None, dilate: int = 0,
+              groupby: str = "solar_day", threads: int = 2, env: Mapping[str, Any] | None = None,
+              dtype: str = "float32") -> Any:
+    """Load scenes over ``aoi`` into an ``xarray.Dataset`` (time, y, x) of reflectance.
+
+    Every band is warped (``rasterio.warp.reproject``, reading only the source window that
+    covers the output) onto one output grid: the CRS of the most frequent scene CRS (or
+    ``crs``), pixel size ``resolution`` metres, aligned to multiples of the resolution so that
+    Sentinel-2 grids map 1:1 with ``nearest``. Scenes of several tiles/UTM zones of the same
+    acquisition (``groupby="solar_day"``) are mosaicked, first valid pixel wins (scenes sorted
+    by tile). Values are float32 reflectance ``DN * scale + offset`` with each band's own
+    scale/offset; DN nodata becomes NaN. ``valid`` (uint8, 1 = clear) is derived from SCL
+    with ``scl_classes`` (default ``indices.DEFAULT_SCL_INVALID``) and ``dilate`` pixels;
+    reflectance is *not* masked by it. ``spatial_ref`` carries the CRS (rioxarray).
+
+    Parameters
+    ----------
+    scenes : Scenes or iterable of Scene / pystac.Item / item dict
+    aoi : GeoDataFrame, GeoSeries, or lon/lat bbox ``(minx, miny, maxx, maxy)``
+    bands : sequence of str
+        Canonical band names (``"B04"``, ``"B08"``, ``"SCL"``...).
+    resolution : float
+        Output pixel size in metres.
+    crs : CRS-like, optional
+        Output CRS (default: the most common scene CRS).
+    resampling : str
+        ``rasterio.enums.Resampling`` name for reflectance bands (SCL is always nearest).
+    groupby : {"solar_day", "time"}
+        Merge same-acquisition scenes (``solar_day``) or keep one slice per scene datetime.
+
+    Returns
+    -------
+    xarray.Dataset
+        One float32 variable per reflectance band (``SCL`` stays uint8), ``valid`` (uint8),
+        coordinates ``time`` (UTC, tz-naive), ``y``, ``x`` (pixel centres) and ``spatial_ref``.
+    """
+    import rasterio
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+    from pyproj import CRS
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+    from rasterio.warp import reproject, transform_geom
+
+    from .observations import _as_scene_list, _solar_day
+
+    scene_list = _as_scene_list(scenes)
+    if not scene_list:
+        raise CropYieldError("load_cube got no scenes; search again with a wider date range")
+    bands = list(bands)
+    geom, aoi_crs = _aoi_geometry(aoi)
+    if crs is None:
+        counts: dict[str, int] = {}
+        for s in scene_list:
+            counts[s.crs.to_wkt()] = counts.get(s.crs.to_wkt(), 0) + 1
+        crs = CRS.from_wkt(max(counts, key=counts.get))
+    crs = CRS.from_user_input(crs)
+    import shapely
+
+    g = shapely.geometry.shape(transform_geom(aoi_crs.to_wkt(), crs.to_wkt(),
+                                              shapely.geometry.mapping(geom)))
+    minx, miny, maxx, maxy = g.bounds
+    res = float(resolution)
+    x0, x1 = np.floor(minx / res) * res, np.ceil(maxx / res) * res
+    y0, y1 = np.floor(miny / res) * res, np.ceil(maxy / res) * res
+    width, height = max(int(round((x1 - x0) / res)), 1), max(int(round((y1 - y0) / res)), 1)
+    dst_transform = from_origin(x0, y1, res, res)
+
+    groups: dict[Any, list] = {}
+    for s in scene_list:
+        key = _solar_day(s) if groupby == "solar_day" else s.datetime
+        groups.setdefault(key, []).append(s)
+    keys = sorted(groups, key=lambda k: min(s.datetime for s in groups[k]))
+    env_d = gdal_env(**dict(env or {}))
+    if scl_classes is None:
+        from .indices import DEFAULT_SCL_INVALID as scl_classes  # noqa: N811
+    reader = BlockReader(threads=threads, env=env_d)
+
+    def warp(scene, bname):
+        band = scene.bands.get(bname)
+        if band is None:
+            raise CropYieldError(f"scene {scene.id} has no band {bname!r}; "
+                                 f"available: {sorted(scene.bands)}")
+        is_scl = bname == "SCL"
+        dst = np.zeros((height, width), dtype=np.uint16 if not is_scl else np.uint8)
+        nod = band.nodata if band.nodata is not None else 0
+
+        def fn(ds):
+            reproject(rasterio.band(ds, 1), dst, src_nodata=nod, dst_nodata=0,
+                      dst_transform=dst_transform, dst_crs=crs,
+                      resampling=Resampling.nearest if is_scl else Resampling[resampling])
+            return dst
+
+        arr = reader._attempt(band.href, fn)
+        if is_scl:
+            return arr, band
+        return arr, band
+
+    try:
+        data = {b: np.full((len(keys), height, width), np.nan, dtype=dtype) for b in bands
+                if b != "SCL"}
+        scl_out = np.zeros((len(keys), height, width), np.uint8)
+        need_scl = True
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for t, k in enumerate(keys):
+                for s in sorted(groups[k], key=lambda s: (s.tile, s.id)):
+                    names = [b for b in bands if b != "SCL"] + (["SCL"] if need_scl and
+                                                                 "SCL" in s.bands else [])
+                    futs = {b: pool.submit(warp, s, b) for b in names}
+                    for b, f in futs.items():
+                        arr, band = f.result()
+                        if b == "SCL":
+                            sel = (scl_out[t] == 0) & (arr != 0)
+                            scl_out[t][sel] = arr[sel]
+                            continue
+                        refl = arr.astype(np.float64) * band.scale + band.offset
+                        hole = np.isnan(data[b][t]) & (arr != 0)
+                        data[b][t][hole] = refl[hole].astype(dtype)
+    finally:
+        reader.close()
+    from .indices import invalid_mask
+
+    valid = np.stack([~np.asarray(invalid_mask(scl_out[t], scl_classes, dilate)) for t in
+                      range(len(keys))]).astype(np.uint8) if len(keys) else scl_out
+    xs = x0 + (np.arange(width) + 0.5) * res
+    ys = y1 - (np.arange(height) + 0.5) * res
+    times = pd_times([min(s.datetime for s in groups[k]) for k in keys])
+    ds = xr.Dataset({b: (("time", "y", "x"), v) for b, v in data.items()},
+                    coords={"time": times, "y": ys, "x": xs})
+    if "SCL" in bands:
+        ds["SCL"] = (("time", "y", "x"), scl_out)
+    ds["valid"] = (("time", "y", "x"), valid)
+    ds["scene_ids"] = (("time",), np.array([",".join(sorted(s.id for s in groups[k]))
+                                            for k in keys], dtype=object))
+    for b in data:
+        ds[b].attrs.update(units="1", long_name=f"{b} surface reflectance")
+    ds["valid"].attrs.update(long_name="1 = clear pixel (SCL not in the invalid classes)")
+    ds = ds.rio.write_crs(crs.to_wkt()).rio.write_transform(dst_transform)
+    ds.attrs.update(reader.stats.as_dict() | {"resampling": resampling, "resolution": res})
+    ds.attrs.pop("read_failures", None)
+    return ds
+
+
+def pd_times(ts):
+    """tz-aware UTC timestamps -> tz-naive UTC ``datetime64[ns]`` array (xarray-friendly)."""
+    import pandas as pd
+
+    idx = pd.DatetimeIndex([pd.Timestamp(t) for t in ts])
+    if idx.tz is not None:
+        idx = idx.tz_convert("UTC").tz_localize(None)
+    return idx.values.astype("datetime64[ns]")

@@ -1,0 +1,670 @@
+"""Per-field daily time series: same-day merge and weighted Whittaker smoothing.
+
+The smoother solves ``(W + λ DᵀD) z = W y`` on a daily grid (Eilers 2003, Anal. Chem.
+75:3631), where ``D`` is the second-order difference matrix and ``W`` the diagonal of
+observation weights (0 on days without a clear observation). The system is symmetric
+pentadiagonal; it is factorised as ``LDLᵀ`` in O(n) per field by a numba kernel
+(:func:`whittaker_banded`). Clouds that escape the mask bias vegetation indices *low*, so
+an iterative upper-envelope re-weighting down-weights observations that fall well below
+the current fit (Chen et al. 2004, RSE 91:332; see reference/science.md §6).
+
+λ is fixed or chosen per field by the V-curve (Frasso & Eilers 2015) and always bounded,
+because unbounded automatic choices pick λ ≈ 0 on sparse irregular series.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numba
+import numpy as np
+import pandas as pd
+
+from ._log import logger
+from .errors import CropYieldError, join_flags, split_flags
+
+__all__ = ["smooth_series", "whittaker_banded", "whittaker_fit", "fit_double_logistic",
+           "double_logistic", "DEFAULT_FLAG_WEIGHTS", "SeriesError"]
+
+
+class SeriesError(CropYieldError, ValueError):
+    """The observations table cannot be turned into a series (missing columns, bad options)."""
+
+
+#: Multiplier applied to an observation's weight when its flags contain the code.
+#: Rows whose value is NaN always get weight 0.
+DEFAULT_FLAG_WEIGHTS: dict[str, float] = {
+    "ALL_MASKED": 0.0,
+    "READ_FAILED": 0.0,
+    "NO_OVERLAP": 0.0,
+    "AUTH_EXPIRED": 0.0,
+    "INVALID_GEOMETRY": 0.0,
+    "LOW_VALID_FRACTION": 0.5,
+    "SUBPIXEL_FIELD": 0.5,
+}
+
+_NS_PER_DAY = 86_400_000_000_000
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@numba.njit(nogil=True)
+def whittaker_banded(y, w, lam, z):
+    """Weighted second-order Whittaker smoother on a regular grid (in place into ``z``).
+
+    Solves ``(W + lam·DᵀD) z = W y`` with a banded LDLᵀ factorisation, O(n).
+
+    Parameters
+    ----------
+    y : float64[n]
+        Values (ignored where ``w == 0``; may be NaN there).
+    w : float64[n]
+        Non-negative weights.
+    lam : float
+        Smoothing parameter λ (> 0), in (index units)² per (index units / day²)².
+    z : float64[n]
+        Output array.
+
+    Returns
+    -------
+    bool
+        False when the system is singular (fewer than two distinct weighted days);
+        ``z`` is then left filled with NaN.
+    """
+    n = y.shape[0]
+    if n == 0:
+        return True
+    if n < 3:
+        sw = 0.0
+        swy = 0.0
+        for i in range(n):
+            if w[i] > 0:
+                sw += w[i]
+                swy += w[i] * y[i]
+        for i in range(n):
+            z[i] = swy / sw if sw > 0 else np.nan
+        return sw > 0
+    # A = W + lam * D'D, D the (n-2) x n second-difference matrix (rows [1, -2, 1])
+    a0 = np.zeros(n)   # diagonal of D'D
+    b0 = np.zeros(n)   # b0[i] = (D'D)[i, i-1]
+    for k in range(n - 2):
+        a0[k] += 1.0
+        a0[k + 1] += 4.0
+        a0[k + 2] += 1.0
+        b0[k + 1] += -2.0
+        b0[k + 2] += -2.0
+    d = np.empty(n)
+    l1 = np.zeros(n)   # L[i, i-1]
+    l2 = np.zeros(n)   # L[i, i-2]
+    rhs = np.empty(n)
+    for i in range(n):
+        wi = w[i]
+        rhs[i] = wi * y[i] if wi > 0 else 0.0
+    for i in range(n):
+        dd = w[i] + lam * a0[i]
+        if i >= 1:
+            tmp = lam * b0[i]
+            if i >= 2:
+                tmp -= l1[i - 1] * l2[i] * d[i - 2]
+            l1[i] = tmp / d[i - 1]
+            dd -= l1[i] * l1[i] * d[i - 1]
+        if i >= 2:
+            dd -= l2[i] * l2[i] * d[i - 2]
+        if not (dd > 1e-12 * (1.0 + lam)):
+            for k in range(n):
+                z[k] = np.nan
+            return False
+        d[i] = dd
+        if i + 2 < n:
+            l2[i + 2] = lam / dd  # (D'D)[i+2, i] = 1
+    # forward: L u = rhs
+    for i in range(n):
+        v = rhs[i]
+        if i >= 1:
+            v -= l1[i] * z[i - 1]
+        if i >= 2:
+            v -= l2[i] * z[i - 2]
+        z[i] = v
+    for i in range(n):
+        z[i] /= d[i]
+    # backward: L' x = u
+    for i in range(n - 1, -1, -1):
+        v = z[i]
+        if i + 1 < n:
+            v -= l1[i + 1] * z[i + 1]
+        if i + 2 < n:
+            v -= l2[i + 2] * z[i + 2]
+        z[i] = v
+    return True
+
+
+@numba.njit(nogil=True)
+def _fit_terms(y, w, z):
+    """Weighted residual sum of squares and roughness Σ(Δ²z)²."""
+    n = y.shape[0]
+    fit = 0.0
+    for i in range(n):
+        if w[i] > 0:
+            r = y[i] - z[i]
+            fit += w[i] * r * r
+    pen = 0.0
+    for i in range(2, n):
+        dz = z[i] - 2.0 * z[i - 1] + z[i - 2]
+        pen += dz * dz
+    return fit, pen
+
+
+@numba.njit(nogil=True)
+def _vcurve_lambda(y, w, lams, z):
+    """λ minimising the V-curve distance between consecutive (log fit, log pen) points."""
+    m = lams.shape[0]
+    lf = np.empty(m)
+    lp = np.empty(m)
+    for k in range(m):
+        whittaker_banded(y, w, lams[k], z)
+        f, p = _fit_terms(y, w, z)
+        lf[k] = np.log10(f + 1e-12)
+        lp[k] = np.log10(p + 1e-12)
+    best = np.inf
+    lam = lams[m // 2]
+    for k in range(m - 1):
+        dl = np.log10(lams[k + 1]) - np.log10(lams[k])
+        v = np.sqrt((lf[k + 1] - lf[k]) ** 2 + (lp[k + 1] - lp[k]) ** 2) / dl
+        if v < best:
+            best = v
+            lam = np.sqrt(lams[k] * lams[k + 1])
+    return lam
+
+
+@numba.njit(nogil=True)
+def _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
+    """Upper-envelope weights: obs more than ``thresh`` below the fit get ``low`` × weight.
+
+    With ``keep_runs``, two or more consecutive valid observations below the fit keep their
+    weight: cloud residues are isolated dates, a harvest or a real decline persists.
+    Returns whether any weight changed.
+    """
+    n = y.shape[0]
+    changed = False
+    prev_low = False
+    prev_i = -1
+    for i in range(n):
+        if w0[i] <= 0:
+            continue
+        is_low = y[i] < z[i] - thresh
+        nw = w0[i] * low if is_low else w0[i]
+        if keep_runs and is_low:
+            if prev_low:
+                nw = w0[i]
+                if prev_i >= 0 and wk[prev_i] != w0[prev_i]:
+                    wk[prev_i] = w0[prev_i]
+                    changed = True
+        if nw != wk[i]:
+            changed = True
+        wk[i] = nw
+        prev_low = is_low
+        prev_i = i
+    return changed
+
+
+@numba.njit(nogil=True)
+def _smooth_one(y, w0, lam, lams, n_iter, thresh, low, keep_runs, z, wk):
+    """Fit one field: optional V-curve, then upper-envelope iterations. Returns λ used."""
+    n = y.shape[0]
+    for i in range(n):
+        wk[i] = w0[i]
+    if lams.shape[0] > 0:
+        # λ from the V-curve on the weights of a first envelope pass at a mid λ
+        lam0 = np.sqrt(lams[0] * lams[-1])
+        for it in range(n_iter):
+            whittaker_banded(y, wk, lam0, z)
+            if not _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
+                break
+        lam = _vcurve_lambda(y, wk, lams, z)
+        for i in range(n):
+            wk[i] = w0[i]
+    ok = whittaker_banded(y, wk, lam, z)
+    for it in range(n_iter):
+        if not ok:
+            break
+        if not _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
+            break
+        ok = whittaker_banded(y, wk, lam, z)
+    return lam
+
+
+@numba.njit(nogil=True)
+def _smooth_all(Y, W, lam, lams, n_iter, thresh, low, keep_runs, Z, lam_out):
+    nf, n = Y.shape
+    wk = np.empty(n)
+    for f in range(nf):
+        n_valid = 0
+        first = -1
+        sw = 0.0
+        swy = 0.0
+        for i in range(n):
+            if W[f, i] > 0:
+                n_valid += 1
+                if first < 0:
+                    first = i
+                sw += W[f, i]
+                swy += W[f, i] * Y[f, i]
+        if n_valid == 0:
+            for i in range(n):
+                Z[f, i] = np.nan
+            lam_out[f] = np.nan
+            continue
+        if n_valid == 1:
+            for i in range(n):
+                Z[f, i] = swy / sw
+            lam_out[f] = np.nan
+            continue
+        lam_out[f] = _smooth_one(Y[f], W[f], lam, lams, n_iter, thresh, low, keep_runs, Z[f], wk)
+        # outside the observed period hold the edge value (a second-order penalty would
+        # extrapolate the edge slope linearly, without bound)
+        last = first
+        for i in range(n):
+            if W[f, i] > 0:
+                last = i
+        for i in range(first):
+            Z[f, i] = Z[f, first]
+        for i in range(last + 1, n):
+            Z[f, i] = Z[f, last]
+
+
+@numba.njit(nogil=True)
+def _support_gap(W, sigma, S, G):
+    """Gaussian-kernel weight density ``S`` and days to nearest weighted day ``G``."""
+    nf, n = W.shape
+    half = int(np.ceil(4.0 * sigma))
+    kern = np.empty(2 * half + 1)
+    for k in range(-half, half + 1):
+        kern[k + half] = np.exp(-0.5 * (k / sigma) ** 2)
+    for f in range(nf):
+        for i in range(n):
+            S[f, i] = 0.0
+        for i in range(n):
+            wi = W[f, i]
+            if wi > 0:
+                lo = max(0, i - half)
+                hi = min(n, i + half + 1)
+                for j in range(lo, hi):
+                    S[f, j] += wi * kern[j - i + half]
+        big = 1 << 30
+        last = -big
+        for i in range(n):
+            if W[f, i] > 0:
+                last = i
+            G[f, i] = i - last
+        last = big
+        for i in range(n - 1, -1, -1):
+            if W[f, i] > 0:
+                last = i
+            d = last - i
+            if d < G[f, i]:
+                G[f, i] = d
+
+
+def whittaker_fit(y, w, lam: float = 300.0, *, envelope_iterations: int = 4,
+                  envelope_threshold: float = 0.05, envelope_weight: float = 0.05,
+                  lam_bounds: tuple[float, float] | None = None, n_lambdas: int = 13,
+                  keep_runs: bool = True):
+    """Smooth one regular series (NumPy arrays in, array and λ out).
+
+    Parameters
+    ----------
+    y, w : array-like of float, same length
+        Values on a regular grid and their weights (0 = missing; NaN values get weight 0).
+    lam : float
+        Fixed λ, used when ``lam_bounds`` is None.
+    envelope_iterations, envelope_threshold, envelope_weight
+        Upper-envelope re-weighting: observations more than ``envelope_threshold`` (index
+        units) below the fit get ``envelope_weight`` × their weight, repeated up to
+        ``envelope_iterations`` times.
+    lam_bounds : (float, float), optional
+        If given, λ is chosen by the V-curve on a log grid of ``n_lambdas`` values
+        between the bounds.
+
+    Returns
+    -------
+    z : ndarray of float64
+    lam : float
+        λ used (NaN when fewer than two weighted points).
+    """
+    y = np.asarray(y, dtype=np.float64)[None, :].copy()
+    w = np.asarray(w, dtype=np.float64)[None, :].copy()
+    bad = ~np.isfinite(y) | ~np.isfinite(w) | (w < 0)
+    w[bad] = 0.0
+    y[bad] = 0.0
+    lams = (np.geomspace(lam_bounds[0], lam_bounds[1], n_lambdas) if lam_bounds is not None
+            else np.empty(0))
+    z = np.empty_like(y)
+    lam_out = np.empty(1)
+    _smooth_all(y, w, float(lam), lams, int(envelope_iterations), float(envelope_threshold),
+                float(envelope_weight), bool(keep_runs), z, lam_out)
+    return z[0], float(lam_out[0])
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _to_days(t: pd.Series) -> pd.Series:
+    t = pd.to_datetime(t)
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    return t.dt.floor("D").astype("datetime64[ns]")
+
+
+def _naive_day(x) -> pd.Timestamp:
+    ts = pd.Timestamp(x)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts.floor("D")
+
+
+def _obs_weights(obs: pd.DataFrame, values: np.ndarray, weights, flag_weights) -> np.ndarray:
+    n = len(obs)
+    if weights is None:
+        if "valid_fraction" in obs.columns:
+            w = obs["valid_fraction"].to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            w = np.ones(n)
+    elif isinstance(weights, str):
+        if weights not in obs.columns:
+            raise SeriesError(f"weights column {weights!r} not in observations; "
+                              f"available: {list(obs.columns)}")
+        w = obs[weights].to_numpy(dtype=np.float64, na_value=np.nan)
+    elif callable(weights):
+        w = np.asarray(weights(obs), dtype=np.float64)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise SeriesError(f"weights must give one value per observation row ({n}), got {w.shape}")
+    w = np.where(np.isfinite(w), np.clip(w, 0.0, None), 0.0)
+    if flag_weights and "flags" in obs.columns:
+        inv, uniq = pd.factorize(obs["flags"], use_na_sentinel=False)
+        mult = np.ones(len(uniq))
+        for k, cell in enumerate(uniq):
+            for code in split_flags(cell if isinstance(cell, str) else None):
+                if code in flag_weights:
+                    mult[k] *= float(flag_weights[code])
+        w = w * mult[inv]
+    w[~np.isfinite(values)] = 0.0
+    return w
+
+
+def smooth_series(
+    observations: pd.DataFrame,
+    *,
+    index: str | Sequence[str] = "ndvi",
+    lam: float | str | None = 300.0,
+    lam_bounds: tuple[float, float] = (10.0, 1e5),
+    weights: str | Callable[[pd.DataFrame], Any] | np.ndarray | None = None,
+    flag_weights: Mapping[str, float] | None = None,
+    envelope_iterations: int = 4,
+    envelope_threshold: float = 0.05,
+    envelope_weight: float = 0.05,
+    envelope_keep_runs: bool = True,
+    start=None,
+    end=None,
+    min_obs: int = 6,
+    support_sigma_days: float = 8.0,
+    id_col: str = "field_id",
+) -> pd.DataFrame:
+    """Daily smoothed series per field from per-scene observations.
+
+    Parameters
+    ----------
+    observations : DataFrame
+        ``field_observations`` table, or any table with ``field_id``, ``time`` and the
+        ``index`` column(s); ``valid_fraction`` (0..1), ``coverage`` (pixels) and ``flags``
+        are used when present. Times may be tz-aware (converted to UTC) or naive (taken as
+        UTC); each is assigned to its UTC calendar day.
+    index : str or sequence of str
+        Index column(s) to smooth. With several, each is smoothed with the same weights
+        (NaN values excluded per index); ``support``/``gap_days``/``flags`` refer to the
+        first index.
+    lam : float, "vcurve" or None
+        Whittaker λ on the daily grid (default 300, chosen on the synthetic validation,
+        docs/validation_series.md). ``"vcurve"`` or None chooses λ per field by the V-curve
+        within ``lam_bounds``.
+    lam_bounds : (float, float)
+        Bounds of the V-curve search (13 log-spaced values).
+    weights : None, column name, callable or array
+        Observation weights before flag multipliers. Default: ``valid_fraction`` (1 if the
+        column is absent). Same-day observations (e.g. overlapping tiles) are averaged with
+        weights ``coverage × valid_fraction × weight`` and the day's weight is the largest
+        of their weights.
+    flag_weights : mapping, optional
+        Flag code → weight multiplier (default :data:`DEFAULT_FLAG_WEIGHTS`; NaN values
+        always get weight 0).
+    envelope_iterations, envelope_threshold, envelope_weight
+        Upper-envelope re-weighting: observations more than ``envelope_threshold`` index
+        units below the fit get ``envelope_weight`` × their weight (cloud residues bias
+        vegetation indices low). Set ``envelope_iterations=0`` for indices where that
+        asymmetry does not hold.
+    start, end : date-like, optional
+        Daily grid limits (inclusive; default: first and last observation date overall).
+        Observations outside are dropped.
+    min_obs : int
+        Fields with fewer valid observation days get the ``LOW_OBS`` flag.
+    support_sigma_days : float
+        Width (days) of the Gaussian kernel for ``support``.
+    id_col : str
+        Field id column.
+
+    Returns
+    -------
+    DataFrame
+        One row per field and day: ``field_id``, ``time`` (tz-naive UTC date,
+        ``datetime64[ns]``), ``<index>`` (smoothed, index units), ``support`` (Gaussian
+        kernel sum of observation weights, σ = ``support_sigma_days``; ≈ effective number
+        of clear observations within ±σ days), ``gap_days`` (days to the nearest valid
+        observation; 0 on observed days), ``lam`` (λ used for the field) and ``flags``
+        (``NO_DATA`` for fields without a valid observation, whose values are NaN;
+        ``LOW_OBS``; ``EXTRAPOLATED`` on days before the first or after the last valid
+        observation). ``attrs["lam"]`` records the λ setting.
+
+    Raises
+    ------
+    SeriesError
+        Missing columns, an empty grid (``end`` before ``start``) or invalid options.
+    """
+    indices = [index] if isinstance(index, str) else list(index)
+    if not indices:
+        raise SeriesError("index must name at least one column")
+    need = [id_col, "time", *indices]
+    missing = [c for c in need if c not in observations.columns]
+    if missing:
+        raise SeriesError(f"observations lack columns {missing}; need {need} "
+                          "(the field_observations table has them)")
+    if isinstance(lam, str) and lam != "vcurve":
+        raise SeriesError(f"lam must be a positive number, 'vcurve' or None, not {lam!r}")
+    vcurve = lam is None or lam == "vcurve"
+    if not vcurve and not (float(lam) > 0):
+        raise SeriesError(f"lam must be > 0, got {lam}")
+    lo_b, hi_b = (float(lam_bounds[0]), float(lam_bounds[1]))
+    if not (0 < lo_b < hi_b):
+        raise SeriesError(f"lam_bounds must satisfy 0 < low < high, got {lam_bounds}")
+    if envelope_iterations < 0 or not (0 <= envelope_weight <= 1):
+        raise SeriesError("envelope_iterations must be >= 0 and envelope_weight in [0, 1]")
+    flag_weights = DEFAULT_FLAG_WEIGHTS if flag_weights is None else dict(flag_weights)
+
+    obs = observations
+    days = _to_days(obs["time"]) if len(obs) else pd.Series([], dtype="datetime64[ns]")
+    day_ns = days.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    fidx, ids_all = pd.factorize(obs[id_col], sort=True)
+    n_fields = len(ids_all)
+
+    t0 = _naive_day(start) if start is not None else (
+        pd.Timestamp(day_ns.min()) if len(day_ns) else None)
+    t1 = _naive_day(end) if end is not None else (
+        pd.Timestamp(day_ns.max()) if len(day_ns) else None)
+    if t0 is None or t1 is None:
+        raise SeriesError("observations are empty and no start/end given: nothing to smooth")
+    n_days = int((t1 - t0) / pd.Timedelta(days=1)) + 1
+    if n_days <= 0:
+        raise SeriesError(f"end {t1.date()} is before start {t0.date()}")
+
+    dix = (day_ns - t0.value) // _NS_PER_DAY
+    inside = (dix >= 0) & (dix < n_days)
+    flat = fidx.astype(np.int64) * n_days + dix
+
+    cov = (obs["coverage"].to_numpy(dtype=np.float64, na_value=np.nan)
+           if "coverage" in obs.columns else np.ones(len(obs)))
+    cov = np.where(np.isfinite(cov) & (cov > 0), cov, 0.0)
+    if "coverage" not in obs.columns:
+        cov[:] = 1.0
+
+    size = n_fields * n_days
+    results: dict[str, np.ndarray] = {}
+    W_first = None
+    lam_first = None
+    for k, ix in enumerate(indices):
+        vals = obs[ix].to_numpy(dtype=np.float64, na_value=np.nan)
+        w = _obs_weights(obs, vals, weights, flag_weights)
+        use = inside & (w > 0)
+        fl = flat[use]
+        ww = w[use]
+        mw = ww * cov[use]
+        # same-day observations with zero coverage fall back to plain weights
+        mw = np.where(mw > 0, mw, ww)
+        sum_mw = np.bincount(fl, weights=mw, minlength=size)
+        sum_mwy = np.bincount(fl, weights=mw * vals[use], minlength=size)
+        Wd = np.zeros(size)
+        np.maximum.at(Wd, fl, ww)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            Yd = np.where(sum_mw > 0, sum_mwy / np.where(sum_mw > 0, sum_mw, 1.0), 0.0)
+        Y = Yd.reshape(n_fields, n_days)
+        Wm = Wd.reshape(n_fields, n_days)
+        lams = np.geomspace(lo_b, hi_b, 13) if vcurve else np.empty(0)
+        Z = np.empty((n_fields, n_days))
+        lam_out = np.empty(n_fields)
+        _smooth_all(Y, Wm, float(lam) if not vcurve else 1000.0, lams, int(envelope_iterations),
+                    float(envelope_threshold), float(envelope_weight), bool(envelope_keep_runs),
+                    Z, lam_out)
+        results[ix] = Z.reshape(-1)
+        if k == 0:
+            W_first = Wm
+            lam_first = lam_out
+
+    S = np.empty((n_fields, n_days))
+    G = np.empty((n_fields, n_days), dtype=np.int64)
+    _support_gap(W_first, float(support_sigma_days), S, G)
+    n_valid = (W_first > 0).sum(axis=1)
+    has = W_first > 0
+    first = np.where(n_valid > 0, has.argmax(axis=1), n_days)
+    last = np.where(n_valid > 0, n_days - 1 - has[:, ::-1].argmax(axis=1), -1)
+    gap = G.astype(np.float64)
+    gap[n_valid == 0, :] = np.nan
+
+    # flags: a few field-level combinations × extrapolated-or-not → categorical codes
+    field_codes = np.where(n_valid == 0, 2, np.where(n_valid < min_obs, 1, 0))
+    day = np.arange(n_days)
+    extrap = (day[None, :] < first[:, None]) | (day[None, :] > last[:, None])
+    extrap[n_valid == 0, :] = False
+    code = (field_codes[:, None] * 2 + extrap).reshape(-1)
+    cats = [join_flags(f, e) for f in ([], ["LOW_OBS"], ["NO_DATA"])
+            for e in ([], ["EXTRAPOLATED"])]
+    flags = pd.Categorical.from_codes(code, categories=pd.Index(cats, dtype=object))
+
+    out = pd.DataFrame({
+        id_col: np.repeat(np.asarray(ids_all), n_days),
+        "time": np.tile(t0.to_datetime64().astype("datetime64[ns]")
+                        + np.arange(n_days).astype("timedelta64[D]"), n_fields)
+        .astype("datetime64[ns]"),
+    })
+    for ix in indices:
+        out[ix] = results[ix]
+    out["support"] = S.reshape(-1)
+    out["gap_days"] = gap.reshape(-1)
+    out["lam"] = np.repeat(lam_first, n_days)
+    out["flags"] = flags
+    out.attrs["lam"] = "vcurve" if vcurve else float(lam)
+    out.attrs["lam_bounds"] = (lo_b, hi_b)
+    out.attrs["index"] = indices
+    n_nodata = int((n_valid == 0).sum())
+    if n_nodata:
+        logger.info("smooth_series: %d of %d fields have no valid observation (NO_DATA)",
+                    n_nodata, n_fields)
+    return out
+
+
+# --------------------------------------------------------------------------- double logistic
+
+
+def double_logistic(t, base, amp, sos, rate_up, eos, rate_down):
+    """Beck et al. (2006) double logistic: ``base + amp·(σ(rate_up·(t−sos)) − σ(rate_down·(t−eos)) )``.
+
+    ``t``, ``sos``, ``eos`` in days; ``rate_*`` in 1/day; ``sos``/``eos`` are the 50 % points.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    up = 1.0 / (1.0 + np.exp(-np.clip(rate_up * (t - sos), -60, 60)))
+    dn = 1.0 / (1.0 + np.exp(-np.clip(rate_down * (t - eos), -60, 60)))
+    return base + amp * (up - dn)
+
+
+def fit_double_logistic(series: pd.DataFrame, seasons: pd.DataFrame, *, index: str = "ndvi",
+                        id_col: str = "field_id", pad_days: int = 45) -> pd.DataFrame:
+    """Fit a double logistic per field-season to the smoothed daily series.
+
+    Requires scipy (``pip install cropyield[test]`` or scipy itself). Each fit uses the
+    daily values from ``sos − pad_days`` to ``eos + pad_days`` of the season (from
+    :func:`cropyield.phenology.phenology`), weighted by ``support`` so extrapolated stretches
+    count little.
+
+    Returns
+    -------
+    DataFrame
+        ``field_id, season, base, amp, sos50_fit, eos50_fit, rate_up, rate_down, rmse,
+        flags`` (dates as Timestamps; rates in 1/day; ``FIT_FAILED`` in flags when the
+        optimiser fails or the season has no dates).
+    """
+    try:
+        from scipy.optimize import curve_fit
+    except ImportError as exc:  # pragma: no cover - scipy is in the test extra
+        raise ImportError("fit_double_logistic needs scipy: pip install scipy "
+                          "(or cropyield[test])") from exc
+    rows = []
+    groups = {k: g for k, g in series.groupby(id_col, sort=False)}
+    for r in seasons.itertuples(index=False):
+        fid = getattr(r, id_col)
+        rec: dict[str, Any] = {id_col: fid, "season": r.season}
+        g = groups.get(fid)
+        if g is None or pd.isna(r.sos) or pd.isna(r.eos):
+            rec["flags"] = join_flags("FIT_FAILED")
+            rows.append(rec)
+            continue
+        lo = r.sos - pd.Timedelta(days=pad_days)
+        hi = r.eos + pd.Timedelta(days=pad_days)
+        gg = g[(g["time"] >= lo) & (g["time"] <= hi)]
+        y = gg[index].to_numpy(float)
+        t = ((gg["time"] - lo) / pd.Timedelta(days=1)).to_numpy(float)
+        sup = gg["support"].to_numpy(float) if "support" in gg else np.ones_like(y)
+        ok = np.isfinite(y)
+        flags = []
+        try:
+            base0 = float(np.nanmin(y))
+            amp0 = float(np.nanmax(y) - base0)
+            p0 = [base0, amp0, float((r.sos - lo).days) + 15, 0.1,
+                  float((r.eos - lo).days) - 15, 0.1]
+            sigma = 1.0 / np.sqrt(np.clip(sup[ok], 0.05, None))
+            popt, _ = curve_fit(double_logistic, t[ok], y[ok], p0=p0, sigma=sigma,
+                                bounds=([-1, 0, -50, 0.005, -50, 0.005],
+                                        [1, 2, t.max() + 50, 1.0, t.max() + 50, 1.0]),
+                                maxfev=2000)
+            resid = y[ok] - double_logistic(t[ok], *popt)
+            rec.update(base=popt[0], amp=popt[1],
+                       sos50_fit=lo + pd.Timedelta(days=float(popt[2])),
+                       rate_up=popt[3],
+                       eos50_fit=lo + pd.Timedelta(days=float(popt[4])),
+                       rate_down=popt[5], rmse=float(np.sqrt(np.mean(resid ** 2))))
+        except (RuntimeError, ValueError) as exc:
+            logger.info("double logistic fit failed for %s season %s: %s", fid, r.season, exc)
+            flags.append("FIT_FAILED")
+        rec["flags"] = join_flags(flags)
+        rows.append(rec)
+    cols = [id_col, "season", "base", "amp", "sos50_fit", "eos50_fit", "rate_up", "rate_down",
+            "rmse", "flags"]
+    return pd.DataFrame(rows, columns=cols)

@@ -1,0 +1,349 @@
+"""Crop systems, management, canopy (LAI) trajectories, a reflectance model and true yields.
+
+The canopy model mixes three spectral end-members (green leaves, senescent leaves/residue and
+soil or flood water) by ground cover ``fcover = 1 - exp(-k LAI)``; indices are computed from
+the mixed band reflectances, never drawn as curves. Yields come from a separate process
+(potential yield x field quality x post-peak stress x variety harvest index x pests x noise)
+that is NOT a light-use-efficiency model: stress after the peak cuts yield much more than it
+cuts greenness, and harvest-index and pest effects are invisible to the canopy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ._config import WorldConfig, rng_for
+
+__all__ = [
+    "BANDS", "SYSTEMS", "CROPS", "INDEX_FUNCS", "canopy_state", "reflectance_from_state",
+    "compute_indices", "assign_management",
+]
+
+#: Reflective bands simulated, in this order.
+BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+# End-member reflectances (surface reflectance, 0-1) per band in BANDS order.
+# Values are typical of USGS/ASTER spectral-library spectra convolved to S2 bands.
+GREEN = np.array([0.025, 0.065, 0.028, 0.11, 0.32, 0.43, 0.47, 0.49, 0.21, 0.10])
+BROWN = np.array([0.07, 0.10, 0.14, 0.18, 0.23, 0.27, 0.29, 0.30, 0.36, 0.28])
+SOIL = np.array([0.08, 0.11, 0.15, 0.17, 0.185, 0.195, 0.21, 0.225, 0.31, 0.26])
+WATER = np.array([0.06, 0.07, 0.06, 0.055, 0.045, 0.04, 0.04, 0.035, 0.02, 0.015])  # turbid paddy/pond
+VILLAGE = np.array([0.10, 0.12, 0.13, 0.15, 0.17, 0.19, 0.21, 0.22, 0.25, 0.22])
+ROAD = np.array([0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
+CLOUD = np.array([0.42, 0.43, 0.44, 0.45, 0.46, 0.47, 0.48, 0.48, 0.35, 0.24])
+_NIR_BANDS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 0, 0], dtype=float)
+
+#: Crop systems of the North China Plain: share of parcels and crops in season order.
+SYSTEMS: dict[str, tuple[float, tuple[str, ...]]] = {
+    "winter_wheat+summer_maize": (0.50, ("winter_wheat", "summer_maize")),
+    "winter_wheat+soybean": (0.05, ("winter_wheat", "soybean")),
+    "winter_wheat": (0.03, ("winter_wheat",)),
+    "spring_maize": (0.06, ("spring_maize",)),
+    "summer_maize": (0.05, ("summer_maize",)),
+    "rice_single": (0.04, ("rice_single",)),
+    "soybean": (0.04, ("soybean",)),
+    "peanut": (0.08, ("peanut",)),
+    "cotton": (0.04, ("cotton",)),
+    "vegetables": (0.06, ("vegetables", "vegetables")),
+    "fallow": (0.05, ()),
+}
+
+#: Per-crop calendar (sowing window "MM-DD"; days after sowing for mid green-up, mid
+#: senescence and harvest), canopy (peak LAI, extinction k), varieties with harvest-index
+#: factors, and the mean yield at reporting basis (t/ha; NBS 2024 / science.md §7.1).
+CROPS: dict[str, dict] = {
+    "winter_wheat": dict(sow=("10-03", "10-20"), lmax=5.2, k=0.50, ru=0.085, rd=0.16,
+                         varieties={"Bainong207": 1.00, "Zhoumai22": 1.05, "Aikang58": 0.95},
+                         ymean=5.94, basis="grain@12.5%"),
+    "summer_maize": dict(sow=("06-08", "06-22"), up=38, dn=92, harvest=(104, 114), lmax=4.8,
+                         k=0.55, ru=0.13, rd=0.11,
+                         varieties={"Zhengdan958": 1.00, "Denghai605": 1.04, "Xianyu335": 0.96},
+                         ymean=6.59, basis="grain@14%"),
+    "spring_maize": dict(sow=("04-20", "05-08"), up=48, dn=112, harvest=(128, 138), lmax=5.0,
+                         k=0.55, ru=0.11, rd=0.10,
+                         varieties={"Zhengdan958": 1.00, "Xianyu335": 0.97},
+                         ymean=7.2, basis="grain@14%"),
+    "rice_single": dict(sow=("06-01", "06-15"), up=42, dn=108, harvest=(120, 130), lmax=5.4,
+                        k=0.50, ru=0.10, rd=0.10,
+                        varieties={"Xindao22": 1.00, "Huangjinqing": 0.96},
+                        ymean=7.15, basis="grain@14.5%"),
+    "soybean": dict(sow=("06-12", "06-25"), up=40, dn=88, harvest=(100, 108), lmax=4.0,
+                    k=0.50, ru=0.12, rd=0.12,
+                    varieties={"Zhonghuang13": 1.00, "Qihuang34": 1.03},
+                    ymean=2.0, basis="grain@13%"),
+    "peanut": dict(sow=("04-25", "05-10"), up=45, dn=102, harvest=(115, 125), lmax=3.8,
+                   k=0.50, ru=0.10, rd=0.11,
+                   varieties={"Yuhua22": 1.00, "Huayu25": 0.97},
+                   ymean=4.6, basis="pods@10%"),
+    "cotton": dict(sow=("04-15", "04-30"), up=62, dn=138, harvest=(150, 168), lmax=3.6,
+                   k=0.55, ru=0.08, rd=0.09,
+                   varieties={"Zhongmian41": 1.00, "Lumian28": 1.04},
+                   ymean=1.5, basis="lint"),
+    "vegetables": dict(sow=[("03-10", "03-30"), ("08-10", "08-30")], up=28, dn=120,
+                       harvest=(60, 75), lmax=3.0, k=0.60, ru=0.16, rd=0.10,
+                       varieties={"mixed": 1.00}, ymean=30.0, basis="fresh"),
+}
+
+
+def _doy_date(config: WorldConfig, mmdd: str) -> pd.Timestamp:
+    """First occurrence of month-day on or after the world's start date."""
+    start = pd.Timestamp(config.start)
+    d = pd.Timestamp(f"{start.year}-{mmdd}")
+    return d if d >= start else pd.Timestamp(f"{start.year + 1}-{mmdd}")
+
+
+def _e_pow_uniform(a: float, b: float, p: float) -> float:
+    return (b ** (p + 1) - a ** (p + 1)) / ((p + 1) * (b - a))
+
+
+# stress model constants: P(event), event severity range, background range, yield exponent
+_P_EVENT, _EV, _BG, _SP = 0.22, (0.55, 0.9), (0.93, 1.0), 1.6
+_P_PEST, _PEST = 0.06, (0.6, 0.9)
+_Q_SIGMA = 0.15
+_E_STRESS = _P_EVENT * _e_pow_uniform(*_EV, _SP) + (1 - _P_EVENT) * _e_pow_uniform(*_BG, _SP)
+_E_PEST = (1 - _P_PEST) + _P_PEST * sum(_PEST) / 2
+_E_Q = math.exp(0.5 * (0.8 * _Q_SIGMA) ** 2)
+
+
+def assign_management(parcels, config: WorldConfig):
+    """Give every parcel a crop system, declared crop, varieties, seasons and true yields.
+
+    Returns ``(parcels, seasons)``: parcels gain ``system``, ``declared``, ``quality``,
+    ``soil_brightness``; ``seasons`` has one row per (parcel, season) with the canopy
+    parameters (days since ``config.start``) and the true yield.
+    """
+    rng = rng_for(config.seed, "crops")
+    n = len(parcels)
+    names = list(SYSTEMS)
+    probs = np.array([SYSTEMS[s][0] for s in names])
+    # spatial clustering: neighbouring parcels of a block share systems more often
+    blocks = parcels["block"].to_numpy()
+    block_pref = {b: rng.choice(len(names), p=probs) for b in np.unique(blocks)}
+    sys_idx = np.where(rng.random(n) < 0.35, [block_pref[b] for b in blocks],
+                       rng.choice(len(names), size=n, p=probs))
+    ec = parcels["edge_case"].to_numpy()
+    sys_idx[ec == "subpixel"] = names.index("vegetables")
+    system = np.asarray(names, dtype=object)[sys_idx]
+    declared = system.copy()
+    wrong = rng.random(n) < config.wrong_crop_fraction
+    confus = {"winter_wheat+summer_maize": ["winter_wheat+soybean", "summer_maize", "peanut"],
+              "spring_maize": ["peanut", "summer_maize", "cotton"],
+              "summer_maize": ["soybean", "spring_maize"], "peanut": ["soybean", "spring_maize"],
+              "soybean": ["peanut", "summer_maize"], "cotton": ["peanut", "spring_maize"]}
+    for i in np.flatnonzero(wrong):
+        opts = confus.get(system[i], [s for s in names if s != system[i]])
+        declared[i] = opts[int(rng.integers(len(opts)))]
+    q = np.exp(rng.normal(0.0, _Q_SIGMA, n))
+    soil_b = rng.uniform(0.9, 1.1, n)
+
+    start = pd.Timestamp(config.start)
+    rows = []
+    ev_rng = rng_for(config.seed, "seasons")
+    block_event = {}
+    for i in range(n):
+        crops = SYSTEMS[system[i]][1]
+        prev_harvest = None
+        for s, crop in enumerate(crops, start=1):
+            p = CROPS[crop]
+            sow_spec = p["sow"][s - 1] if isinstance(p["sow"], list) else p["sow"]
+            lo, hi = _doy_date(config, sow_spec[0]), _doy_date(config, sow_spec[1])
+            sow = lo + pd.Timedelta(days=float(ev_rng.uniform(0, (hi - lo).days)))
+            if prev_harvest is not None:
+                sow = max(sow, prev_harvest + pd.Timedelta(days=float(ev_rng.uniform(2, 8))))
+            sow = sow.normalize()
+            t_sow = float((sow - start).days)
+            late = max(0.0, (sow - (lo + (hi - lo) / 2)).days)
+            varieties = list(p["varieties"])
+            var = varieties[int(ev_rng.integers(len(varieties)))]
+            density = ev_rng.uniform(0.92, 1.08)
+            lmax = p["lmax"] * q[i] ** 0.9 * density * (1 - 0.006 * late)
+            # post-peak stress (dry-hot wind, waterlogging, drought), clustered by block
+            key = (blocks[i], crop)
+            if key not in block_event:
+                block_event[key] = ev_rng.random() < _P_EVENT
+            if block_event[key] and ev_rng.random() < 0.85:
+                stress = ev_rng.uniform(*_EV)
+            else:
+                stress = ev_rng.uniform(*_BG)
+            if crop == "winter_wheat":
+                greenup = float((_doy_date(config, "03-01") - start).days) + ev_rng.normal(0, 4)
+                tu = greenup + 26 + ev_rng.normal(0, 3)
+                td = float((_doy_date(config, "05-19") - start).days) + ev_rng.normal(0, 3)
+                td -= (1 - stress) * 16
+                t_harv = td + 15 + ev_rng.uniform(0, 4)
+                tu_aut = t_sow + 32 + ev_rng.normal(0, 3)
+            else:
+                tu = t_sow + p["up"] + ev_rng.normal(0, 3)
+                td = t_sow + p["dn"] + ev_rng.normal(0, 4) - (1 - stress) * 16
+                t_harv = t_sow + ev_rng.uniform(*p["harvest"])
+                if crop == "vegetables":
+                    td = t_harv + 40
+                tu_aut = np.nan
+                greenup = np.nan
+            hi_f = p["varieties"][var]
+            pest = ev_rng.uniform(*_PEST) if ev_rng.random() < _P_PEST else 1.0
+            noise = math.exp(ev_rng.normal(0, 0.07) - 0.5 * 0.07 ** 2)
+            sowf = 1 - 0.005 * late
+            y = (p["ymean"] / (_E_STRESS * _E_PEST * _E_Q)) * q[i] ** 0.8 * stress ** _SP \
+                * hi_f * pest * noise * sowf
+            prev_harvest = start + pd.Timedelta(days=float(np.floor(t_harv)))
+            rows.append(dict(parcel=i, season=s, crop=crop, variety=var, t_sow=t_sow,
+                             t_tu=tu, t_td=td, t_harvest=float(np.floor(t_harv)), tu_aut=tu_aut,
+                             greenup=greenup, lmax=lmax, k=p["k"], ru=p["ru"], rd=p["rd"],
+                             stress=stress, hi_factor=hi_f, pest=pest, yield_t_ha=y,
+                             basis=p["basis"]))
+    seasons = pd.DataFrame(rows)
+    parcels = parcels.copy()
+    parcels["system"] = system
+    parcels["declared"] = declared
+    parcels["quality"] = q
+    parcels["soil_brightness"] = soil_b
+    return parcels, seasons
+
+
+def _logistic(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def weather_wetness(config: WorldConfig) -> np.ndarray:
+    """Daily soil darkening factor (0.7 wet .. 1 dry) from a seasonal rain process."""
+    rng = rng_for(config.seed, "weather")
+    days = config.days
+    doy = days.day_of_year.to_numpy()
+    p_rain = 0.08 + 0.22 * np.exp(-0.5 * ((doy - 205) / 35.0) ** 2)   # monsoon Jul-Aug
+    rain = rng.random(len(days)) < p_rain
+    wet = np.ones(len(days))
+    last = -100
+    for i in range(len(days)):
+        if rain[i]:
+            last = i
+        wet[i] = 1.0 - 0.3 * math.exp(-(i - last) / 3.0)
+    return wet
+
+
+def canopy_state(seasons: pd.DataFrame, parcel_ids: np.ndarray, t: np.ndarray, *,
+                 lai_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Canopy state of parcels on days ``t`` (days since the world's start).
+
+    Returns arrays of shape ``(len(parcel_ids), len(t))``: ``lai_green``, ``lai_brown``,
+    ``residue`` (fraction of residue/stubble on the soil), ``flood`` (0-1 water background),
+    ``season`` (int, 0 when no crop is in the ground) and ``crop_idx`` (index into
+    ``CROP_IDS``, -1 when bare).
+    """
+    pos = {int(p): i for i, p in enumerate(parcel_ids)}
+    n, m = len(parcel_ids), len(t)
+    t = np.asarray(t, dtype=float)[None, :]
+    lg = np.zeros((n, m))
+    lb = np.zeros((n, m))
+    res = np.zeros((n, m))
+    flood = np.zeros((n, m))
+    season = np.zeros((n, m), dtype=np.int8)
+    crop_idx = np.full((n, m), -1, dtype=np.int8)
+    sub = seasons[seasons["parcel"].isin(pos)]
+    if len(sub) == 0:
+        return dict(lai_green=lg, lai_brown=lb, residue=res, flood=flood, season=season,
+                    crop_idx=crop_idx)
+    rows = np.array([pos[int(p)] for p in sub["parcel"]])
+    c = {k: sub[k].to_numpy()[:, None] for k in
+         ("t_sow", "t_tu", "t_td", "t_harvest", "tu_aut", "greenup", "lmax", "ru", "rd")}
+    is_wheat = (sub["crop"].to_numpy() == "winter_wheat")[:, None]
+    in_season = (t >= c["t_sow"]) & (t < c["t_harvest"])
+    emerged = _logistic((t - c["t_sow"] - 7.0) * 0.8)
+    up = _logistic(c["ru"] * (t - c["t_tu"]))
+    aut = np.where(is_wheat, _logistic(0.12 * (t - np.nan_to_num(c["tu_aut"]))), 0.0)
+    up = np.where(is_wheat, 0.2 * aut + 0.8 * up, up) * emerged
+    down = _logistic(-c["rd"] * (t - c["t_td"]))
+    # winter dormancy of wheat: part of the green leaf area browns (frost), recovers at green-up
+    winter = np.where(is_wheat, 0.45 * _logistic((t - (np.nan_to_num(c["greenup"]) - 80)) * 0.1)
+                      * _logistic(-(t - np.nan_to_num(c["greenup"])) * 0.15), 0.0)
+    shape = up * down
+    peak = np.max(np.where(in_season, shape, 0.0), axis=1, keepdims=True)
+    peak = np.where(peak > 0, peak, 1.0)
+    total = c["lmax"] * lai_scale * shape / peak
+    green = total * (1 - winter)
+    brown = c["lmax"] * lai_scale * up * (1 - down) * 0.6 + total * winter
+    green = np.where(in_season, green, 0.0)
+    brown = np.where(in_season, brown, 0.0)
+    after = t - c["t_harvest"]
+    resid = np.where(after >= 0, 0.35 * np.exp(-np.maximum(after, 0) / 25.0), 0.0)
+    is_rice = (sub["crop"].to_numpy() == "rice_single")[:, None]
+    fl = np.where(is_rice, _logistic((t - c["t_sow"] + 6) * 1.0) *
+                  _logistic(-(t - c["t_sow"] - 75) * 0.3), 0.0)
+    cid = np.array([CROP_IDS.index(x) for x in sub["crop"]], dtype=np.int8)[:, None]
+    seas = sub["season"].to_numpy()[:, None].astype(np.int8)
+    np.add.at(lg, rows, green)
+    np.add.at(lb, rows, brown)
+    np.add.at(res, rows, resid)
+    np.maximum.at(flood, rows, fl)
+    # seasons do not overlap in time within a parcel: at most one is non-zero per day
+    np.maximum.at(season, rows, (seas * in_season).astype(np.int8))
+    cplus = np.zeros((n, m), dtype=np.int8)
+    np.maximum.at(cplus, rows, ((cid + 1) * in_season).astype(np.int8))
+    crop_idx = cplus - 1
+    res = np.minimum(res, 0.5)
+    return dict(lai_green=lg, lai_brown=lb, residue=res, flood=flood, season=season,
+                crop_idx=crop_idx)
+
+
+CROP_IDS = tuple(CROPS)
+
+
+def reflectance_from_state(state: dict, *, k: np.ndarray | float = 0.5, soil_brightness=1.0,
+                           wetness=1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Band reflectances from a canopy state: ``(refl[..., 10], fcover)``.
+
+    ``fcover = 1 - exp(-k (LAI_green + LAI_brown))``; the canopy mixes green and senescent
+    leaves in proportion to their leaf area; multiple scattering raises NIR with green LAI;
+    the background is soil (darkened by ``wetness``, covered by residue) or flood water.
+    """
+    lg, lb = state["lai_green"], state["lai_brown"]
+    lt = lg + lb
+    k = np.asarray(k, dtype=float)
+    if k.ndim == 1:
+        k = k[:, None]
+    fc = 1.0 - np.exp(-k * lt)
+    gs = np.where(lt > 0, lg / np.where(lt > 0, lt, 1.0), 1.0)
+    ms = 0.78 + 0.25 * (1.0 - np.exp(-0.35 * lg))
+    green = GREEN * (1 + _NIR_BANDS * (ms[..., None] - 1))
+    canopy = gs[..., None] * green + (1 - gs[..., None]) * BROWN
+    sb = np.asarray(soil_brightness, dtype=float)
+    sb = sb[:, None, None] if sb.ndim == 1 else sb
+    wet = np.asarray(wetness, dtype=float)
+    wet = wet[None, :, None] if wet.ndim == 1 else wet
+    soil = SOIL * sb * wet
+    soil = state["residue"][..., None] * BROWN + (1 - state["residue"][..., None]) * soil
+    fl = state["flood"][..., None]
+    bg = fl * WATER + (1 - fl) * soil
+    refl = fc[..., None] * canopy + (1 - fc[..., None]) * bg
+    return refl, fc
+
+
+def _ratio(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(b) > 1e-12, a / b, np.nan)
+
+
+#: Index formulas on band reflectance (band order of BANDS).
+INDEX_FUNCS = {
+    "ndvi": lambda r: _ratio(r[..., 6] - r[..., 2], r[..., 6] + r[..., 2]),
+    "evi2": lambda r: _ratio(2.5 * (r[..., 6] - r[..., 2]), r[..., 6] + 2.4 * r[..., 2] + 1.0),
+    "ndre": lambda r: _ratio(r[..., 7] - r[..., 3], r[..., 7] + r[..., 3]),
+    "ndmi": lambda r: _ratio(r[..., 6] - r[..., 8], r[..., 6] + r[..., 8]),
+    "gcvi": lambda r: _ratio(r[..., 6], r[..., 1]) - 1.0,
+}
+
+
+def compute_indices(refl: np.ndarray, names) -> dict[str, np.ndarray]:
+    """Indices (``ndvi``, ``evi2``, ``ndre`` = (B8A-B05)/(B8A+B05), ``ndmi`` = (B08-B11)/(B08+B11),
+    ``gcvi``) from reflectance arrays whose last axis follows :data:`BANDS`."""
+    out = {}
+    for nm in names:
+        if nm not in INDEX_FUNCS:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"unknown index {nm!r}; choose from {sorted(INDEX_FUNCS)}")
+        out[nm] = INDEX_FUNCS[nm](refl)
+    return out

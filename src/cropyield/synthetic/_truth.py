@@ -1,0 +1,362 @@
+"""Public truth tables: fields, daily canopy, seasons; and simulated observations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .._geo import MU_PER_HA
+from ..errors import join_flags
+from ._canopy import (BANDS, CLOUD, CROP_IDS, CROPS, compute_indices, canopy_state,
+                      reflectance_from_state, weather_wetness)
+from ._clouds import sky_on_date
+from ._config import WorldConfig, rng_for
+from ._fields import landscape
+
+__all__ = ["make_fields", "true_canopy", "true_seasons", "simulate_observations"]
+
+TRUTH_INDICES = ("ndvi", "evi2", "ndre", "ndmi")
+
+
+def _cfg(config) -> WorldConfig:
+    return WorldConfig() if config is None else config
+
+
+def _registered(config):
+    ls = landscape(config)
+    p = ls.parcels[ls.parcels["registered"]].copy()
+    p = p.sort_values(["farmer", "parcel"]).reset_index(drop=True)
+    p["field_id"] = [f"F{i:06d}" for i in range(len(p))]
+    return ls, p
+
+
+def make_fields(config: WorldConfig | None = None):
+    """Smallholder fields registered with the lender, with their truth.
+
+    Parameters
+    ----------
+    config : WorldConfig, optional
+        World parameters (default: the demo world).
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        In the world's UTM CRS (EPSG:32650 for the default), one row per field:
+        ``field_id`` (``"F000123"``), ``farmer_id`` (``"H00012"``; 1-10 plots each), ``crop``
+        (the DECLARED crop system, ~5 % deliberately wrong), ``true_crop`` (crop system id:
+        crop ids joined with ``+`` in season order, e.g. ``"winter_wheat+summer_maize"``;
+        ``"fallow"`` for no crop), ``declared_area_mu`` (farmer's declaration: measured area
+        rounded to 0.5 mu with noise, a few large misdeclarations), ``area_ha`` (true),
+        ``variety`` (per season, joined with ``+``), ``sow_date`` (first season, tz-naive),
+        ``edge_case`` (``""``, ``"sliver"``, ``"subpixel"`` or ``"straddle"`` when the
+        field crosses a tile edge) and ``geometry``. Same seed, same table.
+    """
+    import geopandas as gpd
+
+    config = _cfg(config)
+    ls, p = _registered(config)
+    seasons = ls.seasons
+    rng = rng_for(config.seed, "fields", 99)
+    start = pd.Timestamp(config.start)
+    first = seasons[seasons["season"] == 1].set_index("parcel")
+    var = seasons.groupby("parcel")["variety"].agg("+".join)
+    area_ha = p.geometry.area.to_numpy() / 10_000.0
+    mu = area_ha * MU_PER_HA
+    decl = np.round(mu * np.exp(rng.normal(0, 0.05, len(p))) * 2) / 2
+    decl = np.maximum(decl, 0.5)
+    big = rng.random(len(p)) < 0.03
+    decl[big] = np.round(mu[big] * rng.choice([0.5, 1.6, 2.0, 3.0], big.sum()) * 2) / 2
+    sow = [start + pd.Timedelta(days=float(first.loc[i, "t_sow"])) if i in first.index
+           else pd.NaT for i in p["parcel"]]
+    out = gpd.GeoDataFrame({
+        "field_id": p["field_id"].to_numpy(),
+        "farmer_id": [f"H{int(f):05d}" for f in p["farmer"]],
+        "crop": p["declared"].astype(str).to_numpy(),
+        "true_crop": p["system"].astype(str).to_numpy(),
+        "declared_area_mu": decl,
+        "area_ha": area_ha,
+        "variety": [var.get(i, "") for i in p["parcel"]],
+        "sow_date": pd.to_datetime(pd.Series(sow, dtype="datetime64[ns]")).to_numpy(),
+        "edge_case": p["edge_case"].astype(str).to_numpy(),
+    }, geometry=p.geometry.to_numpy(), crs=p.crs)
+    out.attrs["seed"] = config.seed
+    out.attrs["config_key"] = config.key()
+    return out
+
+
+def _field_canopy(config, ls, p, t, lai_scale=1.0):
+    """Reflectance, fcover and state of registered parcels on days t (since start)."""
+    st = canopy_state(ls.seasons, p["parcel"].to_numpy(), t, lai_scale=lai_scale)
+    wet_all = weather_wetness(config)
+    wet = wet_all[np.clip(np.asarray(t, dtype=int), 0, len(wet_all) - 1)]
+    k = _k_of(ls, p, st)
+    refl, fc = reflectance_from_state(st, k=k, soil_brightness=p["soil_brightness"].to_numpy(),
+                                      wetness=wet)
+    return st, refl, fc
+
+
+def _k_of(ls, p, st):
+    kk = np.array([CROPS[c]["k"] for c in CROP_IDS])
+    k = np.where(st["crop_idx"] >= 0, kk[np.maximum(st["crop_idx"], 0)], 0.5)
+    return k
+
+
+def true_canopy(fields=None, config: WorldConfig | None = None) -> pd.DataFrame:
+    """Daily true canopy of each field from the canopy reflectance model.
+
+    Parameters
+    ----------
+    fields : GeoDataFrame, optional
+        Output of :func:`make_fields` (only its ``field_id`` column is used, to subset).
+    config : WorldConfig, optional
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``field_id, time`` (tz-naive midnight), ``season`` (1, 2; 0 when no crop is in the
+        ground), ``crop`` (crop id of the season, "" when bare), ``lai`` (green leaf area
+        index, m2/m2), ``fcover`` (canopy ground cover, 0-1, green + senescent leaves),
+        ``ndvi, evi2, ndre, ndmi`` computed from simulated band reflectances
+        (ndre = (B8A-B05)/(B8A+B05), ndmi = (B08-B11)/(B08+B11)).
+    """
+    config = _cfg(config)
+    ls, p = _registered(config)
+    if fields is not None:
+        p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
+    days = config.days
+    t = np.arange(len(days), dtype=float)
+    st, refl, fc = _field_canopy(config, ls, p, t)
+    idx = compute_indices(refl, TRUTH_INDICES)
+    n, m = len(p), len(days)
+    crop_names = np.array(("",) + CROP_IDS, dtype=object)
+    df = pd.DataFrame({
+        "field_id": np.repeat(p["field_id"].to_numpy(), m),
+        "time": np.tile(days.to_numpy().astype("datetime64[ns]"), n),
+        "season": st["season"].reshape(-1).astype(np.int8),
+        "crop": crop_names[st["crop_idx"].reshape(-1).astype(int) + 1],
+        "lai": st["lai_green"].reshape(-1),
+        "fcover": fc.reshape(-1),
+        **{k: v.reshape(-1) for k, v in idx.items()},
+    })
+    df.attrs["seed"] = config.seed
+    return df
+
+
+def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame:
+    """True seasons and yields, one row per (field_id, season); fallow fields have none.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``field_id, season, crop, variety, sow_date, sos, pos, eos, harvest_date`` (tz-naive
+        dates; sos/eos where the true NDVI crosses 20 % of the season's amplitude above the
+        left/right base, pos at the NDVI peak), ``peak_ndvi``, ``peak_lai``,
+        ``true_yield_t_ha`` (at the reporting basis in ``yield_basis``: ``grain@12.5%``
+        wheat, ``grain@14%`` maize, ``grain@14.5%`` rice, ``grain@13%`` soybean,
+        ``pods@10%`` peanut, ``lint`` cotton, ``fresh`` vegetables), ``area_ha``,
+        ``true_production_t`` (t), and the hidden drivers ``stress`` (post-peak stress
+        factor, 1 = none), ``hi_factor`` (variety harvest-index factor), ``pest`` (1 = none).
+    """
+    config = _cfg(config)
+    ls, p = _registered(config)
+    if fields is not None:
+        p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
+    days = config.days
+    t = np.arange(len(days), dtype=float)
+    st, refl, fc = _field_canopy(config, ls, p, t)
+    ndvi = compute_indices(refl, ("ndvi",))["ndvi"]
+    pos_of = {int(q): i for i, q in enumerate(p["parcel"])}
+    area = dict(zip(p["parcel"], p.geometry.area / 10_000.0))
+    fid = dict(zip(p["parcel"], p["field_id"]))
+    start = pd.Timestamp(config.start)
+    rows = []
+    s_all = ls.seasons[ls.seasons["parcel"].isin(pos_of)]
+    for r in s_all.itertuples(index=False):
+        i = pos_of[int(r.parcel)]
+        a, b = int(max(r.t_sow, 0)), int(min(r.t_harvest, len(days) - 1))
+        if b <= a:
+            continue
+        seg = ndvi[i, a:b + 1]
+        ip = int(np.argmax(seg))
+        peak = float(seg[ip])
+        left = float(seg[: ip + 1].min())
+        hi_end = min(b + 10, len(days) - 1)
+        right = float(ndvi[i, a + ip:hi_end + 1].min())
+        up = np.flatnonzero(seg[: ip + 1] >= left + 0.2 * (peak - left))
+        dn = np.flatnonzero(ndvi[i, a + ip:hi_end + 1] >= right + 0.2 * (peak - right))
+        day = lambda d: start + pd.Timedelta(days=int(d))  # noqa: E731
+        rows.append(dict(
+            field_id=fid[r.parcel], season=int(r.season), crop=r.crop, variety=r.variety,
+            sow_date=day(r.t_sow), sos=day(a + up[0]), pos=day(a + ip),
+            eos=day(a + ip + dn[-1]), harvest_date=day(r.t_harvest), peak_ndvi=peak,
+            peak_lai=float(st["lai_green"][i, a:b + 1].max()),
+            true_yield_t_ha=float(r.yield_t_ha), yield_basis=r.basis,
+            area_ha=float(area[r.parcel]),
+            true_production_t=float(r.yield_t_ha * area[r.parcel]),
+            stress=float(r.stress), hi_factor=float(r.hi_factor), pest=float(r.pest)))
+    df = pd.DataFrame(rows)
+    if len(df):
+        df = df.sort_values(["field_id", "season"]).reset_index(drop=True)
+    df.attrs["seed"] = config.seed
+    return df
+
+
+def _field_cells(config, p):
+    """Per registered field: world 20 m cell ids and weights (10 m pixels in each cell)."""
+    from rasterio.features import rasterize
+
+    H, W = config.world_shape
+    lab = rasterize(((g, i + 1) for i, g in enumerate(p.geometry)), out_shape=(H, W),
+                    transform=config.world_transform, fill=0, dtype="int32")
+    r, c = np.nonzero(lab)
+    f = lab[r, c] - 1
+    cell = (r // 2) * (W // 2) + (c // 2)
+    key = f.astype(np.int64) * (H * W) + cell
+    uk, cnt = np.unique(key, return_counts=True)
+    fi, ci = uk // (H * W), uk % (H * W)
+    w = cnt.astype(float)
+    missing = np.setdiff1d(np.arange(len(p)), fi)
+    if len(missing):   # sub-pixel fields: the cell of the centroid
+        tr = config.world_transform
+        extra_f, extra_c, extra_w = [], [], []
+        for i in missing:
+            cpt = p.geometry.iloc[i].centroid
+            cc, rr = (cpt.x - tr.c) / tr.a, (cpt.y - tr.f) / tr.e
+            rr, cc = min(max(int(rr), 0), H - 1), min(max(int(cc), 0), W - 1)
+            extra_f.append(i)
+            extra_c.append((rr // 2) * (W // 2) + cc // 2)
+            extra_w.append(max(p.geometry.iloc[i].area / 100.0, 0.01))
+        fi = np.r_[fi, extra_f]
+        ci = np.r_[ci, extra_c]
+        w = np.r_[w, extra_w]
+        o = np.lexsort((ci, fi))
+        fi, ci, w = fi[o], ci[o], w[o]
+    return fi.astype(np.int64), ci.astype(np.int64), w
+
+
+def simulate_observations(fields=None, config: WorldConfig | None = None, *,
+                          indices=("ndvi",)) -> pd.DataFrame:
+    """Per-(field, scene) observations as :func:`cropyield.field_observations` would give them.
+
+    Emulates the scenes of the world (5-day revisit, overlapping tiles, reprocessed
+    duplicates) without writing rasters: per-date clouds (SCL 8/9/10), shadows and swath
+    nodata mask part of each field; undetected haze near clouds biases indices LOW; edge
+    pixels mix with the surroundings; sensor and atmospheric noise. Same seed, same table.
+
+    Parameters
+    ----------
+    fields : GeoDataFrame, optional
+        Output of :func:`make_fields` (used to subset by ``field_id``).
+    config : WorldConfig, optional
+    indices : sequence of str
+        Any of ``ndvi, evi2, ndre, ndmi, gcvi``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``field_id, time`` (tz-aware UTC), ``scene_id, tile, coverage`` (pixels, sum of
+        10 m coverage fractions inside the tile), ``valid_fraction``, per index ``<index>``
+        and ``<index>_std``, ``flags`` (``ALL_MASKED`` when nothing is valid, plus
+        ``NO_OVERLAP`` when the field lies wholly beyond the swath edge; ``SUBPIXEL_FIELD``).
+        ``attrs``: ``requests``, ``bytes_read``, ``read_failures`` (0), ``scene_ids``, ``seed``.
+    """
+    import shapely
+
+    config = _cfg(config)
+    indices = tuple(indices)
+    compute_indices(np.zeros((1, len(BANDS))), indices)   # validates names
+    ls, p = _registered(config)
+    if fields is not None:
+        p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
+    n = len(p)
+    H, W = config.world_shape
+    fi, ci, w = _field_cells(config, p)
+    wsum = np.bincount(fi, weights=w, minlength=n)
+    geoms = p.geometry.to_numpy()
+    area_px = shapely.area(geoms) / 100.0
+    perim = shapely.length(geoms)
+    mix = np.clip(0.6 * perim / np.maximum(shapely.area(geoms), 1.0), 0, 0.4)
+    # coverage and cell membership per tile
+    tiles = config.tiles
+    cov_tile, in_tile = {}, {}
+    crow, ccol = ci // (W // 2), ci % (W // 2)
+    for tl in tiles:
+        cov_tile[tl.name] = shapely.area(shapely.intersection(geoms, shapely.box(*tl.bounds))) / 100.0
+        r0, c0, s = tl.row0 // 2, tl.col0 // 2, tl.size_px // 2
+        in_tile[tl.name] = (crow >= r0) & (crow < r0 + s) & (ccol >= c0) & (ccol < c0 + s)
+    dates = config.dates
+    t = np.asarray((dates - pd.Timestamp(config.start)).days, dtype=float)
+    st, refl, _ = _field_canopy(config, ls, p, t)
+    _, refl_lo, _ = _field_canopy(config, ls, p, t, lai_scale=0.85)
+    _, refl_hi, _ = _field_canopy(config, ls, p, t, lai_scale=1.15)
+    land_mean = refl.mean(axis=0, keepdims=True) * 0.8 + 0.2 * np.array(
+        [0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
+    refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land_mean
+    rng = rng_for(config.seed, "obs")
+    scenes_by_date: dict[int, list] = {}
+    for s in config.scenes:
+        scenes_by_date.setdefault(s.date_index, []).append(s)
+    frames = []
+    for k in range(len(dates)):
+        sky, haze = sky_on_date(config, k)
+        skyc, hazec = sky.reshape(-1)[ci], haze.reshape(-1)[ci]
+        valid_c = (skyc == 0)
+        nodata_c = (skyc == 255)
+        atm = rng.normal(0, 0.004, len(BANDS))
+        pix_noise = rng.normal(0, 1, (n, len(BANDS)))
+        for tl in tiles:
+            sel = in_tile[tl.name]
+            wv = np.bincount(fi[sel], weights=w[sel] * valid_c[sel], minlength=n)
+            wt = np.bincount(fi[sel], weights=w[sel], minlength=n)
+            wn = np.bincount(fi[sel], weights=w[sel] * nodata_c[sel], minlength=n)
+            hz = np.bincount(fi[sel], weights=w[sel] * valid_c[sel] * hazec[sel], minlength=n)
+            present = cov_tile[tl.name] > 1e-9
+            if not present.any():
+                continue
+            vf = np.where(wt > 0, wv / np.maximum(wt, 1e-12), 0.0)
+            h = np.where(wv > 0, hz / np.maximum(wv, 1e-12), 0.0)
+            npx = np.maximum(vf * area_px, 0.5)
+            r = refl[:, k, :] * (1 - h[:, None]) + h[:, None] * CLOUD + atm
+            r = r + pix_noise * 0.012 / np.sqrt(npx)[:, None]
+            vals = compute_indices(r, indices)
+            tex_lo = compute_indices(refl_lo[:, k, :], indices)
+            tex_hi = compute_indices(refl_hi[:, k, :], indices)
+            cols = {}
+            for nm in indices:
+                v = vals[nm].copy()
+                sd = np.sqrt((np.abs(tex_hi[nm] - tex_lo[nm]) / 3.4) ** 2 + 0.012 ** 2
+                             + (mix * 0.05) ** 2 + (h * 0.3) ** 2)
+                bad = vf <= 0
+                v[bad] = np.nan
+                sd[bad] = np.nan
+                cols[nm], cols[f"{nm}_std"] = v, sd
+            flags = []
+            for i in range(n):
+                f = []
+                if vf[i] <= 0:
+                    f.append("ALL_MASKED")
+                    if wt[i] > 0 and wn[i] >= wt[i] - 1e-9:
+                        f.append("NO_OVERLAP")
+                if area_px[i] < 1.0:
+                    f.append("SUBPIXEL_FIELD")
+                flags.append(join_flags(f))
+            base = pd.DataFrame({"field_id": p["field_id"].to_numpy(),
+                                 "coverage": cov_tile[tl.name], "valid_fraction": vf,
+                                 **cols, "flags": flags})[present]
+            for s in scenes_by_date.get(k, []):
+                if s.tile.name != tl.name:
+                    continue
+                fr = base.copy()
+                fr.insert(1, "time", s.datetime)
+                fr.insert(2, "scene_id", s.id)
+                fr.insert(3, "tile", s.tile.name)
+                frames.append(fr)
+    df = pd.concat(frames, ignore_index=True)
+    df["time"] = pd.to_datetime(df["time"], utc=True).astype("datetime64[ns, UTC]")
+    df = df.sort_values(["field_id", "time", "scene_id"]).reset_index(drop=True)
+    df.attrs.update(requests=0, bytes_read=0, read_failures=0,
+                    scene_ids=[s.id for s in config.scenes], seed=config.seed,
+                    config_key=config.key())
+    return df

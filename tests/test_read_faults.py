@@ -1,0 +1,258 @@
+"""HTTP reads through cropyield.servers.RangeServer (127.0.0.1) with scripted faults.
+
+Every fault ends in correct values after retries, or in a clear error / flagged row: never
+zeros, never a silent NaN. Signed query strings never reach errors, attrs or our logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from rasterio.transform import from_origin
+from test_read import X0, Y0, ensure_indices, make_scene, ramp, write_cog
+
+from cropyield.errors import AssetReadError, AuthExpiredError, CorruptAssetError
+from cropyield.servers import FaultScript, RangeServer
+
+ensure_indices()
+
+ROWS = np.array([10, 300, 590, 12])
+COLS = np.array([10, 300, 590, 500])
+FAST = {"GDAL_HTTP_RETRY_DELAY": 0.05, "GDAL_HTTP_TIMEOUT": 1, "GDAL_HTTP_CONNECTTIMEOUT": 1}
+
+
+@pytest.fixture()
+def cog(tmp_path):
+    arr = ramp((600, 600), 4)
+    write_cog(tmp_path / "b.tif", arr, from_origin(X0, Y0, 10, 10))
+    return tmp_path, arr
+
+
+def _read(url, env=None, **kw):
+    from cropyield.read import BlockReader
+
+    with BlockReader(threads=2, backoff=0.05, env={**FAST, **(env or {})}, **kw) as rd:
+        vals = rd.read(url, ROWS, COLS)
+        return vals, rd.stats
+
+
+def _actions(srv):
+    srv.wait_idle()
+    return [(r.status, r.action) for r in srv.requests]
+
+
+def test_plain_http_read_counts_requests_and_bytes(cog):
+    root, arr = cog
+    with RangeServer(root) as srv:
+        vals, st = _read(srv.url_for("b.tif"))
+        srv.wait_idle()
+        get_bytes = sum(r.bytes_sent for r in srv.requests if r.method == "GET")
+        n_get = sum(r.method == "GET" for r in srv.requests)
+    np.testing.assert_array_equal(vals, arr[ROWS, COLS])
+    assert st.blocks_read == 4 and st.runs == 3          # (0,0),(0,1) merged; (1,1); (2,2)
+    # the server sent at least the tile bytes we account for, rounded up to GDAL chunks
+    tile_bytes = st.bytes_read - st.opens * 16384
+    assert tile_bytes <= get_bytes <= st.bytes_read + 16384 * (st.runs + st.opens)
+    assert n_get <= st.requests + st.opens
+
+
+def test_retry_after_503_does_not_replay_gdal_negative_cache(cog):
+    """Plain rasterio replays a cached 503; our retry clears the cache and reaches the server."""
+    import rasterio
+
+    root, arr = cog
+    with RangeServer(root, faults={"b.tif": ["503"]}) as srv:
+        url = srv.url_for("b.tif")
+        with rasterio.Env(GDAL_HTTP_MAX_RETRY=0, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+            for _ in range(2):
+                with pytest.raises(rasterio.errors.RasterioIOError, match="503"):
+                    rasterio.open("/vsicurl/" + url + "?probe=1")
+        assert len(srv.requests) == 1                   # the second failure came from cache
+    with RangeServer(root, faults={"b.tif": ["503", "503"]}) as srv:
+        vals, st = _read(srv.url_for("b.tif"), env={"GDAL_HTTP_MAX_RETRY": 0})
+        acts = _actions(srv)
+    np.testing.assert_array_equal(vals, arr[ROWS, COLS])
+    assert st.retries == 2
+    assert [a for a in acts if a[1] == "503"] == [(503, "503")] * 2
+    assert acts[2][0] in (200, 206)                     # the third try reached the server
+
+
+@pytest.mark.parametrize("n", [1, 6])
+def test_n_503_then_ok(cog, n):
+    """GDAL retries twice itself (GDAL_HTTP_MAX_RETRY=2); beyond that our retries take over."""
+    root, arr = cog
+    with RangeServer(root, faults={"b.tif": ["ok"] + ["503"] * n}) as srv:
+        vals, st = _read(srv.url_for("b.tif"), max_attempts=4)
+        acts = _actions(srv)
+    np.testing.assert_array_equal(vals, arr[ROWS, COLS])
+    assert acts.count((503, "503")) == n
+    assert st.retries == (0 if n <= 2 else (n - 1) // 3)
+
+
+def test_503_forever_raises_asset_read_error_with_attempts(cog):
+    root, _ = cog
+    with RangeServer(root, faults={"b.tif": ["503"] * 60}) as srv:
+        with pytest.raises(AssetReadError) as ei:
+            _read(srv.url_for("b.tif"), max_attempts=2)
+    assert ei.value.attempts == 2 and ei.value.reason == "transient"
+    assert "503" in str(ei.value) and "retry later" in str(ei.value)
+
+
+def test_429_with_retry_after(cog):
+    root, arr = cog
+    with RangeServer(root, faults={"b.tif": ["ok", "429:1", "429:1", "429:1"]}) as srv:
+        t0 = time.perf_counter()
+        vals, st = _read(srv.url_for("b.tif"), max_attempts=3)
+        took = time.perf_counter() - t0
+        acts = _actions(srv)
+    np.testing.assert_array_equal(vals, arr[ROWS, COLS])
+    assert acts.count((429, "429:1")) == 3
+    assert took < 20
+
+
+def test_stall_longer_than_timeout_is_retried(cog):
+    root, arr = cog
+    with RangeServer(root, faults={"b.tif": ["ok", "sleep:3"]}) as srv:
+        t0 = time.perf_counter()
+        vals, _ = _read(srv.url_for("b.tif"))
+        took = time.perf_counter() - t0
+        srv.wait_idle(5)
+    np.testing.assert_array_equal(vals, arr[ROWS, COLS])
+    assert took < 3.0                                   # did not wait for the stalled answer
+
+
+def test_stall_on_every_request_is_an_asset_read_error(cog):
+    root, _ = cog
+    with RangeServer(root, faults={"b.tif": ["sleep:1.5"] * 8}) as srv:
+        with pytest.raises(AssetReadError) as ei:
+            _read(srv.url_for("b.tif"), env={"GDAL_HTTP_MAX_RETRY": 0}, max_attempts=2)
+        srv.wait_idle(10)
+    assert "timed out" in str(ei.value).lower() or "timeout" in str(ei.value).lower()
+
+
+@pytest.mark.parametrize("action", ["truncate", "reset", "corrupt", "ignore_range"])
+def test_damaged_responses_give_correct_values_after_retry(cog, action):
+    root, arr = cog
+    with RangeServer(root, faults={"b.tif": ["ok", "ok", action]}) as srv:
+        vals, st = _read(srv.url_for("b.tif"))
+        acts = _actions(srv)
+    assert any(a == action for _, a in acts)
+    np.testing.assert_array_equal(vals, arr[ROWS, COLS])
+
+
+def test_persistent_truncation_is_an_error_never_zeros(cog):
+    root, _ = cog
+    with RangeServer(root, faults={"b.tif": ["ok"] + ["truncate"] * 200}) as srv:
+        with pytest.raises(AssetReadError) as ei:
+            _read(srv.url_for("b.tif"), env={"GDAL_HTTP_MAX_RETRY": 0}, max_attempts=2)
+    assert ei.value.attempts == 2
+
+
+def test_persistently_corrupt_body_is_corrupt_or_read_error(cog):
+    root, _ = cog
+    with RangeServer(root, faults={"b.tif": ["ok"] + ["corrupt"] * 200}) as srv:
+        with pytest.raises(AssetReadError):
+            _read(srv.url_for("b.tif"), max_attempts=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# through field_observations
+
+
+def _scene(root, base, sid="S1", when="2024-06-01T03:00"):
+    b04 = ramp((64, 64), 1, 1300, 2500)
+    b08 = ramp((64, 64), 2, 3000, 6000)
+    scl = np.full((32, 32), 4, np.uint8)
+    return make_scene(root, sid, when=when, href_base=base, blocksize=256,
+                      bands={"B04": (b04, 10), "B08": (b08, 10), "SCL": (scl, 20)})
+
+
+def _fields():
+    import geopandas as gpd
+    import shapely
+
+    geoms = [shapely.box(X0 + 50, Y0 - 200, X0 + 150, Y0 - 100),
+             shapely.box(X0 + 300, Y0 - 500, X0 + 420, Y0 - 380)]
+    return gpd.GeoDataFrame({"field_id": ["a", "b"]}, geometry=geoms, crs="EPSG:32650")
+
+
+def test_404_raises_or_flags_read_failed(tmp_path, caplog):
+    from cropyield.observations import field_observations
+
+    with RangeServer(tmp_path) as srv:
+        good = _scene(tmp_path, srv.url, "S1", "2024-06-01T03:00")
+        bad = _scene(tmp_path, srv.url, "S2", "2024-06-06T03:00")
+        (tmp_path / "S2" / "B08.tif").unlink()
+        with pytest.raises(AssetReadError) as ei:
+            field_observations([good, bad], _fields(), env=FAST)
+        assert "404" in str(ei.value) and not isinstance(ei.value, CorruptAssetError)
+        df = field_observations([good, bad], _fields(), on_error="flag", env=FAST)
+    s2 = df[df.scene_id == "S2"]
+    assert len(df) == 4 and len(s2) == 2
+    assert s2["flags"].eq("READ_FAILED").all() and s2["ndvi"].isna().all()
+    assert df[df.scene_id == "S1"]["ndvi"].notna().all()
+    (fail,) = df.attrs["read_failures"]
+    assert fail["scene_id"] == "S2" and fail["band"] == "B08"
+    assert fail["error"] == "AssetReadError" and fail["href"].endswith("S2/B08.tif")
+
+
+def _signer(srv, valid_for):
+    calls = []
+
+    def sign(href):
+        se = (srv.now + timedelta(seconds=valid_for(len(calls)))).strftime("%Y-%m-%dT%H:%M:%SZ")
+        calls.append(href)
+        return f"{href}?se={se}&sp=r&sig=TOPSECRET{len(calls)}"
+
+    return sign, calls
+
+
+def test_403_after_token_expiry_resigns_once_then_succeeds(tmp_path, caplog):
+    from cropyield.observations import field_observations
+
+    caplog.set_level(logging.DEBUG, logger="cropyield")
+    with RangeServer(tmp_path, token_expiry=True) as srv:
+        sc = _scene(tmp_path, srv.url)
+        # first token already expired (as microsoft/PlanetaryComputer#463), then valid ones
+        sign, calls = _signer(srv, lambda k: -60 if k < 3 else 3600)
+        df = field_observations([sc], _fields(), signer=sign, env=FAST)
+        acts = _actions(srv)
+    assert df["ndvi"].notna().all() and df["flags"].eq("").all()
+    assert len(calls) == 6                       # 3 hrefs signed, then re-signed once each
+    assert any(a == "token_expired" for _, a in acts)
+    text = caplog.text + repr(df.attrs)
+    assert "TOPSECRET" not in text
+
+
+def test_403_persisting_after_resign_is_auth_expired(tmp_path, caplog):
+    from cropyield.observations import field_observations
+
+    caplog.set_level(logging.DEBUG, logger="cropyield")
+    with RangeServer(tmp_path, token_expiry=True) as srv:
+        sc = _scene(tmp_path, srv.url)
+        sign, calls = _signer(srv, lambda k: -60)
+        with pytest.raises(AuthExpiredError) as ei:
+            field_observations([sc], _fields(), signer=sign, env=FAST)
+        df = field_observations([sc], _fields(), signer=sign, env=FAST, on_error="flag")
+    msg = str(ei.value)
+    assert "403" in msg and "TOPSECRET" not in msg and "REDACTED" in msg or "sig" not in msg
+    assert ei.value.reason == "auth_expired"
+    assert df["flags"].eq("AUTH_EXPIRED").all() and df["ndvi"].isna().all()
+    assert df.attrs["read_failures"][0]["error"] == "AuthExpiredError"
+    assert "TOPSECRET" not in caplog.text + repr(df.attrs)
+
+
+def test_http_and_local_reads_agree(tmp_path):
+    from cropyield.observations import field_observations
+
+    with RangeServer(tmp_path) as srv:
+        remote = _scene(tmp_path, srv.url)
+        local = _scene(tmp_path, None)
+        a = field_observations([remote], _fields(), env=FAST)
+        b = field_observations([local], _fields())
+    np.testing.assert_array_equal(a["ndvi"].to_numpy(), b["ndvi"].to_numpy())
+    assert a.attrs["blocks_read"] == b.attrs["blocks_read"] == 3

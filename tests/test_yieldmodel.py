@@ -1,0 +1,378 @@
+"""Yield models: LUE arithmetic, calibration, intervals, serialisation, failure flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cropyield.errors import ConfigError, CropYieldError, ModelError, split_flags
+from cropyield.yieldmodel import (EmpiricalModel, LUEModel, YieldModel, conformal_quantiles,
+                                  fapar_from_index, fit_yield_model, quality_scale,
+                                  season_features)
+
+CROP_IDS = ["winter_wheat", "summer_maize", "spring_maize", "rice_single", "rice_early",
+            "rice_late", "soybean", "peanut", "cotton", "rapeseed", "potato", "sugarcane",
+            "orchard", "tea", "vegetables"]
+
+
+def _names():
+    """Registry overrides needed only while data/crops.toml (calendars) is absent."""
+    if (resources.files("cropyield") / "data" / "crops.toml").is_file():
+        return {}
+    return {"crop": {c: {"name": c} for c in CROP_IDS}}
+
+
+def _ovr(extra=None):
+    o = _names()
+    crops = dict(o.get("crop", {}))
+    for c, d in (extra or {}).items():
+        crops[c] = {**crops.get(c, {}), **d}
+    return {"crop": crops} if crops else None
+
+
+def _const_series(fid, start, end, value=0.7, obs_every=1, index="ndvi"):
+    d = pd.date_range(start, end)
+    gap = np.array([min(i % obs_every, obs_every - i % obs_every) for i in range(len(d))],
+                   dtype=float)
+    return pd.DataFrame({"field_id": fid, "time": d, index: value, "gap_days": gap,
+                         "support": 1.0, "flags": ""})
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+def test_lue_hand_computed():
+    """Constant NDVI 0.7 and measured Rs 20 MJ m-2 d-1 over 100 days (summer maize)."""
+    ser = _const_series("a", "2024-06-01", "2024-09-30")
+    seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": ["summer_maize"],
+                            "sos": [pd.Timestamp("2024-06-10")],
+                            "eos": [pd.Timestamp("2024-09-17")]})   # 100 days inclusive
+    rad = pd.DataFrame({"time": pd.date_range("2024-05-01", "2024-10-31"), "rs_mj_m2": 20.0})
+    m = LUEModel(overrides=_ovr(), calibration={"summer_maize": {"default": {
+        "factor": 0.5, "source": "test"}}})
+    p = m.predict(ser, seasons, radiation=rad, lat=36.0).iloc[0]
+    fapar = 1.1638 * 0.7 - 0.1426                       # Myneni & Williams
+    apar = fapar * 0.48 * 20.0 * 100                    # MJ m-2
+    y = 0.50 * 3.76 * apar * 0.01 / (1 - 0.14) * 0.5    # HI RUE APAR g->t/ha moisture factor
+    assert p["apar_mj_m2"] == pytest.approx(apar)
+    assert p["yield_t_ha_p50"] == pytest.approx(y)
+    assert p["radiation_source"] == "observed"
+    # uncalibrated prior interval: P10/P90 = P50 exp(-/+1.2816 * 0.25)
+    assert p["yield_t_ha_p10"] == pytest.approx(y * math.exp(-1.2815515655 * 0.25))
+    assert p["yield_t_ha_p90"] == pytest.approx(y * math.exp(1.2815515655 * 0.25))
+    cal = json.loads(p["calibration"])
+    assert cal["factor"] == 0.5 and cal["source"] == "test"
+    assert p["flags"] == ""
+
+
+def test_lint_product_fraction_and_winter_active_window():
+    ser = pd.concat([_const_series("c", "2024-04-01", "2024-10-31"),
+                     _const_series("w", "2023-10-01", "2024-06-30")])
+    seasons = pd.DataFrame({"field_id": ["c", "w"], "season": [1, 1],
+                            "crop": ["cotton", "winter_wheat"],
+                            "sos": pd.to_datetime(["2024-05-01", "2023-10-20"]),
+                            "eos": pd.to_datetime(["2024-09-27", "2024-06-05"])})
+    rad = pd.DataFrame({"time": pd.date_range("2023-09-01", "2024-12-31"), "rs_mj_m2": 10.0})
+    m = LUEModel(overrides=_ovr(), calibration={
+        c: {"default": {"factor": 1.0, "source": "t"}} for c in ("cotton", "winter_wheat")})
+    p = m.predict(ser, seasons, radiation=rad).set_index("field_id")
+    fap = 1.1638 * 0.7 - 0.1426
+    n_c = 150
+    y_c = 0.37 * 2.69 * fap * 4.8 * n_c * 0.01 / (1 - 0.085) * 0.40
+    assert p.loc["c", "yield_t_ha_p50"] == pytest.approx(y_c)
+    assert p.loc["c", "yield_basis"] == "lint"
+    # wheat accumulates from 1 March (doy 60 of 2024 = 29 Feb in a leap year) to 5 June
+    n_w = (pd.Timestamp("2024-06-05") - pd.Timestamp("2024-02-29")).days + 1
+    y_w = 0.45 * 3.01 * fap * 4.8 * n_w * 0.01 / (1 - 0.125)
+    assert p.loc["w", "yield_t_ha_p50"] == pytest.approx(y_w)
+
+
+@settings(max_examples=100, deadline=None)
+@given(x=st.lists(st.floats(-1, 1), min_size=1, max_size=20), k=st.floats(0.3, 0.8))
+def test_fapar_bounds(x, k):
+    for rel in ({"kind": "linear", "slope": 1.1638, "intercept": -0.1426},
+                {"kind": "beer", "k": k}):
+        f = fapar_from_index(np.array(x), rel)
+        assert np.all((f >= 0) & (f <= 0.95))
+    with pytest.raises(ConfigError):
+        fapar_from_index([0.5], {"kind": "cubic"})
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 60), g=st.floats(0, 200), dn=st.integers(1, 20), dg=st.floats(1, 50))
+def test_quality_scale_monotone(n, g, dn, dg):
+    s = float(quality_scale(n, g))
+    assert 1.0 <= s <= 4.0
+    assert float(quality_scale(n + dn, g)) <= s          # more observations: narrower
+    assert float(quality_scale(n, g + dg)) >= s          # longer gap: wider
+
+
+def test_conformal_quantiles_order_statistics_and_coverage():
+    z = np.arange(1, 20, dtype=float)                    # n = 19: (n+1)*0.1 = 2, *0.9 = 18
+    q = conformal_quantiles(z)
+    assert q["q10"] == 2.0 and q["q90"] == 18.0 and q["q50"] == 10.0 and not q["small_n"]
+    assert conformal_quantiles([0.1, 0.2, 0.3])["small_n"]
+    rng = np.random.default_rng(7)
+    cover = []
+    for _ in range(300):
+        cal = rng.standard_t(4, 50)
+        new = rng.standard_t(4, 50)
+        qq = conformal_quantiles(cal)
+        cover.append(np.mean((new >= qq["q10"]) & (new <= qq["q90"])))
+    assert 0.78 <= np.mean(cover) <= 0.84                # finite-sample 80 % guarantee
+    with pytest.raises(ModelError):
+        conformal_quantiles([np.nan])
+
+
+# ----------------------------------------------------------------------------- failures
+
+def _one(ser, crop="summer_maize", sos="2024-06-10", eos="2024-09-20", **kw):
+    seasons = pd.DataFrame({"field_id": [ser["field_id"].iloc[0]], "season": [1],
+                            "crop": [crop], "sos": [pd.Timestamp(sos) if sos else pd.NaT],
+                            "eos": [pd.Timestamp(eos) if eos else pd.NaT], **kw})
+    return LUEModel(overrides=_ovr()).predict(ser, seasons).iloc[0]
+
+
+def test_sparse_observations_give_nan_or_wider_intervals():
+    dense = _one(_const_series("a", "2024-06-01", "2024-09-30", obs_every=5))
+    sparse = _one(_const_series("a", "2024-06-01", "2024-09-30", obs_every=20))
+    assert dense["flags"] == "" and np.isfinite(dense["yield_t_ha_p50"])
+    assert "LOW_OBS" in split_flags(sparse["flags"])
+    w = lambda r: math.log(r["yield_t_ha_p90"] / r["yield_t_ha_p10"])  # noqa: E731
+    assert w(sparse) > 1.2 * w(dense)
+    assert sparse["quality"] < dense["quality"]
+    # two clear observations only -> NaN with LOW_OBS
+    none = _one(_const_series("a", "2024-06-01", "2024-09-30", obs_every=60))
+    assert np.isnan(none["yield_t_ha_p50"]) and "LOW_OBS" in split_flags(none["flags"])
+    # a 90-day hole in the middle -> NaN with CLOUDY_SEASON
+    s = _const_series("a", "2024-06-01", "2024-09-30", obs_every=3)
+    hole = (s["time"] > "2024-06-15") & (s["time"] < "2024-09-14")
+    s.loc[hole, "gap_days"] = 10.0
+    r = _one(s)
+    assert np.isnan(r["yield_t_ha_p50"]) and "CLOUDY_SEASON" in split_flags(r["flags"])
+
+
+def test_missing_data_and_seasons_and_crops_are_flagged():
+    s = _const_series("a", "2024-06-01", "2024-09-30", obs_every=5)
+    s.loc[(s["time"] > "2024-07-01") & (s["time"] < "2024-08-15"), "ndvi"] = np.nan
+    r = _one(s)
+    assert np.isnan(r["yield_t_ha_p50"]) and "NO_DATA" in split_flags(r["flags"])
+    r = _one(_const_series("a", "2024-06-01", "2024-09-30", obs_every=5), eos=None)
+    assert np.isnan(r["yield_t_ha_p50"]) and "NO_SEASON" in split_flags(r["flags"])
+    r = _one(_const_series("a", "2024-06-01", "2024-09-30", obs_every=5), eos=None,
+             flags=["PARTIAL_SEASON"])
+    assert np.isnan(r["yield_t_ha_p50"]) and "PARTIAL_SEASON" in split_flags(r["flags"])
+    r = _one(_const_series("a", "2024-06-01", "2024-09-30", obs_every=5), crop="durian")
+    assert np.isnan(r["yield_t_ha_p50"]) and "NO_MODEL" in split_flags(r["flags"])
+    # a series that stops before EOS is not extrapolated
+    r = _one(_const_series("a", "2024-06-01", "2024-08-01", obs_every=5))
+    assert np.isnan(r["yield_t_ha_p50"]) and r["flags"]
+
+
+def test_out_of_range_is_flagged_not_clipped():
+    ser = _const_series("a", "2024-06-01", "2024-09-30", obs_every=5)
+    seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": ["summer_maize"],
+                            "sos": [pd.Timestamp("2024-06-10")],
+                            "eos": [pd.Timestamp("2024-09-20")]})
+    m = LUEModel(overrides=_ovr(), calibration={"summer_maize": {"default": {
+        "factor": 3.0, "source": "absurd"}}})
+    r = m.predict(ser, seasons).iloc[0]
+    assert r["yield_t_ha_p50"] > 14.0 and "OUT_OF_RANGE" in split_flags(r["flags"])
+
+
+def test_value_only_crop_uses_benchmark():
+    ser = pd.concat([_const_series(f"v{i}", "2024-03-01", "2024-07-30", value=0.4 + 0.05 * i,
+                                   obs_every=5) for i in range(6)])
+    seasons = pd.DataFrame({"field_id": [f"v{i}" for i in range(6)], "season": 1,
+                            "crop": "vegetables", "sos": pd.Timestamp("2024-03-20"),
+                            "eos": pd.Timestamp("2024-07-10")})
+    p = LUEModel(overrides=_ovr()).predict(ser, seasons)
+    assert all("BENCHMARK_YIELD" in split_flags(f) for f in p["flags"])
+    assert p["yield_t_ha_p50"].median() == pytest.approx(36.0, rel=0.05)
+    assert p["yield_t_ha_p50"].is_monotonic_increasing      # vigour ratio
+    assert p["yield_t_ha_p50"].between(36 * 0.7, 36 * 1.3).all()
+
+
+# ----------------------------------------------------------------------------- fitting
+
+def _synthetic_linear(n=60, seed=0):
+    """Fields whose yield is exactly proportional to their raw LUE yield (x 0.6) x noise."""
+    rng = np.random.default_rng(seed)
+    parts, seas = [], []
+    for i in range(n):
+        v = rng.uniform(0.45, 0.85)
+        parts.append(_const_series(f"f{i}", "2024-06-01", "2024-09-30", value=v, obs_every=4))
+        seas.append({"field_id": f"f{i}", "season": 1, "crop": "summer_maize",
+                     "sos": pd.Timestamp("2024-06-10"), "eos": pd.Timestamp("2024-09-20"),
+                     "area_ha": rng.uniform(0.1, 1.0)})
+    ser, seasons = pd.concat(parts), pd.DataFrame(seas)
+    raw = LUEModel(overrides=_ovr(), calibration={"summer_maize": {"default": {
+        "factor": 1.0, "source": "raw"}}}).predict(ser, seasons)["yield_t_ha_p50"].to_numpy()
+    y = raw * 0.6 * np.exp(rng.normal(0, 0.1, n))
+    obs = pd.DataFrame({"field_id": seasons["field_id"], "yield_t_ha": y})
+    return ser, seasons, obs, raw
+
+
+def test_fit_lue_recovers_factor_and_reports_cv():
+    ser, seasons, obs, raw = _synthetic_linear()
+    groups = np.repeat(np.arange(20), 3)
+    m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, groups=groups,
+                        overrides=_ovr())
+    cal = m.factor("summer_maize", "north_china_plain")
+    assert cal["factor"] == pytest.approx(0.6, rel=0.05)
+    assert "fitted: field yields n=60" in cal["source"]
+    cv = m.cv_
+    assert cv["n"] == 60 and cv["n_groups"] == 20 and cv["n_splits"] == 5
+    assert cv["r2"] > 0.7 and cv["rmse_pct"] < 15 and abs(cv["bias_t_ha"]) < 0.3
+    assert 0.6 < cv["coverage_p10_p90"] < 0.95
+    assert "R2=" in m.report()
+    # residual quantiles ~ N(0, 0.1): q90 ~ 0.128
+    q = m.residuals["summer_maize"]
+    assert 0.07 < q["q90"] < 0.2 and -0.2 < q["q10"] < -0.07
+    # groups by column name give the same folds
+    m2 = fit_yield_model(ser, obs.assign(v=groups), crop="summer_maize", seasons=seasons,
+                         groups="v", overrides=_ovr())
+    assert m2.cv_["r2"] == pytest.approx(cv["r2"])
+
+
+def test_fit_to_aggregate_statistic():
+    ser, seasons, obs, raw = _synthetic_linear(20)
+    m = fit_yield_model(ser, {"region": "north_china_plain", "mean_yield_t_ha": 7.0,
+                              "source": "county yearbook"},
+                        crop="summer_maize", seasons=seasons, overrides=_ovr())
+    p = m.predict(ser, seasons)
+    w = seasons["area_ha"].to_numpy()
+    assert np.sum(p["yield_t_ha_p50"] * w) / np.sum(w) == pytest.approx(7.0)
+    cal = json.loads(p["calibration"].iloc[0])
+    assert cal["kind"] == "fitted_aggregate" and "county yearbook" in cal["source"]
+    assert m.cv_ is None and "not cross-validated" in m.report()
+    with pytest.raises(ModelError, match="aggregate"):
+        fit_yield_model(ser, {"mean_yield_t_ha": 7.0}, crop="summer_maize", seasons=seasons,
+                        method="empirical", overrides=_ovr())
+
+
+def test_fit_empirical_and_errors():
+    ser, seasons, obs, raw = _synthetic_linear(80, seed=3)
+    m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method="empirical",
+                        overrides=_ovr(), alpha=0.1)
+    assert isinstance(m, EmpiricalModel)
+    assert m.cv_["r2"] > 0.6
+    p = m.predict(ser, seasons)
+    assert p["yield_t_ha_p50"].notna().all()
+    assert np.corrcoef(p["yield_t_ha_p50"], obs["yield_t_ha"])[0, 1] > 0.8
+    # another crop's season -> NO_MODEL, NaN
+    other = seasons.assign(crop="soybean").iloc[:2]
+    q = m.predict(ser, other)
+    assert q["yield_t_ha_p50"].isna().all() and all("NO_MODEL" in f for f in q["flags"])
+    with pytest.raises(ModelError, match="at least 5"):
+        fit_yield_model(ser, obs.iloc[:3], crop="summer_maize", seasons=seasons,
+                        overrides=_ovr())
+    with pytest.raises(ModelError):
+        fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method="magic")
+    with pytest.raises(CropYieldError):
+        fit_yield_model(ser, obs.drop(columns="yield_t_ha"), crop="summer_maize",
+                        seasons=seasons, overrides=_ovr())
+
+
+def test_json_roundtrip_no_pickle(tmp_path):
+    ser, seasons, obs, raw = _synthetic_linear(30, seed=5)
+    for method in ("lue", "empirical"):
+        m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method=method,
+                            overrides=_ovr())
+        path = tmp_path / f"{method}.json"
+        text = m.to_json(path)
+        d = json.loads(text)
+        assert d["schema_version"] == 1 and d["kind"] == method
+        m2 = YieldModel.from_json(path)
+        assert type(m2) is type(m) and m2.model_version == m.model_version
+        assert m2.cv_ == json.loads(json.dumps(m.cv_))
+        pd.testing.assert_frame_equal(m.predict(ser, seasons), m2.predict(ser, seasons))
+    with pytest.raises(ModelError, match="newer"):
+        YieldModel.from_dict({**d, "schema_version": 99})
+    with pytest.raises(ModelError):
+        YieldModel.from_json("{not json")
+
+
+def test_season_features_columns():
+    ser = _const_series("a", "2024-06-01", "2024-09-30", obs_every=5)
+    ser["ndre"] = 0.3
+    f = season_features(ser, pd.DataFrame({"field_id": ["a"], "season": [1],
+                                           "crop": ["summer_maize"],
+                                           "sos": [pd.Timestamp("2024-06-10")],
+                                           "eos": [pd.Timestamp("2024-09-20")]}),
+                        registry=LUEModel(overrides=_ovr()).registry).iloc[0]
+    assert f["n_obs"] == 21 and f["max_gap_days"] == 4
+    assert f["length_days"] == 102 and f["peak"] == pytest.approx(0.7)
+    assert f["ndre_peak"] == pytest.approx(0.3)
+    assert f["large_integral"] == pytest.approx(0.7 * 103)
+
+
+# ----------------------------------------------------------------------------- synthetic world
+
+NBS_2024 = {"winter_wheat": 5.94, "summer_maize": 6.592, "rice_single": 7.155}
+
+
+@pytest.fixture(scope="module")
+def world():
+    syn = pytest.importorskip("cropyield.synthetic")
+    cfg = syn.WorldConfig(seed=0)
+    fields = syn.make_fields(cfg)
+    return cfg, fields, syn.true_canopy(fields, cfg), syn.true_seasons(fields, cfg)
+
+
+def test_uncalibrated_default_within_25pct_of_nbs(world):
+    """Typical wheat, maize and rice curves (the synthetic world's reflectance-model canopy,
+    true seasons) give the national NBS 2024 mean within ±25 % with default parameters."""
+    cfg, fields, canopy, seasons = world
+    m = LUEModel(overrides=_ovr())
+    p = m.predict(canopy, seasons, lat=cfg.center_lonlat[1])
+    for crop, nbs in NBS_2024.items():
+        got = p.loc[p["crop"] == crop, "yield_t_ha_p50"]
+        assert len(got) >= 3 and got.notna().all()
+        assert abs(got.mean() / nbs - 1) <= 0.25, (crop, got.mean(), nbs)
+        cal = json.loads(p.loc[p["crop"] == crop, "calibration"].iloc[0])
+        assert cal["kind"] == "default" and "NBS 2024" in cal["source"]
+
+
+def test_calibrated_coverage_on_held_out_fields(world):
+    """Fit on half of the farmers (observed, cloudy, smoothed series), predict the other half:
+    P10-P90 covers ~80 % of true yields (loose bound for ~250 held-out seasons)."""
+    from cropyield.series import smooth_series
+    syn = pytest.importorskip("cropyield.synthetic")
+    cfg, fields, canopy, seasons = world
+    obs = syn.simulate_observations(fields, cfg, indices=("ndvi",))
+    ser = smooth_series(obs, index="ndvi")
+    farmer = dict(zip(fields["field_id"], fields["farmer_id"]))
+    s = seasons.assign(farmer=seasons["field_id"].map(farmer))
+    farmers = np.array(sorted(s["farmer"].unique()))
+    np.random.default_rng(0).shuffle(farmers)
+    train = s["farmer"].isin(set(farmers[::2]))
+    hits, ys, yh = [], [], []
+    for crop in ("winter_wheat", "summer_maize"):
+        tr, te = s[train & (s["crop"] == crop)], s[~train & (s["crop"] == crop)]
+        obs_y = tr[["field_id", "season", "true_yield_t_ha"]].rename(
+            columns={"true_yield_t_ha": "yield_t_ha"})
+        m = fit_yield_model(ser, obs_y, crop=crop, seasons=tr, groups=
+                            tr["farmer"].to_numpy(), overrides=_ovr(),
+                            lat=cfg.center_lonlat[1])
+        p = m.predict(ser, te, lat=cfg.center_lonlat[1]).merge(
+            te[["field_id", "season", "true_yield_t_ha"]], on=["field_id", "season"])
+        ok = p["yield_t_ha_p50"].notna()
+        assert ok.mean() > 0.9
+        # every NaN comes with a flag
+        assert (p.loc[~ok, "flags"] != "").all()
+        y = p.loc[ok, "true_yield_t_ha"].to_numpy()
+        hits.append((y >= p.loc[ok, "yield_t_ha_p10"]) & (y <= p.loc[ok, "yield_t_ha_p90"]))
+        ys.append(y)
+        yh.append(p.loc[ok, "yield_t_ha_p50"].to_numpy())
+    cover = np.concatenate(hits).mean()
+    y, yhat = np.concatenate(ys), np.concatenate(yh)
+    assert 0.70 <= cover <= 0.90, cover
+    rmse_pct = 100 * np.sqrt(np.mean((y - yhat) ** 2)) / y.mean()
+    assert rmse_pct < 30
