@@ -174,6 +174,9 @@ def test_offset_override():
     assert s.bands["SCL"].offset == 0.0
     s = normalize_item(item, offset_override={b: -0.05 for b in CANONICAL_BANDS})
     assert s.bands["B12"].offset == -0.05
+    s = normalize_item(item, offset_override={"B04": -0.1})  # only the bands named
+    assert s.offset_source == "override"
+    assert (s.bands["B04"].offset, s.bands["B08"].offset) == (-0.1, 0.0)
 
 
 def test_stac_11_bands_field_and_grid_fallbacks(tmp_path):
@@ -532,3 +535,38 @@ def test_pc_signer_refresh_clears_token_cache(monkeypatch):
     assert signer(href).endswith("sig=old-token")
     assert signer(href, refresh=True).endswith("sig=new-token-2")
     assert calls == [href, href]
+
+
+@settings(max_examples=80, deadline=None)
+@given(baseline=st.floats(0.0, 9.99).map(lambda b: f"{b:05.2f}"),
+       meta=st.sampled_from([None, 0.0, -0.1]),
+       pc_layout=st.booleans())
+def test_offset_rules_property(baseline, meta, pc_layout):
+    item = copy.deepcopy(_features(PC)[0] if pc_layout else _features(ES, "sentinel-2-l2a")[0])
+    item["properties"]["s2:processing_baseline"] = baseline
+    for a in item["assets"].values():
+        for rb in a.get("raster:bands", []):
+            rb.pop("offset", None)
+            if meta is not None and "scale" in rb:
+                rb["offset"] = meta
+        if pc_layout and meta is not None and "proj:shape" in a:
+            a["raster:bands"] = [{"nodata": 0, "scale": 0.0001, "offset": meta}]
+    rule = -0.1 if float(baseline) >= 4.0 else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OffsetInconsistentWarning)
+        s = normalize_item(item)
+    refl = [b for n, b in s.bands.items() if n != "SCL"]
+    if meta is None:
+        assert s.offset_source == "baseline" and all(b.offset == rule for b in refl)
+    else:
+        assert s.offset_source == "raster:bands" and all(b.offset == meta for b in refl)
+    assert ("OFFSET_INCONSISTENT" in s.flags) == (meta is not None and meta != rule)
+    assert s.bands["SCL"].offset == 0.0 and s.bands["SCL"].scale == 1.0
+
+
+def test_search_with_client_as_catalog(served_s2_world):
+    from pystac_client import Client
+
+    client = Client.open(served_s2_world.stac_url, timeout=10)
+    scenes = search_scenes(BBOX, "2024-05-01", "2024-05-31", catalog=client)
+    assert len(scenes) == 4 and scenes.lineage["catalog"].startswith(served_s2_world.stac_url)

@@ -139,7 +139,7 @@ def test_missing_value_refers_without_limit(column):
 
 
 @pytest.mark.parametrize("flag", ["CROP_MISMATCH", "NO_SEASON", "READ_FAILED", "NO_PRICE",
-                                  "OUT_OF_RANGE"])
+                                  "OUT_OF_RANGE", "SEASON_INCOMPLETE"])
 def test_forced_refer_flags(flag):
     p = one(credit.assess(two_field_farmer(flags=f"LOW_OBS,{flag}"), as_of=AS_OF))
     assert p.decision == "refer" and p.suggested_limit_cny is None
@@ -173,8 +173,14 @@ def test_data_age_checks():
 def test_default_as_of_is_latest_imagery_and_needed():
     p = one(credit.assess(two_field_farmer()))
     assert p.as_of == "2025-04-21"
+    undated = two_field_farmer(scene_ids="").assign(scene_ids="")
+    p = one(credit.assess(undated))  # falls back to the latest expected harvest, refers
+    assert p.as_of == "2025-10-01" and p.decision == "refer"
+    assert "DATA_AGE_UNKNOWN" in codes(p, "refer")
+    p = one(credit.assess(undated, as_of=AS_OF, policy=Policy(require_imagery_date=False)))
+    assert p.decision == "approve" and p.suggested_limit_cny == 6300
     with pytest.raises(CreditInputError, match="as_of"):
-        credit.assess(two_field_farmer(scene_ids="").assign(scene_ids=""))
+        credit.assess(undated.assign(harvest_date=pd.NaT))
 
 
 def test_past_harvest_rolls_repayment_forward():
@@ -513,3 +519,25 @@ def test_monitor_input_errors():
         credit.monitor(series, est, as_of="soon")
     with pytest.raises(CreditInputError, match="crop"):
         credit.monitor(series, est.drop(columns=["crop"]), as_of=MON_AS_OF)
+
+
+def test_price_record_from_value_price_table_lookup():
+    rec = {"price_cny_per_kg": 2.38, "price_cny_per_t": 2380.0,
+           "rule": "conservative: max(MSP, 0.9 x market)",
+           "records": [{"crop": "winter_wheat", "region": "china", "price": 2.38,
+                        "unit": "CNY/kg", "type": "minimum_purchase", "valid_from": "2024-10-01",
+                        "source": "NDRC 1405"},
+                       {"crop": "winter_wheat", "region": "china", "price": 2.5,
+                        "unit": "CNY/kg", "type": "market", "valid_from": "2025-03-01",
+                        "source": "sunsirs"}]}
+    df = two_field_farmer()
+    df["price_record"] = json.dumps(rec)
+    df["price_cny_per_t"] = np.nan  # taken from the record then
+    e = one(credit.assess(df, as_of=AS_OF)).fields[0]
+    assert e.price.price_cny_per_t == 2380.0 and e.price.crop == "winter_wheat"
+    assert e.price.price_type == "minimum_purchase+market"
+    assert e.price.valid_from == "2025-03-01" and e.price.source == "NDRC 1405; sunsirs"
+    assert json.loads(e.price.extra)["records"] == rec["records"]
+    df["price_record"] = "{not json"
+    e = one(credit.assess(df, as_of=AS_OF)).fields[0]
+    assert json.loads(e.price.extra) == {"raw": "{not json"} and e.price.price_cny_per_t is None

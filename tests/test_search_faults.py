@@ -174,3 +174,12 @@ def test_signed_query_strings_never_leak(proxy, caplog):
     scenes = search_scenes(BBOX, *PERIOD, catalog=secret_url, timeout=5)
     assert "SECRETSIG123" not in str(scenes.lineage) and "TOKEN456" not in str(scenes.lineage)
     assert not any("SECRETSIG123" in r.getMessage() for r in caplog.records)
+
+
+def test_short_json_body_once_is_retried_twice_is_an_error(proxy):
+    """A well-framed 200 whose JSON is cut (json.JSONDecodeError, not APIError)."""
+    proxy.faults = FaultScript({"POST /search": ["short"]})
+    assert [s.id for s in _search(proxy)] == EXPECTED
+    proxy.faults = FaultScript({"POST /search": ["short", "short"]})
+    with pytest.raises(CatalogError, match="JSONDecodeError|Expecting|Unterminated|delimiter"):
+        _search(proxy)

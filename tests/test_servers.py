@@ -393,3 +393,79 @@ def test_rewrite_hrefs_refuses_outside(tmp_path):
     assert item["assets"]["a"]["href"] == "x/B04.tif"  # input untouched
     with pytest.raises(ConfigError, match="outside"):
         rewrite_hrefs({"assets": {"a": {"href": "/etc/passwd"}}}, tmp_path, "http://127.0.0.1:9")
+
+
+def test_rustac_dies_with_a_crashed_parent(s2_world_dir):
+    """A test run killed hard must not leave rustac behind (Linux: parent-death signal)."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux-only")
+    code = (
+        "import os, sys\n"
+        "from cropyield.servers import StacApiServer\n"
+        f"s = StacApiServer({str(s2_world_dir / 'collection.json')!r}, "
+        f"{str(s2_world_dir / 'items.ndjson')!r}).start()\n"
+        "print(s.pid, flush=True)\n"
+        "os._exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr
+    pid = int(out.stdout.strip())
+    deadline = time.monotonic() + 5
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(pid)
+
+
+def test_serve_world_with_a_world_object(s2_world_dir):
+    """Anything with ``root`` and ``write_items(path, href_base)`` (the synthetic World's
+    interface) is served with the hrefs it writes."""
+    from cropyield.servers import serve_world
+
+    class MiniWorld:
+        root = s2_world_dir
+
+        def __init__(self):
+            self.calls = []
+
+        def write_items(self, path, href_base):
+            self.calls.append(href_base)
+            lines = (s2_world_dir / "items.ndjson").read_text().splitlines()
+            items = [rewrite_hrefs(json.loads(ln), s2_world_dir, href_base) for ln in lines]
+            Path(path).write_text("".join(json.dumps(it) + "\n" for it in items))
+            return path
+
+    world = MiniWorld()
+    with serve_world(world) as srv:
+        assert world.calls == [srv.cog_url]
+        page = json.loads(urllib.request.urlopen(f"{srv.stac_url}/search?limit=100",
+                                                 timeout=5).read())
+        hrefs = [f["assets"]["red"]["href"] for f in page["features"]]
+        assert len(hrefs) == 6 and all(h.startswith(srv.cog_url) for h in hrefs)
+        assert _get(hrefs[0], {"Range": "bytes=0-1"})[0] == 206
+        pid = srv.stac.pid
+    assert not _pid_alive(pid) and not srv.cogs.running
+
+
+def test_short_body_is_well_framed(files):
+    root, payload, _ = files
+    with RangeServer(root, faults={"blob.bin": ["short"]}) as srv:
+        st, h, body = _get(f"{srv.url}/blob.bin", {"Range": "bytes=0-999"})
+        assert st == 206 and body == payload[:500] and h["Content-Length"] == "500"
+
+
+def test_fake_sas_signer_and_expiry(files):
+    from cropyield.servers import FakeSasSigner
+
+    root, payload, _ = files
+    with RangeServer(root, token_expiry=True) as srv:
+        signer = FakeSasSigner(srv, ttl_s=60)
+        url = signer(f"{srv.url}/blob.bin")
+        assert "sig=fake1" in url and _get(url, {"Range": "bytes=0-9"})[2] == payload[:10]
+        srv.advance(120)
+        assert _get(url, {"Range": "bytes=0-9"})[0] == 403   # expired
+        fresh = signer(f"{srv.url}/blob.bin", refresh=True)
+        assert _get(fresh, {"Range": "bytes=0-9"})[0] == 206  # re-signed
+        assert len(signer.calls) == 2

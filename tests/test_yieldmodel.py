@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -16,25 +15,6 @@ from cropyield.errors import ConfigError, CropYieldError, ModelError, split_flag
 from cropyield.yieldmodel import (EmpiricalModel, LUEModel, YieldModel, conformal_quantiles,
                                   fapar_from_index, fit_yield_model, quality_scale,
                                   season_features)
-
-CROP_IDS = ["winter_wheat", "summer_maize", "spring_maize", "rice_single", "rice_early",
-            "rice_late", "soybean", "peanut", "cotton", "rapeseed", "potato", "sugarcane",
-            "orchard", "tea", "vegetables"]
-
-
-def _names():
-    """Registry overrides needed only while data/crops.toml (calendars) is absent."""
-    if (resources.files("cropyield") / "data" / "crops.toml").is_file():
-        return {}
-    return {"crop": {c: {"name": c} for c in CROP_IDS}}
-
-
-def _ovr(extra=None):
-    o = _names()
-    crops = dict(o.get("crop", {}))
-    for c, d in (extra or {}).items():
-        crops[c] = {**crops.get(c, {}), **d}
-    return {"crop": crops} if crops else None
 
 
 def _const_series(fid, start, end, value=0.7, obs_every=1, index="ndvi"):
@@ -54,7 +34,7 @@ def test_lue_hand_computed():
                             "sos": [pd.Timestamp("2024-06-10")],
                             "eos": [pd.Timestamp("2024-09-17")]})   # 100 days inclusive
     rad = pd.DataFrame({"time": pd.date_range("2024-05-01", "2024-10-31"), "rs_mj_m2": 20.0})
-    m = LUEModel(overrides=_ovr(), calibration={"summer_maize": {"default": {
+    m = LUEModel(calibration={"summer_maize": {"default": {
         "factor": 0.5, "source": "test"}}})
     p = m.predict(ser, seasons, radiation=rad, lat=36.0).iloc[0]
     fapar = 1.1638 * 0.7 - 0.1426                       # Myneni & Williams
@@ -79,7 +59,7 @@ def test_lint_product_fraction_and_winter_active_window():
                             "sos": pd.to_datetime(["2024-05-01", "2023-10-20"]),
                             "eos": pd.to_datetime(["2024-09-27", "2024-06-05"])})
     rad = pd.DataFrame({"time": pd.date_range("2023-09-01", "2024-12-31"), "rs_mj_m2": 10.0})
-    m = LUEModel(overrides=_ovr(), calibration={
+    m = LUEModel(calibration={
         c: {"default": {"factor": 1.0, "source": "t"}} for c in ("cotton", "winter_wheat")})
     p = m.predict(ser, seasons, radiation=rad).set_index("field_id")
     fap = 1.1638 * 0.7 - 0.1426
@@ -136,7 +116,7 @@ def _one(ser, crop="summer_maize", sos="2024-06-10", eos="2024-09-20", **kw):
     seasons = pd.DataFrame({"field_id": [ser["field_id"].iloc[0]], "season": [1],
                             "crop": [crop], "sos": [pd.Timestamp(sos) if sos else pd.NaT],
                             "eos": [pd.Timestamp(eos) if eos else pd.NaT], **kw})
-    return LUEModel(overrides=_ovr()).predict(ser, seasons).iloc[0]
+    return LUEModel().predict(ser, seasons).iloc[0]
 
 
 def test_sparse_observations_give_nan_or_wider_intervals():
@@ -180,7 +160,7 @@ def test_out_of_range_is_flagged_not_clipped():
     seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": ["summer_maize"],
                             "sos": [pd.Timestamp("2024-06-10")],
                             "eos": [pd.Timestamp("2024-09-20")]})
-    m = LUEModel(overrides=_ovr(), calibration={"summer_maize": {"default": {
+    m = LUEModel(calibration={"summer_maize": {"default": {
         "factor": 3.0, "source": "absurd"}}})
     r = m.predict(ser, seasons).iloc[0]
     assert r["yield_t_ha_p50"] > 14.0 and "OUT_OF_RANGE" in split_flags(r["flags"])
@@ -192,7 +172,7 @@ def test_value_only_crop_uses_benchmark():
     seasons = pd.DataFrame({"field_id": [f"v{i}" for i in range(6)], "season": 1,
                             "crop": "vegetables", "sos": pd.Timestamp("2024-03-20"),
                             "eos": pd.Timestamp("2024-07-10")})
-    p = LUEModel(overrides=_ovr()).predict(ser, seasons)
+    p = LUEModel().predict(ser, seasons)
     assert all("BENCHMARK_YIELD" in split_flags(f) for f in p["flags"])
     assert p["yield_t_ha_p50"].median() == pytest.approx(36.0, rel=0.05)
     assert p["yield_t_ha_p50"].is_monotonic_increasing      # vigour ratio
@@ -212,7 +192,7 @@ def _synthetic_linear(n=60, seed=0):
                      "sos": pd.Timestamp("2024-06-10"), "eos": pd.Timestamp("2024-09-20"),
                      "area_ha": rng.uniform(0.1, 1.0)})
     ser, seasons = pd.concat(parts), pd.DataFrame(seas)
-    raw = LUEModel(overrides=_ovr(), calibration={"summer_maize": {"default": {
+    raw = LUEModel(calibration={"summer_maize": {"default": {
         "factor": 1.0, "source": "raw"}}}).predict(ser, seasons)["yield_t_ha_p50"].to_numpy()
     y = raw * 0.6 * np.exp(rng.normal(0, 0.1, n))
     obs = pd.DataFrame({"field_id": seasons["field_id"], "yield_t_ha": y})
@@ -222,8 +202,7 @@ def _synthetic_linear(n=60, seed=0):
 def test_fit_lue_recovers_factor_and_reports_cv():
     ser, seasons, obs, raw = _synthetic_linear()
     groups = np.repeat(np.arange(20), 3)
-    m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, groups=groups,
-                        overrides=_ovr())
+    m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, groups=groups)
     cal = m.factor("summer_maize", "north_china_plain")
     assert cal["factor"] == pytest.approx(0.6, rel=0.05)
     assert "fitted: field yields n=60" in cal["source"]
@@ -237,7 +216,7 @@ def test_fit_lue_recovers_factor_and_reports_cv():
     assert 0.07 < q["q90"] < 0.2 and -0.2 < q["q10"] < -0.07
     # groups by column name give the same folds
     m2 = fit_yield_model(ser, obs.assign(v=groups), crop="summer_maize", seasons=seasons,
-                         groups="v", overrides=_ovr())
+                         groups="v")
     assert m2.cv_["r2"] == pytest.approx(cv["r2"])
 
 
@@ -245,7 +224,7 @@ def test_fit_to_aggregate_statistic():
     ser, seasons, obs, raw = _synthetic_linear(20)
     m = fit_yield_model(ser, {"region": "north_china_plain", "mean_yield_t_ha": 7.0,
                               "source": "county yearbook"},
-                        crop="summer_maize", seasons=seasons, overrides=_ovr())
+                        crop="summer_maize", seasons=seasons)
     p = m.predict(ser, seasons)
     w = seasons["area_ha"].to_numpy()
     assert np.sum(p["yield_t_ha_p50"] * w) / np.sum(w) == pytest.approx(7.0)
@@ -254,13 +233,12 @@ def test_fit_to_aggregate_statistic():
     assert m.cv_ is None and "not cross-validated" in m.report()
     with pytest.raises(ModelError, match="aggregate"):
         fit_yield_model(ser, {"mean_yield_t_ha": 7.0}, crop="summer_maize", seasons=seasons,
-                        method="empirical", overrides=_ovr())
+                        method="empirical")
 
 
 def test_fit_empirical_and_errors():
     ser, seasons, obs, raw = _synthetic_linear(80, seed=3)
-    m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method="empirical",
-                        overrides=_ovr(), alpha=0.1)
+    m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method="empirical", alpha=0.1)
     assert isinstance(m, EmpiricalModel)
     assert m.cv_["r2"] > 0.6
     p = m.predict(ser, seasons)
@@ -271,20 +249,18 @@ def test_fit_empirical_and_errors():
     q = m.predict(ser, other)
     assert q["yield_t_ha_p50"].isna().all() and all("NO_MODEL" in f for f in q["flags"])
     with pytest.raises(ModelError, match="at least 5"):
-        fit_yield_model(ser, obs.iloc[:3], crop="summer_maize", seasons=seasons,
-                        overrides=_ovr())
+        fit_yield_model(ser, obs.iloc[:3], crop="summer_maize", seasons=seasons)
     with pytest.raises(ModelError):
         fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method="magic")
     with pytest.raises(CropYieldError):
         fit_yield_model(ser, obs.drop(columns="yield_t_ha"), crop="summer_maize",
-                        seasons=seasons, overrides=_ovr())
+                        seasons=seasons)
 
 
 def test_json_roundtrip_no_pickle(tmp_path):
     ser, seasons, obs, raw = _synthetic_linear(30, seed=5)
     for method in ("lue", "empirical"):
-        m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method=method,
-                            overrides=_ovr())
+        m = fit_yield_model(ser, obs, crop="summer_maize", seasons=seasons, method=method)
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
@@ -306,7 +282,7 @@ def test_season_features_columns():
                                            "crop": ["summer_maize"],
                                            "sos": [pd.Timestamp("2024-06-10")],
                                            "eos": [pd.Timestamp("2024-09-20")]}),
-                        registry=LUEModel(overrides=_ovr()).registry).iloc[0]
+                        registry=LUEModel().registry).iloc[0]
     assert f["n_obs"] == 21 and f["max_gap_days"] == 4
     assert f["length_days"] == 102 and f["peak"] == pytest.approx(0.7)
     assert f["ndre_peak"] == pytest.approx(0.3)
@@ -330,7 +306,7 @@ def test_uncalibrated_default_within_25pct_of_nbs(world):
     """Typical wheat, maize and rice curves (the synthetic world's reflectance-model canopy,
     true seasons) give the national NBS 2024 mean within ±25 % with default parameters."""
     cfg, fields, canopy, seasons = world
-    m = LUEModel(overrides=_ovr())
+    m = LUEModel()
     p = m.predict(canopy, seasons, lat=cfg.center_lonlat[1])
     for crop, nbs in NBS_2024.items():
         got = p.loc[p["crop"] == crop, "yield_t_ha_p50"]
@@ -359,7 +335,7 @@ def test_calibrated_coverage_on_held_out_fields(world):
         obs_y = tr[["field_id", "season", "true_yield_t_ha"]].rename(
             columns={"true_yield_t_ha": "yield_t_ha"})
         m = fit_yield_model(ser, obs_y, crop=crop, seasons=tr, groups=
-                            tr["farmer"].to_numpy(), overrides=_ovr(),
+                            tr["farmer"].to_numpy(),
                             lat=cfg.center_lonlat[1])
         p = m.predict(ser, te, lat=cfg.center_lonlat[1]).merge(
             te[["field_id", "season", "true_yield_t_ha"]], on=["field_id", "season"])

@@ -30,7 +30,11 @@ class Grid:
     shape: tuple[int, int]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "crs", CRS.from_user_input(self.crs))
+        crs = CRS.from_user_input(self.crs)
+        # CRSs read from GeoTIFF keys and from "EPSG:32650" have different WKT; normalise to
+        # the EPSG definition when there is one so that equal grids compare (and hash) equal.
+        epsg = crs.to_epsg()
+        object.__setattr__(self, "crs", CRS.from_epsg(epsg) if epsg is not None else crs)
         t = self.transform
         if not isinstance(t, Affine):
             t = Affine(*list(t)[:6])

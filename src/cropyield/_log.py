@@ -15,7 +15,15 @@ SECRET_PARAMS = frozenset(
      "token", "access_token", "subscription-key", "key", "signature", "policy", "key-pair-id"}
 )
 _URL_RE = re.compile(r"(?:/vsicurl/)?https?://[^\s'\"<>]+")
-_BEARER_RE = re.compile(r"(?i)(authorization|bearer|ocp-apim-subscription-key)([\"':= ]+)([^\s'\",}]+)")
+# secret query values anywhere in text, also in bare paths such as "/x?sig=..."
+_SECRET_QS_RE = re.compile(
+    r"(?i)([?&](?:" + "|".join(re.escape(k) for k in sorted(SECRET_PARAMS)) +
+    r"|x-amz-[a-z-]+)=)[^&\s'\"<>)]*"
+)
+_BEARER_RE = re.compile(
+    r"(?i)(authorization|ocp-apim-subscription-key|bearer)([\"':= ]+)((?:bearer|basic|token)\s+)?"
+    r"([^\s'\",}]+)"
+)
 
 
 def redact_url(url: str) -> str:
@@ -39,7 +47,8 @@ def redact_url(url: str) -> str:
 def redact(text: str) -> str:
     """Redact every URL's secret query values and any bearer token in free text."""
     text = _URL_RE.sub(lambda m: redact_url(m.group(0)), str(text))
-    return _BEARER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}REDACTED", text)
+    text = _SECRET_QS_RE.sub(lambda m: m.group(1) + "REDACTED", text)
+    return _BEARER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3) or ''}REDACTED", text)
 
 
 class RedactingFilter(logging.Filter):
@@ -54,4 +63,9 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-logger.addFilter(RedactingFilter())
+#: Installed on our logger and on the third-party HTTP loggers that print full URLs, headers
+#: and payloads at DEBUG level (pystac-client, urllib3).
+REDACTING_FILTER = RedactingFilter()
+for _name in ("cropyield", "pystac_client.stac_api_io", "urllib3.connectionpool",
+              "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(REDACTING_FILTER)

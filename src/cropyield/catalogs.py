@@ -85,33 +85,9 @@ _DEFAULT_SCALE = 1e-4
 _OFFSET_TOL = 1e-9
 _TILE_RE = re.compile(r"(?:^|_)T?(\d{1,2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
 _BASELINE_RE = re.compile(r"_N(\d{2})\.?(\d{2})(?:_|\.|$)")
-_SECRET_QS_RE = re.compile(
-    r"(?i)([?&](?:" + "|".join(re.escape(k) for k in sorted(SECRET_PARAMS)) +
-    r"|x-amz-[a-z-]+)=)[^&\s'\"<>)]*"
-)
-
-
 def _redact_all(text: str) -> str:
-    """:func:`cropyield._log.redact` plus secret query values in bare paths (``/x?sig=...``)."""
-    return _SECRET_QS_RE.sub(lambda m: m.group(1) + "REDACTED", redact(str(text)))
-
-
-class _RedactAllFilter(logging.Filter):
-    """Redacts signed query strings from third-party HTTP loggers (pystac-client, urllib3)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
-        try:
-            msg = record.getMessage()
-        except Exception:  # pragma: no cover - malformed record
-            return True
-        record.msg, record.args = _redact_all(msg), None
-        return True
-
-
-_REDACT_FILTER = _RedactAllFilter()
-for _name in ("cropyield", "pystac_client.stac_api_io", "urllib3.connectionpool",
-              "urllib3.util.retry"):
-    logging.getLogger(_name).addFilter(_REDACT_FILTER)
+    """Alias of :func:`cropyield._log.redact` (kept for callers of this module)."""
+    return redact(str(text))
 
 
 @dataclass(frozen=True)
@@ -447,7 +423,8 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         hrefs are resolved against the item's ``self`` link; signing query parameters
         (``sig``, ``se``, ``X-Amz-*``...) are removed, so hrefs are always unsigned.
     offset_override : float or mapping of band -> float, optional
-        Reflectance offset to use instead of the metadata (``offset_source="override"``).
+        Reflectance offset to use instead of the metadata (``offset_source="override"``); a
+        mapping overrides the bands it names only.
     warn : bool
         Emit :class:`~cropyield.errors.OffsetInconsistentWarning` when the ``raster:bands``
         offset disagrees with the baseline rule (the flag ``OFFSET_INCONSISTENT`` is set
@@ -498,9 +475,10 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         else:
             scale = float(info.get("scale", _DEFAULT_SCALE))
             meta_offset = info.get("offset")
-            if offset_override is not None:
-                offset = float(offset_override[name] if isinstance(offset_override, Mapping)
-                               else offset_override)
+            override = (offset_override.get(name) if isinstance(offset_override, Mapping)
+                        else offset_override)
+            if override is not None:
+                offset = float(override)
                 sources.add("override")
             elif meta_offset is not None:
                 offset = float(meta_offset)
@@ -529,9 +507,10 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         offset_source = "baseline" if "baseline" in sources else "none"
     if disagreements:
         flags.add("OFFSET_INCONSISTENT")
+        used = "the override" if offset_source == "override" else "the raster:bands value"
         msg = (f"item {item_id}: processing baseline {baseline} implies offset {rule:g} but "
-               f"{', '.join(disagreements[:3])}; using the raster:bands value. Check the pixels, "
-               "or pass offset_override=")
+               f"{', '.join(disagreements[:3])}; using {used}. Check the pixels, or pass "
+               "offset_override=")
         logger.warning("%s", msg)
         if warn:
             warnings.warn(msg, OffsetInconsistentWarning, stacklevel=2)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ._geo import Grid, validate_fields
 from ._log import logger
-from .errors import MissingCRSError, join_flags
+from .errors import MissingCRSError, split_flags
 
 __all__ = [
     "Coverage",
@@ -46,6 +46,8 @@ __all__ = [
     "coverage_fractions",
     "PURE_TOLERANCE",
     "MIN_PURE_PIXELS",
+    "flags_to_bits",
+    "bits_to_flags",
 ]
 
 #: A pixel is "pure" (fully inside its field) when its fraction is >= 1 - PURE_TOLERANCE.
@@ -273,8 +275,12 @@ class Coverage:
     @property
     def n_pure(self) -> np.ndarray:
         """Number of pure pixels per field (fraction >= 1 - PURE_TOLERANCE), int64."""
-        pure = self.fractions >= 1.0 - PURE_TOLERANCE
-        return np.bincount(self.pixel_field[pure], minlength=self.n_fields).astype(np.int64)
+        if "n_pure" not in self._derived:
+            pure = self.fractions >= 1.0 - PURE_TOLERANCE
+            npure = np.bincount(self.pixel_field[pure], minlength=self.n_fields).astype(np.int64)
+            npure.setflags(write=False)
+            self._derived["n_pure"] = npure
+        return self._derived["n_pure"]
 
     @property
     def purity(self) -> np.ndarray:
@@ -287,7 +293,32 @@ class Coverage:
     @property
     def coverage(self) -> np.ndarray:
         """Sum of fractions per field, in pixels (clipped to the grid), float64."""
-        return np.bincount(self.pixel_field, weights=self.fractions, minlength=self.n_fields)
+        if "coverage" not in self._derived:
+            c = np.bincount(self.pixel_field, weights=self.fractions, minlength=self.n_fields)
+            c.setflags(write=False)
+            self._derived["coverage"] = c
+        return self._derived["coverage"]
+
+    def flat_index(self, factor: int = 1, width: int | None = None) -> np.ndarray:
+        """Flat (row-major) index of every entry into a raster on this grid (``factor=1``)
+        or on a nested grid ``factor`` times coarser of ``width`` columns (default
+        ``ceil(W / factor)``). Use with ``np.take(array.ravel(), idx)``; cached."""
+        factor = _check_factor(factor)
+        if width is None:
+            width = -(-self.grid.shape[1] // factor)
+        key = ("flat", factor, int(width))
+        if key not in self._derived:
+            if factor == 1:
+                idx = self.rows.astype(np.int64) * int(width) + self.cols
+            else:
+                idx = (self.rows // factor).astype(np.int64) * int(width) + self.cols // factor
+            idx.setflags(write=False)
+            self._derived[key] = idx
+        return self._derived[key]
+
+    def flag_bits(self, codes: list[str]) -> np.ndarray:
+        """Per-field flags as bit masks over ``codes`` (see :func:`flags_to_bits`)."""
+        return flags_to_bits(self.flags, codes)
 
     # -- windows ---------------------------------------------------------------------------------
     def window(self) -> tuple[int, int, int, int] | None:
@@ -368,6 +399,36 @@ class Coverage:
             "n_pixels": self.n_pixels, "n_pure": self.n_pure, "purity": self.purity,
             "flags": self.flags,
         })
+
+
+def flags_to_bits(flags, codes: list[str]) -> np.ndarray:
+    """Encode flags cells as int64 bit masks: bit ``j`` set when ``codes[j]`` is present.
+
+    Codes in a cell that are not in ``codes`` raise ``ValueError``.
+    """
+    cells = np.asarray(list(flags), dtype=object)
+    if cells.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    uniq, inv = np.unique(cells.astype(str), return_inverse=True)
+    pos = {c: j for j, c in enumerate(codes)}
+    vals = np.zeros(len(uniq), dtype=np.int64)
+    for k, cell in enumerate(uniq):
+        for c in split_flags(cell):
+            if c not in pos:
+                raise ValueError(f"flag {c!r} not among {codes}")
+            vals[k] |= np.int64(1) << pos[c]
+    return vals[inv.reshape(-1)]
+
+
+def bits_to_flags(bits, codes: list[str]) -> list[str]:
+    """Decode bit masks (see :func:`flags_to_bits`) into canonical flags cells
+    (codes sorted, comma-separated, '' when none)."""
+    bits = np.asarray(bits, dtype=np.int64)
+    order = sorted(range(len(codes)), key=lambda j: codes[j])
+    uniq, inv = np.unique(bits, return_inverse=True)
+    strings = np.array([",".join(codes[j] for j in order if (int(u) >> j) & 1) for u in uniq],
+                       dtype=object)
+    return strings[inv.reshape(-1)].tolist()
 
 
 def _check_factor(factor) -> int:
@@ -516,7 +577,6 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
     n = len(geoms)
     field_ids = np.asarray(fields[id_col].to_numpy())
     bad = np.zeros(n, dtype=bool)
-    flags: list[set[str]] = [set() for _ in range(n)]
 
     polygonal = np.isin(shapely.get_type_id(geoms), (3, 6))  # Polygon, MultiPolygon
     empty = shapely.is_empty(geoms)
@@ -534,8 +594,6 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
             valid = shapely.is_valid(geoms)
     bad = empty | ~valid | ~polygonal
     if bad.any():
-        for i in np.flatnonzero(bad):
-            flags[i].add("INVALID_GEOMETRY")
         logger.warning("%d field geometries are empty, invalid or not polygons; they get no "
                        "pixels (flag INVALID_GEOMETRY); pass make_valid=True to repair them",
                        int(bad.sum()))
@@ -582,20 +640,15 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
     npx = np.diff(offsets)
     pf = np.repeat(np.arange(n), npx)
     n_pure = np.bincount(pf[fractions >= 1.0 - PURE_TOLERANCE], minlength=n)
-    for i in range(n):
-        if bad[i]:
-            continue
-        if npx[i] == 0:
-            flags[i].add("NO_OVERLAP")
-            continue
-        if area_px[i] < 1.0:
-            flags[i].add("SUBPIXEL_FIELD")
-        if n_pure[i] < min_pure_pixels:
-            flags[i].add("FIELD_TOO_SMALL")
+    codes = ["FIELD_TOO_SMALL", "INVALID_GEOMETRY", "NO_OVERLAP", "SUBPIXEL_FIELD"]
+    nover = ~bad & (npx == 0)
+    has = ~bad & (npx > 0)
+    bits = (((has & (n_pure < min_pure_pixels)) << 0) | (bad << 1) | (nover << 2)
+            | ((has & (area_px < 1.0)) << 3)).astype(np.int64)
     for a in (offsets, rows, cols, fractions, area_px, field_ids):
         a.setflags(write=False)
     return Coverage(grid=grid, field_ids=field_ids, offsets=offsets, rows=rows, cols=cols,
-                    fractions=fractions, area_px=area_px, flags=[join_flags(f) for f in flags],
+                    fractions=fractions, area_px=area_px, flags=bits_to_flags(bits, codes),
                     min_pure_pixels=int(min_pure_pixels))
 
 

@@ -23,8 +23,8 @@ import numba
 import numpy as np
 
 from ._log import logger
-from .coverage import Coverage, coverage_fractions
-from .errors import IndexFormulaError, MissingBandError, UnknownIndexError, join_flags
+from .coverage import Coverage, bits_to_flags, coverage_fractions
+from .errors import IndexFormulaError, MissingBandError, UnknownIndexError
 
 __all__ = [
     "IndexSpec",
@@ -820,6 +820,34 @@ def dilate_mask(mask, radius: int) -> np.ndarray:
     return _dilate_square(m, r)
 
 
+def _scl_lut(classes=DEFAULT_SCL_INVALID, only=None) -> np.ndarray:
+    """Lookup table (256 bools) of invalid SCL values; values >= 12 are invalid unless
+    ``only`` restricts the table to the given classes (used for dilation seeds)."""
+    cls = set(DEFAULT_SCL_INVALID if classes is None else (int(c) for c in classes))
+    cls.add(0)
+    lut = np.zeros(256, dtype=bool)
+    if only is not None:
+        cls &= {int(c) for c in only}
+        lut[sorted(c for c in cls if 0 <= c < 256)] = True
+        return lut
+    lut[sorted(c for c in cls if 0 <= c < 256)] = True
+    lut[12:] = True  # not an SCL class (0..11): treat as invalid
+    return lut
+
+
+def _scl_lookup(a: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut[a]`` for any integer array, out-of-range values mapped to ``lut[255]``-style
+    invalid (True unless the table is a dilation seed table)."""
+    if a.dtype == np.uint8:
+        return lut[a]
+    ai = np.asarray(a)
+    if ai.dtype.kind == "f":
+        ai = np.where(np.isnan(ai), 255, ai)
+    ai = ai.astype(np.int64, copy=False)
+    inrange = (ai >= 0) & (ai < 256)
+    return np.where(inrange, lut[np.clip(ai, 0, 255)], lut[255])
+
+
 def invalid_mask(scl, classes: Iterable[int] | None = DEFAULT_SCL_INVALID, dilate: int = 0, *,
                  dilate_classes: Iterable[int] = SCL_DILATE_CLASSES) -> np.ndarray:
     """Boolean mask of invalid pixels from a Sentinel-2 Scene Classification Layer.
@@ -845,22 +873,15 @@ def invalid_mask(scl, classes: Iterable[int] | None = DEFAULT_SCL_INVALID, dilat
     a = np.asarray(scl)
     if a.ndim != 2:
         raise ValueError(f"scl must be a 2-D array, got shape {a.shape}")
-    cls = set(DEFAULT_SCL_INVALID if classes is None else (int(c) for c in classes))
-    cls.add(0)
-    lut = np.zeros(256, dtype=bool)
-    lut[sorted(c for c in cls if 0 <= c < 256)] = True
-    lut[12:] = True  # not an SCL class (0..11): treat as invalid
-    ai = a.astype(np.int64, copy=False)
-    inrange = (ai >= 0) & (ai < 256)
-    bad = np.where(inrange, lut[np.clip(ai, 0, 255)], True)  # unknown classes are invalid
+    if dilate is None or int(dilate) < 0:
+        raise ValueError(f"dilate must be >= 0 pixels, got {dilate!r}")
+    bad = _scl_lookup(a, _scl_lut(classes))
     d = int(dilate)
     if d > 0:
-        grow = sorted(cls & {int(c) for c in dilate_classes})
-        if grow:
-            seed = np.isin(ai, grow)
+        grow = _scl_lut(classes, only=dilate_classes)
+        seed = _scl_lookup(a, grow)
+        if seed.any():
             bad |= dilate_mask(seed, d)
-    elif d < 0:
-        raise ValueError(f"dilate must be >= 0 pixels, got {dilate!r}")
     return bad
 
 
@@ -897,6 +918,35 @@ def _weighted_stats(values, weights, offsets, mean, std, wsum):
             mean[f] = _nan
             std[f] = _nan
             wsum[f] = 0.0
+
+
+@numba.njit(nogil=True)
+def _field_weights(fractions, valid, foot, offsets, min_frac, w, wi, vsum, fsum, isum):
+    """Per-pixel weights (fraction x validity, and the same restricted to fractions >=
+    ``min_frac``) and their per-field sums, plus the footprint-covered sum, in one pass."""
+    nf = offsets.shape[0] - 1
+    for f in range(nf):
+        vs = 0.0
+        fs = 0.0
+        ws = 0.0
+        for k in range(offsets[f], offsets[f + 1]):
+            fr = fractions[k]
+            if foot[k]:
+                fs += fr
+            if valid[k]:
+                w[k] = fr
+                vs += fr
+                if fr >= min_frac:
+                    wi[k] = fr
+                    ws += fr
+                else:
+                    wi[k] = 0.0
+            else:
+                w[k] = 0.0
+                wi[k] = 0.0
+        vsum[f] = vs
+        fsum[f] = fs
+        isum[f] = ws
 
 
 def weighted_field_stats(values, weights, offsets):
@@ -958,8 +1008,8 @@ def weighted_field_stats_reference(values, weights, offsets):
 # =============================================================================================
 def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
                    indices: Iterable[str] = ("ndvi",), footprint=None,
-                   min_valid_fraction: float = 0.0, include_empty: bool = False,
-                   id_col: str = "field_id"):
+                   min_valid_fraction: float = 0.0, min_coverage_frac: float = 0.0,
+                   include_empty: bool = False, id_col: str = "field_id"):
     """Per-field statistics from reflectances gathered at a coverage's pixels.
 
     Parameters
@@ -979,6 +1029,12 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
     min_valid_fraction : float
         Rows whose ``valid_fraction`` is below this get NaN statistics and the flag
         ``LOW_VALID_FRACTION``.
+    min_coverage_frac : float
+        Pixels covered by less than this fraction get no weight in the index statistics
+        (exactextract's ``min_coverage_frac``; ``coverage`` and ``valid_fraction`` still use
+        every pixel). 0 (default) gives exact area weighting; 0.5 or 1.0 drop mixed edge
+        pixels, which is closer to a field's own signal on small fields (docs/method.md).
+        A field left without weight is flagged ``FIELD_TOO_SMALL``.
     include_empty : bool
         Also return rows for fields without any pixel on the grid (flag ``NO_OVERLAP``).
         Fields with invalid geometry always get a row (NaN, ``INVALID_GEOMETRY``).
@@ -991,50 +1047,72 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
     """
     import pandas as pd
 
+    indices = list(indices)
     specs = [get_index(i) for i in indices]
-    names = [_column_name(i, s) for i, s in zip(indices, specs)]
+    names = [_column_name(i, sp) for i, sp in zip(indices, specs)]
     n = cov.nnz
     valid = np.asarray(valid, dtype=bool).reshape(-1)
     if valid.size != n:
         raise ValueError(f"valid has {valid.size} entries, coverage has {n}")
-    foot = np.ones(n, bool) if footprint is None else np.asarray(footprint, bool).reshape(-1)
-    pf = cov.pixel_field
     nf = cov.n_fields
     covsum = cov.coverage
-    w = cov.fractions * valid
-    vsum = np.bincount(pf, weights=w, minlength=nf)
-    fsum = np.bincount(pf, weights=cov.fractions * foot, minlength=nf)
+    foot = valid if footprint is None else np.asarray(footprint, dtype=bool).reshape(-1)
+    if foot.size != n:
+        raise ValueError(f"footprint has {foot.size} entries, coverage has {n}")
+    mcf = float(min_coverage_frac)
+    w = np.empty(n)
+    wi = np.empty(n) if mcf > 0 else w
+    vsum, fsum, isum = np.empty(nf), np.empty(nf), np.empty(nf)
+    _field_weights(cov.fractions, valid, foot, cov.offsets, mcf - 1e-12 if mcf > 0 else -1.0,
+                   w, wi, vsum, fsum, isum)
+    if footprint is None:
+        fsum = covsum
     with np.errstate(invalid="ignore", divide="ignore"):
         vfrac = np.where(covsum > 0, vsum / np.where(covsum > 0, covsum, 1.0), np.nan)
-    flags = [set(f.split(",")) - {""} for f in cov.flags]
+    codes, bits = _base_bits(cov)
+    bit = {c: np.int64(1) << j for j, c in enumerate(codes)}
     has_px = cov.n_pixels > 0
-    for i in np.flatnonzero(has_px & (fsum <= 0)):
-        flags[i].add("NO_OVERLAP")
-    for i in np.flatnonzero(has_px & (fsum > 0) & (vsum <= 0)):
-        flags[i].add("ALL_MASKED")
+    bits |= np.where(has_px & (fsum <= 0), bit["NO_OVERLAP"], 0)
+    bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
     low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
-    for i in np.flatnonzero(low):
-        flags[i].add("LOW_VALID_FRACTION")
+    bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
+    if mcf > 0:
+        bits |= np.where(has_px & (vsum > 0) & (isum <= 0), bit["FIELD_TOO_SMALL"], 0)
     cols: dict[str, Any] = {
         id_col: cov.field_ids, "coverage": covsum, "valid_fraction": vfrac,
     }
     for name, spec in zip(names, specs):
         vals = _apply(spec, refl) if n else np.empty(0)
-        mean, std, ws = weighted_field_stats(vals, w, cov.offsets)
-        for i in np.flatnonzero(has_px & (vsum > 0) & (ws <= 0)):
-            flags[i].add("INVALID_INDEX")
+        mean, std, ws = weighted_field_stats(vals, wi, cov.offsets)
+        bits |= np.where(has_px & (isum > 0) & (ws <= 0), bit["INVALID_INDEX"], 0)
         mean[low] = np.nan
         std[low] = np.nan
         cols[name] = mean
         cols[f"{name}_std"] = std
     cols["n_pixels"] = cov.n_pixels
     cols["n_pure"] = cov.n_pure
-    cols["flags"] = [join_flags(f) for f in flags]
+    cols["flags"] = bits_to_flags(bits, codes)
     df = pd.DataFrame(cols)
     if not include_empty:
-        keep = has_px | np.array(["INVALID_GEOMETRY" in f for f in cov.flags], dtype=bool)
-        df = df.loc[keep].reset_index(drop=True)
+        keep = has_px | ((bits & bit["INVALID_GEOMETRY"]) != 0)
+        if not keep.all():
+            df = df.loc[keep].reset_index(drop=True)
     return df
+
+
+_STAT_CODES = ("ALL_MASKED", "FIELD_TOO_SMALL", "INVALID_GEOMETRY", "INVALID_INDEX",
+               "LOW_VALID_FRACTION", "NO_OVERLAP", "SUBPIXEL_FIELD")
+
+
+def _base_bits(cov: Coverage) -> tuple[list[str], np.ndarray]:
+    """Flag codes and a fresh copy of the coverage's per-field flag bits (cached)."""
+    key = "stat_bits"
+    if key not in cov._derived:
+        present = {c for cell in set(cov.flags) for c in cell.split(",") if c}
+        codes = sorted(set(_STAT_CODES) | present)
+        cov._derived[key] = (codes, cov.flag_bits(codes))
+    codes, bits = cov._derived[key]
+    return codes, bits.copy()
 
 
 def _column_name(requested: str, spec: IndexSpec) -> str:
@@ -1050,7 +1128,7 @@ def _column_name(requested: str, spec: IndexSpec) -> str:
 def _nest_factor(shape, grid_shape, what: str) -> int:
     h, w = grid_shape
     sh = tuple(int(s) for s in shape)
-    for f in (1, 2, 3, 6):
+    for f in (1, 2, 6):
         if sh == (-(-h // f), -(-w // f)) or (f > 1 and sh == (h // f, w // f)):
             return f
     raise ValueError(
@@ -1071,8 +1149,9 @@ def _per_band(value, band: str, default: float, what: str) -> float:
 def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
                 indices: Iterable[str] = ("ndvi",), scl=None, scales=None, offsets=None,
                 nodata=0, scl_classes: Iterable[int] | None = None, dilate: int = 0,
-                min_valid_fraction: float = 0.0, id_col: str = "field_id",
-                include_empty: bool = False, coverage: Coverage | None = None):
+                min_valid_fraction: float = 0.0, min_coverage_frac: float = 0.0,
+                id_col: str = "field_id", include_empty: bool = False,
+                coverage: Coverage | None = None):
     """Coverage-weighted per-field index statistics from in-memory band arrays.
 
     Parameters
@@ -1099,6 +1178,9 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
         Dilation of cloud/shadow classes in SCL pixels (see :func:`invalid_mask`).
     min_valid_fraction : float
         Minimum ``valid_fraction``; rows below get NaN values and ``LOW_VALID_FRACTION``.
+    min_coverage_frac : float
+        Ignore pixels covered by less than this fraction in the index statistics (see
+        :func:`coverage_stats`); default 0 = exact area weighting (exactextract ``mean``).
     id_col : str
     include_empty : bool
         Also return rows (``NO_OVERLAP``) for fields that do not touch the grid.
@@ -1127,8 +1209,6 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
     cov = coverage if coverage is not None else coverage_fractions(fields, grid, id_col=id_col)
     if cov.grid != grid:
         raise ValueError("coverage was computed on a different grid")
-    rows = np.asarray(cov.rows, dtype=np.intp)
-    cols = np.asarray(cov.cols, dtype=np.intp)
     refl = {}
     foot = np.ones(cov.nnz, dtype=bool)
     for b in need:
@@ -1136,7 +1216,7 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
         if arr.ndim != 2:
             raise ValueError(f"band {b} must be a 2-D array, got shape {arr.shape}")
         f = _nest_factor(arr.shape, grid.shape, f"band {b}")
-        dn = arr[rows // f, cols // f]
+        dn = np.take(np.ascontiguousarray(arr).reshape(-1), cov.flat_index(f, arr.shape[1]))
         r = reflectance(dn, _per_band(scales, b, 1e-4, "scales"),
                         _per_band(offsets, b, 0.0, "offsets"), nodata)
         foot &= ~np.isnan(r)
@@ -1147,17 +1227,25 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
         if s.ndim != 2:
             raise ValueError(f"scl must be a 2-D array, got shape {s.shape}")
         f = _nest_factor(s.shape, grid.shape, "scl")
+        idx = cov.flat_index(f, s.shape[1])
+        sg = np.take(np.ascontiguousarray(s).reshape(-1), idx)
+        foot &= sg != 0
+        d = int(dilate)
+        if d < 0:
+            raise ValueError(f"dilate must be >= 0 pixels, got {dilate!r}")
         win = cov.window()
-        if win is not None:
-            d = max(int(dilate), 0)
+        if d == 0 or win is None:
+            bad = _scl_lookup(sg, _scl_lut(scl_classes))
+        else:
             r0, c0 = max(win[0] // f - d, 0), max(win[1] // f - d, 0)
             r1 = min(-(-win[2] // f) + d, s.shape[0])
             c1 = min(-(-win[3] // f) + d, s.shape[1])
-            bad = invalid_mask(s[r0:r1, c0:c1], scl_classes, dilate)
-            sg = s[rows // f, cols // f]
-            foot &= sg != 0
-            valid &= ~bad[rows // f - r0, cols // f - c0]
-            valid &= foot
+            m = invalid_mask(s[r0:r1, c0:c1], scl_classes, d)
+            rr, cc = cov.coarse_pixels(f)
+            bad = m[rr - r0, cc - c0]
+        valid &= ~bad
+        valid &= foot
     return coverage_stats(cov, refl, valid, indices=indices, footprint=foot,
-                          min_valid_fraction=min_valid_fraction, include_empty=include_empty,
+                          min_valid_fraction=min_valid_fraction,
+                          min_coverage_frac=min_coverage_frac, include_empty=include_empty,
                           id_col=id_col)

@@ -328,6 +328,13 @@ def _phenology_all(Y, G, S, min_amp, min_depth, f_lo, f_hi, min_obs, cloudy_gap,
             out_i[f, s, 1] = flags
 
 
+def _row_mean(a: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(a)
+    cnt = ok.sum(axis=1)
+    tot = np.where(ok, a, 0.0).sum(axis=1)
+    return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+
+
 def season_stage(as_of_day: float, sos: float, sos50: float, pos: float, eos50: float,
                  eos: float, *, peak_window: float = 10.0) -> str:
     """Growth stage of one season on a day (all arguments in the same day units; NaN unknown).
@@ -403,7 +410,9 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         ``greenup_rate``/``senescence_rate`` (index units per day, both positive),
         ``large_integral``/``small_integral`` (index units × days, SOS..EOS or the part
         inside the series), ``n_obs`` (observation days SOS..EOS), ``min_support``,
-        ``complete`` (both SOS and EOS inside the series), ``stage`` (on ``as_of``),
+        ``complete`` (both SOS and EOS inside the series), ``mean_value`` (mean index
+        value of the field over the whole series; lets callers tell bare fallow from
+        evergreen perennials among ``NO_SEASON`` rows), ``stage`` (on ``as_of``),
         ``flags`` (``NO_SEASON``, ``NO_DATA``, ``LOW_OBS``, ``CLOUDY_SEASON``,
         ``EXTRAPOLATED``, ``PARTIAL_SEASON``).
 
@@ -423,8 +432,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         raise PhenologyError("need min_amplitude > 0 and 0 <= min_trough_depth < 1")
     cols = ["season", "sos", "sos50", "pos", "eos50", "eos", "peak", "base", "base_left",
             "base_right", "amplitude", "length_days", "greenup_rate", "senescence_rate",
-            "large_integral", "small_integral", "n_obs", "min_support", "complete", "stage",
-            "flags"]
+            "large_integral", "small_integral", "n_obs", "min_support", "complete", "mean_value",
+            "stage", "flags"]
     if len(series) == 0:
         return pd.DataFrame(columns=[id_col, *cols])
     t = pd.to_datetime(series["time"])
@@ -512,6 +521,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         "n_obs": I[:, 0],
         "min_support": F[:, 12],
         "complete": has & ~part_l & ~part_r,
+        "mean_value": _row_mean(Y)[fi],
     })
     as_day = float((a - t0) / day) if a is not None else float(n - 1)
     stages = []

@@ -306,7 +306,7 @@ def _support_gap(W, sigma, S, G):
                 G[f, i] = d
 
 
-def whittaker_fit(y, w, lam: float = 300.0, *, envelope_iterations: int = 4,
+def whittaker_fit(y, w, lam: float = 100.0, *, envelope_iterations: int = 4,
                   envelope_threshold: float = 0.05, envelope_weight: float = 0.05,
                   lam_bounds: tuple[float, float] | None = None, n_lambdas: int = 13,
                   keep_runs: bool = True):
@@ -398,7 +398,7 @@ def smooth_series(
     observations: pd.DataFrame,
     *,
     index: str | Sequence[str] = "ndvi",
-    lam: float | str | None = 300.0,
+    lam: float | str | None = 100.0,
     lam_bounds: tuple[float, float] = (10.0, 1e5),
     weights: str | Callable[[pd.DataFrame], Any] | np.ndarray | None = None,
     flag_weights: Mapping[str, float] | None = None,
@@ -426,7 +426,7 @@ def smooth_series(
         (NaN values excluded per index); ``support``/``gap_days``/``flags`` refer to the
         first index.
     lam : float, "vcurve" or None
-        Whittaker λ on the daily grid (default 300, chosen on the synthetic validation,
+        Whittaker λ on the daily grid (default 100, chosen on the synthetic validation,
         docs/validation_series.md). ``"vcurve"`` or None chooses λ per field by the V-curve
         within ``lam_bounds``.
     lam_bounds : (float, float)

@@ -25,6 +25,9 @@ the internet. Fault actions understood by :class:`FaultScript`:
     stall that many seconds, then serve normally (clients with shorter timeouts give up).
 ``"truncate"``
     announce the full ``Content-Length`` but send only half of the body, then close.
+``"short"``
+    a well-framed response whose body is cut in half (``Content-Length`` says so too): for a
+    JSON API, a 200 with invalid JSON.
 ``"reset"``
     close the connection (TCP RST) without any response.
 ``"ignore_range"``
@@ -66,7 +69,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from ._log import logger, redact
+from ._log import SECRET_PARAMS, logger, redact
 from .errors import ConfigError
 
 __all__ = [
@@ -80,13 +83,18 @@ __all__ = [
     "serve_stac",
     "find_rustac",
     "rewrite_hrefs",
+    "FakeSasSigner",
 ]
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _STATUS_RE = re.compile(r"^([1-5]\d\d)(?::(\d+(?:\.\d+)?))?$")
 _SLEEP_RE = re.compile(r"^sleep:(\d+(?:\.\d+)?)$")
-_NAMED = {"truncate", "reset", "ignore_range", "corrupt", "expire_token", "repeat_next", "ok"}
+_NAMED = {"truncate", "short", "reset", "ignore_range", "corrupt", "expire_token", "repeat_next", "ok"}
 _CHUNK = 1 << 20
+_SECRET_QS_RE = re.compile(
+    r"(?i)([?&](?:" + "|".join(re.escape(k) for k in sorted(SECRET_PARAMS)) +
+    r"|x-amz-[a-z-]+)=)[^&\s'\"<>)]*"
+)
 
 
 def _check_host(host: str) -> str:
@@ -240,7 +248,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def log_message(self, format, *args):  # noqa: A002 - stdlib signature
-        logger.debug("test server %s: %s", self.server.server_address[1], redact(format % args))
+        logger.debug("test server %s: %s", self.server.server_address[1],
+                     _SECRET_QS_RE.sub(r"\1REDACTED", redact(format % args)))
 
     def do_GET(self):  # noqa: N802
         self.server.owner._dispatch(self)
@@ -274,10 +283,13 @@ class _Exchange:
         self.req_body = self.body[:65536]
 
     def send(self, status: int, headers: Mapping[str, str], body: "list[Any]", *,
-             truncate: bool = False, corrupt: bool = False, length: int | None = None) -> None:
+             truncate: bool = False, corrupt: bool = False, short: bool = False,
+             length: int | None = None) -> None:
         """Send status, headers and a body made of bytes and ``(path, start, length)`` parts."""
         h = self.h
         total = length if length is not None else sum(_part_len(p) for p in body)
+        if short:
+            total //= 2
         self.status = status
         h.send_response(status)
         for k, v in headers.items():
@@ -629,7 +641,8 @@ class RangeServer(_BaseServer):
             "Last-Modified": formatdate(target.stat().st_mtime, usegmt=True),
             "ETag": f'"{target.stat().st_mtime_ns:x}-{size:x}"',
         }
-        truncate, corrupt = action == "truncate", action == "corrupt"
+        flags = dict(truncate=action == "truncate", corrupt=action == "corrupt",
+                     short=action == "short")
         ranges = None if action == "ignore_range" else _parse_ranges(ex.range, size)
         if ranges == "unsatisfiable":
             ex.send(416, {**base, "Content-Range": f"bytes */{size}",
@@ -637,12 +650,12 @@ class RangeServer(_BaseServer):
             return
         if not ranges:
             ex.send(200, {**base, "Content-Type": ctype}, [(target, 0, size)],
-                    truncate=truncate, corrupt=corrupt)
+                    **flags)
             return
         if len(ranges) == 1:
             a, b = ranges[0]
             ex.send(206, {**base, "Content-Type": ctype, "Content-Range": f"bytes {a}-{b}/{size}"},
-                    [(target, a, b - a + 1)], truncate=truncate, corrupt=corrupt)
+                    [(target, a, b - a + 1)], **flags)
             return
         boundary = f"cropyield{os.urandom(8).hex()}"
         parts: list[Any] = []
@@ -652,7 +665,39 @@ class RangeServer(_BaseServer):
             parts.append((target, a, b - a + 1))
         parts.append(f"\r\n--{boundary}--\r\n".encode())
         ex.send(206, {**base, "Content-Type": f"multipart/byteranges; boundary={boundary}"},
-                parts, truncate=truncate, corrupt=corrupt)
+                parts, **flags)
+
+
+class FakeSasSigner:
+    """A stand-in for a SAS signer, for tests of re-signing against a RangeServer with
+    ``token_expiry=True``: ``signer(href)`` appends ``se=<server clock + ttl_s>&sig=<n>``.
+
+    Parameters
+    ----------
+    server : RangeServer
+        Whose (fake) clock sets the expiry.
+    ttl_s : float
+        Token lifetime in seconds.
+
+    Attributes
+    ----------
+    calls : list of str
+        Unsigned hrefs signed so far (one entry per call).
+    """
+
+    def __init__(self, server: RangeServer, ttl_s: float = 3600.0):
+        self.server = server
+        self.ttl_s = float(ttl_s)
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, href: str, *, refresh: bool = False) -> str:
+        with self._lock:
+            self.calls.append(href)
+            n = len(self.calls)
+        se = (self.server.now + timedelta(seconds=self.ttl_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sep = "&" if "?" in href else "?"
+        return f"{href}{sep}se={se.replace(':', '%3A')}&sp=r&sig=fake{n}"
 
 
 # --------------------------------------------------------------------------------------
@@ -715,7 +760,7 @@ class FaultProxy(_BaseServer):
             ex.send(status, out_headers, [], length=int(resp.getheader("Content-Length") or 0))
             return
         ex.send(status, out_headers, [body], truncate=action == "truncate",
-                corrupt=action == "corrupt")
+                corrupt=action == "corrupt", short=action == "short")
 
     def _repeat_next(self, ex: _Exchange, body: bytes, req_body: bytes) -> bytes:
         try:
@@ -761,6 +806,22 @@ def find_rustac() -> str:
         "the 'rustac' executable is needed to serve a local STAC API; install it with: "
         "pip install 'cropyield[demo]'"
     )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: have the kernel send SIGTERM to rustac if this Python process dies (a killed
+    test run must not leave servers behind)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
+def _deathsig_ok() -> bool:
+    # PR_SET_PDEATHSIG fires when the *thread* that forked exits: only use it from the main
+    # thread, whose end is the end of the process
+    return sys.platform == "linux" and threading.current_thread() is threading.main_thread()
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -859,7 +920,8 @@ class StacApiServer:
             cmd += [str(self.collection_path), *map(str, self.items_paths)]
             self._logfile = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(cmd, stdout=self._logfile, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent if _deathsig_ok() else None)
             self.bind_port = port
             try:
                 self._wait_ready()

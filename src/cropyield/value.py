@@ -26,7 +26,7 @@ import pandas as pd
 from ._geo import MU_PER_HA, field_areas, validate_fields
 from ._log import logger
 from .crops import CropRegistry, load_registry
-from .errors import ConfigError, ModelError, join_flags, split_flags
+from .errors import ConfigError, join_flags, split_flags
 from .yieldmodel import LUEModel, YieldModel
 
 __all__ = ["PriceRecord", "PriceTable", "estimate_yield", "ESTIMATE_COLUMNS"]

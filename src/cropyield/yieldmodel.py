@@ -260,6 +260,7 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
         lats = _lat_lookup(lat, s["field_id"].tolist(),
                            SUNSHINE_CLIMATOLOGY.get(region, {}).get("lat", 35.0))
     rows = []
+    par_cache: dict[tuple, tuple[np.ndarray, str]] = {}
     for i, r in s.iterrows():
         c = crops_col.iloc[i]
         c = None if (c is None or (isinstance(c, float) and math.isnan(c)) or c == "") else str(c)
@@ -271,8 +272,8 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
         flags: list[str] = [sflags]
         idx = groups.get(r["field_id"])
         if sos is None or eos is None or eos <= sos:
-            partial = "PARTIAL_SEASON" in sflags or ("complete" in s.columns
-                                                     and r["complete"] is False)
+            partial = "PARTIAL_SEASON" in sflags or (
+                "complete" in s.columns and pd.notna(r["complete"]) and not bool(r["complete"]))
             out["feature_flags"] = join_flags(flags, "PARTIAL_SEASON" if partial
                                               else "NO_SEASON")
             rows.append(out)
@@ -333,9 +334,16 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
             if rsr is not None:
                 rs = rsr.reindex(pd.DatetimeIndex(days)).to_numpy(float)
                 key_src = True
-        par, src = daily_par(days, lats[i], region=rg if rg in SUNSHINE_CLIMATOLOGY or
-                             (climatology and rg in climatology) else region,
-                             rs=rs if key_src else None, climatology=climatology)
+        rg_clim = rg if rg in SUNSHINE_CLIMATOLOGY or (climatology and rg in climatology) \
+            else region
+        ckey = None if key_src else (round(float(lats[i]), 3), rg_clim, days[0], len(days))
+        if ckey is not None and ckey in par_cache:
+            par, src = par_cache[ckey]
+        else:
+            par, src = daily_par(days, lats[i], region=rg_clim, rs=rs if key_src else None,
+                                 climatology=climatology)
+            if ckey is not None:
+                par_cache[ckey] = (par, src)
         out["radiation_source"] = src
         out["par_mj_m2"] = float(np.sum(par))
         rel = fapar

@@ -157,14 +157,25 @@ def _price_record(row: Mapping[str, Any]) -> PriceRecord | None:
     if not rec and price is None:
         return None
     taken = {"price_cny_per_t", "crop", "region", "type", "price_type", "valid_from", "source"}
-    valid = _date(rec.get("valid_from"))
+    # cropyield.value's PriceTable.lookup gives {"price_cny_per_t", "rule", "records": [...]};
+    # describe the price by its underlying record(s), keep everything else in ``extra``
+    subs = [r for r in rec.get("records", []) if isinstance(r, Mapping)] \
+        if isinstance(rec.get("records"), list) else []
+    parts = subs or [rec]
+
+    def joined(key: str) -> str | None:
+        vals = [_str(r.get(key)) for r in parts]
+        vals = list(dict.fromkeys(v for v in vals if v))
+        return "+".join(vals) if key != "source" else "; ".join(vals) if vals else None
+
+    valid = [d for d in (_date(r.get("valid_from")) for r in parts) if d is not None]
     return PriceRecord(
         price_cny_per_t=price,
-        crop=_str(rec.get("crop")),
-        region=_str(rec.get("region")),
-        price_type=_str(rec.get("type", rec.get("price_type"))),
-        valid_from=_iso(valid),
-        source=_str(rec.get("source")),
+        crop=joined("crop") or None,
+        region=joined("region") or None,
+        price_type=(joined("type") or joined("price_type")) or None,
+        valid_from=_iso(max(valid)) if valid else None,
+        source=joined("source") or None,
         extra=canonical_json({k: v for k, v in rec.items() if k not in taken}),
     )
 
@@ -272,12 +283,18 @@ def _resolve_as_of(as_of: Any, evidence: Iterable[FieldEvidence]) -> _dt.date:
         if d is None:
             raise CreditInputError(f"as_of={as_of!r} is not a date; pass e.g. '2025-05-01'")
         return d
+    evidence = list(evidence)
     dates = [_dt.date.fromisoformat(e.last_obs_date) for e in evidence if e.last_obs_date]
-    if not dates:
-        raise CreditInputError(
-            "as_of was not given and no imagery date is known (no last_obs_date column, no "
-            "dated scene_ids); pass as_of= explicitly")
-    return max(dates)
+    if dates:
+        return max(dates)
+    dates = [_dt.date.fromisoformat(e.harvest_date) for e in evidence if e.harvest_date]
+    if dates:
+        logger.warning("assess: as_of not given and no imagery date known; using the latest "
+                       "expected harvest %s (pass as_of= explicitly)", max(dates))
+        return max(dates)
+    raise CreditInputError(
+        "as_of was not given and no date is known (no last_obs_date, no dated scene_ids, no "
+        "harvest_date); pass as_of= explicitly")
 
 
 def _field_reasons(e: FieldEvidence, policy: Policy, as_of: _dt.date) -> tuple[
@@ -345,7 +362,7 @@ def _field_reasons(e: FieldEvidence, policy: Policy, as_of: _dt.date) -> tuple[
                                  "haircut", fid, h))
     # data age
     if e.last_obs_date is None:
-        if not fallow:
+        if not fallow and policy.require_imagery_date:
             rs.append(Reason("DATA_AGE_UNKNOWN", f"field {fid}: no imagery date (no "
                              "last_obs_date, no dated scene id); cannot rule out stale data",
                              "refer", fid))

@@ -587,12 +587,13 @@ class CreditProfile(_Record):
 _DEFAULT_HAIRCUTS = {
     "LOW_OBS": 0.5, "CLOUDY_SEASON": 0.5, "FIELD_TOO_SMALL": 0.7, "CROP_UNCERTAIN": 0.7,
     "AREA_MISMATCH": 0.8, "EXTRAPOLATED": 0.8, "OFFSET_INCONSISTENT": 0.8,
-    "LOW_VALID_FRACTION": 0.9,
+    "LOW_VALID_FRACTION": 0.9, "PARTIAL_SEASON": 0.7, "BENCHMARK_YIELD": 0.7,
+    "CROP_DECLARED": 0.7,
 }
 # Flags that force a referral: the numbers behind the field cannot be trusted.
-_DEFAULT_REFER = ("ALL_MASKED", "AUTH_EXPIRED", "CROP_MISMATCH", "INVALID_GEOMETRY", "NO_DATA",
-                  "NO_MODEL", "NO_OVERLAP", "NO_PRICE", "NO_SEASON", "OUT_OF_RANGE",
-                  "READ_FAILED", "SUBPIXEL_FIELD")
+_DEFAULT_REFER = ("ALL_MASKED", "AUTH_EXPIRED", "CROP_MISMATCH", "FIT_FAILED", "INVALID_GEOMETRY",
+                  "INVALID_INDEX", "NO_DATA", "NO_MODEL", "NO_OVERLAP", "NO_PRICE", "NO_SEASON",
+                  "OUT_OF_RANGE", "READ_FAILED", "SEASON_INCOMPLETE", "SUBPIXEL_FIELD")
 # Stage cost need per mu and season (seed, fertiliser, pesticide, machinery, services):
 # ~500 CNY/mu/season, Hengfeng bank case (reference/science.md section 8.1). Replace with the
 # NDRC cost-benefit compendium figures for a province when available. Fallow needs nothing.
@@ -651,6 +652,8 @@ class Policy(_Record):
                                    unit="days", minimum=0, default=30)
     max_data_age_days: int = _f("refer when the latest imagery is older than this at as_of",
                                 unit="days", minimum=0, default=60)
+    require_imagery_date: bool = _f("refer a field whose imagery date is unknown (no "
+                                    "last_obs_date, no dated scene id)", default=True)
     schema_version: str = _f("record layout version", default=SCHEMA_VERSION)
 
     _versioned: ClassVar[bool] = True

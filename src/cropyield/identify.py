@@ -1,0 +1,662 @@
+"""Crop identification: knowledge-based (calendars, no training data) and a trained classifier.
+
+:func:`identify_crops` scores every field-season against each crop's regional calendar in the
+registry (``data/crops.toml``): the SOS, peak and EOS days of year and the season length
+should fall in the crop's windows and the peak index value in its range. Each criterion
+contributes a log-likelihood that is 0 inside the window and falls off as a Gaussian of the
+distance outside it; crop priors (regional area weights) and rotation context (a crop that
+usually follows the previous season's crop, e.g. summer maize after winter wheat) are added,
+and a softmax gives probabilities.
+
+:class:`CropClassifier` is for users with labelled parcels: a multinomial logistic regression
+(NumPy, no extra dependency) on fixed-bin means of one or several daily index series plus
+phenology metrics; JSON save/load; grouped cross-validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ._log import logger
+from .crops import CropRegistry, load_registry
+from .errors import CropYieldError, ModelError, join_flags, split_flags
+
+__all__ = ["identify_crops", "CropClassifier", "IdentifyError"]
+
+
+class IdentifyError(CropYieldError, ValueError):
+    """Inputs of crop identification are invalid (unknown region, missing columns...)."""
+
+
+_WINDOWS = (("sos", "sos_doy"), ("pos", "peak_doy"), ("eos", "eos_doy"))
+
+
+def _circ_outside(doy: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Days between ``doy`` and the window [lo, hi] on a 365-day circle (0 inside)."""
+    doy = np.asarray(doy, dtype=float)
+    if lo <= hi:
+        inside = (doy >= lo) & (doy <= hi)
+    else:
+        inside = (doy >= lo) | (doy <= hi)
+    d_lo = np.abs(doy - lo) % 365.0
+    d_lo = np.minimum(d_lo, 365.0 - d_lo)
+    d_hi = np.abs(doy - hi) % 365.0
+    d_hi = np.minimum(d_hi, 365.0 - d_hi)
+    return np.where(inside, 0.0, np.minimum(d_lo, d_hi))
+
+
+def _range_outside(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    x = np.asarray(x, dtype=float)
+    return np.where(x < lo, lo - x, np.where(x > hi, x - hi, 0.0))
+
+
+def _circ_mid(lo: float, hi: float) -> float:
+    span = (hi - lo) % 365.0
+    return (lo + span / 2.0) % 365.0
+
+
+def _expected_length(cal) -> tuple[float, float]:
+    """SOS→EOS length range implied by the calendar (sow→harvest minus the lags)."""
+    lag_in = (_circ_mid(*cal.sos_doy) - _circ_mid(*cal.sow_doy)) % 365.0
+    lag_out = (_circ_mid(*cal.harvest_doy) - _circ_mid(*cal.eos_doy)) % 365.0
+    if lag_in > 180:
+        lag_in = 0.0
+    if lag_out > 180:
+        lag_out = 0.0
+    lo, hi = cal.season_length_days
+    return max(20.0, lo - lag_in - lag_out), max(30.0, hi - lag_in - lag_out)
+
+
+def _doy(t: pd.Series) -> np.ndarray:
+    t = pd.to_datetime(t)
+    return np.where(t.notna(), t.dt.dayofyear.to_numpy(dtype=float, na_value=np.nan), np.nan)
+
+
+def _parse_declared(declared, ids) -> dict[Any, set[str]]:
+    if declared is None:
+        return {}
+    if isinstance(declared, pd.DataFrame):
+        raise IdentifyError("declared must be a Series or mapping field_id -> crop id")
+    items = declared.items() if hasattr(declared, "items") else dict(declared).items()
+    out: dict[Any, set[str]] = {}
+    for k, v in items:
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+            continue
+        out[k] = {c.strip() for c in str(v).replace(",", "+").split("+") if c.strip()}
+    return out
+
+
+def identify_crops(
+    series_or_phenology: pd.DataFrame,
+    *,
+    region: str,
+    declared: Mapping[Any, str] | pd.Series | None = None,
+    year: int | None = None,
+    registry: CropRegistry | None = None,
+    index: str = "ndvi",
+    sigma_days: float = 10.0,
+    sigma_value: float = 0.05,
+    rotation_boost: float = 4.0,
+    min_prob: float = 0.5,
+    mismatch_prob: float = 0.1,
+    id_col: str = "field_id",
+) -> pd.DataFrame:
+    """Most likely crops per field-season from calendar and phenology knowledge.
+
+    Parameters
+    ----------
+    series_or_phenology : DataFrame
+        The output of :func:`cropyield.phenology` (one row per field-season), or a daily
+        series (:func:`cropyield.smooth_series` output) that is passed through it first.
+    region : str
+        Calendar region of the registry (``north_china_plain``, ``northeast``, ``yangtze``,
+        ``south``, or any region a user registry defines). Only crops with a calendar in the
+        region are candidates (plus ``fallow``).
+    declared : Series or mapping, optional
+        ``field_id`` → declared crop id; several crops of one year may be joined with
+        ``+`` (``"winter_wheat+summer_maize"``). A season whose identified crop is
+        confident (≥ ``min_prob``) while the declared crops together have probability below
+        ``mismatch_prob`` gets ``CROP_MISMATCH`` with the evidence.
+    year : int, optional
+        Keep only seasons whose peak (or SOS/EOS when the peak is unknown) falls in this
+        calendar year.
+    registry : CropRegistry, optional
+        Default: the packaged registry.
+    index : str
+        Index of the phenology (its peak is compared with ``index_ranges[index]``).
+    sigma_days, sigma_value
+        Fall-off (days; index units) of the likelihood outside a window or range.
+    rotation_boost : float
+        Prior multiplier for a crop whose calendar lists the previous season's crop in
+        ``after`` (previous season of the same field within 365 days).
+    min_prob : float
+        Below this top probability the row gets ``CROP_UNCERTAIN``.
+    mismatch_prob : float
+        See ``declared``.
+
+    Returns
+    -------
+    DataFrame
+        ``field_id, season, crop, crop_prob, crop_2, crop_2_prob, declared, flags,
+        evidence`` (evidence: compact JSON with the DOYs, peak, length and the best crop's
+        windows). Fields without a season get ``crop = "fallow"`` (or an evergreen perennial
+        when the index stays high all year); fields without data get ``crop = None`` with
+        ``NO_DATA, CROP_UNCERTAIN``.
+
+    Raises
+    ------
+    IdentifyError
+        Unknown region (no crop has a calendar there) or missing columns.
+    """
+    reg = registry if registry is not None else load_registry()
+    phen = series_or_phenology
+    if "pos" not in phen.columns or "season" not in phen.columns:
+        from .phenology import phenology
+        phen = phenology(phen, index=index, id_col=id_col)
+    need = [id_col, "season", "sos", "pos", "eos", "peak", "flags"]
+    missing = [c for c in need if c not in phen.columns]
+    if missing:
+        raise IdentifyError(f"phenology table lacks {missing}; pass cropyield.phenology output")
+    cands = [c for c in reg.values() if c.calendar(region) is not None]
+    if not cands:
+        known = sorted({r for c in reg.values() for r in c.calendars})
+        raise IdentifyError(f"no crop has a calendar for region {region!r}; known regions: "
+                            f"{known}")
+    phen = phen.sort_values([id_col, "season"]).reset_index(drop=True)
+    if year is not None:
+        ref = phen["pos"].fillna(phen["eos"]).fillna(phen["sos"])
+        keep = ref.isna() | (pd.to_datetime(ref).dt.year == int(year))
+        phen = phen.loc[keep].reset_index(drop=True)
+    n = len(phen)
+    names = [c.id for c in cands]
+    cals = [c.calendar(region) for c in cands]
+    k = len(cands)
+
+    sos_d, pos_d, eos_d = _doy(phen["sos"]), _doy(phen["pos"]), _doy(phen["eos"])
+    length = ((pd.to_datetime(phen["eos"]) - pd.to_datetime(phen["sos"])).dt.days
+              .to_numpy(dtype=float, na_value=np.nan))
+    peak = phen["peak"].to_numpy(dtype=float, na_value=np.nan)
+    doys = {"sos": sos_d, "pos": pos_d, "eos": eos_d}
+    ll = np.zeros((n, k))
+    for j, (crop, cal) in enumerate(zip(cands, cals)):
+        for col, win in _WINDOWS:
+            d = _circ_outside(doys[col], *getattr(cal, win))
+            ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_days) ** 2, 0.0)
+        lo, hi = _expected_length(cal)
+        d = _range_outside(length, lo, hi)
+        ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / (1.5 * sigma_days)) ** 2, 0.0)
+        rng_ = crop.index_ranges.get(index)
+        if rng_ is not None:
+            d = _range_outside(peak, *rng_)
+            ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_value) ** 2, 0.0)
+    log_prior = np.log(np.array([max(c.prior, 1e-6) for c in cals]))
+
+    flags_in = phen["flags"].astype(str).to_numpy()
+    no_season = np.array(["NO_SEASON" in f for f in flags_in])
+    no_data = np.array(["NO_DATA" in f for f in flags_in])
+    fids = phen[id_col].to_numpy()
+    seasons = phen["season"].to_numpy()
+    pos_t = pd.to_datetime(phen["pos"]).to_numpy()
+
+    crop_out = np.empty(n, dtype=object)
+    p1 = np.full(n, np.nan)
+    crop2 = np.empty(n, dtype=object)
+    p2 = np.full(n, np.nan)
+    probs_all = np.zeros((n, k))
+    prev_crop: dict[Any, tuple[Any, str]] = {}
+    after_sets = [set(c.after) for c in cals]
+    # rows in season order so the previous season's crop is known (rotation context)
+    for r in range(n):
+        if no_season[r]:
+            continue
+        lp = log_prior.copy()
+        pc = prev_crop.get(fids[r])
+        if pc is not None and rotation_boost != 1.0:
+            prev_t, prev_id = pc
+            if (pd.isna(prev_t) or pd.isna(pos_t[r])
+                    or (pos_t[r] - prev_t) / np.timedelta64(1, "D") <= 365):
+                for j in range(k):
+                    if prev_id in after_sets[j]:
+                        lp[j] += math.log(rotation_boost)
+        score = ll[r] + lp
+        score = score - score.max()
+        pr = np.exp(score)
+        pr /= pr.sum()
+        probs_all[r] = pr
+        order = np.argsort(-pr, kind="stable")
+        crop_out[r], p1[r] = names[order[0]], pr[order[0]]
+        if k > 1:
+            crop2[r], p2[r] = names[order[1]], pr[order[1]]
+        prev_crop[fids[r]] = (pos_t[r], names[order[0]])
+
+    # fields without a season: fallow, or an evergreen perennial when the index stays high
+    mean_v = (phen["mean_value"].to_numpy(dtype=float, na_value=np.nan)
+              if "mean_value" in phen.columns else np.full(n, np.nan))
+    per = [c for c in cands if c.group == "perennial" and f"{index}_base" in c.index_ranges]
+    fallow_rng = reg["fallow"].index_ranges.get(f"{index}_base", (0.0, 0.35)) \
+        if "fallow" in reg else (0.0, 0.35)
+    for r in np.flatnonzero(no_season):
+        if no_data[r]:
+            crop_out[r] = None
+            continue
+        nm = ["fallow"] + [c.id for c in per]
+        s = np.array([-0.5 * (_range_outside(mean_v[r], *fallow_rng) / sigma_value) ** 2]
+                     + [-0.5 * (_range_outside(mean_v[r], *c.index_ranges[f"{index}_base"])
+                                / sigma_value) ** 2 + math.log(max(c.calendar(region).prior,
+                                                                    1e-6))
+                        for c in per])
+        s = np.nan_to_num(s, nan=0.0)
+        pr = np.exp(s - s.max())
+        pr /= pr.sum()
+        o = np.argsort(-pr, kind="stable")
+        crop_out[r], p1[r] = nm[o[0]], pr[o[0]]
+        if len(nm) > 1:
+            crop2[r], p2[r] = nm[o[1]], pr[o[1]]
+
+    decl = _parse_declared(declared, fids)
+    unknown_decl = sorted({c for v in decl.values() for c in v if c not in reg})
+    if unknown_decl:
+        logger.warning("identify_crops: declared crop ids not in the registry: %s",
+                       unknown_decl)
+    flags = []
+    evidence = []
+    declared_col = []
+    name_ix = {c: j for j, c in enumerate(names)}
+    for r in range(n):
+        fl = []
+        ev: dict[str, Any] = {}
+        if no_data[r]:
+            fl += ["NO_DATA", "CROP_UNCERTAIN"]
+        elif no_season[r]:
+            fl.append("NO_SEASON")
+            ev["mean_" + index] = _r(mean_v[r], 3)
+        else:
+            ev.update(sos_doy=_r(sos_d[r]), pos_doy=_r(pos_d[r]), eos_doy=_r(eos_d[r]),
+                      length_days=_r(length[r]), peak=_r(peak[r], 3))
+            j = name_ix[crop_out[r]]
+            cal = cals[j]
+            ev["windows"] = {"sos": list(cal.sos_doy), "pos": list(cal.peak_doy),
+                             "eos": list(cal.eos_doy),
+                             "length": [round(x) for x in _expected_length(cal)],
+                             "peak": list(cands[j].index_ranges.get(index, ()))}
+        if not no_data[r] and p1[r] < min_prob:
+            fl.append("CROP_UNCERTAIN")
+        d = decl.get(fids[r])
+        declared_col.append("+".join(sorted(d)) if d else None)
+        if d and not no_data[r]:
+            if no_season[r]:
+                p_decl = float(p1[r]) if crop_out[r] in d else 0.0
+                if "fallow" not in d and crop_out[r] == "fallow" and p1[r] >= min_prob:
+                    fl.append("CROP_MISMATCH")
+                    ev["declared"] = sorted(d)
+            else:
+                p_decl = float(sum(probs_all[r, name_ix[c]] for c in d if c in name_ix))
+                if crop_out[r] not in d and p1[r] >= min_prob and p_decl < mismatch_prob \
+                        and any(c in reg for c in d):
+                    fl.append("CROP_MISMATCH")
+                    ev["declared"] = sorted(d)
+                    ev["declared_prob"] = round(p_decl, 3)
+        flags.append(join_flags(fl))
+        evidence.append(json.dumps(ev, separators=(",", ":"), ensure_ascii=False))
+    out = pd.DataFrame({
+        id_col: fids, "season": seasons, "crop": crop_out, "crop_prob": p1,
+        "crop_2": crop2, "crop_2_prob": p2, "declared": declared_col, "flags": flags,
+        "evidence": evidence,
+    })
+    out.attrs.update(region=region, index=index, sigma_days=sigma_days,
+                     candidates=names)
+    return out
+
+
+def _r(x, nd: int = 0):
+    if x is None or not np.isfinite(x):
+        return None
+    return round(float(x), nd) if nd else int(round(float(x)))
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+class CropClassifier:
+    """Crop classifier trained on labelled parcels (multinomial logistic regression).
+
+    Features per field: the mean of each index in fixed day-of-year bins of ``bin_days``
+    days counted from ``year_start`` (month-day; e.g. ``"09-01"`` to keep winter crops in
+    one season-year), plus phenology metrics of the first index (number of seasons; SOS,
+    peak and EOS day offsets, peak, amplitude, length and small integral of the two largest
+    seasons). Missing features are filled with training means; features are standardised.
+    The model is a softmax regression with L2 penalty fitted by full-batch Adam in NumPy:
+    deterministic, dependency-free and exportable to plain JSON (no pickle).
+
+    Parameters
+    ----------
+    indices : sequence of str
+        Index columns of the daily series to use (e.g. ``("ndvi", "ndre", "ndmi")``).
+    bin_days : int
+        Width of the time bins, days.
+    year_start : str
+        ``"MM-DD"`` where the season-year starts. A series longer than a year is folded
+        (bins average over years); pass one season-year per field for clean features.
+    phenology_features : bool
+        Add phenology metrics of the first index.
+    l2 : float
+        L2 penalty on the coefficients (per sample).
+    max_iter : int, learning_rate : float
+        Optimiser settings.
+    seed : int
+        Recorded; the optimiser itself is deterministic.
+    """
+
+    FORMAT = "cropyield.CropClassifier"
+    VERSION = 1
+
+    def __init__(self, indices: Sequence[str] = ("ndvi",), *, bin_days: int = 10,
+                 year_start: str = "01-01", phenology_features: bool = True,
+                 l2: float = 1e-3, max_iter: int = 1500, learning_rate: float = 0.05,
+                 seed: int = 0, id_col: str = "field_id"):
+        if isinstance(indices, str):
+            indices = (indices,)
+        if not indices:
+            raise ModelError("indices must name at least one index column")
+        if not 1 <= int(bin_days) <= 183:
+            raise ModelError(f"bin_days must be within 1..183, got {bin_days}")
+        try:
+            self._start_doy = pd.Timestamp(f"2001-{year_start}").dayofyear
+        except ValueError as exc:
+            raise ModelError(f"year_start must be 'MM-DD', got {year_start!r}") from exc
+        self.indices = tuple(indices)
+        self.bin_days = int(bin_days)
+        self.year_start = year_start
+        self.phenology_features = bool(phenology_features)
+        self.l2 = float(l2)
+        self.max_iter = int(max_iter)
+        self.learning_rate = float(learning_rate)
+        self.seed = int(seed)
+        self.id_col = id_col
+        self.classes_: list[str] | None = None
+        self.feature_names_: list[str] | None = None
+        self._fill = self._mean = self._scale = self._coef = self._intercept = None
+
+    # ---- features
+    @property
+    def n_bins(self) -> int:
+        return int(math.ceil(365 / self.bin_days))
+
+    def features(self, series: pd.DataFrame) -> pd.DataFrame:
+        """Feature table (one row per field, indexed by field id) from a daily series."""
+        idc = self.id_col
+        missing = [c for c in (idc, "time", *self.indices) if c not in series.columns]
+        if missing:
+            raise ModelError(f"series lacks columns {missing} needed by this classifier")
+        t = pd.to_datetime(series["time"])
+        if getattr(t.dt, "tz", None) is not None:
+            t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+        off = (t.dt.dayofyear.to_numpy() - self._start_doy) % 365
+        b = np.minimum(off // self.bin_days, self.n_bins - 1)
+        parts = []
+        for ix in self.indices:
+            df = pd.DataFrame({idc: series[idc].to_numpy(), "bin": b,
+                               "v": series[ix].to_numpy(dtype=float, na_value=np.nan)})
+            w = df.groupby([idc, "bin"])["v"].mean().unstack("bin")
+            w = w.reindex(columns=range(self.n_bins))
+            w.columns = [f"{ix}_b{int(c):02d}" for c in w.columns]
+            parts.append(w)
+        feat = pd.concat(parts, axis=1)
+        if self.phenology_features:
+            feat = feat.join(self._phen_features(series), how="left")
+        return feat
+
+    def _phen_features(self, series: pd.DataFrame) -> pd.DataFrame:
+        from .phenology import phenology
+
+        ix = self.indices[0]
+        ph = phenology(series, index=ix, id_col=self.id_col)
+        ph = ph[ph["pos"].notna() | ph["sos"].notna()].copy()
+        rows = {}
+        for fid, g in ph.groupby(self.id_col, sort=False):
+            g = g.sort_values("amplitude", ascending=False).head(2).sort_values("season")
+            rec = {"n_seasons": float(len(g))}
+            for s, (_, r) in enumerate(g.iterrows()):
+                for c in ("sos", "pos", "eos"):
+                    v = r[c]
+                    rec[f"s{s}_{c}"] = (((pd.Timestamp(v).dayofyear - self._start_doy) % 365)
+                                        if pd.notna(v) else np.nan)
+                for c in ("peak", "amplitude", "length_days", "small_integral"):
+                    rec[f"s{s}_{c}"] = float(r[c]) if pd.notna(r[c]) else np.nan
+            rows[fid] = rec
+        cols = ["n_seasons"] + [f"s{s}_{c}" for s in range(2) for c in
+                                ("sos", "pos", "eos", "peak", "amplitude", "length_days",
+                                 "small_integral")]
+        out = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols)
+        ids = pd.unique(series[self.id_col])
+        out = out.reindex(ids)
+        out["n_seasons"] = out["n_seasons"].fillna(0.0)
+        return out
+
+    # ---- model
+    def _matrix(self, feat: pd.DataFrame) -> np.ndarray:
+        X = feat.reindex(columns=self.feature_names_).to_numpy(dtype=float)
+        X = np.where(np.isfinite(X), X, self._fill[None, :])
+        return (X - self._mean) / self._scale
+
+    def fit(self, series: pd.DataFrame, labels, groups=None) -> "CropClassifier":
+        """Fit on a daily series and per-field labels.
+
+        Parameters
+        ----------
+        series : DataFrame
+            Daily series (``field_id, time, <indices>``), e.g. from :func:`smooth_series`.
+        labels : Series or mapping
+            ``field_id`` → class label (crop id or any string, e.g. a rotation
+            ``"winter_wheat+summer_maize"``). Fields without a label are ignored.
+        groups : ignored
+            Accepted for symmetry with :meth:`cross_validate`.
+        """
+        feat = self.features(series)
+        y = pd.Series(labels)
+        y = y[y.notna()].astype(str)
+        common = feat.index.intersection(y.index)
+        if len(common) < 2:
+            raise ModelError("fewer than two labelled fields have series data; check that "
+                             "labels are indexed by field_id")
+        feat = feat.loc[common]
+        y = y.loc[common]
+        return self._fit_matrix(feat, y.to_numpy())
+
+    def _fit_matrix(self, feat: pd.DataFrame, y: np.ndarray) -> "CropClassifier":
+        classes = sorted(set(y))
+        if len(classes) < 2:
+            raise ModelError(f"need at least two classes to fit, got {classes}")
+        self.classes_ = classes
+        self.feature_names_ = list(feat.columns)
+        X = feat.to_numpy(dtype=float)
+        ok = np.isfinite(X)
+        cnt = ok.sum(axis=0)
+        fill = np.where(cnt > 0, np.where(ok, X, 0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
+        self._fill = fill
+        X = np.where(ok, X, fill[None, :])
+        self._mean = X.mean(axis=0)
+        sc = X.std(axis=0)
+        self._scale = np.where(sc > 1e-12, sc, 1.0)
+        Xs = (X - self._mean) / self._scale
+        cix = {c: i for i, c in enumerate(classes)}
+        Yi = np.array([cix[v] for v in y])
+        n, d = Xs.shape
+        K = len(classes)
+        Y = np.zeros((n, K))
+        Y[np.arange(n), Yi] = 1.0
+        W = np.zeros((d, K))
+        b = np.log(Y.mean(axis=0) + 1e-9)
+        mW = np.zeros_like(W)
+        vW = np.zeros_like(W)
+        mb = np.zeros_like(b)
+        vb = np.zeros_like(b)
+        lr, b1, b2, eps = self.learning_rate, 0.9, 0.999, 1e-8
+        prev = np.inf
+        for it in range(1, self.max_iter + 1):
+            Z = Xs @ W + b
+            Z -= Z.max(axis=1, keepdims=True)
+            P = np.exp(Z)
+            P /= P.sum(axis=1, keepdims=True)
+            loss = -np.mean(np.log(P[np.arange(n), Yi] + 1e-12)) + 0.5 * self.l2 * np.sum(W * W)
+            G = (P - Y) / n
+            gW = Xs.T @ G + self.l2 * W
+            gb = G.sum(axis=0)
+            mW = b1 * mW + (1 - b1) * gW
+            vW = b2 * vW + (1 - b2) * gW * gW
+            mb = b1 * mb + (1 - b1) * gb
+            vb = b2 * vb + (1 - b2) * gb * gb
+            c1, c2 = 1 - b1 ** it, 1 - b2 ** it
+            W -= lr * (mW / c1) / (np.sqrt(vW / c2) + eps)
+            b -= lr * (mb / c1) / (np.sqrt(vb / c2) + eps)
+            if abs(prev - loss) < 1e-8:
+                break
+            prev = loss
+        self._coef, self._intercept = W, b
+        self.training_ = {"n_fields": int(n), "n_features": int(d), "iterations": it,
+                          "loss": float(loss), "seed": self.seed}
+        return self
+
+    def _check(self):
+        if self._coef is None:
+            raise ModelError("the classifier is not fitted; call fit() or load() first")
+
+    def predict_proba(self, series: pd.DataFrame) -> pd.DataFrame:
+        """Class probabilities, one row per field (index: field id, columns: classes)."""
+        self._check()
+        feat = self.features(series)
+        Z = self._matrix(feat) @ self._coef + self._intercept
+        Z -= Z.max(axis=1, keepdims=True)
+        P = np.exp(Z)
+        P /= P.sum(axis=1, keepdims=True)
+        return pd.DataFrame(P, index=feat.index, columns=self.classes_)
+
+    def predict(self, series: pd.DataFrame) -> pd.Series:
+        """Most likely class per field (Series indexed by field id)."""
+        P = self.predict_proba(series)
+        return pd.Series(np.asarray(self.classes_, dtype=object)[P.to_numpy().argmax(axis=1)],
+                         index=P.index, name="crop")
+
+    # ---- persistence
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON representation of the fitted model."""
+        self._check()
+        return {
+            "format": self.FORMAT, "version": self.VERSION,
+            "config": {"indices": list(self.indices), "bin_days": self.bin_days,
+                       "year_start": self.year_start,
+                       "phenology_features": self.phenology_features, "l2": self.l2,
+                       "max_iter": self.max_iter, "learning_rate": self.learning_rate,
+                       "seed": self.seed, "id_col": self.id_col},
+            "classes": list(self.classes_), "feature_names": list(self.feature_names_),
+            "fill": self._fill.tolist(), "mean": self._mean.tolist(),
+            "scale": self._scale.tolist(), "coef": self._coef.tolist(),
+            "intercept": self._intercept.tolist(), "training": self.training_,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CropClassifier":
+        if d.get("format") != cls.FORMAT or d.get("version") != cls.VERSION:
+            raise ModelError(f"not a {cls.FORMAT} v{cls.VERSION} document "
+                             f"(format={d.get('format')!r}, version={d.get('version')!r})")
+        try:
+            m = cls(**d["config"])
+            m.classes_ = list(d["classes"])
+            m.feature_names_ = list(d["feature_names"])
+            m._fill = np.asarray(d["fill"], dtype=float)
+            m._mean = np.asarray(d["mean"], dtype=float)
+            m._scale = np.asarray(d["scale"], dtype=float)
+            m._coef = np.asarray(d["coef"], dtype=float)
+            m._intercept = np.asarray(d["intercept"], dtype=float)
+            m.training_ = dict(d.get("training", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"corrupt classifier document: {exc}") from exc
+        nf, nc = len(m.feature_names_), len(m.classes_)
+        if m._coef.shape != (nf, nc) or m._intercept.shape != (nc,) or \
+                not (m._fill.shape == m._mean.shape == m._scale.shape == (nf,)):
+            raise ModelError("corrupt classifier document: array shapes do not match "
+                             f"{nf} features × {nc} classes")
+        return m
+
+    def save(self, path: str | Path) -> None:
+        """Write the model as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CropClassifier":
+        """Read a model written by :meth:`save`."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read classifier from {path}: {exc}") from exc
+        return cls.from_dict(d)
+
+    # ---- validation
+    def cross_validate(self, series: pd.DataFrame, labels, groups, *, n_splits: int = 5,
+                       seed: int | None = None) -> pd.DataFrame:
+        """Grouped k-fold cross-validation (all fields of a group share a fold).
+
+        Parameters
+        ----------
+        series, labels : as in :meth:`fit`
+        groups : Series or mapping
+            ``field_id`` → group (farmer or village), so that no group is in both the
+            training and the test part.
+        n_splits : int
+        seed : int, optional
+            Shuffles groups into folds (default: the classifier's seed).
+
+        Returns
+        -------
+        DataFrame
+            Out-of-fold predictions: ``field_id, group, fold, label, predicted, prob``;
+            ``attrs["accuracy"]`` (overall), ``attrs["fold_accuracy"]`` (list), ``attrs["seed"]``.
+        """
+        feat = self.features(series)
+        y = pd.Series(labels)
+        y = y[y.notna()].astype(str)
+        g = pd.Series(groups)
+        common = feat.index.intersection(y.index).intersection(g.index)
+        if len(common) < n_splits:
+            raise ModelError(f"need at least n_splits={n_splits} labelled fields with groups")
+        feat, y, g = feat.loc[common], y.loc[common], g.loc[common]
+        ug = pd.unique(g.to_numpy())
+        if len(ug) < n_splits:
+            raise ModelError(f"only {len(ug)} groups for {n_splits} folds")
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        perm = rng.permutation(len(ug))
+        fold_of = {ug[p]: i % n_splits for i, p in enumerate(perm)}
+        folds = g.map(fold_of).to_numpy()
+        rows = []
+        accs = []
+        for f in range(n_splits):
+            te = folds == f
+            tr = ~te
+            if te.sum() == 0 or len(set(y[tr])) < 2:
+                continue
+            m = CropClassifier(self.indices, bin_days=self.bin_days, year_start=self.year_start,
+                               phenology_features=self.phenology_features, l2=self.l2,
+                               max_iter=self.max_iter, learning_rate=self.learning_rate,
+                               seed=self.seed, id_col=self.id_col)
+            m._fit_matrix(feat[tr], y[tr].to_numpy())
+            Z = m._matrix(feat[te]) @ m._coef + m._intercept
+            Z -= Z.max(axis=1, keepdims=True)
+            P = np.exp(Z)
+            P /= P.sum(axis=1, keepdims=True)
+            pred = np.asarray(m.classes_, dtype=object)[P.argmax(axis=1)]
+            accs.append(float(np.mean(pred == y[te].to_numpy())))
+            for fid, grp, lab, pr, pp in zip(feat.index[te], g[te], y[te], pred, P.max(axis=1)):
+                rows.append({self.id_col: fid, "group": grp, "fold": f, "label": lab,
+                             "predicted": pr, "prob": float(pp)})
+        out = pd.DataFrame(rows)
+        out.attrs["accuracy"] = float((out["label"] == out["predicted"]).mean()) if len(out) \
+            else float("nan")
+        out.attrs["fold_accuracy"] = accs
+        out.attrs["seed"] = self.seed if seed is None else seed
+        return out
