@@ -64,7 +64,8 @@ def decide(profiles: list[CreditProfile], *, portfolio_cap: float,
         row = {"farmer_id": p.farmer_id, "library_decision": p.decision,
                "suggested_limit_cny": p.suggested_limit_cny, "bank_decision": p.decision,
                "amount_cny": 0, "repayment_end": p.repayment_end,
-               "reasons": [r.code for r in p.reasons if r.effect in ("refer", "decline")]}
+               "reasons": sorted({r.code for r in p.reasons
+                                  if r.effect in ("refer", "decline")})}
         if p.decision == "approve":
             tenor = (dt.date.fromisoformat(p.repayment_end)
                      - dt.date.fromisoformat(p.as_of)).days

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cropyield import credit
-from cropyield.credit import CreditProfile, FieldEvidence, MonitorRules, Policy
+from cropyield.credit import CreditProfile, Policy
 from cropyield.errors import CreditInputError, CropYieldError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +246,8 @@ def test_unassigned_fields_get_no_profile(caplog):
 # --------------------------------------------------------------------------- decline
 def test_decline_rules():
     fallow = table(est_row("F1", "A", "fallow", 0.5, 0, 0, 0, value_cny_p10=np.nan,
-                           value_cny_p50=np.nan, value_cny_p90=np.nan, harvest_date=pd.NaT))
+                           value_cny_p50=np.nan, value_cny_p90=np.nan, harvest_date=pd.NaT,
+                           quality=0.0, flags="NO_MODEL,NO_SEASON"))
     p = one(credit.assess(fallow, as_of=AS_OF))
     assert p.decision == "decline" and "ALL_FALLOW" in codes(p, "decline")
     assert p.suggested_limit_cny is None
@@ -259,6 +257,12 @@ def test_decline_rules():
     small = table(est_row("F1", "A", "winter_wheat", 0.1))  # LTV cap 595 -> 500, haircut 0.5
     p = one(credit.assess(small.assign(flags="LOW_OBS"), as_of=AS_OF))
     assert p.decision == "decline" and "LIMIT_BELOW_MINIMUM" in codes(p, "decline")
+    # a fallow field still fails on what matters: a read failure, a declared crop
+    p = one(credit.assess(fallow.assign(flags="READ_FAILED"), as_of=AS_OF))
+    assert p.decision == "refer" and "READ_FAILED" in codes(p, "refer")
+    p = one(credit.assess(fallow.assign(declared_crop="winter_wheat"), as_of=AS_OF))
+    assert p.decision == "refer" and "CROP_MISMATCH" in codes(p, "refer")
+    assert credit.assess(fallow.iloc[:0], as_of=AS_OF) == []
     # fallow fields add nothing but do not block the others
     mixed = pd.concat([two_field_farmer(), fallow.assign(field_id="F3")], ignore_index=True)
     p = one(credit.assess(mixed, as_of=AS_OF))
@@ -437,7 +441,7 @@ def monitoring_world(seed=1):
     spec = {f"P{i}": ("2025-03-01", 0.6) for i in range(1, 7)}
     spec.update(W=("2025-03-02", 0.3), E=("2025-02-28", 0.6), S=("2025-03-03", 0.6),
                 O=("2025-04-08", 0.6), N=(None, 0.0), M=(None, 0.0))
-    sos_jit = {f"P{i}": int(j) for i, j in zip(range(1, 7), rng.integers(-4, 5, 6))}
+    sos_jit = {f"P{i}": int(j) for i, j in zip(range(1, 7), rng.integers(-4, 5, 6), strict=True)}
     frames, est = [], []
     for fid, (sos, amp) in spec.items():
         s = None if sos is None else pd.Timestamp(sos) + pd.Timedelta(days=sos_jit.get(fid, 0))
@@ -499,7 +503,7 @@ def test_monitor_no_alert_on_healthy_or_extrapolated_values():
     # the series stops on 2025-04-05 for P2: at as_of the value is extrapolated -> STALE only
     s2 = s[~((s["field_id"] == "P2") & (s["time"] > pd.Timestamp("2025-04-05")))]
     a = credit.monitor(s2, healthy, as_of=MON_AS_OF)
-    assert list(zip(a["field_id"], a["code"])) == [("P2", "STALE_DATA")]
+    assert list(zip(a["field_id"], a["code"], strict=True)) == [("P2", "STALE_DATA")]
     assert a["value"].iloc[0] == pytest.approx(25.0 + (pd.Timestamp("2025-04-05")
                                                        - pd.Timestamp("2025-01-15")).days % 5)
     # a field in the estimates but absent from the series
@@ -541,3 +545,45 @@ def test_price_record_from_value_price_table_lookup():
     df["price_record"] = "{not json"
     e = one(credit.assess(df, as_of=AS_OF)).fields[0]
     assert json.loads(e.price.extra) == {"raw": "{not json"} and e.price.price_cny_per_t is None
+
+
+def test_one_crop_year_of_evidence_per_field():
+    """Wheat 2024 and 2025 plus maize 2025 on F1: 2024 is history, not collateral."""
+    old = est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0, season="2024",
+                  harvest_date=pd.Timestamp("2024-06-08"), flags="NO_PRICE")
+    df = pd.concat([two_field_farmer(), table(old)], ignore_index=True)
+    p = one(credit.assess(df, as_of=AS_OF))
+    assert p.decision == "approve" and p.suggested_limit_cny == 6300  # as without 2024
+    assert [r.field_id for r in p.reasons if r.code == "HISTORY_SEASON"] == ["F1"]
+    assert {e.season for e in p.fields} == {"2025"}
+    # double cropping on one field: both seasons of the crop year count
+    dbl = table(est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0),
+                est_row("F1", "A", "summer_maize", 0.6, 6.0, 7.5, 9.0, season="2025b"))
+    p = one(credit.assess(dbl, as_of=AS_OF))
+    assert len(p.fields) == 2 and p.total_area_mu == pytest.approx(9.0)
+    assert p.factors.stage_cost_cap_cny == pytest.approx(500 * 9 * 2)  # two seasons' inputs
+    assert p.downside_value_cny_p10 == pytest.approx(0.6 * 5 * 2380 + 0.6 * 6 * 2300)
+
+
+def test_season_filter():
+    df = pd.concat([two_field_farmer(), table(est_row("F1", "A", season="2024",
+                                                      flags="READ_FAILED"))],
+                   ignore_index=True)
+    p = one(credit.assess(df, as_of=AS_OF))  # the 2024 row (same harvest date) counts
+    assert p.decision == "refer" and "READ_FAILED" in codes(p, "refer")
+    p = one(credit.assess(df, as_of=AS_OF, season="2025"))
+    assert p.decision == "approve" and {e.season for e in p.fields} == {"2025"}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stale=st.sets(st.sampled_from(["P1", "P2", "P3", "W", "E", "O"]), min_size=1),
+       gap=st.floats(15.5, 200.0))
+def test_property_monitor_extrapolated_values_only_give_stale(stale, gap):
+    series, est = monitoring_world()
+    s = series.copy()
+    at = (s["time"] == MON_AS_OF) & s["field_id"].isin(stale)
+    s.loc[at, "gap_days"] = gap
+    a = credit.monitor(s, est, as_of=MON_AS_OF)
+    for fid in stale:
+        rows = a[a["field_id"] == fid]
+        assert list(rows["code"]) == ["STALE_DATA"] and rows["value"].iloc[0] == gap

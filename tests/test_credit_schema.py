@@ -18,13 +18,12 @@ from hypothesis import strategies as st
 from cropyield import credit
 from cropyield.credit import (
     CreditProfile,
-    Factors,
     FieldEvidence,
     Policy,
     PriceRecord,
     Reason,
+    _records,
 )
-from cropyield.credit import _records
 from cropyield.errors import ConfigError, CreditSchemaError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -334,8 +334,7 @@ def test_calibrated_coverage_on_held_out_fields(world):
         tr, te = s[train & (s["crop"] == crop)], s[~train & (s["crop"] == crop)]
         obs_y = tr[["field_id", "season", "true_yield_t_ha"]].rename(
             columns={"true_yield_t_ha": "yield_t_ha"})
-        m = fit_yield_model(ser, obs_y, crop=crop, seasons=tr, groups=
-                            tr["farmer"].to_numpy(),
+        m = fit_yield_model(ser, obs_y, crop=crop, seasons=tr, groups=tr["farmer"].to_numpy(),
                             lat=cfg.center_lonlat[1])
         p = m.predict(ser, te, lat=cfg.center_lonlat[1]).merge(
             te[["field_id", "season", "true_yield_t_ha"]], on=["field_id", "season"])

@@ -400,3 +400,16 @@ def test_min_coverage_frac_parity_with_exactextract(world):
     # fields left without any pixel >= 0.5 say why
     for fl in df.loc[df["ndvi"].isna(), "flags"]:
         assert set(split_flags(fl)) & {"ALL_MASKED", "FIELD_TOO_SMALL", "NO_OVERLAP"}
+
+
+def test_method_measurement_helpers_run_small():
+    """The helpers behind docs/method.md's figures and the kernel timings (small sizes)."""
+    from cropyield.indices import _bench_kernels, _centre_vs_exact
+
+    m = _centre_vs_exact(size_px=60, n_dates=2, seed=1)
+    assert m["fields"] > 30 and m["field_dates"] > 60
+    assert 0.0 < m["share_diff_gt_0.01"] < 1.0
+    assert m["mae_vs_truth_pure"] < m["mae_vs_truth_half"] < m["mae_vs_truth_exact"]
+    assert m["coverage_exact"] >= m["coverage_pure"]
+    b = _bench_kernels(n_fields=300, size=256, n_dates=2, seed=1)
+    assert b["nnz"] > 300 * 3 and b["coverage_s"] > 0 and b["zonal_stats_s_total"] > 0

@@ -490,12 +490,14 @@ def fields_key(fields, *, id_col: str = "field_id") -> str:
     """A stable hash of a fields table's CRS, ids and geometries (hex string)."""
     import shapely
 
+    import pandas as pd
+
     h = hashlib.blake2b(digest_size=20)
     h.update(fields.crs.to_wkt().encode() if fields.crs is not None else b"nocrs")
-    h.update(np.asarray(fields[id_col].astype(str)).astype("U").tobytes())
-    for w in shapely.to_wkb(np.asarray(fields.geometry.values), output_dimension=2):
-        h.update(len(w).to_bytes(8, "little"))
-        h.update(w)
+    h.update(pd.util.hash_pandas_object(fields[id_col], index=False).to_numpy().tobytes())
+    wkb = shapely.to_wkb(np.asarray(fields.geometry.values), output_dimension=2)
+    h.update(np.fromiter((len(w) for w in wkb), dtype=np.int64, count=len(wkb)).tobytes())
+    h.update(b"".join(wkb))
     return h.hexdigest()
 
 

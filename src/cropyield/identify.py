@@ -104,7 +104,7 @@ def identify_crops(
     sigma_value: float = 0.05,
     rotation_boost: float = 4.0,
     min_prob: float = 0.5,
-    mismatch_prob: float = 0.1,
+    mismatch_llr: float = 4.0,
     id_col: str = "field_id",
 ) -> pd.DataFrame:
     """Most likely crops per field-season from calendar and phenology knowledge.
@@ -121,8 +121,9 @@ def identify_crops(
     declared : Series or mapping, optional
         ``field_id`` → declared crop id; several crops of one year may be joined with
         ``+`` (``"winter_wheat+summer_maize"``). A season whose identified crop is
-        confident (≥ ``min_prob``) while the declared crops together have probability below
-        ``mismatch_prob`` gets ``CROP_MISMATCH`` with the evidence.
+        confident (≥ ``min_prob``) and whose evidence (likelihood, priors left out) favours
+        it over every declared crop by a log-likelihood ratio ≥ ``mismatch_llr`` gets
+        ``CROP_MISMATCH`` with the evidence. Priors never create a mismatch on their own.
     year : int, optional
         Keep only seasons whose peak (or SOS/EOS when the peak is unknown) falls in this
         calendar year.
@@ -137,8 +138,8 @@ def identify_crops(
         ``after`` (previous season of the same field within 365 days).
     min_prob : float
         Below this top probability the row gets ``CROP_UNCERTAIN``.
-    mismatch_prob : float
-        See ``declared``.
+    mismatch_llr : float
+        See ``declared`` (4.0 ≈ evidence 55 times stronger for the identified crop).
 
     Returns
     -------
@@ -182,6 +183,8 @@ def identify_crops(
     length = ((pd.to_datetime(phen["eos"]) - pd.to_datetime(phen["sos"])).dt.days
               .to_numpy(dtype=float, na_value=np.nan))
     peak = phen["peak"].to_numpy(dtype=float, na_value=np.nan)
+    base_l = (phen["base_left"].to_numpy(dtype=float, na_value=np.nan)
+              if "base_left" in phen.columns else np.full(n, np.nan))
     doys = {"sos": sos_d, "pos": pos_d, "eos": eos_d}
     ll = np.zeros((n, k))
     for j, (crop, cal) in enumerate(zip(cands, cals)):
@@ -194,6 +197,10 @@ def identify_crops(
         rng_ = crop.index_ranges.get(index)
         if rng_ is not None:
             d = _range_outside(peak, *rng_)
+            ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_value) ** 2, 0.0)
+        rng_ = crop.index_ranges.get(f"{index}_base")
+        if rng_ is not None:   # pre-season level, e.g. flooded paddies before transplanting
+            d = _range_outside(base_l, *rng_)
             ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_value) ** 2, 0.0)
     log_prior = np.log(np.array([max(c.prior, 1e-6) for c in cals]))
 
@@ -297,11 +304,14 @@ def identify_crops(
                     ev["declared"] = sorted(d)
             else:
                 p_decl = float(sum(probs_all[r, name_ix[c]] for c in d if c in name_ix))
-                if crop_out[r] not in d and p1[r] >= min_prob and p_decl < mismatch_prob \
+                lld = max((ll[r, name_ix[c]] for c in d if c in name_ix), default=-np.inf)
+                llr = ll[r, name_ix[crop_out[r]]] - lld
+                if crop_out[r] not in d and p1[r] >= min_prob and llr >= mismatch_llr \
                         and any(c in reg for c in d):
                     fl.append("CROP_MISMATCH")
                     ev["declared"] = sorted(d)
                     ev["declared_prob"] = round(p_decl, 3)
+                    ev["llr"] = round(float(min(llr, 99.0)), 1)
         flags.append(join_flags(fl))
         evidence.append(json.dumps(ev, separators=(",", ":"), ensure_ascii=False))
     out = pd.DataFrame({
@@ -358,7 +368,7 @@ class CropClassifier:
 
     def __init__(self, indices: Sequence[str] = ("ndvi",), *, bin_days: int = 10,
                  year_start: str = "01-01", phenology_features: bool = True,
-                 l2: float = 1e-3, max_iter: int = 1500, learning_rate: float = 0.05,
+                 l2: float = 1e-2, max_iter: int = 1500, learning_rate: float = 0.05,
                  seed: int = 0, id_col: str = "field_id"):
         if isinstance(indices, str):
             indices = (indices,)

@@ -36,6 +36,7 @@ class PhenologyError(CropYieldError, ValueError):
 STAGES = ("not_sown", "emergence", "green_up", "peak", "senescence", "harvested", "unknown")
 
 _MAXS = 12  # most seasons kept per field (over a multi-year series)
+_DEFAULT_MIN_PEAK = {"ndvi": 0.3, "evi2": 0.2}
 
 # flag bits
 _F_LOW_OBS = 1
@@ -72,7 +73,7 @@ def _fill_nan(y, out):
 
 
 @numba.njit(nogil=True)
-def _find_peaks(y, min_amp, min_depth, peaks_out):
+def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
     """Season peaks of a curve without NaN. Returns the number written to ``peaks_out``."""
     n = y.shape[0]
     if n < 3:
@@ -167,7 +168,7 @@ def _find_peaks(y, min_amp, min_depth, peaks_out):
         for i in range(p, b + 1):
             if y[i] < rmin:
                 rmin = y[i]
-        if y[p] - min(lmin, rmin) >= min_amp:
+        if y[p] - min(lmin, rmin) >= min_amp and y[p] >= min_peak:
             peaks_out[kept] = p
             kept += 1
     return kept
@@ -198,7 +199,8 @@ def _cross_down(y, p, hi, level):
 
 
 @numba.njit(nogil=True)
-def _phenology_all(Y, G, S, min_amp, min_depth, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap,
+def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, f_lo, f_hi, min_obs, cloudy_gap,
+                   extrap_gap,
                    out_f, out_i, n_seasons):
     """Seasons and metrics for every field.
 
@@ -214,7 +216,7 @@ def _phenology_all(Y, G, S, min_amp, min_depth, f_lo, f_hi, min_obs, cloudy_gap,
         if nv == 0:
             n_seasons[f] = -1
             continue
-        k = _find_peaks(y, min_amp, min_depth, peaks)
+        k = _find_peaks(y, min_amp, min_depth, min_peak, peaks)
         if k > out_f.shape[1]:
             k = out_f.shape[1]
         gmin = y[0]
@@ -272,8 +274,15 @@ def _phenology_all(Y, G, S, min_amp, min_depth, f_lo, f_hi, min_obs, cloudy_gap,
             sr = (f_hi - f_lo) * (pk - br) / (eos - t80r) if eos - t80r > 0 else np.nan
             i0 = int(np.ceil(sos)) if sos == sos else 0
             i1 = int(np.floor(eos)) if eos == eos else n - 1
-            if p == n - 1 or p == 0:
+            if p == 0:
                 pos = np.nan
+            elif p == n - 1:
+                # still at its maximum at the series end: a peak only if the curve has been
+                # on a plateau (within 2 % of the amplitude) for more than 10 days
+                q = p
+                while q > lm and y[q - 1] >= pk - 0.02 * (pk - bl):
+                    q -= 1
+                pos = float(q) if (n - 1 - q) > 10 else np.nan
             else:
                 pos = float(p)
             large = 0.0
@@ -362,6 +371,7 @@ def season_stage(as_of_day: float, sos: float, sos50: float, pos: float, eos50: 
 
 def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
               min_amplitude: float = 0.1, min_trough_depth: float = 0.3,
+              min_peak: float | None = None,
               sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
               cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
               id_col: str = "field_id") -> pd.DataFrame:
@@ -384,6 +394,10 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     min_amplitude : float
         Smallest rise (index units) that makes a season, and smallest trough drop that
         separates two seasons.
+    min_peak : float, optional
+        Smallest peak value of a season (index units); lower bumps (weeds, soil moisture
+        on fallow land) are not seasons. Default 0.3 for ``ndvi``, 0.2 for ``evi2``, none
+        for other indices.
     min_trough_depth : float
         A trough separates two seasons only if its drop below the lower neighbouring peak
         is at least this fraction of the larger neighbour's height above the field's
@@ -476,7 +490,10 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     out_f = np.full((nf, _MAXS, 15), np.nan)
     out_i = np.zeros((nf, _MAXS, 2), dtype=np.int64)
     n_seasons = np.zeros(nf, dtype=np.int64)
-    _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(sos_fraction),
+    if min_peak is None:
+        min_peak = _DEFAULT_MIN_PEAK.get(index, -np.inf)
+    _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(min_peak),
+                   float(sos_fraction),
                    float(rate_fraction), int(min_obs), float(cloudy_gap_days),
                    float(extrapolated_gap_days), out_f, out_i, n_seasons)
 
@@ -553,6 +570,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
             df.loc[m, "flags"] = [join_flags(x, "NO_DATA") for x in df.loc[m, "flags"]]
     df.attrs.update(index=index, as_of=None if a is None else str(a.date()),
                     min_amplitude=min_amplitude, min_trough_depth=min_trough_depth,
+                    min_peak=float(min_peak),
                     sos_fraction=sos_fraction)
     n_none = int((n_seasons <= 0).sum())
     if n_none:

@@ -306,10 +306,10 @@ def _support_gap(W, sigma, S, G):
                 G[f, i] = d
 
 
-def whittaker_fit(y, w, lam: float = 100.0, *, envelope_iterations: int = 4,
+def whittaker_fit(y, w, lam: float = 200.0, *, envelope_iterations: int = 4,
                   envelope_threshold: float = 0.05, envelope_weight: float = 0.05,
                   lam_bounds: tuple[float, float] | None = None, n_lambdas: int = 13,
-                  keep_runs: bool = True):
+                  keep_runs: bool = False):
     """Smooth one regular series (NumPy arrays in, array and λ out).
 
     Parameters
@@ -398,14 +398,14 @@ def smooth_series(
     observations: pd.DataFrame,
     *,
     index: str | Sequence[str] = "ndvi",
-    lam: float | str | None = 100.0,
+    lam: float | str | None = 200.0,
     lam_bounds: tuple[float, float] = (10.0, 1e5),
     weights: str | Callable[[pd.DataFrame], Any] | np.ndarray | None = None,
     flag_weights: Mapping[str, float] | None = None,
     envelope_iterations: int = 4,
     envelope_threshold: float = 0.05,
     envelope_weight: float = 0.05,
-    envelope_keep_runs: bool = True,
+    envelope_keep_runs: bool = False,
     start=None,
     end=None,
     min_obs: int = 6,
@@ -426,7 +426,7 @@ def smooth_series(
         (NaN values excluded per index); ``support``/``gap_days``/``flags`` refer to the
         first index.
     lam : float, "vcurve" or None
-        Whittaker λ on the daily grid (default 100, chosen on the synthetic validation,
+        Whittaker λ on the daily grid (default 200, chosen on the synthetic validation,
         docs/validation_series.md). ``"vcurve"`` or None chooses λ per field by the V-curve
         within ``lam_bounds``.
     lam_bounds : (float, float)
@@ -444,6 +444,11 @@ def smooth_series(
         units below the fit get ``envelope_weight`` × their weight (cloud residues bias
         vegetation indices low). Set ``envelope_iterations=0`` for indices where that
         asymmetry does not hold.
+    envelope_keep_runs : bool
+        If True, two or more consecutive valid observations below the fit keep their
+        weight (a real decline such as a harvest persists; cloud residues are isolated).
+        Off by default: it helps on abrupt harvests but lets runs of residues through
+        (docs/validation_series.md).
     start, end : date-like, optional
         Daily grid limits (inclusive; default: first and last observation date overall).
         Observations outside are dropped.

@@ -41,6 +41,7 @@ REASON_CODES: dict[str, str] = {
     "STALE_DATA": "the latest imagery is older than the policy allows at as_of",
     "DATA_AGE_UNKNOWN": "no date of the imagery behind the estimate is known",
     "EVIDENCE_AFTER_AS_OF": "the estimate uses imagery dated after as_of (look-ahead)",
+    "HISTORY_SEASON": "an older season of the field (before its latest crop year); not used",
     "PAST_SEASON": "the expected harvest is before as_of: repayment rolls to the next year",
     "FALLOW_FIELD": "the field is fallow: no value, no cost need",
     "ALL_FALLOW": "every field is fallow",
@@ -58,6 +59,9 @@ _REQUIRED = ("field_id", "crop", "crop_prob", "value_cny_p10", "value_cny_p50", 
              "harvest_date")
 _DATE8 = re.compile(r"(?<!\d)(20\d{2})(\d{2})(\d{2})(?!\d)")
 _FALLOW = "fallow"
+#: Flags that a fallow field is expected to carry (nothing grows, nothing is valued).
+_FALLOW_EXPECTED = frozenset({"NO_MODEL", "NO_PRICE", "NO_SEASON", "SEASON_INCOMPLETE",
+                              "OUT_OF_RANGE"})
 
 
 # --------------------------------------------------------------------------- boundary
@@ -304,11 +308,10 @@ def _field_reasons(e: FieldEvidence, policy: Policy, as_of: _dt.date) -> tuple[
     haircuts: dict[str, float] = {}
     fid = e.field_id
     fallow = e.crop == _FALLOW
-    needed = {"crop": e.crop, "crop_prob": e.crop_prob, "area_mu": e.area_mu,
-              "quality": e.quality}
-    if not fallow:
+    needed = {"crop": e.crop, "crop_prob": e.crop_prob, "area_mu": e.area_mu}
+    if not fallow:  # a fallow field adds nothing: its value/quality do not matter
         needed |= {"value_cny_p10": e.value_cny_p10, "value_cny_p50": e.value_cny_p50,
-                   "harvest_date": e.harvest_date}
+                   "harvest_date": e.harvest_date, "quality": e.quality}
     missing = sorted(k for k, v in needed.items() if v is None)
     if missing:
         rs.append(Reason("MISSING_DATA", f"field {fid}: missing {', '.join(missing)}; "
@@ -318,7 +321,7 @@ def _field_reasons(e: FieldEvidence, policy: Policy, as_of: _dt.date) -> tuple[
             v50 is not None and v90 is not None and v50 > v90):
         rs.append(Reason("INCONSISTENT_INTERVAL", f"field {fid}: value interval not ordered "
                          f"(P10 {v10}, P50 {v50}, P90 {v90})", "refer", fid))
-    if e.quality is not None and e.quality < policy.min_quality:
+    if e.quality is not None and e.quality < policy.min_quality and not fallow:
         rs.append(Reason("LOW_QUALITY", f"field {fid}: data quality {e.quality:.2f} below "
                          f"{policy.min_quality:.2f}", "refer", fid, e.quality))
     if e.crop_prob is not None and e.crop_prob < policy.min_crop_prob:
@@ -328,7 +331,10 @@ def _field_reasons(e: FieldEvidence, policy: Policy, as_of: _dt.date) -> tuple[
     refer = set(policy.refer_flags)
     for flag in e.flags:
         text = FLAGS.get(flag, "flag not described in cropyield.errors.FLAGS")
-        if flag in refer:
+        if fallow and flag in _FALLOW_EXPECTED:
+            rs.append(Reason(flag, f"field {fid}: {text} (expected for a fallow field)",
+                             "info", fid))
+        elif flag in refer:
             rs.append(Reason(flag, f"field {fid}: {text}", "refer", fid))
         else:
             h = policy.haircut(flag)
@@ -443,7 +449,8 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
     if v10 is not None and v50 is not None and all(a is not None for a in areas) \
             and all(e.crop for e in cropped):
         area = float(math.fsum(areas))
-        stage = float(math.fsum(policy.stage_cost(e.crop) * a for e, a in zip(cropped, areas)))
+        stage = float(math.fsum(policy.stage_cost(e.crop) * a for e, a in
+                                 zip(cropped, areas, strict=True)))
         ltv_cap = policy.ltv * v10
         ins_cap = policy.insurance_fraction * v50
         caps = {"stage_cost": stage, "ltv": ltv_cap, "insurance": ins_cap}
@@ -582,6 +589,8 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
     est = estimates
     if season is not None:
         est = est[est["season"].astype(str) == str(season)] if "season" in est.columns else est
+    if est.empty:
+        return []
     est = est.assign(field_id=[_str(v) for v in est["field_id"]])
     claims = _claims(est, farmers)
     rows_by_field: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -624,6 +633,24 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
                 reasons[farmer].append(Reason("DUPLICATE_CLAIM", f"field {fid} season {s} appears "
                                               f"{n} times", "refer", fid, float(n)))
     as_of_d = _resolve_as_of(as_of, (e for ev in evidence.values() for e in ev))
+    # one crop year of evidence per field: older seasons are history, not collateral
+    for farmer, ev in evidence.items():
+        latest: dict[str, _dt.date] = {}
+        for e in ev:
+            if e.harvest_date:
+                h = _dt.date.fromisoformat(e.harvest_date)
+                latest[e.field_id] = max(h, latest.get(e.field_id, h))
+        keep = []
+        for e in ev:
+            if e.harvest_date and (latest[e.field_id] - _dt.date.fromisoformat(
+                    e.harvest_date)).days >= policy.evidence_window_days:
+                reasons[farmer].append(Reason(
+                    "HISTORY_SEASON", f"field {e.field_id}: season {e.season} (harvest "
+                    f"{e.harvest_date}) is older than the field's latest crop year; not used",
+                    "info", e.field_id))
+            else:
+                keep.append(e)
+        evidence[farmer] = keep
     farmers_sorted = sorted(set(evidence) | set(reasons))
     return [_profile(f, evidence.get(f, []), list(reasons.get(f, [])), policy, as_of_d)
             for f in farmers_sorted]

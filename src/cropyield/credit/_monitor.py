@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -80,18 +79,40 @@ def _empty(as_of: pd.Timestamp) -> pd.DataFrame:
     return df
 
 
-def _robust(values: np.ndarray, self_idx: int | None, rules: MonitorRules
-            ) -> tuple[float, float, int]:
-    """Median, robust spread (>= min_spread) and count of finite peer values."""
-    v = values
-    if self_idx is not None and len(values) <= rules.loo_max_peers:
-        v = np.delete(values, self_idx)
+def _robust(v: np.ndarray, rules: MonitorRules) -> tuple[float, float, int]:
+    """Median, robust spread (1.4826 MAD, >= min_spread) and count of the finite values."""
     v = v[np.isfinite(v)]
     if v.size == 0:
         return np.nan, np.nan, 0
     med = float(np.median(v))
     spread = max(1.4826 * float(np.median(np.abs(v - med))), rules.min_spread)
     return med, spread, int(v.size)
+
+
+def _peer_stats(values: np.ndarray, rules: MonitorRules, *, robust: bool = True,
+                only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per member of a peer group: median, spread and count of the *other* members' finite
+    values (leave-one-out up to ``rules.loo_max_peers`` peers; larger groups include the
+    member itself, which moves a median negligibly). ``only``: members to compute."""
+    k = len(values)
+    med, spr, cnt = np.full(k, np.nan), np.full(k, np.nan), np.zeros(k, dtype=int)
+    todo = np.arange(k) if only is None else np.asarray(only, dtype=int)
+    if k - 1 <= rules.loo_max_peers:
+        for i in todo:
+            others = np.delete(values, i)
+            if robust:
+                med[i], spr[i], cnt[i] = _robust(others, rules)
+            else:
+                o = others[np.isfinite(others)]
+                med[i], cnt[i] = (float(np.median(o)) if o.size else np.nan), o.size
+    else:
+        if robust:
+            m, sp, c = _robust(values, rules)
+        else:
+            o = values[np.isfinite(values)]
+            m, sp, c = (float(np.median(o)) if o.size else np.nan), np.nan, o.size
+        med[todo], spr[todo], cnt[todo] = m, sp, c
+    return med, spr, cnt
 
 
 def _pick_rows(est: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -254,101 +275,110 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
     fresh = cur_gap <= rules.max_gap_days
     cur_sup = np.where(fresh, cur_v, np.nan)
 
-    def col_of(ts) -> int:
-        if pd.isna(ts) or not len(dates):
-            return -1
-        k = (pd.Timestamp(ts) - dates[0]).days
-        return int(k) if 0 <= k < len(dates) else -1
-
-    groups: dict[tuple, np.ndarray] = {}
-    keys = list(zip(info["crop"].fillna(""), info["region"].fillna("")))
-    for g in set(keys):
-        groups[g] = np.array([i for i, k in enumerate(keys) if k == g and k[0]], dtype=int)
+    n_days = len(dates)
+    d0 = dates[0] if n_days else t0
+    sos_ts = pd.to_datetime(info["sos"])
+    # offset of each field's SOS from the first series day (may be negative), NaN if unknown
+    sos_off = ((sos_ts - d0).dt.days).to_numpy(float)
+    sown = (sos_ts.notna() & (sos_ts <= t0)).to_numpy()
+    day_of_season = np.where(sown, (t0 - sos_ts).dt.days.to_numpy(float), np.nan)
     alerts: list[dict[str, Any]] = []
+    farmer = info["farmer_id"].to_numpy(object) if "farmer_id" in info else [None] * n
 
     def add(i: int, code: str, severity: str, message: str, value: float, expected: float):
-        alerts.append({"field_id": ids[i], "farmer_id": info["farmer_id"].iloc[i],
-                       "as_of": t0, "code": code, "severity": severity,
-                       "message": f"field {ids[i]}: {message}", "value": float(value),
-                       "expected": float(expected)})
+        alerts.append({"field_id": ids[i], "farmer_id": farmer[i], "as_of": t0, "code": code,
+                       "severity": severity, "message": f"field {ids[i]}: {message}",
+                       "value": float(value), "expected": float(expected)})
 
-    sos_col = np.array([col_of(x) for x in info["sos"]], dtype=int)
-    sos_day = np.array([(t0 - pd.Timestamp(x)).days if pd.notna(x) else -1
-                        for x in info["sos"]], dtype=int)
-    for i in range(n):
-        crop_i, region_i = keys[i]
-        if not fresh[i]:
-            gap = cur_gap[i]
-            add(i, "STALE_DATA", "warning",
-                ("no series data up to as_of" if not np.isfinite(gap) else
-                 f"nearest clear observation {gap:.0f} days from {t0.date()} "
-                 f"(> {rules.max_gap_days:g}); index values are extrapolated"),
-                gap if np.isfinite(gap) else np.nan, rules.max_gap_days)
-            continue
-        if not crop_i or crop_i == "fallow":
-            continue
-        peers = groups[(crop_i, region_i)]
-        self_pos = int(np.searchsorted(peers, i))
-        v = cur_sup[i]
-        # ---- NOT_SOWN
-        field_sown = sos_col[i] >= 0 and pd.Timestamp(info["sos"].iloc[i]) <= t0
-        if not field_sown:
-            latest = _expected_sos_latest(info, peers, i, t0, rules, registry, crop_i, region_i)
-            if latest is not None and t0 > latest + pd.Timedelta(days=rules.sos_margin_days):
-                j0 = col_of(latest - pd.Timedelta(days=60))
-                j0 = 0 if j0 < 0 else j0
-                win = sup[:, j0:]
-                amp = np.nanmax(win, axis=1) - np.nanmin(win, axis=1) if win.shape[1] else \
-                    np.full(n, np.nan)
-                a = amp[i]
+    for i in np.flatnonzero(~fresh):
+        gap = cur_gap[i]
+        add(i, "STALE_DATA", "warning",
+            "no series data up to as_of" if not np.isfinite(gap) else
+            f"nearest clear observation {gap:.0f} days from {t0.date()} "
+            f"(> {rules.max_gap_days:g}); index values are extrapolated",
+            gap if np.isfinite(gap) else np.nan, rules.max_gap_days)
+
+    keys = list(zip(info["crop"].fillna(""), info["region"].fillna(""), strict=True))
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, k in enumerate(keys):
+        if k[0] and k[0] != "fallow":
+            groups.setdefault(k, []).append(i)
+    for (crop_g, region_g), members in sorted(groups.items()):
+        rows = np.asarray(members, dtype=int)
+        # ---- NOT_SOWN: fresh fields without a start of season
+        latest = _expected_sos_latest(info, rows, t0, rules, registry, crop_g, region_g)
+        amp = None
+        if latest is not None and t0 > latest + pd.Timedelta(days=rules.sos_margin_days):
+            j0 = max(0, (latest - pd.Timedelta(days=60) - d0).days) if n_days else 0
+            win = sup[rows, j0:]
+            amp = np.full(len(rows), np.nan)
+            ok = np.isfinite(win).any(axis=1) if win.shape[1] else np.zeros(len(rows), bool)
+            if ok.any():
+                amp[ok] = np.nanmax(win[ok], axis=1) - np.nanmin(win[ok], axis=1)
+            amp_med, _, _ = _peer_stats(amp, rules)
+        # ---- expected EOS (peers' median, else the field's expected harvest)
+        eos_ns = pd.to_datetime(info["eos"]).to_numpy("datetime64[ns]")[rows].astype("int64")
+        eos_ns = np.where(pd.isna(info["eos"].to_numpy()[rows]), np.nan, eos_ns.astype(float))
+        eos_med, _, eos_cnt = _peer_stats(eos_ns, rules, robust=False)
+        # ---- PEER_OUTLIER: same date
+        cur_med, cur_spr, cur_cnt = _peer_stats(cur_sup[rows], rules)
+        # ---- VIGOUR_DROP: same day of season, one pass per distinct day of season
+        vd_med = np.full(len(rows), np.nan)
+        vd_spr = np.full(len(rows), np.nan)
+        vd_cnt = np.zeros(len(rows), dtype=int)
+        dos = day_of_season[rows]
+        for dval in np.unique(dos[np.isfinite(dos)]):
+            col = sos_off[rows] + dval
+            okc = np.isfinite(col) & (col >= 0) & (col < n_days)
+            aligned = np.full(len(rows), np.nan)
+            aligned[okc] = sup[rows[okc], col[okc].astype(int)]
+            who = np.flatnonzero(dos == dval)
+            m, sp, c = _peer_stats(aligned, rules, only=who)
+            vd_med[who], vd_spr[who], vd_cnt[who] = m[who], sp[who], c[who]
+        for k, i in enumerate(rows):
+            if not fresh[i]:
+                continue
+            v = cur_sup[i]
+            if not sown[i]:
+                a = np.nan if amp is None else amp[k]
                 if np.isfinite(a) and a < rules.greenup:
-                    med, _, _k = _robust(amp[peers], self_pos, rules)
                     add(i, "NOT_SOWN", "high",
                         f"no green-up (index amplitude {a:.2f} < {rules.greenup:g}) "
-                        f"{(t0 - latest).days} days after the latest expected start of season "
-                        f"{latest.date()}", a, med)
-                    continue
-            continue
-        # ---- EARLY_HARVEST
-        exp_eos = _expected_eos(info, peers, i, rules)
-        if exp_eos is not None and t0 < exp_eos - pd.Timedelta(days=rules.eos_margin_days):
-            j = sos_col[i]
-            seg = sup[i, j:]
-            pre = sup[i, max(0, j - 30):j + 1]
-            if np.isfinite(seg).any() and np.isfinite(pre).any():
-                peak = float(np.nanmax(seg))
-                base = float(np.nanmin(pre))
-                fall = peak - v
-                if fall > rules.collapse_min and fall > rules.collapse_fraction * (peak - base):
-                    add(i, "EARLY_HARVEST", "high",
-                        f"index fell from {peak:.2f} to {v:.2f}, "
-                        f"{(exp_eos - t0).days} days before the expected end of season "
-                        f"{exp_eos.date()}", v, peak)
-                    continue
-        # ---- VIGOUR_DROP (same day of season)
-        d = sos_day[i]
-        aligned = np.full(len(peers), np.nan)
-        for k, p in enumerate(peers):
-            jj = sos_col[p] + d if sos_col[p] >= 0 else -1
-            if 0 <= jj < len(dates):
-                aligned[k] = sup[p, jj]
-        aligned[self_pos] = v
-        med, spread, cnt = _robust(aligned, self_pos, rules)
-        if cnt >= rules.min_peers:
-            zz = (v - med) / spread
-            if med - v > rules.drop and zz < -rules.z:
-                add(i, "VIGOUR_DROP", "high" if zz < -2 * rules.z else "warning",
-                    f"index {v:.2f} vs expected {med:.2f} at day {d} of season "
-                    f"(z = {zz:.1f}, {cnt} peers)", v, med)
+                        f"{(t0 - latest).days} days after the latest expected start of "
+                        f"season {latest.date()}", a, amp_med[k])
                 continue
-        # ---- PEER_OUTLIER (same date)
-        med, spread, cnt = _robust(cur_sup[peers], self_pos, rules)
-        if cnt >= rules.min_peers:
-            zz = (v - med) / spread
-            if med - v > rules.outlier_drop and zz < -rules.outlier_z:
-                add(i, "PEER_OUTLIER", "warning",
-                    f"index {v:.2f} vs peers' median {med:.2f} on {t0.date()} "
-                    f"(z = {zz:.1f}, {cnt} peers)", v, med)
+            if eos_cnt[k] >= rules.min_peers:
+                exp_eos = pd.Timestamp(int(eos_med[k])).normalize()
+            else:
+                h = info["harvest"].iloc[i]
+                exp_eos = pd.Timestamp(h).normalize() if pd.notna(h) else None
+            if exp_eos is not None and t0 < exp_eos - pd.Timedelta(days=rules.eos_margin_days):
+                j = int(sos_off[i]) if np.isfinite(sos_off[i]) else 0
+                seg = sup[i, max(0, j):]
+                pre = sup[i, max(0, j - 30):max(0, j) + 1]
+                if np.isfinite(seg).any() and np.isfinite(pre).any():
+                    peak, base = float(np.nanmax(seg)), float(np.nanmin(pre))
+                    fall = peak - v
+                    if fall > rules.collapse_min and fall > rules.collapse_fraction * (
+                            peak - base):
+                        add(i, "EARLY_HARVEST", "high",
+                            f"index fell from {peak:.2f} to {v:.2f}, {(exp_eos - t0).days} "
+                            f"days before the expected end of season {exp_eos.date()}",
+                            v, peak)
+                        continue
+            if vd_cnt[k] >= rules.min_peers:
+                zz = (v - vd_med[k]) / vd_spr[k]
+                if vd_med[k] - v > rules.drop and zz < -rules.z:
+                    add(i, "VIGOUR_DROP", "high" if zz < -2 * rules.z else "warning",
+                        f"index {v:.2f} vs expected {vd_med[k]:.2f} at day {dos[k]:.0f} of "
+                        f"season (z = {zz:.1f}, {vd_cnt[k]} peers)", v, vd_med[k])
+                    continue
+            if cur_cnt[k] >= rules.min_peers:
+                zz = (v - cur_med[k]) / cur_spr[k]
+                if cur_med[k] - v > rules.outlier_drop and zz < -rules.outlier_z:
+                    add(i, "PEER_OUTLIER", "warning",
+                        f"index {v:.2f} vs peers' median {cur_med[k]:.2f} on {t0.date()} "
+                        f"(z = {zz:.1f}, {cur_cnt[k]} peers)", v, cur_med[k])
     if not alerts:
         out = _empty(t0)
     else:
@@ -363,19 +393,19 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
     return out
 
 
-def _expected_sos_latest(info, peers, i, t0, rules, registry, crop, region):
-    """Latest expected start of the season under way at ``t0``, or None if none is.
+def _expected_sos_latest(info, rows, t0, rules, registry, crop, region):
+    """Latest expected start of the season under way at ``t0`` for a peer group, or None.
 
-    From peers (>= ``min_peers`` peers with an SOS in the 300 days before ``t0`` and a
+    From peers (>= ``min_peers`` fields with an SOS in the 300 days before ``t0``, and a
     median EOS, if known, after ``t0``): their 90th percentile SOS. Otherwise from the crop
     calendar: the latest-SOS day of year, when ``t0`` lies between it and the latest EOS
-    day of year (windows may wrap the new year).
+    day of year (windows may wrap the new year). Fields without an SOS (the candidates)
+    do not enter the peer statistic.
     """
-    others = [p for p in peers if p != i]
-    sos = pd.to_datetime(info["sos"].iloc[others])
+    sos = pd.to_datetime(info["sos"].iloc[rows])
     sos = sos[sos.notna() & (sos <= t0) & (sos > t0 - pd.Timedelta(days=300))]
     if len(sos) >= rules.min_peers:
-        eos = pd.to_datetime(info["eos"].iloc[others]).dropna()
+        eos = pd.to_datetime(info["eos"].iloc[rows]).dropna()
         if len(eos) and pd.Timestamp(int(np.median(eos.to_numpy("datetime64[ns]").astype(
                 "int64")))) < t0:
             return None  # peers are harvested: no season under way
@@ -398,14 +428,3 @@ def _expected_sos_latest(info, peers, i, t0, rules, registry, crop, region):
     if since <= (end - latest) % 365:
         return (t0 - pd.Timedelta(days=since)).normalize()
     return None
-
-
-def _expected_eos(info, peers, i, rules):
-    """Expected end of season: peers' median EOS, else the field's expected harvest date."""
-    eos = pd.to_datetime(info["eos"].iloc[[p for p in peers if p != i]])
-    eos = eos[eos.notna()]
-    if len(eos) >= rules.min_peers:
-        ns = np.sort(eos.to_numpy("datetime64[ns]").astype("int64"))
-        return pd.Timestamp(int(np.median(ns))).normalize()
-    h = info["harvest"].iloc[i]
-    return pd.Timestamp(h).normalize() if pd.notna(h) else None

@@ -290,7 +290,8 @@ class _Record:
             ``schema_version`` has an unsupported major version.
         """
         if not isinstance(data, Mapping):
-            raise CreditSchemaError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+            raise CreditSchemaError(
+                f"{cls.__name__}: expected an object, got {type(data).__name__}")
         return cls._from_mapping(data, cls.__name__, None)
 
     @classmethod
@@ -652,6 +653,11 @@ class Policy(_Record):
                                    unit="days", minimum=0, default=30)
     max_data_age_days: int = _f("refer when the latest imagery is older than this at as_of",
                                 unit="days", minimum=0, default=60)
+    evidence_window_days: int = _f("per field, only seasons whose expected harvest is within "
+                                   "this many days before the field's latest one are "
+                                   "evidence (one crop year, double cropping included); "
+                                   "older seasons are history", unit="days", minimum=1,
+                                   default=300)
     require_imagery_date: bool = _f("refer a field whose imagery date is unknown (no "
                                     "last_obs_date, no dated scene id)", default=True)
     schema_version: str = _f("record layout version", default=SCHEMA_VERSION)
@@ -692,6 +698,11 @@ class Policy(_Record):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                     math.isfinite(v) and v >= 0):
                 raise ConfigError(f"Policy.{name} must be a finite number >= 0, got {v!r}")
+        if isinstance(self.evidence_window_days, bool) or not isinstance(
+                self.evidence_window_days, int) or self.evidence_window_days < 1:
+            raise ConfigError("Policy.evidence_window_days must be an integer >= 1")
+        if not isinstance(self.require_imagery_date, bool):
+            raise ConfigError("Policy.require_imagery_date must be true or false")
         for name in ("repayment_grace_days", "max_data_age_days"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -105,8 +105,7 @@ def sky_on_date(config: WorldConfig, k: int) -> tuple[np.ndarray, np.ndarray]:
     pad = int(math.ceil(_SHADOW_MAX_M / 20.0))
     rng = rng_for(config.seed, "clouds", k + 1)
     ext = (h + 2 * pad, w + 2 * pad)
-    v = _smooth_noise(rng, ext, 60) + 0.45 * _smooth_noise(rng, ext, 12) \
-        + 0.15 * _smooth_noise(rng, ext, 4)
+    v = _smooth_noise(rng, ext, 60) + 0.5 * _smooth_noise(rng, ext, 8)
     inner = v[pad:pad + h, pad:pad + w]
     cover = float(plan.cover[k])
     sky = np.zeros((h, w), dtype=np.uint8)

@@ -133,9 +133,9 @@ class WorldConfig:
 
     seed: int = 0
     center_lonlat: tuple[float, float] = (115.65, 34.45)
-    size_m: float | tuple[float, float] = (7000.0, 4000.0)
-    tile_size_px: int = 400
-    tile_overlap_px: int = 100
+    size_m: float | tuple[float, float] = (5600.0, 3200.0)
+    tile_size_px: int = 320
+    tile_overlap_px: int = 80
     start: str = "2021-10-01"
     end: str = "2022-10-31"
     revisit_days: int = 5

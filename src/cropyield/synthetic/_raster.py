@@ -38,6 +38,13 @@ class TileMixer:
     frac: np.ndarray
     parcels: np.ndarray      # landscape parcel ids of labels n_bg..
     texture: np.ndarray      # (H, W) 0-1 within-field vigour texture
+    pure_pix: np.ndarray = None
+    pure_lab: np.ndarray = None
+    mix_pix: np.ndarray = None
+    mix_lab: np.ndarray = None
+    mix_frac: np.ndarray = None
+    mix_starts: np.ndarray = None
+    mix_target: np.ndarray = None
 
     @classmethod
     def build(cls, config: WorldConfig, ls: Landscape, tile: TileSpec) -> "TileMixer":
@@ -67,12 +74,19 @@ class TileMixer:
         uk, cnt = np.unique(key, return_counts=True)
         pix, lab = uk // nl, (uk % nl).astype(np.int32)
         frac = cnt / float(_SUPER * _SUPER)
+        # pure pixels (one label) are gathered directly; mixed ones are summed per pixel
+        per_pix = np.bincount(pix, minlength=n * n)
+        pure = per_pix[pix] == 1
         # within-field texture on the world grid (same in overlapping tiles)
         H, W = config.world_shape
         tex = _smooth_noise(rng_for(config.seed, "texture"), (H, W), 4)
         tex = 1.0 / (1.0 + np.exp(-1.5 * tex))
         tex = tex[tile.row0:tile.row0 + n, tile.col0:tile.col0 + n]
-        return cls(tile, pix, lab, frac, pids, np.ascontiguousarray(tex))
+        mp = pix[~pure]
+        starts = np.flatnonzero(np.r_[True, mp[1:] != mp[:-1]]) if len(mp) else np.zeros(0, int)
+        return cls(tile, pix, lab, frac, pids, np.ascontiguousarray(tex, dtype=np.float32),
+                   pix[pure], lab[pure], mp, lab[~pure], frac[~pure].astype(np.float32),
+                   starts, mp[starts] if len(mp) else mp)
 
 
 def background_reflectance(config: WorldConfig, t: np.ndarray) -> np.ndarray:
@@ -112,11 +126,21 @@ def parcel_reflectance(config: WorldConfig, ls: Landscape, parcels: np.ndarray, 
 
 
 def _blur(a: np.ndarray, w: float = 0.12) -> np.ndarray:
-    """Separable 3-tap sensor PSF (edge pixels replicate)."""
-    p = np.pad(a, 1, mode="edge")
-    a = w * p[:-2, 1:-1] + (1 - 2 * w) * p[1:-1, 1:-1] + w * p[2:, 1:-1]
-    p = np.pad(a, ((0, 0), (1, 1)), mode="edge")
-    return w * p[:, :-2] + (1 - 2 * w) * p[:, 1:-1] + w * p[:, 2:]
+    """Separable 3-tap sensor PSF over the last two axes (edge pixels replicate)."""
+    w = np.float32(w)
+    c = np.float32(1) - 2 * w
+    out = a * c
+    out[..., 1:, :] += w * a[..., :-1, :]
+    out[..., 0, :] += w * a[..., 0, :]
+    out[..., :-1, :] += w * a[..., 1:, :]
+    out[..., -1, :] += w * a[..., -1, :]
+    a = out
+    out = a * c
+    out[..., :, 1:] += w * a[..., :, :-1]
+    out[..., :, 0] += w * a[..., :, 0]
+    out[..., :, :-1] += w * a[..., :, 1:]
+    out[..., :, -1] += w * a[..., :, -1]
+    return out
 
 
 def render_scene(config: WorldConfig, mixer: TileMixer, scene: SceneSpec, refl_lo: np.ndarray,
@@ -133,11 +157,16 @@ def render_scene(config: WorldConfig, mixer: TileMixer, scene: SceneSpec, refl_l
     npx = n * n
     u = mixer.texture.reshape(-1)
     rng = rng_for(config.seed, "noise", scene.date_index, config.tiles.index(tile))
-    r10 = np.empty((len(BANDS), n, n), dtype=np.float32)
-    for b in range(len(BANDS)):
-        lo = np.bincount(mixer.pix, weights=mixer.frac * refl_lo[mixer.lab, b], minlength=npx)
-        hi = np.bincount(mixer.pix, weights=mixer.frac * refl_hi[mixer.lab, b], minlength=npx)
-        r10[b] = _blur((lo + u * (hi - lo)).reshape(n, n))
+    t_lo = np.asarray(refl_lo, dtype=np.float32)
+    t_d = np.asarray(refl_hi, dtype=np.float32) - t_lo
+    flat = np.empty((npx, len(BANDS)), dtype=np.float32)
+    pp, pl = mixer.pure_pix, mixer.pure_lab
+    flat[pp] = t_lo[pl] + u[pp, None] * t_d[pl]
+    if len(mixer.mix_pix):
+        mp, ml = mixer.mix_pix, mixer.mix_lab
+        contrib = mixer.mix_frac[:, None] * (t_lo[ml] + u[mp, None] * t_d[ml])
+        flat[mixer.mix_target] = np.add.reduceat(contrib, mixer.mix_starts, axis=0)
+    r10 = _blur(np.ascontiguousarray(flat.T).reshape(len(BANDS), n, n))
     r0, c0, s = tile.row0 // 2, tile.col0 // 2, n // 2
     sk = sky[r0:r0 + s, c0:c0 + s]
     hz = haze[r0:r0 + s, c0:c0 + s]
@@ -166,7 +195,8 @@ def render_scene(config: WorldConfig, mixer: TileMixer, scene: SceneSpec, refl_l
     noise = rng.standard_normal(r10.shape, dtype=np.float32)
     r10 += noise * np.float32(0.004) * (1 + 2 * r10)
     # SCL at 20 m
-    r20 = r10.reshape(len(BANDS), s, 2, s, 2).mean(axis=(2, 4))
+    r20 = np.float32(0.25) * (r10[:, 0::2, 0::2] + r10[:, 1::2, 0::2] + r10[:, 0::2, 1::2]
+                              + r10[:, 1::2, 1::2])
     red, nir = r20[2], r20[6]
     ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
     scl = np.where(ndvi > 0.35, 4, 5).astype(np.uint8)

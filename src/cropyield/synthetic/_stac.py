@@ -87,6 +87,11 @@ def make_item(config: WorldConfig, scene: SceneSpec, hrefs: dict[str, str], stat
         assets[key] = a
     cls = stats["classes"]
     created = _iso(gen + pd.Timedelta(hours=1))
+    abs_orbit = 10_000 + scene.date_index * 71   # plausible-looking, stable
+    dtk = f"G{plat}_{dt.strftime('%Y%m%dT%H%M%S')}_{abs_orbit:06d}_N{scene.processing_baseline}"
+    gstamp = gen.strftime("%Y%m%dT%H%M%S")
+    doy = dt.day_of_year
+    rcf = 1.0 / (1.0 - 0.01672 * math.cos(math.radians(0.9856 * (doy - 4)))) ** 2
     props = {
         "created": created,
         "platform": scene.platform,
@@ -101,21 +106,37 @@ def make_item(config: WorldConfig, scene: SceneSpec, hrefs: dict[str, str], stat
         "grid:code": f"MGRS-{tile.name}",
         "view:sun_azimuth": round(float(sun[0]), 6),
         "view:sun_elevation": round(float(sun[1]), 6),
+        "s2:degraded_msi_data_percentage": 0,
         "s2:nodata_pixel_percentage": round(stats["nodata"], 6),
+        "s2:saturated_defective_pixel_percentage": 0,
+        "s2:dark_features_percentage": 0,
         "s2:cloud_shadow_percentage": round(cls[3], 6),
         "s2:vegetation_percentage": round(cls[4], 6),
         "s2:not_vegetated_percentage": round(cls[5], 6),
         "s2:water_percentage": round(cls[6], 6),
         "s2:medium_proba_clouds_percentage": round(cls[8], 6),
         "s2:high_proba_clouds_percentage": round(cls[9], 6),
+        "s2:unclassified_percentage": 0,
         "s2:thin_cirrus_percentage": round(cls[10], 6),
+        "s2:snow_ice_percentage": 0,
         "s2:product_type": "S2MSI2A",
         "s2:processing_baseline": scene.processing_baseline,
         "s2:product_uri": product_uri,
         "s2:generation_time": gen.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
+        "s2:datatake_id": dtk,
+        "s2:datatake_type": "INS-NOBS",
+        "s2:datastrip_id": (f"{plat}_OPER_MSI_L2A_DS_2BPS_{gstamp}_S{dt.strftime('%Y%m%dT%H%M%S')}"
+                            f"_N{scene.processing_baseline}"),
+        "s2:granule_id": (f"{plat}_OPER_MSI_L2A_TL_2BPS_{gstamp}_A{abs_orbit:06d}_T{tile.name}"
+                          f"_N{scene.processing_baseline}"),
+        "s2:reflectance_conversion_factor": rcf,
         "s2:mgrs_tile": tile.name,
         "datetime": _iso(dt),
         "s2:sequence": str(scene.sequence),
+        "earthsearch:s3_path": (f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/{tile.utm_zone}/"
+                                f"{tile.latitude_band}/{tile.grid_square}/{dt.year}/{dt.month}/"
+                                f"{scene.id}"),
+        "earthsearch:payload_id": f"synthetic/{config.key()}/{scene.id}",
         "earthsearch:boa_offset_applied": bool(scene.boa_offset_dn),
         "processing:software": {"cropyield.synthetic": "1"},
         "updated": created,

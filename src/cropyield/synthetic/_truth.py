@@ -196,7 +196,10 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
             area_ha=float(area[r.parcel]),
             true_production_t=float(r.yield_t_ha * area[r.parcel]),
             stress=float(r.stress), hi_factor=float(r.hi_factor), pest=float(r.pest)))
-    df = pd.DataFrame(rows)
+    cols = ["field_id", "season", "crop", "variety", "sow_date", "sos", "pos", "eos",
+            "harvest_date", "peak_ndvi", "peak_lai", "true_yield_t_ha", "yield_basis", "area_ha",
+            "true_production_t", "stress", "hi_factor", "pest"]
+    df = pd.DataFrame(rows, columns=cols)
     if len(df):
         df = df.sort_values(["field_id", "season"]).reset_index(drop=True)
     df.attrs["seed"] = config.seed

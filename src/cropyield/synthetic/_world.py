@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -147,7 +148,8 @@ def _report(progress, done, total):
 
 
 def make_world(out_dir, config: WorldConfig | None = None, *,
-               progress: Callable[[int, int], Any] | None = None, overwrite: bool = False) -> World:
+               progress: Callable[[int, int], Any] | None = None, overwrite: bool = False,
+               workers: int = 2) -> World:
     """Write a synthetic Sentinel-2 L2A world with known truth to ``out_dir``.
 
     Writes one tiled DEFLATE COG per band per scene (``cogs/<item_id>/<band>.tif``; B02 B03
@@ -166,6 +168,10 @@ def make_world(out_dir, config: WorldConfig | None = None, *,
         Default: the demo world (2 tiles of 4 km, 80 dates, 400 fields).
     progress : callable ``(done, total)`` or an object with ``update(n)`` (tqdm), optional
         Called after each scene.
+    overwrite : bool
+        Rebuild even if a complete world with the same key is there.
+    workers : int
+        Threads compressing COGs (GDAL releases the GIL). Output does not depend on it.
 
     Returns
     -------
@@ -214,51 +220,50 @@ def make_world(out_dir, config: WorldConfig | None = None, *,
     t_render = t_write = 0.0
     dates = config.dates
     tdays = np.asarray((dates - pd.Timestamp(config.start)).days, dtype=float)
-    for c0 in range(0, len(dates), _CHUNK_DATES):
-        ks = list(range(c0, min(c0 + _CHUNK_DATES, len(dates))))
-        tr = time.perf_counter()
-        lo = parcel_reflectance(config, ls, used, tdays[ks], 0.85)
-        hi = parcel_reflectance(config, ls, used, tdays[ks], 1.15)
-        bg = background_reflectance(config, tdays[ks])
-        t_render += time.perf_counter() - tr
-        for j, k in enumerate(ks):
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        for c0 in range(0, len(dates), _CHUNK_DATES):
+            ks = list(range(c0, min(c0 + _CHUNK_DATES, len(dates))))
             tr = time.perf_counter()
-            sky, haze = sky_on_date(config, k)
-            nod10 = swath_nodata_10m(config, k)
+            lo = parcel_reflectance(config, ls, used, tdays[ks], 0.85)
+            hi = parcel_reflectance(config, ls, used, tdays[ks], 1.15)
+            bg = background_reflectance(config, tdays[ks])
             t_render += time.perf_counter() - tr
-            for scene in scenes_by_date.get(k, []):
+            for j, k in enumerate(ks):
                 tr = time.perf_counter()
-                mx = mixers[scene.tile.name]
-                tab_lo = np.concatenate([bg[:, j, :], lo[pos[mx.parcels], j, :]])
-                tab_hi = np.concatenate([bg[:, j, :], hi[pos[mx.parcels], j, :]])
-                dn, scl, stats = render_scene(config, mx, scene, tab_lo, tab_hi, sky, haze, nod10)
+                sky, haze = sky_on_date(config, k)
+                nod10 = swath_nodata_10m(config, k)
                 t_render += time.perf_counter() - tr
-                tw = time.perf_counter()
-                d = root / "cogs" / scene.id
-                d.mkdir(parents=True, exist_ok=True)
-                hrefs = {}
-                for b in BANDS:
-                    res = BAND_RES[b]
-                    write_cog(d / f"{b}.tif", dn[b], scene.tile.transform(res), crs,
-                              blocksize=config.blocksize)
-                    hrefs[b] = str(d / f"{b}.tif")
-                write_cog(d / "SCL.tif", scl, scene.tile.transform(20), crs,
-                          blocksize=config.blocksize)
-                hrefs["SCL"] = str(d / "SCL.tif")
-                t_write += time.perf_counter() - tw
-                fp = _footprint(scene, scl)
-                items.append(make_item(config, scene, hrefs, stats, fp,
-                                       (plan.sun_azimuth[k], plan.sun_elevation[k])))
-                scene_stats.append({"id": scene.id, "tile": scene.tile.name,
-                                    "datetime": items[-1]["properties"]["datetime"],
-                                    "processing_baseline": scene.processing_baseline,
-                                    "boa_offset_dn": scene.boa_offset_dn,
-                                    "sequence": scene.sequence,
-                                    "cloud_cover": stats["cloud_cover"],
-                                    "planned_cloud_cover": 100.0 * float(plan.cover[k]),
-                                    "nodata_percentage": stats["nodata"]})
-                done += 1
-                _report(progress, done, total)
+                for scene in scenes_by_date.get(k, []):
+                    tr = time.perf_counter()
+                    mx = mixers[scene.tile.name]
+                    tab_lo = np.concatenate([bg[:, j, :], lo[pos[mx.parcels], j, :]])
+                    tab_hi = np.concatenate([bg[:, j, :], hi[pos[mx.parcels], j, :]])
+                    dn, scl, stats = render_scene(config, mx, scene, tab_lo, tab_hi, sky, haze, nod10)
+                    t_render += time.perf_counter() - tr
+                    tw = time.perf_counter()
+                    d = root / "cogs" / scene.id
+                    d.mkdir(parents=True, exist_ok=True)
+                    hrefs = {}
+                    jobs = [(b, dn[b], BAND_RES[b]) for b in BANDS] + [("SCL", scl, 20)]
+                    futs = [pool.submit(write_cog, d / f"{b}.tif", arr, scene.tile.transform(res),
+                                        crs, blocksize=config.blocksize) for b, arr, res in jobs]
+                    for (b, _, _), fu in zip(jobs, futs):
+                        fu.result()
+                        hrefs[b] = str(d / f"{b}.tif")
+                    t_write += time.perf_counter() - tw
+                    fp = _footprint(scene, scl)
+                    items.append(make_item(config, scene, hrefs, stats, fp,
+                                           (plan.sun_azimuth[k], plan.sun_elevation[k])))
+                    scene_stats.append({"id": scene.id, "tile": scene.tile.name,
+                                        "datetime": items[-1]["properties"]["datetime"],
+                                        "processing_baseline": scene.processing_baseline,
+                                        "boa_offset_dn": scene.boa_offset_dn,
+                                        "sequence": scene.sequence,
+                                        "cloud_cover": stats["cloud_cover"],
+                                        "planned_cloud_cover": 100.0 * float(plan.cover[k]),
+                                        "nodata_percentage": stats["nodata"]})
+                    done += 1
+                    _report(progress, done, total)
     timings["render"] = t_render
     timings["write_cogs"] = t_write
 

@@ -1,0 +1,229 @@
+"""Tests of cropyield.phenology: analytic curves, season segmentation (double/triple cropping,
+winter-wheat dormancy), stages on an as-of date, edge cases and the synthetic world."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cropyield.errors import split_flags
+from cropyield.phenology import PhenologyError, phenology, season_stage
+from cropyield.series import smooth_series
+
+T0 = pd.Timestamp("2021-10-01")
+
+
+def sig(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def series_df(curves: dict, start=T0, **extra) -> pd.DataFrame:
+    rows = []
+    for fid, y in curves.items():
+        y = np.asarray(y, float)
+        rows.append(pd.DataFrame({"field_id": fid, "time": start + pd.to_timedelta(
+            np.arange(len(y)), "D"), "ndvi": y, "support": 1.0, "gap_days": 0.0, **extra}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def wheat_maize(t):
+    """NCP wheat (autumn emergence, winter dormancy dip, spring peak) then summer maize."""
+    wheat = 0.15 + 0.3 * sig(0.15 * (t - 25)) - 0.1 * sig(0.1 * (t - 90)) \
+        + 0.5 * sig(0.1 * (t - 165)) - 0.7 * sig(0.12 * (t - 235))
+    maize = 0.7 * (sig(0.12 * (t - 275)) - sig(0.1 * (t - 350)))
+    return np.maximum(wheat, 0.15) + maize
+
+
+def trapezoid(n=365, base=0.1, top=0.8, a=80, b=100, c=200, d=220):
+    t = np.arange(n, dtype=float)
+    return np.interp(t, [0, a, b, c, d, n - 1], [base, base, top, top, base, base])
+
+
+def days(ts):
+    return (pd.Timestamp(ts) - T0).days
+
+
+def test_trapezoid_metrics_are_analytic():
+    y = trapezoid()
+    ph = phenology(series_df({"a": y}))
+    assert len(ph) == 1
+    r = ph.iloc[0]
+    # 20 % level 0.24 is reached 4 days into the 20-day ramps; 50 % level 10 days in
+    assert days(r.sos) == 84 and days(r.eos) == 216
+    assert days(r.sos50) == 90 and days(r.eos50) == 210
+    assert 100 <= days(r.pos) <= 200
+    assert r.peak == pytest.approx(0.8)
+    assert r.base == pytest.approx(0.1) and r.amplitude == pytest.approx(0.7)
+    assert r.length_days == 132
+    assert r.greenup_rate == pytest.approx(0.7 / 20)
+    assert r.senescence_rate == pytest.approx(0.7 / 20)
+    assert r.large_integral == pytest.approx(y[84:217].sum())
+    assert r.small_integral == pytest.approx((y[84:217] - 0.1).sum())
+    assert r.n_obs == 133 and bool(r.complete) and r["flags"] == ""
+    assert r.stage == "harvested"
+
+
+def test_double_logistic_sos_matches_closed_form():
+    t = np.arange(365.0)
+    s50, r_up = 120.0, 0.08
+    y = 0.15 + 0.7 * (sig(r_up * (t - s50)) - sig(0.1 * (t - 260)))
+    ph = phenology(series_df({"a": y}))
+    r = ph.iloc[0]
+    # sigma(r (t - s50)) = 0.2  =>  t = s50 - ln(4)/r
+    assert days(r.sos) == pytest.approx(s50 - np.log(4) / r_up, abs=1.0)
+    assert days(r.sos50) == pytest.approx(s50, abs=1.0)
+    assert days(r.eos50) == pytest.approx(260, abs=1.0)
+
+
+def test_wheat_dormancy_does_not_split_but_double_cropping_does():
+    t = np.arange(396.0)
+    ph = phenology(series_df({"a": wheat_maize(t)}))
+    assert list(ph["season"]) == [1, 2]
+    wheat, maize = ph.iloc[0], ph.iloc[1]
+    assert pd.Timestamp("2022-04-01") <= wheat.pos <= pd.Timestamp("2022-05-15")
+    assert pd.Timestamp("2022-07-20") <= maize.pos <= pd.Timestamp("2022-09-10")
+    assert wheat.sos < pd.Timestamp("2021-12-01")        # autumn emergence
+    assert pd.Timestamp("2022-02-15") <= wheat.sos50 <= pd.Timestamp("2022-04-01")
+    assert wheat.eos < maize.sos
+    # a deeper threshold would split the dormancy dip: the rule is what keeps it whole
+    assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
+                     min_amplitude=0.05).shape[0] == 3
+
+
+def test_three_seasons_in_a_year():
+    t = np.arange(365.0)
+    y = 0.15 + sum(0.6 * (sig(0.15 * (t - a)) - sig(0.15 * (t - a - 70)))
+                   for a in (40, 160, 270))
+    ph = phenology(series_df({"a": y}))
+    assert len(ph) == 3
+    assert [days(p) for p in ph["pos"]] == pytest.approx([75, 195, 305], abs=2)
+
+
+def test_fallow_and_nan_only_fields():
+    rng = np.random.default_rng(0)
+    fallow = 0.18 + 0.02 * np.sin(np.arange(365) / 20.0) + rng.normal(0, 0.003, 365)
+    nan = np.full(365, np.nan)
+    ph = phenology(series_df({"fallow": fallow, "nan": nan, "crop": trapezoid()}))
+    f = ph[ph.field_id == "fallow"].iloc[0]
+    assert f.season == 1 and pd.isna(f.pos) and pd.isna(f.peak)
+    assert split_flags(f["flags"]) == ["NO_SEASON"]
+    assert f.mean_value == pytest.approx(fallow.mean())
+    n = ph[ph.field_id == "nan"].iloc[0]
+    assert set(split_flags(n["flags"])) == {"NO_DATA", "NO_SEASON"}
+    assert n.stage == "unknown" and np.isnan(n.mean_value)
+    assert (ph.field_id == "crop").sum() == 1
+
+
+def test_low_green_bump_is_not_a_season():
+    # weeds/soil moisture on fallow land: amplitude 0.12 but peak 0.27 < min_peak 0.3
+    y = trapezoid(base=0.15, top=0.27)
+    assert "NO_SEASON" in phenology(series_df({"a": y}))["flags"].item()
+    assert phenology(series_df({"a": y}), min_peak=0.2)["flags"].item() == ""
+
+
+def test_stage_on_as_of_and_partial_seasons():
+    s = series_df({"a": trapezoid()})
+    before = phenology(s, as_of=T0 + pd.Timedelta(days=60))
+    assert before["stage"].item() == "not_sown" and "NO_SEASON" in before["flags"].item()
+    grow = phenology(s, as_of=T0 + pd.Timedelta(days=95))
+    r = grow.iloc[0]
+    assert r.stage == "green_up" and not r.complete
+    assert "PARTIAL_SEASON" in split_flags(r["flags"])
+    # provisional: the amplitude so far is smaller, so the 20 % level is reached earlier
+    assert 80 <= days(r.sos) <= 84 and pd.isna(r.eos) and pd.isna(r.pos)
+    mid = phenology(s, as_of=T0 + pd.Timedelta(days=150)).iloc[0]
+    assert mid.stage in ("peak", "senescence") and pd.isna(mid.eos)
+    late = phenology(s, as_of=T0 + pd.Timedelta(days=212)).iloc[0]
+    assert late.stage == "senescence"
+    done = phenology(s, as_of=T0 + pd.Timedelta(days=300)).iloc[0]
+    assert done.stage == "harvested" and done.complete
+    assert season_stage(86.0, 84, 90, 150, 210, 216) == "emergence"
+    assert season_stage(145.0, 84, 90, 150, 210, 216) == "peak"
+
+
+def test_season_cut_at_series_start_has_no_sos():
+    y = trapezoid()[150:]          # series starts on the plateau
+    r = phenology(series_df({"a": y})).iloc[0]
+    assert pd.isna(r.sos) and pd.isna(r.pos) and days(r.eos) == 216 - 150
+    assert "PARTIAL_SEASON" in split_flags(r["flags"])
+
+
+def test_all_cloud_season_is_flagged():
+    rng = np.random.default_rng(2)
+    t = np.arange(0, 396, 5)
+    y = wheat_maize(t.astype(float)) + rng.normal(0, 0.01, len(t))
+    # no clear observation at all from mid June to the end of September except one
+    cloudy = (t > 258) & (t < 365) & (t != 310)
+    obs = pd.DataFrame({"field_id": "a", "time": pd.Timestamp("2021-10-01", tz="UTC")
+                        + pd.to_timedelta(t, "D"), "ndvi": np.where(cloudy, np.nan, y),
+                        "valid_fraction": np.where(cloudy, 0.0, 1.0)})
+    ph = phenology(smooth_series(obs))
+    maize = ph[ph.pos > pd.Timestamp("2022-06-20")]
+    assert len(maize) == 1
+    assert {"LOW_OBS", "CLOUDY_SEASON"} <= set(split_flags(maize["flags"].item()))
+    wheat = ph[ph.pos < pd.Timestamp("2022-06-20")].iloc[0]
+    assert "LOW_OBS" not in wheat["flags"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(shift=st.integers(-60, 60), offset=st.floats(-0.05, 0.1))
+def test_dates_shift_with_the_curve_and_ignore_level(shift, offset):
+    base = trapezoid(n=500, a=180, b=200, c=300, d=320)
+    moved = np.roll(base, shift) + offset
+    r0 = phenology(series_df({"a": base})).iloc[0]
+    r1 = phenology(series_df({"a": moved})).iloc[0]
+    for c in ("sos", "sos50", "eos50", "eos"):
+        assert (r1[c] - r0[c]).days == shift
+    assert r1.peak == pytest.approx(r0.peak + offset)
+    assert r1.amplitude == pytest.approx(r0.amplitude)
+
+
+def test_bad_input():
+    with pytest.raises(PhenologyError, match="lacks columns"):
+        phenology(pd.DataFrame({"field_id": [1], "time": [T0]}))
+    with pytest.raises(PhenologyError):
+        phenology(series_df({"a": trapezoid()}), sos_fraction=0.7)
+    assert phenology(series_df({"a": trapezoid()}).iloc[:0]).empty
+
+
+# ----------------------------------------------------------------------------- synthetic world
+
+
+@pytest.fixture(scope="module")
+def world():
+    synthetic = pytest.importorskip("cropyield.synthetic")
+    cfg = synthetic.WorldConfig(seed=5, n_fields=150)
+    fields = synthetic.make_fields(cfg)
+    obs = synthetic.simulate_observations(fields, cfg, indices=("ndvi",))
+    seasons = synthetic.true_seasons(fields, cfg)
+    return cfg, obs, seasons
+
+
+def test_synthetic_world_phenology_dates_and_double_cropping(world):
+    cfg, obs, truth = world
+    ph = phenology(smooth_series(obs, start=cfg.start, end=cfg.end))
+    found = ph.dropna(subset=["pos"])
+    errs = {"sos": [], "pos": [], "eos": []}
+    for r in truth.itertuples():
+        g = found[found.field_id == r.field_id]
+        if g.empty:
+            continue
+        d = (g["pos"] - r.pos).abs()
+        if d.min() > pd.Timedelta(days=45):
+            continue
+        m = g.loc[d.idxmin()]
+        for c in errs:
+            if pd.notna(m[c]):
+                errs[c].append(abs((m[c] - getattr(r, c)).days))
+    # validation (400 fields, docs/validation_series.md): medians 3 / 5 / 3 days
+    for c, e in errs.items():
+        assert len(e) > 0.9 * len(truth)
+        assert np.median(e) <= 8, c
+    n_true = truth.groupby("field_id")["season"].nunique()
+    dbl = n_true[n_true >= 2].index
+    n_found = found.groupby("field_id")["season"].nunique()
+    rate = np.mean([n_found.get(f, 0) >= 2 for f in dbl])
+    assert len(dbl) > 30 and rate >= 0.93
