@@ -460,3 +460,11 @@ def test_batching_gives_identical_results(monkeypatch):
     np.testing.assert_array_equal(one.rows, many.rows)
     np.testing.assert_array_equal(one.cols, many.cols)
     np.testing.assert_array_equal(one.fractions, many.fractions)
+
+
+def test_cache_is_bounded_by_bytes():
+    cache = CoverageCache(maxsize=10, maxbytes=1)
+    a = coverage_fractions(frame([px_box(1, 1, 3, 3)]), grid(), cache=cache)
+    b = coverage_fractions(frame([px_box(1, 1, 4, 3)]), grid(), cache=cache)
+    assert len(cache) == 1 and a.nbytes > 0 and b.nbytes > 0  # newest kept
+    assert coverage_fractions(frame([px_box(1, 1, 4, 3)]), grid(), cache=cache) is b

@@ -587,3 +587,35 @@ def test_property_monitor_extrapolated_values_only_give_stale(stale, gap):
     for fid in stale:
         rows = a[a["field_id"] == fid]
         assert list(rows["code"]) == ["STALE_DATA"] and rows["value"].iloc[0] == gap
+
+
+def test_monitor_not_sown_from_crop_calendar():
+    """Too few peers with an SOS: the registry calendar gives the expected window."""
+    from cropyield.crops import Crop, CropCalendar, CropRegistry
+
+    cal = CropCalendar(region="north_china_plain", sow_doy=(274, 298), sos_doy=(285, 75),
+                       peak_doy=(95, 135), eos_doy=(138, 166), harvest_doy=(145, 170),
+                       season_length_days=(225, 255))
+    reg = CropRegistry({"winter_wheat": Crop(id="winter_wheat", name="winter wheat",
+                                             calendars={"north_china_plain": cal})}, raw={})
+    series, est = monitoring_world()
+    keep = ["N", "P1"]
+    s, e = series[series["field_id"].isin(keep)], est[est["field_id"].isin(keep)]
+    a = credit.monitor(s, e, as_of=MON_AS_OF, registry=reg)
+    assert list(zip(a["field_id"], a["code"], strict=True)) == [("N", "NOT_SOWN")]
+    assert "2025-03-16" in a["message"].iloc[0]  # day 75, the latest expected green-up
+    # before the window closes (+20 days margin) there is nothing to say
+    early = credit.monitor(s, e, as_of="2025-03-30", registry=reg)
+    assert early.empty
+    # summer maize calendar (green-up by early July): not expected yet at the end of April
+    cal_m = CropCalendar(region="north_china_plain", sow_doy=(155, 178), sos_doy=(168, 200),
+                         peak_doy=(210, 250), eos_doy=(250, 285), harvest_doy=(262, 285),
+                         season_length_days=(100, 118))
+    reg_m = CropRegistry({"summer_maize": Crop(id="summer_maize", name="summer maize",
+                                               calendars={"north_china_plain": cal_m})}, raw={})
+    m = est[est["field_id"] == "M"]
+    assert credit.monitor(series[series["field_id"] == "M"], m, as_of=MON_AS_OF,
+                          registry=reg_m).empty
+    late = credit.monitor(series[series["field_id"] == "M"], m, as_of="2025-05-20",
+                          registry=reg_m)
+    assert late.empty  # doy 140: still before the window (ends doy 200)

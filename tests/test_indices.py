@@ -357,3 +357,24 @@ def test_weighted_stats_equals_reference(data):
     b = weighted_field_stats_reference(values, weights, offsets)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+@HYP
+@given(st.data())
+def test_weighted_stats_with_index_equals_gathered(data):
+    m = data.draw(st.integers(1, 20))
+    sizes = data.draw(st.lists(st.integers(0, 10), min_size=1, max_size=6))
+    n = sum(sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    uniq = data.draw(hnp.arrays(np.float64, m, elements=st.one_of(
+        st.just(np.nan), st.floats(-1, 1, allow_nan=False))))
+    idx = np.asarray(data.draw(st.lists(st.integers(0, m - 1), min_size=n, max_size=n)),
+                     dtype=np.int64)
+    weights = data.draw(hnp.arrays(np.float64, n, elements=st.floats(0, 1, allow_nan=False)))
+    a = weighted_field_stats(uniq, weights, offsets, index=idx)
+    b = weighted_field_stats(uniq[idx], weights, offsets)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    if n:
+        with pytest.raises(ValueError, match="out of range"):
+            weighted_field_stats(uniq, weights, offsets, index=idx + m)

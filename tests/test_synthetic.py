@@ -458,6 +458,8 @@ def test_world_is_deterministic(tiny, tmp_path):
     assert _digest(tiny.root) == _digest(w2.root)
     assert tiny.items("X") == w2.items("X")
     pd.testing.assert_frame_equal(tiny.seasons, w2.seasons)
-    w3 = sy.make_world(tmp_path / "other", sy.WorldConfig(**{**TINY, "seed": 5}))
+    w3 = sy.make_world(tmp_path / "other", sy.WorldConfig(**{**TINY, "seed": 5,
+                                                             "end": "2022-01-16"}))
     d1, d3 = _digest(tiny.root), _digest(w3.root)
-    assert d1.keys() == d3.keys() and all(d1[k] != d3[k] for k in list(d1)[:20])
+    common = sorted(set(d1) & set(d3))
+    assert len(common) >= 22 and all(d1[k] != d3[k] for k in common)

@@ -351,3 +351,33 @@ def test_calibrated_coverage_on_held_out_fields(world):
     assert 0.70 <= cover <= 0.90, cover
     rmse_pct = 100 * np.sqrt(np.mean((y - yhat) ** 2)) / y.mean()
     assert rmse_pct < 30
+
+
+# reference seasons of data/crop_yield.toml: (start, end, lat, region, national mean t/ha)
+REFERENCE = {
+    "summer_maize": ("2024-06-15", "2024-09-30", 36.0, "north_china_plain", 6.592),
+    "spring_maize": ("2024-05-10", "2024-09-25", 45.5, "northeast", 6.592),
+    "winter_wheat": ("2023-03-01", "2023-06-05", 36.0, "north_china_plain", 5.94),
+    "rice_single": ("2024-06-10", "2024-09-30", 30.5, "yangtze", 7.155),
+    "soybean": ("2024-06-01", "2024-09-25", 45.5, "northeast", 1.999),
+    "cotton": ("2024-04-25", "2024-09-30", 41.0, "north_china_plain", 2.172),
+    "potato": ("2024-05-01", "2024-08-31", 40.0, "north_china_plain", 21.7),
+}
+
+
+@pytest.mark.parametrize("crop", sorted(REFERENCE))
+def test_default_factors_reproduce_their_derivation(crop):
+    """The packaged default factor x raw LUE of the documented reference season (mean fAPAR
+    0.55, region climatology) gives back the NBS mean it was derived from."""
+    a, b, lat, region, nbs = REFERENCE[crop]
+    ser = _const_series("r", pd.Timestamp(a) - pd.Timedelta(days=5),
+                        pd.Timestamp(b) + pd.Timedelta(days=5), value=0.5, obs_every=5)
+    seasons = pd.DataFrame({"field_id": ["r"], "season": [1], "crop": [crop],
+                            "sos": [pd.Timestamp(a) if crop != "winter_wheat"
+                                    else pd.Timestamp("2022-10-15")],
+                            "eos": [pd.Timestamp(b)], "region": [region]})
+    m = LUEModel(fapar={"kind": "linear", "slope": 0.0, "intercept": 0.55})
+    p = m.predict(ser if crop != "winter_wheat" else pd.concat([
+        _const_series("r", "2022-10-01", "2023-06-10", value=0.5, obs_every=5)]),
+        seasons, lat=lat).iloc[0]
+    assert p["yield_t_ha_p50"] == pytest.approx(nbs, rel=0.01)

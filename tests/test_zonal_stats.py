@@ -413,3 +413,22 @@ def test_method_measurement_helpers_run_small():
     assert m["coverage_exact"] >= m["coverage_pure"]
     b = _bench_kernels(n_fields=300, size=256, n_dates=2, seed=1)
     assert b["nnz"] > 300 * 3 and b["coverage_s"] > 0 and b["zonal_stats_s_total"] > 0
+
+
+def test_time_stack_equals_per_date_calls(world):
+    fields, dates = world
+    g = grid()
+    stack = {b: np.stack([d[0][b] for d in dates]) for b in ("B04", "B08", "B11")}
+    scl = np.stack([d[1] for d in dates])
+    times = ["2024-05-01", "2024-05-06", "2024-05-11"]
+    df = zonal_stats(stack, g, fields, indices=("ndvi", "ndmi"), scl=scl, offsets=-0.1,
+                     times=times)
+    assert df.columns[:2].tolist() == ["field_id", "time"]
+    for t, (dn, s) in zip(times, dates):
+        one = zonal_stats(dn, g, fields, indices=("ndvi", "ndmi"), scl=s, offsets=-0.1)
+        part = df[df["time"] == t].drop(columns="time").reset_index(drop=True)
+        assert part.equals(one)
+    with pytest.raises(ValueError, match="same length"):
+        zonal_stats({"B04": stack["B04"], "B08": stack["B08"][:2]}, g, fields)
+    with pytest.raises(ValueError, match="labels"):
+        zonal_stats({"B04": stack["B04"], "B08": stack["B08"]}, g, fields, times=["a"])

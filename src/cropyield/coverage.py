@@ -259,6 +259,15 @@ class Coverage:
         return int(self.offsets[-1])
 
     @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays (including cached derived arrays), in bytes."""
+        arrays = [self.offsets, self.rows, self.cols, self.fractions, self.area_px]
+        for v in list(self._derived.values()):
+            arrays.extend(x for x in (v if isinstance(v, tuple) else (v,))
+                          if isinstance(x, np.ndarray))
+        return int(sum(a.nbytes for a in arrays)) + 64 * self.n_fields
+
+    @property
     def pixel_field(self) -> np.ndarray:
         """Field index (0..n_fields-1) of every entry, int64 array of shape (nnz,)."""
         if "pixel_field" not in self._derived:
@@ -446,11 +455,14 @@ class CoverageCache:
 
     The key is ``(grid.key(), blake2b hash of the fields' CRS, ids and geometry WKB,
     options)``, so a cached result is reused for every date observed on the same grid and
-    recomputed as soon as any geometry, id or the grid changes.
+    recomputed as soon as any geometry, id or the grid changes. At most ``maxsize`` entries
+    and about ``maxbytes`` bytes (checked on insertion, derived arrays included) are kept;
+    the most recent entry is always kept.
     """
 
-    def __init__(self, maxsize: int = 32):
+    def __init__(self, maxsize: int = 32, maxbytes: int = 1 << 30):
         self.maxsize = int(maxsize)
+        self.maxbytes = int(maxbytes)
         self._data: OrderedDict[Any, Coverage] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -470,7 +482,9 @@ class CoverageCache:
         with self._lock:
             self._data[key] = cov
             self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
+            while len(self._data) > self.maxsize or (
+                    len(self._data) > 1
+                    and sum(c.nbytes for c in self._data.values()) > self.maxbytes):
                 self._data.popitem(last=False)
 
     def clear(self) -> None:

@@ -75,7 +75,7 @@ def _expected_length(cal) -> tuple[float, float]:
 
 def _doy(t: pd.Series) -> np.ndarray:
     t = pd.to_datetime(t)
-    return np.where(t.notna(), t.dt.dayofyear.to_numpy(dtype=float, na_value=np.nan), np.nan)
+    return np.where(t.notna(), t.dt.day_of_year.to_numpy(dtype=float, na_value=np.nan), np.nan)
 
 
 def _parse_declared(declared, ids) -> dict[Any, set[str]]:
@@ -105,6 +105,7 @@ def identify_crops(
     rotation_boost: float = 4.0,
     min_prob: float = 0.5,
     mismatch_llr: float = 4.0,
+    min_fit_loglik: float = -8.0,
     id_col: str = "field_id",
 ) -> pd.DataFrame:
     """Most likely crops per field-season from calendar and phenology knowledge.
@@ -140,6 +141,10 @@ def identify_crops(
         Below this top probability the row gets ``CROP_UNCERTAIN``.
     mismatch_llr : float
         See ``declared`` (4.0 ≈ evidence 55 times stronger for the identified crop).
+    min_fit_loglik : float
+        When even the best crop's log-likelihood (priors left out) is below this, no
+        calendar fits the season (e.g. a crop the registry lacks): ``CROP_UNCERTAIN``,
+        whatever the normalised probability says. -8 ≈ four σ outside one window.
 
     Returns
     -------
@@ -294,6 +299,11 @@ def identify_crops(
                              "peak": list(cands[j].index_ranges.get(index, ()))}
         if not no_data[r] and p1[r] < min_prob:
             fl.append("CROP_UNCERTAIN")
+        if not no_season[r]:
+            best_ll = float(ll[r, name_ix[crop_out[r]]])
+            ev["loglik"] = round(max(best_ll, -99.0), 1)
+            if best_ll < min_fit_loglik:
+                fl.append("CROP_UNCERTAIN")
         d = decl.get(fids[r])
         declared_col.append("+".join(sorted(d)) if d else None)
         if d and not no_data[r]:
@@ -377,7 +387,7 @@ class CropClassifier:
         if not 1 <= int(bin_days) <= 183:
             raise ModelError(f"bin_days must be within 1..183, got {bin_days}")
         try:
-            self._start_doy = pd.Timestamp(f"2001-{year_start}").dayofyear
+            self._start_doy = pd.Timestamp(f"2001-{year_start}").day_of_year
         except ValueError as exc:
             raise ModelError(f"year_start must be 'MM-DD', got {year_start!r}") from exc
         self.indices = tuple(indices)
@@ -407,7 +417,7 @@ class CropClassifier:
         t = pd.to_datetime(series["time"])
         if getattr(t.dt, "tz", None) is not None:
             t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-        off = (t.dt.dayofyear.to_numpy() - self._start_doy) % 365
+        off = (t.dt.day_of_year.to_numpy() - self._start_doy) % 365
         b = np.minimum(off // self.bin_days, self.n_bins - 1)
         parts = []
         for ix in self.indices:
@@ -435,7 +445,7 @@ class CropClassifier:
             for s, (_, r) in enumerate(g.iterrows()):
                 for c in ("sos", "pos", "eos"):
                     v = r[c]
-                    rec[f"s{s}_{c}"] = (((pd.Timestamp(v).dayofyear - self._start_doy) % 365)
+                    rec[f"s{s}_{c}"] = (((pd.Timestamp(v).day_of_year - self._start_doy) % 365)
                                         if pd.notna(v) else np.nan)
                 for c in ("peak", "amplitude", "length_days", "small_integral"):
                     rec[f"s{s}_{c}"] = float(r[c]) if pd.notna(r[c]) else np.nan

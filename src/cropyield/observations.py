@@ -330,11 +330,7 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
 
     # ---- assemble one DataFrame
     parts = [p for r in results if r for p in r]
-    ctx_flags = {}
-    for g, ctx in ctxs.items():
-        ctx_flags[g] = [",".join(c for c in str(f).split(",") if c and c != "NO_OVERLAP")
-                        for f in ctx.cov.flags]
-    cols: dict[str, list] = {k: [] for k in ("fi", "scene", "cov", "vf", "bits")}
+    cols: dict[str, list] = {k: [] for k in ("fi", "scene", "cov", "vf", "flags")}
     vals: dict[str, list] = {n: [] for n in indices}
     stds: dict[str, list] = {n: [] for n in indices}
     for p in parts:
@@ -342,7 +338,7 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         cols["scene"].append(np.full(len(p["fi"]), p["scene"], np.int64))
         cols["cov"].append(p["cov"])
         cols["vf"].append(p["vf"])
-        cols["bits"].append(p["bits"])
+        cols["flags"].append(np.asarray(p["flags"], dtype=object))
         for n in indices:
             vals[n].append(p["mean"][n])
             stds[n].append(p["std"][n])
@@ -352,39 +348,15 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
 
     fi = cat(cols["fi"], np.int64)
     si = cat(cols["scene"], np.int64)
-    bits = cat(cols["bits"], np.int64)
     srt = np.lexsort((si, fi)) if len(fi) else np.zeros(0, np.int64)
-    fi, si, bits = fi[srt], si[srt], bits[srt]
+    fi, si = fi[srt], si[srt]
+    flags = cat(cols["flags"], object)[srt]
     times = pd.DatetimeIndex([pd.Timestamp(s.datetime) for s in scene_list])
     if times.tz is None:
         times = times.tz_localize("UTC")
     times = times.tz_convert("UTC").as_unit("ns") if len(times) else times
     scene_ids = np.array([s.id for s in scene_list], dtype=object)
     tiles = np.array([s.tile for s in scene_list], dtype=object)
-    # flags: (row bits, coverage flags of the field on that grid, scene flags) -> string
-    grid_idx = {g: k for k, g in enumerate(ctxs)}
-    sg = np.array([grid_idx[ref_grids[i]] for i in range(len(scene_list))], np.int64)
-    key = (bits * (len(scene_list) + 1) + si) * max(n_fields, 1) + fi if len(fi) else fi
-    ukey, kinv = np.unique(key, return_inverse=True) if len(fi) else (key, key)
-    glist = list(ctxs)
-    cache: dict[tuple, str] = {}
-    ustr = []
-    for k in ukey:
-        f_i = int(k % max(n_fields, 1))
-        rest = int(k // max(n_fields, 1))
-        s_i = rest % (len(scene_list) + 1)
-        b = rest // (len(scene_list) + 1)
-        g = glist[sg[s_i]]
-        ck = (b, ctx_flags[g][f_i], scene_list[s_i].flags)
-        out = cache.get(ck)
-        if out is None:
-            from .errors import join_flags
-
-            out = join_flags([c for bit, c in _BIT_CODES.items() if b & bit], ck[1],
-                             list(ck[2]))
-            cache[ck] = out
-        ustr.append(out)
-    flags = np.asarray(ustr, dtype=object)[kinv.ravel()] if len(fi) else np.zeros(0, object)
     data = {
         "field_id": field_ids[fi] if len(fi) else field_ids[:0],
         "time": times[si] if len(si) else pd.DatetimeIndex([], tz="UTC"),
@@ -522,13 +494,12 @@ class _Run:
     # -- band reads + statistics for the fields assigned to one scene -----------------------
     def scene_rows(self, si: int, ctx: _GridCtx, assigned: np.ndarray,
                    code_u: np.ndarray | None, bits0: int) -> dict:
-        from .indices import compute_index, reflectance, weighted_field_stats
+        from .indices import coverage_stats, reflectance
 
         scene = self.scenes[si]
         ref = self.ref_grids[si]
         fi = np.flatnonzero(assigned)
         nf = len(fi)
-        n_all = len(ctx.cov_sum)
         emask = assigned[ctx.pf]
         frac = ctx.cov.fractions[emask]
         einv = ctx.inv[emask]
@@ -543,8 +514,7 @@ class _Run:
         stds = {n: nan.copy() for n in self.specs}
         vf = nan.copy()
         if code_u is None:
-            return {"fi": fi, "scene": si, "cov": cov, "vf": vf, "bits": bits, "mean": means,
-                    "std": stds}
+            return self._rows(si, ctx, fi, cov, vf, bits, means, stds)
         e_code = code_u[einv]
         swath = np.bincount(pf_sub, weights=frac * (e_code > _OUTSIDE), minlength=nf)
         want_u = np.zeros(len(ctx.urows), bool)
@@ -566,38 +536,56 @@ class _Run:
                 continue
             refl[b] = np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod),
                                  float)
-        no_overlap = swath <= 0
         if fail:
             bits |= fail
-            bits[no_overlap] |= _B_NO_OVERLAP
-            return {"fi": fi, "scene": si, "cov": cov, "vf": vf, "bits": bits, "mean": means,
-                    "std": stds}
-        ok_u = want_u.copy()
+            bits[swath <= 0] |= _B_NO_OVERLAP
+            return self._rows(si, ctx, fi, cov, vf, bits, means, stds)
+        # statistics through the row builder shared with indices.zonal_stats (same numbers,
+        # same flags): entries of fields not assigned to this scene get no weight
+        e_all = code_u[ctx.inv]
+        refl_e = {b: refl[b][ctx.inv] for b in self.bands}
+        valid_e = (e_all == _CLEAR) & assigned[ctx.pf]
         for b in self.bands:
-            ok_u &= np.isfinite(refl[b])
-        w = frac * ok_u[einv]
-        clear = np.bincount(pf_sub, weights=w, minlength=nf)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vf = np.where(cov > 0, clear / cov, np.nan)
-        low = (clear > 0) & (vf < self.min_vf)
-        for name, spec in self.specs.items():
-            v_u = np.asarray(compute_index(spec, {b: refl[b] for b in spec.bands}), float)
-            v = v_u[einv]
-            wi = w * np.isfinite(v)
-            v = np.where(wi > 0, v, 0.0)
-            m, s, ws = weighted_field_stats(v, wi, sub_off)
-            m = np.where(ws > 0, m, np.nan)
-            s = np.where(ws > 0, s, np.nan)
-            m[low] = np.nan
-            s[low] = np.nan
-            means[name], stds[name] = m, s
-            bits[(ws <= 0) & ~no_overlap] |= _B_ALL_MASKED
-        bits[no_overlap] |= _B_NO_OVERLAP
-        bits[low] |= _B_LOW_VALID
-        vf = np.where(no_overlap, 0.0, vf)
-        _ = n_all
-        return {"fi": fi, "scene": si, "cov": cov, "vf": vf, "bits": bits, "mean": means,
+            valid_e &= np.isfinite(refl_e[b])
+        st = coverage_stats(ctx.cov, refl_e, valid_e, indices=list(self.specs),
+                            footprint=e_all > _OUTSIDE, min_valid_fraction=self.min_vf,
+                            include_empty=True).iloc[fi]
+        c0 = list(st.columns).index("valid_fraction") + 1
+        names = list(st.columns[c0:c0 + 2 * len(self.specs)])
+        for j, name in enumerate(self.specs):
+            means[name] = st[names[2 * j]].to_numpy(float)
+            stds[name] = st[names[2 * j + 1]].to_numpy(float)
+        flags = _with_scene_flags(st["flags"].to_numpy(object), scene.flags)
+        return {"fi": fi, "scene": si, "cov": st["coverage"].to_numpy(float),
+                "vf": st["valid_fraction"].to_numpy(float), "flags": flags, "mean": means,
                 "std": stds}
+
+    def _rows(self, si, ctx, fi, cov, vf, bits, means, stds) -> dict:
+        """Rows without statistics (read failures): bits + coverage flags + scene flags."""
+        from .errors import join_flags
+
+        cflags = np.asarray(ctx.cov.flags, dtype=object)[fi]
+        cache: dict = {}
+        out = np.empty(len(fi), dtype=object)
+        for k, (b, c) in enumerate(zip(bits.tolist(), cflags.tolist())):
+            key = (b, c)
+            if key not in cache:
+                cache[key] = join_flags([code for bit, code in _BIT_CODES.items() if b & bit],
+                                        [x for x in str(c).split(",") if x != "NO_OVERLAP"],
+                                        list(self.scenes[si].flags))
+            out[k] = cache[key]
+        return {"fi": fi, "scene": si, "cov": cov, "vf": vf, "flags": out, "mean": means,
+                "std": stds}
+
+
+def _with_scene_flags(flags: np.ndarray, scene_flags) -> np.ndarray:
+    if not scene_flags:
+        return flags
+    from .errors import join_flags
+
+    u, inv = np.unique(flags.astype(str), return_inverse=True)
+    joined = np.array([join_flags(x, list(scene_flags)) for x in u], dtype=object)
+    return joined[inv.ravel()]
 
 
 def observations_to_xarray(df: pd.DataFrame):

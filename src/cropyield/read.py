@@ -177,6 +177,8 @@ def _load_gdal() -> Any:
             continue
         fn.argtypes = [ctypes.c_char_p]
         fn.restype = None
+        lib.VSICurlClearCache.argtypes = []
+        lib.VSICurlClearCache.restype = None
         _gdal_lib = lib
         return lib
     return None
@@ -188,13 +190,19 @@ def _vsi_path(href: str) -> str:
     return href
 
 
-def clear_gdal_cache(href: str) -> bool:
+def clear_gdal_cache(href: str | None = None) -> bool:
     """Clear GDAL's ``/vsicurl/`` caches (file size, existence, data regions) for ``href``.
 
-    Query strings are ignored, so every signed variant of the URL is cleared. Returns True
-    when GDAL's ``VSICurlPartialClearCache`` could be called, False otherwise (local paths,
-    or a GDAL build not reachable through ctypes).
+    Query strings are ignored, so every signed variant of the URL is cleared; ``None``
+    clears the caches of every URL (``VSICurlClearCache``). Returns True when GDAL could be
+    called, False otherwise (local paths, or a GDAL build not reachable through ctypes).
     """
+    if href is None:
+        lib = _load_gdal()
+        if lib is None:
+            return False
+        lib.VSICurlClearCache()
+        return True
     if not href.startswith(("http://", "https://", "/vsicurl/")):
         return False
     lib = _load_gdal()
@@ -359,6 +367,23 @@ class _Meta:
     crs: Any
 
 
+_RIO_LOGGERS = ("rasterio", "rasterio._env", "rasterio._base", "rasterio._io",
+                "rasterio._filepath", "rasterio.env", "rasterio._err")
+
+
+def _redact_rasterio_logs() -> None:
+    """Install cropyield's redacting filter on rasterio's loggers (they log GDAL errors with
+    full URLs, signed query strings included). Idempotent."""
+    import logging
+
+    from ._log import RedactingFilter
+
+    for name in _RIO_LOGGERS:
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in lg.filters):
+            lg.addFilter(RedactingFilter())
+
+
 class BlockReader:
     """Thread pool + per-thread dataset handles reading only the COG blocks that are needed.
 
@@ -408,6 +433,7 @@ class BlockReader:
         self._signed: dict[str, tuple[int, str]] = {}
         self._resigned: dict[str, int] = {}
         self._closed = False
+        _redact_rasterio_logs()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> "BlockReader":
@@ -515,7 +541,7 @@ class BlockReader:
         attempt, limit = 0, self.max_attempts
         while attempt < limit:
             attempt += 1
-            gen = 0
+            gen = self._path(href)[0]
             try:
                 ds, gen = self._open(href, fresh=fresh)
                 with rasterio.Env(**self.env):

@@ -133,6 +133,13 @@ def _pick_rows(est: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     return order.drop_duplicates("field_id").drop(columns=["_dist", "_season"])
 
 
+def _ids(col: pd.Series) -> np.ndarray:
+    """Field ids as str (object array), converting each distinct value once."""
+    codes, uniq = pd.factorize(col, use_na_sentinel=True)
+    names = np.array([_str(v) for v in uniq] + [None], dtype=object)
+    return names[codes]  # code -1 (missing) picks the trailing None
+
+
 def _naive_dates(s: pd.Series) -> pd.Series:
     s = pd.to_datetime(s)
     if getattr(s.dt, "tz", None) is not None:
@@ -200,7 +207,7 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
         raise CreditInputError("estimates needs a 'crop' or 'declared_crop' column")
 
     est = estimates.copy()
-    est["field_id"] = [_str(v) for v in est["field_id"]]
+    est["field_id"] = _ids(est["field_id"])
     for c in ("sos", "eos", "harvest_date"):
         if c in est:
             est[c] = _naive_dates(est[c])
@@ -208,7 +215,7 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
         keys = ["field_id", "season"] if "season" in phenology and "season" in est \
             else ["field_id"]
         ph = phenology[[*keys, *[c for c in ("sos", "eos") if c in phenology]]].copy()
-        ph["field_id"] = [_str(v) for v in ph["field_id"]]
+        ph["field_id"] = _ids(ph["field_id"])
         if "season" in keys:
             ph["season"] = ph["season"].astype(str)
             est["season"] = est["season"].astype(str)
@@ -237,7 +244,7 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
     }).set_index("field_id")
 
     s = series[["field_id", "time", index, "gap_days"]].copy()
-    s["field_id"] = [_str(v) for v in s["field_id"]]
+    s["field_id"] = _ids(s["field_id"])
     s["time"] = _naive_dates(s["time"])
     s = s[s["time"] <= t0]
     if s.duplicated(["field_id", "time"]).any():

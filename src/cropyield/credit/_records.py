@@ -18,6 +18,7 @@ Versioning rules (semver on :data:`SCHEMA_VERSION`)
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import math
 import re
@@ -90,6 +91,12 @@ def _hints(cls) -> dict[str, Any]:
     return cache
 
 
+@functools.lru_cache(maxsize=None)
+def _origin_args(tp) -> tuple[Any, tuple]:
+    return typing.get_origin(tp), typing.get_args(tp)
+
+
+@functools.lru_cache(maxsize=None)
 def _optional_inner(tp) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -140,14 +147,13 @@ def _value_in(tp, value: Any, md: Mapping[str, Any], where: str,
             _check_number(float(v), md, f"{where}.{k}")
             out.append((k, float(v)))
         return tuple(out)
-    origin = typing.get_origin(tp)
+    origin, args = _origin_args(tp)
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise CreditSchemaError(
-                f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        if value not in args:
+            raise CreditSchemaError(f"{where}: {value!r} is not one of {list(args)}")
         return value
     if origin is tuple:
-        (item_tp, _ell) = typing.get_args(tp)
+        (item_tp, _ell) = args
         if not isinstance(value, (list, tuple)):
             raise CreditSchemaError(f"{where}: expected an array, got {type(value).__name__}")
         return tuple(_value_in(item_tp, v, {}, f"{where}[{i}]", ver)
@@ -195,8 +201,9 @@ def _value_out(tp, value: Any, md: Mapping[str, Any]) -> Any:
     if kind == "mapping":
         return {k: v for k, v in value}
     _, tp = _optional_inner(tp)
-    if typing.get_origin(tp) is tuple:
-        item_tp = typing.get_args(tp)[0]
+    origin, args = _origin_args(tp)
+    if origin is tuple:
+        item_tp = args[0]
         return [_value_out(item_tp, v, {}) for v in value]
     if is_dataclass(value):
         return value.to_dict()
@@ -263,7 +270,7 @@ class _Record:
                     raise CreditSchemaError(f"{type(self).__name__}.{f.name} must be a JSON "
                                             f"object, got {value!r}")
                 object.__setattr__(self, f.name, canonical_json(dict(obj)))
-            elif typing.get_origin(_hints(type(self))[f.name]) is tuple and not kind \
+            elif _origin_args(_hints(type(self))[f.name])[0] is tuple and not kind \
                     and isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(value))
 

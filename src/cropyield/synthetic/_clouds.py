@@ -83,13 +83,18 @@ def _smooth_noise(rng, shape, cell):
     for _ in range(2):   # binomial [1, 2, 1] / 4 smoothing along both axes (edges kept)
         c[1:-1, :] = 0.25 * c[:-2, :] + 0.5 * c[1:-1, :] + 0.25 * c[2:, :]
         c[:, 1:-1] = 0.25 * c[:, :-2] + 0.5 * c[:, 1:-1] + 0.25 * c[:, 2:]
-    ys = (np.arange(h) + 0.5) / cell + 1.5
-    xs = (np.arange(w) + 0.5) / cell + 1.5
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    out = ((1 - fy) * (1 - fx) * c[np.ix_(y0, x0)] + (1 - fy) * fx * c[np.ix_(y0, x0 + 1)]
-           + fy * (1 - fx) * c[np.ix_(y0 + 1, x0)] + fy * fx * c[np.ix_(y0 + 1, x0 + 1)])
+    # separable bilinear upsampling (no BLAS: its threads thrash on busy machines)
+    y0, fy = _lin(h, cell)
+    x0, fx = _lin(w, cell)
+    rows = (1 - fy)[:, None] * c[y0] + fy[:, None] * c[y0 + 1]
+    out = (1 - fx)[None, :] * rows[:, x0] + fx[None, :] * rows[:, x0 + 1]
     return out / (out.std() + 1e-12)
+
+
+def _lin(n: int, cell: float) -> tuple[np.ndarray, np.ndarray]:
+    x = (np.arange(n) + 0.5) / cell + 1.5
+    i0 = np.floor(x).astype(int)
+    return i0, x - i0
 
 
 def sky_on_date(config: WorldConfig, k: int) -> tuple[np.ndarray, np.ndarray]:

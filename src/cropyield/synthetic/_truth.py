@@ -298,6 +298,9 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
         [0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
     refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land_mean
     rng = rng_for(config.seed, "obs")
+    flag_table = np.array([join_flags(
+        ["ALL_MASKED"] * bool(c & 1), ["NO_OVERLAP"] * bool(c & 2), ["SUBPIXEL_FIELD"] * bool(c & 4))
+        for c in range(8)], dtype=object)
     scenes_by_date: dict[int, list] = {}
     for s in config.scenes:
         scenes_by_date.setdefault(s.date_index, []).append(s)
@@ -335,16 +338,10 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
                 v[bad] = np.nan
                 sd[bad] = np.nan
                 cols[nm], cols[f"{nm}_std"] = v, sd
-            flags = []
-            for i in range(n):
-                f = []
-                if vf[i] <= 0:
-                    f.append("ALL_MASKED")
-                    if wt[i] > 0 and wn[i] >= wt[i] - 1e-9:
-                        f.append("NO_OVERLAP")
-                if area_px[i] < 1.0:
-                    f.append("SUBPIXEL_FIELD")
-                flags.append(join_flags(f))
+            masked = vf <= 0
+            outside = masked & (wt > 0) & (wn >= wt - 1e-9)
+            code = masked * 1 + outside * 2 + (area_px < 1.0) * 4
+            flags = flag_table[code]
             base = pd.DataFrame({"field_id": p["field_id"].to_numpy(),
                                  "coverage": cov_tile[tl.name], "valid_fraction": vf,
                                  **cols, "flags": flags})[present]
