@@ -77,8 +77,8 @@ class Grid:
         """Pixel window ``(row0, col0, row1, col1)`` (end-exclusive, clipped) covering ``bounds``."""
         inv = ~self.transform
         left, bottom, right, top = bounds
-        c0, r0 = inv * (left, top)
-        c1, r1 = inv * (right, bottom)
+        c0, r0 = inv @ (left, top)
+        c1, r1 = inv @ (right, bottom)
         h, w = self.shape
         r0, c0 = max(int(np.floor(r0)), 0), max(int(np.floor(c0)), 0)
         r1, c1 = min(int(np.ceil(r1)), h), min(int(np.ceil(c1)), w)

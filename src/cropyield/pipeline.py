@@ -163,4 +163,10 @@ def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str]) -> pd.
         else:
             keep = [c for c in s.columns if c not in out.columns or c in ("field_id", "time")]
             out = out.merge(s[keep], on=["field_id", "time"], how="left")
+    # lineage: the scenes that gave each field a valid observation travel with the series,
+    # so estimates and credit profiles can name (and date) the imagery they rest on
+    valid = obs[obs["valid_fraction"].fillna(0) > 0] if "valid_fraction" in obs else obs
+    out.attrs["scene_ids"] = {
+        fid: sorted(set(g)) for fid, g in valid.groupby("field_id")["scene_id"]
+    }
     return out
