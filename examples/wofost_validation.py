@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer scenarios (~1 min)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results table here")
+    ap.add_argument("--cache", help="folder: reuse/store the WOFOST runs as Parquet")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from cropyield.phenology import phenology
@@ -208,7 +209,17 @@ def main(argv=None) -> int:
     from cropyield.yieldmodel import LUEModel, fit_yield_model
 
     t0 = time.time()
-    runs, daily, rad = simulate(args.quick, args.seed)
+    names = ("runs", "daily", "rad")
+    if args.cache and all(os.path.exists(os.path.join(args.cache, f"{n}.parquet"))
+                          for n in names):
+        runs, daily, rad = (pd.read_parquet(os.path.join(args.cache, f"{n}.parquet"))
+                            for n in names)
+    else:
+        runs, daily, rad = simulate(args.quick, args.seed)
+        if args.cache:
+            os.makedirs(args.cache, exist_ok=True)
+            for n, df in zip(names, (runs, daily, rad)):
+                df.to_parquet(os.path.join(args.cache, f"{n}.parquet"))
     t_sim = time.time() - t0
     ser = smooth_series(observe(daily, args.seed), index="ndvi")
     ph = phenology(ser, index="ndvi")

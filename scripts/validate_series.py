@@ -105,6 +105,17 @@ def run(seed: int, n_fields: int, clf_fields: int, speed: bool) -> list[tuple[st
     mc = mt.merge(ic, on=["field_id", "season"], how="left")
     acc = (mc["crop"] == mc["true_crop"]).mean()
     res.append(("knowledge-based crop id, all true seasons", f"{acc:.3f}", "target ≥ 0.85"))
+    per_crop = mc.assign(ok=mc["crop"] == mc["true_crop"]).groupby("true_crop")["ok"].agg(
+        ["mean", "size"])
+    for crop, r in per_crop.iterrows():
+        wrong_as = mc.loc[(mc["true_crop"] == crop) & (mc["crop"] != crop), "crop"]
+        top = wrong_as.fillna("not detected").value_counts().head(2)
+        res.append((f"  {crop}", f"{r['mean']:.3f} ({int(r['size'])})",
+                    ", ".join(f"{k} {v}" for k, v in top.items())))
+    unc = mc["flags"].fillna("").str.contains("CROP_UNCERTAIN")
+    res.append(("  accuracy of seasons not flagged CROP_UNCERTAIN",
+                f"{(mc.loc[~unc, 'crop'] == mc.loc[~unc, 'true_crop']).mean():.3f}",
+                f"{unc.mean():.0%} flagged uncertain"))
     fallow = sorted(set(fields["field_id"]) - set(truth["field_id"]))
     fa = ic[ic["field_id"].isin(fallow)].groupby("field_id")["crop"].agg(
         lambda x: set(x) == {"fallow"})

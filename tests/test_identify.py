@@ -242,3 +242,38 @@ def test_synthetic_world_trained_classifier(world):
         s, f["true_crop"], f["farmer_id"], n_splits=4)
     # validation (1 200 fields, docs/validation_series.md) is higher; 160 fields is little data
     assert cv.attrs["accuracy"] >= 0.85
+
+
+def test_weak_evidence_is_uncertain():
+    out = identify_crops(phen(season("a", 1, *WHEAT, flags="CLOUDY_SEASON,LOW_OBS")),
+                         region="north_china_plain")
+    assert out["crop"].item() == "winter_wheat"
+    assert "CROP_UNCERTAIN" in split_flags(out["flags"].item())
+    assert json.loads(out["evidence"].item())["weak_evidence"] == ["CLOUDY_SEASON", "LOW_OBS"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(sos=st.integers(0, 364), length=st.integers(30, 250), peak=st.floats(0.3, 0.95),
+       region=st.sampled_from(["north_china_plain", "northeast", "yangtze", "south"]))
+def test_probabilities_are_normalised_and_deterministic(sos, length, peak, region):
+    s = D("2022-01-01") + pd.Timedelta(days=sos)
+    row = season("a", 1, s, s + pd.Timedelta(days=length // 2), s + pd.Timedelta(days=length),
+                 peak)
+    out = identify_crops(phen(row), region=region)
+    r = out.iloc[0]
+    assert 0 < r.crop_prob <= 1 and 0 <= r.crop_2_prob <= r.crop_prob
+    assert r.crop_prob + r.crop_2_prob <= 1 + 1e-9
+    assert r.crop != "fallow"
+    pd.testing.assert_frame_equal(out, identify_crops(phen(row), region=region))
+
+
+def test_moving_the_peak_into_a_window_raises_that_crops_probability():
+    far = identify_crops(phen(season("a", 1, "2022-03-01", "2022-06-20", "2022-08-01", 0.85)),
+                         region="north_china_plain")
+    near = identify_crops(phen(season("a", 1, *WHEAT)), region="north_china_plain")
+    p = lambda o: o["crop_prob"].item() if o["crop"].item() == "winter_wheat" else 0.0  # noqa: E731
+    assert p(near) > p(far)

@@ -317,3 +317,30 @@ def test_bad_arguments_raise_clear_errors(world):
         field_observations([scene], f, on_error="ignore")
     with pytest.raises(MissingCRSError):
         field_observations([scene], f.set_crs(None, allow_override=True))
+
+
+def test_stac_items_are_normalised_and_one_row_per_acquisition(s2_world_dir):
+    """Real item dicts (tiny world of conftest): overlapping tiles 49SGU/49SGV on 2024-05-01
+    and a reprocessed duplicate on 2024-05-11 give one row per field and acquisition."""
+    import json
+
+    from cropyield.observations import field_observations
+
+    items = []
+    for line in (s2_world_dir / "items.ndjson").read_text().splitlines():
+        it = json.loads(line)
+        for a in it["assets"].values():
+            if not a["href"].startswith("http"):
+                a["href"] = str(s2_world_dir / a["href"])
+        items.append(it)
+    fields = fields_px([(40, 40, 50, 50), (20, 50, 30, 60)], x0=700000.0, y0=3850000.0,
+                       epsg=32649)
+    df = field_observations(items, fields)
+    day = df["time"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
+    assert df.groupby(["field_id", day]).size().max() == 1
+    assert sorted(day.unique()) == ["2021-06-01", "2024-05-01", "2024-05-06", "2024-05-11"]
+    d11 = df[day == "2024-05-11"]
+    assert d11["scene_id"].str.contains("20240511_1").all()      # newest processing wins
+    ok = df["flags"].map(lambda f: "ALL_MASKED" not in f and "NO_OVERLAP" not in f)
+    # B04 0.06, B08 0.35 reflectance in every product (offsets harmonised)
+    np.testing.assert_allclose(df.loc[ok, "ndvi"], (0.35 - 0.06) / (0.35 + 0.06), atol=0.01)

@@ -227,3 +227,46 @@ def test_synthetic_world_phenology_dates_and_double_cropping(world):
     n_found = found.groupby("field_id")["season"].nunique()
     rate = np.mean([n_found.get(f, 0) >= 2 for f in dbl])
     assert len(dbl) > 30 and rate >= 0.93
+
+
+def test_kernel_matches_its_pure_python_execution():
+    """The numba-compiled phenology driver and the interpreted same code agree."""
+    from cropyield.phenology import _phenology_all
+
+    t = np.arange(396.0)
+    rng = np.random.default_rng(1)
+    Y = np.stack([wheat_maize(t), trapezoid(396), np.full(396, np.nan),
+                  0.2 + 0.05 * rng.random(396)])
+    G = np.zeros_like(Y)
+    S = np.ones_like(Y)
+    res = []
+    for fn in (_phenology_all, _phenology_all.py_func):
+        of = np.full((4, 12, 15), np.nan)
+        oi = np.zeros((4, 12, 2), dtype=np.int64)
+        ns = np.zeros(4, dtype=np.int64)
+        fn(Y, G, S, 0.1, 0.3, 0.3, 0.2, 0.8, 6, 10.0, 30.0, of, oi, ns)
+        res.append((of, oi, ns))
+    np.testing.assert_array_equal(res[0][2], [2, 1, -1, 0])
+    np.testing.assert_array_equal(res[0][2], res[1][2])
+    np.testing.assert_allclose(res[0][0], res[1][0], equal_nan=True)
+    np.testing.assert_array_equal(res[0][1], res[1][1])
+
+
+def test_one_observation_field_flags_travel():
+    obs = pd.DataFrame({"field_id": ["a"], "time": [pd.Timestamp("2022-05-01", tz="UTC")],
+                        "ndvi": [0.5], "valid_fraction": [1.0]})
+    r = phenology(smooth_series(obs, start="2022-04-01", end="2022-06-01")).iloc[0]
+    assert set(split_flags(r["flags"])) == {"LOW_OBS", "NO_SEASON"}
+    assert r.mean_value == pytest.approx(0.5)
+
+
+def test_missing_days_inside_a_record_are_interpolated():
+    y = trapezoid()
+    s = series_df({"a": y})
+    holes = s.drop(index=s.index[120:160]).reset_index(drop=True)    # 40 days absent
+    holes.loc[10:20, "ndvi"] = np.nan                                 # and 11 NaN days
+    r0 = phenology(s).iloc[0]
+    r1 = phenology(holes).iloc[0]
+    for c in ("sos", "eos", "sos50", "eos50"):
+        assert r0[c] == r1[c]
+    assert r1.peak == pytest.approx(0.8)

@@ -271,3 +271,44 @@ def test_synthetic_world_smoothing_rmse(world):
     # validation (400 fields, docs/validation_series.md): median 0.032, pooled 0.041
     assert per_field.median() <= 0.04
     assert np.sqrt(np.mean(err ** 2)) <= 0.05
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 200), sigma=st.floats(1.0, 15.0), seed=st.integers(0, 10_000))
+def test_support_and_gap_kernel_match_numpy_twin(n, sigma, seed):
+    from scipy.ndimage import distance_transform_edt
+
+    from cropyield.series import _support_gap
+
+    rng = np.random.default_rng(seed)
+    W = np.where(rng.random((3, n)) < 0.2, rng.uniform(0.1, 1.0, (3, n)), 0.0)
+    W[1] = 0.0                                   # a field without observations
+    S = np.empty_like(W)
+    G = np.empty(W.shape, dtype=np.int64)
+    _support_gap(W, sigma, S, G)
+    half = int(np.ceil(4 * sigma))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    for f in (0, 2):
+        ref = np.convolve(W[f], k, mode="full")[half:half + n]
+        np.testing.assert_allclose(S[f], ref, atol=1e-12)
+        if (W[f] > 0).any():
+            np.testing.assert_array_equal(G[f], distance_transform_edt(W[f] == 0))
+    assert (S[1] == 0).all()
+
+
+def test_smoothing_kernel_matches_its_pure_python_execution():
+    """The numba-compiled driver and the same code run by the interpreter agree."""
+    from cropyield.series import _smooth_all
+
+    rng = np.random.default_rng(4)
+    Y = rng.uniform(0.1, 0.9, (4, 90))
+    W = np.where(rng.random((4, 90)) < 0.3, 1.0, 0.0)
+    W[3] = 0.0
+    out = []
+    for fn in (_smooth_all, _smooth_all.py_func):
+        Z = np.empty_like(Y)
+        lam = np.empty(4)
+        fn(Y, W, 200.0, np.geomspace(10, 1e4, 7), 4, 0.05, 0.05, False, Z, lam)
+        out.append((Z, lam))
+    np.testing.assert_allclose(out[0][0], out[1][0], equal_nan=True, rtol=1e-9)
+    np.testing.assert_allclose(out[0][1], out[1][1], equal_nan=True, rtol=1e-9)

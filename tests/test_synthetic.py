@@ -74,7 +74,8 @@ def test_scene_plan(cfg):
         assert float(d.processing_baseline) > float(orig.processing_baseline)
     # baseline rule: 04.00 from 2022-01-25, and offsets follow the baseline
     for s in base:
-        assert (s.processing_baseline >= "04.00") == (s.datetime >= pd.Timestamp("2022-01-25", tz="UTC"))
+        new_era = s.datetime >= pd.Timestamp("2022-01-25", tz="UTC")
+        assert (s.processing_baseline >= "04.00") == new_era
         assert s.boa_offset_dn == (1000 if s.processing_baseline >= "04.00" else 0)
     plats = [s.platform for s in base if s.tile.name == "50SLD"]
     assert plats[:4] == ["sentinel-2a", "sentinel-2b", "sentinel-2a", "sentinel-2b"]
@@ -463,3 +464,78 @@ def test_world_is_deterministic(tiny, tmp_path):
     d1, d3 = _digest(tiny.root), _digest(w3.root)
     common = sorted(set(d1) & set(d3))
     assert len(common) >= 22 and all(d1[k] != d3[k] for k in common)
+
+
+def _scl_valid_fraction(scl_path, geoms):
+    """Pixel-centre valid fraction per geometry from an SCL COG (10 m centres, 20 m SCL)."""
+    import rasterio
+    from rasterio.features import rasterize
+
+    with rasterio.open(scl_path) as ds:
+        scl = ds.read(1)
+        t = ds.transform
+    from affine import Affine
+
+    t10 = Affine(10.0, 0, t.c, 0, -10.0, t.f)
+    scl10 = np.repeat(np.repeat(scl, 2, 0), 2, 1)
+    out = []
+    for g in geoms:
+        m = rasterize([(g, 1)], out_shape=scl10.shape, transform=t10, fill=0, dtype="uint8")
+        v = scl10[m == 1]
+        out.append(np.isin(v, (4, 5, 6)).mean() if v.size else np.nan)
+    return np.array(out)
+
+
+def test_rasters_agree_with_tables(tiny):
+    """The rasters, the truth canopy and simulate_observations tell the same story."""
+    exactextract = pytest.importorskip("exactextract")
+    import rasterio
+
+    cfg = tiny.config
+    f = tiny.fields
+    obs = sy.simulate_observations(f, cfg)
+    cn = tiny.canopy
+    items = {d["id"]: d for d in tiny.items()}
+    errs, vf_diff = [], []
+    for sid, d in items.items():
+        if d["properties"]["s2:sequence"] != "0":
+            continue
+        a = d["assets"]
+        # clouds: valid fractions from the SCL COG match the table's (same cloud field)
+        o = obs[obs["scene_id"] == sid].set_index("field_id")
+        big = f[f["area_ha"] > 0.15]
+        big = big[big["field_id"].isin(o.index)]
+        vf = _scl_valid_fraction(a["scl"]["href"], big.geometry)
+        ok = ~np.isnan(vf)
+        vf_diff += list(np.abs(vf[ok] - o.loc[big["field_id"], "valid_fraction"].to_numpy()[ok]))
+        # reflectance: exact-coverage NDVI of clear, wide fields equals the true canopy NDVI
+        if d["properties"]["eo:cloud_cover"] > 5 or d["properties"]["s2:nodata_pixel_percentage"]:
+            continue
+        off = a["red"]["raster:bands"][0]["offset"]
+        with rasterio.open(a["red"]["href"]) as ds:
+            red = ds.read(1) * 1e-4 + off
+            prof = ds.profile
+        with rasterio.open(a["nir"]["href"]) as ds:
+            nir = ds.read(1) * 1e-4 + off
+        nd = ((nir - red) / (nir + red)).astype("float32")
+        clear = o.loc[big["field_id"], "valid_fraction"].to_numpy() == 1
+        wide = (2 * big.geometry.area / big.geometry.length).to_numpy() > 20
+        sel = big[clear & wide]
+        if not len(sel):
+            continue
+        from rasterio.io import MemoryFile
+
+        with MemoryFile() as mf:
+            with mf.open(**{**prof, "dtype": "float32", "nodata": None,
+                            "driver": "GTiff"}) as ds:
+                ds.write(nd, 1)
+            with mf.open() as ds:
+                ex = exactextract.exact_extract(ds, sel, ["mean"], include_cols=["field_id"],
+                                                output="pandas")
+        day = pd.Timestamp(d["properties"]["datetime"]).tz_localize(None).normalize()
+        truth = cn[cn["time"] == day].set_index("field_id")["ndvi"]
+        errs += list(ex["mean"].to_numpy() - truth.loc[ex["field_id"]].to_numpy())
+    assert len(errs) >= 10 and len(vf_diff) >= 50
+    errs = np.array(errs)
+    assert abs(np.median(errs)) < 0.03 and np.median(np.abs(errs)) < 0.05
+    assert np.median(vf_diff) < 0.02 and np.mean(np.array(vf_diff) < 0.15) > 0.9

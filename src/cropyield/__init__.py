@@ -44,6 +44,8 @@ _LAZY: dict[str, str] = {
     "coverage_fractions": "coverage",
     "INDICES": "indices",
     "zonal_stats": "indices",
+    "compute_index": "indices",
+    "register_index": "indices",
     "field_observations": "observations",
     "smooth_series": "series",
     "phenology": "phenology",
@@ -94,7 +96,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .catalogs import Scene, Scenes, normalize_item, search_scenes  # noqa: F401
     from .coverage import coverage_fractions  # noqa: F401
     from .identify import CropClassifier, identify_crops  # noqa: F401
-    from .indices import INDICES, zonal_stats  # noqa: F401
+    from .indices import INDICES, compute_index, register_index, zonal_stats  # noqa: F401
     from .observations import field_observations  # noqa: F401
     from .phenology import phenology  # noqa: F401
     from .pipeline import estimate  # noqa: F401

@@ -102,6 +102,7 @@ def identify_crops(
     index: str = "ndvi",
     sigma_days: float = 10.0,
     sigma_value: float = 0.05,
+    sigma_base: float = 0.03,
     rotation_boost: float = 4.0,
     min_prob: float = 0.5,
     mismatch_llr: float = 4.0,
@@ -132,8 +133,11 @@ def identify_crops(
         Default: the packaged registry.
     index : str
         Index of the phenology (its peak is compared with ``index_ranges[index]``).
-    sigma_days, sigma_value
-        Fall-off (days; index units) of the likelihood outside a window or range.
+    sigma_days, sigma_value, sigma_base
+        Fall-off (days; index units) of the likelihood outside a window, the peak range
+        and the pre-season base range (``<index>_base``; a smoothed minimum is measured
+        more precisely than a peak, and a flooded paddy's base below ~0.1 NDVI is a strong
+        rice signature).
     rotation_boost : float
         Prior multiplier for a crop whose calendar lists the previous season's crop in
         ``after`` (previous season of the same field within 365 days).
@@ -206,7 +210,7 @@ def identify_crops(
         rng_ = crop.index_ranges.get(f"{index}_base")
         if rng_ is not None:   # pre-season level, e.g. flooded paddies before transplanting
             d = _range_outside(base_l, *rng_)
-            ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_value) ** 2, 0.0)
+            ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_base) ** 2, 0.0)
     log_prior = np.log(np.array([max(c.prior, 1e-6) for c in cals]))
 
     flags_in = phen["flags"].astype(str).to_numpy()
@@ -299,6 +303,10 @@ def identify_crops(
                              "peak": list(cands[j].index_ranges.get(index, ()))}
         if not no_data[r] and p1[r] < min_prob:
             fl.append("CROP_UNCERTAIN")
+        weak = {"LOW_OBS", "CLOUDY_SEASON"} & set(split_flags(flags_in[r]))
+        if weak:   # too little clear imagery: the dates and levels are weak evidence
+            fl.append("CROP_UNCERTAIN")
+            ev["weak_evidence"] = sorted(weak)
         if not no_season[r]:
             best_ll = float(ll[r, name_ix[crop_out[r]]])
             ev["loglik"] = round(max(best_ll, -99.0), 1)
@@ -378,7 +386,7 @@ class CropClassifier:
 
     def __init__(self, indices: Sequence[str] = ("ndvi",), *, bin_days: int = 10,
                  year_start: str = "01-01", phenology_features: bool = True,
-                 l2: float = 1e-2, max_iter: int = 1500, learning_rate: float = 0.05,
+                 l2: float = 1e-2, max_iter: int = 500, learning_rate: float = 0.05,
                  seed: int = 0, id_col: str = "field_id"):
         if isinstance(indices, str):
             indices = (indices,)

@@ -15,8 +15,9 @@
    MGRS tiles, neighbouring UTM zones, reprocessed duplicates) is assigned to the single
    scene that covers it best: largest share of the field inside the valid swath, then
    largest share inside the grid, then most clear coverage (shares rounded to 0.1 % so
-   that the same field measured in two UTM projections ties), then the first scene in
-   (tile, id) order. It is never counted twice.
+   that the same field measured in two UTM projections ties), then the newest processing
+   baseline (reprocessed duplicates), then the first scene in (tile, id) order. It is never
+   counted twice.
 4. **Bands.** The reflectance bands of each scene are read only for the blocks where a
    field assigned to it has a clear pixel, gathered as 1-D vectors, converted to
    reflectance with each band's own scale/offset (so pre- and post-04.00 products agree),
@@ -100,6 +101,13 @@ def _solar_day(scene) -> pd.Timestamp:
     if t.tzinfo is not None:
         t = t.tz_convert("UTC").tz_localize(None)
     return (t + pd.Timedelta(hours=lon / 15.0)).normalize()
+
+
+def _baseline(scene) -> float:
+    try:
+        return float(scene.processing_baseline)
+    except (TypeError, ValueError):
+        return -1.0
 
 
 def _factor(band_grid: Grid, ref: Grid, what: str) -> int:
@@ -274,6 +282,11 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     groups: dict[Any, list[int]] = {}
     for i, s in enumerate(scene_list):
         groups.setdefault(_solar_day(s), []).append(i)
+    for members in groups.values():
+        # ties in the assignment go to the newest processing (reprocessed duplicates), then
+        # to the first tile/id in order
+        members.sort(key=lambda i: (-_baseline(scene_list[i]), scene_list[i].tile,
+                                    scene_list[i].id))
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
     n_fields = len(fields)
     field_ids = np.asarray(fields[id_col].to_numpy())

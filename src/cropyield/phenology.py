@@ -18,6 +18,9 @@ between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numba
 import numpy as np
 import pandas as pd
@@ -464,7 +467,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         t = t[keep]
     else:
         a = None
-    fidx, ids = pd.factorize(series[id_col], sort=True)
+    fidx, ids = _factorize_ids(series[id_col])
     if len(series) == 0:
         raise PhenologyError(f"no series days on or before as_of={as_of}")
     t0 = t.min()
@@ -561,13 +564,14 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         ))
     df["stage"] = stages
     df["flags"] = flags
-    # series-level NO_DATA flags travel on
+    # series-level NO_DATA / LOW_OBS flags travel on
     if "flags" in series.columns:
-        nod = series.loc[series["flags"].astype(str).str.contains("NO_DATA", regex=False),
-                         id_col].unique()
-        if len(nod):
-            m = df[id_col].isin(nod)
-            df.loc[m, "flags"] = [join_flags(x, "NO_DATA") for x in df.loc[m, "flags"]]
+        sf = series["flags"].astype(str)
+        for code in ("NO_DATA", "LOW_OBS"):
+            ids_c = series.loc[sf.str.contains(code, regex=False), id_col].unique()
+            if len(ids_c):
+                m = df[id_col].isin(ids_c)
+                df.loc[m, "flags"] = [join_flags(x, code) for x in df.loc[m, "flags"]]
     df.attrs.update(index=index, as_of=None if a is None else str(a.date()),
                     min_amplitude=min_amplitude, min_trough_depth=min_trough_depth,
                     min_peak=float(min_peak),
@@ -576,3 +580,25 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     if n_none:
         logger.info("phenology: %d of %d fields without a season", n_none, nf)
     return df
+
+
+class _CallableModule(types.ModuleType):
+    """``cropyield.phenology`` is both this module and the public function: importing the
+    submodule rebinds the package attribute to the module, so the module forwards calls to
+    :func:`phenology` and ``cropyield.phenology(series)`` works either way."""
+
+    def __call__(self, *args, **kwargs):
+        return phenology(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+
+def _factorize_ids(ids: pd.Series):
+    """Codes and unique field ids, sorted when the ids are comparable (mixed types: first seen)."""
+    if ids.isna().any():
+        raise PhenologyError("field ids must not be missing (NaN/None)")
+    try:
+        return pd.factorize(ids, sort=True)
+    except TypeError:
+        return pd.factorize(ids, sort=False)

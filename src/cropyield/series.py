@@ -499,7 +499,7 @@ def smooth_series(
     obs = observations
     days = _to_days(obs["time"]) if len(obs) else pd.Series([], dtype="datetime64[ns]")
     day_ns = days.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    fidx, ids_all = pd.factorize(obs[id_col], sort=True)
+    fidx, ids_all = _factorize_ids(obs[id_col])
     n_fields = len(ids_all)
 
     t0 = _naive_day(start) if start is not None else (
@@ -673,3 +673,13 @@ def fit_double_logistic(series: pd.DataFrame, seasons: pd.DataFrame, *, index: s
     cols = [id_col, "season", "base", "amp", "sos50_fit", "eos50_fit", "rate_up", "rate_down",
             "rmse", "flags"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _factorize_ids(ids: pd.Series):
+    """Codes and unique field ids, sorted when the ids are comparable (mixed types: first seen)."""
+    if ids.isna().any():
+        raise SeriesError("field ids must not be missing (NaN/None)")
+    try:
+        return pd.factorize(ids, sort=True)
+    except TypeError:
+        return pd.factorize(ids, sort=False)

@@ -357,6 +357,8 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
             fp = fapar_from_index(x, rel)
             out["apar_mj_m2"] = float(np.sum(fp * par))
             out["fapar_mean"] = float(np.mean(fp))
+            kpk = int(np.argmax(x))        # grain filling: light absorbed after the peak
+            out["apar_post_mj_m2"] = float(np.sum(fp[kpk:] * par[kpk:]))
             out["fapar_relation"] = json.dumps(dict(rel), ensure_ascii=False, sort_keys=True)
         # index features over the whole season
         sx = xs[np.isfinite(xs)]
@@ -366,6 +368,7 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
             out["peak"] = float(sx[k])
             out["pos"] = pd.Timestamp(st[k])
             out["pos_days"] = float((st[k] - np.datetime64(sos.date())).astype(int))
+            out["post_peak_days"] = float((np.datetime64(eos.date()) - st[k]).astype(int))
             base = float(min(sx[0], sx[-1]))
             out["large_integral"] = float(np.sum(sx))
             out["small_integral"] = float(np.sum(np.maximum(sx - base, 0.0)))
@@ -379,7 +382,8 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
         rows.append(out)
     df = pd.DataFrame(rows)
     for c in ("n_days", "n_missing", "n_obs", "max_gap_days", "n_extrapolated", "par_mj_m2",
-              "apar_mj_m2", "fapar_mean", "peak", "pos_days", "length_days", "small_integral",
+              "apar_mj_m2", "apar_post_mj_m2", "fapar_mean", "peak", "pos_days",
+              "post_peak_days", "length_days", "small_integral",
               "large_integral", "pos", "active_start", "radiation_source", "fapar_relation"):
         if c not in df.columns:
             df[c] = np.nan
@@ -751,8 +755,8 @@ DEFAULT_FEATURES = ("log_apar", "peak", "small_integral", "large_integral", "len
 def _design(feats: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     cols = []
     for n in names:
-        if n == "log_apar":
-            v = feats["apar_mj_m2"].to_numpy(float)
+        if n in ("log_apar", "log_apar_post"):
+            v = feats["apar_mj_m2" if n == "log_apar" else "apar_post_mj_m2"].to_numpy(float)
             cols.append(np.log(np.where(v > 0, v, np.nan)))
         elif n in feats.columns:
             cols.append(pd.to_numeric(feats[n], errors="coerce").to_numpy(float))

@@ -30,7 +30,8 @@ BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 GREEN = np.array([0.025, 0.065, 0.028, 0.11, 0.32, 0.43, 0.47, 0.49, 0.21, 0.10])
 BROWN = np.array([0.07, 0.10, 0.14, 0.18, 0.23, 0.27, 0.29, 0.30, 0.36, 0.28])
 SOIL = np.array([0.08, 0.11, 0.15, 0.17, 0.185, 0.195, 0.21, 0.225, 0.31, 0.26])
-WATER = np.array([0.06, 0.07, 0.06, 0.055, 0.045, 0.04, 0.04, 0.035, 0.02, 0.015])  # turbid paddy/pond
+# turbid paddy / pond water
+WATER = np.array([0.06, 0.07, 0.06, 0.055, 0.045, 0.04, 0.04, 0.035, 0.02, 0.015])
 VILLAGE = np.array([0.10, 0.12, 0.13, 0.15, 0.17, 0.19, 0.21, 0.22, 0.25, 0.22])
 ROAD = np.array([0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
 CLOUD = np.array([0.42, 0.43, 0.44, 0.45, 0.46, 0.47, 0.48, 0.48, 0.35, 0.24])
@@ -140,62 +141,73 @@ def assign_management(parcels, config: WorldConfig):
     soil_b = rng.uniform(0.9, 1.1, n)
 
     start = pd.Timestamp(config.start)
-    rows = []
     ev_rng = rng_for(config.seed, "seasons")
-    block_event = {}
-    for i in range(n):
-        crops = SYSTEMS[system[i]][1]
-        prev_harvest = None
-        for s, crop in enumerate(crops, start=1):
+    crop_list = list(CROPS)
+    # post-peak stress events (dry-hot wind, waterlogging, drought) cluster by block and crop
+    ublocks = np.unique(blocks)
+    bidx = np.searchsorted(ublocks, blocks)
+    event = ev_rng.random((len(ublocks), len(crop_list))) < _P_EVENT
+    prev_harv = np.full(n, np.nan)
+    frames = []
+    n_seasons = max(len(v[1]) for v in SYSTEMS.values())
+    sys_crops = {k: v[1] for k, v in SYSTEMS.items()}
+    for s in range(1, n_seasons + 1):
+        crop_of = np.array([sys_crops[x][s - 1] if len(sys_crops[x]) >= s else "" for x in system],
+                           dtype=object)
+        for ci, crop in enumerate(crop_list):
+            idx = np.flatnonzero(crop_of == crop)
+            m = len(idx)
+            if not m:
+                continue
             p = CROPS[crop]
-            sow_spec = p["sow"][s - 1] if isinstance(p["sow"], list) else p["sow"]
-            lo, hi = _doy_date(config, sow_spec[0]), _doy_date(config, sow_spec[1])
-            sow = lo + pd.Timedelta(days=float(ev_rng.uniform(0, (hi - lo).days)))
-            if prev_harvest is not None:
-                sow = max(sow, prev_harvest + pd.Timedelta(days=float(ev_rng.uniform(2, 8))))
-            sow = sow.normalize()
-            t_sow = float((sow - start).days)
-            late = max(0.0, (sow - (lo + (hi - lo) / 2)).days)
-            varieties = list(p["varieties"])
-            var = varieties[int(ev_rng.integers(len(varieties)))]
-            density = ev_rng.uniform(0.92, 1.08)
-            lmax = p["lmax"] * q[i] ** 0.9 * density * (1 - 0.006 * late)
-            # post-peak stress (dry-hot wind, waterlogging, drought), clustered by block
-            key = (blocks[i], crop)
-            if key not in block_event:
-                block_event[key] = ev_rng.random() < _P_EVENT
-            if block_event[key] and ev_rng.random() < 0.85:
-                stress = ev_rng.uniform(*_EV)
-            else:
-                stress = ev_rng.uniform(*_BG)
+            spec = p["sow"][s - 1] if isinstance(p["sow"], list) else p["sow"]
+            lo_d = float((_doy_date(config, spec[0]) - start).days)
+            hi_d = float((_doy_date(config, spec[1]) - start).days)
+            t_sow = lo_d + ev_rng.uniform(0, hi_d - lo_d, m)
+            ph = prev_harv[idx]
+            gap = ev_rng.uniform(2, 8, m)
+            t_sow = np.floor(np.where(np.isnan(ph), t_sow, np.fmax(t_sow, ph + gap)))
+            late = np.maximum(0.0, t_sow - (lo_d + hi_d) / 2)
+            varieties = np.array(list(p["varieties"]), dtype=object)
+            var = varieties[ev_rng.integers(len(varieties), size=m)]
+            density = ev_rng.uniform(0.92, 1.08, m)
+            lmax = p["lmax"] * q[idx] ** 0.9 * density * (1 - 0.006 * late)
+            hit = event[bidx[idx], ci] & (ev_rng.random(m) < 0.85)
+            stress = np.where(hit, ev_rng.uniform(*_EV, m), ev_rng.uniform(*_BG, m))
             if crop == "winter_wheat":
-                greenup = float((_doy_date(config, "03-01") - start).days) + ev_rng.normal(0, 4)
-                tu = greenup + 26 + ev_rng.normal(0, 3)
-                td = float((_doy_date(config, "05-19") - start).days) + ev_rng.normal(0, 3)
-                td -= (1 - stress) * 16
-                t_harv = td + 15 + ev_rng.uniform(0, 4)
-                tu_aut = t_sow + 32 + ev_rng.normal(0, 3)
+                greenup = float((_doy_date(config, "03-01") - start).days) + ev_rng.normal(0, 4, m)
+                tu = greenup + 26 + ev_rng.normal(0, 3, m)
+                td = float((_doy_date(config, "05-19") - start).days) + ev_rng.normal(0, 3, m)
+                td = td - (1 - stress) * 16
+                t_harv = td + 15 + ev_rng.uniform(0, 4, m)
+                tu_aut = t_sow + 32 + ev_rng.normal(0, 3, m)
             else:
-                tu = t_sow + p["up"] + ev_rng.normal(0, 3)
-                td = t_sow + p["dn"] + ev_rng.normal(0, 4) - (1 - stress) * 16
-                t_harv = t_sow + ev_rng.uniform(*p["harvest"])
+                tu = t_sow + p["up"] + ev_rng.normal(0, 3, m)
+                td = t_sow + p["dn"] + ev_rng.normal(0, 4, m) - (1 - stress) * 16
+                t_harv = t_sow + ev_rng.uniform(*p["harvest"], m)
                 if crop == "vegetables":
                     td = t_harv + 40
-                tu_aut = np.nan
-                greenup = np.nan
-            hi_f = p["varieties"][var]
-            pest = ev_rng.uniform(*_PEST) if ev_rng.random() < _P_PEST else 1.0
-            noise = math.exp(ev_rng.normal(0, 0.07) - 0.5 * 0.07 ** 2)
+                tu_aut = np.full(m, np.nan)
+                greenup = np.full(m, np.nan)
+            hi_f = np.array([p["varieties"][v] for v in var])
+            pest = np.where(ev_rng.random(m) < _P_PEST, ev_rng.uniform(*_PEST, m), 1.0)
+            noise = np.exp(ev_rng.normal(0, 0.07, m) - 0.5 * 0.07 ** 2)
             sowf = 1 - 0.005 * late
-            y = (p["ymean"] / (_E_STRESS * _E_PEST * _E_Q)) * q[i] ** 0.8 * stress ** _SP \
+            y = (p["ymean"] / (_E_STRESS * _E_PEST * _E_Q)) * q[idx] ** 0.8 * stress ** _SP \
                 * hi_f * pest * noise * sowf
-            prev_harvest = start + pd.Timedelta(days=float(np.floor(t_harv)))
-            rows.append(dict(parcel=i, season=s, crop=crop, variety=var, t_sow=t_sow,
-                             t_tu=tu, t_td=td, t_harvest=float(np.floor(t_harv)), tu_aut=tu_aut,
-                             greenup=greenup, lmax=lmax, k=p["k"], ru=p["ru"], rd=p["rd"],
-                             stress=stress, hi_factor=hi_f, pest=pest, yield_t_ha=y,
-                             basis=p["basis"]))
-    seasons = pd.DataFrame(rows)
+            t_harvest = np.floor(t_harv)
+            prev_harv[idx] = t_harvest
+            frames.append(pd.DataFrame(dict(
+                parcel=idx, season=s, crop=crop, variety=var.astype(str), t_sow=t_sow, t_tu=tu,
+                t_td=td, t_harvest=t_harvest, tu_aut=tu_aut, greenup=greenup, lmax=lmax,
+                k=p["k"], ru=p["ru"], rd=p["rd"], stress=stress, hi_factor=hi_f, pest=pest,
+                yield_t_ha=y, basis=p["basis"])))
+    cols = ["parcel", "season", "crop", "variety", "t_sow", "t_tu", "t_td", "t_harvest",
+            "tu_aut", "greenup", "lmax", "k", "ru", "rd", "stress", "hi_factor", "pest",
+            "yield_t_ha", "basis"]
+    seasons = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols))
+    seasons = seasons.sort_values(["parcel", "season"]).reset_index(drop=True)
+    seasons["shape_peak"] = _shape_peak(seasons)
     parcels = parcels.copy()
     parcels["system"] = system
     parcels["declared"] = declared
@@ -206,6 +218,36 @@ def assign_management(parcels, config: WorldConfig):
 
 def _logistic(x):
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def _up_down(c: dict, is_wheat: np.ndarray, t: np.ndarray):
+    """Green-up and senescence factors of seasons (rows of ``c``) on days ``t``."""
+    emerged = _logistic((t - c["t_sow"] - 7.0) * 0.8)
+    up = _logistic(c["ru"] * (t - c["t_tu"]))
+    aut = np.where(is_wheat, _logistic(0.12 * (t - np.nan_to_num(c["tu_aut"]))), 0.0)
+    up = np.where(is_wheat, 0.2 * aut + 0.8 * up, up) * emerged
+    down = _logistic(-c["rd"] * (t - c["t_td"]))
+    return up, down
+
+
+def _shape_peak(seasons: pd.DataFrame) -> np.ndarray:
+    """Maximum of up x down over each season (daily), so LAI peaks at ``lmax`` whatever days
+    are later sampled."""
+    out = np.ones(len(seasons))
+    if not len(seasons):
+        return out
+    c = {k: seasons[k].to_numpy()[:, None] for k in
+         ("t_sow", "t_tu", "t_td", "t_harvest", "tu_aut", "ru", "rd")}
+    is_wheat = (seasons["crop"].to_numpy() == "winter_wheat")[:, None]
+    span = int(np.ceil((seasons["t_harvest"] - seasons["t_sow"]).max())) + 1
+    for a in range(0, len(seasons), 4096):
+        cc = {k: v[a:a + 4096] for k, v in c.items()}
+        t = cc["t_sow"] + np.arange(span)[None, :]
+        up, down = _up_down(cc, is_wheat[a:a + 4096], t)
+        shape = np.where(t < cc["t_harvest"], up * down, 0.0)
+        pk = shape.max(axis=1)
+        out[a:a + 4096] = np.where(pk > 0, pk, 1.0)
+    return out
 
 
 def weather_wetness(config: WorldConfig) -> np.ndarray:
@@ -251,17 +293,12 @@ def canopy_state(seasons: pd.DataFrame, parcel_ids: np.ndarray, t: np.ndarray, *
          ("t_sow", "t_tu", "t_td", "t_harvest", "tu_aut", "greenup", "lmax", "ru", "rd")}
     is_wheat = (sub["crop"].to_numpy() == "winter_wheat")[:, None]
     in_season = (t >= c["t_sow"]) & (t < c["t_harvest"])
-    emerged = _logistic((t - c["t_sow"] - 7.0) * 0.8)
-    up = _logistic(c["ru"] * (t - c["t_tu"]))
-    aut = np.where(is_wheat, _logistic(0.12 * (t - np.nan_to_num(c["tu_aut"]))), 0.0)
-    up = np.where(is_wheat, 0.2 * aut + 0.8 * up, up) * emerged
-    down = _logistic(-c["rd"] * (t - c["t_td"]))
+    up, down = _up_down(c, is_wheat, t)
     # winter dormancy of wheat: part of the green leaf area browns (frost), recovers at green-up
     winter = np.where(is_wheat, 0.45 * _logistic((t - (np.nan_to_num(c["greenup"]) - 80)) * 0.1)
                       * _logistic(-(t - np.nan_to_num(c["greenup"])) * 0.15), 0.0)
     shape = up * down
-    peak = np.max(np.where(in_season, shape, 0.0), axis=1, keepdims=True)
-    peak = np.where(peak > 0, peak, 1.0)
+    peak = sub["shape_peak"].to_numpy()[:, None]
     total = c["lmax"] * lai_scale * shape / peak
     green = total * (1 - winter)
     brown = c["lmax"] * lai_scale * up * (1 - down) * 0.6 + total * winter

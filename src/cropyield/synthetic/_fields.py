@@ -47,7 +47,7 @@ def _strip_block(rng, bx0, by0, bx1, by1, angle):
     polys = []
     pos = 0.0
     while pos < span_long - 20:
-        L = float(rng.uniform(80, 220))
+        L = float(rng.uniform(60, 200))
         if span_long - (pos + L) < 60:
             L = span_long - pos
         # strip boundaries across the furlong
@@ -55,7 +55,7 @@ def _strip_block(rng, bx0, by0, bx1, by1, angle):
         while cuts[-1] < span_cross:
             a = math.exp(rng.normal(math.log(_MEDIAN_HA), _SIGMA_LN))
             a = min(max(a, _MIN_HA * 1.15), _MAX_HA * 0.8)
-            width = max(a * 10_000.0 / L, 6.0)
+            width = max(a * 10_000.0 / L, 10.0)
             cuts.append(cuts[-1] + width)
         cuts[-1] = span_cross
         if len(cuts) > 2 and cuts[-1] - cuts[-2] < 8.0:
@@ -250,7 +250,8 @@ def landscape(config: WorldConfig) -> Landscape:
 
     # ---- registration: whole farmer holdings inside the farmed area
     inside = parcels.geometry.within(fb).to_numpy()
-    ok_size = (parcels["area_ha"].to_numpy() >= _MIN_HA) & (parcels["area_ha"].to_numpy() <= _MAX_HA)
+    area = parcels["area_ha"].to_numpy()
+    ok_size = (area >= _MIN_HA) & (area <= _MAX_HA)
     eligible = inside & (ok_size | (parcels["edge_case"].to_numpy() != ""))
     registered = np.zeros(len(parcels), bool)
     if config.n_fields is None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._canopy import (BANDS, BROWN, CLOUD, CROP_IDS, CROPS, ROAD, VILLAGE, WATER, canopy_state,
+from ._canopy import (BANDS, CLOUD, CROP_IDS, CROPS, ROAD, VILLAGE, WATER, canopy_state,
                       reflectance_from_state, weather_wetness)
-from ._clouds import _smooth_noise, sky_on_date, swath_nodata_10m
+from ._clouds import _smooth_noise
 from ._config import SceneSpec, TileSpec, WorldConfig, rng_for
 from ._fields import BACKGROUND_CLASSES, Landscape
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -18,6 +16,7 @@ from ._fields import landscape
 __all__ = ["make_fields", "true_canopy", "true_seasons", "simulate_observations"]
 
 TRUTH_INDICES = ("ndvi", "evi2", "ndre", "ndmi")
+_CHUNK = 2000   # fields per block of daily canopy arrays (bounds memory on county worlds)
 
 
 def _cfg(config) -> WorldConfig:
@@ -127,19 +126,23 @@ def true_canopy(fields=None, config: WorldConfig | None = None) -> pd.DataFrame:
         p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
     days = config.days
     t = np.arange(len(days), dtype=float)
-    st, refl, fc = _field_canopy(config, ls, p, t)
-    idx = compute_indices(refl, TRUTH_INDICES)
-    n, m = len(p), len(days)
     crop_names = np.array(("",) + CROP_IDS, dtype=object)
-    df = pd.DataFrame({
-        "field_id": np.repeat(p["field_id"].to_numpy(), m),
-        "time": np.tile(days.to_numpy().astype("datetime64[ns]"), n),
-        "season": st["season"].reshape(-1).astype(np.int8),
-        "crop": crop_names[st["crop_idx"].reshape(-1).astype(int) + 1],
-        "lai": st["lai_green"].reshape(-1),
-        "fcover": fc.reshape(-1),
-        **{k: v.reshape(-1) for k, v in idx.items()},
-    })
+    parts = []
+    for a in range(0, max(len(p), 1), _CHUNK):
+        pc = p.iloc[a:a + _CHUNK]
+        st, refl, fc = _field_canopy(config, ls, pc, t)
+        idx = compute_indices(refl, TRUTH_INDICES)
+        n, m = len(pc), len(days)
+        parts.append(pd.DataFrame({
+            "field_id": np.repeat(pc["field_id"].to_numpy(), m),
+            "time": np.tile(days.to_numpy().astype("datetime64[ns]"), n),
+            "season": st["season"].reshape(-1).astype(np.int8),
+            "crop": crop_names[st["crop_idx"].reshape(-1).astype(int) + 1],
+            "lai": st["lai_green"].reshape(-1),
+            "fcover": fc.reshape(-1),
+            **{k: v.reshape(-1) for k, v in idx.items()},
+        }))
+    df = pd.concat(parts, ignore_index=True)
     df.attrs["seed"] = config.seed
     return df
 
@@ -165,12 +168,27 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
         p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
     days = config.days
     t = np.arange(len(days), dtype=float)
-    st, refl, fc = _field_canopy(config, ls, p, t)
-    ndvi = compute_indices(refl, ("ndvi",))["ndvi"]
-    pos_of = {int(q): i for i, q in enumerate(p["parcel"])}
     area = dict(zip(p["parcel"], p.geometry.area / 10_000.0))
     fid = dict(zip(p["parcel"], p["field_id"]))
     start = pd.Timestamp(config.start)
+    rows = []
+    for a0 in range(0, max(len(p), 1), _CHUNK):
+        pc = p.iloc[a0:a0 + _CHUNK]
+        rows += _season_rows(config, ls, pc, t, days, area, fid, start)
+    cols = ["field_id", "season", "crop", "variety", "sow_date", "sos", "pos", "eos",
+            "harvest_date", "peak_ndvi", "peak_lai", "true_yield_t_ha", "yield_basis", "area_ha",
+            "true_production_t", "stress", "hi_factor", "pest"]
+    df = pd.DataFrame(rows, columns=cols)
+    if len(df):
+        df = df.sort_values(["field_id", "season"]).reset_index(drop=True)
+    df.attrs["seed"] = config.seed
+    return df
+
+
+def _season_rows(config, ls, p, t, days, area, fid, start):
+    st, refl, fc = _field_canopy(config, ls, p, t)
+    ndvi = compute_indices(refl, ("ndvi",))["ndvi"]
+    pos_of = {int(q): i for i, q in enumerate(p["parcel"])}
     rows = []
     s_all = ls.seasons[ls.seasons["parcel"].isin(pos_of)]
     for r in s_all.itertuples(index=False):
@@ -196,14 +214,7 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
             area_ha=float(area[r.parcel]),
             true_production_t=float(r.yield_t_ha * area[r.parcel]),
             stress=float(r.stress), hi_factor=float(r.hi_factor), pest=float(r.pest)))
-    cols = ["field_id", "season", "crop", "variety", "sow_date", "sos", "pos", "eos",
-            "harvest_date", "peak_ndvi", "peak_lai", "true_yield_t_ha", "yield_basis", "area_ha",
-            "true_production_t", "stress", "hi_factor", "pest"]
-    df = pd.DataFrame(rows, columns=cols)
-    if len(df):
-        df = df.sort_values(["field_id", "season"]).reset_index(drop=True)
-    df.attrs["seed"] = config.seed
-    return df
+    return rows
 
 
 def _field_cells(config, p):
@@ -276,7 +287,6 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
     n = len(p)
     H, W = config.world_shape
     fi, ci, w = _field_cells(config, p)
-    wsum = np.bincount(fi, weights=w, minlength=n)
     geoms = p.geometry.to_numpy()
     area_px = shapely.area(geoms) / 100.0
     perim = shapely.length(geoms)
@@ -286,20 +296,17 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
     cov_tile, in_tile = {}, {}
     crow, ccol = ci // (W // 2), ci % (W // 2)
     for tl in tiles:
-        cov_tile[tl.name] = shapely.area(shapely.intersection(geoms, shapely.box(*tl.bounds))) / 100.0
+        inter = shapely.intersection(geoms, shapely.box(*tl.bounds))
+        cov_tile[tl.name] = shapely.area(inter) / 100.0
         r0, c0, s = tl.row0 // 2, tl.col0 // 2, tl.size_px // 2
         in_tile[tl.name] = (crow >= r0) & (crow < r0 + s) & (ccol >= c0) & (ccol < c0 + s)
     dates = config.dates
     t = np.asarray((dates - pd.Timestamp(config.start)).days, dtype=float)
-    st, refl, _ = _field_canopy(config, ls, p, t)
-    _, refl_lo, _ = _field_canopy(config, ls, p, t, lai_scale=0.85)
-    _, refl_hi, _ = _field_canopy(config, ls, p, t, lai_scale=1.15)
-    land_mean = refl.mean(axis=0, keepdims=True) * 0.8 + 0.2 * np.array(
-        [0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
-    refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land_mean
+    road = np.array([0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
     rng = rng_for(config.seed, "obs")
     flag_table = np.array([join_flags(
-        ["ALL_MASKED"] * bool(c & 1), ["NO_OVERLAP"] * bool(c & 2), ["SUBPIXEL_FIELD"] * bool(c & 4))
+        ["ALL_MASKED"] * bool(c & 1), ["NO_OVERLAP"] * bool(c & 2),
+        ["SUBPIXEL_FIELD"] * bool(c & 4))
         for c in range(8)], dtype=object)
     scenes_by_date: dict[int, list] = {}
     for s in config.scenes:
@@ -307,6 +314,15 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
     frames = []
     for k in range(len(dates)):
         sky, haze = sky_on_date(config, k)
+        # field reflectance on this date (mean vigour, and +-15 % LAI for the texture)
+        tk = t[k:k + 1]
+        refl_k = _field_canopy(config, ls, p, tk)[1][:, 0, :]
+        lo_k = _field_canopy(config, ls, p, tk, lai_scale=0.85)[1][:, 0, :]
+        hi_k = _field_canopy(config, ls, p, tk, lai_scale=1.15)[1][:, 0, :]
+        land_mean = refl_k.mean(axis=0, keepdims=True) * 0.8 + 0.2 * road
+        refl_k = (1 - mix[:, None]) * refl_k + mix[:, None] * land_mean
+        tex_lo = compute_indices(lo_k, indices)
+        tex_hi = compute_indices(hi_k, indices)
         skyc, hazec = sky.reshape(-1)[ci], haze.reshape(-1)[ci]
         valid_c = (skyc == 0)
         nodata_c = (skyc == 255)
@@ -324,11 +340,9 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
             vf = np.where(wt > 0, wv / np.maximum(wt, 1e-12), 0.0)
             h = np.where(wv > 0, hz / np.maximum(wv, 1e-12), 0.0)
             npx = np.maximum(vf * area_px, 0.5)
-            r = refl[:, k, :] * (1 - h[:, None]) + h[:, None] * CLOUD + atm
+            r = refl_k * (1 - h[:, None]) + h[:, None] * CLOUD + atm
             r = r + pix_noise * 0.012 / np.sqrt(npx)[:, None]
             vals = compute_indices(r, indices)
-            tex_lo = compute_indices(refl_lo[:, k, :], indices)
-            tex_hi = compute_indices(refl_hi[:, k, :], indices)
             cols = {}
             for nm in indices:
                 v = vals[nm].copy()
@@ -353,6 +367,12 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
                 fr.insert(2, "scene_id", s.id)
                 fr.insert(3, "tile", s.tile.name)
                 frames.append(fr)
+    if not frames:
+        cols = ["field_id", "time", "scene_id", "tile", "coverage", "valid_fraction",
+                *[c for nm in indices for c in (nm, f"{nm}_std")], "flags"]
+        frames = [pd.DataFrame({c: pd.Series(dtype=object if c in ("field_id", "scene_id",
+                                                                      "tile", "flags")
+                                             else float) for c in cols})]
     df = pd.concat(frames, ignore_index=True)
     df["time"] = pd.to_datetime(df["time"], utc=True).astype("datetime64[ns, UTC]")
     df = df.sort_values(["field_id", "time", "scene_id"]).reset_index(drop=True)

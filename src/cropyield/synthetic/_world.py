@@ -238,7 +238,8 @@ def make_world(out_dir, config: WorldConfig | None = None, *,
                     mx = mixers[scene.tile.name]
                     tab_lo = np.concatenate([bg[:, j, :], lo[pos[mx.parcels], j, :]])
                     tab_hi = np.concatenate([bg[:, j, :], hi[pos[mx.parcels], j, :]])
-                    dn, scl, stats = render_scene(config, mx, scene, tab_lo, tab_hi, sky, haze, nod10)
+                    dn, scl, stats = render_scene(config, mx, scene, tab_lo, tab_hi, sky, haze,
+                                                  nod10)
                     t_render += time.perf_counter() - tr
                     tw = time.perf_counter()
                     d = root / "cogs" / scene.id

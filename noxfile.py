@@ -1,0 +1,42 @@
+"""nox sessions: ``tests`` (the README test command), ``bench`` (benchmarks, never timed
+tests), ``lint`` (ruff).
+
+    nox -s tests
+    nox -s bench            # both benchmarks (~20 min on 2 cores, data generated once)
+    nox -s bench -- zonal   # only benchmarks/bench_zonal.py (issue 4 item 7)
+    nox -s bench -- http    # only benchmarks/bench_http.py (issue 3 item 7)
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = ["3.11"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite as the README says (``pip install -e .[test]`` then pytest)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks and print their tables (copy them into docs/benchmarks.md)."""
+    session.install("-e", ".[bench]")
+    which = set(session.posargs) or {"zonal", "http"}
+    if "zonal" in which:
+        session.run("python", "benchmarks/bench_zonal.py", "--repeat", "3")
+    if "http" in which:
+        session.run("python", "benchmarks/bench_http.py")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Static checks with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
