@@ -39,20 +39,21 @@ from _common import EPSG, X0, Y0, Timer, emit, run_child, scenes_for, smallholde
 # data
 
 
-def _write_big(path, size, res, blocksize, kind, seed):
-    """Write a size x size COG strip by strip (GTiff scratch, then COG copy): low memory."""
+def _write_scratch(path, size, res, kind, seed):
+    """Synthesize one band strip by strip into an uncompressed tiled GTiff (low memory)."""
     import rasterio
-    from rasterio.shutil import copy as rio_copy
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_suffix(".scratch.tif")
+    if path.exists():
+        return path
     dtype = "uint8" if kind == "SCL" else "uint16"
     rng = np.random.default_rng(seed)
     coarse = rng.random((size // 256 + 2, size // 256 + 2)).astype(np.float32)
-    with rasterio.open(scratch, "w", driver="GTiff", width=size, height=size, count=1,
+    tmp = path.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", driver="GTiff", width=size, height=size, count=1,
                        dtype=dtype, crs=f"EPSG:{EPSG}", transform=from_origin(X0, Y0, res, res),
                        nodata=0, tiled=True, blockxsize=512, blockysize=512,
                        compress="NONE") as dst:
@@ -73,20 +74,26 @@ def _write_big(path, size, res, blocksize, kind, seed):
             else:
                 a = np.where(z > 0.8, 9, np.where(z > 0.6, 5, 4))
             dst.write(a.astype(dtype), 1, window=Window(0, r0, size, h))
-    tmp = path.with_suffix(".tmp.tif")
-    rio_copy(scratch, tmp, driver="COG", blocksize=blocksize, compress="DEFLATE",
-             overviews="NONE", num_threads=2)
     tmp.replace(path)
-    scratch.unlink()
+    return path
 
 
 def make_tile(root, size, blocksize):
+    """COGs of one date tiled ``blocksize`` (the synthetic bands are shared by the tilings)."""
+    from rasterio.shutil import copy as rio_copy
+
     folder = Path(root) / f"t{blocksize}" / "d00"
+    folder.mkdir(parents=True, exist_ok=True)
     for k, (kind, res, sz) in enumerate((("B04", 10, size), ("B08", 10, size),
                                          ("SCL", 20, size // 2))):
         fn = folder / f"{kind}.tif"
-        if not fn.exists():
-            _write_big(fn, sz, res, blocksize, kind, seed=k)
+        if fn.exists():
+            continue
+        src = _write_scratch(Path(root) / "scratch" / f"{kind}.tif", sz, res, kind, seed=k)
+        tmp = fn.with_suffix(".tmp.tif")
+        rio_copy(src, tmp, driver="COG", blocksize=blocksize, compress="DEFLATE",
+                 overviews="NONE", num_threads=2)
+        tmp.replace(fn)
     return folder.parent
 
 
@@ -216,6 +223,8 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", default=["minimum", "cropyield", "odc-stac"])
     ap.add_argument("--data", default=None)
     ap.add_argument("--child", nargs=4, default=None)
+    ap.add_argument("--keep-scratch", action="store_true",
+                    help="keep the uncompressed synthetic bands (faster re-generation)")
     a = ap.parse_args(argv)
     data = Path(a.data or Path(__file__).parent / "_data" / f"http_{a.size}")
     if a.child:
@@ -263,6 +272,10 @@ def main(argv=None):
     text = "\n".join(lines)
     sys.stdout.write(text + "\n")
     (data / "result.json").write_text(json.dumps({"rows": rows, "table": text}, default=str))
+    if not a.keep_scratch:
+        import shutil
+
+        shutil.rmtree(data / "scratch", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ biases indices low, mixed edge pixels, noise). Prints a Markdown table and the c
 Usage::
 
     .venv/bin/python scripts/validate_series.py [--seed 0] [--n-fields 400]
-        [--classifier-fields 1200] [--speed]
+        [--classifier-fields 1200] [--speed] [--cloud-fraction 0.5]
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ def match_seasons(ph: pd.DataFrame, truth: pd.DataFrame, max_days: int = 45) -> 
     return pd.DataFrame(rows)
 
 
-def run(seed: int, n_fields: int, clf_fields: int, speed: bool) -> list[tuple[str, str, str]]:
+def run(seed: int, n_fields: int, clf_fields: int, speed: bool,
+        cloud_fraction: float = 0.5) -> list[tuple[str, str, str]]:
     res: list[tuple[str, str, str]] = []
-    cfg = synthetic.WorldConfig(seed=seed, n_fields=n_fields)
+    cfg = synthetic.WorldConfig(seed=seed, n_fields=n_fields, cloud_fraction=cloud_fraction)
     fields = synthetic.make_fields(cfg)
     obs = synthetic.simulate_observations(fields, cfg, indices=("ndvi", "ndre", "ndmi"))
     canopy = synthetic.true_canopy(fields, cfg)
@@ -128,7 +129,8 @@ def run(seed: int, n_fields: int, clf_fields: int, speed: bool) -> list[tuple[st
                 f"false alarms {flagged[~wrong].mean():.3f}"))
 
     # trained classifier, grouped by farmer, on a larger world (labels = true crop system)
-    cfg2 = synthetic.WorldConfig(seed=seed + 1, n_fields=clf_fields)
+    cfg2 = synthetic.WorldConfig(seed=seed + 1, n_fields=clf_fields,
+                                 cloud_fraction=cloud_fraction)
     f2 = synthetic.make_fields(cfg2).set_index("field_id")
     obs2 = synthetic.simulate_observations(f2.reset_index(), cfg2,
                                            indices=("ndvi", "ndre", "ndmi"))
@@ -172,8 +174,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-fields", type=int, default=400)
     ap.add_argument("--classifier-fields", type=int, default=1200)
     ap.add_argument("--speed", action="store_true")
+    ap.add_argument("--cloud-fraction", type=float, default=0.5,
+                    help="probability that a date is cloudy (WorldConfig.cloud_fraction)")
     a = ap.parse_args(argv)
-    res = run(a.seed, a.n_fields, a.classifier_fields, a.speed)
+    res = run(a.seed, a.n_fields, a.classifier_fields, a.speed, a.cloud_fraction)
     out = ["| measure | value | note |", "|---|---|---|"]
     out += [f"| {m} | {v} | {n} |" for m, v, n in res]
     out.append("")

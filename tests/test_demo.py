@@ -1,4 +1,8 @@
-"""End to end: the demo chain on a tiny world, through real servers on 127.0.0.1."""
+"""End to end: the demo chain on a tiny world, through real servers on 127.0.0.1.
+
+The same seed is run twice, once through the Python API (generating the world) and once
+through the ``cropyield`` command (reusing the cached world): both must give identical numbers.
+"""
 
 from __future__ import annotations
 
@@ -12,25 +16,27 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CROPYIELD_CACHE_DIR", str(cache))
+    from cropyield.cli import main
     from cropyield.demo import run_demo
 
+    cache = tmp_path_factory.mktemp("cache")
+    out1 = tmp_path_factory.mktemp("demo_api")
+    out2 = tmp_path_factory.mktemp("demo_cli")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CROPYIELD_CACHE_DIR", str(cache))
     try:
-        out1 = tmp_path_factory.mktemp("demo1")
         s1 = run_demo(out1, seed=3, size="tiny")
-        out2 = tmp_path_factory.mktemp("demo2")
-        s2 = run_demo(out2, seed=3, size="tiny")   # second run: world from the cache
+        rc = main(["demo", "--out", str(out2), "--seed", "3", "--size", "tiny"])
     finally:
         mp.undo()
-    return (out1, s1), (out2, s2), cache
+    s2 = json.loads((out2 / "summary.json").read_text())
+    return (out1, s1), (out2, s2, rc), cache
 
 
 def test_demo_writes_results(demo_runs):
     (out, summary), _, _ = demo_runs
     for name in ("estimates.parquet", "observations.parquet", "series.parquet",
-                 "phenology.parquet", "credit_profiles.json", "summary.json"):
+                 "phenology.parquet", "credit_profiles.json", "summary.json", "demo.png"):
         assert (out / name).is_file(), name
     est = pd.read_parquet(out / "estimates.parquet")
     assert {"field_id", "season", "crop", "yield_t_ha_p10", "yield_t_ha_p50", "yield_t_ha_p90",
@@ -44,14 +50,17 @@ def test_demo_writes_results(demo_runs):
     assert (nan_rows["flags"].str.len() > 0).all()
     profiles = json.loads((out / "credit_profiles.json").read_text())
     assert profiles and {"farmer_id", "decision", "schema_version"} <= set(profiles[0])
+    assert {p["decision"] for p in profiles} <= {"approve", "refer", "decline"}
     assert summary["n_scenes"] > 10 and summary["requests"] > 0
     acc = summary["accuracy"]
     assert acc["yield_n_estimated"] > 0
     assert 0.0 <= acc["p10_p90_coverage"] <= 1.0
+    assert acc["crop_id_accuracy"] > 0.5
 
 
 def test_demo_is_deterministic_and_cached(demo_runs):
-    (out1, s1), (out2, s2), cache = demo_runs
+    (out1, s1), (out2, s2, rc), cache = demo_runs
+    assert rc == 0
     assert s1["accuracy"] == s2["accuracy"]
     assert s1["decisions"] == s2["decisions"]
     e1 = pd.read_parquet(out1 / "estimates.parquet").drop(columns="geometry")
@@ -60,12 +69,11 @@ def test_demo_is_deterministic_and_cached(demo_runs):
     assert len(list((cache / "worlds").iterdir())) == 1   # generated once, reused
 
 
-def test_cli_demo_exit_code(tmp_path, monkeypatch, capsys, demo_runs):
-    _, _, cache = demo_runs
-    monkeypatch.setenv("CROPYIELD_CACHE_DIR", str(cache))
-    from cropyield.cli import main
+def test_cli_prints_summary(demo_runs, capsys):
+    from cropyield.cli import _print_summary
 
-    assert main(["demo", "--out", str(tmp_path / "o"), "--seed", "3", "--size", "tiny"]) == 0
+    (_, s1), (out2, _, _), _ = demo_runs
+    _print_summary(s1, str(out2))
     text = capsys.readouterr().out
     assert "accuracy against the synthetic truth" in text
     assert "credit decisions per farmer" in text

@@ -344,3 +344,23 @@ def test_stac_items_are_normalised_and_one_row_per_acquisition(s2_world_dir):
     ok = df["flags"].map(lambda f: "ALL_MASKED" not in f and "NO_OVERLAP" not in f)
     # B04 0.06, B08 0.35 reflectance in every product (offsets harmonised)
     np.testing.assert_allclose(df.loc[ok, "ndvi"], (0.35 - 0.06) / (0.35 + 0.06), atol=0.01)
+
+
+def test_asset_grid_disagreeing_with_item_metadata_is_an_error(world):
+    import dataclasses
+
+    from cropyield._geo import Grid
+    from cropyield.errors import AssetReadError
+    from cropyield.observations import field_observations
+
+    _, scene, *_ = world
+    b = scene.bands["B08"]
+    wrong = Grid(b.grid.crs, b.grid.transform, (600, 640))      # item says 640 columns
+    bad = dataclasses.replace(scene, bands={**scene.bands,
+                                            "B08": dataclasses.replace(b, grid=wrong)})
+    f = fields_px([(10, 10, 20, 20)])
+    with pytest.raises(AssetReadError, match="proj:shape / proj:transform"):
+        field_observations([bad], f)
+    df = field_observations([bad], f, on_error="flag")
+    assert df["flags"].iloc[0] == "READ_FAILED"
+    assert df.attrs["read_failures"][0]["reason"] == "grid_mismatch"

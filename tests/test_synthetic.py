@@ -128,7 +128,16 @@ def test_fields_edge_cases_and_crops(cfg, fields):
     assert (ratio > 1.4).sum() + (ratio < 0.6).sum() >= 2     # a few big misdeclarations
 
 
+def _clear_caches():
+    from cropyield.synthetic._clouds import sky_plan
+    from cropyield.synthetic._fields import landscape
+
+    landscape.cache_clear()
+    sky_plan.cache_clear()
+
+
 def test_fields_deterministic_and_seed_sensitive(cfg, fields):
+    _clear_caches()   # regenerate from scratch, not from the in-process cache
     again = sy.make_fields(sy.WorldConfig())
     assert again.equals(fields) or (again.to_wkb().equals(fields.to_wkb()))
     other = sy.make_fields(sy.WorldConfig(seed=7))
@@ -455,6 +464,7 @@ def test_cloud_plan_matches_config():
 
 
 def test_world_is_deterministic(tiny, tmp_path):
+    _clear_caches()
     w2 = sy.make_world(tmp_path / "again", sy.WorldConfig(**TINY))
     assert _digest(tiny.root) == _digest(w2.root)
     assert tiny.items("X") == w2.items("X")

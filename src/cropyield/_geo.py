@@ -129,10 +129,9 @@ def field_areas(fields) -> np.ndarray:
         raise MissingCRSError("fields have no CRS; cannot compute areas")
     try:
         crs = fields.estimate_utm_crs()
-        lon = fields.to_crs(4326).geometry.centroid.x if not fields.crs.is_geographic else \
-            fields.geometry.centroid.x
-        zones = np.unique(np.floor((np.asarray(lon) + 180.0) / 6.0))
-        if len(zones) > 1:
+        # one UTM zone only when the lon/lat bounds stay inside it; else a global equal-area CRS
+        west, _, east, _ = fields.to_crs(4326).total_bounds
+        if np.floor((west + 180.0) / 6.0) != np.floor((east + 180.0) / 6.0):
             crs = CRS.from_epsg(6933)
     except Exception:
         crs = CRS.from_epsg(6933)

@@ -29,10 +29,12 @@ __all__ = ["run_demo", "cache_dir", "demo_world", "accuracy_report", "DEMO_SIZES
 
 #: Named demo sizes → synthetic-world overrides. "small" is the default (< 3 min on 2 cores).
 DEMO_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {"size_m": 2500},
+    "tiny": {"size_m": (2400.0, 1600.0), "n_fields": 120, "tile_size_px": 160,
+             "tile_overlap_px": 40},
     "small": {},
-    "medium": {"size_m": 12000},
-    "county": {"size_m": 30000},
+    "medium": {"size_m": 12000.0, "n_fields": 2500, "tile_size_px": 800, "tile_overlap_px": 120},
+    "county": {"size_m": 30000.0, "n_fields": 20000, "tile_size_px": 2000,
+               "tile_overlap_px": 200, "blocksize": 512},
 }
 
 

@@ -419,6 +419,19 @@ class _Run:
                        type(exc).__name__)
         return _B_AUTH if isinstance(exc, AuthExpiredError) else _B_READ_FAILED
 
+    def _check_grid(self, band) -> None:
+        """The file's shape/transform must match the item's metadata (else pixels shift)."""
+        m = self.reader.meta(band.href)
+        t, g = m.transform, band.grid.transform
+        if tuple(m.shape) != tuple(band.grid.shape) or any(
+                abs(a - b) > 1e-6 for a, b in zip(tuple(t)[:6], tuple(g)[:6])):
+            href = redact(band.href)
+            raise AssetReadError(
+                f"{href} has shape {tuple(m.shape)} and transform {tuple(t)[:6]} but the item "
+                f"says {tuple(band.grid.shape)} and {tuple(g)[:6]}; the STAC metadata "
+                f"(proj:shape / proj:transform) is wrong for this asset: fix or drop the item",
+                href=href, reason="grid_mismatch")
+
     # -- SCL pass ----------------------------------------------------------------------------
     def scl_codes(self, si: int, want_u: np.ndarray) -> tuple[np.ndarray | None, int]:
         """Per unique pixel code (outside/masked/clear) for scene ``si``; (None, bits) on failure."""
@@ -442,6 +455,7 @@ class _Run:
             return code
 
         try:
+            self._check_grid(band)
             codes_b = self.reader.read(band.href, brow, bcol, want=want_b, fill=_OUTSIDE,
                                        dtype=np.uint8, pad=dilate, window_fn=to_codes)
         except AssetReadError as exc:
@@ -543,6 +557,7 @@ class _Run:
             want_b[inv_k[want_u]] = True
             nod = band.nodata if band.nodata is not None else 0
             try:
+                self._check_grid(band)
                 dn = self.reader.read(band.href, brow, bcol, want=want_b, fill=nod)
             except AssetReadError as exc:
                 fail |= self._fail(scene, b, exc)

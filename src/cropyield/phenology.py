@@ -566,9 +566,13 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     df["flags"] = flags
     # series-level NO_DATA / LOW_OBS flags travel on
     if "flags" in series.columns:
-        sf = series["flags"].astype(str)
+        codes, uniq = pd.factorize(series["flags"], use_na_sentinel=False)
         for code in ("NO_DATA", "LOW_OBS"):
-            ids_c = series.loc[sf.str.contains(code, regex=False), id_col].unique()
+            hit = np.array([isinstance(u, str) and code in split_flags(u) for u in uniq],
+                           dtype=bool)
+            if not hit.any():
+                continue
+            ids_c = series.loc[hit[codes], id_col].unique()
             if len(ids_c):
                 m = df[id_col].isin(ids_c)
                 df.loc[m, "flags"] = [join_flags(x, code) for x in df.loc[m, "flags"]]

@@ -66,21 +66,28 @@ def _strip_block(rng, bx0, by0, bx1, by1, angle):
             gap = min(cuts[k] - cuts[k - 1], cuts[k + 1] - cuts[k])
             jit[k] = rng.uniform(-1, 1, 2) * min(4.0, 0.2 * gap)
         a0, a1 = pos, pos + L - 2.5       # 2.5 m path between furlongs
-        for k in range(len(cuts) - 1):
-            c00, c01 = cuts[k] + jit[k, 0], cuts[k] + jit[k, 1]
-            c10, c11 = cuts[k + 1] + jit[k + 1, 0], cuts[k + 1] + jit[k + 1, 1]
-            if along_x:   # long axis = y
-                pts = [(c00, a0), (c10, a0), (c11, a1), (c01, a1)]
-            else:         # long axis = x
-                pts = [(a0, c00), (a1, c01), (a1, c11), (a0, c10)]
-            polys.append(Polygon([(bx0 + px, by0 + py) for px, py in pts]))
+        cu = np.asarray(cuts)
+        c0_, c1_ = cu + jit[:, 0], cu + jit[:, 1]     # boundary positions at both ends
+        k = np.arange(len(cuts) - 1)
+        if along_x:   # long axis = y
+            q = np.stack([np.c_[c0_[k], np.full(len(k), a0)],
+                          np.c_[c0_[k + 1], np.full(len(k), a0)],
+                          np.c_[c1_[k + 1], np.full(len(k), a1)],
+                          np.c_[c1_[k], np.full(len(k), a1)]], axis=1)
+        else:         # long axis = x
+            q = np.stack([np.c_[np.full(len(k), a0), c0_[k]], np.c_[np.full(len(k), a1), c1_[k]],
+                          np.c_[np.full(len(k), a1), c1_[k + 1]],
+                          np.c_[np.full(len(k), a0), c0_[k + 1]]], axis=1)
+        polys.append(q + np.array([bx0, by0]))
         pos += L
     if not polys:
         return []
-    arr = np.asarray(polys, dtype=object)
+    arr = shapely.polygons(np.concatenate(polys))
     arr = shapely.buffer(arr, -0.4, join_style="mitre")          # field ridges
-    centre = ((bx0 + bx1) / 2, (by0 + by1) / 2)
-    arr = np.asarray([affinity.rotate(p, angle, origin=centre) for p in arr], dtype=object)
+    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    ca, sa = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    arr = shapely.transform(arr, lambda c: np.c_[cx + ca * (c[:, 0] - cx) - sa * (c[:, 1] - cy),
+                                                 cy + sa * (c[:, 0] - cx) + ca * (c[:, 1] - cy)])
     clip = box(bx0, by0, bx1, by1)
     arr = shapely.intersection(arr, clip)
     return list(arr)
@@ -184,7 +191,11 @@ def landscape(config: WorldConfig) -> Landscape:
 
     parcels = gpd.GeoDataFrame({"block": np.asarray(blocks, dtype=np.int32)},
                                geometry=polys, crs=f"EPSG:{config.epsg}")
-    parcels.geometry = shapely.set_precision(parcels.geometry.values, 0.01)
+    g = shapely.transform(np.asarray(parcels.geometry.values), lambda c: np.round(c, 2))  # cm
+    bad = ~shapely.is_valid(g)
+    if bad.any():
+        g[bad] = [_largest_polygon(x) for x in shapely.make_valid(g[bad])]
+    parcels.geometry = g
     parcels["parcel"] = np.arange(len(parcels), dtype=np.int32)
     parcels["area_ha"] = parcels.geometry.area / 10_000.0
 

@@ -60,15 +60,19 @@ def make_fields(config: WorldConfig | None = None):
     rng = rng_for(config.seed, "fields", 99)
     start = pd.Timestamp(config.start)
     first = seasons[seasons["season"] == 1].set_index("parcel")
-    var = seasons.groupby("parcel")["variety"].agg("+".join)
+    v1 = seasons.loc[seasons["season"] == 1].set_index("parcel")["variety"]
+    v2 = seasons.loc[seasons["season"] == 2].set_index("parcel")["variety"]
+    var = v1.astype(object).copy()
+    both = v2.index.intersection(v1.index)
+    var.loc[both] = v1.loc[both].astype(object) + "+" + v2.loc[both].astype(object)
     area_ha = p.geometry.area.to_numpy() / 10_000.0
     mu = area_ha * MU_PER_HA
     decl = np.round(mu * np.exp(rng.normal(0, 0.05, len(p))) * 2) / 2
     decl = np.maximum(decl, 0.5)
     big = rng.random(len(p)) < 0.03
     decl[big] = np.round(mu[big] * rng.choice([0.5, 1.6, 2.0, 3.0], big.sum()) * 2) / 2
-    sow = [start + pd.Timedelta(days=float(first.loc[i, "t_sow"])) if i in first.index
-           else pd.NaT for i in p["parcel"]]
+    t_sow = first["t_sow"].reindex(p["parcel"].to_numpy()).to_numpy()
+    sow = start + pd.to_timedelta(t_sow, unit="D")
     out = gpd.GeoDataFrame({
         "field_id": p["field_id"].to_numpy(),
         "farmer_id": [f"H{int(f):05d}" for f in p["farmer"]],
@@ -76,8 +80,8 @@ def make_fields(config: WorldConfig | None = None):
         "true_crop": p["system"].astype(str).to_numpy(),
         "declared_area_mu": decl,
         "area_ha": area_ha,
-        "variety": [var.get(i, "") for i in p["parcel"]],
-        "sow_date": pd.to_datetime(pd.Series(sow, dtype="datetime64[ns]")).to_numpy(),
+        "variety": var.reindex(p["parcel"].to_numpy()).fillna("").astype(str).to_numpy(),
+        "sow_date": pd.DatetimeIndex(sow).as_unit("ns").to_numpy(),
         "edge_case": p["edge_case"].astype(str).to_numpy(),
     }, geometry=p.geometry.to_numpy(), crs=p.crs)
     out.attrs["seed"] = config.seed
@@ -171,50 +175,55 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
     area = dict(zip(p["parcel"], p.geometry.area / 10_000.0))
     fid = dict(zip(p["parcel"], p["field_id"]))
     start = pd.Timestamp(config.start)
-    rows = []
-    for a0 in range(0, max(len(p), 1), _CHUNK):
-        pc = p.iloc[a0:a0 + _CHUNK]
-        rows += _season_rows(config, ls, pc, t, days, area, fid, start)
-    cols = ["field_id", "season", "crop", "variety", "sow_date", "sos", "pos", "eos",
-            "harvest_date", "peak_ndvi", "peak_lai", "true_yield_t_ha", "yield_basis", "area_ha",
-            "true_production_t", "stress", "hi_factor", "pest"]
-    df = pd.DataFrame(rows, columns=cols)
+    parts = [_season_rows(config, ls, p.iloc[a0:a0 + _CHUNK], t, days, area, fid, start)
+             for a0 in range(0, max(len(p), 1), _CHUNK)]
+    df = pd.concat(parts, ignore_index=True)
     if len(df):
         df = df.sort_values(["field_id", "season"]).reset_index(drop=True)
     df.attrs["seed"] = config.seed
     return df
 
 
-def _season_rows(config, ls, p, t, days, area, fid, start):
+def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:
+    """Season truth of a chunk of fields (vectorised over seasons)."""
     st, refl, fc = _field_canopy(config, ls, p, t)
     ndvi = compute_indices(refl, ("ndvi",))["ndvi"]
-    pos_of = {int(q): i for i, q in enumerate(p["parcel"])}
-    rows = []
-    s_all = ls.seasons[ls.seasons["parcel"].isin(pos_of)]
-    for r in s_all.itertuples(index=False):
-        i = pos_of[int(r.parcel)]
-        a, b = int(max(r.t_sow, 0)), int(min(r.t_harvest, len(days) - 1))
-        if b <= a:
-            continue
-        seg = ndvi[i, a:b + 1]
-        ip = int(np.argmax(seg))
-        peak = float(seg[ip])
-        left = float(seg[: ip + 1].min())
-        hi_end = min(b + 10, len(days) - 1)
-        right = float(ndvi[i, a + ip:hi_end + 1].min())
-        up = np.flatnonzero(seg[: ip + 1] >= left + 0.2 * (peak - left))
-        dn = np.flatnonzero(ndvi[i, a + ip:hi_end + 1] >= right + 0.2 * (peak - right))
-        day = lambda d: start + pd.Timedelta(days=int(d))  # noqa: E731
-        rows.append(dict(
-            field_id=fid[r.parcel], season=int(r.season), crop=r.crop, variety=r.variety,
-            sow_date=day(r.t_sow), sos=day(a + up[0]), pos=day(a + ip),
-            eos=day(a + ip + dn[-1]), harvest_date=day(r.t_harvest), peak_ndvi=peak,
-            peak_lai=float(st["lai_green"][i, a:b + 1].max()),
-            true_yield_t_ha=float(r.yield_t_ha), yield_basis=r.basis,
-            area_ha=float(area[r.parcel]),
-            true_production_t=float(r.yield_t_ha * area[r.parcel]),
-            stress=float(r.stress), hi_factor=float(r.hi_factor), pest=float(r.pest)))
-    return rows
+    pos_of = pd.Series(np.arange(len(p)), index=p["parcel"].to_numpy())
+    r = ls.seasons[ls.seasons["parcel"].isin(pos_of.index)]
+    D = len(days)
+    a = np.maximum(r["t_sow"].to_numpy(), 0).astype(int)
+    b = np.minimum(r["t_harvest"].to_numpy(), D - 1).astype(int)
+    keep = b > a
+    r, a, b = r[keep], a[keep], b[keep]
+    i = pos_of.loc[r["parcel"].to_numpy()].to_numpy()
+    nd = ndvi[i]                                  # (n_seasons, D)
+    d = np.arange(D)[None, :]
+    a_, b_ = a[:, None], b[:, None]
+    win = (d >= a_) & (d <= b_)
+    ip = np.argmax(np.where(win, nd, -np.inf), axis=1)
+    peak = nd[np.arange(len(i)), ip]
+    ip_ = ip[:, None]
+    left = np.where((d >= a_) & (d <= ip_), nd, np.inf).min(axis=1)
+    hi_end = np.minimum(b + 10, D - 1)[:, None]
+    right_win = (d >= ip_) & (d <= hi_end)
+    right = np.where(right_win, nd, np.inf).min(axis=1)
+    up_ok = (d >= a_) & (d <= ip_) & (nd >= (left + 0.2 * (peak - left))[:, None])
+    sos = np.argmax(up_ok, axis=1)
+    dn_ok = right_win & (nd >= (right + 0.2 * (peak - right))[:, None])
+    eos = D - 1 - np.argmax(dn_ok[:, ::-1], axis=1)
+    peak_lai = np.where(win, st["lai_green"][i], -np.inf).max(axis=1)
+    day = lambda x: (start + pd.to_timedelta(np.asarray(x, dtype=float), unit="D")  # noqa: E731
+                     ).as_unit("ns")
+    ar = np.array([area[q] for q in r["parcel"]])
+    y = r["yield_t_ha"].to_numpy()
+    return pd.DataFrame(dict(
+        field_id=[fid[q] for q in r["parcel"]], season=r["season"].to_numpy().astype(int),
+        crop=r["crop"].to_numpy(), variety=r["variety"].to_numpy(),
+        sow_date=day(r["t_sow"]), sos=day(sos), pos=day(ip), eos=day(eos),
+        harvest_date=day(r["t_harvest"]), peak_ndvi=peak, peak_lai=peak_lai,
+        true_yield_t_ha=y, yield_basis=r["basis"].to_numpy(), area_ha=ar,
+        true_production_t=y * ar, stress=r["stress"].to_numpy(),
+        hi_factor=r["hi_factor"].to_numpy(), pest=r["pest"].to_numpy()))
 
 
 def _field_cells(config, p):
