@@ -13,7 +13,7 @@ Everything runs offline from data shipped in the PCSE wheel:
 * crop parameters: the demo database (crop 1 "WINTER WHEAT", crop 2 "GRAIN MAIZE", the
   varieties of grid 31031), soil and site of grid 31031;
 * weather: wheat on the Wageningen CABO files ``NL1.977``-``NL1.999`` (51.97°N; the 1990
-  and 1991 files have gaps and are not used);
+  and 1991 files have gaps: seasons that need them are skipped);
   maize on the demo grid 31031 (Spain, 2000 and 2001 seasons) because the demo maize variety
   does not mature in Dutch weather.
 

@@ -89,7 +89,8 @@ def run(seed: int, n_fields: int, clf_fields: int, speed: bool,
     res.append(("true seasons matched (peak ± 45 d)", f"{mt['season'].notna().mean():.3f}", ""))
     for c in ("sos", "pos", "eos"):
         e = mt[f"{c}_err"].abs()
-        res.append((f"{c.upper()} abs error, median (P90)", f"{e.median():.1f} d ({e.quantile(0.9):.0f} d)",
+        res.append((f"{c.upper()} abs error, median (P90)",
+                    f"{e.median():.1f} d ({e.quantile(0.9):.0f} d)",
                     "target ≤ 7 d"))
     n_true = truth.groupby("field_id")["season"].nunique()
     dbl = n_true[n_true >= 2].index

@@ -15,7 +15,8 @@ D = pd.Timestamp
 
 
 def season(fid, s, sos, pos, eos, peak, base_left=0.15, flags=""):
-    return dict(field_id=fid, season=s, sos=D(sos) if sos else pd.NaT, pos=D(pos) if pos else pd.NaT,
+    return dict(field_id=fid, season=s, sos=D(sos) if sos else pd.NaT,
+                pos=D(pos) if pos else pd.NaT,
                 eos=D(eos) if eos else pd.NaT, peak=peak, base_left=base_left, flags=flags,
                 mean_value=np.nan)
 
@@ -167,7 +168,8 @@ def test_classifier_fit_predict_and_json_roundtrip(tmp_path):
     path = tmp_path / "clf.json"
     clf.save(path)
     doc = json.loads(path.read_text())
-    assert doc["format"] == "cropyield.CropClassifier" and doc["classes"] == ["early", "late", "mid"]
+    assert doc["format"] == "cropyield.CropClassifier"
+    assert doc["classes"] == ["early", "late", "mid"]
     clf2 = CropClassifier.load(path)
     np.testing.assert_allclose(clf2.predict_proba(s[s.field_id.isin(test)]), proba)
 
@@ -277,3 +279,19 @@ def test_moving_the_peak_into_a_window_raises_that_crops_probability():
     near = identify_crops(phen(season("a", 1, *WHEAT)), region="north_china_plain")
     p = lambda o: o["crop_prob"].item() if o["crop"].item() == "winter_wheat" else 0.0  # noqa: E731
     assert p(near) > p(far)
+
+
+def test_user_registry_for_another_region():
+    from cropyield.crops import load_registry
+
+    cal = {"sow_doy": [180, 200], "sos_doy": [195, 215], "peak_doy": [240, 260],
+           "eos_doy": [280, 300], "harvest_doy": [300, 320], "season_length_days": [90, 130]}
+    reg = load_registry({"crop": {
+        "teff": {"name": "teff", "index_ranges": {"ndvi": [0.5, 0.8]},
+                 "calendars": {"ethiopia_highlands": cal}},
+        "barley": {"name": "barley", "index_ranges": {"ndvi": [0.6, 0.9]},
+                   "calendars": {"ethiopia_highlands": {**cal, "peak_doy": [200, 220],
+                                                        "eos_doy": [240, 255]}}}}})
+    out = identify_crops(phen(season("e", 1, "2022-07-25", "2022-09-08", "2022-10-15", 0.7)),
+                         region="ethiopia_highlands", registry=reg)
+    assert out["crop"].item() == "teff" and out["crop_2"].item() == "barley"

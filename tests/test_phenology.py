@@ -244,7 +244,8 @@ def test_kernel_matches_its_pure_python_execution():
         of = np.full((4, 12, 15), np.nan)
         oi = np.zeros((4, 12, 2), dtype=np.int64)
         ns = np.zeros(4, dtype=np.int64)
-        fn(Y, G, S, 0.1, 0.3, 0.3, 0.2, 0.8, 6, 10.0, 30.0, of, oi, ns)
+        fn(Y, G, S, 0.1, 0.3, 0.3, 0.2, 0.8, 6, 10.0, 30.0, of, oi, ns,
+           np.zeros(1, dtype=np.int64))
         res.append((of, oi, ns))
     np.testing.assert_array_equal(res[0][2], [2, 1, -1, 0])
     np.testing.assert_array_equal(res[0][2], res[1][2])
@@ -270,3 +271,13 @@ def test_missing_days_inside_a_record_are_interpolated():
     for c in ("sos", "eos", "sos50", "eos50"):
         assert r0[c] == r1[c]
     assert r1.peak == pytest.approx(0.8)
+
+
+def test_multi_year_series_numbers_seasons_in_time_order():
+    t = np.arange(365 * 4, dtype=float)
+    y = 0.15 + sum(0.65 * (sig(0.12 * (t - a)) - sig(0.12 * (t - a - 80)))
+                   for yr in range(4) for a in (365 * yr + 60, 365 * yr + 200))
+    ph = phenology(series_df({"a": y}))
+    assert list(ph["season"]) == list(range(1, 9))
+    assert ph["pos"].is_monotonic_increasing
+    assert ph["complete"].all()

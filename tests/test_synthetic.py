@@ -549,3 +549,11 @@ def test_rasters_agree_with_tables(tiny):
     errs = np.array(errs)
     assert abs(np.median(errs)) < 0.03 and np.median(np.abs(errs)) < 0.05
     assert np.median(vf_diff) < 0.02 and np.mean(np.array(vf_diff) < 0.15) > 0.9
+
+
+def test_presets():
+    c = sy.WorldConfig.county()
+    assert len(c.tiles) == 9 and len({t.name for t in c.tiles}) == 9
+    assert all(t.name.startswith("50S") for t in c.tiles)
+    s = sy.WorldConfig.small(seed=3)
+    assert s.seed == 3 and len(s.tiles) == 2 and len(s.dates) == 80

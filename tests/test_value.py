@@ -197,6 +197,8 @@ def test_estimate_yield_on_synthetic_world_with_phenology():
     assert has.mean() > 0.6
     assert (e.loc[~has, "flags"] != "").all()
     assert (e.loc[e["value_cny_p50"].isna(), "flags"] != "").all()
+    from cropyield.errors import FLAGS
+    assert {c for f in e["flags"] for c in split_flags(f)} <= set(FLAGS)
     ok = e[has & e["value_cny_p50"].notna()]
     assert (ok["value_cny_p10"] <= ok["value_cny_p50"]).all()
     assert (ok["value_cny_p50"] <= ok["value_cny_p90"]).all()

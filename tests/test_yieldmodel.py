@@ -381,3 +381,57 @@ def test_default_factors_reproduce_their_derivation(crop):
         _const_series("r", "2022-10-01", "2023-06-10", value=0.5, obs_every=5)]),
         seasons, lat=lat).iloc[0]
     assert p["yield_t_ha_p50"] == pytest.approx(nbs, rel=0.01)
+
+
+def test_user_overrides_dict_and_toml(tmp_path):
+    ser = _const_series("a", "2024-06-01", "2024-09-30", obs_every=5)
+    seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": ["summer_maize"],
+                            "sos": [pd.Timestamp("2024-06-10")],
+                            "eos": [pd.Timestamp("2024-09-20")]})
+    base = LUEModel().predict(ser, seasons)["yield_t_ha_p50"].iloc[0]
+    d = LUEModel(overrides={"crop": {"summer_maize": {"yield": {"harvest_index": 0.25}}}})
+    assert d.predict(ser, seasons)["yield_t_ha_p50"].iloc[0] == pytest.approx(base / 2)
+    p = tmp_path / "crops.toml"
+    p.write_text('[crop.summer_maize.yield]\nrue_g_mj = 1.88\n'
+                 '[crop.summer_maize.yield.calibration.north_china_plain]\n'
+                 'factor = 1.14\nsource = "county crop cuts 2023"\n', encoding="utf-8")
+    t = LUEModel(overrides=p)
+    r = t.predict(ser, seasons).iloc[0]
+    assert r["yield_t_ha_p50"] == pytest.approx(base / 2 * 2, rel=1e-6)   # RUE/2, factor x2
+    assert json.loads(r["calibration"])["source"] == "county crop cuts 2023"
+    # the overrides travel with the model's JSON
+    assert YieldModel.from_json(t.to_json()).predict(ser, seasons)["yield_t_ha_p50"].iloc[0] \
+        == pytest.approx(r["yield_t_ha_p50"])
+    with pytest.raises(ConfigError):
+        LUEModel(overrides={"crop": {"summer_maize": {"yield": {"colour": 1}}}})
+    with pytest.raises(ConfigError):
+        LUEModel(overrides=tmp_path / "missing.toml")
+
+
+_MODEL: list = []
+
+
+@settings(max_examples=25, deadline=None)
+@given(every=st.integers(1, 40), v=st.floats(0.0, 0.95), s0=st.integers(-60, 100),
+       length=st.integers(-5, 200), crop=st.sampled_from(["summer_maize", "winter_wheat",
+                                                           "cotton", "tea", "durian"]),
+       hole=st.integers(0, 120))
+def test_nan_always_travels_with_a_flag(every, v, s0, length, crop, hole):
+    ser = _const_series("a", "2024-03-01", "2024-10-31", value=v, obs_every=every)
+    if hole:
+        h = (ser["time"] >= "2024-06-01") & (ser["time"] < pd.Timestamp("2024-06-01")
+                                             + pd.Timedelta(days=hole))
+        ser.loc[h, "gap_days"] = 5.0
+    sos = pd.Timestamp("2024-04-01") + pd.Timedelta(days=s0)
+    seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": [crop], "sos": [sos],
+                            "eos": [sos + pd.Timedelta(days=length)]})
+    if not _MODEL:
+        _MODEL.append(LUEModel())
+    r = _MODEL[0].predict(ser, seasons).iloc[0]
+    if not np.isfinite(r["yield_t_ha_p50"]):
+        assert r["flags"] != "" and r["quality"] == 0
+    else:
+        assert r["yield_t_ha_p10"] <= r["yield_t_ha_p50"] <= r["yield_t_ha_p90"]
+        assert 0 < r["quality"] <= 1
+        if r["yield_t_ha_p50"] == 0:
+            assert "OUT_OF_RANGE" in split_flags(r["flags"])

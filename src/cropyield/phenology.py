@@ -10,7 +10,8 @@ curve falls to bare soil at the June harvest) gives two, and three crops a year 
 Metrics per season follow TIMESAT (Jönsson & Eklundh 2002, 2004): SOS is the first day after
 the left minimum on which the curve reaches ``base + f × (peak − base)`` and EOS the last day
 before the right minimum on which it is still there, each side with its own base (the
-minimum between this peak and the previous/next season's peak), ``f`` = 0.2 (``sos``/``eos``) and 0.5
+minimum between this peak and the previous/next season's peak), ``f`` = 0.2 (``sos``/``eos``)
+and 0.5
 (``sos50``/``eos50``); base = mean of left and right base; amplitude = peak − base; rates
 between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 Σ max(curve − base, 0) over the days from SOS to EOS (index units × days).
@@ -38,7 +39,6 @@ class PhenologyError(CropYieldError, ValueError):
 #: Growth stages reported on the ``as_of`` date, in order.
 STAGES = ("not_sown", "emergence", "green_up", "peak", "senescence", "harvested", "unknown")
 
-_MAXS = 12  # most seasons kept per field (over a multi-year series)
 _DEFAULT_MIN_PEAK = {"ndvi": 0.3, "evi2": 0.2}
 
 # flag bits
@@ -204,7 +204,7 @@ def _cross_down(y, p, hi, level):
 @numba.njit(nogil=True)
 def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, f_lo, f_hi, min_obs, cloudy_gap,
                    extrap_gap,
-                   out_f, out_i, n_seasons):
+                   out_f, out_i, n_seasons, n_cut):
     """Seasons and metrics for every field.
 
     ``out_f[f, s, :]`` = pos, sos, sos50, eos50, eos, peak, base_l, base_r, greenup,
@@ -221,6 +221,7 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, f_lo, f_hi, min_obs, c
             continue
         k = _find_peaks(y, min_amp, min_depth, min_peak, peaks)
         if k > out_f.shape[1]:
+            n_cut[0] += 1
             k = out_f.shape[1]
         gmin = y[0]
         for i in range(n):
@@ -490,15 +491,22 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     else:
         S[flat] = np.nan
     Y, G, S = Y.reshape(nf, n), G.reshape(nf, n), S.reshape(nf, n)
-    out_f = np.full((nf, _MAXS, 15), np.nan)
-    out_i = np.zeros((nf, _MAXS, 2), dtype=np.int64)
+    # room for one season per 40 days (shorter seasons cannot pass the amplitude rules
+    # after smoothing); more are cut and logged
+    maxs = max(4, n // 40 + 2)
+    out_f = np.full((nf, maxs, 15), np.nan)
+    out_i = np.zeros((nf, maxs, 2), dtype=np.int64)
     n_seasons = np.zeros(nf, dtype=np.int64)
+    n_cut = np.zeros(1, dtype=np.int64)
     if min_peak is None:
         min_peak = _DEFAULT_MIN_PEAK.get(index, -np.inf)
     _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(min_peak),
                    float(sos_fraction),
                    float(rate_fraction), int(min_obs), float(cloudy_gap_days),
-                   float(extrapolated_gap_days), out_f, out_i, n_seasons)
+                   float(extrapolated_gap_days), out_f, out_i, n_seasons, n_cut)
+    if n_cut[0]:
+        logger.warning("phenology: %d fields had more than %d seasons; later ones dropped",
+                       int(n_cut[0]), maxs)
 
     # flatten to rows
     ns = np.maximum(n_seasons, 1)

@@ -600,7 +600,9 @@ def smooth_series(
 
 
 def double_logistic(t, base, amp, sos, rate_up, eos, rate_down):
-    """Beck et al. (2006) double logistic: ``base + amp·(σ(rate_up·(t−sos)) − σ(rate_down·(t−eos)) )``.
+    """Beck et al. (2006) double logistic.
+
+    ``base + amp·(σ(rate_up·(t − sos)) − σ(rate_down·(t − eos)))`` with σ the logistic function.
 
     ``t``, ``sos``, ``eos`` in days; ``rate_*`` in 1/day; ``sos``/``eos`` are the 50 % points.
     """

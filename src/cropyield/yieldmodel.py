@@ -254,11 +254,12 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
 
     crops_col = s["crop"] if "crop" in s.columns else pd.Series([crop] * len(s))
     regions_col = s["region"] if "region" in s.columns else pd.Series([region] * len(s))
+    lat0 = SUNSHINE_CLIMATOLOGY.get(region, {}).get("lat", 35.0)
     if "lat" in s.columns and lat is None:
-        lats = s["lat"].to_numpy(float)
+        lats = pd.to_numeric(s["lat"], errors="coerce").to_numpy(float)
     else:
-        lats = _lat_lookup(lat, s["field_id"].tolist(),
-                           SUNSHINE_CLIMATOLOGY.get(region, {}).get("lat", 35.0))
+        lats = _lat_lookup(lat, s["field_id"].tolist(), lat0)
+    lats = np.where(np.isfinite(lats), lats, lat0)   # unknown latitude: the region's
     rows = []
     par_cache: dict[tuple, tuple[np.ndarray, str]] = {}
     for i, r in s.iterrows():
@@ -516,7 +517,12 @@ class YieldModel:
                 fl.append("EXTRAPOLATED")
                 bad = True
             q = quant[i]
-            if not bad and np.isfinite(p50[i]) and p50[i] > 0 and q is not None:
+            if not bad and np.isfinite(p50[i]) and p50[i] == 0 and q is not None:
+                # no light absorbed at all (bare soil all season): a zero yield, not a gap
+                p10[i] = p50o[i] = p90[i] = 0.0
+                fl.append("OUT_OF_RANGE")
+                quality[i] = float(np.clip(1.0 / s[i], 0.0, 1.0))
+            elif not bad and np.isfinite(p50[i]) and p50[i] > 0 and q is not None:
                 p10[i] = p50[i] * math.exp(q["q10"] * s[i])
                 p50o[i] = p50[i] * math.exp(q["q50"] * s[i])
                 p90[i] = p50[i] * math.exp(q["q90"] * s[i])
@@ -526,6 +532,8 @@ class YieldModel:
                 quality[i] = float(np.clip(1.0 / s[i], 0.0, 1.0))
             else:
                 quality[i] = 0.0
+                if not fl:  # a NaN always travels with a flag
+                    fl.append("NO_DATA")
             flags_out.append(join_flags(fl))
         out = feats[["field_id", "season", "crop"]].copy()
         out["yield_basis"] = basis

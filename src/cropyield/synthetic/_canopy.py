@@ -90,10 +90,15 @@ CROPS: dict[str, dict] = {
 
 
 def _doy_date(config: WorldConfig, mmdd: str) -> pd.Timestamp:
-    """First occurrence of month-day on or after the world's start date."""
-    start = pd.Timestamp(config.start)
-    d = pd.Timestamp(f"{start.year}-{mmdd}")
-    return d if d >= start else pd.Timestamp(f"{start.year + 1}-{mmdd}")
+    """Calendar date of a month-day in the world's crop year.
+
+    The crop year ``Y`` is the year of ``start + 4 months``; winter-crop dates (September to
+    December) fall in ``Y - 1``, the others in ``Y``. The default world (Oct 2021 - Oct 2022)
+    has wheat sown in October 2021 and summer crops in 2022.
+    """
+    y = (pd.Timestamp(config.start) + pd.DateOffset(months=4)).year
+    month = int(mmdd[:2])
+    return pd.Timestamp(f"{y - 1 if month >= 9 else y}-{mmdd}")
 
 
 def _e_pow_uniform(a: float, b: float, p: float) -> float:

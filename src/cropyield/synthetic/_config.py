@@ -175,6 +175,24 @@ class WorldConfig:
         if self.blocksize not in (128, 256, 512):
             raise ConfigError("blocksize must be 128, 256 or 512")
 
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def small(cls, **overrides) -> "WorldConfig":
+        """A full-season world small enough for end-to-end tests (2 tiles of 1.92 km,
+        60 fields, 80 dates; ~5 s to render on 2 cores)."""
+        kw = dict(size_m=(3300.0, 1900.0), tile_size_px=192, tile_overlap_px=48, n_fields=60,
+                  blocksize=128)
+        return cls(**{**kw, **overrides})
+
+    @classmethod
+    def county(cls, **overrides) -> "WorldConfig":
+        """A county-sized world (~30 km, 9 tiles of 10.98 km like MGRS tiles, every parcel
+        registered). Tables take minutes; rendering all 80 dates takes long: restrict
+        ``start``/``end`` for rasters."""
+        kw = dict(size_m=30000.0, tile_size_px=1098, tile_overlap_px=98, n_fields=None,
+                  blocksize=512)
+        return cls(**{**kw, **overrides})
+
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:
         """Plain-JSON view of the configuration."""

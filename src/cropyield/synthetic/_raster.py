@@ -66,12 +66,18 @@ class TileMixer:
         pids = pk["parcel"].to_numpy()[hit]
         shapes += [(g, _NBG + i) for i, g in enumerate(pk.geometry.to_numpy()[hit])]
         lab2 = rasterize(shapes, out_shape=shape, transform=fine, fill=0, dtype="int32")
-        r = np.arange(shape[0])[:, None] // _SUPER
-        c = np.arange(shape[1])[None, :] // _SUPER
-        pix2 = (r * n + c).astype(np.int64)
         nl = _NBG + len(pids)
-        key = (pix2 * nl + lab2).reshape(-1)
-        uk, cnt = np.unique(key, return_counts=True)
+        c = (np.arange(shape[1]) // _SUPER).astype(np.int64)[None, :]
+        uks, cnts = [], []
+        step = 64 * _SUPER      # strips of 64 output rows bound the memory on large tiles
+        for r0 in range(0, shape[0], step):
+            r = (np.arange(r0, min(r0 + step, shape[0])) // _SUPER).astype(np.int64)[:, None]
+            key = ((r * n + c) * nl + lab2[r0:r0 + step]).reshape(-1)
+            uk, cnt = np.unique(key, return_counts=True)
+            uks.append(uk)
+            cnts.append(cnt)
+        del lab2
+        uk, cnt = np.concatenate(uks), np.concatenate(cnts)
         pix, lab = uk // nl, (uk % nl).astype(np.int32)
         frac = cnt / float(_SUPER * _SUPER)
         # pure pixels (one label) are gathered directly; mixed ones are summed per pixel

@@ -154,6 +154,9 @@ def true_canopy(fields=None, config: WorldConfig | None = None) -> pd.DataFrame:
 def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame:
     """True seasons and yields, one row per (field_id, season); fallow fields have none.
 
+    Seasons that overlap the world's dates are listed; their dates and peak are computed over
+    the whole season even where it starts before ``config.start`` or ends after ``end``.
+
     Returns
     -------
     pandas.DataFrame
@@ -171,7 +174,11 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
     if fields is not None:
         p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
     days = config.days
-    t = np.arange(len(days), dtype=float)
+    # the whole of every season, even where it starts before or ends after the world's dates
+    sea = ls.seasons
+    t0 = min(0.0, float(np.floor(sea["t_sow"].min()))) if len(sea) else 0.0
+    t1 = max(len(days) - 1.0, float(sea["t_harvest"].max()) + 10) if len(sea) else len(days) - 1.0
+    t = np.arange(t0, t1 + 1.0)
     area = dict(zip(p["parcel"], p.geometry.area / 10_000.0))
     fid = dict(zip(p["parcel"], p["field_id"]))
     start = pd.Timestamp(config.start)
@@ -190,10 +197,11 @@ def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:
     ndvi = compute_indices(refl, ("ndvi",))["ndvi"]
     pos_of = pd.Series(np.arange(len(p)), index=p["parcel"].to_numpy())
     r = ls.seasons[ls.seasons["parcel"].isin(pos_of.index)]
-    D = len(days)
-    a = np.maximum(r["t_sow"].to_numpy(), 0).astype(int)
-    b = np.minimum(r["t_harvest"].to_numpy(), D - 1).astype(int)
-    keep = b > a
+    D = len(t)
+    a = (r["t_sow"].to_numpy() - t[0]).astype(int)
+    b = np.minimum(r["t_harvest"].to_numpy() - t[0], D - 1).astype(int)
+    n_days = len(days)
+    keep = (b > a) & (r["t_harvest"].to_numpy() >= 0) & (r["t_sow"].to_numpy() <= n_days - 1)
     r, a, b = r[keep], a[keep], b[keep]
     i = pos_of.loc[r["parcel"].to_numpy()].to_numpy()
     nd = ndvi[i]                                  # (n_seasons, D)
@@ -219,7 +227,8 @@ def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:
     return pd.DataFrame(dict(
         field_id=[fid[q] for q in r["parcel"]], season=r["season"].to_numpy().astype(int),
         crop=r["crop"].to_numpy(), variety=r["variety"].to_numpy(),
-        sow_date=day(r["t_sow"]), sos=day(sos), pos=day(ip), eos=day(eos),
+        sow_date=day(r["t_sow"]), sos=day(sos + t[0]), pos=day(ip + t[0]),
+        eos=day(eos + t[0]),
         harvest_date=day(r["t_harvest"]), peak_ndvi=peak, peak_lai=peak_lai,
         true_yield_t_ha=y, yield_basis=r["basis"].to_numpy(), area_ha=ar,
         true_production_t=y * ar, stress=r["stress"].to_numpy(),

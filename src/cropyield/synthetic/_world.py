@@ -165,7 +165,7 @@ def make_world(out_dir, config: WorldConfig | None = None, *,
         Target folder. If it already holds a complete world with the same ``config.key()``,
         it is reused (a cache hit) unless ``overwrite``.
     config : WorldConfig, optional
-        Default: the demo world (2 tiles of 4 km, 80 dates, 400 fields).
+        Default: the demo world (2 overlapping tiles of 3.2 km, 80 dates, 400 fields).
     progress : callable ``(done, total)`` or an object with ``update(n)`` (tqdm), optional
         Called after each scene.
     overwrite : bool
