@@ -48,7 +48,7 @@ _LAZY: dict[str, str] = {
     "register_index": "indices",
     "field_observations": "observations",
     "smooth_series": "series",
-    "phenology": "phenology",
+    "fit_double_logistic": "series",
     "load_registry": "crops",
     "get_crop": "crops",
     "identify_crops": "identify",
@@ -60,6 +60,11 @@ _LAZY: dict[str, str] = {
     "estimate_yield": "value",
     "estimate": "pipeline",
 }
+# ``phenology`` names both a submodule and its public function: import the function eagerly so
+# that a later ``import cropyield.phenology`` (which would rebind the package attribute to the
+# module on first import) has already happened and ``cropyield.phenology`` stays the function.
+from .phenology import phenology  # noqa: E402
+
 _SUBMODULES = ("credit", "synthetic", "servers", "radiation", "plot", "errors")
 
 __all__ = [
@@ -71,6 +76,7 @@ __all__ = [
     "MissingCRSError",
     "NoScenesError",
     "UnknownCollectionError",
+    "phenology",
     *_LAZY,
     *_SUBMODULES,
 ]
@@ -98,7 +104,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .identify import CropClassifier, identify_crops  # noqa: F401
     from .indices import INDICES, compute_index, register_index, zonal_stats  # noqa: F401
     from .observations import field_observations  # noqa: F401
-    from .phenology import phenology  # noqa: F401
     from .pipeline import estimate  # noqa: F401
     from .read import load_cube  # noqa: F401
     from .series import smooth_series  # noqa: F401

@@ -19,8 +19,6 @@ between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 
 from __future__ import annotations
 
-import sys
-import types
 
 import numba
 import numpy as np
@@ -592,18 +590,6 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     if n_none:
         logger.info("phenology: %d of %d fields without a season", n_none, nf)
     return df
-
-
-class _CallableModule(types.ModuleType):
-    """``cropyield.phenology`` is both this module and the public function: importing the
-    submodule rebinds the package attribute to the module, so the module forwards calls to
-    :func:`phenology` and ``cropyield.phenology(series)`` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return phenology(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 
 def _factorize_ids(ids: pd.Series):

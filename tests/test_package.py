@@ -1,4 +1,4 @@
-"""Secrets never reach logs or messages."""
+"""Package-level behaviour: public names, and secrets never reaching logs or messages."""
 
 import logging
 
@@ -26,3 +26,12 @@ def test_logger_records_are_redacted(caplog):
     with caplog.at_level(logging.DEBUG, logger="cropyield"):
         logger.warning("retrying %s", "https://h/B04.tif?sig=topsecret&se=2030")
     assert "topsecret" not in caplog.text and "REDACTED" in caplog.text
+
+
+def test_public_names_resolve():
+    import cropyield as cy
+    import cropyield.identify  # noqa: F401  (imports the phenology submodule internally)
+
+    assert callable(cy.phenology) and cy.phenology.__name__ == "phenology"
+    for name in cy.__all__:
+        assert getattr(cy, name) is not None, name
