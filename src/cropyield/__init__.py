@@ -58,6 +58,7 @@ _LAZY: dict[str, str] = {
     "EmpiricalModel": "yieldmodel",
     "fit_yield_model": "yieldmodel",
     "estimate_yield": "value",
+    "PriceTable": "value",
     "estimate": "pipeline",
 }
 # ``phenology`` names both a submodule and its public function: import the function eagerly so
@@ -107,5 +108,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import estimate  # noqa: F401
     from .read import load_cube  # noqa: F401
     from .series import smooth_series  # noqa: F401
-    from .value import estimate_yield  # noqa: F401
+    from .value import PriceTable, estimate_yield  # noqa: F401
     from .yieldmodel import EmpiricalModel, LUEModel, YieldModel, fit_yield_model  # noqa: F401
