@@ -307,6 +307,9 @@ def test_world_layout_and_reopen(tiny):
                                  "B11", "B12", "SCL"))
     again = sy.World.open(root)
     assert again.config == cfg
+    sc = again.scenes
+    assert len(sc) == len(items) and str(sc["datetime"].dt.tz) == "UTC"
+    assert set(sc["boa_offset_dn"]) == {0, 1000}
     assert again.fields.crs.to_epsg() == 32650 and len(again.fields) == 40
     assert set(again.seasons["field_id"]) <= set(again.fields["field_id"])
     assert len(again.canopy) == 40 * len(cfg.days)

@@ -460,6 +460,8 @@ class _Run:
                                        dtype=np.uint8, pad=dilate, window_fn=to_codes)
         except AssetReadError as exc:
             return None, self._fail(scene, "SCL", exc)
+        finally:
+            self.reader.release(band.href)
         return codes_b[inv_k], 0
 
     # -- one acquisition ---------------------------------------------------------------------
@@ -562,6 +564,8 @@ class _Run:
             except AssetReadError as exc:
                 fail |= self._fail(scene, b, exc)
                 continue
+            finally:
+                self.reader.release(band.href)
             refl[b] = np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod),
                                  float)
         if fail:

@@ -428,6 +428,7 @@ class BlockReader:
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read")
         self._local = threading.local()
         self._all: set[Any] = set()
+        self._by_href: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._meta: dict[str, _Meta] = {}
         self._signed: dict[str, tuple[int, str]] = {}
@@ -450,6 +451,7 @@ class BlockReader:
         self._pool.shutdown(wait=True)
         with self._lock:
             handles, self._all = list(self._all), set()
+            self._by_href = {}
         for ds in handles:
             try:
                 ds.close()
@@ -496,7 +498,7 @@ class BlockReader:
         gen, path = self._path(href)
         if not fresh and href in handles:
             ds, g = handles[href]
-            if g == gen:
+            if g == gen and not ds.closed:
                 handles.move_to_end(href)
                 return ds, gen
         self._drop(href)
@@ -509,10 +511,23 @@ class BlockReader:
         handles[href] = (ds, gen)
         with self._lock:
             self._all.add(ds)
+            self._by_href.setdefault(href, []).append(ds)
         while len(handles) > self.max_handles:
             _, (old, _) = handles.popitem(last=False)
             self._close_one(old)
         return ds, gen
+
+    def release(self, href: str) -> None:
+        """Close every thread's handle on ``href`` (call once no read of it is in flight).
+
+        Closing frees the blocks GDAL cached for the dataset at once; keeping finished
+        files open would fill GDAL's block cache (``GDAL_CACHEMAX``) and make every later
+        block pay for LRU eviction.
+        """
+        with self._lock:
+            items = self._by_href.pop(href, [])
+        for ds in items:
+            self._close_one(ds)
 
     def _close_one(self, ds) -> None:
         with self._lock:

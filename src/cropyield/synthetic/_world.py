@@ -90,6 +90,14 @@ class World:
             self._cache["canopy"] = pd.read_parquet(self.root / "truth" / "canopy.parquet")
         return self._cache["canopy"]
 
+    @property
+    def scenes(self) -> pd.DataFrame:
+        """One row per scene: id, tile, datetime (UTC), baseline, BOA offset (DN), sequence,
+        cloud cover (% of valid SCL pixels), planned cloud cover (%), nodata (%)."""
+        df = pd.DataFrame(self.summary["scenes"])
+        df["datetime"] = pd.to_datetime(df["datetime"], utc=True)
+        return df
+
     def items(self, href_base: str | None = None) -> list[dict]:
         """Item dicts; hrefs are absolute paths under ``root`` or ``href_base + relpath``."""
         out = []
@@ -101,7 +109,7 @@ class World:
     def _rebase(self, item: dict, href_base: str | None) -> dict:
         for a in item["assets"].values():
             h = a["href"]
-            rel = "cogs/" + h.split("/cogs/", 1)[1] if "/cogs/" in h else h
+            rel = "cogs/" + h.rsplit("/cogs/", 1)[1] if "/cogs/" in h else h
             if href_base is None:
                 a["href"] = str((self.root / rel).resolve())
             else:
@@ -163,7 +171,8 @@ def make_world(out_dir, config: WorldConfig | None = None, *,
     ----------
     out_dir : path
         Target folder. If it already holds a complete world with the same ``config.key()``,
-        it is reused (a cache hit) unless ``overwrite``.
+        it is reused (a cache hit) unless ``overwrite``; another world there (its ``cogs/``,
+        ``truth/`` and JSON files) is replaced.
     config : WorldConfig, optional
         Default: the demo world (2 overlapping tiles of 3.2 km, 80 dates, 400 fields).
     progress : callable ``(done, total)`` or an object with ``update(n)`` (tqdm), optional
