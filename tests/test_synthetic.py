@@ -560,3 +560,12 @@ def test_presets():
     assert all(t.name.startswith("50S") for t in c.tiles)
     s = sy.WorldConfig.small(seed=3)
     assert s.seed == 3 and len(s.tiles) == 2 and len(s.dates) == 80
+
+
+@pytest.mark.parametrize("seed", [11, 22, 37])
+def test_make_fields_any_seed(seed):
+    """Regression: narrow farmland blocks once made pond placement fail for some seeds."""
+    from cropyield import synthetic
+
+    f = synthetic.make_fields(synthetic.WorldConfig(seed=seed, n_fields=50))
+    assert len(f) == 50 and f["field_id"].is_unique

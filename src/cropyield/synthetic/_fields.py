@@ -158,7 +158,9 @@ def landscape(config: WorldConfig) -> Landscape:
                 holes.append(v.buffer(3.0))
             if rng.random() < 0.07:       # a pond
                 rx, ry = rng.uniform(20, 60, 2)
-                cx, cy = rng.uniform(bx0 + rx, bx1 - rx), rng.uniform(by0 + ry, by1 - ry)
+                # blocks narrower than the pond: centre it anyway (same draws as other seeds)
+                cx, cy = rng.uniform(bx0 + rx, max(bx1 - rx, bx0 + rx + 1)), \
+                    rng.uniform(by0 + ry, max(by1 - ry, by0 + ry + 1))
                 p = _ellipse(cx, cy, rx, ry, angle, rng=rng)
                 background.append(("water", p))
                 holes.append(p.buffer(2.0))
