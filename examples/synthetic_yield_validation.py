@@ -2,7 +2,7 @@
 
 For each world seed: simulate cloudy Sentinel-2 observations of the registered fields
 (:func:`cropyield.synthetic.simulate_observations`), smooth them
-(:func:`cropyield.series.smooth_series`), detect seasons (:func:`cropyield.phenology.phenology`),
+(:func:`cropyield.series.smooth_series`), detect seasons (:func:`cropyield.seasons.phenology`),
 match each detected season to the true season with the nearest peak (crop label from the
 truth, to score the yield model alone), then fit the LUE calibration and the empirical model
 on half of the farmers and score the other half against the synthetic true yields, which come
@@ -55,7 +55,7 @@ def score(y, p10, p50, p90) -> dict:
 
 def run_seed(seed: int) -> dict:
     from cropyield import synthetic as syn
-    from cropyield.phenology import phenology
+    from cropyield.seasons import phenology
     from cropyield.series import smooth_series
     from cropyield.yieldmodel import LUEModel, fit_yield_model
 

@@ -5,7 +5,7 @@ A SCYM-style check (science.md §4): a process crop model that cropyield did not
 simulates many seasons with varied weather years, start dates, soils and water regimes. Its
 daily LAI becomes NDVI through a canopy relation, is sampled like Sentinel-2 (5-day revisit,
 cloud losses, noise), smoothed with :func:`cropyield.series.smooth_series` and segmented with
-:func:`cropyield.phenology.phenology`. The LUE and empirical models are then fitted on part of
+:func:`cropyield.seasons.phenology`. The LUE and empirical models are then fitted on part of
 the seasons (grouped by weather year) and scored on the rest against WOFOST's grain yield.
 
 Everything runs offline from data shipped in the PCSE wheel:
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="folder: reuse/store the WOFOST runs as Parquet")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from cropyield.phenology import phenology
+    from cropyield.seasons import phenology
     from cropyield.series import smooth_series
     from cropyield.yieldmodel import LUEModel, fit_yield_model
 

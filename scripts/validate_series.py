@@ -21,7 +21,7 @@ import pandas as pd
 
 from cropyield import synthetic
 from cropyield.identify import CropClassifier, identify_crops
-from cropyield.phenology import phenology
+from cropyield.seasons import phenology
 from cropyield.series import smooth_series
 
 

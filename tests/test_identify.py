@@ -218,7 +218,7 @@ def world():
 
 
 def test_synthetic_world_knowledge_identification(world):
-    from cropyield.phenology import phenology
+    from cropyield.seasons import phenology
 
     fields, s, truth = world
     ph = phenology(s)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropyield.errors import split_flags
-from cropyield.phenology import PhenologyError, phenology, season_stage
+from cropyield.seasons import PhenologyError, phenology, season_stage
 from cropyield.series import smooth_series
 
 T0 = pd.Timestamp("2021-10-01")
@@ -231,7 +231,7 @@ def test_synthetic_world_phenology_dates_and_double_cropping(world):
 
 def test_kernel_matches_its_pure_python_execution():
     """The numba-compiled phenology driver and the interpreted same code agree."""
-    from cropyield.phenology import _phenology_all
+    from cropyield.seasons import _phenology_all
 
     t = np.arange(396.0)
     rng = np.random.default_rng(1)

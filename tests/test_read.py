@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 
 rasterio = pytest.importorskip("rasterio")
-from affine import Affine  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
 from cropyield._geo import Grid  # noqa: E402
@@ -410,3 +409,20 @@ def test_load_cube_reflectance_offsets_mask_and_mosaic(tmp_path):
     v = ds["valid"].isel(time=0).values
     assert (v[:6, :6] == 0).all() and v[6:, 6:54].all()
     assert str(ds.time.values[0]).startswith("2021-06-01")
+
+
+def test_gather_kernel_equals_numpy_twin():
+    from cropyield.read import _gather_into, _gather_into_ref
+
+    rng = np.random.default_rng(9)
+    for dtype in (np.uint16, np.uint8, np.float64):
+        arr = rng.integers(0, 250, (40, 70)).astype(dtype)
+        rows = rng.integers(100, 140, 500)
+        cols = rng.integers(30, 100, 500)
+        idx = rng.choice(500, 300, replace=False)
+        a = np.zeros(500, dtype)
+        b = np.zeros(500, dtype)
+        _gather_into(arr, rows, cols, idx, 100, 30, a)
+        _gather_into_ref(arr, rows, cols, idx, 100, 30, b)
+        np.testing.assert_array_equal(a, b)
+        assert (a[idx] == arr[rows[idx] - 100, cols[idx] - 30]).all()

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from test_read import X0, Y0, ensure_indices, make_scene, ramp, write_cog
 
 from cropyield.errors import AssetReadError, AuthExpiredError, CorruptAssetError
-from cropyield.servers import FaultScript, RangeServer
+from cropyield.servers import RangeServer
 
 ensure_indices()
 

@@ -229,7 +229,7 @@ def test_bad_input_raises_clear_errors():
 
 
 def test_fit_double_logistic_recovers_parameters():
-    from cropyield.phenology import phenology
+    from cropyield.seasons import phenology
 
     obs = make_obs(3, cloud=0.3, residue=0.0, noise=0.01)
     s = smooth_series(obs)

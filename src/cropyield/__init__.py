@@ -8,7 +8,7 @@ The pipeline, one module per stage (imports flow down this list only)::
     indices    index registry + numba kernels, masks, zonal_stats
     observations field_observations (per field x scene statistics)
     series     smooth_series (weighted Whittaker)
-    phenology  phenology (seasons, SOS/POS/EOS, integrals)
+    seasons    phenology (seasons, SOS/POS/EOS, integrals, growth stage)
     crops      crop registry; identify: identify_crops, CropClassifier
     yieldmodel LUEModel, EmpiricalModel, fit_yield_model
     value      estimate_yield (area, production, output value)
@@ -49,6 +49,7 @@ _LAZY: dict[str, str] = {
     "field_observations": "observations",
     "smooth_series": "series",
     "fit_double_logistic": "series",
+    "phenology": "seasons",
     "load_registry": "crops",
     "get_crop": "crops",
     "identify_crops": "identify",
@@ -61,11 +62,6 @@ _LAZY: dict[str, str] = {
     "PriceTable": "value",
     "estimate": "pipeline",
 }
-# ``phenology`` names both a submodule and its public function: import the function eagerly so
-# that a later ``import cropyield.phenology`` (which would rebind the package attribute to the
-# module on first import) has already happened and ``cropyield.phenology`` stays the function.
-from .phenology import phenology  # noqa: E402
-
 _SUBMODULES = ("credit", "synthetic", "servers", "radiation", "plot", "errors")
 
 __all__ = [
@@ -77,7 +73,6 @@ __all__ = [
     "MissingCRSError",
     "NoScenesError",
     "UnknownCollectionError",
-    "phenology",
     *_LAZY,
     *_SUBMODULES,
 ]
@@ -107,6 +102,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .observations import field_observations  # noqa: F401
     from .pipeline import estimate  # noqa: F401
     from .read import load_cube  # noqa: F401
+    from .seasons import phenology  # noqa: F401
     from .series import smooth_series  # noqa: F401
     from .value import PriceTable, estimate_yield  # noqa: F401
     from .yieldmodel import EmpiricalModel, LUEModel, YieldModel, fit_yield_model  # noqa: F401

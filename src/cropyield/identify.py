@@ -167,7 +167,7 @@ def identify_crops(
     reg = registry if registry is not None else load_registry()
     phen = series_or_phenology
     if "pos" not in phen.columns or "season" not in phen.columns:
-        from .phenology import phenology
+        from .seasons import phenology
         phen = phenology(phen, index=index, id_col=id_col)
     need = [id_col, "season", "sos", "pos", "eos", "peak", "flags"]
     missing = [c for c in need if c not in phen.columns]
@@ -441,7 +441,7 @@ class CropClassifier:
         return feat
 
     def _phen_features(self, series: pd.DataFrame) -> pd.DataFrame:
-        from .phenology import phenology
+        from .seasons import phenology
 
         ix = self.indices[0]
         ph = phenology(series, index=ix, id_col=self.id_col)

@@ -24,7 +24,7 @@
    turned into indices by the numba kernels and reduced per field with weights
    ``coverage fraction x validity``.
 
-Memory: only the pixels under the fields of at most two acquisitions are held at a time;
+Memory: only the pixels under the fields of at most ``threads + 2`` acquisitions are held;
 rows are accumulated as NumPy arrays and one DataFrame is built at the end.
 """
 
@@ -288,7 +288,6 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         members.sort(key=lambda i: (-_baseline(scene_list[i]), scene_list[i].tile,
                                     scene_list[i].id))
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
-    n_fields = len(fields)
     field_ids = np.asarray(fields[id_col].to_numpy())
 
     state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
@@ -325,8 +324,10 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
             results[gi] = state.group([i for i in groups[order[gi]]])
             tick()
 
-        # two acquisitions in flight: the pool decodes one while the other is reduced
-        with ThreadPoolExecutor(2, thread_name_prefix="cropyield-obs") as coord:
+        # a few acquisitions in flight so that the reader pool always has blocks to decode
+        # while other acquisitions are masked and reduced (memory: pixels under the fields
+        # of at most threads + 2 acquisitions)
+        with ThreadPoolExecutor(threads + 2, thread_name_prefix="cropyield-obs") as coord:
             futs = [coord.submit(run_group, gi) for gi in range(len(order))]
             err = None
             for f in futs:
@@ -448,7 +449,16 @@ class _Run:
         want_b[inv_k[want_u]] = True
         classes, dilate = self.classes, self.dilate
 
+        # class -> code table with the indices module's semantics (0 always invalid, unknown
+        # classes invalid); with dilation the mask needs the 2-D neighbourhood
+        lut_inv = np.asarray(invalid_mask(np.arange(256).reshape(16, 16), classes, 0),
+                             bool).ravel()
+        lut = np.where(lut_inv, _MASKED, _CLEAR).astype(np.uint8)
+        lut[0] = _OUTSIDE
+
         def to_codes(scl):
+            if dilate == 0 and scl.dtype == np.uint8:
+                return lut[scl]
             inv = np.asarray(invalid_mask(scl, classes, dilate), bool)
             code = np.where(inv, _MASKED, _CLEAR).astype(np.uint8)
             code[scl == 0] = _OUTSIDE

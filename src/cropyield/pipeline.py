@@ -128,7 +128,7 @@ def estimate(
     from .catalogs import search_scenes
     from .identify import identify_crops
     from .observations import field_observations
-    from .phenology import phenology
+    from .seasons import phenology
     from .series import smooth_series
     from .value import estimate_yield
 

@@ -328,6 +328,32 @@ def plan_blocks(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
 
 
 # --------------------------------------------------------------------------------------------
+# gather kernel
+
+
+def _gather_into_ref(arr, rows, cols, idx, r0, c0, out):
+    """NumPy twin of :func:`_gather_into`: ``out[idx] = arr[rows[idx] - r0, cols[idx] - c0]``."""
+    out[idx] = arr[rows[idx] - r0, cols[idx] - c0]
+
+
+def _make_gather():
+    import numba
+
+    @numba.njit(nogil=True)
+    def _gather_into(arr, rows, cols, idx, r0, c0, out):  # pragma: no cover - compiled
+        """Scatter window values to the output vector: out[i] = arr[rows[i]-r0, cols[i]-c0]
+        for every i in idx (disjoint idx per thread, so threads never write the same slot)."""
+        for k in range(idx.shape[0]):
+            i = idx[k]
+            out[i] = arr[rows[i] - r0, cols[i] - c0]
+
+    return _gather_into
+
+
+_gather_into = _make_gather()
+
+
+# --------------------------------------------------------------------------------------------
 # the reader
 
 
@@ -425,7 +451,8 @@ class BlockReader:
         self.max_run = int(max_run)
         self.max_handles = int(max_handles)
         self.stats = ReadStats()
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read")
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read",
+                                        initializer=self._init_thread)
         self._local = threading.local()
         self._all: set[Any] = set()
         self._by_href: dict[str, list[Any]] = {}
@@ -457,6 +484,29 @@ class BlockReader:
                 ds.close()
             except Exception:  # pragma: no cover - closing a broken handle
                 pass
+
+    def _init_thread(self) -> None:
+        """Enter the GDAL environment once per worker thread, for the thread's lifetime.
+
+        rasterio keeps config options thread-local in child threads; entering an ``Env``
+        per read costs milliseconds (it re-creates the GDAL environment), which adds up
+        over thousands of block runs.
+        """
+        import rasterio
+
+        env = rasterio.Env(**self.env)
+        env.__enter__()
+        self._local.env = env
+
+    def _env_ctx(self, extra: Mapping[str, Any] | None = None):
+        """Context for GDAL calls: nothing in a worker thread (already entered), else Env."""
+        import contextlib
+
+        import rasterio
+
+        if getattr(self._local, "env", None) is not None and not extra:
+            return contextlib.nullcontext()
+        return rasterio.Env(**{**self.env, **(extra or {})})
 
     # -- signing -----------------------------------------------------------------------------
     def _path(self, href: str) -> tuple[int, str]:
@@ -505,7 +555,7 @@ class BlockReader:
         extra = {}
         if fresh and path.startswith("/vsicurl/"):
             extra["CPL_VSIL_CURL_NON_CACHED"] = path.split("?", 1)[0]
-        with rasterio.Env(**{**self.env, **extra}):
+        with self._env_ctx(extra):
             self.stats.add(requests=1, opens=1, bytes_read=HEADER_BYTES)
             ds = rasterio.open(path, sharing=False)
         handles[href] = (ds, gen)
@@ -546,7 +596,6 @@ class BlockReader:
     # -- retries -----------------------------------------------------------------------------
     def _attempt(self, href: str, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(dataset)`` with retries; raise a cropyield error when it keeps failing."""
-        import rasterio
         from rasterio.errors import RasterioError
 
         remote = href.startswith(("http://", "https://", "/vsicurl/"))
@@ -559,7 +608,7 @@ class BlockReader:
             gen = self._path(href)[0]
             try:
                 ds, gen = self._open(href, fresh=fresh)
-                with rasterio.Env(**self.env):
+                with self._env_ctx():
                     return fn(ds)
             except (RasterioError, OSError, RuntimeError, ValueError) as exc:
                 if isinstance(exc, CropYieldError):
@@ -686,11 +735,11 @@ class BlockReader:
         if cur:
             chunks.append(cur)
         futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
-                                  window_fn) for runs in chunks]
+                                  window_fn, out) for runs in chunks]
         error = None
         for f in futs:
             try:
-                for idx, vals in f.result():
+                for idx, vals in f.result():     # only when out could not be preallocated
                     if out is None:
                         out = np.full(len(rows), fill, dtype=vals.dtype)
                     out[idx] = vals
@@ -700,7 +749,8 @@ class BlockReader:
             raise error
         return out
 
-    def _read_runs(self, href, plan: BlockPlan, runs, rows, cols, m: _Meta, pad, window_fn):
+    def _read_runs(self, href, plan: BlockPlan, runs, rows, cols, m: _Meta, pad, window_fn,
+                   out=None):
         from rasterio.windows import Window
 
         bh, bw = plan.block_shape
@@ -729,7 +779,10 @@ class BlockReader:
             self.stats.add(requests=1, runs=1, blocks_read=nb, bytes_read=nbytes)
             if window_fn is not None:
                 arr = window_fn(arr)
-            results.append((idx, arr[rows[idx] - pr0, cols[idx] - pc0]))
+            if out is not None and arr.dtype == out.dtype:
+                _gather_into(np.ascontiguousarray(arr), rows, cols, idx, pr0, pc0, out)
+            else:
+                results.append((idx, arr[rows[idx] - pr0, cols[idx] - pc0]))
         return results
 
     def block_bytes(self, href: str, blocks: list[tuple[int, int]]) -> int:
@@ -805,7 +858,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         coordinates ``time`` (UTC, tz-naive), ``y``, ``x`` (pixel centres) and ``spatial_ref``.
     """
     import rasterio
-    import rioxarray  # noqa: F401  (registers .rio)
+    import rioxarray  # noqa: F401,I001  (registers the .rio accessor)
     import xarray as xr
     from pyproj import CRS
     from rasterio.enums import Resampling

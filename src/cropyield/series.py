@@ -618,7 +618,7 @@ def fit_double_logistic(series: pd.DataFrame, seasons: pd.DataFrame, *, index: s
 
     Requires scipy (``pip install cropyield[test]`` or scipy itself). Each fit uses the
     daily values from ``sos − pad_days`` to ``eos + pad_days`` of the season (from
-    :func:`cropyield.phenology.phenology`), weighted by ``support`` so extrapolated stretches
+    :func:`cropyield.seasons.phenology`), weighted by ``support`` so extrapolated stretches
     count little.
 
     Returns

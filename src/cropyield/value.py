@@ -1,7 +1,7 @@
 """Output value per field and season: area, yield interval, production and value in CNY.
 
 :func:`estimate_yield` is the "estimates" stage of docs/contracts.md. It measures field areas
-in an equal-area/UTM projection, takes seasons from :func:`cropyield.phenology.phenology` (or
+in an equal-area/UTM projection, takes seasons from :func:`cropyield.seasons.phenology` (or
 a given table), crops from :func:`cropyield.identify.identify_crops` output (or the fields'
 declared ``crop``), predicts yield P10/P50/P90 with a :class:`~cropyield.yieldmodel.YieldModel`
 and values it with a :class:`PriceTable`. Units: yield t/ha, area ha (and mu, 15 mu = 1 ha),
@@ -289,7 +289,7 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         Keep only season number ``season``, or seasons whose peak (``pos``) falls within
         ``[start, end]`` (dates); default all.
     phenology : DataFrame, optional
-        :func:`cropyield.phenology.phenology` output; computed from ``series`` when None.
+        :func:`cropyield.seasons.phenology` output; computed from ``series`` when None.
     crops : DataFrame, optional
         :func:`cropyield.identify.identify_crops` output (``field_id, season, crop,
         crop_prob, flags``). Without it the declared ``crop`` of ``fields`` is used
@@ -340,7 +340,7 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
 
     # ---- seasons
     if phenology is None:
-        from .phenology import phenology as _phen
+        from .seasons import phenology as _phen
         phen = _phen(series, index=index, as_of=as_of)
     else:
         phen = pd.DataFrame(phenology).copy()

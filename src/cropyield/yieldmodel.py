@@ -21,7 +21,7 @@ Inputs. ``series`` is a daily table ``field_id, time, <index>[, support, gap_day
 (:func:`cropyield.series.smooth_series`; ``gap_days == 0`` marks observation days, and
 without ``gap_days`` every non-NaN day counts as observed). ``seasons`` is a per
 (field_id, season) table with at least ``field_id, season, sos, eos`` and optionally ``crop``,
-``region``, ``lat``, ``pos`` (:func:`cropyield.phenology.phenology` output works, merged with
+``region``, ``lat``, ``pos`` (:func:`cropyield.seasons.phenology` output works, merged with
 a crop column from :func:`cropyield.identify.identify_crops` or declared crops).
 
 Models serialise to JSON only (``to_json``/``from_json``, ``schema_version``); never pickle.
@@ -969,7 +969,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         raise ModelError(f"method must be 'lue' or 'empirical', got {method!r}")
     if seasons is None:
         try:
-            from .phenology import phenology as _phen
+            from .seasons import phenology as _phen
         except ImportError as exc:  # pragma: no cover - phenology is part of the package
             raise ModelError("pass seasons= (phenology is not available)") from exc
         seasons = _phen(series, index=index)
