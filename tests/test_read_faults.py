@@ -71,6 +71,7 @@ def test_retry_after_503_does_not_replay_gdal_negative_cache(cog):
             for _ in range(2):
                 with pytest.raises(rasterio.errors.RasterioIOError, match="503"):
                     rasterio.open("/vsicurl/" + url + "?probe=1")
+        srv.wait_idle()
         assert len(srv.requests) == 1                   # the second failure came from cache
     with RangeServer(root, faults={"b.tif": ["503", "503"]}) as srv:
         vals, st = _read(srv.url_for("b.tif"), env={"GDAL_HTTP_MAX_RETRY": 0})

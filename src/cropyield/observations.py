@@ -42,6 +42,7 @@ import pandas as pd
 
 from ._geo import Grid
 from ._log import logger, redact
+from .read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
 from .errors import AssetReadError, AuthExpiredError, ConfigError, CropYieldError
 
 __all__ = ["field_observations", "observations_to_xarray", "OBSERVATION_COLUMNS"]
@@ -61,46 +62,6 @@ _BIT_CODES = {_B_NO_OVERLAP: "NO_OVERLAP", _B_ALL_MASKED: "ALL_MASKED",
 
 # --------------------------------------------------------------------------------------------
 # scene helpers
-
-
-def _as_scene_list(scenes) -> list:
-    """Scenes / iterable of Scene, pystac Item or item dict -> list of Scene."""
-    from .catalogs import Scene, Scenes, normalize_item
-
-    if isinstance(scenes, Scenes):
-        return list(scenes)
-    if isinstance(scenes, (Scene, dict)) or hasattr(scenes, "to_dict") and hasattr(scenes,
-                                                                                 "assets"):
-        scenes = [scenes]
-    out = []
-    for s in scenes:
-        out.append(s if isinstance(s, Scene) else normalize_item(s))
-    return sorted(out, key=lambda s: (s.datetime, s.tile, s.id))
-
-
-_lon_cache: dict[str, Any] = {}
-
-
-def _grid_center_lon(grid: Grid) -> float:
-    from pyproj import Transformer
-
-    key = grid.crs.to_wkt()
-    tr = _lon_cache.get(key)
-    if tr is None:
-        tr = _lon_cache[key] = Transformer.from_crs(grid.crs, 4326, always_xy=True)
-    left, bottom, right, top = grid.bounds
-    lon, _ = tr.transform((left + right) / 2, (bottom + top) / 2)
-    return float(lon)
-
-
-def _solar_day(scene) -> pd.Timestamp:
-    """Local solar date (tz-naive midnight) of a scene's acquisition at its centre."""
-    band = next(iter(scene.bands.values()))
-    lon = _grid_center_lon(band.grid)
-    t = pd.Timestamp(scene.datetime)
-    if t.tzinfo is not None:
-        t = t.tz_convert("UTC").tz_localize(None)
-    return (t + pd.Timedelta(hours=lon / 15.0)).normalize()
 
 
 def _baseline(scene) -> float:
