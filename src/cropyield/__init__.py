@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "compute_index": "indices",
     "register_index": "indices",
     "field_observations": "observations",
+    "observations_to_xarray": "observations",
     "smooth_series": "series",
     "fit_double_logistic": "series",
     "phenology": "seasons",
@@ -99,7 +100,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .coverage import coverage_fractions  # noqa: F401
     from .identify import CropClassifier, identify_crops  # noqa: F401
     from .indices import INDICES, compute_index, register_index, zonal_stats  # noqa: F401
-    from .observations import field_observations  # noqa: F401
+    from .observations import field_observations, observations_to_xarray  # noqa: F401
     from .pipeline import estimate  # noqa: F401
     from .read import load_cube  # noqa: F401
     from .seasons import phenology  # noqa: F401
