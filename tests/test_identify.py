@@ -295,3 +295,36 @@ def test_user_registry_for_another_region():
     out = identify_crops(phen(season("e", 1, "2022-07-25", "2022-09-08", "2022-10-15", 0.7)),
                          region="ethiopia_highlands", registry=reg)
     assert out["crop"].item() == "teff" and out["crop_2"].item() == "barley"
+
+
+def test_declared_prior_odds_breaks_calendar_ties_but_not_strong_evidence():
+    """Summer soybean and summer maize share a calendar: the declaration decides; a winter
+    crop declared on a summer season is still flagged."""
+    import numpy as np
+    import pandas as pd
+
+    from cropyield import identify_crops
+
+    pos = pd.Timestamp("2022-08-15")
+    phen = pd.DataFrame({
+        "field_id": ["a", "b"], "season": [1, 1],
+        "sos": [pd.Timestamp("2022-06-25")] * 2, "sos50": [pd.Timestamp("2022-07-05")] * 2,
+        "pos": [pos] * 2, "peak": [0.82, 0.82],
+        "eos": [pd.Timestamp("2022-10-01")] * 2, "eos50": [pd.Timestamp("2022-09-22")] * 2,
+        "length_days": [98.0, 98.0], "base": [0.18, 0.18], "amplitude": [0.64, 0.64],
+        "mean_value": [0.4, 0.4], "n_obs": [12, 12], "flags": ["", ""],
+        "base_left": [0.18, 0.18], "base_right": [0.2, 0.2],
+    })
+    declared = {"a": "soybean", "b": "winter_wheat"}
+    plain = identify_crops(phen, region="north_china_plain", declared=declared)
+    fused = identify_crops(phen, region="north_china_plain", declared=declared,
+                           declared_prior_odds=20)
+    a_plain = plain.set_index("field_id").loc["a"]
+    a_fused = fused.set_index("field_id").loc["a"]
+    assert a_fused["crop"] == "soybean"
+    p_soy_plain = a_plain["crop_prob"] if a_plain["crop"] == "soybean" else (
+        a_plain["crop_2_prob"] if a_plain["crop_2"] == "soybean" else 0.0)
+    assert a_fused["crop_prob"] > p_soy_plain
+    b = fused.set_index("field_id").loc["b"]
+    assert b["crop"] != "winter_wheat" and "CROP_MISMATCH" in b["flags"]
+    assert np.isfinite(b["crop_prob"])

@@ -25,12 +25,15 @@ def _print_summary(summary: dict, out: str) -> None:
         f"  read: {summary['requests']} requests, {summary['bytes_read'] / 1e6:.1f} MB",
         "",
         "  accuracy against the synthetic truth (held-out fields)",
-        f"    crop identification      {fmt(acc.get('crop_id_accuracy'))}  (n={acc.get('crop_id_n', 0)})",
+        f"    crop identification      {fmt(acc.get('crop_id_accuracy'))}  (n={acc.get('crop_id_n', 0)};"
+        f" imagery + declarations), imagery only {fmt(acc.get('crop_id_accuracy_image_only'))}",
         f"    double crops split       {fmt(acc.get('double_crop_split_rate'))}",
         f"    yield R2                 {fmt(acc.get('yield_r2'))}",
         f"    yield RMSE               {fmt(acc.get('yield_rmse_t_ha'), '.2f')} t/ha "
         f"({fmt(acc.get('yield_rmse_pct'), '.1f')} %), bias {fmt(acc.get('yield_bias_t_ha'), '+.2f')} t/ha",
         f"    P10-P90 coverage         {fmt(acc.get('p10_p90_coverage'))}  (target 0.80)",
+        *[f"      {c:<22} n={v['n']:<4} R2 {v['r2']:+.2f}  RMSE {v['rmse_t_ha']:.2f} t/ha  "
+          f"coverage {v['p10_p90_coverage']:.2f}" for c, v in sorted(acc.get("yield_per_crop", {}).items())],
         f"    field-seasons estimated  {acc.get('yield_n_estimated', 0)}, withheld (NaN + flags) "
         f"{acc.get('yield_n_withheld_nan', 0)}",
         "",

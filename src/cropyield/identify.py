@@ -107,6 +107,7 @@ def identify_crops(
     min_prob: float = 0.5,
     mismatch_llr: float = 4.0,
     min_fit_loglik: float = -8.0,
+    declared_prior_odds: float = 1.0,
     id_col: str = "field_id",
 ) -> pd.DataFrame:
     """Most likely crops per field-season from calendar and phenology knowledge.
@@ -149,6 +150,12 @@ def identify_crops(
         When even the best crop's log-likelihood (priors left out) is below this, no
         calendar fits the season (e.g. a crop the registry lacks): ``CROP_UNCERTAIN``,
         whatever the normalised probability says. -8 ≈ four σ outside one window.
+    declared_prior_odds : float
+        Prior odds multiplier for the declared crops (1.0: declarations only drive the
+        ``CROP_MISMATCH`` check). A lender whose planting records are mostly right can pass
+        e.g. 10 so that the declaration decides between crops the imagery cannot tell apart
+        (summer soybean vs summer maize share a calendar), while strong contrary evidence
+        still wins and is flagged. Accuracy measured this way is no longer image-only.
 
     Returns
     -------
@@ -227,11 +234,20 @@ def identify_crops(
     probs_all = np.zeros((n, k))
     prev_crop: dict[Any, tuple[Any, str]] = {}
     after_sets = [set(c.after) for c in cals]
+    decl = _parse_declared(declared, fids)
+    name_ix = {c: j for j, c in enumerate(names)}
+    if declared_prior_odds <= 0:
+        raise IdentifyError(f"declared_prior_odds must be > 0, got {declared_prior_odds}")
+    log_decl_odds = math.log(declared_prior_odds)
     # rows in season order so the previous season's crop is known (rotation context)
     for r in range(n):
         if no_season[r]:
             continue
         lp = log_prior.copy()
+        if log_decl_odds:
+            for c in decl.get(fids[r], ()):
+                if c in name_ix:
+                    lp[name_ix[c]] += log_decl_odds
         pc = prev_crop.get(fids[r])
         if pc is not None and rotation_boost != 1.0:
             prev_t, prev_id = pc
@@ -275,7 +291,6 @@ def identify_crops(
         if len(nm) > 1:
             crop2[r], p2[r] = nm[o[1]], pr[o[1]]
 
-    decl = _parse_declared(declared, fids)
     unknown_decl = sorted({c for v in decl.values() for c in v if c not in reg})
     if unknown_decl:
         logger.warning("identify_crops: declared crop ids not in the registry: %s",
@@ -283,7 +298,6 @@ def identify_crops(
     flags = []
     evidence = []
     declared_col = []
-    name_ix = {c: j for j, c in enumerate(names)}
     for r in range(n):
         fl = []
         ev: dict[str, Any] = {}

@@ -93,6 +93,7 @@ def estimate(
     policy=None,
     as_of=None,
     on_error: str = "flag",
+    declared_prior_odds: float = 1.0,
     id_col: str = "field_id",
     progress: Callable[[int, int, str], None] | None = None,
     read_progress: Any = None,
@@ -117,6 +118,9 @@ def estimate(
     on_error : {"flag", "raise"}
         Read failures become flagged rows (default, so that one bad COG cannot stop a county
         run and is still visible in every downstream table) or raise.
+    declared_prior_odds : float
+        Prior odds given to the declared ``crop`` in crop identification (1.0: imagery only;
+        see :func:`cropyield.identify_crops`).
     progress : callable, optional
         Called as ``progress(step, n_steps, stage_name)`` before each stage.
 
@@ -146,7 +150,8 @@ def estimate(
     series = stages.run("series", _smooth_all, smooth_series, obs, indices)
     phen = stages.run("phenology", phenology, series, index="ndvi", as_of=as_of)
     declared = fields.set_index(id_col)["crop"] if "crop" in fields.columns else None
-    crops = stages.run("crops", identify_crops, phen, region=region, declared=declared)
+    crops = stages.run("crops", identify_crops, phen, region=region, declared=declared,
+                       declared_prior_odds=declared_prior_odds)
     estimates = stages.run("yield", estimate_yield, series, fields, model=model, prices=prices,
                            phenology=phen, crops=crops, region=region, as_of=as_of)
     profiles = stages.run("credit", credit.assess, estimates, policy=policy, as_of=as_of)
