@@ -426,3 +426,29 @@ def test_gather_kernel_equals_numpy_twin():
         _gather_into_ref(arr, rows, cols, idx, 100, 30, b)
         np.testing.assert_array_equal(a, b)
         assert (a[idx] == arr[rows[idx] - 100, cols[idx] - 30]).all()
+
+
+def _worker_gdal_timeout():
+    from cropyield.read import gdal_env
+
+    return gdal_env()["GDAL_HTTP_TIMEOUT"]
+
+
+def test_gdal_settings_reach_real_dask_worker_processes():
+    """The settings travel to separate worker processes, present and future, not via os.environ."""
+    distributed = pytest.importorskip("distributed")
+    import cropyield.read as rd
+
+    before = dict(rd._configured)
+    try:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, \
+                distributed.Client(cluster) as client:
+            rd.configure_rio(client=client, GDAL_HTTP_TIMEOUT=13)
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=60)
+            values = client.run(_worker_gdal_timeout)
+    finally:
+        rd._configured.clear()
+        rd._configured.update(before)
+    assert len(values) == 2 and set(values.values()) == {13}
