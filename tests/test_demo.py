@@ -36,7 +36,8 @@ def demo_runs(tmp_path_factory):
 def test_demo_writes_results(demo_runs):
     (out, summary), _, _ = demo_runs
     for name in ("estimates.parquet", "observations.parquet", "series.parquet",
-                 "phenology.parquet", "credit_profiles.json", "summary.json", "demo.png"):
+                 "phenology.parquet", "credit_profiles.json", "alerts.parquet", "summary.json",
+                 "demo.png"):
         assert (out / name).is_file(), name
     est = pd.read_parquet(out / "estimates.parquet")
     assert {"field_id", "season", "crop", "yield_t_ha_p10", "yield_t_ha_p50", "yield_t_ha_p90",
@@ -52,6 +53,9 @@ def test_demo_writes_results(demo_runs):
     assert profiles and {"farmer_id", "decision", "schema_version"} <= set(profiles[0])
     assert {p["decision"] for p in profiles} <= {"approve", "refer", "decline"}
     assert summary["n_scenes"] > 10 and summary["requests"] > 0
+    alerts = pd.read_parquet(out / "alerts.parquet")
+    assert {"field_id", "farmer_id", "as_of", "code", "severity", "message"} <= set(alerts.columns)
+    assert sum(summary["alerts"].values()) == len(alerts)
     acc = summary["accuracy"]
     assert acc["yield_n_estimated"] > 0
     assert 0.0 <= acc["p10_p90_coverage"] <= 1.0

@@ -39,8 +39,10 @@ def _print_summary(summary: dict, out: str) -> None:
         "",
         "  credit decisions per farmer  "
         + "  ".join(f"{k}: {v}" for k, v in sorted(summary.get("decisions", {}).items())),
+        f"  in-season alerts on {summary.get('alerts_as_of')}  "
+        + ("  ".join(f"{k}: {v}" for k, v in sorted(summary.get("alerts", {}).items())) or "none"),
         "  stage timings (s)  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()),
-        f"  results in {out}/ (estimates.parquet, credit_profiles.json, summary.json, demo.png)",
+        f"  results in {out}/ (estimates.parquet, credit_profiles.json, alerts.parquet, summary.json, demo.png)",
         "",
     ]
     print("\n".join(lines))

@@ -42,6 +42,10 @@ DEMO_SIZES: dict[str, dict[str, Any]] = {
 DECLARED_PRIOR_ODDS = 10.0
 
 
+#: Date of the demo's in-season monitoring run (summer maize mid-season).
+MONITOR_AS_OF = "2022-08-20"
+
+
 def cache_dir() -> Path:
     """The user cache folder (``$CROPYIELD_CACHE_DIR``, else ``$XDG_CACHE_HOME/cropyield``,
     else ``~/.cache/cropyield``), created with mode 0700."""
@@ -105,6 +109,26 @@ def _match_seasons(detected: pd.DataFrame, truth: pd.DataFrame, max_days: int = 
             if dt[j] <= max_days:
                 rows.append({"field_id": fid, "season": r["season"], "true_season": tg.loc[j, "season"]})
     return pd.DataFrame(rows, columns=["field_id", "season", "true_season"])
+
+
+def in_season_alerts(observations: pd.DataFrame, fields, as_of: str) -> pd.DataFrame:
+    """Monitoring as a lender runs it mid-season: only imagery up to ``as_of`` is used.
+
+    The series and seasons are recomputed from observations up to ``as_of`` (no look-ahead);
+    the crop is what the farmer declared, as known in season.
+    """
+    from . import credit
+    from .seasons import phenology
+    from .series import smooth_series
+
+    cut = pd.Timestamp(as_of, tz="UTC")
+    obs = observations[observations["time"] <= cut]
+    series = smooth_series(obs, index="ndvi")
+    seasons = phenology(series, index="ndvi", as_of=as_of)
+    known = fields[[c for c in ("field_id", "farmer_id", "crop") if c in fields]].copy()
+    if "crop" in known:   # the declared crop system's summer crop is the one growing now
+        known["crop"] = known["crop"].astype(str).str.split("+").str[-1]
+    return credit.monitor(series, known, as_of=as_of, phenology=seasons)
 
 
 def accuracy_report(result, world, *, calibration_fields=()) -> dict[str, Any]:
@@ -257,8 +281,11 @@ def run_demo(
             result.estimates = estimate_yield(result.series, fields, model=models,
                                               phenology=result.phenology, crops=result.crops)
             result.profiles = credit.assess(result.estimates)
+    alerts = in_season_alerts(result.observations, fields, MONITOR_AS_OF)
     acc = accuracy_report(result, world, calibration_fields=calib_ids)
     paths = result.write(out)
+    alerts.to_parquet(out / "alerts.parquet", index=False)
+    paths["alerts"] = out / "alerts.parquet"
     est_geo = fields[["field_id", "geometry"]].merge(result.estimates, on="field_id", how="right")
     est_geo.to_parquet(out / "estimates.parquet", index=False)
     try:
@@ -281,6 +308,8 @@ def run_demo(
         "bytes_read": int(result.observations.attrs.get("bytes_read", 0) or 0),
         "requests": int(result.observations.attrs.get("requests", 0) or 0),
         "decisions": {str(k): int(v) for k, v in decisions.items()},
+        "alerts_as_of": MONITOR_AS_OF,
+        "alerts": {str(k): int(v) for k, v in alerts["code"].value_counts().items()},
         "accuracy": acc,
         "timings_s": {"world": round(t_world, 2), **result.timings_s,
                       "total": round(time.perf_counter() - t0, 2)},
