@@ -57,7 +57,11 @@ def demo_figure(result, fields, path: str | Path) -> Path:
     axes[0].set_axis_off()
     obs = result.observations
     counts = obs.groupby("field_id")["valid_fraction"].apply(lambda v: (v > 0.5).sum())
-    fid = counts.idxmax() if len(counts) else result.series["field_id"].iloc[0]
+    # show a double-cropped field (two seasons found) when there is one: the typical case
+    n_seasons = result.phenology.dropna(subset=["pos"]).groupby("field_id")["season"].nunique()
+    double = counts[counts.index.isin(n_seasons[n_seasons >= 2].index)]
+    pick = double if len(double) else counts
+    fid = pick.idxmax() if len(pick) else result.series["field_id"].iloc[0]
     plot_series(result.series, obs, fid, ax=axes[1])
     fig.tight_layout()
     path = Path(path)
