@@ -18,6 +18,13 @@ Usage::
 
     python benchmarks/bench_zonal.py [--size 4096] [--dates 24] [--fields 20000]
                                      [--repeat 3] [--data DIR] [--methods ...]
+                                     [--memory-dates N] [--before-src OLD/src]
+
+``--methods floor cropyield --memory-dates 0`` is the quick loop while optimising;
+``--before-src`` adds the same call from an older source tree (``git archive <rev> src |
+tar -x -C /tmp/old``), interleaved, and checks that both outputs are bit-identical.
+Every child reports wall and CPU seconds (CPU is steadier on a shared machine) and, for
+cropyield, the untimed JIT warm-up call on 1 date x 5 fields (numba compilation).
 
 Data are generated once under ``--data`` (default ``benchmarks/_data/zonal_<size>_<blocksize>``, git-ignored) and reused;
 the OS page cache is warm after generation (the "warm cache" condition of DESIGN.md).
@@ -181,16 +188,21 @@ def child(method, data, n_dates, n_fields, size, save):
     import geopandas as gpd
 
     fields = gpd.read_parquet(Path(data) / f"fields_{n_fields}.parquet")
+    warm = 0.0
     if method == "cropyield":   # JIT warm-up on a tiny case (compilation is not timed)
         from cropyield.observations import field_observations
 
-        field_observations(scenes_for(data, 1), fields.iloc[:5], indices=("ndvi",))
+        with Timer() as tw:
+            field_observations(scenes_for(data, 1), fields.iloc[:5], indices=("ndvi",))
+        warm = tw.s
+    c0 = time.process_time()
     with Timer() as t:
         res = METHODS[method](data, fields, n_dates)
+    cpu = time.process_time() - c0
     df = res.pop("_df", None)
     if save and df is not None:
         df.to_parquet(save)
-    res.update(method=method, wall_s=t.s, n_dates=n_dates)
+    res.update(method=method, wall_s=t.s, cpu_s=cpu, warmup_s=warm, n_dates=n_dates)
     emit(res)
 
 
@@ -220,6 +232,10 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--memory-dates", type=int, default=6,
                     help="also run cropyield once on this many dates (peak memory vs dates)")
+    ap.add_argument("--before-src", default=None,
+                    help="also run field_observations from this source tree (a 'src' folder "
+                         "of an older checkout, e.g. from `git archive`), as method "
+                         "'cropyield_before', interleaved with the others")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "N_DATES", "SAVE"), default=None)
     a = ap.parse_args(argv)
     data = Path(a.data or Path(__file__).parent / "_data" / f"zonal_{a.size}_{a.blocksize}")
@@ -237,13 +253,19 @@ def main(argv=None):
 
     nb_hit, nb_all, bshape = blocks_under_fields(data, gpd.read_parquet(fpath), a.size)
     results = {}
+    methods = list(a.methods)
+    if a.before_src:
+        methods.append("cropyield_before")
     for rep in range(a.repeat):                       # interleaved: noise hits all alike
-        for m in a.methods:
-            save = str(data / f"out_{m}.parquet") if rep == 0 and m in ("cropyield",
-                                                                        "ee_plain") else "-"
+        for m in methods:
+            save = str(data / f"out_{m}.parquet") if rep == 0 and m in (
+                "cropyield", "ee_plain", "cropyield_before") else "-"
+            env = None
+            if m == "cropyield_before":
+                env = {"PYTHONPATH": str(Path(a.before_src).resolve())}
             r = run_child([__file__, "--size", str(a.size), "--fields", str(a.fields),
                            "--blocksize", str(a.blocksize), "--data", str(data),
-                           "--child", m, str(a.dates), save])
+                           "--child", m.replace("_before", ""), str(a.dates), save], env=env)
             results.setdefault(m, []).append(r)
             print(f"  run {rep + 1}/{a.repeat} {m:12s} {r['wall_s']:7.2f} s "
                   f"{r['maxrss_mib']:7.0f} MiB", file=sys.stderr, flush=True)
@@ -273,22 +295,46 @@ def main(argv=None):
              f"DEFLATE COGs tiled {bshape[0]}, B04+B08 (10 m) + SCL (20 m); "
              f"blocks under fields: {nb_hit}/{nb_all} per 10 m file; generation "
              f"{gen_s:.0f} s; median of {a.repeat} runs",
-             "", "| method | wall s (median) | runs | x floor | peak RSS MiB |",
-             "|---|---|---|---|---|"]
+             "", "| method | wall s (median) | runs | x floor | CPU s (median) | x floor CPU "
+             "| JIT warm-up s (not timed) | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    floor_cpu = statistics.median(r["cpu_s"] for r in results["floor"]) if "floor" in \
+        results else None
     for m, rs in results.items():
         med = statistics.median(r["wall_s"] for r in rs)
+        cpu = statistics.median(r["cpu_s"] for r in rs)
         runs = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
         ratio = f"{med / floor:.2f}" if floor else "-"
-        lines.append(f"| {m} | {med:.2f} | {runs} | {ratio} | "
+        cratio = f"{cpu / floor_cpu:.2f}" if floor_cpu else "-"
+        warm = max(r["warmup_s"] for r in rs)
+        lines.append(f"| {m} | {med:.2f} | {runs} | {ratio} | {cpu:.2f} | {cratio} | "
+                     f"{f'{warm:.1f}' if warm else '-'} | "
                      f"{max(r['maxrss_mib'] for r in rs):.0f} |")
     if mem:
         lines.append(f"| cropyield, {a.memory_dates} dates | {mem['wall_s']:.2f} | 1 | - | "
-                     f"{mem['maxrss_mib']:.0f} |")
+                     f"{mem['cpu_s']:.2f} | - | - | {mem['maxrss_mib']:.0f} |")
     if parity:
         lines.append("")
         lines.append(f"parity cropyield vs exactextract mean: {parity['pairs']} field-dates, "
                      f"max |diff| {parity['max_abs_diff']:.2e}, NaN mismatches "
                      f"{parity['nan_mismatch']}")
+    if {"cropyield", "cropyield_before"} <= set(results):
+        import pandas as pd
+
+        new_df = pd.read_parquet(data / "out_cropyield.parquet")
+        old_df = pd.read_parquet(data / "out_cropyield_before.parquet")
+        same = new_df.equals(old_df)
+        lines.append("")
+        lines.append(f"cropyield vs cropyield_before output (field_id, time, ndvi): "
+                     f"{'bit-identical' if same else 'DIFFERENT'}")
+    if "floor" in results:
+        for m, rs in results.items():
+            if m == "floor":
+                continue
+            pr = [r["wall_s"] / f["wall_s"] for r, f in zip(rs, results["floor"])]
+            lines.append(f"{m}: per-repeat wall ratio to the floor run just before it: "
+                         f"{', '.join(f'{x:.2f}' for x in pr)} (median "
+                         f"{statistics.median(pr):.2f})")
     if "cropyield" in results:
         r = results["cropyield"][0]
         lines.append(f"cropyield blocks_read {r['blocks_read']}, bytes_read "

@@ -685,7 +685,11 @@ def _prepare(geoms, grid: Grid):
     import shapely
 
     t = grid.transform
-    parts, part_field = shapely.get_parts(geoms, return_index=True)
+    if len(geoms) and bool(np.all(shapely.get_type_id(geoms) == 3)):
+        # all single polygons: get_parts would only clone them (slow for many fields)
+        parts, part_field = np.asarray(geoms, dtype=object), np.arange(len(geoms))
+    else:
+        parts, part_field = shapely.get_parts(geoms, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, vert_ring = shapely.get_coordinates(rings, return_index=True)
     nring = len(rings)

@@ -1171,6 +1171,149 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
     return df
 
 
+@numba.njit(nogil=True)
+def _multi_field_stats_sel(vals_u, inv, fractions, valid_u, foot_u, offsets, fsel, min_frac,
+                           vsum, fsum, isum, mean, std, wsum):
+    """:func:`_multi_field_stats` for the fields ``fsel`` only, reading every CSR entry's
+    value, validity and footprint through ``inv`` (entry -> unique pixel), so no per-entry
+    arrays are built. Same arithmetic in the same order (identical results); output ``i``
+    is field ``fsel[i]``.
+    """
+    nidx = vals_u.shape[0]
+    swa = np.zeros(nidx)
+    swxa = np.zeros(nidx)
+    for i in range(fsel.shape[0]):
+        f = fsel[i]
+        s = offsets[f]
+        e = offsets[f + 1]
+        vs = 0.0
+        fs = 0.0
+        ws = 0.0
+        for j in range(nidx):
+            swa[j] = 0.0
+            swxa[j] = 0.0
+        # one pass for the weights and the weighted sums: every accumulator still adds
+        # the same terms in the same order as _multi_field_stats
+        for k in range(s, e):
+            fr = fractions[k]
+            u = inv[k]
+            if foot_u[u]:
+                fs += fr
+            if valid_u[u]:
+                vs += fr
+                if fr >= min_frac:
+                    ws += fr
+                    for j in range(nidx):
+                        x = vals_u[j, u]
+                        if x == x:
+                            swa[j] += fr
+                            swxa[j] += fr * x
+        vsum[i] = vs
+        fsum[i] = fs
+        isum[i] = ws
+        for j in range(nidx):
+            sw = swa[j]
+            swx = swxa[j]
+            if sw > 0.0:
+                m = swx / sw
+                ss = 0.0
+                for k in range(s, e):
+                    fr = fractions[k]
+                    u = inv[k]
+                    x = vals_u[j, u]
+                    if valid_u[u] and fr >= min_frac and x == x:
+                        d = x - m
+                        ss += fr * d * d
+                mean[j, i] = m
+                std[j, i] = np.sqrt(ss / sw)
+                wsum[j, i] = sw
+            else:
+                mean[j, i] = _nan
+                std[j, i] = _nan
+                wsum[j, i] = 0.0
+
+
+def _coverage_stats_sel(cov: Coverage, vals_u: np.ndarray, inv: np.ndarray,
+                        valid_u: np.ndarray, foot_u: np.ndarray, fsel: np.ndarray,
+                        min_valid_fraction: float = 0.0) -> dict[str, Any]:
+    """Array form of :func:`coverage_stats` (``footprint`` given, ``min_coverage_frac=0``)
+    for the fields ``fsel``, with values per unique pixel.
+
+    Parameters
+    ----------
+    vals_u : float64 array, shape (n_indices, n_unique)
+        Index values per unique pixel (NaN invalid).
+    inv : int32 or int64 array, shape (cov.nnz,)
+        CSR entry -> unique pixel.
+    valid_u, foot_u : bool arrays, shape (n_unique,)
+        Validity and data footprint per unique pixel.
+    fsel : int64 array
+        Field positions (rows of ``cov``) to compute.
+
+    Returns
+    -------
+    dict
+        ``coverage``, ``valid_fraction`` (float arrays), ``mean``, ``std`` (float arrays of
+        shape ``(n_indices, len(fsel))``) and ``flags`` (list of str), numerically identical
+        to the matching rows and columns of :func:`coverage_stats`.
+    """
+    fsel = np.ascontiguousarray(fsel, dtype=np.int64)
+    nsel = fsel.shape[0]
+    nidx = vals_u.shape[0]
+    vsum, fsum, isum = np.empty(nsel), np.empty(nsel), np.empty(nsel)
+    mean, std, wsum = np.empty((nidx, nsel)), np.empty((nidx, nsel)), np.empty((nidx, nsel))
+    inv = np.ascontiguousarray(inv)
+    if inv.dtype not in (np.int32, np.int64):
+        inv = inv.astype(np.int64)
+    _multi_field_stats_sel(np.ascontiguousarray(vals_u, dtype=np.float64), inv, cov.fractions,
+                           np.ascontiguousarray(valid_u, dtype=np.bool_),
+                           np.ascontiguousarray(foot_u, dtype=np.bool_), cov.offsets, fsel,
+                           -1.0, vsum, fsum, isum, mean, std, wsum)
+    covsum = np.asarray(cov.coverage)[fsel]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vfrac = np.where(covsum > 0, vsum / np.where(covsum > 0, covsum, 1.0), np.nan)
+    codes, bits = _base_bits(cov)
+    bits = bits[fsel]
+    bit = {c: np.int64(1) << j for j, c in enumerate(codes)}
+    has_px = np.asarray(cov.n_pixels)[fsel] > 0
+    bits |= np.where(has_px & (fsum <= 0), bit["NO_OVERLAP"], 0)
+    bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
+    low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
+    bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
+    for j in range(nidx):
+        bits |= np.where(has_px & (isum > 0) & (wsum[j] <= 0), bit["INVALID_INDEX"], 0)
+        mean[j, low] = np.nan
+        std[j, low] = np.nan
+    return {"coverage": covsum, "valid_fraction": vfrac, "mean": mean, "std": std,
+            "flags": bits_to_flags(bits, codes)}
+
+
+@numba.njit(nogil=True)
+def _reflectance_valid(dn, inv, scale, offset, nodata, has_nodata, valid, out):
+    """``out[i] = reflectance(dn[inv[i]])`` (``dn`` itself when ``inv`` is empty) with the
+    arithmetic of :func:`reflectance` (float64 ``dn * scale + offset``, NaN where
+    ``dn == nodata``), and ``valid[i] &= isfinite(out[i])``, in one pass."""
+    n = out.shape[0]
+    direct = inv.shape[0] == 0
+    for i in range(n):
+        d = dn[i] if direct else dn[inv[i]]
+        if has_nodata and d == nodata:
+            v = _nan
+        else:
+            v = np.float64(d) * scale + offset
+        out[i] = v
+        if not np.isfinite(v):
+            valid[i] = False
+
+
+def _reflectance_valid_ref(dn, inv, scale, offset, nodata, valid):
+    """NumPy twin of :func:`_reflectance_valid` (returns the reflectance, updates valid)."""
+    d = dn if len(inv) == 0 else dn[inv]
+    r = reflectance(d, scale, offset, nodata=nodata)
+    valid &= np.isfinite(r)
+    return r
+
+
 _STAT_CODES = ("ALL_MASKED", "FIELD_TOO_SMALL", "INVALID_GEOMETRY", "INVALID_INDEX",
                "LOW_VALID_FRACTION", "NO_OVERLAP", "SUBPIXEL_FIELD")
 

@@ -34,7 +34,7 @@ import threading
 import time as _time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -99,20 +99,103 @@ class _GridCtx:
     cov_sum: np.ndarray     # per field, in pixels
     area_px: np.ndarray
     coarse: dict
+    want_cand: np.ndarray = None    # unique pixels under fields with coverage > 0
+    lock: Any = field(default_factory=threading.Lock)
 
     def pixels(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unique pixels on a grid ``k`` times coarser and the map unique fine -> coarse."""
+        hit = self.coarse.get(k)
+        if hit is not None:
+            return hit
+        with self.lock:
+            return self._pixels(k)
+
+    def want_on(self, k: int, want_u: np.ndarray) -> np.ndarray:
+        """Pixels of the ``k`` times coarser grid holding a pixel of ``want_u`` (cached for
+        ``want_cand``, the same for every date)."""
+        if k == 1:
+            return want_u
+        if want_u is self.want_cand:
+            hit = self.coarse.get(("want", k))
+            if hit is not None:
+                return hit
+        brow, _, inv_k = self.pixels(k)
+        want_b = np.zeros(len(brow), bool)
+        want_b[inv_k[want_u]] = True
+        if want_u is self.want_cand:
+            self.coarse[("want", k)] = want_b
+        return want_b
+
+    def _pixels(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hit = self.coarse.get(k)
         if hit is None:
             if k == 1:
                 hit = (self.urows, self.ucols, np.arange(len(self.urows)))
             else:
                 w = int(self.ucols.max()) // k + 1 if len(self.ucols) else 1
-                flat = (self.urows // k) * w + self.ucols // k
-                u, inv = np.unique(flat, return_inverse=True)
-                hit = (u // w, u % w, inv.ravel())
+                if len(self.urows) and np.all(self.urows[1:] >= self.urows[:-1]):
+                    # urows/ucols come from a sorted unique flat index (row-major): one
+                    # linear pass gives what np.unique of the coarse flat index gives
+                    hit = _coarse_unique(self.urows, self.ucols, k, w)
+                else:
+                    flat = (self.urows // k) * w + self.ucols // k
+                    u, inv = np.unique(flat, return_inverse=True)
+                    hit = (u // w, u % w, inv.ravel())
             self.coarse[k] = hit
         return hit
+
+
+def _coarse_unique_ref(urows, ucols, k, w):
+    """NumPy twin of :func:`_coarse_unique`."""
+    flat = (np.asarray(urows) // k) * w + np.asarray(ucols) // k
+    u, inv = np.unique(flat, return_inverse=True)
+    return u // w, u % w, inv.ravel()
+
+
+def _make_coarse_unique():
+    import numba
+
+    @numba.njit(nogil=True)
+    def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
+        """Unique pixels of the ``k`` times coarser grid (``w`` columns) of fine pixels
+        sorted by (row, col), in (row, col) order, and the map fine -> coarse index."""
+        n = urows.shape[0]
+        slot = np.full(w, -1, np.int64)
+        out_r = np.empty(n, np.int64)
+        out_c = np.empty(n, np.int64)
+        inv = np.empty(n, np.int64)
+        nu = 0
+        i = 0
+        while i < n:
+            cr = urows[i] // k
+            j = i
+            cmin = w
+            cmax = -1
+            while j < n and urows[j] // k == cr:
+                cc = ucols[j] // k
+                slot[cc] = 0
+                if cc < cmin:
+                    cmin = cc
+                if cc > cmax:
+                    cmax = cc
+                j += 1
+            for cc in range(cmin, cmax + 1):
+                if slot[cc] == 0:
+                    slot[cc] = nu + 1
+                    out_r[nu] = cr
+                    out_c[nu] = cc
+                    nu += 1
+            for t in range(i, j):
+                inv[t] = slot[ucols[t] // k] - 1
+            for cc in range(cmin, cmax + 1):
+                slot[cc] = -1
+            i = j
+        return out_r[:nu].copy(), out_c[:nu].copy(), inv
+
+    return _coarse_unique
+
+
+_coarse_unique = _make_coarse_unique()
 
 
 def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
@@ -122,12 +205,19 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     rows = np.asarray(cov.rows, np.int64)
     cols = np.asarray(cov.cols, np.int64)
     flat = rows * grid.shape[1] + cols
+    if grid.shape[0] * grid.shape[1] < 2**31:
+        flat = flat.astype(np.int32)      # same unique/inverse, faster sort
     u, inv = np.unique(flat, return_inverse=True)
+    u = u.astype(np.int64)
+    inv = inv.astype(np.int64, copy=False)
     n = len(cov.offsets) - 1
     pf = np.repeat(np.arange(n, dtype=np.int64), np.diff(cov.offsets))
     cov_sum = np.bincount(pf, weights=cov.fractions, minlength=n)
-    return _GridCtx(cov, pf, inv.ravel(), u // grid.shape[1], u % grid.shape[1], cov_sum,
-                    np.asarray(cov.area_px, float), {})
+    inv = inv.ravel()
+    want_cand = np.zeros(len(u), bool)
+    want_cand[inv[(cov_sum > 0)[pf]]] = True
+    return _GridCtx(cov, pf, inv, u // grid.shape[1], u % grid.shape[1], cov_sum,
+                    np.asarray(cov.area_px, float), {}, want_cand, threading.Lock())
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,8 +496,7 @@ class _Run:
             return np.full(len(ctx.urows), _CLEAR, np.uint8), 0
         k = _factor(band.grid, self.ref_grids[si], "SCL")
         brow, bcol, inv_k = ctx.pixels(k)
-        want_b = np.zeros(len(brow), bool)
-        want_b[inv_k[want_u]] = True
+        want_b = ctx.want_on(k, want_u)
         classes, dilate = self.classes, self.dilate
 
         # class -> code table with the indices module's semantics (0 always invalid, unknown
@@ -427,8 +516,16 @@ class _Run:
 
         try:
             self._check_grid(band)
-            codes_b = self.reader.read(band.href, brow, bcol, want=want_b, fill=_OUTSIDE,
-                                       dtype=np.uint8, pad=dilate, window_fn=to_codes)
+            if dilate == 0 and np.dtype(self.reader.meta(band.href).dtype) == np.uint8:
+                # no neighbourhood needed: gather the raw classes, then look the codes up
+                # on the pixel vector only (unread pixels: class 0 -> _OUTSIDE, the fill)
+                raw = self.reader.read(band.href, brow, bcol, want=want_b, fill=0,
+                                       dtype=np.uint8)
+                codes_b = lut[raw]
+            else:
+                codes_b = self.reader.read(band.href, brow, bcol, want=want_b,
+                                           fill=_OUTSIDE, dtype=np.uint8, pad=dilate,
+                                           window_fn=to_codes)
         except AssetReadError as exc:
             return None, self._fail(scene, "SCL", exc)
         finally:
@@ -446,9 +543,8 @@ class _Run:
                 fail_bits.append(0)
                 score.append(None)
                 continue
-            want_u = np.zeros(len(ctx.urows), bool)
-            want_u[ctx.inv[cm[ctx.pf]]] = True
-            code_u, fb = self.scl_codes(i, want_u)
+            # cm is cov_sum > 0: its pixels were collected once per grid
+            code_u, fb = self.scl_codes(i, ctx.want_cand)
             codes.append(code_u)
             fail_bits.append(fb)
             if len(members) > 1:
@@ -494,19 +590,12 @@ class _Run:
     # -- band reads + statistics for the fields assigned to one scene -----------------------
     def scene_rows(self, si: int, ctx: _GridCtx, assigned: np.ndarray,
                    code_u: np.ndarray | None, bits0: int) -> dict:
-        from .indices import coverage_stats, reflectance
+        from .indices import _apply, _coverage_stats_sel, _reflectance_valid, reflectance
 
         scene = self.scenes[si]
         ref = self.ref_grids[si]
         fi = np.flatnonzero(assigned)
         nf = len(fi)
-        emask = assigned[ctx.pf]
-        frac = ctx.cov.fractions[emask]
-        einv = ctx.inv[emask]
-        counts = np.diff(ctx.cov.offsets)[fi]
-        sub_off = np.zeros(nf + 1, np.int64)
-        np.cumsum(counts, out=sub_off[1:])
-        pf_sub = np.repeat(np.arange(nf), counts)
         cov = ctx.cov_sum[fi]
         bits = np.full(nf, bits0, np.int64)
         nan = np.full(nf, np.nan)
@@ -515,19 +604,23 @@ class _Run:
         vf = nan.copy()
         if code_u is None:
             return self._rows(si, ctx, fi, cov, vf, bits, means, stds)
-        e_code = code_u[einv]
-        swath = np.bincount(pf_sub, weights=frac * (e_code > _OUTSIDE), minlength=nf)
-        want_u = np.zeros(len(ctx.urows), bool)
-        want_u[einv[e_code == _CLEAR]] = True
+        if np.array_equal(assigned, ctx.cov_sum > 0):
+            # every candidate field is assigned to this scene (the usual case)
+            want_u = ctx.want_cand & (code_u == _CLEAR)
+        else:
+            emask = assigned[ctx.pf]
+            einv = ctx.inv[emask]
+            want_u = np.zeros(len(ctx.urows), bool)
+            want_u[einv[code_u[einv] == _CLEAR]] = True
         # read the reflectance bands (only blocks with a clear pixel of an assigned field)
         refl: dict[str, np.ndarray] = {}
+        dns: dict[str, tuple] = {}
         fail = 0
         for b in self.bands:
             band = scene.bands[b]
             k = _factor(band.grid, ref, b)
             brow, bcol, inv_k = ctx.pixels(k)
-            want_b = np.zeros(len(brow), bool)
-            want_b[inv_k[want_u]] = True
+            want_b = ctx.want_on(k, want_u)
             nod = band.nodata if band.nodata is not None else 0
             try:
                 self._check_grid(band)
@@ -537,31 +630,48 @@ class _Run:
                 continue
             finally:
                 self.reader.release(band.href)
-            refl[b] = np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod),
-                                 float)
+            dns[b] = (dn, None if k == 1 else inv_k, band, nod)
         if fail:
+            emask = assigned[ctx.pf]
+            pf_sub = np.repeat(np.arange(nf), np.diff(ctx.cov.offsets)[fi])
+            swath = np.bincount(pf_sub, weights=ctx.cov.fractions[emask]
+                                * (code_u[ctx.inv[emask]] > _OUTSIDE), minlength=nf)
             bits |= fail
             bits[swath <= 0] |= _B_NO_OVERLAP
             return self._rows(si, ctx, fi, cov, vf, bits, means, stds)
-        # statistics through the row builder shared with indices.zonal_stats (same numbers,
-        # same flags): entries of fields not assigned to this scene get no weight
-        e_all = code_u[ctx.inv]
-        refl_e = {b: refl[b][ctx.inv] for b in self.bands}
-        valid_e = (e_all == _CLEAR) & assigned[ctx.pf]
+        # statistics with the same arithmetic as indices.coverage_stats (same numbers, same
+        # flags), computed per unique pixel and read through ctx.inv for the assigned fields
+        # only (no per-entry arrays)
+        valid_u = code_u == _CLEAR
         for b in self.bands:
-            valid_e &= np.isfinite(refl_e[b])
-        st = coverage_stats(ctx.cov, refl_e, valid_e, indices=list(self.specs),
-                            footprint=e_all > _OUTSIDE, min_valid_fraction=self.min_vf,
-                            include_empty=True).iloc[fi]
-        c0 = list(st.columns).index("valid_fraction") + 1
-        names = list(st.columns[c0:c0 + 2 * len(self.specs)])
+            dn, inv_k, band, nod = dns[b]
+            scale, offset = float(band.scale), float(band.offset)
+            plain = (nod is not None and dn.dtype.kind in "ui"
+                     and not (isinstance(nod, float) and np.isnan(nod))
+                     and float(nod) == int(nod)
+                     and np.iinfo(dn.dtype).min <= int(nod) <= np.iinfo(dn.dtype).max)
+            if plain:
+                # reflectance + validity in one numba pass (same arithmetic as reflectance)
+                r = np.empty(len(valid_u))
+                _reflectance_valid(dn, np.zeros(0, np.int64) if inv_k is None else inv_k,
+                                   scale, offset, dn.dtype.type(int(nod)), True, valid_u, r)
+            else:
+                r = np.asarray(reflectance(dn if inv_k is None else dn[inv_k], band.scale,
+                                           band.offset, nodata=nod), float)
+                valid_u &= np.isfinite(r)
+            refl[b] = r
+        vals_u = np.empty((len(self.specs), len(valid_u)))
+        for j, spec in enumerate(self.specs.values()):
+            if len(valid_u):
+                vals_u[j] = _apply(spec, refl).reshape(-1)
+        st = _coverage_stats_sel(ctx.cov, vals_u, ctx.inv, valid_u, code_u > _OUTSIDE, fi,
+                                 self.min_vf)
         for j, name in enumerate(self.specs):
-            means[name] = st[names[2 * j]].to_numpy(float)
-            stds[name] = st[names[2 * j + 1]].to_numpy(float)
-        flags = _with_scene_flags(st["flags"].to_numpy(object), scene.flags)
-        return {"fi": fi, "scene": si, "cov": st["coverage"].to_numpy(float),
-                "vf": st["valid_fraction"].to_numpy(float), "flags": flags, "mean": means,
-                "std": stds}
+            means[name] = st["mean"][j]
+            stds[name] = st["std"][j]
+        flags = _with_scene_flags(np.asarray(st["flags"], dtype=object), scene.flags)
+        return {"fi": fi, "scene": si, "cov": st["coverage"], "vf": st["valid_fraction"],
+                "flags": flags, "mean": means, "std": stds}
 
     def _rows(self, si, ctx, fi, cov, vf, bits, means, stds) -> dict:
         """Rows without statistics (read failures): bits + coverage flags + scene flags."""

@@ -286,7 +286,8 @@ class BlockPlan:
 
 def plan_blocks(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
                 block_shape: tuple[int, int], want: np.ndarray | None = None,
-                max_run: int = 8) -> BlockPlan:
+                max_run: int = 8, presorted: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> BlockPlan:
     """Group pixels by the raster block they fall in and merge adjacent blocks into runs.
 
     Parameters
@@ -301,31 +302,106 @@ def plan_blocks(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
         Only pixels where ``want`` is True are planned (others are not read).
     max_run : int
         Maximum number of blocks in one run (window read).
+    presorted : (order, keys), optional
+        :func:`_block_sort` of ``rows, cols`` (cached by callers that plan the same pixels
+        many times with different ``want``); computed here when None.
     """
+    bh, bw = int(block_shape[0]), int(block_shape[1])
+    if presorted is None:
+        presorted = _block_sort(rows, cols, shape, block_shape)
+    order_all, key_all = presorted
+    nbc = -(-int(shape[1]) // bw)
+    if want is None:
+        sel, key = order_all, key_all
+    else:
+        # filtering the stable sort of all pixels == stable sort of the wanted ones
+        want = np.ascontiguousarray(want, dtype=np.bool_).reshape(-1)
+        if want.shape[0] != order_all.shape[0]:
+            raise ValueError(f"want has {want.shape[0]} entries for {order_all.shape[0]} "
+                             f"pixels")
+        sel, key = _filter_sorted(order_all, key_all, want)
+    if len(sel) == 0:
+        e = np.zeros(0, np.int64)
+        return BlockPlan((bh, bw), sel.astype(np.int64), e, e, e, e, e)
+    ublocks, starts, ends = _block_bounds(key)
+    # runs of adjacent blocks, capped at max_run blocks
+    rr, rc0, rc1, s, e = _runs_of(ublocks, nbc, max_run)
+    return BlockPlan((bh, bw), sel.astype(np.int64), rr, rc0, rc1, starts[s], ends[e])
+
+
+def _block_sort(rows, cols, shape, block_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order of all pixels by block key and the sorted keys (block row-major)."""
     rows = np.asarray(rows, dtype=np.int64)
     cols = np.asarray(cols, dtype=np.int64)
     bh, bw = int(block_shape[0]), int(block_shape[1])
     nbc = -(-int(shape[1]) // bw)
-    sel = np.arange(len(rows)) if want is None else np.flatnonzero(np.asarray(want, bool))
-    key = (rows[sel] // bh) * nbc + cols[sel] // bw
-    order = np.argsort(key, kind="stable")
-    sel, key = sel[order], key[order]
-    if len(sel) == 0:
+    key = (rows // bh) * nbc + cols // bw
+    nbr = -(-int(shape[0]) // bh)
+    if len(key) and nbr * nbc <= 1 << 22:
+        # counting sort by block: the same permutation as a stable argsort, in O(n)
+        order = _counting_order(key, nbr * nbc)
+    else:
+        order = np.argsort(key, kind="stable").astype(np.int64, copy=False)
+    return order, key[order]
+
+
+def _counting_order_ref(key, nkeys):
+    """NumPy twin of :func:`_counting_order` (a stable argsort)."""
+    return np.argsort(key, kind="stable").astype(np.int64)
+
+
+def _make_counting():
+    import numba
+
+    @numba.njit(nogil=True)
+    def _counting_order(key, nkeys):  # pragma: no cover - compiled
+        """Stable sort permutation of small non-negative integer keys (< nkeys)."""
+        cnt = np.zeros(nkeys + 1, np.int64)
+        for i in range(key.shape[0]):
+            cnt[key[i] + 1] += 1
+        for b in range(nkeys):
+            cnt[b + 1] += cnt[b]
+        order = np.empty(key.shape[0], np.int64)
+        for i in range(key.shape[0]):
+            k = key[i]
+            order[cnt[k]] = i
+            cnt[k] += 1
+        return order
+
+    return _counting_order
+
+
+_counting_order = _make_counting()
+
+
+def _block_bounds(keys_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct block keys of a sorted key vector and each block's [start, end) in it."""
+    if len(keys_sorted) == 0:
         e = np.zeros(0, np.int64)
-        return BlockPlan((bh, bw), sel.astype(np.int64), e, e, e, e, e)
-    ublocks, starts = np.unique(key, return_index=True)
-    ends = np.append(starts[1:], len(key))
+        return e, e, e
+    newb = np.empty(len(keys_sorted), bool)
+    newb[0] = True
+    np.not_equal(keys_sorted[1:], keys_sorted[:-1], out=newb[1:])
+    starts = np.flatnonzero(newb)
+    return keys_sorted[starts], starts, np.append(starts[1:], len(keys_sorted))
+
+
+def _runs_of(ublocks, nbc: int, max_run: int):
+    """Split sorted block keys into runs of adjacent blocks of one block row (as
+    :func:`plan_blocks`): (run_row, run_col0, run_col1, first block, last block)."""
+    if len(ublocks) == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, e, e, e
     br, bc = ublocks // nbc, ublocks % nbc
     brk = np.ones(len(ublocks), bool)
     brk[1:] = (br[1:] != br[:-1]) | (bc[1:] != bc[:-1] + 1)
-    # cap run lengths at max_run blocks
     run_id = np.cumsum(brk) - 1
     first = np.flatnonzero(brk)
     pos = np.arange(len(ublocks)) - first[run_id]
     brk |= (pos % max(int(max_run), 1)) == 0
     s = np.flatnonzero(brk)
     e = np.append(s[1:], len(ublocks)) - 1
-    return BlockPlan((bh, bw), sel.astype(np.int64), br[s], bc[s], bc[e], starts[s], ends[e])
+    return br[s], bc[s], bc[e], s, e
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,6 +428,82 @@ def _make_gather():
 
 
 _gather_into = _make_gather()
+
+
+def _filter_sorted_ref(order, keys, want):
+    """NumPy twin of :func:`_filter_sorted`: ``order[m], keys[m]`` with ``m = want[order]``."""
+    m = np.asarray(want, bool)[order]
+    return order[m], keys[m]
+
+
+def _make_filter():
+    import numba
+
+    @numba.njit(nogil=True)
+    def _filter_sorted(order, keys, want):  # pragma: no cover - compiled
+        """Entries of the block-sorted pixel order whose pixel is wanted (one pass)."""
+        n = 0
+        for i in range(order.shape[0]):
+            if want[order[i]]:
+                n += 1
+        sel = np.empty(n, np.int64)
+        key = np.empty(n, np.int64)
+        j = 0
+        for i in range(order.shape[0]):
+            o = order[i]
+            if want[o]:
+                sel[j] = o
+                key[j] = keys[i]
+                j += 1
+        return sel, key
+
+    return _filter_sorted
+
+
+_filter_sorted = _make_filter()
+
+
+def _gather_masked_ref(arr, rows, cols, idx, want, r0, c0, out):
+    """NumPy twin of :func:`_gather_masked`: like :func:`_gather_into_ref` for the
+    ``idx`` with ``want[idx]`` only."""
+    i = idx[want[idx]]
+    out[i] = arr[rows[i] - r0, cols[i] - c0]
+
+
+def _blocks_wanted_ref(order, want, starts, ends):
+    """NumPy twin of :func:`_blocks_wanted`."""
+    w = np.asarray(want, bool)[order]
+    return np.array([bool(w[a:b].any()) for a, b in zip(starts, ends)], dtype=bool)
+
+
+def _make_masked():
+    import numba
+
+    @numba.njit(nogil=True)
+    def _gather_masked(arr, rows, cols, idx, want, r0, c0, out):  # pragma: no cover
+        """out[i] = arr[rows[i]-r0, cols[i]-c0] for i in idx where want[i]."""
+        for k in range(idx.shape[0]):
+            i = idx[k]
+            if want[i]:
+                out[i] = arr[rows[i] - r0, cols[i] - c0]
+
+    @numba.njit(nogil=True)
+    def _blocks_wanted(order, want, starts, ends):  # pragma: no cover - compiled
+        """Per block (pixels order[starts[b]:ends[b]]): does it hold a wanted pixel?
+        Stops at the first wanted pixel of each block."""
+        nb = starts.shape[0]
+        hit = np.zeros(nb, np.bool_)
+        for b in range(nb):
+            for k in range(starts[b], ends[b]):
+                if want[order[k]]:
+                    hit[b] = True
+                    break
+        return hit
+
+    return _gather_masked, _blocks_wanted
+
+
+_gather_masked, _blocks_wanted = _make_masked()
 
 
 # --------------------------------------------------------------------------------------------
@@ -459,6 +611,8 @@ class BlockReader:
         self._by_href: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._meta: dict[str, _Meta] = {}
+        self._sort_cache: dict[tuple, tuple] = {}
+        self._sort_lock = threading.Lock()
         self._signed: dict[str, tuple[int, str]] = {}
         self._resigned: dict[str, int] = {}
         self._closed = False
@@ -480,6 +634,7 @@ class BlockReader:
         with self._lock:
             handles, self._all = list(self._all), set()
             self._by_href = {}
+            self._sort_cache.clear()
         for ds in handles:
             try:
                 ds.close()
@@ -714,10 +869,24 @@ class BlockReader:
         rows = np.asarray(rows, np.int64)
         cols = np.asarray(cols, np.int64)
         m = self.meta(href)
-        if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= m.shape[0]
-                          or cols.max() >= m.shape[1]):
-            raise ValueError(f"pixel indices outside the raster {m.shape} of {redact(href)}")
-        plan = plan_blocks(rows, cols, m.shape, m.block_shape, want, self.max_run)
+        presorted = self._presorted(rows, cols, m, href)
+        mask = None
+        if want is not None and len(presorted) == 5:
+            # pixel set seen before: plan whole blocks (a block is read when it holds a
+            # wanted pixel, exactly as plan_blocks), and skip unwanted pixels while gathering
+            order_all, _, ub, bst, ben = presorted
+            mask = np.ascontiguousarray(want, dtype=np.bool_).reshape(-1)
+            if mask.shape[0] != order_all.shape[0]:
+                raise ValueError(f"want has {mask.shape[0]} entries for "
+                                 f"{order_all.shape[0]} pixels")
+            need = _blocks_wanted(order_all, mask, bst, ben)
+            nbc = -(-int(m.shape[1]) // int(m.block_shape[1]))
+            rr, rc0, rc1, s_, e_ = _runs_of(ub[need], nbc, self.max_run)
+            plan = BlockPlan((int(m.block_shape[0]), int(m.block_shape[1])), order_all, rr,
+                             rc0, rc1, bst[need][s_], ben[need][e_])
+        else:
+            plan = plan_blocks(rows, cols, m.shape, m.block_shape, want, self.max_run,
+                               presorted=presorted[:2])
         out_dtype = np.dtype(dtype) if dtype is not None else (
             np.dtype(m.dtype) if window_fn is None else None)
         out = None if out_dtype is None else np.full(len(rows), fill, dtype=out_dtype)
@@ -736,7 +905,7 @@ class BlockReader:
         if cur:
             chunks.append(cur)
         futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
-                                  window_fn, out) for runs in chunks]
+                                  window_fn, out, mask) for runs in chunks]
         error = None
         for f in futs:
             try:
@@ -750,8 +919,35 @@ class BlockReader:
             raise error
         return out
 
+    def _presorted(self, rows: np.ndarray, cols: np.ndarray, m: _Meta, href: str):
+        """Bounds check + block sort of ``rows, cols``, cached while the same arrays are
+        passed again (callers reuse one pixel set for every date of a grid)."""
+        key = (id(rows), id(cols), tuple(m.shape), tuple(m.block_shape))
+        with self._lock:
+            hit = self._sort_cache.get(key)
+        if hit is not None and hit[0] is rows and hit[1] is cols:
+            return hit[2]
+        if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= m.shape[0]
+                          or cols.max() >= m.shape[1]):
+            raise ValueError(f"pixel indices outside the raster {m.shape} of {redact(href)}")
+        if len(rows) < 4096:           # small reads are cheaper to re-sort than to cache
+            res = _block_sort(rows, cols, m.shape, m.block_shape)
+            return res + _block_bounds(res[1])
+        with self._sort_lock:          # one thread sorts, the others wait for its result
+            with self._lock:
+                hit = self._sort_cache.get(key)
+            if hit is not None and hit[0] is rows and hit[1] is cols:
+                return hit[2]
+            res = _block_sort(rows, cols, m.shape, m.block_shape)
+            res = res + _block_bounds(res[1])
+            with self._lock:
+                self._sort_cache[key] = (rows, cols, res)
+                while len(self._sort_cache) > 8:
+                    self._sort_cache.pop(next(iter(self._sort_cache)))
+        return res
+
     def _read_runs(self, href, plan: BlockPlan, runs, rows, cols, m: _Meta, pad, window_fn,
-                   out=None):
+                   out=None, mask=None):
         from rasterio.windows import Window
 
         bh, bw = plan.block_shape
@@ -781,8 +977,14 @@ class BlockReader:
             if window_fn is not None:
                 arr = window_fn(arr)
             if out is not None and arr.dtype == out.dtype:
-                _gather_into(np.ascontiguousarray(arr), rows, cols, idx, pr0, pc0, out)
+                if mask is None:
+                    _gather_into(np.ascontiguousarray(arr), rows, cols, idx, pr0, pc0, out)
+                else:
+                    _gather_masked(np.ascontiguousarray(arr), rows, cols, idx, mask, pr0,
+                                   pc0, out)
             else:
+                if mask is not None:
+                    idx = idx[mask[idx]]
                 results.append((idx, arr[rows[idx] - pr0, cols[idx] - pc0]))
         return results
 
