@@ -928,52 +928,13 @@ def _multi_field_stats(vals, fractions, valid, foot, offsets, min_frac, vsum, fs
     Weights are ``fraction`` where ``valid`` (and ``fraction >= min_frac``), per index also
     requiring a non-NaN value. Per field: valid weight ``vsum``, footprint weight ``fsum``,
     thresholded weight ``isum``; per index and field: weighted mean, population std and
-    weight sum (NaN mean/std when the weight sum is 0). Two passes per field (in cache).
+    weight sum (NaN mean/std when the weight sum is 0). This is
+    :func:`_multi_field_stats_sel` over every field with entries read directly (one kernel,
+    so the in-memory and the reader paths share their arithmetic).
     """
-    nf = offsets.shape[0] - 1
-    nidx = vals.shape[0]
-    for f in range(nf):
-        s = offsets[f]
-        e = offsets[f + 1]
-        vs = 0.0
-        fs = 0.0
-        ws = 0.0
-        for k in range(s, e):
-            fr = fractions[k]
-            if foot[k]:
-                fs += fr
-            if valid[k]:
-                vs += fr
-                if fr >= min_frac:
-                    ws += fr
-        vsum[f] = vs
-        fsum[f] = fs
-        isum[f] = ws
-        for j in range(nidx):
-            sw = 0.0
-            swx = 0.0
-            for k in range(s, e):
-                fr = fractions[k]
-                x = vals[j, k]
-                if valid[k] and fr >= min_frac and x == x:
-                    sw += fr
-                    swx += fr * x
-            if sw > 0.0:
-                m = swx / sw
-                ss = 0.0
-                for k in range(s, e):
-                    fr = fractions[k]
-                    x = vals[j, k]
-                    if valid[k] and fr >= min_frac and x == x:
-                        d = x - m
-                        ss += fr * d * d
-                mean[j, f] = m
-                std[j, f] = np.sqrt(ss / sw)
-                wsum[j, f] = sw
-            else:
-                mean[j, f] = _nan
-                std[j, f] = _nan
-                wsum[j, f] = 0.0
+    _multi_field_stats_sel(vals, np.arange(fractions.shape[0]), fractions, valid, foot, offsets,
+                           np.arange(offsets.shape[0] - 1), min_frac, vsum, fsum, isum, mean,
+                           std, wsum)
 
 
 @numba.njit(nogil=True)
