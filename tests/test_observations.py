@@ -272,6 +272,20 @@ def test_parity_with_exactextract_mean(tmp_path):
     assert both.loc[~ok, "ndvi"].isna().all()
     assert (both.loc[~ok, "flags"].str.contains("ALL_MASKED")).all()
 
+    # min_coverage_frac: same as exactextract's mean(min_coverage_frac=0.5); fields with no
+    # such valid pixel are NaN and say why, coverage and valid fraction are unchanged
+    half = field_observations([sc], fields, min_coverage_frac=0.5).set_index("field_id")
+    ref5 = exactextract.exact_extract(str(fn), fields, ["mean(min_coverage_frac=0.5)"],
+                                      include_cols=["field_id"], output="pandas")
+    both5 = half.join(ref5.set_index("field_id"), how="inner")
+    ok5 = both5["mean"].notna()
+    assert ok5.sum() >= 20
+    np.testing.assert_allclose(both5.loc[ok5, "ndvi"], both5.loc[ok5, "mean"], atol=1e-6)
+    assert both5.loc[~ok5, "ndvi"].isna().all()
+    assert (both5.loc[~ok5, "flags"].str.len() > 0).all()
+    np.testing.assert_allclose(half["coverage"], df["coverage"])
+    assert (np.abs(half.loc[ok5, "ndvi"] - df.loc[ok5, "ndvi"]) > 1e-9).any()
+
 
 def test_scene_flags_and_progress_and_xarray(tmp_path):
     from cropyield.observations import field_observations, observations_to_xarray

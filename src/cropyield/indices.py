@@ -1097,8 +1097,8 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
             vals[j] = _apply(spec, refl).reshape(-1)
     vsum, fsum, isum = np.empty(nf), np.empty(nf), np.empty(nf)
     mean, std, wsum = np.empty((nidx, nf)), np.empty((nidx, nf)), np.empty((nidx, nf))
-    _multi_field_stats(vals, cov.fractions, valid, foot, cov.offsets,
-                       mcf - 1e-12 if mcf > 0 else -1.0, vsum, fsum, isum, mean, std, wsum)
+    _multi_field_stats(vals, cov.fractions, valid, foot, cov.offsets, _min_frac_threshold(mcf),
+                       vsum, fsum, isum, mean, std, wsum)
     if footprint is None:
         fsum = covsum
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -1194,11 +1194,18 @@ def _multi_field_stats_sel(vals_u, inv, fractions, valid_u, foot_u, offsets, fse
                 wsum[j, i] = 0.0
 
 
+def _min_frac_threshold(min_coverage_frac: float) -> float:
+    """Kernel threshold for ``min_coverage_frac`` (inclusive up to float noise; -1: off)."""
+    mcf = float(min_coverage_frac)
+    return mcf - 1e-12 if mcf > 0 else -1.0
+
+
 def _coverage_stats_sel(cov: Coverage, vals_u: np.ndarray, inv: np.ndarray,
                         valid_u: np.ndarray, foot_u: np.ndarray, fsel: np.ndarray,
-                        min_valid_fraction: float = 0.0) -> dict[str, Any]:
-    """Array form of :func:`coverage_stats` (``footprint`` given, ``min_coverage_frac=0``)
-    for the fields ``fsel``, with values per unique pixel.
+                        min_valid_fraction: float = 0.0,
+                        min_coverage_frac: float = 0.0) -> dict[str, Any]:
+    """Array form of :func:`coverage_stats` (``footprint`` given) for the fields ``fsel``,
+    with values per unique pixel.
 
     Parameters
     ----------
@@ -1229,7 +1236,8 @@ def _coverage_stats_sel(cov: Coverage, vals_u: np.ndarray, inv: np.ndarray,
     _multi_field_stats_sel(np.ascontiguousarray(vals_u, dtype=np.float64), inv, cov.fractions,
                            np.ascontiguousarray(valid_u, dtype=np.bool_),
                            np.ascontiguousarray(foot_u, dtype=np.bool_), cov.offsets, fsel,
-                           -1.0, vsum, fsum, isum, mean, std, wsum)
+                           _min_frac_threshold(min_coverage_frac), vsum, fsum, isum, mean, std,
+                           wsum)
     covsum = np.asarray(cov.coverage)[fsel]
     with np.errstate(invalid="ignore", divide="ignore"):
         vfrac = np.where(covsum > 0, vsum / np.where(covsum > 0, covsum, 1.0), np.nan)
@@ -1241,6 +1249,8 @@ def _coverage_stats_sel(cov: Coverage, vals_u: np.ndarray, inv: np.ndarray,
     bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
     low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
     bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
+    if min_coverage_frac > 0:
+        bits |= np.where(has_px & (vsum > 0) & (isum <= 0), bit["FIELD_TOO_SMALL"], 0)
     for j in range(nidx):
         bits |= np.where(has_px & (isum > 0) & (wsum[j] <= 0), bit["INVALID_INDEX"], 0)
         mean[j, low] = np.nan

@@ -228,6 +228,7 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                        scl_classes: Iterable[int] | None = None, dilate: int = 0,
                        min_valid_fraction: float = 0.0, id_col: str = "field_id",
                        on_error: str = "raise", progress: Any = None, threads: int = 2,
+                       min_coverage_frac: float = 0.0,
                        env: Mapping[str, Any] | None = None,
                        signer: Callable[[str], str] | None = None,
                        max_attempts: int = 4) -> pd.DataFrame:
@@ -248,6 +249,12 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         Dilate cloud and shadow masks by this many SCL pixels (20 m each).
     min_valid_fraction : float
         Rows whose valid fraction is below this get NaN values and ``LOW_VALID_FRACTION``.
+    min_coverage_frac : float
+        Pixels covered by less than this fraction of their area are left out of the index
+        means and stds (exactextract's ``min_coverage_frac``); ``coverage`` and
+        ``valid_fraction`` still count every pixel. Mixed edge pixels bias small fields
+        towards their neighbours (``docs/method.md``), so ~0.5 suits yield work; a field with
+        no such pixel gets NaN and ``FIELD_TOO_SMALL``. Default 0: exact area weighting.
     id_col : str
         Field identifier column.
     on_error : {"raise", "flag"}
@@ -311,6 +318,8 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         raise ConfigError("dilate must be >= 0 (pixels)")
     if not 0.0 <= float(min_valid_fraction) <= 1.0:
         raise ConfigError("min_valid_fraction must be within [0, 1]")
+    if not 0.0 <= float(min_coverage_frac) <= 1.0:
+        raise ConfigError("min_coverage_frac must be within [0, 1]")
     fields = validate_fields(fields, id_col=id_col)
     scene_list = _as_scene_list(scenes)
     for s in scene_list:
@@ -342,7 +351,7 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     field_ids = np.asarray(fields[id_col].to_numpy())
 
     state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
-                 float(min_valid_fraction), on_error)
+                 float(min_valid_fraction), on_error, float(min_coverage_frac))
     reader_signer = signer
     if reader_signer is None:
         sig = {getattr(s, "signer", None) for s in scene_list} - {None}
@@ -450,10 +459,11 @@ class _Run:
     """Shared state of one :func:`field_observations` call (read-only after set-up)."""
 
     def __init__(self, scenes, ref_grids, ctxs, specs, bands, classes, dilate, min_vf,
-                 on_error):
+                 on_error, min_cf=0.0):
         self.scenes, self.ref_grids, self.ctxs = scenes, ref_grids, ctxs
         self.specs, self.bands, self.classes = specs, bands, classes
         self.dilate, self.min_vf, self.on_error = dilate, min_vf, on_error
+        self.min_cf = min_cf
         self.failures: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.reader = None
@@ -665,7 +675,7 @@ class _Run:
             if len(valid_u):
                 vals_u[j] = _apply(spec, refl).reshape(-1)
         st = _coverage_stats_sel(ctx.cov, vals_u, ctx.inv, valid_u, code_u > _OUTSIDE, fi,
-                                 self.min_vf)
+                                 self.min_vf, self.min_cf)
         for j, name in enumerate(self.specs):
             means[name] = st["mean"][j]
             stds[name] = st["std"][j]

@@ -94,6 +94,7 @@ def estimate(
     as_of=None,
     on_error: str = "flag",
     declared_prior_odds: float = 1.0,
+    min_coverage_frac: float = 0.0,
     id_col: str = "field_id",
     progress: Callable[[int, int, str], None] | None = None,
     read_progress: Any = None,
@@ -121,6 +122,9 @@ def estimate(
     declared_prior_odds : float
         Prior odds given to the declared ``crop`` in crop identification (1.0: imagery only;
         see :func:`cropyield.identify_crops`).
+    min_coverage_frac : float
+        Leave pixels covered by less than this fraction out of the field means (see
+        :func:`cropyield.field_observations`; 0 = exact area weighting).
     progress : callable, optional
         Called as ``progress(step, n_steps, stage_name)`` before each stage.
 
@@ -146,7 +150,8 @@ def estimate(
         scenes = stages.run("search", search_scenes, fields, start, end, catalog=catalog,
                             collection=collection, max_cloud=max_cloud)
     obs = stages.run("observations", field_observations, scenes, fields, indices=tuple(indices),
-                     on_error=on_error, id_col=id_col, progress=read_progress)
+                     on_error=on_error, id_col=id_col, progress=read_progress,
+                     min_coverage_frac=min_coverage_frac)
     series = stages.run("series", _smooth_all, smooth_series, obs, indices)
     phen = stages.run("phenology", phenology, series, index="ndvi", as_of=as_of)
     declared = fields.set_index(id_col)["crop"] if "crop" in fields.columns else None
