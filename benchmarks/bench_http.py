@@ -165,8 +165,9 @@ def c_odc(tile_root, fields, base):
     l, b = np.floor(l / 10) * 10, np.floor(b / 10) * 10
     r, t = np.ceil(r / 10) * 10, np.ceil(t / 10) * 10
     gbox = GeoBox.from_bbox((l, b, r, t), crs=f"EPSG:{EPSG}", resolution=10)
+    same = ("GDAL_HTTP", "VSI", "GDAL_MAX_RAW")       # the read settings cropyield uses
     odc.stac.configure_rio(cloud_defaults=True, **{k: v for k, v in gdal_env().items()
-                                                   if k.startswith(("GDAL_HTTP", "VSI"))})
+                                                   if k.startswith(same)})
     with Timer() as tm:
         ds = odc.stac.load(items, bands=["B04", "B08", "SCL"], geobox=gbox, pool=2,
                            resampling="nearest", fail_on_error=True)

@@ -6,8 +6,10 @@ the index kernels never see a full raster. It is built on rasterio/GDAL:
 
 * **Plan.** Needed pixels are grouped by block; consecutive needed blocks of the same block
   row are merged into *runs* (one block-aligned window read each, at most ``max_run`` blocks;
-  over HTTP GDAL turns a run into one merged range request because COG tiles of a row are
-  stored contiguously). A run never spans a block that no needed pixel falls in.
+  over HTTP GDAL turns a run into one exact range request, ``GDAL_HTTP_MULTIRANGE=SINGLE_GET``,
+  because COG tiles of a row are stored contiguously; ``GDAL_MAX_RAW_BLOCK_CACHE_SIZE`` is
+  raised so that runs of large tiles are not split into read-ahead reads that overshoot the
+  run). A run never spans a block that no needed pixel falls in.
 * **Threads.** A bounded :class:`~concurrent.futures.ThreadPoolExecutor` (default 2 threads)
   executes runs; every worker thread keeps its own dataset handles (GDAL handles are not
   thread-safe), in a small per-thread LRU, and enters the GDAL environment
@@ -63,6 +65,14 @@ __all__ = [
 DEFAULT_GDAL_ENV: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",   # no sidecar listing (.ovr/.msk probes)
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",   # one request per run of adjacent tiles
+    # A run's tiles are one contiguous byte span in a COG: fetch it as one exact GET. The
+    # default (PARALLEL) sends the span through /vsicurl/'s 16 KiB chunk cache, whose
+    # sequential read-ahead fetches past the run's last tile (bytes another run re-fetches).
+    "GDAL_HTTP_MULTIRANGE": "SINGLE_GET",
+    # GTiff prefetches a window's tiles in one multi-range read only while their byte counts
+    # sum to at most this (GDAL default 10 MB); tiles past it are read one by one through the
+    # read-ahead path. 64 MiB holds max_run (8) uncompressed 1024 x 1024 float64 tiles.
+    "GDAL_MAX_RAW_BLOCK_CACHE_SIZE": str(64 * 1024 * 1024),
     "GDAL_HTTP_MULTIPLEX": "YES",
     "GDAL_HTTP_MAX_RETRY": "2",                    # GDAL-level retries (429/5xx), then ours
     "GDAL_HTTP_RETRY_DELAY": "0.5",                # seconds, doubled with jitter by GDAL
@@ -74,6 +84,10 @@ DEFAULT_GDAL_ENV: dict[str, Any] = {
     "GDAL_TIFF_INTERNAL_MASK": "YES",
     "GTIFF_IGNORE_READ_ERRORS": "NO",              # a broken tile must raise, never give zeros
 }
+
+#: Upper bound of one tile's stored bytes used to size GDAL's raw block cache per run
+#: (an uncompressed 1024 x 1024 float64 tile).
+_RAW_BYTES_PER_TILE = 8 * 1024 * 1024
 
 #: Bytes assumed to be read when a handle opens a COG (GDAL's first 16 KiB ingest).
 HEADER_BYTES = 16_384
@@ -585,7 +599,9 @@ class BlockReader:
         ``signer(href) -> signed_href`` applied to remote hrefs before opening and once more
         on HTTP 403 (URL signing, e.g. ``planetary_computer.sign``).
     max_run : int
-        Maximum number of adjacent blocks merged into one window read.
+        Maximum number of adjacent blocks merged into one window read. Unless ``env`` sets
+        ``GDAL_MAX_RAW_BLOCK_CACHE_SIZE``, it is raised to at least ``max_run`` x 8 MiB so
+        that GDAL fetches every tile of a run in its one range request.
     max_handles : int
         Handles kept open per thread (LRU).
     """
@@ -602,6 +618,10 @@ class BlockReader:
         self.backoff = float(backoff)
         self.signer = signer
         self.max_run = int(max_run)
+        if "GDAL_MAX_RAW_BLOCK_CACHE_SIZE" not in dict(env or {}):
+            cap = int(self.env.get("GDAL_MAX_RAW_BLOCK_CACHE_SIZE") or 0)
+            self.env["GDAL_MAX_RAW_BLOCK_CACHE_SIZE"] = str(max(cap, max(self.max_run, 1)
+                                                                * _RAW_BYTES_PER_TILE))
         self.max_handles = int(max_handles)
         self.stats = ReadStats()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read",
@@ -962,7 +982,13 @@ class BlockReader:
             idx = plan.order[plan.run_start[k]:plan.run_end[k]]
 
             def fn(ds, pr0=pr0, pr1=pr1, pc0=pc0, pc1=pc1, br=br, c0b=c0b, c1b=c1b):
-                arr = ds.read(1, window=Window(pc0, pr0, pc1 - pc0, pr1 - pr0))
+                # one window per block row: each is one contiguous byte span of the COG,
+                # fetched exactly (GDAL_HTTP_MULTIRANGE=SINGLE_GET); a padded window spanning
+                # rows read at once would also fetch the tiles between its columns
+                cuts = [pr0, *range((pr0 // bh + 1) * bh, pr1, bh), pr1]
+                parts = [ds.read(1, window=Window(pc0, a, pc1 - pc0, b - a))
+                         for a, b in zip(cuts[:-1], cuts[1:])]
+                arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
                 if arr.shape != (pr1 - pr0, pc1 - pc0):  # pragma: no cover - GDAL contract
                     raise OSError(f"short read: got {arr.shape}")
                 nbytes = sum(int(ds.block_size(1, br, c)) for c in range(c0b, c1b + 1))
@@ -1142,6 +1168,11 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         groups.setdefault(key, []).append(s)
     keys = sorted(groups, key=lambda k: min(s.datetime for s in groups[k]))
     env_d = gdal_env(**dict(env or {}))
+    if ("GDAL_HTTP_MULTIRANGE" not in dict(env or {})
+            and env_d.get("GDAL_HTTP_MULTIRANGE") == DEFAULT_GDAL_ENV["GDAL_HTTP_MULTIRANGE"]):
+        # warped windows span several block rows and only some columns: one GET from the
+        # first to the last tile (SINGLE_GET) would also fetch the columns in between
+        env_d["GDAL_HTTP_MULTIRANGE"] = "PARALLEL"
     if scl_classes is None:
         from .indices import DEFAULT_SCL_INVALID as scl_classes  # noqa: N811
     reader = BlockReader(threads=threads, env=env_d)
