@@ -262,3 +262,27 @@ def test_http_and_local_reads_agree(tmp_path):
         b = field_observations([local], _fields())
     np.testing.assert_array_equal(a["ndvi"].to_numpy(), b["ndvi"].to_numpy())
     assert a.attrs["blocks_read"] == b.attrs["blocks_read"] == 3
+
+
+def test_run_of_large_tiles_is_fetched_exactly_once(tmp_path):
+    """Regression: a run of eight 1024-px tiles (> GDAL's default 10 MB raw block cache) used
+    to end with GDAL's read-ahead fetching ~2 MB of the next block row."""
+    import rasterio
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(1, 65535, (2048, 8192), dtype=np.uint16)   # incompressible: ~2 MB tiles
+    write_cog(tmp_path / "big.tif", arr, from_origin(X0, Y0, 10, 10), blocksize=1024)
+    with rasterio.open(tmp_path / "big.tif") as src:
+        tile_bytes = sum(src.block_size(1, 0, j) for j in range(8))
+    rows = np.full(8, 5)
+    cols = np.arange(8) * 1024 + 7                                   # one pixel per tile, row 0
+    from cropyield.read import BlockReader
+
+    with RangeServer(tmp_path) as srv:
+        with BlockReader(threads=1, backoff=0.05, env=FAST) as rd:
+            vals = rd.read(srv.url_for("big.tif"), rows, cols)
+        srv.wait_idle()
+        sent = sum(r.bytes_sent for r in srv.requests if r.method == "GET")
+    np.testing.assert_array_equal(vals, arr[rows, cols])
+    assert tile_bytes > 10 * 2**20
+    assert sent <= tile_bytes + 256 * 1024     # the tiles + the header reads, nothing more
