@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import re
 import warnings
@@ -85,9 +84,6 @@ _DEFAULT_SCALE = 1e-4
 _OFFSET_TOL = 1e-9
 _TILE_RE = re.compile(r"(?:^|_)T?(\d{1,2}[C-HJ-NP-X][A-HJ-NP-Z]{2})(?:_|$)")
 _BASELINE_RE = re.compile(r"_N(\d{2})\.?(\d{2})(?:_|\.|$)")
-def _redact_all(text: str) -> str:
-    """Alias of :func:`cropyield._log.redact` (kept for callers of this module)."""
-    return redact(str(text))
 
 
 @dataclass(frozen=True)
@@ -339,13 +335,11 @@ def _grid_of(asset: Mapping[str, Any], props: Mapping[str, Any], band: str,
         import rasterio
 
         with rasterio.open(href) as ds:
-            epsg = ds.crs.to_epsg() if ds.crs else None
             if ds.crs is None:
                 raise CatalogError(f"asset {band} ({href}) has no CRS in its metadata or file")
-            # Grid equality compares WKT: use the EPSG definition when there is one, so that
-            # the grid equals the one of an item stating proj:epsg
-            crs = CRS.from_epsg(epsg) if epsg else CRS.from_user_input(ds.crs.to_wkt())
-            return Grid(crs, ds.transform, (ds.height, ds.width))
+            # Grid normalises CRSs to their EPSG definition, so this grid equals the one of an
+            # item stating proj:epsg
+            return Grid(ds.crs.to_wkt(), ds.transform, (ds.height, ds.width))
     raise CatalogError(
         f"asset {band} ({redact(href)}) has no projection metadata (proj:transform/proj:shape, "
         "proj:bbox or item-level proj:* with proj:code/proj:epsg); add the projection extension "
@@ -963,7 +957,7 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
                                type(exc).__name__)
                 continue
             raise CatalogError(
-                f"{where} failed ({type(exc).__name__}): {_redact_all(str(exc))[:500]}. Check the "
+                f"{where} failed ({type(exc).__name__}): {redact(str(exc))[:500]}. Check the "
                 "URL and your connection, raise timeout=/retries=, or try again later"
             ) from None
     n_matched = len(items)
