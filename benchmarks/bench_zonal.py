@@ -189,11 +189,11 @@ def child(method, data, n_dates, n_fields, size, save):
 
     fields = gpd.read_parquet(Path(data) / f"fields_{n_fields}.parquet")
     warm = 0.0
-    if method == "cropyield":   # JIT warm-up on a tiny case (compilation is not timed)
-        from cropyield.observations import field_observations
+    if method == "cropyield":   # JIT warm-up on a small case (compilation is not timed):
+        from cropyield.observations import field_observations   # a clear and a cloudy date
 
         with Timer() as tw:
-            field_observations(scenes_for(data, 1), fields.iloc[:5], indices=("ndvi",))
+            field_observations(scenes_for(data, 2), fields.iloc[:2000], indices=("ndvi",))
         warm = tw.s
     c0 = time.process_time()
     with Timer() as t:

@@ -305,6 +305,9 @@ class IndexSpec:
     description: str = ""
     aliases: tuple[str, ...] = ()
     builtin: bool = True
+    #: numba scalar function ``f(*band_values) -> float`` (built-ins; None for formulas),
+    #: inlined by the streaming kernels of :func:`cropyield.field_observations`
+    scalar: Callable[..., float] | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, refl: Mapping[str, Any], *, engine: str = "numba") -> np.ndarray:
         """Compute the index from a mapping band -> reflectance (see :func:`compute_index`)."""
@@ -321,7 +324,7 @@ def _builtin(name, bands, formula, valid_range, source, f, ref, description, ali
         name=name, bands=tuple(bands), formula=formula, valid_range=(float(lo), float(hi)),
         source=source, kernel=_make_kernel(f, len(bands), lo, hi),
         reference=_make_reference(ref, lo, hi), description=description,
-        aliases=tuple(aliases), builtin=True,
+        aliases=tuple(aliases), builtin=True, scalar=f,
     )
     INDICES[name] = spec
     for a in aliases:
@@ -1101,24 +1104,12 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
                        vsum, fsum, isum, mean, std, wsum)
     if footprint is None:
         fsum = covsum
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vfrac = np.where(covsum > 0, vsum / np.where(covsum > 0, covsum, 1.0), np.nan)
-    codes, bits = _base_bits(cov)
-    bit = {c: np.int64(1) << j for j, c in enumerate(codes)}
-    has_px = cov.n_pixels > 0
-    bits |= np.where(has_px & (fsum <= 0), bit["NO_OVERLAP"], 0)
-    bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
-    low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
-    bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
-    if mcf > 0:
-        bits |= np.where(has_px & (vsum > 0) & (isum <= 0), bit["FIELD_TOO_SMALL"], 0)
+    vfrac, bits, codes = _stat_bits(cov, None, vsum, fsum, isum, wsum, mean, std,
+                                    min_valid_fraction, mcf)
     cols: dict[str, Any] = {
         id_col: cov.field_ids, "coverage": covsum, "valid_fraction": vfrac,
     }
     for j, name in enumerate(names):
-        bits |= np.where(has_px & (isum > 0) & (wsum[j] <= 0), bit["INVALID_INDEX"], 0)
-        mean[j, low] = np.nan
-        std[j, low] = np.nan
         cols[name] = mean[j]
         cols[f"{name}_std"] = std[j]
     cols["n_pixels"] = cov.n_pixels
@@ -1126,7 +1117,8 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
     cols["flags"] = bits_to_flags(bits, codes)
     df = pd.DataFrame(cols)
     if not include_empty:
-        keep = has_px | ((bits & bit["INVALID_GEOMETRY"]) != 0)
+        invalid_geometry = np.int64(1) << codes.index("INVALID_GEOMETRY")
+        keep = (cov.n_pixels > 0) | ((bits & invalid_geometry) != 0)
         if not keep.all():
             df = df.loc[keep].reset_index(drop=True)
     return df
@@ -1200,63 +1192,47 @@ def _min_frac_threshold(min_coverage_frac: float) -> float:
     return mcf - 1e-12 if mcf > 0 else -1.0
 
 
-def _coverage_stats_sel(cov: Coverage, vals_u: np.ndarray, inv: np.ndarray,
-                        valid_u: np.ndarray, foot_u: np.ndarray, fsel: np.ndarray,
-                        min_valid_fraction: float = 0.0,
-                        min_coverage_frac: float = 0.0) -> dict[str, Any]:
-    """Array form of :func:`coverage_stats` (``footprint`` given) for the fields ``fsel``,
-    with values per unique pixel.
+def _stat_bits(cov: Coverage, fsel: np.ndarray | None, vsum, fsum, isum, wsum, mean, std,
+               min_valid_fraction: float = 0.0, min_coverage_frac: float = 0.0):
+    """Valid fraction and flag bits of per-field sums (the rules of :func:`coverage_stats`).
 
     Parameters
     ----------
-    vals_u : float64 array, shape (n_indices, n_unique)
-        Index values per unique pixel (NaN invalid).
-    inv : int32 or int64 array, shape (cov.nnz,)
-        CSR entry -> unique pixel.
-    valid_u, foot_u : bool arrays, shape (n_unique,)
-        Validity and data footprint per unique pixel.
-    fsel : int64 array
-        Field positions (rows of ``cov``) to compute.
+    cov : Coverage
+    fsel : int array or None
+        Field positions (rows of ``cov``) the sums are for; None: every field.
+    vsum, fsum, isum : float arrays
+        Per field: valid coverage, coverage inside the data footprint, and valid coverage
+        of pixels passing ``min_coverage_frac`` (pixels).
+    wsum, mean, std : float arrays, shape (n_indices, n)
+        Per index: weight of finite values, weighted mean and std. Rows whose valid
+        fraction is below ``min_valid_fraction`` get NaN ``mean``/``std`` (in place).
 
     Returns
     -------
-    dict
-        ``coverage``, ``valid_fraction`` (float arrays), ``mean``, ``std`` (float arrays of
-        shape ``(n_indices, len(fsel))``) and ``flags`` (list of str), numerically identical
-        to the matching rows and columns of :func:`coverage_stats`.
+    (valid_fraction, bits, codes)
+        ``bits`` as in :meth:`Coverage.flag_bits` with ``codes``.
     """
-    fsel = np.ascontiguousarray(fsel, dtype=np.int64)
-    nsel = fsel.shape[0]
-    nidx = vals_u.shape[0]
-    vsum, fsum, isum = np.empty(nsel), np.empty(nsel), np.empty(nsel)
-    mean, std, wsum = np.empty((nidx, nsel)), np.empty((nidx, nsel)), np.empty((nidx, nsel))
-    inv = np.ascontiguousarray(inv)
-    if inv.dtype not in (np.int32, np.int64):
-        inv = inv.astype(np.int64)
-    _multi_field_stats_sel(np.ascontiguousarray(vals_u, dtype=np.float64), inv, cov.fractions,
-                           np.ascontiguousarray(valid_u, dtype=np.bool_),
-                           np.ascontiguousarray(foot_u, dtype=np.bool_), cov.offsets, fsel,
-                           _min_frac_threshold(min_coverage_frac), vsum, fsum, isum, mean, std,
-                           wsum)
-    covsum = np.asarray(cov.coverage)[fsel]
+    covsum = np.asarray(cov.coverage)
+    npx = np.asarray(cov.n_pixels)
+    codes, bits = _base_bits(cov)
+    if fsel is not None:
+        covsum, npx, bits = covsum[fsel], npx[fsel], bits[fsel]
     with np.errstate(invalid="ignore", divide="ignore"):
         vfrac = np.where(covsum > 0, vsum / np.where(covsum > 0, covsum, 1.0), np.nan)
-    codes, bits = _base_bits(cov)
-    bits = bits[fsel]
     bit = {c: np.int64(1) << j for j, c in enumerate(codes)}
-    has_px = np.asarray(cov.n_pixels)[fsel] > 0
+    has_px = npx > 0
     bits |= np.where(has_px & (fsum <= 0), bit["NO_OVERLAP"], 0)
     bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
     low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
     bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
     if min_coverage_frac > 0:
         bits |= np.where(has_px & (vsum > 0) & (isum <= 0), bit["FIELD_TOO_SMALL"], 0)
-    for j in range(nidx):
+    for j in range(wsum.shape[0]):
         bits |= np.where(has_px & (isum > 0) & (wsum[j] <= 0), bit["INVALID_INDEX"], 0)
         mean[j, low] = np.nan
         std[j, low] = np.nan
-    return {"coverage": covsum, "valid_fraction": vfrac, "mean": mean, "std": std,
-            "flags": bits_to_flags(bits, codes)}
+    return vfrac, bits, codes
 
 
 @numba.njit(nogil=True)

@@ -101,6 +101,19 @@ class _GridCtx:
     coarse: dict
     want_cand: np.ndarray = None    # unique pixels under fields with coverage > 0
     lock: Any = field(default_factory=threading.Lock)
+    order: np.ndarray = None        # CSR entries in row-major pixel order (stable)
+    order_u: np.ndarray = None      # their unique pixel (inv[order], non-decreasing)
+
+    def stream(self, shape: tuple[int, int], block_shape: tuple[int, int]) -> "_Stream":
+        """Entries sorted by block for this block shape (built once, then cached)."""
+        key = ("stream", tuple(block_shape))
+        hit = self.coarse.get(key)
+        if hit is None:
+            with self.lock:
+                hit = self.coarse.get(key)
+                if hit is None:
+                    hit = self.coarse[key] = _build_stream(self, shape, block_shape)
+        return hit
 
     def pixels(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Unique pixels on a grid ``k`` times coarser and the map unique fine -> coarse."""
@@ -198,26 +211,518 @@ def _make_coarse_unique():
 _coarse_unique = _make_coarse_unique()
 
 
+# --------------------------------------------------------------------------------------------
+# streamed statistics: every decoded block run goes straight to per-(block, field) sums
+#
+# The CSR entries of a grid are sorted by (block, pixel) once. For each block run read, the
+# reader thread gathers the entries' reflectances from the decoded window (clear pixels of
+# assigned fields only), computes the indices, and adds weighted sums into accumulators of
+# one slot per (block, field) pair -- so threads never write the same slot, and no per-date
+# vector of all pixels is built. Slots are merged per field in block order at the end of
+# the scene (deterministic whatever the thread timing). Means and variances use the
+# weighted Welford update and Chan's merge (West 1979; Chan, Golub & LeVeque 1979).
+
+#: accumulator columns per slot: valid weight, index weight, then (weight, mean, M2) per index
+_ACC_VALID, _ACC_INDEX, _ACC_FIRST = 0, 1, 2
+
+
+def _assign_slots_ref(ekey, ef, n_fields):
+    """NumPy twin of :func:`_assign_slots`."""
+    ekey = np.asarray(ekey)
+    ef = np.asarray(ef)
+    eslot = np.empty(len(ef), np.int64)
+    slot_field: list[int] = []
+    seen: dict[tuple[int, int], int] = {}
+    for p, (k, f) in enumerate(zip(ekey.tolist(), ef.tolist())):
+        s = seen.get((k, f))
+        if s is None:
+            s = seen[(k, f)] = len(slot_field)
+            slot_field.append(f)
+        eslot[p] = s
+    return eslot, np.asarray(slot_field, np.int64)
+
+
+def _blocks_needed_ref(ekey, eu, ef, code_u, assigned, n_blocks):
+    """NumPy twin of :func:`_blocks_needed`."""
+    need = np.zeros(n_blocks, bool)
+    hit = (np.asarray(code_u)[eu] == _CLEAR) & np.asarray(assigned)[ef]
+    need[np.asarray(ekey)[hit]] = True
+    return need
+
+
+def _footprint_sum_ref(ef, efr, eu, code_u, out):
+    """NumPy twin of :func:`_footprint_sum`."""
+    out[:] = np.bincount(ef, weights=efr * (np.asarray(code_u)[eu] > _OUTSIDE),
+                         minlength=len(out))
+
+
+def _gather_valid_ref(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
+                      nodata, coarse_r, refl, pos):
+    """NumPy twin of :func:`_gather_valid`."""
+    h, w = win.shape[1], win.shape[2]
+    p = np.arange(row_start[r0], row_start[r0 + h])
+    p = p[(ec[p] >= c0) & (ec[p] < c0 + w)]
+    p = p[(np.asarray(code_u)[eu[p]] == _CLEAR) & np.asarray(assigned)[ef[p]]]
+    rows = np.searchsorted(row_start, p, side="right") - 1
+    nf = win.shape[0]
+    r = np.empty((nf + coarse_r.shape[0], len(p)))
+    ok = np.ones(len(p), bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for j in range(nf):
+            d = win[j][rows - r0, ec[p] - c0]
+            v = d.astype(np.float64) * scale[j] + offset[j]
+            ok &= (d != nodata[j]) & np.isfinite(v)
+            r[j] = v
+        for j in range(coarse_r.shape[0]):
+            r[nf + j] = coarse_r[j][eu[p]]
+            ok &= np.isfinite(r[nf + j])
+    m = int(ok.sum())
+    refl[:, :m] = r[:, ok]
+    pos[:m] = p[ok]
+    return m
+
+
+def _accumulate_ref(vals, pos, m, efr, eslot, min_frac, acc):
+    """NumPy twin of :func:`_accumulate` (same updates, one entry at a time)."""
+    for q in range(m):
+        p = pos[q]
+        fr = efr[p]
+        if not fr > 0.0:
+            continue
+        s = eslot[p]
+        acc[s, _ACC_VALID] += fr
+        if fr >= min_frac:
+            acc[s, _ACC_INDEX] += fr
+            for j in range(vals.shape[0]):
+                x = vals[j, q]
+                if x == x:
+                    b = _ACC_FIRST + 3 * j
+                    sw = acc[s, b] + fr
+                    d = x - acc[s, b + 1]
+                    mean = acc[s, b + 1] + d * (fr / sw)
+                    acc[s, b] = sw
+                    acc[s, b + 1] = mean
+                    acc[s, b + 2] += fr * d * (x - mean)
+
+
+def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
+    """NumPy twin of :func:`_merge_slots` (two-pass weighted statistics of the slots'
+    pooled values are equal up to rounding; this twin merges in the same order)."""
+    nidx = (acc.shape[1] - _ACC_FIRST) // 3
+    for i, f in enumerate(fsel):
+        sl = fslot[fslot_off[f]:fslot_off[f + 1]]
+        vsum[i] = acc[sl, _ACC_VALID].sum() if len(sl) else 0.0
+        isum[i] = acc[sl, _ACC_INDEX].sum() if len(sl) else 0.0
+        for j in range(nidx):
+            b = _ACC_FIRST + 3 * j
+            sw = mu = m2 = 0.0
+            for s in sl:
+                wb = acc[s, b]
+                if wb > 0.0:
+                    n = sw + wb
+                    d = acc[s, b + 1] - mu
+                    mu += d * (wb / n)
+                    m2 += acc[s, b + 2] + d * d * (sw * wb / n)
+                    sw = n
+            if sw > 0.0:
+                mean[j, i], std[j, i], wsum[j, i] = mu, np.sqrt(max(m2, 0.0) / sw), sw
+            else:
+                mean[j, i], std[j, i], wsum[j, i] = np.nan, np.nan, 0.0
+
+
+def _make_stream_kernels():
+    import numba
+
+    clear, outside = _CLEAR, _OUTSIDE
+    a_valid, a_index, a_first = _ACC_VALID, _ACC_INDEX, _ACC_FIRST
+
+    @numba.njit(nogil=True)
+    def _assign_slots(ekey, ef, n_fields):  # pragma: no cover - compiled
+        """One slot per (block, field) pair of entries sorted by block key ``ekey``,
+        numbered in order of first appearance: (slot of every entry, field of every slot)."""
+        n = ekey.shape[0]
+        eslot = np.empty(n, np.int64)
+        slot_field = np.empty(n, np.int64)
+        stamp = np.full(n_fields, -1, np.int64)
+        cur = np.empty(n_fields, np.int64)
+        ns = 0
+        for p in range(n):
+            f = ef[p]
+            if stamp[f] != ekey[p]:
+                stamp[f] = ekey[p]
+                cur[f] = ns
+                slot_field[ns] = f
+                ns += 1
+            eslot[p] = cur[f]
+        return eslot, slot_field[:ns].copy()
+
+    @numba.njit(nogil=True)
+    def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cover
+        """Blocks (by key) holding a clear pixel of an assigned field."""
+        need = np.zeros(n_blocks, np.bool_)
+        for p in range(ekey.shape[0]):
+            k = ekey[p]
+            if not need[k] and code_u[eu[p]] == clear and assigned[ef[p]]:
+                need[k] = True
+        return need
+
+    @numba.njit(nogil=True)
+    def _footprint_sum(ef, efr, eu, code_u, out):  # pragma: no cover - compiled
+        """Per field: sum of the fractions of its pixels inside the data footprint (one
+        sequential pass over the row-major entries)."""
+        out[:] = 0.0
+        for p in range(ef.shape[0]):
+            if code_u[eu[p]] > outside:
+                out[ef[p]] += efr[p]
+
+    @numba.njit(nogil=True)
+    def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
+                      nodata, coarse_r, refl, pos):  # pragma: no cover - compiled
+        """Reflectances of the entries inside the window ``win`` (n_fine, h, w) with
+        origin ``(r0, c0)`` at clear pixels of assigned fields: fine bands from the
+        window, then ``coarse_r[:, eu]``. Entries are row-major (row ``r``:
+        ``row_start[r]:row_start[r + 1]``, columns ascending), so the window is read in
+        memory order. Entries whose every band is valid (DN not nodata, finite) are packed
+        into ``refl[:, :m]`` and ``pos[:m]``; returns ``m``. Reflectance = float64(DN) *
+        scale + offset, the arithmetic of :func:`cropyield.indices.reflectance`."""
+        nf = win.shape[0]
+        nc = coarse_r.shape[0]
+        h = win.shape[1]
+        c1 = c0 + win.shape[2]
+        m = 0
+        for rr in range(h):
+            lo = row_start[r0 + rr]
+            hi = row_start[r0 + rr + 1]
+            # first entry of the row at column >= c0 (binary search)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ec[mid] < c0:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            p = lo
+            end = row_start[r0 + rr + 1]
+            while p < end and ec[p] < c1:
+                u = eu[p]
+                if code_u[u] == clear and assigned[ef[p]]:
+                    cc = ec[p] - c0
+                    ok = True
+                    for j in range(nf):
+                        d = win[j, rr, cc]
+                        v = np.float64(d) * scale[j] + offset[j]
+                        if d == nodata[j] or not np.isfinite(v):
+                            ok = False
+                            break
+                        refl[j, m] = v
+                    if ok:
+                        for j in range(nc):
+                            v = coarse_r[j, u]
+                            if not np.isfinite(v):
+                                ok = False
+                                break
+                            refl[nf + j, m] = v
+                    if ok:
+                        pos[m] = p
+                        m += 1
+                p += 1
+        return m
+
+    @numba.njit(nogil=True)
+    def _accumulate(vals, pos, m, efr, eslot, min_frac, acc):  # pragma: no cover - compiled
+        """Add packed entries to their slots: valid weight, index weight (fraction >=
+        ``min_frac``), and per index the weighted Welford (weight, mean, M2) of finite
+        values."""
+        nidx = vals.shape[0]
+        for q in range(m):
+            p = pos[q]
+            fr = efr[p]
+            if not fr > 0.0:
+                continue
+            s = eslot[p]
+            acc[s, a_valid] += fr
+            if fr >= min_frac:
+                acc[s, a_index] += fr
+                for j in range(nidx):
+                    x = vals[j, q]
+                    if x == x:
+                        b = a_first + 3 * j
+                        sw = acc[s, b] + fr
+                        d = x - acc[s, b + 1]
+                        mean = acc[s, b + 1] + d * (fr / sw)
+                        acc[s, b] = sw
+                        acc[s, b + 1] = mean
+                        acc[s, b + 2] += fr * d * (x - mean)
+
+    @numba.njit(nogil=True)
+    def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
+                     wsum):  # pragma: no cover - compiled
+        """Per selected field: summed weights and Chan's merge of its slots (block order)
+        into the weighted mean and population standard deviation (NaN without weight)."""
+        nidx = (acc.shape[1] - a_first) // 3
+        for i in range(fsel.shape[0]):
+            f = fsel[i]
+            vs = 0.0
+            ws = 0.0
+            for t in range(fslot_off[f], fslot_off[f + 1]):
+                vs += acc[fslot[t], a_valid]
+                ws += acc[fslot[t], a_index]
+            vsum[i] = vs
+            isum[i] = ws
+            for j in range(nidx):
+                b = a_first + 3 * j
+                sw = 0.0
+                mu = 0.0
+                m2 = 0.0
+                for t in range(fslot_off[f], fslot_off[f + 1]):
+                    s = fslot[t]
+                    wb = acc[s, b]
+                    if wb > 0.0:
+                        n = sw + wb
+                        d = acc[s, b + 1] - mu
+                        mu += d * (wb / n)
+                        m2 += acc[s, b + 2] + d * d * (sw * wb / n)
+                        sw = n
+                if sw > 0.0:
+                    mean[j, i] = mu
+                    std[j, i] = np.sqrt(max(m2, 0.0) / sw)
+                    wsum[j, i] = sw
+                else:
+                    mean[j, i] = np.nan
+                    std[j, i] = np.nan
+                    wsum[j, i] = 0.0
+
+    return (_assign_slots, _blocks_needed, _footprint_sum, _gather_valid, _accumulate,
+            _merge_slots)
+
+
+(_assign_slots, _blocks_needed, _footprint_sum, _gather_valid, _accumulate,
+ _merge_slots) = _make_stream_kernels()
+
+
+_FUSED: dict[tuple[Any, int], Any] = {}
+_FUSED_LOCK = threading.Lock()
+
+
+def _fused_kernel(f, nargs: int):
+    """Streaming kernel with the scalar index function ``f`` of ``nargs`` bands inlined
+    (compiled once per function and arity; the built-in indices share a few functions)."""
+    key = (f, int(nargs))
+    k = _FUSED.get(key)
+    if k is None:
+        with _FUSED_LOCK:
+            k = _FUSED.get(key)
+            if k is None:
+                k = _FUSED[key] = _make_fused(f, int(nargs))
+    return k
+
+
+def _make_fused(f, nargs: int):
+    import numba
+
+    clear = _CLEAR
+    a_valid, a_index = _ACC_VALID, _ACC_INDEX
+    if nargs == 1:
+        @numba.njit(inline="always")
+        def ev(v, args):  # pragma: no cover - compiled
+            return f(v[args[0]])
+    elif nargs == 2:
+        @numba.njit(inline="always")
+        def ev(v, args):  # pragma: no cover - compiled
+            return f(v[args[0]], v[args[1]])
+    elif nargs == 3:
+        @numba.njit(inline="always")
+        def ev(v, args):  # pragma: no cover - compiled
+            return f(v[args[0]], v[args[1]], v[args[2]])
+    else:  # pragma: no cover - built-ins use 1..3 bands
+        raise ValueError(nargs)
+
+    @numba.njit(nogil=True)
+    def _fused(win, r0, c0, row_start, ec, eu, ef, efr, eslot, assigned, code_u, scale,
+               offset, nodata, coarse_r, args, lo, hi, min_frac, col, count_valid,
+               acc):  # pragma: no cover - compiled
+        """:func:`_gather_valid`, the index and :func:`_accumulate` in one pass over the
+        entries of a window (same arithmetic, same order: identical sums). Adds the
+        index's (weight, mean, M2) at columns ``col..col + 2`` and, when ``count_valid``,
+        the valid and index weights."""
+        nf = win.shape[0]
+        nc = coarse_r.shape[0]
+        v = np.empty(nf + nc)
+        h = win.shape[1]
+        c1 = c0 + win.shape[2]
+        for rr in range(h):
+            lo_p = row_start[r0 + rr]
+            hi_p = row_start[r0 + rr + 1]
+            while lo_p < hi_p:
+                mid = (lo_p + hi_p) // 2
+                if ec[mid] < c0:
+                    lo_p = mid + 1
+                else:
+                    hi_p = mid
+            p = lo_p
+            end = row_start[r0 + rr + 1]
+            while p < end and ec[p] < c1:
+                u = eu[p]
+                if code_u[u] == clear and assigned[ef[p]]:
+                    cc = ec[p] - c0
+                    ok = True
+                    for j in range(nf):
+                        d = win[j, rr, cc]
+                        x = np.float64(d) * scale[j] + offset[j]
+                        if d == nodata[j] or not np.isfinite(x):
+                            ok = False
+                            break
+                        v[j] = x
+                    if ok:
+                        for j in range(nc):
+                            x = coarse_r[j, u]
+                            if not np.isfinite(x):
+                                ok = False
+                                break
+                            v[nf + j] = x
+                    fr = efr[p]
+                    if ok and fr > 0.0:
+                        s = eslot[p]
+                        if count_valid:
+                            acc[s, a_valid] += fr
+                        if fr >= min_frac:
+                            if count_valid:
+                                acc[s, a_index] += fr
+                            x = ev(v, args)
+                            if x >= lo and x <= hi:
+                                sw = acc[s, col] + fr
+                                dx = x - acc[s, col + 1]
+                                mean = acc[s, col + 1] + dx * (fr / sw)
+                                acc[s, col] = sw
+                                acc[s, col + 1] = mean
+                                acc[s, col + 2] += fr * dx * (x - mean)
+                p += 1
+
+    return _fused
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(n_bands: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-thread reusable (reflectance, position) buffers for one block run: fresh
+    multi-MiB arrays per run would pay their page faults on every run."""
+    refl = getattr(_SCRATCH, "refl", None)
+    if refl is None or refl.size < n_bands * n:
+        refl = _SCRATCH.refl = np.empty(max(n_bands * n, 1 << 16))
+    pos = getattr(_SCRATCH, "pos", None)
+    if pos is None or pos.size < n:
+        pos = _SCRATCH.pos = np.empty(max(n, 1 << 16), np.int64)
+    return refl[:n_bands * n].reshape(n_bands, n), pos[:n]
+
+
+@dataclass
+class _Stream:
+    """CSR entries of a grid in row-major pixel order, with their (block, field) slots."""
+
+    shape: tuple[int, int]  # grid (rows, columns)
+    block_shape: tuple[int, int]
+    nbc: int                # blocks per block row
+    n_blocks: int
+    row_start: np.ndarray   # entries of grid row r: row_start[r]:row_start[r + 1]
+    ec: np.ndarray          # column of each entry
+    eu: np.ndarray          # unique pixel index (non-decreasing)
+    ef: np.ndarray          # field index
+    efr: np.ndarray         # coverage fraction
+    ekey: np.ndarray        # block key
+    eslot: np.ndarray       # slot
+    ublocks: np.ndarray     # block keys holding entries, ascending
+    n_slots: int
+    fslot_off: np.ndarray   # slots of field f: fslot[fslot_off[f]:fslot_off[f + 1]]
+    fslot: np.ndarray
+
+
+def _build_stream(ctx: "_GridCtx", shape: tuple[int, int],
+                  block_shape: tuple[int, int]) -> _Stream:
+    from .read import _counting_order
+
+    bh, bw = int(block_shape[0]), int(block_shape[1])
+    H = int(shape[0])
+    nbc = -(-int(shape[1]) // bw)
+    n_blocks = -(-H // bh) * nbc
+    n_u = len(ctx.urows)
+    n_fields = len(ctx.cov_sum)
+    ukey = (ctx.urows // bh) * nbc + ctx.ucols // bw
+    none = np.zeros(0, np.int64)
+    eo, eu = ctx.order, ctx.order_u
+    ef = ctx.pf[eo]
+    ekey = ukey[eu]
+    # slots are numbered block by block: number them on a block-major order of the entries
+    # (stable, so fixed), then carry them to the row-major order
+    ob = _counting_order(ekey, n_blocks) if len(ekey) else none
+    slot_b, slot_field = _assign_slots(ekey[ob], ef[ob], n_fields)
+    eslot = np.empty(len(ob), np.int64)
+    eslot[ob] = slot_b
+    fslot = _counting_order(slot_field, max(n_fields, 1)) if len(slot_field) else none
+    fslot_off = np.zeros(n_fields + 1, np.int64)
+    np.cumsum(np.bincount(slot_field, minlength=n_fields), out=fslot_off[1:])
+    row_start = np.searchsorted(ctx.urows[eu], np.arange(H + 1)).astype(np.int64)
+    # the kernels stream these per date: 32-bit where it fits halves the memory traffic
+    i32 = max(n_u, n_fields, len(slot_field), int(shape[1])) < 2**31
+
+    def narrow(a):
+        return a.astype(np.int32) if i32 else a
+
+    return _Stream((H, int(shape[1])), (bh, bw), nbc, n_blocks, row_start,
+                   narrow(ctx.ucols[eu]), narrow(eu), narrow(ef),
+                   np.ascontiguousarray(ctx.cov.fractions[eo]), ekey, narrow(eslot),
+                   np.flatnonzero(np.bincount(ekey, minlength=n_blocks)), len(slot_field),
+                   fslot_off, fslot)
+
+
 def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     from .coverage import coverage_fractions
 
     cov = coverage_fractions(fields, grid, id_col=id_col)
-    rows = np.asarray(cov.rows, np.int64)
-    cols = np.asarray(cov.cols, np.int64)
-    flat = rows * grid.shape[1] + cols
+    flat = np.asarray(cov.rows, np.int64) * grid.shape[1] + np.asarray(cov.cols, np.int64)
     if grid.shape[0] * grid.shape[1] < 2**31:
-        flat = flat.astype(np.int32)      # same unique/inverse, faster sort
-    u, inv = np.unique(flat, return_inverse=True)
-    u = u.astype(np.int64)
-    inv = inv.astype(np.int64, copy=False)
+        flat = flat.astype(np.int32)      # faster sort
+    # entries in row-major pixel order (stable), their unique pixels and the inverse map
+    order = np.argsort(flat, kind="stable")
+    u, eu = _unique_sorted(flat[order])
+    inv = np.empty(len(order), np.int64)
+    inv[order] = eu
     n = len(cov.offsets) - 1
     pf = np.repeat(np.arange(n, dtype=np.int64), np.diff(cov.offsets))
     cov_sum = np.bincount(pf, weights=cov.fractions, minlength=n)
-    inv = inv.ravel()
     want_cand = np.zeros(len(u), bool)
     want_cand[inv[(cov_sum > 0)[pf]]] = True
     return _GridCtx(cov, pf, inv, u // grid.shape[1], u % grid.shape[1], cov_sum,
-                    np.asarray(cov.area_px, float), {}, want_cand, threading.Lock())
+                    np.asarray(cov.area_px, float), {}, want_cand, threading.Lock(),
+                    order, eu)
+
+
+def _unique_sorted_ref(sorted_keys):
+    """NumPy twin of :func:`_unique_sorted`."""
+    u, inv = np.unique(sorted_keys, return_inverse=True)
+    return u.astype(np.int64), inv.ravel().astype(np.int64)
+
+
+def _make_unique_sorted():
+    import numba
+
+    @numba.njit(nogil=True)
+    def _unique_sorted(sorted_keys):  # pragma: no cover - compiled
+        """Distinct values of a sorted vector and each element's index among them."""
+        n = sorted_keys.shape[0]
+        u = np.empty(n, np.int64)
+        idx = np.empty(n, np.int64)
+        k = -1
+        for i in range(n):
+            if i == 0 or sorted_keys[i] != sorted_keys[i - 1]:
+                k += 1
+                u[k] = sorted_keys[i]
+            idx[i] = k
+        return u[:k + 1].copy(), idx
+
+    return _unique_sorted
+
+
+_unique_sorted = _make_unique_sorted()
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,7 +1105,8 @@ class _Run:
     # -- band reads + statistics for the fields assigned to one scene -----------------------
     def scene_rows(self, si: int, ctx: _GridCtx, assigned: np.ndarray,
                    code_u: np.ndarray | None, bits0: int) -> dict:
-        from .indices import _apply, _coverage_stats_sel, _reflectance_valid, reflectance
+        from .coverage import bits_to_flags
+        from .indices import _stat_bits
 
         scene = self.scenes[si]
         ref = self.ref_grids[si]
@@ -614,33 +1120,42 @@ class _Run:
         vf = nan.copy()
         if code_u is None:
             return self._rows(si, ctx, fi, cov, vf, bits, means, stds)
-        if np.array_equal(assigned, ctx.cov_sum > 0):
-            # every candidate field is assigned to this scene (the usual case)
-            want_u = ctx.want_cand & (code_u == _CLEAR)
-        else:
-            emask = assigned[ctx.pf]
-            einv = ctx.inv[emask]
-            want_u = np.zeros(len(ctx.urows), bool)
-            want_u[einv[code_u[einv] == _CLEAR]] = True
-        # read the reflectance bands (only blocks with a clear pixel of an assigned field)
-        refl: dict[str, np.ndarray] = {}
-        dns: dict[str, tuple] = {}
+        # bands on the reference grid sharing the first one's block shape and dtype are
+        # streamed block run by block run; the others (20 m bands of a 10 m grid) are
+        # gathered first as reflectance per unique pixel
+        fine: list[tuple[str, Any, Any]] = []
+        coarse: list[tuple[str, Any, int]] = []
         fail = 0
         for b in self.bands:
             band = scene.bands[b]
             k = _factor(band.grid, ref, b)
-            brow, bcol, inv_k = ctx.pixels(k)
-            want_b = ctx.want_on(k, want_u)
-            nod = band.nodata if band.nodata is not None else 0
             try:
                 self._check_grid(band)
-                dn = self.reader.read(band.href, brow, bcol, want=want_b, fill=nod)
+                m = self.reader.meta(band.href)
             except AssetReadError as exc:
                 fail |= self._fail(scene, b, exc)
-                continue
-            finally:
                 self.reader.release(band.href)
-            dns[b] = (dn, None if k == 1 else inv_k, band, nod)
+                continue
+            if k == 1 and (not fine or (m.block_shape, np.dtype(m.dtype)) == (
+                    fine[0][2].block_shape, np.dtype(fine[0][2].dtype))):
+                fine.append((b, band, m))
+            else:
+                coarse.append((b, band, k))
+        coarse_r = np.empty((len(coarse), len(ctx.urows)))
+        if coarse and not fail:
+            want_u = self._want(ctx, assigned, code_u)
+            for j, (b, band, k) in enumerate(coarse):
+                try:
+                    coarse_r[j] = self._coarse_reflectance(ctx, band, k, want_u)
+                except AssetReadError as exc:
+                    fail |= self._fail(scene, b, exc)
+                finally:
+                    self.reader.release(band.href)
+        st = ctx.stream(ref.shape, fine[0][2].block_shape if fine else ref.shape)
+        nidx = len(self.specs)
+        acc = np.zeros((st.n_slots, _ACC_FIRST + 3 * nidx))
+        if not fail:
+            fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc)
         if fail:
             emask = assigned[ctx.pf]
             pf_sub = np.repeat(np.arange(nf), np.diff(ctx.cov.offsets)[fi])
@@ -649,39 +1164,119 @@ class _Run:
             bits |= fail
             bits[swath <= 0] |= _B_NO_OVERLAP
             return self._rows(si, ctx, fi, cov, vf, bits, means, stds)
-        # statistics with the same arithmetic as indices.coverage_stats (same numbers, same
-        # flags), computed per unique pixel and read through ctx.inv for the assigned fields
-        # only (no per-entry arrays)
-        valid_u = code_u == _CLEAR
-        for b in self.bands:
-            dn, inv_k, band, nod = dns[b]
-            scale, offset = float(band.scale), float(band.offset)
-            plain = (nod is not None and dn.dtype.kind in "ui"
-                     and not (isinstance(nod, float) and np.isnan(nod))
-                     and float(nod) == int(nod)
-                     and np.iinfo(dn.dtype).min <= int(nod) <= np.iinfo(dn.dtype).max)
-            if plain:
-                # reflectance + validity in one numba pass (same arithmetic as reflectance)
-                r = np.empty(len(valid_u))
-                _reflectance_valid(dn, np.zeros(0, np.int64) if inv_k is None else inv_k,
-                                   scale, offset, dn.dtype.type(int(nod)), True, valid_u, r)
-            else:
-                r = np.asarray(reflectance(dn if inv_k is None else dn[inv_k], band.scale,
-                                           band.offset, nodata=nod), float)
-                valid_u &= np.isfinite(r)
-            refl[b] = r
-        vals_u = np.empty((len(self.specs), len(valid_u)))
-        for j, spec in enumerate(self.specs.values()):
-            if len(valid_u):
-                vals_u[j] = _apply(spec, refl).reshape(-1)
-        st = _coverage_stats_sel(ctx.cov, vals_u, ctx.inv, valid_u, code_u > _OUTSIDE, fi,
-                                 self.min_vf, self.min_cf)
+        vsum, isum = np.empty(nf), np.empty(nf)
+        mean, std, wsum = np.empty((nidx, nf)), np.empty((nidx, nf)), np.empty((nidx, nf))
+        _merge_slots(acc, st.fslot_off, st.fslot, fi, vsum, isum, mean, std, wsum)
+        # the footprint sum only tells NO_OVERLAP from ALL_MASKED for fields without a
+        # valid pixel; elsewhere it is >= the valid sum > 0
+        fsum = vsum.copy()
+        empty = vsum <= 0
+        if empty.any():
+            foot = np.empty(len(ctx.cov_sum))
+            _footprint_sum(st.ef, st.efr, st.eu, code_u, foot)
+            fsum[empty] = foot[fi[empty]]
+        vfrac, sbits, codes = _stat_bits(ctx.cov, fi, vsum, fsum, isum, wsum, mean, std,
+                                         self.min_vf, self.min_cf)
+        flags = bits_to_flags(sbits, codes)
         for j, name in enumerate(self.specs):
-            means[name] = st["mean"][j]
-            stds[name] = st["std"][j]
-        flags = _with_scene_flags(np.asarray(st["flags"], dtype=object), scene.flags)
-        return {"fi": fi, "scene": si, "cov": st["coverage"], "vf": st["valid_fraction"],
-                "flags": flags, "mean": means, "std": stds}
+            means[name] = mean[j]
+            stds[name] = std[j]
+        flags = _with_scene_flags(np.asarray(flags, dtype=object), scene.flags)
+        return {"fi": fi, "scene": si, "cov": ctx.cov_sum[fi], "vf": vfrac, "flags": flags,
+                "mean": means, "std": stds}
+
+    @staticmethod
+    def _want(ctx: _GridCtx, assigned: np.ndarray, code_u: np.ndarray) -> np.ndarray:
+        """Unique pixels that are clear and under an assigned field."""
+        if np.array_equal(assigned, ctx.cov_sum > 0):
+            return ctx.want_cand & (code_u == _CLEAR)
+        einv = ctx.inv[assigned[ctx.pf]]
+        want_u = np.zeros(len(ctx.urows), bool)
+        want_u[einv[code_u[einv] == _CLEAR]] = True
+        return want_u
+
+    def _coarse_reflectance(self, ctx: _GridCtx, band, k: int, want_u) -> np.ndarray:
+        """Reflectance (NaN: nodata or unread) of a band at every unique pixel of ``ctx``,
+        read through the 1/k grid nesting."""
+        from .indices import _reflectance_valid, reflectance
+
+        brow, bcol, inv_k = ctx.pixels(k)
+        nod = band.nodata if band.nodata is not None else 0
+        dn = self.reader.read(band.href, brow, bcol, want=ctx.want_on(k, want_u), fill=nod)
+        plain = (dn.dtype.kind in "ui" and not (isinstance(nod, float) and np.isnan(nod))
+                 and float(nod) == int(nod)
+                 and np.iinfo(dn.dtype).min <= int(nod) <= np.iinfo(dn.dtype).max)
+        if not plain:
+            return np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod),
+                              float)
+        r = np.empty(len(inv_k))
+        _reflectance_valid(dn, inv_k, float(band.scale), float(band.offset),
+                           dn.dtype.type(int(nod)), True, np.ones(len(inv_k), bool), r)
+        return r
+
+    def _stream_fine(self, scene, st: _Stream, fine, coarse, coarse_r, assigned, code_u,
+                     acc) -> int:
+        """Read the fine bands block run by block run and accumulate the statistics of
+        every run in the reader thread that decoded it. Returns failure bits (0: done)."""
+        from .indices import _apply, _min_frac_threshold
+        from .read import _runs_of
+
+        need = _blocks_needed(st.ekey, st.eu, st.ef, code_u, assigned, st.n_blocks)
+        run_row, run_c0, run_c1, _, _ = _runs_of(st.ublocks[need[st.ublocks]], st.nbc,
+                                                 self.reader.max_run)
+        names = [b for b, _, _ in fine] + [b for b, _, _ in coarse]
+        scale = np.array([float(band.scale) for _, band, _ in fine])
+        offset = np.array([float(band.offset) for _, band, _ in fine])
+        nodata = np.array([float(band.nodata if band.nodata is not None else 0)
+                           for _, band, _ in fine])
+        specs = list(self.specs.values())
+        min_frac = _min_frac_threshold(self.min_cf)
+
+        if all(spec.scalar is not None for spec in specs):
+            # built-in indices: one fused pass per index, the first also counts validity
+            fused = [(_fused_kernel(spec.scalar, len(spec.bands)),
+                      np.array([names.index(b) for b in spec.bands], np.int64),
+                      float(spec.valid_range[0]), float(spec.valid_range[1]))
+                     for spec in specs]
+
+            def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:
+                for j, (kern, args, lo, hi) in enumerate(fused):
+                    kern(win, r0, c0, st.row_start, st.ec, st.eu, st.ef, st.efr, st.eslot,
+                         assigned, code_u, scale, offset, nodata, coarse_r, args, lo, hi,
+                         min_frac, _ACC_FIRST + 3 * j, j == 0, acc)
+        else:
+            # formula indices: gather the valid reflectances, apply, accumulate
+            def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:
+                h = win.shape[1]
+                refl, pos = _scratch(len(names), int(st.row_start[r0 + h] - st.row_start[r0]))
+                m = _gather_valid(win, r0, c0, st.row_start, st.ec, st.eu, st.ef, assigned,
+                                  code_u, scale, offset, nodata, coarse_r, refl, pos)
+                if m == 0:
+                    return
+                bands = {b: refl[j, :m] for j, b in enumerate(names)}
+                vals = np.empty((len(specs), m))
+                for j, spec in enumerate(specs):
+                    vals[j] = _apply(spec, bands)
+                _accumulate(vals, pos, m, st.efr, st.eslot, min_frac, acc)
+
+        if not fine:                     # nothing to decode here: every band was gathered
+            (bh, bw), (H, W) = st.block_shape, st.shape
+            for k in range(len(run_row)):
+                r0, c0 = int(run_row[k]) * bh, int(run_c0[k]) * bw
+                h, w = min(bh, H - r0), min((int(run_c1[k]) + 1) * bw, W) - c0
+                consume(k, r0, c0, np.zeros((0, h, w), np.uint16))
+            return 0
+        hrefs = [band.href for _, band, _ in fine]
+        try:
+            self.reader.read_windows(hrefs, run_row, run_c0, run_c1, consume)
+        except AssetReadError as exc:
+            failed = next((b for b, band, _ in fine if redact(band.href) == exc.href),
+                          fine[0][0])
+            return self._fail(scene, failed, exc)
+        finally:
+            for h in hrefs:
+                self.reader.release(h)
+        return 0
 
     def _rows(self, si, ctx, fi, cov, vf, bits, means, stds) -> dict:
         """Rows without statistics (read failures): bits + coverage flags + scene flags."""

@@ -36,7 +36,7 @@ import ctypes.util
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -1013,6 +1013,93 @@ class BlockReader:
                     idx = idx[mask[idx]]
                 results.append((idx, arr[rows[idx] - pr0, cols[idx] - pc0]))
         return results
+
+    def read_windows(self, hrefs: Sequence[str], run_row: np.ndarray, run_col0: np.ndarray,
+                     run_col1: np.ndarray,
+                     consume: Callable[[int, int, int, np.ndarray], None]) -> None:
+        """Decode runs of blocks of several same-grid files and hand each run to ``consume``.
+
+        Run ``k`` covers block row ``run_row[k]``, block columns ``run_col0[k] ..
+        run_col1[k]`` (as :class:`BlockPlan`). A reader thread reads that window from every
+        href into one ``(len(hrefs), h, w)`` array and calls ``consume(k, row0, col0,
+        window)`` itself, so the caller's per-run work runs in parallel with the decoding
+        and no full-size array is built. ``window`` is a per-thread buffer, valid only
+        during the call; runs never overlap, so calls for different runs may write
+        disjoint outputs without locks.
+
+        Parameters
+        ----------
+        hrefs : sequence of str
+            Files with the same shape, block shape and dtype (e.g. the 10 m bands of one
+            Sentinel-2 scene).
+        run_row, run_col0, run_col1 : int arrays
+            The runs.
+        consume : callable
+            Called once per run, in a reader thread.
+
+        Raises
+        ------
+        AssetReadError
+            When a read fails after retries (the other runs are still finished first).
+        ValueError
+            When the files' grids, block shapes or dtypes differ.
+        """
+        metas = [self.meta(h) for h in hrefs]
+        m = metas[0]
+        for h, mm in zip(hrefs, metas):
+            if (tuple(mm.shape), tuple(mm.block_shape), np.dtype(mm.dtype)) != (
+                    tuple(m.shape), tuple(m.block_shape), np.dtype(m.dtype)):
+                raise ValueError(f"{redact(h)} differs from {redact(hrefs[0])} in shape, "
+                                 f"block shape or dtype; read them separately")
+        n_runs = len(run_row)
+        if n_runs == 0:
+            return
+        n_blocks = np.asarray(run_col1) - np.asarray(run_col0) + 1
+        target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
+        chunks, cur, acc = [], [], 0
+        for k in range(n_runs):
+            cur.append(k)
+            acc += int(n_blocks[k])
+            if acc >= target:
+                chunks.append(cur)
+                cur, acc = [], 0
+        if cur:
+            chunks.append(cur)
+        futs = [self._pool.submit(self._window_task, list(hrefs), m, runs, run_row, run_col0,
+                                  run_col1, consume) for runs in chunks]
+        error = None
+        for f in futs:
+            try:
+                f.result()
+            except AssetReadError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _window_task(self, hrefs, m: _Meta, runs, run_row, run_col0, run_col1, consume):
+        from rasterio.windows import Window
+
+        bh, bw = m.block_shape
+        H, W = m.shape
+        dtype = np.dtype(m.dtype)
+        for k in runs:
+            br, c0b, c1b = int(run_row[k]), int(run_col0[k]), int(run_col1[k])
+            r0, r1 = br * bh, min((br + 1) * bh, H)
+            c0, c1 = c0b * bw, min((c1b + 1) * bw, W)
+            h, w = r1 - r0, c1 - c0
+            size = len(hrefs) * h * w
+            buf = getattr(self._local, "window_buf", None)
+            if buf is None or buf.dtype != dtype or buf.size < size:
+                buf = self._local.window_buf = np.empty(size, dtype)
+            win = buf[:size].reshape(len(hrefs), h, w)
+            for j, href in enumerate(hrefs):
+                def fn(ds, out=win[j], window=Window(c0, r0, w, h), br=br, c0b=c0b, c1b=c1b):
+                    ds.read(1, window=window, out=out)
+                    return sum(int(ds.block_size(1, br, c)) for c in range(c0b, c1b + 1))
+
+                nbytes = self._attempt(href, fn)
+                self.stats.add(requests=1, runs=1, blocks_read=c1b - c0b + 1, bytes_read=nbytes)
+            consume(k, r0, c0, win)
 
     def block_bytes(self, href: str, blocks: list[tuple[int, int]]) -> int:
         """Sum of the TIFF tile byte counts of ``blocks`` (``(row, col)``) of band 1."""
