@@ -90,3 +90,140 @@ def test_reflectance_valid_twin():
         _reflectance_valid(dn, inv, 1e-4, -0.1, np.uint16(0), True, v1, r1)
         r2 = _reflectance_valid_ref(dn, inv, 1e-4, -0.1, 0, v2)
         assert np.array_equal(r1, r2, equal_nan=True) and np.array_equal(v1, v2)
+
+
+def _stream_case(rng, H=300, W=340, nf=40):
+    """A random coverage-like entry set in row-major order with slots per 64 x 64 block."""
+    from cropyield.observations import _assign_slots
+
+    n_u = int(rng.integers(1, H * W // 3))
+    flat = np.sort(rng.choice(H * W, n_u, replace=False))
+    # entries: each unique pixel in 1..3 fields (edge pixels are shared)
+    eu = np.repeat(np.arange(n_u), rng.integers(1, 4, n_u))
+    er, ec = flat[eu] // W, flat[eu] % W
+    ef = rng.integers(0, nf, len(eu))
+    efr = rng.random(len(eu))
+    efr[rng.random(len(eu)) < 0.3] = 1.0
+    efr[rng.random(len(eu)) < 0.02] = 0.0
+    nbc = -(-W // 64)
+    ekey = (er // 64) * nbc + ec // 64
+    ob = np.argsort(ekey, kind="stable")
+    sb, slot_field = _assign_slots(ekey[ob], ef[ob], nf)
+    eslot = np.empty(len(ob), np.int64)
+    eslot[ob] = sb
+    row_start = np.searchsorted(er, np.arange(H + 1))
+    return dict(H=H, W=W, nf=nf, n_u=n_u, eu=eu, er=er, ec=ec, ef=ef, efr=efr, ekey=ekey,
+                eslot=eslot, slot_field=slot_field, row_start=row_start, nbc=nbc)
+
+
+def test_stream_kernels_equal_their_numpy_twins():
+    from cropyield.observations import (
+        _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
+        _blocks_needed, _blocks_needed_ref, _footprint_sum, _footprint_sum_ref,
+        _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _unique_sorted,
+        _unique_sorted_ref)
+
+    rng = np.random.default_rng(11)
+    for t in range(25):
+        c = _stream_case(rng)
+        ekey, ef = c["ekey"], c["ef"]
+        ob = np.argsort(ekey, kind="stable")
+        a, b = _assign_slots(ekey[ob], ef[ob], c["nf"]), _assign_slots_ref(ekey[ob], ef[ob], c["nf"])
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        code_u = rng.integers(0, 3, c["n_u"]).astype(np.uint8)
+        assigned = rng.random(c["nf"]) < 0.8
+        nb = int(ekey.max()) + 1
+        assert np.array_equal(_blocks_needed(ekey, c["eu"], ef, code_u, assigned, nb),
+                              _blocks_needed_ref(ekey, c["eu"], ef, code_u, assigned, nb))
+        f1, f2 = np.empty(c["nf"]), np.empty(c["nf"])
+        _footprint_sum(ef, c["efr"], c["eu"], code_u, f1)
+        _footprint_sum_ref(ef, c["efr"], c["eu"], code_u, f2)
+        np.testing.assert_allclose(f1, f2, rtol=1e-13, atol=1e-13)
+        # a window of two uint16 bands with no-data, one coarse band with NaN
+        r0, c0 = int(rng.integers(0, 100)), int(rng.integers(0, 100))
+        h, w = int(rng.integers(1, 200)), int(rng.integers(1, 240))
+        h, w = min(h, c["H"] - r0), min(w, c["W"] - c0)
+        win = rng.integers(0, 10000, (2, h, w)).astype(np.uint16)
+        win[rng.random(win.shape) < 0.05] = 0
+        coarse = rng.random((1, c["n_u"]))
+        coarse[0, rng.random(c["n_u"]) < 0.05] = np.nan
+        args = (win, r0, c0, c["row_start"], c["ec"], c["eu"], ef, assigned, code_u,
+                np.array([1e-4, 2e-4]), np.array([-0.1, 0.0]), np.array([0.0, 0.0]), coarse)
+        n = len(ef)
+        ra, pa = np.empty((3, n)), np.empty(n, np.int64)
+        rb, pb = np.empty((3, n)), np.empty(n, np.int64)
+        ma, mb = _gather_valid(*args, ra, pa), _gather_valid_ref(*args, rb, pb)
+        assert ma == mb and np.array_equal(pa[:ma], pb[:mb])
+        assert np.array_equal(ra[:, :ma], rb[:, :mb])
+        vals = ra[:2, :ma] - ra[2:, :ma]
+        vals[:, rng.random(ma) < 0.1] = np.nan
+        acc1 = np.zeros((len(c["slot_field"]), 8))
+        acc2 = acc1.copy()
+        _accumulate(vals, pa, ma, c["efr"], c["eslot"], 0.4, acc1)
+        _accumulate_ref(vals, pa, ma, c["efr"], c["eslot"], 0.4, acc2)
+        assert np.array_equal(acc1, acc2)
+        fslot = np.argsort(c["slot_field"], kind="stable")
+        fslot_off = np.r_[0, np.cumsum(np.bincount(c["slot_field"], minlength=c["nf"]))]
+        fsel = np.sort(rng.choice(c["nf"], int(rng.integers(0, c["nf"] + 1)), replace=False))
+        outs1 = [np.empty(len(fsel)) for _ in range(2)] + [np.empty((2, len(fsel)))
+                                                            for _ in range(3)]
+        outs2 = [np.empty_like(o) for o in outs1]
+        _merge_slots(acc1, fslot_off, fslot, fsel, *outs1)
+        _merge_slots_ref(acc1, fslot_off, fslot, fsel, *outs2)
+        for x, y in zip(outs1, outs2):
+            assert np.array_equal(x, y, equal_nan=True)
+        # the merged statistics are the two-pass weighted mean and population std
+        sel = pa[:ma]
+        for i, f in enumerate(fsel):
+            for j in range(2):
+                x = vals[j]
+                k = (ef[sel] == f) & (c["efr"][sel] >= 0.4) & (c["efr"][sel] > 0) & ~np.isnan(x)
+                wk, xk = c["efr"][sel][k], x[k]
+                if wk.sum() > 0:
+                    m = np.sum(wk * xk) / wk.sum()
+                    sd = np.sqrt(np.sum(wk * (xk - m) ** 2) / wk.sum())
+                    assert abs(outs1[2][j, i] - m) < 1e-12
+                    assert abs(outs1[3][j, i] - sd) < 1e-9
+                else:
+                    assert np.isnan(outs1[2][j, i])
+        keys = np.sort(rng.integers(-5, 50, int(rng.integers(0, 400))))
+        ua, ia = _unique_sorted(keys)
+        ub, ib = _unique_sorted_ref(keys)
+        assert np.array_equal(ua, ub) and np.array_equal(ia, ib)
+        assert _CLEAR == 2
+
+
+def test_fused_kernel_equals_gather_apply_accumulate():
+    """The fused per-index kernel adds exactly the same terms as the generic path."""
+    from cropyield.indices import INDICES, _apply
+    from cropyield.observations import _accumulate, _fused_kernel, _gather_valid
+
+    rng = np.random.default_rng(12)
+    for t in range(15):
+        c = _stream_case(rng)
+        code_u = rng.integers(0, 3, c["n_u"]).astype(np.uint8)
+        assigned = rng.random(c["nf"]) < 0.9
+        win = rng.integers(0, 8000, (2, c["H"], c["W"])).astype(np.uint16)
+        win[rng.random(win.shape) < 0.03] = 0
+        coarse = rng.random((1, c["n_u"])) * 0.5
+        coarse[0, rng.random(c["n_u"]) < 0.05] = np.nan
+        names = ["B04", "B08", "B11"]
+        scale, offset, nod = np.array([1e-4, 1e-4]), np.array([-0.1, -0.1]), np.zeros(2)
+        specs = [INDICES["ndvi"], INDICES["ndmi"], INDICES["evi2"]]
+        n = len(c["ef"])
+        refl, pos = np.empty((3, n)), np.empty(n, np.int64)
+        m = _gather_valid(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], assigned,
+                          code_u, scale, offset, nod, coarse, refl, pos)
+        bands = {b: refl[j, :m] for j, b in enumerate(names)}
+        vals = np.stack([_apply(s, bands) for s in specs])
+        ns = len(c["slot_field"])
+        acc_g = np.zeros((ns, 2 + 9))
+        _accumulate(vals, pos, m, c["efr"], c["eslot"], 0.25, acc_g)
+        acc_f = np.zeros((ns, 2 + 9))
+        for j, s in enumerate(specs):
+            kern = _fused_kernel(s.scalar, len(s.bands))
+            kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], c["efr"], c["eslot"],
+                 assigned, code_u, scale, offset, nod, coarse,
+                 np.array([names.index(b) for b in s.bands]), s.valid_range[0],
+                 s.valid_range[1], 0.25, 2 + 3 * j, j == 0, acc_f)
+        assert np.array_equal(acc_f, acc_g)

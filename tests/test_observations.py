@@ -378,3 +378,79 @@ def test_asset_grid_disagreeing_with_item_metadata_is_an_error(world):
     df = field_observations([bad], f, on_error="flag")
     assert df["flags"].iloc[0] == "READ_FAILED"
     assert df.attrs["read_failures"][0]["reason"] == "grid_mismatch"
+
+
+def _mixed_world(tmp_path):
+    """600 x 600 px 10 m tile (blocks of 256, partial edge blocks) with 20 m red-edge and
+    SWIR bands, SCL with a cloud, a shadow and a no-data swath edge, B04 no-data pixels."""
+    rng = np.random.default_rng(7)
+    b04 = ramp((600, 600), 21, 300, 1500)
+    b04[rng.random((600, 600)) < 0.01] = 0                      # scattered no-data
+    b08 = ramp((600, 600), 22, 2000, 5000)
+    b05, b8a, b11 = (ramp((300, 300), s, 800, 4000) for s in (23, 24, 25))
+    scl = np.full((300, 300), 4, np.uint8)
+    scl[40:90, 150:220] = 9                                     # cloud
+    scl[100:130, 20:60] = 3                                     # shadow
+    scl[:, 280:] = 0                                            # outside the swath
+    bands = {"B04": (b04, 10), "B08": (b08, 10), "B05": (b05, 20), "B8A": (b8a, 20),
+             "B11": (b11, 20), "SCL": (scl, 20)}
+    scene = make_scene(tmp_path, "S2B_T1_20220601", when="2022-06-01T03:10",
+                       baseline="05.10", bands=bands)
+    geoms = []
+    for _ in range(120):                                        # rotated smallholder plots
+        cx, cy = rng.uniform(5, 595, 2)
+        w, h = rng.uniform(0.3, 25, 2)
+        box = shapely.box(-w / 2, -h / 2, w / 2, h / 2)
+        box = shapely.affinity.rotate(box, rng.uniform(0, 180))
+        geoms.append(shapely.affinity.translate(box, cx, cy))
+    holed = shapely.box(250, 250, 270, 270).difference(shapely.box(255, 255, 262, 262))
+    geoms += [holed, shapely.MultiPolygon([shapely.box(10, 10, 14, 13),
+                                           shapely.box(590, 590, 598, 599)])]
+    geoms = [shapely.affinity.affine_transform(g, [10, 0, 0, -10, X0, Y0]) for g in geoms]
+    fields = gpd.GeoDataFrame({"field_id": np.arange(len(geoms))}, geometry=geoms,
+                              crs=f"EPSG:{EPSG}")
+    arrays = {k: v for k, (v, _) in bands.items() if k != "SCL"}
+    return scene, fields, arrays, scl
+
+
+@pytest.mark.parametrize("kw", [{}, {"min_coverage_frac": 0.5, "min_valid_fraction": 0.3}])
+def test_streamed_statistics_equal_zonal_stats_with_20m_bands(tmp_path, kw):
+    """Block-streamed sums (10 m bands decoded run by run, 20 m bands gathered through the
+    2 x 2 nesting) give zonal_stats' numbers and flags on the same arrays, for fused
+    built-in indices and for a formula index (the generic path)."""
+    from cropyield.indices import register_index, unregister_index, zonal_stats
+    from cropyield.observations import field_observations
+
+    scene, fields, arrays, scl = _mixed_world(tmp_path)
+    grid = scene.bands["B04"].grid
+    register_index("test_re_ratio", "(B8A - B05) / (B8A + B05 + B04)")
+    try:
+        for indices in (("ndvi", "ndmi", "ndre", "evi2"), ("test_re_ratio", "ndvi")):
+            df = field_observations([scene], fields, indices=indices, **kw)
+            ref = zonal_stats(arrays, grid, fields, indices=indices, scl=scl, scales=1e-4,
+                              offsets=-0.1, nodata=0, **kw)
+            a = df.set_index("field_id")
+            b = ref.set_index("field_id").loc[a.index]
+            assert len(a) >= 118
+            np.testing.assert_allclose(a["coverage"], b["coverage"], rtol=1e-12)
+            np.testing.assert_allclose(a["valid_fraction"], b["valid_fraction"], rtol=1e-12,
+                                       atol=1e-15)
+            for n in indices:
+                assert np.array_equal(np.isnan(a[n]), np.isnan(b[n])), n
+                np.testing.assert_allclose(a[n], b[n], rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(a[f"{n}_std"], b[f"{n}_std"], rtol=1e-9, atol=1e-12)
+            assert a["flags"].tolist() == b["flags"].tolist()
+            assert {"ALL_MASKED", "NO_OVERLAP"} <= {f for c in a["flags"] for f in
+                                                    split_flags(c)}
+            assert a["ndvi"].notna().sum() > 80
+        # a formula equal to a built-in gives the built-in's numbers (generic vs fused path)
+        register_index("ndvi_formula", "(B08 - B04) / (B08 + B04)", valid_range=(-1, 1))
+        both = field_observations([scene], fields, indices=("ndvi_formula",), **kw)
+        fused = field_observations([scene], fields, indices=("ndvi",), **kw)
+        np.testing.assert_allclose(both["ndvi_formula"], fused["ndvi"], rtol=0, atol=1e-14)
+        np.testing.assert_allclose(both["ndvi_formula_std"], fused["ndvi_std"], rtol=0,
+                                   atol=1e-14)
+        assert both["flags"].tolist() == fused["flags"].tolist()
+    finally:
+        unregister_index("test_re_ratio")
+        unregister_index("ndvi_formula")

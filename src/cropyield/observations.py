@@ -311,8 +311,10 @@ def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
     nidx = (acc.shape[1] - _ACC_FIRST) // 3
     for i, f in enumerate(fsel):
         sl = fslot[fslot_off[f]:fslot_off[f + 1]]
-        vsum[i] = acc[sl, _ACC_VALID].sum() if len(sl) else 0.0
-        isum[i] = acc[sl, _ACC_INDEX].sum() if len(sl) else 0.0
+        vsum[i] = isum[i] = 0.0
+        for s in sl:                     # sequential sums, in the kernel's order
+            vsum[i] += acc[s, _ACC_VALID]
+            isum[i] += acc[s, _ACC_INDEX]
         for j in range(nidx):
             b = _ACC_FIRST + 3 * j
             sw = mu = m2 = 0.0
