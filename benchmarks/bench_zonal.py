@@ -324,9 +324,16 @@ def main(argv=None):
         new_df = pd.read_parquet(data / "out_cropyield.parquet")
         old_df = pd.read_parquet(data / "out_cropyield_before.parquet")
         same = new_df.equals(old_df)
+        if same:
+            what = "bit-identical"
+        elif new_df[["field_id", "time"]].equals(old_df[["field_id", "time"]]):
+            d = (new_df["ndvi"] - old_df["ndvi"]).abs()
+            nan_mis = int((new_df["ndvi"].isna() != old_df["ndvi"].isna()).sum())
+            what = f"same rows, max |diff| ndvi {d.max():.1e}, NaN mismatches {nan_mis}"
+        else:
+            what = "DIFFERENT rows"
         lines.append("")
-        lines.append(f"cropyield vs cropyield_before output (field_id, time, ndvi): "
-                     f"{'bit-identical' if same else 'DIFFERENT'}")
+        lines.append(f"cropyield vs cropyield_before output (field_id, time, ndvi): {what}")
     if "floor" in results:
         for m, rs in results.items():
             if m == "floor":

@@ -107,10 +107,7 @@ def _stream_case(rng, H=300, W=340, nf=40):
     efr[rng.random(len(eu)) < 0.02] = 0.0
     nbc = -(-W // 64)
     ekey = (er // 64) * nbc + ec // 64
-    ob = np.argsort(ekey, kind="stable")
-    sb, slot_field = _assign_slots(ekey[ob], ef[ob], nf)
-    eslot = np.empty(len(ob), np.int64)
-    eslot[ob] = sb
+    eslot, slot_field = _assign_slots(ekey, ef, nf)
     row_start = np.searchsorted(er, np.arange(H + 1))
     return dict(H=H, W=W, nf=nf, n_u=n_u, eu=eu, er=er, ec=ec, ef=ef, efr=efr, ekey=ekey,
                 eslot=eslot, slot_field=slot_field, row_start=row_start, nbc=nbc)
@@ -119,7 +116,7 @@ def _stream_case(rng, H=300, W=340, nf=40):
 def test_stream_kernels_equal_their_numpy_twins():
     from cropyield.observations import (
         _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
-        _blocks_needed, _blocks_needed_ref, _footprint_sum, _footprint_sum_ref,
+        _blocks_needed, _blocks_needed_ref, _entry_arrays, _entry_arrays_ref, _footprint_sum, _footprint_sum_ref,
         _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _unique_sorted,
         _unique_sorted_ref)
 
@@ -127,9 +124,19 @@ def test_stream_kernels_equal_their_numpy_twins():
     for t in range(25):
         c = _stream_case(rng)
         ekey, ef = c["ekey"], c["ef"]
-        ob = np.argsort(ekey, kind="stable")
-        a, b = _assign_slots(ekey[ob], ef[ob], c["nf"]), _assign_slots_ref(ekey[ob], ef[ob], c["nf"])
-        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        for o in (np.arange(len(ekey)), np.argsort(ekey, kind="stable"),
+                  rng.permutation(len(ekey))):
+            a, b = _assign_slots(ekey[o], ef[o], c["nf"]), _assign_slots_ref(ekey[o], ef[o], c["nf"])
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        # entry arrays of a random row-major entry order
+        flat_u = np.unique(c["er"] * c["W"] + c["ec"])
+        urows, ucols = flat_u // c["W"], flat_u % c["W"]
+        order = rng.permutation(len(ekey))
+        order_u = np.sort(rng.integers(0, len(flat_u), len(ekey)))
+        pf, fr = rng.integers(0, c["nf"], len(ekey)), rng.random(len(ekey))
+        x = _entry_arrays(order, order_u, pf, fr, urows, ucols, 64, 64, c["nbc"], c["H"])
+        y = _entry_arrays_ref(order, order_u, pf, fr, urows, ucols, 64, 64, c["nbc"], c["H"])
+        assert all(np.array_equal(p_, q_) for p_, q_ in zip(x, y))
         code_u = rng.integers(0, 3, c["n_u"]).astype(np.uint8)
         assigned = rng.random(c["nf"]) < 0.8
         nb = int(ekey.max()) + 1
@@ -221,7 +228,7 @@ def test_fused_kernel_equals_gather_apply_accumulate():
         _accumulate(vals, pos, m, c["efr"], c["eslot"], 0.25, acc_g)
         acc_f = np.zeros((ns, 2 + 9))
         for j, s in enumerate(specs):
-            kern = _fused_kernel(s.scalar, len(s.bands))
+            kern = _fused_kernel(s.scalar, len(s.bands), 2, 1)
             kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], c["efr"], c["eslot"],
                  assigned, code_u, scale, offset, nod, coarse,
                  np.array([names.index(b) for b in s.bands]), s.valid_range[0],

@@ -214,13 +214,15 @@ _coarse_unique = _make_coarse_unique()
 # --------------------------------------------------------------------------------------------
 # streamed statistics: every decoded block run goes straight to per-(block, field) sums
 #
-# The CSR entries of a grid are sorted by (block, pixel) once. For each block run read, the
-# reader thread gathers the entries' reflectances from the decoded window (clear pixels of
-# assigned fields only), computes the indices, and adds weighted sums into accumulators of
-# one slot per (block, field) pair -- so threads never write the same slot, and no per-date
-# vector of all pixels is built. Slots are merged per field in block order at the end of
-# the scene (deterministic whatever the thread timing). Means and variances use the
-# weighted Welford update and Chan's merge (West 1979; Chan, Golub & LeVeque 1979).
+# The CSR entries of a grid are put in row-major pixel order once, and each gets a slot per
+# (block, field) pair. For each block run read, the reader thread that decoded it walks the
+# run's entries row by row (the window in memory order), keeps clear pixels of assigned
+# fields, computes the index and adds the weights and values to the entry's slot -- so
+# threads never write the same slot and no per-date vector of all pixels is built.
+# Consecutive entries of one slot are summed in registers around their first value and
+# merged into the slot with Chan, Golub & LeVeque's (1979) pairwise update; at the end of
+# the scene each field merges its slots in a fixed order, so results do not depend on the
+# thread timing.
 
 #: accumulator columns per slot: valid weight, index weight, then (weight, mean, M2) per index
 _ACC_VALID, _ACC_INDEX, _ACC_FIRST = 0, 1, 2
@@ -240,6 +242,14 @@ def _assign_slots_ref(ekey, ef, n_fields):
             slot_field.append(f)
         eslot[p] = s
     return eslot, np.asarray(slot_field, np.int64)
+
+
+def _entry_arrays_ref(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, n_rows):
+    """NumPy twin of :func:`_entry_arrays`."""
+    r, c = urows[order_u], ucols[order_u]
+    row_start = np.r_[0, np.cumsum(np.bincount(r, minlength=n_rows))].astype(np.int64)
+    return (c.astype(np.int64), pf[order].astype(np.int64), fractions[order].astype(float),
+            ((r // bh) * nbc + c // bw).astype(np.int64), row_start)
 
 
 def _blocks_needed_ref(ekey, eu, ef, code_u, assigned, n_blocks):
@@ -282,27 +292,62 @@ def _gather_valid_ref(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scal
     return m
 
 
+def _flush_ref(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):
+    """NumPy twin of :func:`_flush`."""
+    if count_valid:
+        acc[s, _ACC_VALID] += vv
+        acc[s, _ACC_INDEX] += ii
+    if s0 > 0.0:
+        mean = k + s1 / s0
+        m2 = max(s2 - s1 * (s1 / s0), 0.0)
+        wa = acc[s, col]
+        if wa == 0.0:
+            acc[s, col], acc[s, col + 1], acc[s, col + 2] = s0, mean, m2
+        else:
+            n = wa + s0
+            d = mean - acc[s, col + 1]
+            acc[s, col + 1] += d * (s0 / n)
+            acc[s, col + 2] += m2 + d * d * (wa * s0 / n)
+            acc[s, col] = n
+
+
 def _accumulate_ref(vals, pos, m, efr, eslot, min_frac, acc):
     """NumPy twin of :func:`_accumulate` (same updates, one entry at a time)."""
+    nidx = vals.shape[0]
+    k = np.zeros(nidx)
+    s0, s1, s2 = np.zeros(nidx), np.zeros(nidx), np.zeros(nidx)
+    cur, vv, ii = -1, 0.0, 0.0
+
+    def flush():
+        for j in range(nidx):
+            _flush_ref(acc, cur, _ACC_FIRST + 3 * j, j == 0, vv, ii, s0[j], s1[j], s2[j],
+                       k[j])
+
     for q in range(m):
         p = pos[q]
         fr = efr[p]
         if not fr > 0.0:
             continue
         s = eslot[p]
-        acc[s, _ACC_VALID] += fr
+        if s != cur:
+            if cur >= 0:
+                flush()
+            cur, vv, ii = s, 0.0, 0.0
+            s0[:] = s1[:] = s2[:] = 0.0
+        vv += fr
         if fr >= min_frac:
-            acc[s, _ACC_INDEX] += fr
-            for j in range(vals.shape[0]):
+            ii += fr
+            for j in range(nidx):
                 x = vals[j, q]
                 if x == x:
-                    b = _ACC_FIRST + 3 * j
-                    sw = acc[s, b] + fr
-                    d = x - acc[s, b + 1]
-                    mean = acc[s, b + 1] + d * (fr / sw)
-                    acc[s, b] = sw
-                    acc[s, b + 1] = mean
-                    acc[s, b + 2] += fr * d * (x - mean)
+                    if s0[j] == 0.0:
+                        k[j] = x
+                    d = x - k[j]
+                    s0[j] += fr
+                    s1[j] += fr * d
+                    s2[j] += fr * d * d
+    if cur >= 0:
+        flush()
 
 
 def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
@@ -332,6 +377,45 @@ def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
                 mean[j, i], std[j, i], wsum[j, i] = np.nan, np.nan, 0.0
 
 
+def _make_flush():
+    import numba
+
+    a_valid, a_index = _ACC_VALID, _ACC_INDEX
+
+    @numba.njit(nogil=True, inline="always")
+    def _flush(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):  # pragma: no cover
+        """Merge a run of consecutive entries of slot ``s`` into ``acc``: valid and index
+        weights ``vv``, ``ii`` when ``count_valid``; and the run's index values, given as
+        weighted sums ``s0 = sum(w)``, ``s1 = sum(w (x - k))``, ``s2 = sum(w (x - k)^2)``
+        around its first value ``k`` (exact for constant runs), by Chan et al.'s pairwise
+        update of (weight, mean, M2) at ``col .. col + 2``. Summing runs in locals keeps
+        the per-entry loop free of the store-to-load chain of an in-place update."""
+        if count_valid:
+            acc[s, a_valid] += vv
+            acc[s, a_index] += ii
+        if s0 > 0.0:
+            mean = k + s1 / s0
+            m2 = s2 - s1 * (s1 / s0)
+            if m2 < 0.0:
+                m2 = 0.0
+            wa = acc[s, col]
+            if wa == 0.0:
+                acc[s, col] = s0
+                acc[s, col + 1] = mean
+                acc[s, col + 2] = m2
+            else:
+                n = wa + s0
+                d = mean - acc[s, col + 1]
+                acc[s, col + 1] += d * (s0 / n)
+                acc[s, col + 2] += m2 + d * d * (wa * s0 / n)
+                acc[s, col] = n
+
+    return _flush
+
+
+_flush = _make_flush()
+
+
 def _make_stream_kernels():
     import numba
 
@@ -340,23 +424,55 @@ def _make_stream_kernels():
 
     @numba.njit(nogil=True)
     def _assign_slots(ekey, ef, n_fields):  # pragma: no cover - compiled
-        """One slot per (block, field) pair of entries sorted by block key ``ekey``,
-        numbered in order of first appearance: (slot of every entry, field of every slot)."""
+        """One slot per (block ``ekey``, field ``ef``) pair, numbered in order of first
+        appearance: (slot of every entry, field of every slot)."""
         n = ekey.shape[0]
         eslot = np.empty(n, np.int64)
         slot_field = np.empty(n, np.int64)
-        stamp = np.full(n_fields, -1, np.int64)
-        cur = np.empty(n_fields, np.int64)
+        slot_key = np.empty(n, np.int64)
+        slot_next = np.empty(n, np.int64)
+        head = np.full(n_fields, -1, np.int64)    # newest slot of each field
         ns = 0
         for p in range(n):
             f = ef[p]
-            if stamp[f] != ekey[p]:
-                stamp[f] = ekey[p]
-                cur[f] = ns
-                slot_field[ns] = f
+            k = ekey[p]
+            s = head[f]
+            while s >= 0 and slot_key[s] != k:    # a field has slots in very few blocks
+                s = slot_next[s]
+            if s < 0:
+                s = ns
                 ns += 1
-            eslot[p] = cur[f]
+                slot_field[s] = f
+                slot_key[s] = k
+                slot_next[s] = head[f]
+                head[f] = s
+            eslot[p] = s
         return eslot, slot_field[:ns].copy()
+
+    @numba.njit(nogil=True)
+    def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
+                      n_rows):  # pragma: no cover - compiled
+        """Per row-major entry: column, field, fraction and block key; and the start of
+        every grid row in them."""
+        n = order.shape[0]
+        ec = np.empty(n, np.int64)
+        ef = np.empty(n, np.int64)
+        efr = np.empty(n)
+        ekey = np.empty(n, np.int64)
+        row_start = np.zeros(n_rows + 1, np.int64)
+        for p in range(n):
+            e = order[p]
+            u = order_u[p]
+            r = urows[u]
+            c = ucols[u]
+            ec[p] = c
+            ef[p] = pf[e]
+            efr[p] = fractions[e]
+            ekey[p] = (r // bh) * nbc + c // bw
+            row_start[r + 1] += 1
+        for r in range(n_rows):
+            row_start[r + 1] += row_start[r]
+        return ec, ef, efr, ekey, row_start
 
     @numba.njit(nogil=True)
     def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cover
@@ -432,33 +548,54 @@ def _make_stream_kernels():
     @numba.njit(nogil=True)
     def _accumulate(vals, pos, m, efr, eslot, min_frac, acc):  # pragma: no cover - compiled
         """Add packed entries to their slots: valid weight, index weight (fraction >=
-        ``min_frac``), and per index the weighted Welford (weight, mean, M2) of finite
-        values."""
+        ``min_frac``) and per index the weighted (weight, mean, M2) of finite values.
+        Consecutive entries of one slot are summed in locals, shifted by their first value,
+        and merged into the slot once (see :func:`_flush`)."""
         nidx = vals.shape[0]
+        k = np.zeros(nidx)
+        s0 = np.zeros(nidx)
+        s1 = np.zeros(nidx)
+        s2 = np.zeros(nidx)
+        cur = -1
+        vv = 0.0
+        ii = 0.0
         for q in range(m):
             p = pos[q]
             fr = efr[p]
             if not fr > 0.0:
                 continue
             s = eslot[p]
-            acc[s, a_valid] += fr
+            if s != cur:
+                if cur >= 0:
+                    for j in range(nidx):
+                        _flush(acc, cur, a_first + 3 * j, j == 0, vv, ii, s0[j], s1[j],
+                               s2[j], k[j])
+                cur = s
+                vv = 0.0
+                ii = 0.0
+                s0[:] = 0.0
+                s1[:] = 0.0
+                s2[:] = 0.0
+            vv += fr
             if fr >= min_frac:
-                acc[s, a_index] += fr
+                ii += fr
                 for j in range(nidx):
                     x = vals[j, q]
                     if x == x:
-                        b = a_first + 3 * j
-                        sw = acc[s, b] + fr
-                        d = x - acc[s, b + 1]
-                        mean = acc[s, b + 1] + d * (fr / sw)
-                        acc[s, b] = sw
-                        acc[s, b + 1] = mean
-                        acc[s, b + 2] += fr * d * (x - mean)
+                        if s0[j] == 0.0:
+                            k[j] = x
+                        d = x - k[j]
+                        s0[j] += fr
+                        s1[j] += fr * d
+                        s2[j] += fr * d * d
+        if cur >= 0:
+            for j in range(nidx):
+                _flush(acc, cur, a_first + 3 * j, j == 0, vv, ii, s0[j], s1[j], s2[j], k[j])
 
     @numba.njit(nogil=True)
     def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
                      wsum):  # pragma: no cover - compiled
-        """Per selected field: summed weights and Chan's merge of its slots (block order)
+        """Per selected field: summed weights and Chan's merge of its slots (slot order)
         into the weighted mean and population standard deviation (NaN without weight)."""
         nidx = (acc.shape[1] - a_first) // 3
         for i in range(fsel.shape[0]):
@@ -493,11 +630,11 @@ def _make_stream_kernels():
                     std[j, i] = np.nan
                     wsum[j, i] = 0.0
 
-    return (_assign_slots, _blocks_needed, _footprint_sum, _gather_valid, _accumulate,
-            _merge_slots)
+    return (_assign_slots, _entry_arrays, _blocks_needed, _footprint_sum, _gather_valid,
+            _accumulate, _merge_slots)
 
 
-(_assign_slots, _blocks_needed, _footprint_sum, _gather_valid, _accumulate,
+(_assign_slots, _entry_arrays, _blocks_needed, _footprint_sum, _gather_valid, _accumulate,
  _merge_slots) = _make_stream_kernels()
 
 
@@ -505,24 +642,24 @@ _FUSED: dict[tuple[Any, int], Any] = {}
 _FUSED_LOCK = threading.Lock()
 
 
-def _fused_kernel(f, nargs: int):
-    """Streaming kernel with the scalar index function ``f`` of ``nargs`` bands inlined
-    (compiled once per function and arity; the built-in indices share a few functions)."""
-    key = (f, int(nargs))
+def _fused_kernel(f, nargs: int, n_fine: int, n_coarse: int):
+    """Streaming kernel with the scalar index function ``f`` of ``nargs`` bands inlined and
+    the band counts fixed (so their loops unroll): compiled once per combination, which the
+    built-in indices mostly share (NDVI, NDRE, NDMI, NDWI and NBR use one function)."""
+    key = (f, int(nargs), int(n_fine), int(n_coarse))
     k = _FUSED.get(key)
     if k is None:
         with _FUSED_LOCK:
             k = _FUSED.get(key)
             if k is None:
-                k = _FUSED[key] = _make_fused(f, int(nargs))
+                k = _FUSED[key] = _make_fused(*key)
     return k
 
 
-def _make_fused(f, nargs: int):
+def _make_fused(f, nargs: int, nf: int, nc: int):
     import numba
 
     clear = _CLEAR
-    a_valid, a_index = _ACC_VALID, _ACC_INDEX
     if nargs == 1:
         @numba.njit(inline="always")
         def ev(v, args):  # pragma: no cover - compiled
@@ -544,13 +681,13 @@ def _make_fused(f, nargs: int):
                acc):  # pragma: no cover - compiled
         """:func:`_gather_valid`, the index and :func:`_accumulate` in one pass over the
         entries of a window (same arithmetic, same order: identical sums). Adds the
-        index's (weight, mean, M2) at columns ``col..col + 2`` and, when ``count_valid``,
-        the valid and index weights."""
-        nf = win.shape[0]
-        nc = coarse_r.shape[0]
+        index's (weight, mean, M2) at columns ``col .. col + 2`` and, when
+        ``count_valid``, the valid and index weights."""
         v = np.empty(nf + nc)
         h = win.shape[1]
         c1 = c0 + win.shape[2]
+        cur = -1
+        vv = ii = s0 = s1 = s2 = k = 0.0
         for rr in range(h):
             lo_p = row_start[r0 + rr]
             hi_p = row_start[r0 + rr + 1]
@@ -584,20 +721,29 @@ def _make_fused(f, nargs: int):
                     fr = efr[p]
                     if ok and fr > 0.0:
                         s = eslot[p]
-                        if count_valid:
-                            acc[s, a_valid] += fr
+                        if s != cur:
+                            if cur >= 0:
+                                _flush(acc, cur, col, count_valid, vv, ii, s0, s1, s2, k)
+                            cur = s
+                            vv = 0.0
+                            ii = 0.0
+                            s0 = 0.0
+                            s1 = 0.0
+                            s2 = 0.0
+                        vv += fr
                         if fr >= min_frac:
-                            if count_valid:
-                                acc[s, a_index] += fr
+                            ii += fr
                             x = ev(v, args)
                             if x >= lo and x <= hi:
-                                sw = acc[s, col] + fr
-                                dx = x - acc[s, col + 1]
-                                mean = acc[s, col + 1] + dx * (fr / sw)
-                                acc[s, col] = sw
-                                acc[s, col + 1] = mean
-                                acc[s, col + 2] += fr * dx * (x - mean)
+                                if s0 == 0.0:
+                                    k = x
+                                dx = x - k
+                                s0 += fr
+                                s1 += fr * dx
+                                s2 += fr * dx * dx
                 p += 1
+        if cur >= 0:
+            _flush(acc, cur, col, count_valid, vv, ii, s0, s1, s2, k)
 
     return _fused
 
@@ -643,35 +789,26 @@ def _build_stream(ctx: "_GridCtx", shape: tuple[int, int],
     from .read import _counting_order
 
     bh, bw = int(block_shape[0]), int(block_shape[1])
-    H = int(shape[0])
-    nbc = -(-int(shape[1]) // bw)
+    H, W = int(shape[0]), int(shape[1])
+    nbc = -(-W // bw)
     n_blocks = -(-H // bh) * nbc
-    n_u = len(ctx.urows)
     n_fields = len(ctx.cov_sum)
-    ukey = (ctx.urows // bh) * nbc + ctx.ucols // bw
-    none = np.zeros(0, np.int64)
-    eo, eu = ctx.order, ctx.order_u
-    ef = ctx.pf[eo]
-    ekey = ukey[eu]
-    # slots are numbered block by block: number them on a block-major order of the entries
-    # (stable, so fixed), then carry them to the row-major order
-    ob = _counting_order(ekey, n_blocks) if len(ekey) else none
-    slot_b, slot_field = _assign_slots(ekey[ob], ef[ob], n_fields)
-    eslot = np.empty(len(ob), np.int64)
-    eslot[ob] = slot_b
-    fslot = _counting_order(slot_field, max(n_fields, 1)) if len(slot_field) else none
+    ec, ef, efr, ekey, row_start = _entry_arrays(ctx.order, ctx.order_u, ctx.pf,
+                                                 ctx.cov.fractions, ctx.urows, ctx.ucols,
+                                                 bh, bw, nbc, H)
+    eslot, slot_field = _assign_slots(ekey, ef, n_fields)
+    fslot = _counting_order(slot_field, max(n_fields, 1)) if len(slot_field) else \
+        np.zeros(0, np.int64)
     fslot_off = np.zeros(n_fields + 1, np.int64)
     np.cumsum(np.bincount(slot_field, minlength=n_fields), out=fslot_off[1:])
-    row_start = np.searchsorted(ctx.urows[eu], np.arange(H + 1)).astype(np.int64)
     # the kernels stream these per date: 32-bit where it fits halves the memory traffic
-    i32 = max(n_u, n_fields, len(slot_field), int(shape[1])) < 2**31
+    i32 = max(len(ctx.urows), n_fields, len(slot_field), W, n_blocks) < 2**31
 
     def narrow(a):
         return a.astype(np.int32) if i32 else a
 
-    return _Stream((H, int(shape[1])), (bh, bw), nbc, n_blocks, row_start,
-                   narrow(ctx.ucols[eu]), narrow(eu), narrow(ef),
-                   np.ascontiguousarray(ctx.cov.fractions[eo]), ekey, narrow(eslot),
+    return _Stream((H, W), (bh, bw), nbc, n_blocks, row_start, narrow(ec),
+                   narrow(ctx.order_u), narrow(ef), efr, narrow(ekey), narrow(eslot),
                    np.flatnonzero(np.bincount(ekey, minlength=n_blocks)), len(slot_field),
                    fslot_off, fslot)
 
@@ -1236,7 +1373,7 @@ class _Run:
 
         if all(spec.scalar is not None for spec in specs):
             # built-in indices: one fused pass per index, the first also counts validity
-            fused = [(_fused_kernel(spec.scalar, len(spec.bands)),
+            fused = [(_fused_kernel(spec.scalar, len(spec.bands), len(fine), len(coarse)),
                       np.array([names.index(b) for b in spec.bands], np.int64),
                       float(spec.valid_range[0]), float(spec.valid_range[1]))
                      for spec in specs]
