@@ -1032,6 +1032,12 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         # while other acquisitions are masked and reduced (memory: pixels under the fields
         # of at most threads + 2 acquisitions)
         with ThreadPoolExecutor(threads + 2, thread_name_prefix="cropyield-obs") as coord:
+            # build each grid's streaming order while the first SCL blocks are decoded
+            firsts = {}
+            for i, g in enumerate(ref_grids):
+                firsts.setdefault(g, i)
+            for i in firsts.values():
+                coord.submit(state.prepare_stream, i)
             futs = [coord.submit(run_group, gi) for gi in range(len(order))]
             err = None
             for f in futs:
@@ -1151,6 +1157,20 @@ class _Run:
                 f"says {tuple(band.grid.shape)} and {tuple(g)[:6]}; the STAC metadata "
                 f"(proj:shape / proj:transform) is wrong for this asset: fix or drop the item",
                 href=href, reason="grid_mismatch")
+
+    def prepare_stream(self, si: int) -> None:
+        """Build the streaming order of scene ``si``'s grid ahead of need (best effort:
+        a failure here is met again, and reported, by the scene's own pass)."""
+        scene, ref = self.scenes[si], self.ref_grids[si]
+        try:
+            for b in self.bands:
+                band = scene.bands[b]
+                if _factor(band.grid, ref, b) == 1:
+                    shape = self.reader.meta(band.href).block_shape
+                    self.ctxs[ref].stream(ref.shape, shape)
+                    return
+        except Exception:  # noqa: BLE001 - best effort, see docstring
+            logger.debug("stream preparation for %s deferred", scene.id, exc_info=True)
 
     # -- SCL pass ----------------------------------------------------------------------------
     def scl_codes(self, si: int, want_u: np.ndarray) -> tuple[np.ndarray | None, int]:
