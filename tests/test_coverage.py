@@ -468,3 +468,17 @@ def test_cache_is_bounded_by_bytes():
     b = coverage_fractions(frame([px_box(1, 1, 4, 3)]), grid(), cache=cache)
     assert len(cache) == 1 and a.nbytes > 0 and b.nbytes > 0  # newest kept
     assert coverage_fractions(frame([px_box(1, 1, 4, 3)]), grid(), cache=cache) is b
+
+
+def test_hole_free_fast_path_equals_general_ring_path():
+    """Hole-free single polygons skip the per-ring objects; adding one field with a hole
+    (general path for all) must not change any other field's fractions."""
+    rng = np.random.default_rng(13)
+    geoms = [_star(rng, (rng.uniform(0, 50), rng.uniform(0, 40)), rng.uniform(0.2, 9),
+                   int(rng.integers(3, 12))) for _ in range(80)]
+    fast = coverage_fractions(frame(geoms), grid(), cache=False)
+    holed = px_poly([(1, 1), (9, 1), (9, 9), (1, 9)], holes=[[(3, 3), (6, 3), (6, 6), (3, 6)]])
+    general = coverage_fractions(frame(geoms + [holed]), grid(), cache=False)
+    for i in range(80):
+        assert as_dict(fast, i) == as_dict(general, i)
+    assert abs(general.fractions[general.offsets[80]:].sum() - (64 - 9)) < 1e-9

@@ -685,14 +685,18 @@ def _prepare(geoms, grid: Grid):
     import shapely
 
     t = grid.transform
-    if len(geoms) and bool(np.all(shapely.get_type_id(geoms) == 3)):
-        # all single polygons: get_parts would only clone them (slow for many fields)
-        parts, part_field = np.asarray(geoms, dtype=object), np.arange(len(geoms))
+    if len(geoms) and bool(np.all(shapely.get_type_id(geoms) == 3)) and not np.any(
+            shapely.get_num_interior_rings(geoms)):
+        # single polygons without holes (most fields): each is one ring; no Python object
+        # per part or ring (creating tens of thousands sets off full garbage collections)
+        coords, vert_ring = shapely.get_coordinates(geoms, return_index=True)
+        nring = len(geoms)
+        ring_part = part_field = np.arange(nring)
     else:
         parts, part_field = shapely.get_parts(geoms, return_index=True)
-    rings, ring_part = shapely.get_rings(parts, return_index=True)
-    coords, vert_ring = shapely.get_coordinates(rings, return_index=True)
-    nring = len(rings)
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
+        coords, vert_ring = shapely.get_coordinates(rings, return_index=True)
+        nring = len(rings)
     ring_off = np.zeros(nring + 1, dtype=np.int64)
     np.cumsum(np.bincount(vert_ring, minlength=nring), out=ring_off[1:])
     # pixel coordinates (u = column, v = row), continuous
