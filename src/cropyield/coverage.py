@@ -628,11 +628,14 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
         counts = np.zeros(len(good_idx), dtype=np.int64)
         start = 0
         while start < len(good_idx):
-            stop = start + 1
-            total = cells[start]
-            while stop < len(good_idx) and total + cells[stop] <= _BATCH_CELLS:
-                total += cells[stop]
-                stop += 1
+            if cells[start:].sum() <= _BATCH_CELLS:      # the rest fits in one batch
+                stop, total = len(good_idx), cells[start:].sum()
+            else:
+                stop = start + 1
+                total = cells[start]
+                while stop < len(good_idx) and total + cells[stop] <= _BATCH_CELLS:
+                    total += cells[stop]
+                    stop += 1
             cap = int(total)
             o_r = np.empty(cap, np.int32)
             o_c = np.empty(cap, np.int32)
@@ -649,13 +652,18 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
         per_field = np.zeros(n, dtype=np.int64)
         per_field[good_idx] = counts
         np.cumsum(per_field, out=offsets[1:])
-    rows = np.concatenate(rows_l) if rows_l else np.empty(0, np.int32)
-    cols = np.concatenate(cols_l) if cols_l else np.empty(0, np.int32)
-    fractions = np.concatenate(frac_l) if frac_l else np.empty(0, np.float64)
+    def cat(parts, dtype):
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+    rows, cols, fractions = cat(rows_l, np.int32), cat(cols_l, np.int32), \
+        cat(frac_l, np.float64)
 
     npx = np.diff(offsets)
-    pf = np.repeat(np.arange(n), npx)
-    n_pure = np.bincount(pf[fractions >= 1.0 - PURE_TOLERANCE], minlength=n)
+    pure_before = np.zeros(len(fractions) + 1, np.int64)
+    np.cumsum(fractions >= 1.0 - PURE_TOLERANCE, out=pure_before[1:])
+    n_pure = pure_before[offsets[1:]] - pure_before[offsets[:-1]]
     codes = ["FIELD_TOO_SMALL", "INVALID_GEOMETRY", "NO_OVERLAP", "SUBPIXEL_FIELD"]
     nover = ~bad & (npx == 0)
     has = ~bad & (npx > 0)
