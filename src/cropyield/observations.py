@@ -18,14 +18,16 @@
    that the same field measured in two UTM projections ties), then the newest processing
    baseline (reprocessed duplicates), then the first scene in (tile, id) order. It is never
    counted twice.
-4. **Bands.** The reflectance bands of each scene are read only for the blocks where a
-   field assigned to it has a clear pixel, gathered as 1-D vectors, converted to
-   reflectance with each band's own scale/offset (so pre- and post-04.00 products agree),
-   turned into indices by the numba kernels and reduced per field with weights
-   ``coverage fraction x validity``.
+4. **Bands, streamed.** The reflectance bands of each scene are read only for the blocks
+   where a field assigned to it has a clear pixel. Each run of blocks is reduced by the
+   reader thread that decoded it: reflectance with each band's own scale/offset (so pre-
+   and post-04.00 products agree), the index (numba), and weighted sums per (block, field)
+   slot with weights ``coverage fraction x validity``; slots are merged per field at the
+   end of the scene (``docs/method.md``, "streaming").
 
-Memory: only the pixels under the fields of at most ``threads + 2`` acquisitions are held;
-rows are accumulated as NumPy arrays and one DataFrame is built at the end.
+Memory: one decoded run window per reader thread, SCL codes of the pixels under the fields
+and small per-slot accumulators for at most ``threads + 2`` acquisitions in flight; rows are
+accumulated as NumPy arrays and one DataFrame is built at the end.
 """
 
 from __future__ import annotations
@@ -1113,7 +1115,7 @@ def _take(values: np.ndarray, idx: np.ndarray):
         arr = pa.DictionaryArray.from_arrays(pa.array(idx, pa.int64()),
                                              pa.array(values.tolist(), pa.string()))
         dtype = pd.Series(values[:1]).dtype         # what pandas makes of str objects
-        if dtype == object:
+        if dtype.kind == "O":
             return values[idx]
         return pd.Series(arr.cast(pa.string()), dtype=dtype)
     return values[idx]
