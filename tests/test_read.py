@@ -452,3 +452,37 @@ def test_gdal_settings_reach_real_dask_worker_processes():
         rd._configured.clear()
         rd._configured.update(before)
     assert len(values) == 2 and set(values.values()) == {13}
+
+
+def test_read_windows_hands_every_run_to_consume_once(tmp_path):
+    """read_windows decodes each run of every file into one buffer and calls consume in a
+    reader thread with the right origin; mismatched files are refused."""
+    import threading
+
+    from cropyield.read import BlockReader
+
+    a = ramp((600, 700), 31)
+    b = ramp((600, 700), 32)
+    fa = write_cog(tmp_path / "a.tif", a, from_origin(X0, Y0, 10, 10))
+    fb = write_cog(tmp_path / "b.tif", b, from_origin(X0, Y0, 10, 10))
+    fc = write_cog(tmp_path / "c.tif", a.astype(np.float32), from_origin(X0, Y0, 10, 10))
+    # runs: block row 0 cols 0..2 (partial last block), block row 2 (partial) col 1
+    rr, c0, c1 = np.array([0, 2]), np.array([0, 1]), np.array([2, 1])
+    seen, lock = {}, threading.Lock()
+
+    def consume(k, r0, col0, win):
+        with lock:
+            seen[k] = (r0, col0, win.copy(), threading.current_thread().name)
+
+    with BlockReader(threads=2) as rd:
+        rd.read_windows([str(fa), str(fb)], rr, c0, c1, consume)
+        assert rd.stats.as_dict()["blocks_read"] == 2 * (3 + 1)
+        with pytest.raises(ValueError, match="differs"):
+            rd.read_windows([str(fa), str(fc)], rr, c0, c1, consume)
+    assert sorted(seen) == [0, 1]
+    r0, col0, win, th = seen[0]
+    assert (r0, col0, win.shape) == (0, 0, (2, 256, 700))
+    assert np.array_equal(win[0], a[:256, :700]) and np.array_equal(win[1], b[:256, :700])
+    r0, col0, win, th = seen[1]
+    assert (r0, col0, win.shape) == (512, 256, (2, 88, 256))
+    assert np.array_equal(win[1], b[512:, 256:512]) and th.startswith("cropyield-read")
