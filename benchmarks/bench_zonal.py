@@ -189,11 +189,13 @@ def child(method, data, n_dates, n_fields, size, save):
 
     fields = gpd.read_parquet(Path(data) / f"fields_{n_fields}.parquet")
     warm = 0.0
-    if method == "cropyield":   # JIT warm-up on a small case (compilation is not timed):
-        from cropyield.observations import field_observations   # a clear and a cloudy date
-
-        with Timer() as tw:
-            field_observations(scenes_for(data, 2), fields.iloc[:2000], indices=("ndvi",))
+    if method == "cropyield":   # JIT warm-up (compilation is not timed): every field on a
+        from cropyield.coverage import COVERAGE_CACHE             # clear and a cloudy date,
+        from cropyield.observations import field_observations     # so every kernel on the
+                                                                   # path compiles; then the
+        with Timer() as tw:                                        # coverage is forgotten
+            field_observations(scenes_for(data, 2), fields, indices=("ndvi",))
+            COVERAGE_CACHE.clear()
         warm = tw.s
     c0 = time.process_time()
     with Timer() as t:
