@@ -454,3 +454,32 @@ def test_streamed_statistics_equal_zonal_stats_with_20m_bands(tmp_path, kw):
     finally:
         unregister_index("test_re_ratio")
         unregister_index("ndvi_formula")
+
+
+def test_only_coarse_bands_are_gathered_then_reduced_without_windows(tmp_path):
+    """An index whose bands are all coarser than the scene's finest grid (here a 10 m SCL
+    and 20 m red-edge bands) takes the gathered path with no window to decode; it gives
+    zonal_stats' numbers on the same arrays."""
+    from cropyield.indices import zonal_stats
+    from cropyield.observations import field_observations
+
+    rng = np.random.default_rng(8)
+    b05, b8a = ramp((150, 150), 41, 800, 3000), ramp((150, 150), 42, 2000, 5000)
+    scl = np.full((300, 300), 4, np.uint8)
+    scl[100:160, 30:120] = 8
+    scene = make_scene(tmp_path, "S2A_T1_20220701", when="2022-07-01T03:10",
+                       baseline="05.10",
+                       bands={"B05": (b05, 20), "B8A": (b8a, 20), "SCL": (scl, 10)})
+    boxes = [(float(c), float(r), c + float(w), r + float(h)) for c, r, w, h in
+             zip(rng.uniform(0, 280, 40), rng.uniform(0, 280, 40), rng.uniform(0.5, 15, 40),
+                 rng.uniform(0.5, 15, 40))]
+    fields = fields_px(boxes)
+    df = field_observations([scene], fields, indices=("ndre",)).set_index("field_id")
+    ref = zonal_stats({"B05": b05, "B8A": b8a}, scene.bands["SCL"].grid, fields,
+                      indices=("ndre",), scl=scl, scales=1e-4, offsets=-0.1)
+    ref = ref.set_index("field_id").loc[df.index]
+    assert df["ndre"].notna().sum() > 25
+    np.testing.assert_allclose(df["ndre"], ref["ndre"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(df["ndre_std"], ref["ndre_std"], rtol=0, atol=1e-12)
+    assert df["flags"].tolist() == ref["flags"].tolist()
+    assert df.attrs["blocks_read"] >= 3          # SCL + the two 20 m bands, nothing else

@@ -1309,7 +1309,6 @@ class _Run:
                 m = self.reader.meta(band.href)
             except AssetReadError as exc:
                 fail |= self._fail(scene, b, exc)
-                self.reader.release(band.href)
                 continue
             if k == 1 and (not fine or (m.block_shape, np.dtype(m.dtype)) == (
                     fine[0][2].block_shape, np.dtype(fine[0][2].dtype))):
@@ -1332,6 +1331,8 @@ class _Run:
         if not fail:
             fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc)
         if fail:
+            for b in self.bands:              # handles opened for metadata only
+                self.reader.release(scene.bands[b].href)
             emask = assigned[ctx.pf]
             pf_sub = np.repeat(np.arange(nf), np.diff(ctx.cov.offsets)[fi])
             swath = np.bincount(pf_sub, weights=ctx.cov.fractions[emask]
