@@ -234,3 +234,32 @@ def test_fused_kernel_equals_gather_apply_accumulate():
                  np.array([names.index(b) for b in s.bands]), s.valid_range[0],
                  s.valid_range[1], 0.25, 2 + 3 * j, j == 0, acc_f)
         assert np.array_equal(acc_f, acc_g)
+
+
+def test_jit_falls_back_to_no_cache_when_numba_cannot_cache(monkeypatch):
+    """A read-only install without a writable cache location must still import and run."""
+    import numba
+
+    from cropyield import _jit
+
+    real = numba.njit
+
+    def fake(*a, **kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function 'f': no locator available for file")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(_jit.numba, "njit", fake)
+
+    @_jit.njit(nogil=True)
+    def add(a, b):  # pragma: no cover - compiled
+        return a + b
+
+    assert add(2, 3) == 5
+    monkeypatch.setenv("CROPYIELD_NUMBA_CACHE", "0")
+
+    @_jit.njit()
+    def mul(a, b):  # pragma: no cover - compiled
+        return a * b
+
+    assert mul(2, 3) == 6

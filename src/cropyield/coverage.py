@@ -32,10 +32,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 
 from ._geo import Grid, validate_fields
+from ._jit import njit
 from ._log import logger
 from .errors import MissingCRSError, split_flags
 
@@ -64,7 +64,7 @@ _BATCH_CELLS = 4_000_000
 # ---------------------------------------------------------------------------------------------
 # numba kernel
 # ---------------------------------------------------------------------------------------------
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _ring_edges_into(u, v, start, stop, sign, r0, c0, nr, nc, part, tail):
     """Accumulate one ring's edge contributions into ``part`` / ``tail`` (local window)."""
     r1 = r0 + nr
@@ -132,7 +132,7 @@ def _ring_edges_into(u, v, start, stop, sign, r0, c0, nr, nc, part, tail):
                 tail[lr, lc] += dvp
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _coverage_kernel(u, v, ring_offsets, ring_sign, field_ring_offsets, windows,
                      out_rows, out_cols, out_frac, out_offsets, eps):
     """Exact coverage of every field (rings grouped per field) on its clipped window.
@@ -183,7 +183,7 @@ def _coverage_kernel(u, v, ring_offsets, ring_sign, field_ring_offsets, windows,
     return n
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _sort_field_pixels(rows, cols, frac, s, e):
     """Reverse each row's run (written right-to-left) so pixels are in raster order."""
     k = s

@@ -22,6 +22,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from ._jit import njit
 from ._log import logger
 from .coverage import Coverage, bits_to_flags, coverage_fractions
 from .errors import IndexFormulaError, MissingBandError, UnknownIndexError
@@ -127,7 +128,7 @@ def reflectance(dn, scale: float = 1e-4, offset: float = 0.0, nodata=0) -> np.nd
 _nan = np.nan
 
 
-@numba.njit(nogil=True, inline="always")
+@njit(nogil=True, inline="always")
 def _nd(a, b):
     d = a + b
     if d == 0.0:
@@ -135,12 +136,12 @@ def _nd(a, b):
     return (a - b) / d
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_ndvi(nir, red):
     return _nd(nir, red)
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_evi(nir, red, blue):
     d = nir + 6.0 * red - 7.5 * blue + 1.0
     if d == 0.0:
@@ -148,7 +149,7 @@ def _f_evi(nir, red, blue):
     return 2.5 * (nir - red) / d
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_evi2(nir, red):
     d = nir + 2.4 * red + 1.0
     if d == 0.0:
@@ -156,7 +157,7 @@ def _f_evi2(nir, red):
     return 2.5 * (nir - red) / d
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_savi(nir, red):
     d = nir + red + 0.5
     if d == 0.0:
@@ -164,7 +165,7 @@ def _f_savi(nir, red):
     return 1.5 * (nir - red) / d
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_msavi2(nir, red):
     t = 2.0 * nir + 1.0
     arg = t * t - 8.0 * (nir - red)
@@ -173,14 +174,14 @@ def _f_msavi2(nir, red):
     return (t - np.sqrt(arg)) / 2.0
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_ratio_m1(a, b):
     if b == 0.0:
         return _nan
     return a / b - 1.0
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _f_mtci(b6, b5, b4):
     d = b5 - b4
     if d == 0.0:
@@ -467,7 +468,7 @@ _MAX_FORMULA_LEN = 2000
 _MAX_PROGRAM = 512
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _run_program(prog, consts, bands, lo, hi, maxdepth):
     """Evaluate a compiled formula for every pixel. ``bands`` is (n_bands, n) float64."""
     n = bands.shape[1]
@@ -772,7 +773,7 @@ def unregister_index(name: str) -> None:
 # =============================================================================================
 # Masks
 # =============================================================================================
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _dilate_square(mask, radius):
     """Binary dilation by a (2r+1) x (2r+1) square (separable running windows)."""
     h, w = mask.shape
@@ -891,7 +892,7 @@ def invalid_mask(scl, classes: Iterable[int] | None = DEFAULT_SCL_INVALID, dilat
 # =============================================================================================
 # Per-field weighted statistics
 # =============================================================================================
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _weighted_stats(values, weights, offsets, mean, std, wsum):
     nf = offsets.shape[0] - 1
     for f in range(nf):
@@ -923,7 +924,7 @@ def _weighted_stats(values, weights, offsets, mean, std, wsum):
             wsum[f] = 0.0
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _multi_field_stats(vals, fractions, valid, foot, offsets, min_frac, vsum, fsum, isum,
                        mean, std, wsum):
     """One pass over the CSR entries of every field for all indices at once.
@@ -940,7 +941,7 @@ def _multi_field_stats(vals, fractions, valid, foot, offsets, min_frac, vsum, fs
                            std, wsum)
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _weighted_stats_idx(values, index, weights, offsets, mean, std, wsum):
     nf = offsets.shape[0] - 1
     for f in range(nf):
@@ -1124,7 +1125,7 @@ def coverage_stats(cov: Coverage, refl: Mapping[str, np.ndarray], valid, *,
     return df
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _multi_field_stats_sel(vals_u, inv, fractions, valid_u, foot_u, offsets, fsel, min_frac,
                            vsum, fsum, isum, mean, std, wsum):
     """:func:`_multi_field_stats` for the fields ``fsel`` only, reading every CSR entry's
@@ -1235,7 +1236,7 @@ def _stat_bits(cov: Coverage, fsel: np.ndarray | None, vsum, fsum, isum, wsum, m
     return vfrac, bits, codes
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _reflectance_valid(dn, inv, scale, offset, nodata, has_nodata, valid, out):
     """``out[i] = reflectance(dn[inv[i]])`` (``dn`` itself when ``inv`` is empty) with the
     arithmetic of :func:`reflectance` (float64 ``dn * scale + offset``, NaN where

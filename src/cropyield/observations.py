@@ -39,10 +39,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
 
 from ._geo import Grid
+from ._jit import njit
 from ._log import logger, redact
 from .read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
 from .errors import AssetReadError, AuthExpiredError, ConfigError, CropYieldError
@@ -167,50 +169,42 @@ def _coarse_unique_ref(urows, ucols, k, w):
     return u // w, u % w, inv.ravel()
 
 
-def _make_coarse_unique():
-    import numba
-
-    @numba.njit(nogil=True)
-    def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
-        """Unique pixels of the ``k`` times coarser grid (``w`` columns) of fine pixels
-        sorted by (row, col), in (row, col) order, and the map fine -> coarse index."""
-        n = urows.shape[0]
-        slot = np.full(w, -1, np.int64)
-        out_r = np.empty(n, np.int64)
-        out_c = np.empty(n, np.int64)
-        inv = np.empty(n, np.int64)
-        nu = 0
-        i = 0
-        while i < n:
-            cr = urows[i] // k
-            j = i
-            cmin = w
-            cmax = -1
-            while j < n and urows[j] // k == cr:
-                cc = ucols[j] // k
-                slot[cc] = 0
-                if cc < cmin:
-                    cmin = cc
-                if cc > cmax:
-                    cmax = cc
-                j += 1
-            for cc in range(cmin, cmax + 1):
-                if slot[cc] == 0:
-                    slot[cc] = nu + 1
-                    out_r[nu] = cr
-                    out_c[nu] = cc
-                    nu += 1
-            for t in range(i, j):
-                inv[t] = slot[ucols[t] // k] - 1
-            for cc in range(cmin, cmax + 1):
-                slot[cc] = -1
-            i = j
-        return out_r[:nu].copy(), out_c[:nu].copy(), inv
-
-    return _coarse_unique
-
-
-_coarse_unique = _make_coarse_unique()
+@njit(nogil=True)
+def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
+    """Unique pixels of the ``k`` times coarser grid (``w`` columns) of fine pixels
+    sorted by (row, col), in (row, col) order, and the map fine -> coarse index."""
+    n = urows.shape[0]
+    slot = np.full(w, -1, np.int64)
+    out_r = np.empty(n, np.int64)
+    out_c = np.empty(n, np.int64)
+    inv = np.empty(n, np.int64)
+    nu = 0
+    i = 0
+    while i < n:
+        cr = urows[i] // k
+        j = i
+        cmin = w
+        cmax = -1
+        while j < n and urows[j] // k == cr:
+            cc = ucols[j] // k
+            slot[cc] = 0
+            if cc < cmin:
+                cmin = cc
+            if cc > cmax:
+                cmax = cc
+            j += 1
+        for cc in range(cmin, cmax + 1):
+            if slot[cc] == 0:
+                slot[cc] = nu + 1
+                out_r[nu] = cr
+                out_c[nu] = cc
+                nu += 1
+        for t in range(i, j):
+            inv[t] = slot[ucols[t] // k] - 1
+        for cc in range(cmin, cmax + 1):
+            slot[cc] = -1
+        i = j
+    return out_r[:nu].copy(), out_c[:nu].copy(), inv
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,265 +373,242 @@ def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
                 mean[j, i], std[j, i], wsum[j, i] = np.nan, np.nan, 0.0
 
 
-def _make_flush():
-    import numba
+@njit(nogil=True, inline="always")
+def _flush(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):  # pragma: no cover
+    """Merge a run of consecutive entries of slot ``s`` into ``acc``: valid and index
+    weights ``vv``, ``ii`` when ``count_valid``; and the run's index values, given as
+    weighted sums ``s0 = sum(w)``, ``s1 = sum(w (x - k))``, ``s2 = sum(w (x - k)^2)``
+    around its first value ``k`` (exact for constant runs), by Chan et al.'s pairwise
+    update of (weight, mean, M2) at ``col .. col + 2``. Summing runs in locals keeps
+    the per-entry loop free of the store-to-load chain of an in-place update."""
+    if count_valid:
+        acc[s, _ACC_VALID] += vv
+        acc[s, _ACC_INDEX] += ii
+    if s0 > 0.0:
+        mean = k + s1 / s0
+        m2 = s2 - s1 * (s1 / s0)
+        if m2 < 0.0:
+            m2 = 0.0
+        wa = acc[s, col]
+        if wa == 0.0:
+            acc[s, col] = s0
+            acc[s, col + 1] = mean
+            acc[s, col + 2] = m2
+        else:
+            n = wa + s0
+            d = mean - acc[s, col + 1]
+            acc[s, col + 1] += d * (s0 / n)
+            acc[s, col + 2] += m2 + d * d * (wa * s0 / n)
+            acc[s, col] = n
 
-    a_valid, a_index = _ACC_VALID, _ACC_INDEX
 
-    @numba.njit(nogil=True, inline="always")
-    def _flush(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):  # pragma: no cover
-        """Merge a run of consecutive entries of slot ``s`` into ``acc``: valid and index
-        weights ``vv``, ``ii`` when ``count_valid``; and the run's index values, given as
-        weighted sums ``s0 = sum(w)``, ``s1 = sum(w (x - k))``, ``s2 = sum(w (x - k)^2)``
-        around its first value ``k`` (exact for constant runs), by Chan et al.'s pairwise
-        update of (weight, mean, M2) at ``col .. col + 2``. Summing runs in locals keeps
-        the per-entry loop free of the store-to-load chain of an in-place update."""
-        if count_valid:
-            acc[s, a_valid] += vv
-            acc[s, a_index] += ii
-        if s0 > 0.0:
-            mean = k + s1 / s0
-            m2 = s2 - s1 * (s1 / s0)
-            if m2 < 0.0:
-                m2 = 0.0
-            wa = acc[s, col]
-            if wa == 0.0:
-                acc[s, col] = s0
-                acc[s, col + 1] = mean
-                acc[s, col + 2] = m2
+@njit(nogil=True)
+def _assign_slots(ekey, ef, n_fields):  # pragma: no cover - compiled
+    """One slot per (block ``ekey``, field ``ef``) pair, numbered in order of first
+    appearance: (slot of every entry, field of every slot)."""
+    n = ekey.shape[0]
+    eslot = np.empty(n, np.int64)
+    slot_field = np.empty(n, np.int64)
+    slot_key = np.empty(n, np.int64)
+    slot_next = np.empty(n, np.int64)
+    head = np.full(n_fields, -1, np.int64)    # newest slot of each field
+    ns = 0
+    for p in range(n):
+        f = ef[p]
+        k = ekey[p]
+        s = head[f]
+        while s >= 0 and slot_key[s] != k:    # a field has slots in very few blocks
+            s = slot_next[s]
+        if s < 0:
+            s = ns
+            ns += 1
+            slot_field[s] = f
+            slot_key[s] = k
+            slot_next[s] = head[f]
+            head[f] = s
+        eslot[p] = s
+    return eslot, slot_field[:ns].copy()
+
+@njit(nogil=True)
+def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
+                  n_rows):  # pragma: no cover - compiled
+    """Per row-major entry: column, field, fraction and block key; and the start of
+    every grid row in them."""
+    n = order.shape[0]
+    ec = np.empty(n, np.int64)
+    ef = np.empty(n, np.int64)
+    efr = np.empty(n)
+    ekey = np.empty(n, np.int64)
+    row_start = np.zeros(n_rows + 1, np.int64)
+    for p in range(n):
+        e = order[p]
+        u = order_u[p]
+        r = urows[u]
+        c = ucols[u]
+        ec[p] = c
+        ef[p] = pf[e]
+        efr[p] = fractions[e]
+        ekey[p] = (r // bh) * nbc + c // bw
+        row_start[r + 1] += 1
+    for r in range(n_rows):
+        row_start[r + 1] += row_start[r]
+    return ec, ef, efr, ekey, row_start
+
+@njit(nogil=True)
+def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cover
+    """Blocks (by key) holding a _CLEAR pixel of an assigned field."""
+    need = np.zeros(n_blocks, np.bool_)
+    for p in range(ekey.shape[0]):
+        k = ekey[p]
+        if not need[k] and code_u[eu[p]] == _CLEAR and assigned[ef[p]]:
+            need[k] = True
+    return need
+
+@njit(nogil=True)
+def _footprint_sum(ef, efr, eu, code_u, out):  # pragma: no cover - compiled
+    """Per field: sum of the fractions of its pixels inside the data footprint (one
+    sequential pass over the row-major entries)."""
+    out[:] = 0.0
+    for p in range(ef.shape[0]):
+        if code_u[eu[p]] > _OUTSIDE:
+            out[ef[p]] += efr[p]
+
+@njit(nogil=True)
+def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
+                  nodata, coarse_r, refl, pos):  # pragma: no cover - compiled
+    """Reflectances of the entries inside the window ``win`` (n_fine, h, w) with
+    origin ``(r0, c0)`` at _CLEAR pixels of assigned fields: fine bands from the
+    window, then ``coarse_r[:, eu]``. Entries are row-major (row ``r``:
+    ``row_start[r]:row_start[r + 1]``, columns ascending), so the window is read in
+    memory order. Entries whose every band is valid (DN not nodata, finite) are packed
+    into ``refl[:, :m]`` and ``pos[:m]``; returns ``m``. Reflectance = float64(DN) *
+    scale + offset, the arithmetic of :func:`cropyield.indices.reflectance`."""
+    nf = win.shape[0]
+    nc = coarse_r.shape[0]
+    h = win.shape[1]
+    c1 = c0 + win.shape[2]
+    m = 0
+    for rr in range(h):
+        lo = row_start[r0 + rr]
+        hi = row_start[r0 + rr + 1]
+        # first entry of the row at column >= c0 (binary search)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ec[mid] < c0:
+                lo = mid + 1
             else:
-                n = wa + s0
-                d = mean - acc[s, col + 1]
-                acc[s, col + 1] += d * (s0 / n)
-                acc[s, col + 2] += m2 + d * d * (wa * s0 / n)
-                acc[s, col] = n
-
-    return _flush
-
-
-_flush = _make_flush()
-
-
-def _make_stream_kernels():
-    import numba
-
-    clear, outside = _CLEAR, _OUTSIDE
-    a_valid, a_index, a_first = _ACC_VALID, _ACC_INDEX, _ACC_FIRST
-
-    @numba.njit(nogil=True)
-    def _assign_slots(ekey, ef, n_fields):  # pragma: no cover - compiled
-        """One slot per (block ``ekey``, field ``ef``) pair, numbered in order of first
-        appearance: (slot of every entry, field of every slot)."""
-        n = ekey.shape[0]
-        eslot = np.empty(n, np.int64)
-        slot_field = np.empty(n, np.int64)
-        slot_key = np.empty(n, np.int64)
-        slot_next = np.empty(n, np.int64)
-        head = np.full(n_fields, -1, np.int64)    # newest slot of each field
-        ns = 0
-        for p in range(n):
-            f = ef[p]
-            k = ekey[p]
-            s = head[f]
-            while s >= 0 and slot_key[s] != k:    # a field has slots in very few blocks
-                s = slot_next[s]
-            if s < 0:
-                s = ns
-                ns += 1
-                slot_field[s] = f
-                slot_key[s] = k
-                slot_next[s] = head[f]
-                head[f] = s
-            eslot[p] = s
-        return eslot, slot_field[:ns].copy()
-
-    @numba.njit(nogil=True)
-    def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
-                      n_rows):  # pragma: no cover - compiled
-        """Per row-major entry: column, field, fraction and block key; and the start of
-        every grid row in them."""
-        n = order.shape[0]
-        ec = np.empty(n, np.int64)
-        ef = np.empty(n, np.int64)
-        efr = np.empty(n)
-        ekey = np.empty(n, np.int64)
-        row_start = np.zeros(n_rows + 1, np.int64)
-        for p in range(n):
-            e = order[p]
-            u = order_u[p]
-            r = urows[u]
-            c = ucols[u]
-            ec[p] = c
-            ef[p] = pf[e]
-            efr[p] = fractions[e]
-            ekey[p] = (r // bh) * nbc + c // bw
-            row_start[r + 1] += 1
-        for r in range(n_rows):
-            row_start[r + 1] += row_start[r]
-        return ec, ef, efr, ekey, row_start
-
-    @numba.njit(nogil=True)
-    def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cover
-        """Blocks (by key) holding a clear pixel of an assigned field."""
-        need = np.zeros(n_blocks, np.bool_)
-        for p in range(ekey.shape[0]):
-            k = ekey[p]
-            if not need[k] and code_u[eu[p]] == clear and assigned[ef[p]]:
-                need[k] = True
-        return need
-
-    @numba.njit(nogil=True)
-    def _footprint_sum(ef, efr, eu, code_u, out):  # pragma: no cover - compiled
-        """Per field: sum of the fractions of its pixels inside the data footprint (one
-        sequential pass over the row-major entries)."""
-        out[:] = 0.0
-        for p in range(ef.shape[0]):
-            if code_u[eu[p]] > outside:
-                out[ef[p]] += efr[p]
-
-    @numba.njit(nogil=True)
-    def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
-                      nodata, coarse_r, refl, pos):  # pragma: no cover - compiled
-        """Reflectances of the entries inside the window ``win`` (n_fine, h, w) with
-        origin ``(r0, c0)`` at clear pixels of assigned fields: fine bands from the
-        window, then ``coarse_r[:, eu]``. Entries are row-major (row ``r``:
-        ``row_start[r]:row_start[r + 1]``, columns ascending), so the window is read in
-        memory order. Entries whose every band is valid (DN not nodata, finite) are packed
-        into ``refl[:, :m]`` and ``pos[:m]``; returns ``m``. Reflectance = float64(DN) *
-        scale + offset, the arithmetic of :func:`cropyield.indices.reflectance`."""
-        nf = win.shape[0]
-        nc = coarse_r.shape[0]
-        h = win.shape[1]
-        c1 = c0 + win.shape[2]
-        m = 0
-        for rr in range(h):
-            lo = row_start[r0 + rr]
-            hi = row_start[r0 + rr + 1]
-            # first entry of the row at column >= c0 (binary search)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if ec[mid] < c0:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            p = lo
-            end = row_start[r0 + rr + 1]
-            while p < end and ec[p] < c1:
-                u = eu[p]
-                if code_u[u] == clear and assigned[ef[p]]:
-                    cc = ec[p] - c0
-                    ok = True
-                    for j in range(nf):
-                        d = win[j, rr, cc]
-                        v = np.float64(d) * scale[j] + offset[j]
-                        if d == nodata[j] or not np.isfinite(v):
+                hi = mid
+        p = lo
+        end = row_start[r0 + rr + 1]
+        while p < end and ec[p] < c1:
+            u = eu[p]
+            if code_u[u] == _CLEAR and assigned[ef[p]]:
+                cc = ec[p] - c0
+                ok = True
+                for j in range(nf):
+                    d = win[j, rr, cc]
+                    v = np.float64(d) * scale[j] + offset[j]
+                    if d == nodata[j] or not np.isfinite(v):
+                        ok = False
+                        break
+                    refl[j, m] = v
+                if ok:
+                    for j in range(nc):
+                        v = coarse_r[j, u]
+                        if not np.isfinite(v):
                             ok = False
                             break
-                        refl[j, m] = v
-                    if ok:
-                        for j in range(nc):
-                            v = coarse_r[j, u]
-                            if not np.isfinite(v):
-                                ok = False
-                                break
-                            refl[nf + j, m] = v
-                    if ok:
-                        pos[m] = p
-                        m += 1
-                p += 1
-        return m
+                        refl[nf + j, m] = v
+                if ok:
+                    pos[m] = p
+                    m += 1
+            p += 1
+    return m
 
-    @numba.njit(nogil=True)
-    def _accumulate(vals, pos, m, efr, eslot, min_frac, acc):  # pragma: no cover - compiled
-        """Add packed entries to their slots: valid weight, index weight (fraction >=
-        ``min_frac``) and per index the weighted (weight, mean, M2) of finite values.
-        Consecutive entries of one slot are summed in locals, shifted by their first value,
-        and merged into the slot once (see :func:`_flush`)."""
-        nidx = vals.shape[0]
-        k = np.zeros(nidx)
-        s0 = np.zeros(nidx)
-        s1 = np.zeros(nidx)
-        s2 = np.zeros(nidx)
-        cur = -1
-        vv = 0.0
-        ii = 0.0
-        for q in range(m):
-            p = pos[q]
-            fr = efr[p]
-            if not fr > 0.0:
-                continue
-            s = eslot[p]
-            if s != cur:
-                if cur >= 0:
-                    for j in range(nidx):
-                        _flush(acc, cur, a_first + 3 * j, j == 0, vv, ii, s0[j], s1[j],
-                               s2[j], k[j])
-                cur = s
-                vv = 0.0
-                ii = 0.0
-                s0[:] = 0.0
-                s1[:] = 0.0
-                s2[:] = 0.0
-            vv += fr
-            if fr >= min_frac:
-                ii += fr
+@njit(nogil=True)
+def _accumulate(vals, pos, m, efr, eslot, min_frac, acc):  # pragma: no cover - compiled
+    """Add packed entries to their slots: valid weight, index weight (fraction >=
+    ``min_frac``) and per index the weighted (weight, mean, M2) of finite values.
+    Consecutive entries of one slot are summed in locals, shifted by their first value,
+    and merged into the slot once (see :func:`_flush`)."""
+    nidx = vals.shape[0]
+    k = np.zeros(nidx)
+    s0 = np.zeros(nidx)
+    s1 = np.zeros(nidx)
+    s2 = np.zeros(nidx)
+    cur = -1
+    vv = 0.0
+    ii = 0.0
+    for q in range(m):
+        p = pos[q]
+        fr = efr[p]
+        if not fr > 0.0:
+            continue
+        s = eslot[p]
+        if s != cur:
+            if cur >= 0:
                 for j in range(nidx):
-                    x = vals[j, q]
-                    if x == x:
-                        if s0[j] == 0.0:
-                            k[j] = x
-                        d = x - k[j]
-                        s0[j] += fr
-                        s1[j] += fr * d
-                        s2[j] += fr * d * d
-        if cur >= 0:
+                    _flush(acc, cur, _ACC_FIRST + 3 * j, j == 0, vv, ii, s0[j], s1[j],
+                           s2[j], k[j])
+            cur = s
+            vv = 0.0
+            ii = 0.0
+            s0[:] = 0.0
+            s1[:] = 0.0
+            s2[:] = 0.0
+        vv += fr
+        if fr >= min_frac:
+            ii += fr
             for j in range(nidx):
-                _flush(acc, cur, a_first + 3 * j, j == 0, vv, ii, s0[j], s1[j], s2[j], k[j])
+                x = vals[j, q]
+                if x == x:
+                    if s0[j] == 0.0:
+                        k[j] = x
+                    d = x - k[j]
+                    s0[j] += fr
+                    s1[j] += fr * d
+                    s2[j] += fr * d * d
+    if cur >= 0:
+        for j in range(nidx):
+            _flush(acc, cur, _ACC_FIRST + 3 * j, j == 0, vv, ii, s0[j], s1[j], s2[j], k[j])
 
-    @numba.njit(nogil=True)
-    def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
-                     wsum):  # pragma: no cover - compiled
-        """Per selected field: summed weights and Chan's merge of its slots (slot order)
-        into the weighted mean and population standard deviation (NaN without weight)."""
-        nidx = (acc.shape[1] - a_first) // 3
-        for i in range(fsel.shape[0]):
-            f = fsel[i]
-            vs = 0.0
-            ws = 0.0
+@njit(nogil=True)
+def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
+                 wsum):  # pragma: no cover - compiled
+    """Per selected field: summed weights and Chan's merge of its slots (slot order)
+    into the weighted mean and population standard deviation (NaN without weight)."""
+    nidx = (acc.shape[1] - _ACC_FIRST) // 3
+    for i in range(fsel.shape[0]):
+        f = fsel[i]
+        vs = 0.0
+        ws = 0.0
+        for t in range(fslot_off[f], fslot_off[f + 1]):
+            vs += acc[fslot[t], _ACC_VALID]
+            ws += acc[fslot[t], _ACC_INDEX]
+        vsum[i] = vs
+        isum[i] = ws
+        for j in range(nidx):
+            b = _ACC_FIRST + 3 * j
+            sw = 0.0
+            mu = 0.0
+            m2 = 0.0
             for t in range(fslot_off[f], fslot_off[f + 1]):
-                vs += acc[fslot[t], a_valid]
-                ws += acc[fslot[t], a_index]
-            vsum[i] = vs
-            isum[i] = ws
-            for j in range(nidx):
-                b = a_first + 3 * j
-                sw = 0.0
-                mu = 0.0
-                m2 = 0.0
-                for t in range(fslot_off[f], fslot_off[f + 1]):
-                    s = fslot[t]
-                    wb = acc[s, b]
-                    if wb > 0.0:
-                        n = sw + wb
-                        d = acc[s, b + 1] - mu
-                        mu += d * (wb / n)
-                        m2 += acc[s, b + 2] + d * d * (sw * wb / n)
-                        sw = n
-                if sw > 0.0:
-                    mean[j, i] = mu
-                    std[j, i] = np.sqrt(max(m2, 0.0) / sw)
-                    wsum[j, i] = sw
-                else:
-                    mean[j, i] = np.nan
-                    std[j, i] = np.nan
-                    wsum[j, i] = 0.0
-
-    return (_assign_slots, _entry_arrays, _blocks_needed, _footprint_sum, _gather_valid,
-            _accumulate, _merge_slots)
-
-
-(_assign_slots, _entry_arrays, _blocks_needed, _footprint_sum, _gather_valid, _accumulate,
- _merge_slots) = _make_stream_kernels()
+                s = fslot[t]
+                wb = acc[s, b]
+                if wb > 0.0:
+                    n = sw + wb
+                    d = acc[s, b + 1] - mu
+                    mu += d * (wb / n)
+                    m2 += acc[s, b + 2] + d * d * (sw * wb / n)
+                    sw = n
+            if sw > 0.0:
+                mean[j, i] = mu
+                std[j, i] = np.sqrt(max(m2, 0.0) / sw)
+                wsum[j, i] = sw
+            else:
+                mean[j, i] = np.nan
+                std[j, i] = np.nan
+                wsum[j, i] = 0.0
 
 
 _FUSED: dict[tuple[Any, int], Any] = {}
@@ -659,8 +630,6 @@ def _fused_kernel(f, nargs: int, n_fine: int, n_coarse: int):
 
 
 def _make_fused(f, nargs: int, nf: int, nc: int):
-    import numba
-
     clear = _CLEAR
     if nargs == 1:
         @numba.njit(inline="always")
@@ -843,27 +812,19 @@ def _unique_sorted_ref(sorted_keys):
     return u.astype(np.int64), inv.ravel().astype(np.int64)
 
 
-def _make_unique_sorted():
-    import numba
-
-    @numba.njit(nogil=True)
-    def _unique_sorted(sorted_keys):  # pragma: no cover - compiled
-        """Distinct values of a sorted vector and each element's index among them."""
-        n = sorted_keys.shape[0]
-        u = np.empty(n, np.int64)
-        idx = np.empty(n, np.int64)
-        k = -1
-        for i in range(n):
-            if i == 0 or sorted_keys[i] != sorted_keys[i - 1]:
-                k += 1
-                u[k] = sorted_keys[i]
-            idx[i] = k
-        return u[:k + 1].copy(), idx
-
-    return _unique_sorted
-
-
-_unique_sorted = _make_unique_sorted()
+@njit(nogil=True)
+def _unique_sorted(sorted_keys):  # pragma: no cover - compiled
+    """Distinct values of a sorted vector and each element's index among them."""
+    n = sorted_keys.shape[0]
+    u = np.empty(n, np.int64)
+    idx = np.empty(n, np.int64)
+    k = -1
+    for i in range(n):
+        if i == 0 or sorted_keys[i] != sorted_keys[i - 1]:
+            k += 1
+            u[k] = sorted_keys[i]
+        idx[i] = k
+    return u[:k + 1].copy(), idx
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ._geo import Grid
+from ._jit import njit
 from ._log import logger, redact
 from .errors import AssetReadError, AuthExpiredError, CorruptAssetError, CropYieldError
 
@@ -364,28 +365,20 @@ def _counting_order_ref(key, nkeys):
     return np.argsort(key, kind="stable").astype(np.int64)
 
 
-def _make_counting():
-    import numba
-
-    @numba.njit(nogil=True)
-    def _counting_order(key, nkeys):  # pragma: no cover - compiled
-        """Stable sort permutation of small non-negative integer keys (< nkeys)."""
-        cnt = np.zeros(nkeys + 1, np.int64)
-        for i in range(key.shape[0]):
-            cnt[key[i] + 1] += 1
-        for b in range(nkeys):
-            cnt[b + 1] += cnt[b]
-        order = np.empty(key.shape[0], np.int64)
-        for i in range(key.shape[0]):
-            k = key[i]
-            order[cnt[k]] = i
-            cnt[k] += 1
-        return order
-
-    return _counting_order
-
-
-_counting_order = _make_counting()
+@njit(nogil=True)
+def _counting_order(key, nkeys):  # pragma: no cover - compiled
+    """Stable sort permutation of small non-negative integer keys (< nkeys)."""
+    cnt = np.zeros(nkeys + 1, np.int64)
+    for i in range(key.shape[0]):
+        cnt[key[i] + 1] += 1
+    for b in range(nkeys):
+        cnt[b + 1] += cnt[b]
+    order = np.empty(key.shape[0], np.int64)
+    for i in range(key.shape[0]):
+        k = key[i]
+        order[cnt[k]] = i
+        cnt[k] += 1
+    return order
 
 
 def _block_bounds(keys_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -427,21 +420,13 @@ def _gather_into_ref(arr, rows, cols, idx, r0, c0, out):
     out[idx] = arr[rows[idx] - r0, cols[idx] - c0]
 
 
-def _make_gather():
-    import numba
-
-    @numba.njit(nogil=True)
-    def _gather_into(arr, rows, cols, idx, r0, c0, out):  # pragma: no cover - compiled
-        """Scatter window values to the output vector: out[i] = arr[rows[i]-r0, cols[i]-c0]
-        for every i in idx (disjoint idx per thread, so threads never write the same slot)."""
-        for k in range(idx.shape[0]):
-            i = idx[k]
-            out[i] = arr[rows[i] - r0, cols[i] - c0]
-
-    return _gather_into
-
-
-_gather_into = _make_gather()
+@njit(nogil=True)
+def _gather_into(arr, rows, cols, idx, r0, c0, out):  # pragma: no cover - compiled
+    """Scatter window values to the output vector: out[i] = arr[rows[i]-r0, cols[i]-c0]
+    for every i in idx (disjoint idx per thread, so threads never write the same slot)."""
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        out[i] = arr[rows[i] - r0, cols[i] - c0]
 
 
 def _filter_sorted_ref(order, keys, want):
@@ -450,31 +435,23 @@ def _filter_sorted_ref(order, keys, want):
     return order[m], keys[m]
 
 
-def _make_filter():
-    import numba
-
-    @numba.njit(nogil=True)
-    def _filter_sorted(order, keys, want):  # pragma: no cover - compiled
-        """Entries of the block-sorted pixel order whose pixel is wanted (one pass)."""
-        n = 0
-        for i in range(order.shape[0]):
-            if want[order[i]]:
-                n += 1
-        sel = np.empty(n, np.int64)
-        key = np.empty(n, np.int64)
-        j = 0
-        for i in range(order.shape[0]):
-            o = order[i]
-            if want[o]:
-                sel[j] = o
-                key[j] = keys[i]
-                j += 1
-        return sel, key
-
-    return _filter_sorted
-
-
-_filter_sorted = _make_filter()
+@njit(nogil=True)
+def _filter_sorted(order, keys, want):  # pragma: no cover - compiled
+    """Entries of the block-sorted pixel order whose pixel is wanted (one pass)."""
+    n = 0
+    for i in range(order.shape[0]):
+        if want[order[i]]:
+            n += 1
+    sel = np.empty(n, np.int64)
+    key = np.empty(n, np.int64)
+    j = 0
+    for i in range(order.shape[0]):
+        o = order[i]
+        if want[o]:
+            sel[j] = o
+            key[j] = keys[i]
+            j += 1
+    return sel, key
 
 
 def _gather_masked_ref(arr, rows, cols, idx, want, r0, c0, out):
@@ -490,34 +467,26 @@ def _blocks_wanted_ref(order, want, starts, ends):
     return np.array([bool(w[a:b].any()) for a, b in zip(starts, ends)], dtype=bool)
 
 
-def _make_masked():
-    import numba
+@njit(nogil=True)
+def _gather_masked(arr, rows, cols, idx, want, r0, c0, out):  # pragma: no cover
+    """out[i] = arr[rows[i]-r0, cols[i]-c0] for i in idx where want[i]."""
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        if want[i]:
+            out[i] = arr[rows[i] - r0, cols[i] - c0]
 
-    @numba.njit(nogil=True)
-    def _gather_masked(arr, rows, cols, idx, want, r0, c0, out):  # pragma: no cover
-        """out[i] = arr[rows[i]-r0, cols[i]-c0] for i in idx where want[i]."""
-        for k in range(idx.shape[0]):
-            i = idx[k]
-            if want[i]:
-                out[i] = arr[rows[i] - r0, cols[i] - c0]
-
-    @numba.njit(nogil=True)
-    def _blocks_wanted(order, want, starts, ends):  # pragma: no cover - compiled
-        """Per block (pixels order[starts[b]:ends[b]]): does it hold a wanted pixel?
-        Stops at the first wanted pixel of each block."""
-        nb = starts.shape[0]
-        hit = np.zeros(nb, np.bool_)
-        for b in range(nb):
-            for k in range(starts[b], ends[b]):
-                if want[order[k]]:
-                    hit[b] = True
-                    break
-        return hit
-
-    return _gather_masked, _blocks_wanted
-
-
-_gather_masked, _blocks_wanted = _make_masked()
+@njit(nogil=True)
+def _blocks_wanted(order, want, starts, ends):  # pragma: no cover - compiled
+    """Per block (pixels order[starts[b]:ends[b]]): does it hold a wanted pixel?
+    Stops at the first wanted pixel of each block."""
+    nb = starts.shape[0]
+    hit = np.zeros(nb, np.bool_)
+    for b in range(nb):
+        for k in range(starts[b], ends[b]):
+            if want[order[k]]:
+                hit[b] = True
+                break
+    return hit
 
 
 # --------------------------------------------------------------------------------------------

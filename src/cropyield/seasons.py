@@ -20,10 +20,10 @@ between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 from __future__ import annotations
 
 
-import numba
 import numpy as np
 import pandas as pd
 
+from ._jit import njit
 from ._log import logger
 from .errors import CropYieldError, join_flags, split_flags
 
@@ -47,7 +47,7 @@ _F_PARTIAL_L = 8
 _F_PARTIAL_R = 16
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _fill_nan(y, out):
     """Linear interpolation over NaN gaps, constant extension at the ends. Returns #valid."""
     n = y.shape[0]
@@ -73,7 +73,7 @@ def _fill_nan(y, out):
     return nv
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
     """Season peaks of a curve without NaN. Returns the number written to ``peaks_out``."""
     n = y.shape[0]
@@ -175,7 +175,7 @@ def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
     return kept
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _cross_up(y, lo, p, level):
     """Fractional index where y first reaches ``level`` going forward from ``lo`` to ``p``."""
     for j in range(lo, p):
@@ -187,7 +187,7 @@ def _cross_up(y, lo, p, level):
     return np.nan
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _cross_down(y, p, hi, level):
     """Fractional index where y is last at ``level`` going back from ``hi`` to ``p``."""
     for j in range(hi, p, -1):
@@ -199,7 +199,7 @@ def _cross_down(y, p, hi, level):
     return np.nan
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, f_lo, f_hi, min_obs, cloudy_gap,
                    extrap_gap,
                    out_f, out_i, n_seasons, n_cut):

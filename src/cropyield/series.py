@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-import numba
 import numpy as np
 import pandas as pd
 
+from ._jit import njit
 from ._log import logger
 from .errors import CropYieldError, join_flags, split_flags
 
@@ -49,7 +49,7 @@ _NS_PER_DAY = 86_400_000_000_000
 # --------------------------------------------------------------------------- kernels
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def whittaker_banded(y, w, lam, z):
     """Weighted second-order Whittaker smoother on a regular grid (in place into ``z``).
 
@@ -139,7 +139,7 @@ def whittaker_banded(y, w, lam, z):
     return True
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _fit_terms(y, w, z):
     """Weighted residual sum of squares and roughness Σ(Δ²z)²."""
     n = y.shape[0]
@@ -155,7 +155,7 @@ def _fit_terms(y, w, z):
     return fit, pen
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _vcurve_lambda(y, w, lams, z):
     """λ minimising the V-curve distance between consecutive (log fit, log pen) points."""
     m = lams.shape[0]
@@ -177,7 +177,7 @@ def _vcurve_lambda(y, w, lams, z):
     return lam
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
     """Upper-envelope weights: obs more than ``thresh`` below the fit get ``low`` × weight.
 
@@ -208,7 +208,7 @@ def _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
     return changed
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _smooth_one(y, w0, lam, lams, n_iter, thresh, low, keep_runs, z, wk):
     """Fit one field: optional V-curve, then upper-envelope iterations. Returns λ used."""
     n = y.shape[0]
@@ -234,7 +234,7 @@ def _smooth_one(y, w0, lam, lams, n_iter, thresh, low, keep_runs, z, wk):
     return lam
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _smooth_all(Y, W, lam, lams, n_iter, thresh, low, keep_runs, Z, lam_out):
     nf, n = Y.shape
     wk = np.empty(n)
@@ -273,7 +273,7 @@ def _smooth_all(Y, W, lam, lams, n_iter, thresh, low, keep_runs, Z, lam_out):
             Z[f, i] = Z[f, last]
 
 
-@numba.njit(nogil=True)
+@njit(nogil=True)
 def _support_gap(W, sigma, S, G):
     """Gaussian-kernel weight density ``S`` and days to nearest weighted day ``G``."""
     nf, n = W.shape
