@@ -5,6 +5,7 @@ tests), ``lint`` (ruff).
     nox -s bench            # both benchmarks (~20 min on 2 cores, data generated once)
     nox -s bench -- zonal   # only benchmarks/bench_zonal.py (issue 4 item 7)
     nox -s bench -- http    # only benchmarks/bench_http.py (issue 3 item 7)
+    nox -s bench -- jit     # only benchmarks/bench_jit.py (first-call compilation)
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and print their tables (copy them into docs/benchmarks.md)."""
     session.install("-e", ".[bench]")
-    which = set(session.posargs) or {"zonal", "http"}
+    which = set(session.posargs) or {"zonal", "http", "jit"}
     if "zonal" in which:
         session.run("python", "benchmarks/bench_zonal.py", "--repeat", "3")
     if "http" in which:
         session.run("python", "benchmarks/bench_http.py")
+    if "jit" in which:
+        session.run("python", "benchmarks/bench_jit.py", "--repeat", "3")
 
 
 @nox.session(python=PYTHON)
