@@ -35,3 +35,29 @@ def test_public_names_resolve():
     assert callable(cy.phenology) and cy.phenology.__name__ == "phenology"
     for name in cy.__all__:
         assert getattr(cy, name) is not None, name
+
+
+def test_cached_kernels_call_only_kernels_of_their_own_module():
+    """numba's on-disk cache is invalidated by the cached function's own source file: a
+    cached kernel that inlined a kernel of another module would keep stale code."""
+    import ast
+    from pathlib import Path
+
+    import cropyield
+
+    root = Path(cropyield.__file__).parent
+    jitted: dict[str, str] = {}
+    calls: dict[tuple[str, str], set[str]] = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and any(
+                    "njit" in ast.unparse(d) for d in node.decorator_list):
+                jitted[node.name] = path.stem
+                calls[(path.stem, node.name)] = {
+                    c.func.id for c in ast.walk(node)
+                    if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
+    assert len(jitted) > 30
+    cross = [(m, f, c) for (m, f), cs in calls.items() for c in cs
+             if c in jitted and jitted[c] != m]
+    assert cross == []

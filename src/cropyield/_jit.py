@@ -7,7 +7,10 @@ read-only install without a writable home); :func:`njit` then compiles per proce
 plain ``numba.njit`` does. ``CROPYIELD_NUMBA_CACHE=0`` turns caching off.
 
 Only module-level functions can be cached: numba gives closures made by factories a new
-cache entry in every process, so those use ``numba.njit`` directly.
+cache entry in every process, so those use ``numba.njit`` directly. numba invalidates a
+cached function when *its own* source file changes, not when a kernel it calls in another
+module does, so a cached kernel calls only kernels of its own module (checked by
+``tests/test_package.py``).
 """
 
 from __future__ import annotations
