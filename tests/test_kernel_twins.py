@@ -263,3 +263,15 @@ def test_jit_falls_back_to_no_cache_when_numba_cannot_cache(monkeypatch):
         return a * b
 
     assert mul(2, 3) == 6
+
+
+def test_first_at_or_after_twin():
+    from cropyield.observations import _first_at_or_after
+
+    rng = np.random.default_rng(16)
+    for t in range(200):
+        ec = np.sort(rng.integers(0, 100, int(rng.integers(0, 60)))).astype(np.int32)
+        lo = int(rng.integers(0, len(ec) + 1))
+        hi = int(rng.integers(lo, len(ec) + 1))
+        c0 = int(rng.integers(-5, 110))
+        assert _first_at_or_after(ec, lo, hi, c0) == lo + np.searchsorted(ec[lo:hi], c0)

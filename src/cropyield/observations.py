@@ -374,6 +374,39 @@ def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
 
 
 @njit(nogil=True, inline="always")
+def _first_at_or_after(ec, lo, hi, c0):  # pragma: no cover - compiled
+    """First position in ``lo .. hi`` (columns ``ec`` ascending there) with column >= c0."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ec[mid] < c0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(nogil=True, inline="always")
+def _band_values(win, rr, cc, u, nf, nc, scale, offset, nodata, coarse_r, out,
+                 m):  # pragma: no cover - compiled
+    """Reflectance of every band at one pixel into ``out[:, m]``: the ``nf`` window bands at
+    ``(rr, cc)`` as float64(DN) * scale + offset (the arithmetic of
+    :func:`cropyield.indices.reflectance`), then the ``nc`` pre-gathered bands at unique
+    pixel ``u``. False as soon as one is invalid (DN == nodata, or not finite)."""
+    for j in range(nf):
+        d = win[j, rr, cc]
+        x = np.float64(d) * scale[j] + offset[j]
+        if d == nodata[j] or not np.isfinite(x):
+            return False
+        out[j, m] = x
+    for j in range(nc):
+        x = coarse_r[j, u]
+        if not np.isfinite(x):
+            return False
+        out[nf + j, m] = x
+    return True
+
+
+@njit(nogil=True, inline="always")
 def _flush(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):  # pragma: no cover
     """Merge a run of consecutive entries of slot ``s`` into ``acc``: valid and index
     weights ``vv``, ``ii`` when ``count_valid``; and the run's index values, given as
@@ -456,7 +489,7 @@ def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
 
 @njit(nogil=True)
 def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cover
-    """Blocks (by key) holding a _CLEAR pixel of an assigned field."""
+    """Blocks (by key) holding a clear pixel of an assigned field."""
     need = np.zeros(n_blocks, np.bool_)
     for p in range(ekey.shape[0]):
         k = ekey[p]
@@ -477,7 +510,7 @@ def _footprint_sum(ef, efr, eu, code_u, out):  # pragma: no cover - compiled
 def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
                   nodata, coarse_r, refl, pos):  # pragma: no cover - compiled
     """Reflectances of the entries inside the window ``win`` (n_fine, h, w) with
-    origin ``(r0, c0)`` at _CLEAR pixels of assigned fields: fine bands from the
+    origin ``(r0, c0)`` at clear pixels of assigned fields: fine bands from the
     window, then ``coarse_r[:, eu]``. Entries are row-major (row ``r``:
     ``row_start[r]:row_start[r + 1]``, columns ascending), so the window is read in
     memory order. Entries whose every band is valid (DN not nodata, finite) are packed
@@ -489,39 +522,14 @@ def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, o
     c1 = c0 + win.shape[2]
     m = 0
     for rr in range(h):
-        lo = row_start[r0 + rr]
-        hi = row_start[r0 + rr + 1]
-        # first entry of the row at column >= c0 (binary search)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ec[mid] < c0:
-                lo = mid + 1
-            else:
-                hi = mid
-        p = lo
+        p = _first_at_or_after(ec, row_start[r0 + rr], row_start[r0 + rr + 1], c0)
         end = row_start[r0 + rr + 1]
         while p < end and ec[p] < c1:
             u = eu[p]
-            if code_u[u] == _CLEAR and assigned[ef[p]]:
-                cc = ec[p] - c0
-                ok = True
-                for j in range(nf):
-                    d = win[j, rr, cc]
-                    v = np.float64(d) * scale[j] + offset[j]
-                    if d == nodata[j] or not np.isfinite(v):
-                        ok = False
-                        break
-                    refl[j, m] = v
-                if ok:
-                    for j in range(nc):
-                        v = coarse_r[j, u]
-                        if not np.isfinite(v):
-                            ok = False
-                            break
-                        refl[nf + j, m] = v
-                if ok:
-                    pos[m] = p
-                    m += 1
+            if code_u[u] == _CLEAR and assigned[ef[p]] and _band_values(
+                    win, rr, ec[p] - c0, u, nf, nc, scale, offset, nodata, coarse_r, refl, m):
+                pos[m] = p
+                m += 1
             p += 1
     return m
 
@@ -634,15 +642,15 @@ def _make_fused(f, nargs: int, nf: int, nc: int):
     if nargs == 1:
         @numba.njit(inline="always")
         def ev(v, args):  # pragma: no cover - compiled
-            return f(v[args[0]])
+            return f(v[args[0], 0])
     elif nargs == 2:
         @numba.njit(inline="always")
         def ev(v, args):  # pragma: no cover - compiled
-            return f(v[args[0]], v[args[1]])
+            return f(v[args[0], 0], v[args[1], 0])
     elif nargs == 3:
         @numba.njit(inline="always")
         def ev(v, args):  # pragma: no cover - compiled
-            return f(v[args[0]], v[args[1]], v[args[2]])
+            return f(v[args[0], 0], v[args[1], 0], v[args[2], 0])
     else:  # pragma: no cover - built-ins use 1..3 bands
         raise ValueError(nargs)
 
@@ -654,41 +662,19 @@ def _make_fused(f, nargs: int, nf: int, nc: int):
         entries of a window (same arithmetic, same order: identical sums). Adds the
         index's (weight, mean, M2) at columns ``col .. col + 2`` and, when
         ``count_valid``, the valid and index weights."""
-        v = np.empty(nf + nc)
+        v = np.empty((nf + nc, 1))
         h = win.shape[1]
         c1 = c0 + win.shape[2]
         cur = -1
         vv = ii = s0 = s1 = s2 = k = 0.0
         for rr in range(h):
-            lo_p = row_start[r0 + rr]
-            hi_p = row_start[r0 + rr + 1]
-            while lo_p < hi_p:
-                mid = (lo_p + hi_p) // 2
-                if ec[mid] < c0:
-                    lo_p = mid + 1
-                else:
-                    hi_p = mid
-            p = lo_p
+            p = _first_at_or_after(ec, row_start[r0 + rr], row_start[r0 + rr + 1], c0)
             end = row_start[r0 + rr + 1]
             while p < end and ec[p] < c1:
                 u = eu[p]
                 if code_u[u] == clear and assigned[ef[p]]:
-                    cc = ec[p] - c0
-                    ok = True
-                    for j in range(nf):
-                        d = win[j, rr, cc]
-                        x = np.float64(d) * scale[j] + offset[j]
-                        if d == nodata[j] or not np.isfinite(x):
-                            ok = False
-                            break
-                        v[j] = x
-                    if ok:
-                        for j in range(nc):
-                            x = coarse_r[j, u]
-                            if not np.isfinite(x):
-                                ok = False
-                                break
-                            v[nf + j] = x
+                    ok = _band_values(win, rr, ec[p] - c0, u, nf, nc, scale, offset, nodata,
+                                      coarse_r, v, 0)
                     fr = efr[p]
                     if ok and fr > 0.0:
                         s = eslot[p]

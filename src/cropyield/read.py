@@ -881,18 +881,7 @@ class BlockReader:
         out = None if out_dtype is None else np.full(len(rows), fill, dtype=out_dtype)
         if plan.n_runs == 0:
             return out if out is not None else np.full(len(rows), fill)
-        # chunks of runs per task: enough tasks to keep every thread busy
-        n_blocks = plan.run_col1 - plan.run_col0 + 1
-        target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
-        chunks, cur, acc = [], [], 0
-        for k in range(plan.n_runs):
-            cur.append(k)
-            acc += int(n_blocks[k])
-            if acc >= target:
-                chunks.append(cur)
-                cur, acc = [], 0
-        if cur:
-            chunks.append(cur)
+        chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1)
         futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
                                   window_fn, out, mask) for runs in chunks]
         error = None
@@ -907,6 +896,21 @@ class BlockReader:
         if error is not None:
             raise error
         return out
+
+    def _chunks(self, n_blocks: np.ndarray) -> list[list[int]]:
+        """Consecutive runs grouped into tasks of about ``1 / (4 x threads)`` of the blocks:
+        enough tasks to keep every thread busy, few enough to keep the overhead small."""
+        target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
+        chunks, cur, acc = [], [], 0
+        for k in range(len(n_blocks)):
+            cur.append(k)
+            acc += int(n_blocks[k])
+            if acc >= target:
+                chunks.append(cur)
+                cur, acc = [], 0
+        if cur:
+            chunks.append(cur)
+        return chunks
 
     def _presorted(self, rows: np.ndarray, cols: np.ndarray, m: _Meta, href: str):
         """Bounds check + block sort of ``rows, cols``, cached while the same arrays are
@@ -1023,17 +1027,7 @@ class BlockReader:
         n_runs = len(run_row)
         if n_runs == 0:
             return
-        n_blocks = np.asarray(run_col1) - np.asarray(run_col0) + 1
-        target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
-        chunks, cur, acc = [], [], 0
-        for k in range(n_runs):
-            cur.append(k)
-            acc += int(n_blocks[k])
-            if acc >= target:
-                chunks.append(cur)
-                cur, acc = [], 0
-        if cur:
-            chunks.append(cur)
+        chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1)
         futs = [self._pool.submit(self._window_task, list(hrefs), m, runs, run_row, run_col0,
                                   run_col1, consume) for runs in chunks]
         error = None
