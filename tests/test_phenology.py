@@ -187,6 +187,11 @@ def test_bad_input():
     with pytest.raises(PhenologyError):
         phenology(series_df({"a": trapezoid()}), sos_fraction=0.7)
     assert phenology(series_df({"a": trapezoid()}).iloc[:0]).empty
+    missing = series_df({"a": trapezoid()})
+    missing["field_id"] = missing["field_id"].astype(object)
+    missing.loc[missing.index[:3], "field_id"] = None
+    with pytest.raises(PhenologyError, match="field ids must not be missing"):
+        phenology(missing)
 
 
 # ----------------------------------------------------------------------------- synthetic world

@@ -502,9 +502,8 @@ COVERAGE_CACHE = CoverageCache()
 
 def fields_key(fields, *, id_col: str = "field_id") -> str:
     """A stable hash of a fields table's CRS, ids and geometries (hex string)."""
-    import shapely
-
     import pandas as pd
+    import shapely
 
     h = hashlib.blake2b(digest_size=20)
     h.update(fields.crs.to_wkt().encode() if fields.crs is not None else b"nocrs")

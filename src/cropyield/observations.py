@@ -1305,7 +1305,7 @@ class _Run:
             means[name] = mean[j]
             stds[name] = std[j]
         flags = _with_scene_flags(np.asarray(flags, dtype=object), scene.flags)
-        return {"fi": fi, "scene": si, "cov": ctx.cov_sum[fi], "vf": vfrac, "flags": flags,
+        return {"fi": fi, "scene": si, "cov": cov, "vf": vfrac, "flags": flags,
                 "mean": means, "std": stds}
 
     @staticmethod

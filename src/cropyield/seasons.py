@@ -19,13 +19,13 @@ between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
 from ._jit import njit
 from ._log import logger
 from .errors import CropYieldError, join_flags, split_flags
+from .series import _factorize_ids
 
 __all__ = ["phenology", "season_stage", "STAGES", "PhenologyError"]
 
@@ -466,7 +466,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         t = t[keep]
     else:
         a = None
-    fidx, ids = _factorize_ids(series[id_col])
+    fidx, ids = _factorize_ids(series[id_col], PhenologyError)
     if len(series) == 0:
         raise PhenologyError(f"no series days on or before as_of={as_of}")
     t0 = t.min()
@@ -590,13 +590,3 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     if n_none:
         logger.info("phenology: %d of %d fields without a season", n_none, nf)
     return df
-
-
-def _factorize_ids(ids: pd.Series):
-    """Codes and unique field ids, sorted when the ids are comparable (mixed types: first seen)."""
-    if ids.isna().any():
-        raise PhenologyError("field ids must not be missing (NaN/None)")
-    try:
-        return pd.factorize(ids, sort=True)
-    except TypeError:
-        return pd.factorize(ids, sort=False)

@@ -677,10 +677,11 @@ def fit_double_logistic(series: pd.DataFrame, seasons: pd.DataFrame, *, index: s
     return pd.DataFrame(rows, columns=cols)
 
 
-def _factorize_ids(ids: pd.Series):
-    """Codes and unique field ids, sorted when the ids are comparable (mixed types: first seen)."""
+def _factorize_ids(ids: pd.Series, error: type[Exception] = SeriesError):
+    """Codes and unique field ids, sorted when the ids are comparable (mixed types: first
+    seen). Missing ids raise ``error`` (the calling stage's error class)."""
     if ids.isna().any():
-        raise SeriesError("field ids must not be missing (NaN/None)")
+        raise error("field ids must not be missing (NaN/None)")
     try:
         return pd.factorize(ids, sort=True)
     except TypeError:
