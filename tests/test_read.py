@@ -248,6 +248,32 @@ def test_reader_window_fn_with_padding_sees_neighbours(cog600):
     np.testing.assert_array_equal(vals, ref[rows, cols])
 
 
+def test_reader_sorts_a_pixel_set_once_even_with_a_foreign_int64_dtype(cog600, monkeypatch):
+    """Arrays from numba's on-disk cache carry an int64 dtype equal to, but not the same
+    object as, NumPy's; the per-date reads of one pixel set must still reuse its block sort
+    (a view per call used to miss the cache and re-sort every date)."""
+    import pickle
+
+    import cropyield.read as rmod
+
+    fn, arr = cog600
+    foreign = pickle.loads(pickle.dumps(np.dtype(np.int64)))
+    assert foreign is not np.dtype(np.int64) and foreign == np.int64
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 600, 5000).view(foreign)
+    cols = rng.integers(0, 600, 5000).view(foreign)
+    sorts = []
+    real = rmod._block_sort
+    monkeypatch.setattr(rmod, "_block_sort", lambda *a: sorts.append(1) or real(*a))
+    with rmod.BlockReader(threads=2) as rd:
+        want = np.ones(len(rows), bool)
+        for _ in range(3):
+            vals = rd.read(fn, rows, cols, want=want)
+            np.testing.assert_array_equal(vals, arr[rows, cols])
+        assert len(rd._sort_cache) == 1
+    assert len(sorts) == 1
+
+
 def test_reader_rejects_pixels_outside_the_raster(cog600):
     from cropyield.read import BlockReader
 

@@ -344,6 +344,19 @@ def plan_blocks(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
     return BlockPlan((bh, bw), sel.astype(np.int64), rr, rc0, rc1, starts[s], ends[e])
 
 
+def _as_int64(a) -> np.ndarray:
+    """``a`` as an int64 array, the same object when it already is one.
+
+    :meth:`BlockReader.read` caches its block sort by array identity. ``np.asarray(a,
+    np.int64)`` returns a new view when ``a``'s dtype equals int64 but is not NumPy's own
+    instance of it, which is the case for arrays made by numba's on-disk cached kernels,
+    so every call would miss the cache and sort again.
+    """
+    if isinstance(a, np.ndarray) and a.dtype == np.int64:
+        return a
+    return np.asarray(a, np.int64)
+
+
 def _block_sort(rows, cols, shape, block_shape) -> tuple[np.ndarray, np.ndarray]:
     """Stable order of all pixels by block key and the sorted keys (block row-major)."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -855,8 +868,7 @@ class BlockReader:
         numpy.ndarray
             1-D array of ``len(rows)`` values.
         """
-        rows = np.asarray(rows, np.int64)
-        cols = np.asarray(cols, np.int64)
+        rows, cols = _as_int64(rows), _as_int64(cols)
         m = self.meta(href)
         presorted = self._presorted(rows, cols, m, href)
         mask = None
