@@ -774,12 +774,10 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     from .coverage import coverage_fractions
 
     cov = coverage_fractions(fields, grid, id_col=id_col)
-    flat = np.asarray(cov.rows, np.int64) * grid.shape[1] + np.asarray(cov.cols, np.int64)
-    if grid.shape[0] * grid.shape[1] < 2**31:
-        flat = flat.astype(np.int32)      # faster sort
     # entries in row-major pixel order (stable), their unique pixels and the inverse map
-    order = np.argsort(flat, kind="stable")
-    u, eu = _unique_sorted(flat[order])
+    rows, cols = np.asarray(cov.rows), np.asarray(cov.cols)
+    order = _pixel_order(rows, cols, int(grid.shape[0]), int(grid.shape[1]))
+    u, eu = _unique_sorted(rows[order].astype(np.int64) * grid.shape[1] + cols[order])
     inv = np.empty(len(order), np.int64)
     inv[order] = eu
     n = len(cov.offsets) - 1
@@ -790,6 +788,42 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     return _GridCtx(cov, pf, inv, u // grid.shape[1], u % grid.shape[1], cov_sum,
                     np.asarray(cov.area_px, float), {}, want_cand, threading.Lock(),
                     order, eu)
+
+
+def _pixel_order_ref(rows, cols, n_rows, n_cols):
+    """NumPy twin of :func:`_pixel_order`."""
+    flat = np.asarray(rows, np.int64) * n_cols + np.asarray(cols, np.int64)
+    return np.argsort(flat, kind="stable")
+
+
+@njit(nogil=True)
+def _pixel_order(rows, cols, n_rows, n_cols):  # pragma: no cover - compiled
+    """Stable row-major order of the pixels ``(rows, cols)`` of an ``n_rows x n_cols``
+    grid: a least-significant-digit radix sort (a counting pass by column, then a stable
+    one by row), O(n) where a comparison sort of the flat index is O(n log n)."""
+    n = rows.shape[0]
+    cnt = np.zeros(n_cols + 1, np.int64)
+    for i in range(n):
+        cnt[cols[i] + 1] += 1
+    for b in range(n_cols):
+        cnt[b + 1] += cnt[b]
+    by_col = np.empty(n, np.int64)
+    for i in range(n):
+        c = cols[i]
+        by_col[cnt[c]] = i
+        cnt[c] += 1
+    cnt = np.zeros(n_rows + 1, np.int64)
+    for i in range(n):
+        cnt[rows[i] + 1] += 1
+    for b in range(n_rows):
+        cnt[b + 1] += cnt[b]
+    order = np.empty(n, np.int64)
+    for t in range(n):
+        i = by_col[t]
+        r = rows[i]
+        order[cnt[r]] = i
+        cnt[r] += 1
+    return order
 
 
 def _unique_sorted_ref(sorted_keys):
