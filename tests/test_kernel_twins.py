@@ -164,7 +164,7 @@ def test_stream_kernels_equal_their_numpy_twins():
         assert np.array_equal(ra[:, :ma], rb[:, :mb])
         vals = ra[:2, :ma] - ra[2:, :ma]
         vals[:, rng.random(ma) < 0.1] = np.nan
-        acc1 = np.zeros((len(c["slot_field"]), 8))
+        acc1 = np.zeros((len(c["slot_field"]), 10))
         acc2 = acc1.copy()
         _accumulate(vals, pa, ma, c["efr"], c["eslot"], 0.4, acc1)
         _accumulate_ref(vals, pa, ma, c["efr"], c["eslot"], 0.4, acc2)
@@ -229,15 +229,14 @@ def test_fused_kernel_equals_gather_apply_accumulate():
         bands = {b: refl[j, :m] for j, b in enumerate(names)}
         vals = np.stack([_apply(s, bands) for s in specs])
         ns = len(c["slot_field"])
-        acc_g = np.zeros((ns, 2 + 9))
+        acc_g = np.zeros((ns, 2 + 12))
         _accumulate(vals, pos, m, c["efr"], c["eslot"], 0.25, acc_g)
-        acc_f = np.zeros((ns, 2 + 9))
+        acc_f = np.zeros((ns, 2 + 12))
         for j, s in enumerate(specs):
-            kern = _fused_kernel(s.scalar, len(s.bands), 2, 1)
+            kern = _fused_kernel(s.scalar, [names.index(b) for b in s.bands], 2, 1)
             kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], c["efr"], c["eslot"],
-                 assigned, code_u, scale, offset, nod, coarse,
-                 np.array([names.index(b) for b in s.bands]), s.valid_range[0],
-                 s.valid_range[1], 0.25, 2 + 3 * j, j == 0, acc_f)
+                 assigned, code_u, scale, offset, nod, coarse, s.valid_range[0],
+                 s.valid_range[1], 0.25, 2 + 4 * j, j == 0, acc_f)
         assert np.array_equal(acc_f, acc_g)
 
 

@@ -456,6 +456,25 @@ def test_streamed_statistics_equal_zonal_stats_with_20m_bands(tmp_path, kw):
         unregister_index("ndvi_formula")
 
 
+def test_requests_with_more_bands_than_the_fused_kernels_take_the_generic_path(tmp_path,
+                                                                             monkeypatch):
+    """Fused kernels unroll at most _FUSED_MAX_BANDS bands of each kind; beyond that the
+    generic gather -> index -> accumulate path runs and adds exactly the same terms."""
+    import cropyield.observations as obs
+
+    scene, fields, *_ = _mixed_world(tmp_path)
+    indices = ("ndvi", "ndmi", "ndre", "evi2")          # 2 window + 3 gathered bands
+    fused = obs.field_observations([scene], fields, indices=indices)
+    built = len(obs._FUSED)
+    monkeypatch.setattr(obs, "_FUSED_MAX_BANDS", 2)
+    obs._FUSED.clear()
+    generic = obs.field_observations([scene], fields, indices=indices)
+    assert built > 0 and len(obs._FUSED) == 0          # no fused kernel was asked for
+    cols = [c for c in fused.columns if c != "flags"]
+    pd.testing.assert_frame_equal(fused[cols], generic[cols])
+    assert fused["flags"].tolist() == generic["flags"].tolist()
+
+
 def test_only_coarse_bands_are_gathered_then_reduced_without_windows(tmp_path):
     """An index whose bands are all coarser than the scene's finest grid (here a 10 m SCL
     and 20 m red-edge bands) takes the gathered path with no window to decode; it gives

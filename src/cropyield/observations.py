@@ -215,13 +215,14 @@ def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
 # run's entries row by row (the window in memory order), keeps clear pixels of assigned
 # fields, computes the index and adds the weights and values to the entry's slot -- so
 # threads never write the same slot and no per-date vector of all pixels is built.
-# Consecutive entries of one slot are summed in registers around their first value and
-# merged into the slot with Chan, Golub & LeVeque's (1979) pairwise update; at the end of
-# the scene each field merges its slots in a fixed order, so results do not depend on the
-# thread timing.
+# A slot keeps weighted sums shifted by its first value (no division per value); at the
+# end of the scene each field turns its slots into (weight, mean, M2) and merges them in a
+# fixed order with Chan, Golub & LeVeque's (1979) pairwise update, so results do not
+# depend on the thread timing.
 
-#: accumulator columns per slot: valid weight, index weight, then (weight, mean, M2) per index
-_ACC_VALID, _ACC_INDEX, _ACC_FIRST = 0, 1, 2
+#: accumulator columns per slot: valid weight, index weight, then per index ``_ACC_WIDTH``
+#: columns (weight, shift, sum of w (x - shift), sum of w (x - shift)^2), see :func:`_add_value`
+_ACC_VALID, _ACC_INDEX, _ACC_FIRST, _ACC_WIDTH = 0, 1, 2, 4
 
 
 def _assign_slots_ref(ekey, ef, n_fields):
@@ -288,68 +289,37 @@ def _gather_valid_ref(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scal
     return m
 
 
-def _flush_ref(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):
-    """NumPy twin of :func:`_flush`."""
-    if count_valid:
-        acc[s, _ACC_VALID] += vv
-        acc[s, _ACC_INDEX] += ii
-    if s0 > 0.0:
-        mean = k + s1 / s0
-        m2 = max(s2 - s1 * (s1 / s0), 0.0)
-        wa = acc[s, col]
-        if wa == 0.0:
-            acc[s, col], acc[s, col + 1], acc[s, col + 2] = s0, mean, m2
-        else:
-            n = wa + s0
-            d = mean - acc[s, col + 1]
-            acc[s, col + 1] += d * (s0 / n)
-            acc[s, col + 2] += m2 + d * d * (wa * s0 / n)
-            acc[s, col] = n
+def _add_value_ref(acc, s, col, fr, x):
+    """NumPy twin of :func:`_add_value`."""
+    if acc[s, col] == 0.0:
+        acc[s, col + 1] = x
+    d = x - acc[s, col + 1]
+    acc[s, col] += fr
+    acc[s, col + 2] += fr * d
+    acc[s, col + 3] += fr * d * d
 
 
 def _accumulate_ref(vals, pos, m, efr, eslot, min_frac, acc):
     """NumPy twin of :func:`_accumulate` (same updates, one entry at a time)."""
-    nidx = vals.shape[0]
-    k = np.zeros(nidx)
-    s0, s1, s2 = np.zeros(nidx), np.zeros(nidx), np.zeros(nidx)
-    cur, vv, ii = -1, 0.0, 0.0
-
-    def flush():
-        for j in range(nidx):
-            _flush_ref(acc, cur, _ACC_FIRST + 3 * j, j == 0, vv, ii, s0[j], s1[j], s2[j],
-                       k[j])
-
     for q in range(m):
         p = pos[q]
         fr = efr[p]
         if not fr > 0.0:
             continue
         s = eslot[p]
-        if s != cur:
-            if cur >= 0:
-                flush()
-            cur, vv, ii = s, 0.0, 0.0
-            s0[:] = s1[:] = s2[:] = 0.0
-        vv += fr
+        acc[s, _ACC_VALID] += fr
         if fr >= min_frac:
-            ii += fr
-            for j in range(nidx):
+            acc[s, _ACC_INDEX] += fr
+            for j in range(vals.shape[0]):
                 x = vals[j, q]
                 if x == x:
-                    if s0[j] == 0.0:
-                        k[j] = x
-                    d = x - k[j]
-                    s0[j] += fr
-                    s1[j] += fr * d
-                    s2[j] += fr * d * d
-    if cur >= 0:
-        flush()
+                    _add_value_ref(acc, s, _ACC_FIRST + _ACC_WIDTH * j, fr, x)
 
 
 def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
     """NumPy twin of :func:`_merge_slots` (two-pass weighted statistics of the slots'
     pooled values are equal up to rounding; this twin merges in the same order)."""
-    nidx = (acc.shape[1] - _ACC_FIRST) // 3
+    nidx = (acc.shape[1] - _ACC_FIRST) // _ACC_WIDTH
     for i, f in enumerate(fsel):
         sl = fslot[fslot_off[f]:fslot_off[f + 1]]
         vsum[i] = isum[i] = 0.0
@@ -357,15 +327,18 @@ def _merge_slots_ref(acc, fslot_off, fslot, fsel, vsum, isum, mean, std, wsum):
             vsum[i] += acc[s, _ACC_VALID]
             isum[i] += acc[s, _ACC_INDEX]
         for j in range(nidx):
-            b = _ACC_FIRST + 3 * j
+            b = _ACC_FIRST + _ACC_WIDTH * j
             sw = mu = m2 = 0.0
             for s in sl:
                 wb = acc[s, b]
                 if wb > 0.0:
+                    s1 = acc[s, b + 2]
+                    mb = acc[s, b + 1] + s1 / wb
+                    qb = max(acc[s, b + 3] - s1 * (s1 / wb), 0.0)
                     n = sw + wb
-                    d = acc[s, b + 1] - mu
+                    d = mb - mu
                     mu += d * (wb / n)
-                    m2 += acc[s, b + 2] + d * d * (sw * wb / n)
+                    m2 += qb + d * d * (sw * wb / n)
                     sw = n
             if sw > 0.0:
                 mean[j, i], std[j, i], wsum[j, i] = mu, np.sqrt(max(m2, 0.0) / sw), sw
@@ -407,32 +380,18 @@ def _band_values(win, rr, cc, u, nf, nc, scale, offset, nodata, coarse_r, out,
 
 
 @njit(nogil=True, inline="always")
-def _flush(acc, s, col, count_valid, vv, ii, s0, s1, s2, k):  # pragma: no cover
-    """Merge a run of consecutive entries of slot ``s`` into ``acc``: valid and index
-    weights ``vv``, ``ii`` when ``count_valid``; and the run's index values, given as
-    weighted sums ``s0 = sum(w)``, ``s1 = sum(w (x - k))``, ``s2 = sum(w (x - k)^2)``
-    around its first value ``k`` (exact for constant runs), by Chan et al.'s pairwise
-    update of (weight, mean, M2) at ``col .. col + 2``. Summing runs in locals keeps
-    the per-entry loop free of the store-to-load chain of an in-place update."""
-    if count_valid:
-        acc[s, _ACC_VALID] += vv
-        acc[s, _ACC_INDEX] += ii
-    if s0 > 0.0:
-        mean = k + s1 / s0
-        m2 = s2 - s1 * (s1 / s0)
-        if m2 < 0.0:
-            m2 = 0.0
-        wa = acc[s, col]
-        if wa == 0.0:
-            acc[s, col] = s0
-            acc[s, col + 1] = mean
-            acc[s, col + 2] = m2
-        else:
-            n = wa + s0
-            d = mean - acc[s, col + 1]
-            acc[s, col + 1] += d * (s0 / n)
-            acc[s, col + 2] += m2 + d * d * (wa * s0 / n)
-            acc[s, col] = n
+def _add_value(acc, s, col, fr, x):  # pragma: no cover - compiled
+    """Add value ``x`` with weight ``fr`` to slot ``s``'s columns ``col .. col + 3``:
+    (weight, shift, sum of w (x - shift), sum of w (x - shift)^2). The shift is the slot's
+    first value: the sums are then exact for a constant slot and free of the cancellation
+    of raw moments, and adding a value costs no division (the slot's mean and M2 are
+    formed once, in :func:`_merge_slots`)."""
+    if acc[s, col] == 0.0:
+        acc[s, col + 1] = x
+    d = x - acc[s, col + 1]
+    acc[s, col] += fr
+    acc[s, col + 2] += fr * d
+    acc[s, col + 3] += fr * d * d
 
 
 @njit(nogil=True)
@@ -536,56 +495,30 @@ def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, o
 @njit(nogil=True)
 def _accumulate(vals, pos, m, efr, eslot, min_frac, acc):  # pragma: no cover - compiled
     """Add packed entries to their slots: valid weight, index weight (fraction >=
-    ``min_frac``) and per index the weighted (weight, mean, M2) of finite values.
-    Consecutive entries of one slot are summed in locals, shifted by their first value,
-    and merged into the slot once (see :func:`_flush`)."""
+    ``min_frac``) and per index the shifted weighted sums of finite values
+    (:func:`_add_value`)."""
     nidx = vals.shape[0]
-    k = np.zeros(nidx)
-    s0 = np.zeros(nidx)
-    s1 = np.zeros(nidx)
-    s2 = np.zeros(nidx)
-    cur = -1
-    vv = 0.0
-    ii = 0.0
     for q in range(m):
         p = pos[q]
         fr = efr[p]
         if not fr > 0.0:
             continue
         s = eslot[p]
-        if s != cur:
-            if cur >= 0:
-                for j in range(nidx):
-                    _flush(acc, cur, _ACC_FIRST + 3 * j, j == 0, vv, ii, s0[j], s1[j],
-                           s2[j], k[j])
-            cur = s
-            vv = 0.0
-            ii = 0.0
-            s0[:] = 0.0
-            s1[:] = 0.0
-            s2[:] = 0.0
-        vv += fr
+        acc[s, _ACC_VALID] += fr
         if fr >= min_frac:
-            ii += fr
+            acc[s, _ACC_INDEX] += fr
             for j in range(nidx):
                 x = vals[j, q]
                 if x == x:
-                    if s0[j] == 0.0:
-                        k[j] = x
-                    d = x - k[j]
-                    s0[j] += fr
-                    s1[j] += fr * d
-                    s2[j] += fr * d * d
-    if cur >= 0:
-        for j in range(nidx):
-            _flush(acc, cur, _ACC_FIRST + 3 * j, j == 0, vv, ii, s0[j], s1[j], s2[j], k[j])
+                    _add_value(acc, s, _ACC_FIRST + _ACC_WIDTH * j, fr, x)
+
 
 @njit(nogil=True)
 def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
                  wsum):  # pragma: no cover - compiled
     """Per selected field: summed weights and Chan's merge of its slots (slot order)
     into the weighted mean and population standard deviation (NaN without weight)."""
-    nidx = (acc.shape[1] - _ACC_FIRST) // 3
+    nidx = (acc.shape[1] - _ACC_FIRST) // _ACC_WIDTH
     for i in range(fsel.shape[0]):
         f = fsel[i]
         vs = 0.0
@@ -596,7 +529,7 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
         vsum[i] = vs
         isum[i] = ws
         for j in range(nidx):
-            b = _ACC_FIRST + 3 * j
+            b = _ACC_FIRST + _ACC_WIDTH * j
             sw = 0.0
             mu = 0.0
             m2 = 0.0
@@ -604,10 +537,14 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
                 s = fslot[t]
                 wb = acc[s, b]
                 if wb > 0.0:
+                    # the slot's mean and M2 from its shifted sums, then Chan's update
+                    s1 = acc[s, b + 2]
+                    mb = acc[s, b + 1] + s1 / wb
+                    qb = max(acc[s, b + 3] - s1 * (s1 / wb), 0.0)
                     n = sw + wb
-                    d = acc[s, b + 1] - mu
+                    d = mb - mu
                     mu += d * (wb / n)
-                    m2 += acc[s, b + 2] + d * d * (sw * wb / n)
+                    m2 += qb + d * d * (sw * wb / n)
                     sw = n
             if sw > 0.0:
                 mean[j, i] = mu
@@ -619,15 +556,19 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
                 wsum[j, i] = 0.0
 
 
-_FUSED: dict[tuple[Any, int], Any] = {}
+_FUSED: dict[tuple[Any, ...], Any] = {}
 _FUSED_LOCK = threading.Lock()
+#: the fused kernels unroll the band checks for at most this many window bands and as many
+#: pre-gathered bands; requests with more bands take the generic path
+_FUSED_MAX_BANDS = 4
 
 
-def _fused_kernel(f, nargs: int, n_fine: int, n_coarse: int):
-    """Streaming kernel with the scalar index function ``f`` of ``nargs`` bands inlined and
-    the band counts fixed (so their loops unroll): compiled once per combination, which the
-    built-in indices mostly share (NDVI, NDRE, NDMI, NDWI and NBR use one function)."""
-    key = (f, int(nargs), int(n_fine), int(n_coarse))
+def _fused_kernel(f, args: Sequence[int], n_fine: int, n_coarse: int):
+    """Streaming kernel with the scalar index function ``f`` inlined, reading its bands
+    ``args`` (positions among the ``n_fine`` window bands, then the ``n_coarse``
+    pre-gathered ones). Positions and counts are compile-time constants, so the band
+    checks unroll into straight-line code: compiled once per combination."""
+    key = (f, tuple(int(a) for a in args), int(n_fine), int(n_coarse))
     k = _FUSED.get(key)
     if k is None:
         with _FUSED_LOCK:
@@ -637,70 +578,122 @@ def _fused_kernel(f, nargs: int, n_fine: int, n_coarse: int):
     return k
 
 
-def _make_fused(f, nargs: int, nf: int, nc: int):
+def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
+    if not 1 <= len(args) <= 3 or nf > _FUSED_MAX_BANDS or nc > _FUSED_MAX_BANDS:
+        raise ValueError(f"no fused kernel for {len(args)} arguments, {nf} + {nc} bands")
     clear = _CLEAR
-    if nargs == 1:
-        @numba.njit(inline="always")
-        def ev(v, args):  # pragma: no cover - compiled
-            return f(v[args[0], 0])
-    elif nargs == 2:
-        @numba.njit(inline="always")
-        def ev(v, args):  # pragma: no cover - compiled
-            return f(v[args[0], 0], v[args[1], 0])
-    elif nargs == 3:
-        @numba.njit(inline="always")
-        def ev(v, args):  # pragma: no cover - compiled
-            return f(v[args[0], 0], v[args[1], 0], v[args[2], 0])
-    else:  # pragma: no cover - built-ins use 1..3 bands
-        raise ValueError(nargs)
+    nargs = len(args)
+    a0, a1, a2 = (tuple(args) + (0, 0))[:3]
 
+    @numba.njit(inline="always")
+    def pick(j, x0, x1, x2, x3, g0, g1, g2, g3):  # pragma: no cover - compiled
+        """Reflectance of band position ``j`` (a constant): window band, then gathered."""
+        k = j if j < nf else 4 + j - nf
+        if k == 0:
+            return x0
+        if k == 1:
+            return x1
+        if k == 2:
+            return x2
+        if k == 3:
+            return x3
+        if k == 4:
+            return g0
+        if k == 5:
+            return g1
+        if k == 6:
+            return g2
+        return g3
+
+    # The per-entry body is written out (constant band counts, no loops, no helper taking
+    # an array): numba keeps a reference-count increment and decrement per array argument
+    # of an inlined call, atomic operations that made each entry 5-10x slower.
     @numba.njit(nogil=True)
     def _fused(win, r0, c0, row_start, ec, eu, ef, efr, eslot, assigned, code_u, scale,
-               offset, nodata, coarse_r, args, lo, hi, min_frac, col, count_valid,
+               offset, nodata, coarse_r, lo, hi, min_frac, col, count_valid,
                acc):  # pragma: no cover - compiled
         """:func:`_gather_valid`, the index and :func:`_accumulate` in one pass over the
         entries of a window (same arithmetic, same order: identical sums). Adds the
-        index's (weight, mean, M2) at columns ``col .. col + 2`` and, when
+        index's sums at columns ``col .. col + 3`` (:func:`_add_value`) and, when
         ``count_valid``, the valid and index weights."""
-        v = np.empty((nf + nc, 1))
+        sc = np.zeros(4)
+        of = np.zeros(4)
+        nd = np.zeros(4)
+        for j in range(nf):
+            sc[j], of[j], nd[j] = scale[j], offset[j], nodata[j]
+        sc0, sc1, sc2, sc3 = sc[0], sc[1], sc[2], sc[3]
+        of0, of1, of2, of3 = of[0], of[1], of[2], of[3]
+        nd0, nd1, nd2, nd3 = nd[0], nd[1], nd[2], nd[3]
         h = win.shape[1]
         c1 = c0 + win.shape[2]
-        cur = -1
-        vv = ii = s0 = s1 = s2 = k = 0.0
         for rr in range(h):
-            p = _first_at_or_after(ec, row_start[r0 + rr], row_start[r0 + rr + 1], c0)
+            lo_p = row_start[r0 + rr]
             end = row_start[r0 + rr + 1]
+            p = end
+            while lo_p < p:                     # first entry of the row at column >= c0
+                mid = (lo_p + p) // 2
+                if ec[mid] < c0:
+                    lo_p = mid + 1
+                else:
+                    p = mid
             while p < end and ec[p] < c1:
                 u = eu[p]
-                if code_u[u] == clear and assigned[ef[p]]:
-                    ok = _band_values(win, rr, ec[p] - c0, u, nf, nc, scale, offset, nodata,
-                                      coarse_r, v, 0)
-                    fr = efr[p]
-                    if ok and fr > 0.0:
+                fr = efr[p]
+                if code_u[u] == clear and fr > 0.0 and assigned[ef[p]]:
+                    cc = ec[p] - c0
+                    ok = True
+                    x0 = x1 = x2 = x3 = g0 = g1 = g2 = g3 = 0.0
+                    if nf > 0:
+                        d = win[0, rr, cc]
+                        x0 = np.float64(d) * sc0 + of0
+                        ok = d != nd0 and np.isfinite(x0)
+                    if nf > 1 and ok:
+                        d = win[1, rr, cc]
+                        x1 = np.float64(d) * sc1 + of1
+                        ok = d != nd1 and np.isfinite(x1)
+                    if nf > 2 and ok:
+                        d = win[2, rr, cc]
+                        x2 = np.float64(d) * sc2 + of2
+                        ok = d != nd2 and np.isfinite(x2)
+                    if nf > 3 and ok:
+                        d = win[3, rr, cc]
+                        x3 = np.float64(d) * sc3 + of3
+                        ok = d != nd3 and np.isfinite(x3)
+                    if nc > 0 and ok:
+                        g0 = coarse_r[0, u]
+                        ok = np.isfinite(g0)
+                    if nc > 1 and ok:
+                        g1 = coarse_r[1, u]
+                        ok = np.isfinite(g1)
+                    if nc > 2 and ok:
+                        g2 = coarse_r[2, u]
+                        ok = np.isfinite(g2)
+                    if nc > 3 and ok:
+                        g3 = coarse_r[3, u]
+                        ok = np.isfinite(g3)
+                    if ok:
                         s = eslot[p]
-                        if s != cur:
-                            if cur >= 0:
-                                _flush(acc, cur, col, count_valid, vv, ii, s0, s1, s2, k)
-                            cur = s
-                            vv = 0.0
-                            ii = 0.0
-                            s0 = 0.0
-                            s1 = 0.0
-                            s2 = 0.0
-                        vv += fr
+                        if count_valid:
+                            acc[s, _ACC_VALID] += fr
                         if fr >= min_frac:
-                            ii += fr
-                            x = ev(v, args)
-                            if x >= lo and x <= hi:
-                                if s0 == 0.0:
-                                    k = x
-                                dx = x - k
-                                s0 += fr
-                                s1 += fr * dx
-                                s2 += fr * dx * dx
+                            if count_valid:
+                                acc[s, _ACC_INDEX] += fr
+                            v0 = pick(a0, x0, x1, x2, x3, g0, g1, g2, g3)
+                            if nargs == 1:
+                                x = f(v0)
+                            elif nargs == 2:
+                                x = f(v0, pick(a1, x0, x1, x2, x3, g0, g1, g2, g3))
+                            else:
+                                x = f(v0, pick(a1, x0, x1, x2, x3, g0, g1, g2, g3),
+                                      pick(a2, x0, x1, x2, x3, g0, g1, g2, g3))
+                            if x >= lo and x <= hi:     # _add_value, written out
+                                if acc[s, col] == 0.0:
+                                    acc[s, col + 1] = x
+                                dx = x - acc[s, col + 1]
+                                acc[s, col] += fr
+                                acc[s, col + 2] += fr * dx
+                                acc[s, col + 3] += fr * dx * dx
                 p += 1
-        if cur >= 0:
-            _flush(acc, cur, col, count_valid, vv, ii, s0, s1, s2, k)
 
     return _fused
 
@@ -1308,7 +1301,7 @@ class _Run:
                     self.reader.release(band.href)
         st = ctx.stream(ref.shape, fine[0][2].block_shape if fine else ref.shape)
         nidx = len(self.specs)
-        acc = np.zeros((st.n_slots, _ACC_FIRST + 3 * nidx))
+        acc = np.zeros((st.n_slots, _ACC_FIRST + _ACC_WIDTH * nidx))
         if not fail:
             fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc)
         if fail:
@@ -1389,18 +1382,19 @@ class _Run:
         specs = list(self.specs.values())
         min_frac = _min_frac_threshold(self.min_cf)
 
-        if all(spec.scalar is not None for spec in specs):
+        if (all(spec.scalar is not None for spec in specs)
+                and max(len(fine), len(coarse)) <= _FUSED_MAX_BANDS):
             # built-in indices: one fused pass per index, the first also counts validity
-            fused = [(_fused_kernel(spec.scalar, len(spec.bands), len(fine), len(coarse)),
-                      np.array([names.index(b) for b in spec.bands], np.int64),
+            fused = [(_fused_kernel(spec.scalar, [names.index(b) for b in spec.bands],
+                                    len(fine), len(coarse)),
                       float(spec.valid_range[0]), float(spec.valid_range[1]))
                      for spec in specs]
 
             def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:
-                for j, (kern, args, lo, hi) in enumerate(fused):
+                for j, (kern, lo, hi) in enumerate(fused):
                     kern(win, r0, c0, st.row_start, st.ec, st.eu, st.ef, st.efr, st.eslot,
-                         assigned, code_u, scale, offset, nodata, coarse_r, args, lo, hi,
-                         min_frac, _ACC_FIRST + 3 * j, j == 0, acc)
+                         assigned, code_u, scale, offset, nodata, coarse_r, lo, hi,
+                         min_frac, _ACC_FIRST + _ACC_WIDTH * j, j == 0, acc)
         else:
             # formula indices: gather the valid reflectances, apply, accumulate
             def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:
