@@ -286,3 +286,37 @@ def test_run_of_large_tiles_is_fetched_exactly_once(tmp_path):
     np.testing.assert_array_equal(vals, arr[rows, cols])
     assert tile_bytes > 10 * 2**20
     assert sent <= tile_bytes + 256 * 1024     # the tiles + the header reads, nothing more
+
+
+def test_vsi_cache_is_on_for_remote_opens_and_off_for_local_ones(cog, monkeypatch):
+    """VSI_CACHE (read by GDAL at open) helps remote reads but only adds a copy layer to
+    local ones: the reader opens local files without it unless it is configured."""
+    import threading
+
+    import rasterio
+    from rasterio._env import get_gdal_config
+
+    from cropyield.read import BlockReader
+
+    root, arr = cog
+    seen = []
+    real = rasterio.open
+
+    def spy(path, *a, **kw):
+        seen.append((str(path).startswith("/vsicurl/"), str(get_gdal_config("VSI_CACHE")),
+                     threading.current_thread().name))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(rasterio, "open", spy)
+    local = str(root / "b.tif")
+    with RangeServer(root) as srv:
+        with BlockReader(threads=1, env=FAST) as rd:
+            for href in (local, srv.url_for("b.tif"), local):
+                np.testing.assert_array_equal(rd.read(href, ROWS, COLS), arr[ROWS, COLS])
+                rd.release(href)
+        assert [s[:2] for s in seen] == [(False, "FALSE"), (True, "TRUE"), (False, "FALSE")]
+        assert all(s[2].startswith("cropyield-read") for s in seen)
+        seen.clear()
+        with BlockReader(threads=1, env={**FAST, "VSI_CACHE": "TRUE"}) as rd:
+            rd.read(local, ROWS, COLS)
+        assert [s[:2] for s in seen] == [(False, "TRUE")]

@@ -605,6 +605,14 @@ class BlockReader:
             self.env["GDAL_MAX_RAW_BLOCK_CACHE_SIZE"] = str(max(cap, max(self.max_run, 1)
                                                                 * _RAW_BYTES_PER_TILE))
         self.max_handles = int(max_handles)
+        with _configured_lock:
+            explicit = {**_configured, **dict(env or {})}
+        # VSI_CACHE wraps every handle opened while it is on in a per-handle copy layer:
+        # useful for remote reads, pure overhead on local files (about 5 % more CPU for
+        # decoding local DEFLATE COGs, docs/benchmarks.md), so local files are opened
+        # without it unless it was configured explicitly
+        self._local_vsi_cache = str(self.env.get("VSI_CACHE", "FALSE")) \
+            if "VSI_CACHE" in explicit else "FALSE"
         self.stats = ReadStats()
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read",
                                         initializer=self._init_thread)
@@ -713,6 +721,15 @@ class BlockReader:
         extra = {}
         if fresh and path.startswith("/vsicurl/"):
             extra["CPL_VSIL_CURL_NON_CACHED"] = path.split("?", 1)[0]
+        # GDAL reads VSI_CACHE when it opens the file
+        vsi_cache = str(self.env.get("VSI_CACHE", "FALSE")) if path.startswith("/vsi") \
+            else self._local_vsi_cache
+        if extra or getattr(self._local, "env", None) is None:
+            extra["VSI_CACHE"] = vsi_cache      # a new Env is entered for this open
+            self._local.vsi_cache = None        # (and its exit restores the thread's)
+        elif getattr(self._local, "vsi_cache", None) != vsi_cache:
+            rasterio.env.setenv(VSI_CACHE=vsi_cache)    # the worker thread's Env, in place
+            self._local.vsi_cache = vsi_cache
         with self._env_ctx(extra):
             self.stats.add(requests=1, opens=1, bytes_read=HEADER_BYTES)
             ds = rasterio.open(path, sharing=False)
