@@ -118,7 +118,7 @@ def test_stream_kernels_equal_their_numpy_twins():
         _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
         _blocks_needed, _blocks_needed_ref, _entry_arrays, _entry_arrays_ref, _footprint_sum, _footprint_sum_ref,
         _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _pixel_order,
-        _pixel_order_ref, _unique_sorted, _unique_sorted_ref)
+        _pixel_order_ref, _unique_pixels, _unique_pixels_ref)
 
     rng = np.random.default_rng(11)
     for t in range(25):
@@ -193,15 +193,15 @@ def test_stream_kernels_equal_their_numpy_twins():
                     assert abs(outs1[3][j, i] - sd) < 1e-9
                 else:
                     assert np.isnan(outs1[2][j, i])
-        keys = np.sort(rng.integers(-5, 50, int(rng.integers(0, 400))))
-        ua, ia = _unique_sorted(keys)
-        ub, ib = _unique_sorted_ref(keys)
-        assert np.array_equal(ua, ub) and np.array_equal(ia, ib)
-        # row-major order of pixels with repeats (several fields on one pixel): stable
+        # row-major order of pixels with repeats (several fields on one pixel): stable;
+        # then the distinct pixels and the maps to them
         nr, ncol = int(rng.integers(1, 40)), int(rng.integers(1, 40))
         m = int(rng.integers(0, 500))
         pr, pc = rng.integers(0, nr, m).astype(np.int32), rng.integers(0, ncol, m)
-        assert np.array_equal(_pixel_order(pr, pc, nr, ncol), _pixel_order_ref(pr, pc, nr, ncol))
+        po = _pixel_order(pr, pc, nr, ncol)
+        assert np.array_equal(po, _pixel_order_ref(pr, pc, nr, ncol))
+        for x, y in zip(_unique_pixels(pr, pc, po), _unique_pixels_ref(pr, pc, po)):
+            assert np.array_equal(x, y)
         assert _CLEAR == 2
 
 

@@ -770,17 +770,14 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     # entries in row-major pixel order (stable), their unique pixels and the inverse map
     rows, cols = np.asarray(cov.rows), np.asarray(cov.cols)
     order = _pixel_order(rows, cols, int(grid.shape[0]), int(grid.shape[1]))
-    u, eu = _unique_sorted(rows[order].astype(np.int64) * grid.shape[1] + cols[order])
-    inv = np.empty(len(order), np.int64)
-    inv[order] = eu
+    urows, ucols, eu, inv = _unique_pixels(rows, cols, order)
     n = len(cov.offsets) - 1
     pf = np.repeat(np.arange(n, dtype=np.int64), np.diff(cov.offsets))
     cov_sum = np.bincount(pf, weights=cov.fractions, minlength=n)
-    want_cand = np.zeros(len(u), bool)
+    want_cand = np.zeros(len(urows), bool)
     want_cand[inv[(cov_sum > 0)[pf]]] = True
-    return _GridCtx(cov, pf, inv, u // grid.shape[1], u % grid.shape[1], cov_sum,
-                    np.asarray(cov.area_px, float), {}, want_cand, threading.Lock(),
-                    order, eu)
+    return _GridCtx(cov, pf, inv, urows, ucols, cov_sum, np.asarray(cov.area_px, float), {},
+                    want_cand, threading.Lock(), order, eu)
 
 
 def _pixel_order_ref(rows, cols, n_rows, n_cols):
@@ -819,25 +816,42 @@ def _pixel_order(rows, cols, n_rows, n_cols):  # pragma: no cover - compiled
     return order
 
 
-def _unique_sorted_ref(sorted_keys):
-    """NumPy twin of :func:`_unique_sorted`."""
-    u, inv = np.unique(sorted_keys, return_inverse=True)
-    return u.astype(np.int64), inv.ravel().astype(np.int64)
+def _unique_pixels_ref(rows, cols, order):
+    """NumPy twin of :func:`_unique_pixels`."""
+    r, c = np.asarray(rows, np.int64)[order], np.asarray(cols, np.int64)[order]
+    _, first, eu = np.unique(r * (int(c.max(initial=0)) + 1) + c, return_index=True,
+                             return_inverse=True)
+    inv = np.empty(len(r), np.int64)
+    inv[np.asarray(order)] = eu.ravel()
+    return r[first], c[first], eu.ravel().astype(np.int64), inv
 
 
 @njit(nogil=True)
-def _unique_sorted(sorted_keys):  # pragma: no cover - compiled
-    """Distinct values of a sorted vector and each element's index among them."""
-    n = sorted_keys.shape[0]
-    u = np.empty(n, np.int64)
-    idx = np.empty(n, np.int64)
+def _unique_pixels(rows, cols, order):  # pragma: no cover - compiled
+    """The distinct pixels of entries ``(rows, cols)`` visited in ``order`` (row-major,
+    :func:`_pixel_order`): their rows and columns, the unique index of each visited
+    entry (non-decreasing) and of each entry in the original order."""
+    n = order.shape[0]
+    urows = np.empty(n, np.int64)
+    ucols = np.empty(n, np.int64)
+    eu = np.empty(n, np.int64)
+    inv = np.empty(n, np.int64)
     k = -1
-    for i in range(n):
-        if i == 0 or sorted_keys[i] != sorted_keys[i - 1]:
+    pr = -1
+    pc = -1
+    for t in range(n):
+        i = order[t]
+        r = rows[i]
+        c = cols[i]
+        if r != pr or c != pc:
             k += 1
-            u[k] = sorted_keys[i]
-        idx[i] = k
-    return u[:k + 1].copy(), idx
+            urows[k] = r
+            ucols[k] = c
+            pr = r
+            pc = c
+        eu[t] = k
+        inv[i] = k
+    return urows[:k + 1].copy(), ucols[:k + 1].copy(), eu, inv
 
 
 # --------------------------------------------------------------------------------------------
@@ -1089,8 +1103,8 @@ def _take(values: np.ndarray, idx: np.ndarray):
         arr = pa.DictionaryArray.from_arrays(pa.array(idx, pa.int64()),
                                              pa.array(values.tolist(), pa.string()))
         dtype = pd.Series(values[:1]).dtype         # what pandas makes of str objects
-        if dtype.kind == "O":
-            return values[idx]
+        if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
+            return values[idx]                      # object (pandas < 3): kept as is
         return pd.Series(arr.cast(pa.string()), dtype=dtype)
     return values[idx]
 
