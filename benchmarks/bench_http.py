@@ -161,10 +161,10 @@ def c_odc(tile_root, fields, base):
     from cropyield.read import gdal_env
 
     items = _items(tile_root, base)
-    l, b, r, t = fields.total_bounds
-    l, b = np.floor(l / 10) * 10, np.floor(b / 10) * 10
-    r, t = np.ceil(r / 10) * 10, np.ceil(t / 10) * 10
-    gbox = GeoBox.from_bbox((l, b, r, t), crs=f"EPSG:{EPSG}", resolution=10)
+    left, bottom, right, top = fields.total_bounds
+    left, bottom = np.floor(left / 10) * 10, np.floor(bottom / 10) * 10
+    right, top = np.ceil(right / 10) * 10, np.ceil(top / 10) * 10
+    gbox = GeoBox.from_bbox((left, bottom, right, top), crs=f"EPSG:{EPSG}", resolution=10)
     same = ("GDAL_HTTP", "VSI", "GDAL_MAX_RAW")       # the read settings cropyield uses
     odc.stac.configure_rio(cloud_defaults=True, **{k: v for k, v in gdal_env().items()
                                                    if k.startswith(same)})

@@ -120,16 +120,16 @@ def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
         for k in range(m):
             if not alive[k] or typ[k] != -1:
                 continue
-            l = k - 1
-            while l >= 0 and not alive[l]:
-                l -= 1
-            r = k + 1
-            while r < m and not alive[r]:
-                r += 1
-            if l < 0 or r >= m:
+            lft = k - 1
+            while lft >= 0 and not alive[lft]:
+                lft -= 1
+            rgt = k + 1
+            while rgt < m and not alive[rgt]:
+                rgt += 1
+            if lft < 0 or rgt >= m:
                 continue
-            yl = y[ext[l]]
-            yr = y[ext[r]]
+            yl = y[ext[lft]]
+            yr = y[ext[rgt]]
             yt = y[ext[k]]
             drop = min(yl, yr) - yt
             big = max(yl, yr) - gmin
@@ -139,8 +139,8 @@ def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
                 if score < best:
                     best = score
                     bi = k
-                    bl = l
-                    br = r
+                    bl = lft
+                    br = rgt
         if bi < 0:
             break
         alive[bi] = False
@@ -512,7 +512,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     si = np.concatenate([np.arange(k) for k in ns]) if nf else np.zeros(0, dtype=np.int64)
     has = n_seasons[fi] > 0
     F = np.where(has[:, None], out_f[fi, si], np.nan)
-    I = np.where(has[:, None], out_i[fi, si], 0)
+    ints = np.where(has[:, None], out_i[fi, si], 0)
     day = pd.Timedelta(days=1)
 
     def to_time(x):
@@ -523,8 +523,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         return res.to_numpy()
 
     bl, br = F[:, 6], F[:, 7]
-    part_l = (I[:, 1] & _F_PARTIAL_L) > 0
-    part_r = (I[:, 1] & _F_PARTIAL_R) > 0
+    part_l = (ints[:, 1] & _F_PARTIAL_L) > 0
+    part_r = (ints[:, 1] & _F_PARTIAL_R) > 0
     base = np.where(part_l & ~part_r, br, np.where(part_r & ~part_l, bl, 0.5 * (bl + br)))
     df = pd.DataFrame({
         id_col: np.asarray(ids)[fi],
@@ -544,7 +544,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         "senescence_rate": F[:, 9],
         "large_integral": F[:, 10],
         "small_integral": F[:, 11],
-        "n_obs": I[:, 0],
+        "n_obs": ints[:, 0],
         "min_support": F[:, 12],
         "complete": has & ~part_l & ~part_r,
         "mean_value": _row_mean(Y)[fi],
@@ -561,7 +561,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
             continue
         o = F[r]
         stages.append(season_stage(as_day, o[1], o[2], o[0], o[3], o[4]))
-        b = I[r, 1]
+        b = ints[r, 1]
         flags.append(join_flags(
             "LOW_OBS" if b & _F_LOW_OBS else None,
             "CLOUDY_SEASON" if b & _F_CLOUDY else None,
