@@ -178,20 +178,24 @@ def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
     out_r = np.empty(n, np.int64)
     out_c = np.empty(n, np.int64)
     inv = np.empty(n, np.int64)
+    # coarse column of every fine column from a table: an integer division by a run-time
+    # k per pixel cost more than the rest of the loop
+    cdiv = np.empty(w * k, np.int64)
+    for c in range(w * k):
+        cdiv[c] = c // k
     nu = 0
     i = 0
     while i < n:
         cr = urows[i] // k
+        rlim = (cr + 1) * k
         j = i
         cmin = w
         cmax = -1
-        while j < n and urows[j] // k == cr:
-            cc = ucols[j] // k
+        while j < n and urows[j] < rlim:
+            cc = cdiv[ucols[j]]
             slot[cc] = 0
-            if cc < cmin:
-                cmin = cc
-            if cc > cmax:
-                cmax = cc
+            cmin = min(cmin, cc)
+            cmax = max(cmax, cc)
             j += 1
         for cc in range(cmin, cmax + 1):
             if slot[cc] == 0:
@@ -200,7 +204,7 @@ def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
                 out_c[nu] = cc
                 nu += 1
         for t in range(i, j):
-            inv[t] = slot[ucols[t] // k] - 1
+            inv[t] = slot[cdiv[ucols[t]]] - 1
         for cc in range(cmin, cmax + 1):
             slot[cc] = -1
         i = j
@@ -432,15 +436,25 @@ def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
     efr = np.empty(n)
     ekey = np.empty(n, np.int64)
     row_start = np.zeros(n_rows + 1, np.int64)
+    # block column from a table and block row per grid row: no integer division per entry
+    w = nbc * bw
+    cblock = np.empty(w, np.int64)
+    for c in range(w):
+        cblock[c] = c // bw
+    r_prev = -1
+    rbase = 0
     for p in range(n):
         e = order[p]
         u = order_u[p]
         r = urows[u]
         c = ucols[u]
+        if r != r_prev:
+            r_prev = r
+            rbase = (r // bh) * nbc
         ec[p] = c
         ef[p] = pf[e]
         efr[p] = fractions[e]
-        ekey[p] = (r // bh) * nbc + c // bw
+        ekey[p] = rbase + cblock[c]
         row_start[r + 1] += 1
     for r in range(n_rows):
         row_start[r + 1] += row_start[r]
