@@ -573,7 +573,8 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
 _FUSED: dict[tuple[Any, ...], Any] = {}
 _FUSED_LOCK = threading.Lock()
 #: the fused kernels unroll the band checks for at most this many window bands and as many
-#: pre-gathered bands; requests with more bands take the generic path
+#: pre-gathered bands (their body has 4 of each, x0..x3 and g0..g3); requests with more
+#: bands take the generic path
 _FUSED_MAX_BANDS = 4
 
 
@@ -602,7 +603,7 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
     @numba.njit(inline="always")
     def pick(j, x0, x1, x2, x3, g0, g1, g2, g3):  # pragma: no cover - compiled
         """Reflectance of band position ``j`` (a constant): window band, then gathered."""
-        k = j if j < nf else 4 + j - nf
+        k = j if j < nf else 4 + j - nf          # g0 is the fifth slot
         if k == 0:
             return x0
         if k == 1:
