@@ -92,15 +92,18 @@ def m_floor(data, fields, n_dates):
     return {"checksum": tot}
 
 
-def _decode_rows(fn, _local=threading.local()):
+_ROWS = threading.local()      # per-thread row buffer of floor_rows
+
+
+def _decode_rows(fn):
     import rasterio
     from rasterio.windows import Window
 
     with rasterio.open(fn) as ds:
         bh = ds.block_shapes[0][0]
-        buf = getattr(_local, "buf", None)
+        buf = getattr(_ROWS, "buf", None)
         if buf is None or buf.shape != (bh, ds.width) or buf.dtype != ds.dtypes[0]:
-            buf = _local.buf = np.empty((bh, ds.width), ds.dtypes[0])
+            buf = _ROWS.buf = np.empty((bh, ds.width), ds.dtypes[0])
         tot = 0
         for r0 in range(0, ds.height, bh):
             h = min(bh, ds.height - r0)

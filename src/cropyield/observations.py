@@ -642,15 +642,8 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
         h = win.shape[1]
         c1 = c0 + win.shape[2]
         for rr in range(h):
-            lo_p = row_start[r0 + rr]
+            p = _first_at_or_after(ec, row_start[r0 + rr], row_start[r0 + rr + 1], c0)
             end = row_start[r0 + rr + 1]
-            p = end
-            while lo_p < p:                     # first entry of the row at column >= c0
-                mid = (lo_p + p) // 2
-                if ec[mid] < c0:
-                    lo_p = mid + 1
-                else:
-                    p = mid
             while p < end and ec[p] < c1:
                 u = eu[p]
                 fr = efr[p]
