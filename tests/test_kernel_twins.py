@@ -9,7 +9,7 @@ from cropyield.indices import (
     _reflectance_valid,
     _reflectance_valid_ref,
 )
-from cropyield.observations import _coarse_unique, _coarse_unique_ref
+from cropyield.observations import _coarse_unique, _coarse_unique_ref, _codes_at, _codes_at_ref
 from cropyield.read import (
     _block_bounds,
     _block_sort,
@@ -78,6 +78,16 @@ def test_coarse_unique_twin():
             w = int(uc.max()) // k + 1
             a = _coarse_unique(ur, uc, k, w); b = _coarse_unique_ref(ur, uc, k, w)
             assert all(np.array_equal(x, y) for x, y in zip(a, b)), (k,)
+
+
+def test_codes_at_twin():
+    rng = np.random.default_rng(11)
+    lut = rng.integers(0, 3, 256).astype(np.uint8)
+    for t in range(20):
+        n = int(rng.integers(1, 3000))
+        raw = rng.integers(0, 256, n).astype(np.uint8)
+        inv = np.sort(rng.integers(0, n, int(rng.integers(0, 6000))))
+        assert np.array_equal(_codes_at(raw, lut, inv), _codes_at_ref(raw, lut, inv))
 
 
 def test_reflectance_valid_twin():

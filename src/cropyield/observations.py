@@ -211,6 +211,21 @@ def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
     return out_r[:nu].copy(), out_c[:nu].copy(), inv
 
 
+def _codes_at_ref(raw, lut, inv):
+    """NumPy twin of :func:`_codes_at`."""
+    return np.asarray(lut)[np.asarray(raw)][np.asarray(inv)]
+
+
+@njit(nogil=True)
+def _codes_at(raw, lut, inv):  # pragma: no cover - compiled
+    """``lut[raw[inv]]`` in one pass without the GIL: the SCL code of every fine unique
+    pixel from the classes read at the coarse pixels (``inv``: fine -> coarse)."""
+    out = np.empty(inv.shape[0], np.uint8)
+    for i in range(inv.shape[0]):
+        out[i] = lut[raw[inv[i]]]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # streamed statistics: every decoded block run goes straight to per-(block, field) sums
 #
@@ -1207,16 +1222,16 @@ class _Run:
                 # on the pixel vector only (unread pixels: class 0 -> _OUTSIDE, the fill)
                 raw = self.reader.read(band.href, brow, bcol, want=want_b, fill=0,
                                        dtype=np.uint8)
-                codes_b = lut[raw]
+                codes = _codes_at(raw, lut, inv_k)
             else:
-                codes_b = self.reader.read(band.href, brow, bcol, want=want_b,
-                                           fill=_OUTSIDE, dtype=np.uint8, pad=dilate,
-                                           window_fn=to_codes)
+                codes = self.reader.read(band.href, brow, bcol, want=want_b,
+                                         fill=_OUTSIDE, dtype=np.uint8, pad=dilate,
+                                         window_fn=to_codes)[inv_k]
         except AssetReadError as exc:
             return None, self._fail(scene, "SCL", exc)
         finally:
             self.reader.release(band.href)
-        return codes_b[inv_k], 0
+        return codes, 0
 
     # -- one acquisition ---------------------------------------------------------------------
     def group(self, members: list[int]) -> list[dict]:

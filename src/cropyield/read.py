@@ -89,6 +89,8 @@ DEFAULT_GDAL_ENV: dict[str, Any] = {
 #: Upper bound of one tile's stored bytes used to size GDAL's raw block cache per run
 #: (an uncompressed 1024 x 1024 float64 tile).
 _RAW_BYTES_PER_TILE = 8 * 1024 * 1024
+#: least decoded bytes per reader task on local files (see ``BlockReader._chunks``)
+_MIN_TASK_BYTES = 8 * 1024 * 1024
 
 #: Bytes assumed to be read when a handle opens a COG (GDAL's first 16 KiB ingest).
 HEADER_BYTES = 16_384
@@ -200,6 +202,11 @@ def _load_gdal() -> Any:
     return None
 
 
+def _is_remote(href: str) -> bool:
+    """Whether ``href`` is read over HTTP (``http(s)://`` or a ``/vsicurl/`` path)."""
+    return href.startswith(("http://", "https://", "/vsicurl/"))
+
+
 def _vsi_path(href: str) -> str:
     if href.startswith(("http://", "https://")):
         return "/vsicurl/" + href
@@ -219,7 +226,7 @@ def clear_gdal_cache(href: str | None = None) -> bool:
             return False
         lib.VSICurlClearCache()
         return True
-    if not href.startswith(("http://", "https://", "/vsicurl/")):
+    if not _is_remote(href):
         return False
     lib = _load_gdal()
     if lib is None:
@@ -773,7 +780,7 @@ class BlockReader:
         """Run ``fn(dataset)`` with retries; raise a cropyield error when it keeps failing."""
         from rasterio.errors import RasterioError
 
-        remote = href.startswith(("http://", "https://", "/vsicurl/"))
+        remote = _is_remote(href)
         fresh = False
         last: BaseException | None = None
         kind = "transient"
@@ -910,7 +917,7 @@ class BlockReader:
         out = None if out_dtype is None else np.full(len(rows), fill, dtype=out_dtype)
         if plan.n_runs == 0:
             return out if out is not None else np.full(len(rows), fill)
-        chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1)
+        chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1, [href], m)
         futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
                                   window_fn, out, mask) for runs in chunks]
         error = None
@@ -926,10 +933,20 @@ class BlockReader:
             raise error
         return out
 
-    def _chunks(self, n_blocks: np.ndarray) -> list[list[int]]:
+    def _chunks(self, n_blocks: np.ndarray, hrefs: Sequence[str] = (),
+                m: _Meta | None = None) -> list[list[int]]:
         """Consecutive runs grouped into tasks of about ``1 / (4 x threads)`` of the blocks:
-        enough tasks to keep every thread busy, few enough to keep the overhead small."""
+        enough tasks to keep every thread busy, few enough to keep the overhead small.
+
+        For local files a task also decodes at least :data:`_MIN_TASK_BYTES`: every thread
+        that takes a task opens the files for itself (~1-2 ms each), more than decoding a
+        few small blocks costs (e.g. the 16 uint8 SCL blocks of a date). Remote reads keep
+        the finer split, their runs wait on the network rather than the CPU.
+        """
         target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
+        if m is not None and hrefs and not any(_is_remote(h) for h in hrefs):
+            block = int(m.block_shape[0]) * int(m.block_shape[1]) * np.dtype(m.dtype).itemsize
+            target = max(target, -(-_MIN_TASK_BYTES // (block * len(hrefs))))
         chunks, cur, acc = [], [], 0
         for k in range(len(n_blocks)):
             cur.append(k)
@@ -1056,7 +1073,7 @@ class BlockReader:
         n_runs = len(run_row)
         if n_runs == 0:
             return
-        chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1)
+        chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1, hrefs, m)
         futs = [self._pool.submit(self._window_task, list(hrefs), m, runs, run_row, run_col0,
                                   run_col1, consume) for runs in chunks]
         error = None
