@@ -89,8 +89,6 @@ DEFAULT_GDAL_ENV: dict[str, Any] = {
 #: Upper bound of one tile's stored bytes used to size GDAL's raw block cache per run
 #: (an uncompressed 1024 x 1024 float64 tile).
 _RAW_BYTES_PER_TILE = 8 * 1024 * 1024
-#: least decoded bytes per reader task on local files (see ``BlockReader._chunks``)
-_MIN_TASK_BYTES = 8 * 1024 * 1024
 
 #: Bytes assumed to be read when a handle opens a COG (GDAL's first 16 KiB ingest).
 HEADER_BYTES = 16_384
@@ -917,7 +915,7 @@ class BlockReader:
         out = None if out_dtype is None else np.full(len(rows), fill, dtype=out_dtype)
         if plan.n_runs == 0:
             return out if out is not None else np.full(len(rows), fill)
-        chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1, [href], m)
+        chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1)
         futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
                                   window_fn, out, mask) for runs in chunks]
         error = None
@@ -933,20 +931,10 @@ class BlockReader:
             raise error
         return out
 
-    def _chunks(self, n_blocks: np.ndarray, hrefs: Sequence[str] = (),
-                m: _Meta | None = None) -> list[list[int]]:
+    def _chunks(self, n_blocks: np.ndarray) -> list[list[int]]:
         """Consecutive runs grouped into tasks of about ``1 / (4 x threads)`` of the blocks:
-        enough tasks to keep every thread busy, few enough to keep the overhead small.
-
-        For local files a task also decodes at least :data:`_MIN_TASK_BYTES`: every thread
-        that takes a task opens the files for itself (~1-2 ms each), more than decoding a
-        few small blocks costs (e.g. the 16 uint8 SCL blocks of a date). Remote reads keep
-        the finer split, their runs wait on the network rather than the CPU.
-        """
+        enough tasks to keep every thread busy, few enough to keep the overhead small."""
         target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
-        if m is not None and hrefs and not any(_is_remote(h) for h in hrefs):
-            block = int(m.block_shape[0]) * int(m.block_shape[1]) * np.dtype(m.dtype).itemsize
-            target = max(target, -(-_MIN_TASK_BYTES // (block * len(hrefs))))
         chunks, cur, acc = [], [], 0
         for k in range(len(n_blocks)):
             cur.append(k)
@@ -1073,7 +1061,7 @@ class BlockReader:
         n_runs = len(run_row)
         if n_runs == 0:
             return
-        chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1, hrefs, m)
+        chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1)
         futs = [self._pool.submit(self._window_task, list(hrefs), m, runs, run_row, run_col0,
                                   run_col1, consume) for runs in chunks]
         error = None
