@@ -794,9 +794,7 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     rows, cols = np.asarray(cov.rows), np.asarray(cov.cols)
     order = _pixel_order(rows, cols, int(grid.shape[0]), int(grid.shape[1]))
     urows, ucols, eu, inv = _unique_pixels(rows, cols, order)
-    n = len(cov.offsets) - 1
-    pf = np.repeat(np.arange(n, dtype=np.int64), np.diff(cov.offsets))
-    cov_sum = np.bincount(pf, weights=cov.fractions, minlength=n)
+    pf, cov_sum = cov.pixel_field, cov.coverage     # cached on the (cached) coverage
     want_cand = np.zeros(len(urows), bool)
     want_cand[inv[(cov_sum > 0)[pf]]] = True
     return _GridCtx(cov, pf, inv, urows, ucols, cov_sum, np.asarray(cov.area_px, float), {},
