@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import shapely
@@ -393,6 +395,49 @@ def test_cache_key_changes_with_ids_and_crs():
     assert fields_key(g2) != k
     assert fields_key(f.to_crs(4326)) != k
     assert fields_key(f.copy()) == k
+
+
+def test_cache_key_sees_every_vertex_and_ring():
+    from cropyield.coverage import fields_key
+
+    a, b = px_box(1, 1, 3, 3), px_box(4, 4, 6, 6)
+    k = fields_key(frame([a, b]))
+    moved = shapely.Polygon([(x + (1e-6 if i == 2 else 0), y)
+                             for i, (x, y) in enumerate(b.exterior.coords)])
+    assert fields_key(frame([a, moved])) != k                   # one vertex, 1 µm
+    assert fields_key(frame([b, a])) != k                       # order is identity
+    # a hole switches to the WKB form: the same shell with and without a hole differ,
+    # and so does a polygon from its one-part multipolygon
+    shell = px_box(0, 0, 10, 10)
+    holed = shapely.Polygon(shell.exterior.coords, [px_box(2, 2, 4, 4).exterior.coords])
+    keys = {fields_key(frame([shell, b])), fields_key(frame([holed, b])),
+            fields_key(frame([shapely.MultiPolygon([shell]), b]))}
+    assert len(keys) == 3
+    assert fields_key(frame([holed, b])) == fields_key(frame([holed, b]))
+
+
+def test_kernel_halves_and_dropped_invalid_fields_give_identical_results(monkeypatch):
+    import cropyield.coverage as cmod
+
+    rng = np.random.default_rng(11)
+    stars = [_star(rng, (rng.uniform(0, 50), rng.uniform(0, 40)), rng.uniform(0.2, 9),
+                   int(rng.integers(3, 12))) for _ in range(60)]
+    bowtie = px_poly([(0, 0), (4, 4), (4, 0), (0, 4)])
+    with warnings.catch_warnings():                         # GEOS: invalid coordinate
+        warnings.simplefilter("ignore", RuntimeWarning)
+        nan_vertex = shapely.Polygon([(X0, Y0), (X0 + 50, Y0), (np.nan, Y0 - 50), (X0, Y0)])
+    geoms = stars[:30] + [bowtie, nan_vertex] + stars[30:]
+    alone = coverage_fractions(frame(stars), grid(), cache=False)
+    monkeypatch.setattr(cmod, "_SPLIT_CELLS", 0)              # two halves, two threads
+    both = coverage_fractions(frame(geoms), grid(), cache=False)
+    assert both.flags[30:32] == ["INVALID_GEOMETRY"] * 2
+    assert both.n_pixels[30:32].tolist() == [0, 0] and np.isnan(both.area_px[30:32]).all()
+    keep = np.r_[0:30, 32:62]
+    np.testing.assert_array_equal(both.n_pixels[keep], alone.n_pixels)
+    np.testing.assert_array_equal(both.rows, alone.rows)
+    np.testing.assert_array_equal(both.cols, alone.cols)
+    np.testing.assert_array_equal(both.fractions, alone.fractions)
+    np.testing.assert_array_equal(both.area_px[keep], alone.area_px)
 
 
 def test_summary_and_frame_tables():

@@ -315,6 +315,28 @@ def test_missing_local_file_is_asset_read_error(tmp_path):
     assert ei.value.attempts == 1
 
 
+def test_prefetched_metadata_is_taken_by_meta_and_errors_surface_there(tmp_path, cog600):
+    from cropyield.read import BlockReader
+
+    fn, arr = cog600
+    missing = str(tmp_path / "nope.tif")
+    with BlockReader(threads=2, max_attempts=1) as rd:
+        rd.prefetch_meta([fn, missing, fn])            # returns at once; nothing raised
+        assert rd.meta(fn).shape == arr.shape
+        with pytest.raises(AssetReadError):
+            rd.meta(missing)                            # the prefetch's error, raised here
+        assert rd.stats.opens == 2 and len(rd.stats.failures) == 1   # each tried once
+        np.testing.assert_array_equal(rd.read(fn, np.array([5]), np.array([7])), arr[5, 7])
+    with BlockReader(threads=1) as rd:                  # released before meta(): waits for
+        rd.prefetch_meta([fn])                          # the open, then closes the handle
+        rd.release(fn)
+        assert not rd._by_href.get(fn) and not rd._meta_ahead
+    rd = BlockReader(threads=1)
+    rd.prefetch_meta([str(tmp_path / f"n{i}.tif") for i in range(50)])
+    rd.close()                                          # pending prefetches are cancelled
+    assert rd.stats.opens <= 1 and not rd.stats.failures  # never asked for: no failure
+
+
 def test_handles_are_closed_after_the_reader(cog600):
     from cropyield.read import BlockReader
 

@@ -795,8 +795,9 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     order = _pixel_order(rows, cols, int(grid.shape[0]), int(grid.shape[1]))
     urows, ucols, eu, inv = _unique_pixels(rows, cols, order)
     pf, cov_sum = cov.pixel_field, cov.coverage     # cached on the (cached) coverage
-    want_cand = np.zeros(len(urows), bool)
-    want_cand[inv[(cov_sum > 0)[pf]]] = True
+    # every entry has a fraction > 0, so every field with a pixel has coverage > 0 and
+    # every unique pixel lies under such a field
+    want_cand = np.ones(len(urows), bool)
     return _GridCtx(cov, pf, inv, urows, ucols, cov_sum, np.asarray(cov.area_px, float), {},
                     want_cand, threading.Lock(), order, eu)
 
@@ -988,11 +989,6 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     for s in scene_list:
         names = bands_needed + (["SCL"] if "SCL" in s.bands else [])
         ref_grids.append(min((s.bands[b].grid for b in names), key=lambda g: g.resolution))
-    ctxs: dict[Grid, _GridCtx] = {}
-    for g in ref_grids:
-        if g not in ctxs:
-            ctxs[g] = _grid_ctx(fields, g, id_col)
-
     # acquisitions
     groups: dict[Any, list[int]] = {}
     for i, s in enumerate(scene_list):
@@ -1005,8 +1001,6 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
     field_ids = np.asarray(fields[id_col].to_numpy())
 
-    state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
-                 float(min_valid_fraction), on_error, float(min_coverage_frac))
     reader_signer = signer
     if reader_signer is None:
         sig = {getattr(s, "signer", None) for s in scene_list} - {None}
@@ -1033,6 +1027,21 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
 
     with BlockReader(threads=threads, env=env, signer=reader_signer,
                      max_attempts=max_attempts) as reader:
+        # the reader threads open the first acquisitions' files while this thread computes
+        # the coverage: SCL first, as they are read, then the bands of single-scene
+        # acquisitions (of several, only the scenes assigned fields are read)
+        first = [groups[k] for k in order[:threads + 2]]
+        reader.prefetch_meta(
+            [scene_list[i].bands["SCL"].href for g in first for i in g
+             if "SCL" in scene_list[i].bands]
+            + [scene_list[g[0]].bands[b].href for g in first if len(g) == 1
+               for b in bands_needed])
+        ctxs: dict[Grid, _GridCtx] = {}
+        for g in ref_grids:
+            if g not in ctxs:
+                ctxs[g] = _grid_ctx(fields, g, id_col)
+        state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
+                     float(min_valid_fraction), on_error, float(min_coverage_frac))
         state.reader = reader
 
         def run_group(gi):

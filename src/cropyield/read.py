@@ -37,7 +37,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -626,6 +627,7 @@ class BlockReader:
         self._by_href: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._meta: dict[str, _Meta] = {}
+        self._meta_ahead: dict[str, Future] = {}     # prefetch_meta() tasks not yet taken
         self._sort_cache: dict[tuple, tuple] = {}
         self._sort_lock = threading.Lock()
         self._signed: dict[str, tuple[int, str]] = {}
@@ -645,6 +647,10 @@ class BlockReader:
         if self._closed:
             return
         self._closed = True
+        with self._lock:
+            ahead, self._meta_ahead = list(self._meta_ahead.values()), {}
+        for f in ahead:
+            f.cancel()
         self._pool.shutdown(wait=True)
         with self._lock:
             handles, self._all = list(self._all), set()
@@ -755,6 +761,10 @@ class BlockReader:
         block pay for LRU eviction.
         """
         with self._lock:
+            ahead = self._meta_ahead.pop(href, None)
+        if ahead is not None:                   # a prefetch still opening it: let it finish
+            futures_wait([ahead])
+        with self._lock:
             items = self._by_href.pop(href, [])
         for ds in items:
             self._close_one(ds)
@@ -839,8 +849,10 @@ class BlockReader:
                 f"reading {safe} failed after {attempts} attempts; the server may be down or "
                 f"rate-limiting: retry later or raise GDAL_HTTP_TIMEOUT/max_attempts. GDAL said: "
                 f"{detail}", href=safe, reason="transient", attempts=attempts)
-        self.stats.failures.append({"href": safe, "error": type(err).__name__,
-                                    "reason": err.reason, "attempts": attempts})
+        err.record = {"href": safe, "error": type(err).__name__, "reason": err.reason,
+                      "attempts": attempts}
+        if not getattr(self._local, "defer_failures", False):
+            self.stats.failures.append(err.record)
         return err
 
     # -- metadata ----------------------------------------------------------------------------
@@ -848,10 +860,36 @@ class BlockReader:
         """Shape, block shape, dtype, nodata, transform and CRS of band 1 of ``href``."""
         m = self._meta.get(href)
         if m is None:
-            m = self._pool.submit(self._meta_task, href).result()
+            with self._lock:
+                ahead = fut = self._meta_ahead.pop(href, None)
+            if fut is None:
+                fut = self._pool.submit(self._meta_task, href)
+            try:
+                m = fut.result()
+            except AssetReadError as exc:
+                record = getattr(exc, "record", None)
+                if ahead is not None and record is not None:   # a prefetch's failure counts
+                    self.stats.failures.append(record)         # once it is used
+                raise
             with self._lock:
                 self._meta[href] = m
         return m
+
+    def prefetch_meta(self, hrefs: Sequence[str]) -> None:
+        """Open ``hrefs`` and read their metadata in the reader threads, in this order, and
+        return at once: the next :meth:`meta` of each takes the result (or raises its
+        error). For the first files of a run, while the caller prepares what to read."""
+        with self._lock:
+            for href in hrefs:
+                if href not in self._meta and href not in self._meta_ahead:
+                    self._meta_ahead[href] = self._pool.submit(self._meta_ahead_task, href)
+
+    def _meta_ahead_task(self, href: str) -> _Meta:
+        self._local.defer_failures = True      # recorded by meta(), if it is ever asked
+        try:
+            return self._meta_task(href)
+        finally:
+            self._local.defer_failures = False
 
     def _meta_task(self, href: str) -> _Meta:
         def fn(ds):
