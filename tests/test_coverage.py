@@ -18,6 +18,7 @@ from cropyield.coverage import (  # noqa: E402
     COVERAGE_CACHE,
     Coverage,
     CoverageCache,
+    PURE_TOLERANCE,
     coverage_fractions,
 )
 from cropyield.errors import InvalidFieldsError, MissingCRSError  # noqa: E402
@@ -438,6 +439,29 @@ def test_kernel_halves_and_dropped_invalid_fields_give_identical_results(monkeyp
     np.testing.assert_array_equal(both.cols, alone.cols)
     np.testing.assert_array_equal(both.fractions, alone.fractions)
     np.testing.assert_array_equal(both.area_px[keep], alone.area_px)
+
+
+@pytest.mark.parametrize("split, batch", [(10**9, 4_000_000), (0, 4_000_000), (0, 40)])
+def test_kernel_per_field_sums_equal_their_definitions_bit_for_bit(monkeypatch, split, batch):
+    """coverage and n_pure come from the kernel (one buffer shared by two halves, or one
+    buffer per batch); they must be exactly what bincount over the entries gives."""
+    import cropyield.coverage as cmod
+
+    monkeypatch.setattr(cmod, "_SPLIT_CELLS", split)
+    monkeypatch.setattr(cmod, "_BATCH_CELLS", batch)
+    rng = np.random.default_rng(5)
+    geoms = [_star(rng, (rng.uniform(-5, 55), rng.uniform(-5, 45)), rng.uniform(0.2, 12),
+                   int(rng.integers(3, 12))) for _ in range(120)]
+    geoms[7] = px_poly([(0, 0), (4, 4), (4, 0), (0, 4)])            # invalid: dropped
+    geoms[50] = px_box(200, 200, 210, 210)                            # off the grid
+    cov = coverage_fractions(frame(geoms), grid(), cache=False)
+    pf = np.repeat(np.arange(cov.n_fields), np.diff(cov.offsets))
+    np.testing.assert_array_equal(
+        cov.coverage, np.bincount(pf, weights=cov.fractions, minlength=cov.n_fields))
+    np.testing.assert_array_equal(cov.n_pure, np.bincount(
+        pf[cov.fractions >= 1 - PURE_TOLERANCE], minlength=cov.n_fields))
+    assert cov.coverage[7] == 0 and cov.coverage[50] == 0 and cov.n_pure.sum() > 0
+    assert len(cov.rows) == len(cov.cols) == len(cov.fractions) == cov.nnz
 
 
 def test_summary_and_frame_tables():

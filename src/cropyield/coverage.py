@@ -137,11 +137,14 @@ def _ring_edges_into(u, v, start, stop, sign, r0, c0, nr, nc, part, tail):
 
 @njit(nogil=True)
 def _coverage_kernel(u, v, ring_offsets, ring_sign, field_ring_offsets, windows,
-                     out_rows, out_cols, out_frac, out_offsets, eps):
+                     out_rows, out_cols, out_frac, out_offsets, out_sum, out_pure, eps,
+                     pure_lo):
     """Exact coverage of every field (rings grouped per field) on its clipped window.
 
     ``windows[i] = (r0, c0, r1, c1)`` (end-exclusive, already clipped to the grid).
-    Writes CSR output; ``out_offsets`` has ``n_fields + 1`` entries. Returns nnz.
+    Writes CSR output; ``out_offsets`` has ``n_fields + 1`` entries; ``out_sum`` and
+    ``out_pure`` get each field's sum of fractions (added in output order, as
+    ``np.bincount`` would) and its number of fractions ``>= pure_lo``. Returns nnz.
     """
     nfields = windows.shape[0]
     maxcells = 0
@@ -161,6 +164,8 @@ def _coverage_kernel(u, v, ring_offsets, ring_sign, field_ring_offsets, windows,
         nc = windows[i, 3] - c0
         if nr <= 0 or nc <= 0:
             out_offsets[i + 1] = n
+            out_sum[i] = 0.0
+            out_pure[i] = 0
             continue
         part = part_buf[: nr * (nc + 1)].reshape((nr, nc + 1))
         tail = tail_buf[: nr * (nc + 1)].reshape((nr, nc + 1))
@@ -183,6 +188,14 @@ def _coverage_kernel(u, v, ring_offsets, ring_sign, field_ring_offsets, windows,
         s = out_offsets[i]
         _sort_field_pixels(out_rows, out_cols, out_frac, s, n)
         out_offsets[i + 1] = n
+        total = 0.0
+        pure = 0
+        for j in range(s, n):
+            total += out_frac[j]
+            if out_frac[j] >= pure_lo:
+                pure += 1
+        out_sum[i] = total
+        out_pure[i] = pure
     return n
 
 
@@ -630,10 +643,11 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
         valid_fut = pool.submit(shapely.is_valid, geoms[cand_idx])
         area_px[cand_idx] = shapely.area(geoms[cand_idx]) / grid.pixel_area
         counts = np.zeros(len(cand_idx), dtype=np.int64)
+        sums, pure = np.zeros(len(cand_idx)), np.zeros(len(cand_idx), np.int64)
         rows, cols, fractions = (np.empty(0, np.int32), np.empty(0, np.int32),
                                  np.empty(0, np.float64))
         if len(cand_idx):
-            rows, cols, fractions, counts = _kernel_batches(
+            rows, cols, fractions, counts, sums, pure = _kernel_batches(
                 _prepare(geoms[cand_idx], grid), pool)
         valid = np.zeros(n, dtype=bool)
         valid[cand_idx] = valid_fut.result()
@@ -647,62 +661,88 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
         if drop.any():
             keep = np.repeat(~drop, counts)
             rows, cols, fractions = rows[keep], cols[keep], fractions[keep]
-            counts[drop] = 0
+            counts[drop] = sums[drop] = pure[drop] = 0
     per_field = np.zeros(n, dtype=np.int64)
     per_field[cand_idx] = counts
     np.cumsum(per_field, out=offsets[1:])
+    coverage = np.zeros(n)
+    coverage[cand_idx] = sums
+    n_pure = np.zeros(n, dtype=np.int64)
+    n_pure[cand_idx] = pure
 
     npx = np.diff(offsets)
-    pure_before = np.zeros(len(fractions) + 1, np.int64)
-    np.cumsum(fractions >= 1.0 - PURE_TOLERANCE, out=pure_before[1:])
-    n_pure = pure_before[offsets[1:]] - pure_before[offsets[:-1]]
     codes = ["FIELD_TOO_SMALL", "INVALID_GEOMETRY", "NO_OVERLAP", "SUBPIXEL_FIELD"]
     nover = ~bad & (npx == 0)
     has = ~bad & (npx > 0)
     bits = (((has & (n_pure < min_pure_pixels)) << 0) | (bad << 1) | (nover << 2)
             | ((has & (area_px < 1.0)) << 3)).astype(np.int64)
-    for a in (offsets, rows, cols, fractions, area_px, field_ids):
+    for a in (offsets, rows, cols, fractions, area_px, field_ids, coverage, n_pure):
         a.setflags(write=False)
+    # the kernel's per-field sums are what Coverage.coverage / .n_pure would compute
     return Coverage(grid=grid, field_ids=field_ids, offsets=offsets, rows=rows, cols=cols,
                     fractions=fractions, area_px=area_px, flags=bits_to_flags(bits, codes),
-                    min_pure_pixels=int(min_pure_pixels))
+                    min_pure_pixels=int(min_pure_pixels),
+                    _derived={"coverage": coverage, "n_pure": n_pure})
 
 
 def _kernel_batches(prepared, pool: ThreadPoolExecutor):
-    """Run :func:`_coverage_kernel` over consecutive field batches of at most
-    :data:`_BATCH_CELLS` bounding-box cells (the output buffers hold one entry per cell),
-    split in two halves when there is enough work for two threads: the calling thread
-    computes the first batch, ``pool`` the others. Returns the concatenated ``rows, cols,
-    fractions`` and the entry count of every field."""
+    """Run :func:`_coverage_kernel` over consecutive field batches, split in two halves
+    when there is enough work for two threads: the calling thread computes the first
+    batch, ``pool`` the others.
+
+    The output buffers hold one slot per bounding-box cell. Up to :data:`_BATCH_CELLS`
+    cells in all, the batches share one buffer (each its own region), are moved together
+    and the buffer is shrunk in place: no copy into fresh memory. Above it, each batch has
+    its own buffer of at most :data:`_BATCH_CELLS` cells (the memory guard) and the
+    entries are concatenated. Returns ``rows, cols, fractions`` and per field the entry
+    count, the sum of fractions and the number of pure pixels.
+    """
     u, v, ring_off, ring_sign, field_ring_off, windows = prepared
+    nf = len(windows)
     cells = np.maximum(windows[:, 2] - windows[:, 0], 0) * \
         np.maximum(windows[:, 3] - windows[:, 1] + 1, 0)
-    total = int(cells.sum())
-    cap = min(_BATCH_CELLS, -(-total // 2) if total > _SPLIT_CELLS else total)
-    # batch boundaries: greedy, each batch at most `cap` cells (or one larger field)
-    ends = np.cumsum(cells)
-    bounds = [0]
-    while bounds[-1] < len(cells):
+    cell_end = np.cumsum(cells)
+    total = int(cell_end[-1]) if nf else 0
+    cap = min(_BATCH_CELLS, -(-total // 2) if total > _SPLIT_CELLS else max(total, 1))
+    bounds = [0]                                 # greedy batches of at most `cap` cells
+    while bounds[-1] < nf:                       # (or one larger field)
         start = bounds[-1]
-        base = ends[start - 1] if start else 0
-        stop = int(np.searchsorted(ends, base + cap, side="right"))
-        bounds.append(max(stop, start + 1))
+        base = cell_end[start - 1] if start else 0
+        bounds.append(max(int(np.searchsorted(cell_end, base + cap, side="right")), start + 1))
+    shared = total <= _BATCH_CELLS
+    if shared:
+        buf = (np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total))
+    sums, pure = np.empty(nf), np.empty(nf, np.int64)
 
-    def run(b):
-        start, stop = bounds[b], bounds[b + 1]
-        n_cells = int(cells[start:stop].sum())
-        o_r = np.empty(n_cells, np.int32)
-        o_c = np.empty(n_cells, np.int32)
-        o_f = np.empty(n_cells, np.float64)
+    def run(k):
+        start, stop = bounds[k], bounds[k + 1]
+        lo = int(cell_end[start - 1]) if start else 0
+        hi = int(cell_end[stop - 1])
+        o_r, o_c, o_f = (a[lo:hi] for a in buf) if shared else (
+            np.empty(hi - lo, np.int32), np.empty(hi - lo, np.int32), np.empty(hi - lo))
         o_off = np.empty(stop - start + 1, np.int64)
         nnz = _coverage_kernel(u, v, ring_off, ring_sign, field_ring_off[start:stop + 1],
-                               windows[start:stop], o_r, o_c, o_f, o_off, _EPS)
-        return o_r[:nnz], o_c[:nnz], o_f[:nnz], np.diff(o_off)
+                               windows[start:stop], o_r, o_c, o_f, o_off, sums[start:stop],
+                               pure[start:stop], _EPS, 1.0 - PURE_TOLERANCE)
+        # (no view of the shared buffer may outlive its resize below)
+        own = None if shared else (o_r[:nnz], o_c[:nnz], o_f[:nnz])
+        return lo, nnz, own, np.diff(o_off)
 
-    later = [pool.submit(run, b) for b in range(1, len(bounds) - 1)]
+    later = [pool.submit(run, k) for k in range(1, len(bounds) - 1)]
     parts = [run(0)] + [f.result() for f in later]
-    # (concatenate copies even a single part: the buffers hold one slot per cell)
-    return tuple(np.concatenate(col) for col in zip(*parts))
+    counts = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
+    if not shared:
+        rows, cols, fractions = (np.concatenate(c) for c in zip(*(p[2] for p in parts)))
+        return rows, cols, fractions, counts, sums, pure
+    n = 0
+    for lo, nnz, _, _ in parts:                  # move each region down behind the last
+        if lo != n:
+            for a in buf:
+                a[n:n + nnz] = a[lo:lo + nnz]
+        n += nnz
+    for a in buf:                                # realloc to the entries (shrinks in place)
+        a.resize(n, refcheck=False)
+    return buf + (counts, sums, pure)
 
 
 def _polygonal_part(g):

@@ -104,7 +104,8 @@ class _GridCtx:
     area_px: np.ndarray
     coarse: dict
     want_cand: np.ndarray = None    # unique pixels under fields with coverage > 0
-    lock: Any = field(default_factory=threading.Lock)
+    lock: Any = field(default_factory=threading.Lock)          # coarse pixel maps
+    stream_lock: Any = field(default_factory=threading.Lock)   # streaming orders
     order: np.ndarray = None        # CSR entries in row-major pixel order (stable)
     order_u: np.ndarray = None      # their unique pixel (inv[order], non-decreasing)
 
@@ -113,7 +114,8 @@ class _GridCtx:
         key = ("stream", tuple(block_shape))
         hit = self.coarse.get(key)
         if hit is None:
-            with self.lock:
+            # (its own lock: the first acquisitions map their SCL pixels meanwhile)
+            with self.stream_lock:
                 hit = self.coarse.get(key)
                 if hit is None:
                     hit = self.coarse[key] = _build_stream(self, shape, block_shape)
@@ -799,7 +801,7 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     # every unique pixel lies under such a field
     want_cand = np.ones(len(urows), bool)
     return _GridCtx(cov, pf, inv, urows, ucols, cov_sum, np.asarray(cov.area_px, float), {},
-                    want_cand, threading.Lock(), order, eu)
+                    want_cand=want_cand, order=order, order_u=eu)
 
 
 def _pixel_order_ref(rows, cols, n_rows, n_cols):
