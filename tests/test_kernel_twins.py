@@ -123,12 +123,13 @@ def _stream_case(rng, H=300, W=340, nf=40):
                 eslot=eslot, slot_field=slot_field, row_start=row_start, nbc=nbc)
 
 
-def test_stream_kernels_equal_their_numpy_twins():
+def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
+    import cropyield.observations as obs
     from cropyield.observations import (
         _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
         _blocks_needed, _blocks_needed_ref, _entry_arrays, _entry_arrays_ref, _footprint_sum, _footprint_sum_ref,
-        _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _pixel_order,
-        _pixel_order_ref, _unique_pixels, _unique_pixels_ref)
+        _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _order_unique,
+        _order_unique_ref)
 
     rng = np.random.default_rng(11)
     for t in range(25):
@@ -208,10 +209,11 @@ def test_stream_kernels_equal_their_numpy_twins():
         nr, ncol = int(rng.integers(1, 40)), int(rng.integers(1, 40))
         m = int(rng.integers(0, 500))
         pr, pc = rng.integers(0, nr, m).astype(np.int32), rng.integers(0, ncol, m)
-        po = _pixel_order(pr, pc, nr, ncol)
-        assert np.array_equal(po, _pixel_order_ref(pr, pc, nr, ncol))
-        for x, y in zip(_unique_pixels(pr, pc, po), _unique_pixels_ref(pr, pc, po)):
-            assert np.array_equal(x, y)
+        ref = _order_unique_ref(pr, pc, nr, ncol)
+        for split in (10**9, 0):        # one pass, and rows split between two threads
+            monkeypatch.setattr(obs, "_SPLIT_ENTRIES", split)
+            for x, y in zip(_order_unique(pr, pc, nr, ncol), ref):
+                assert np.array_equal(x, y) and x.dtype == np.int64
         assert _CLEAR == 2
 
 

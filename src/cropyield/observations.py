@@ -794,8 +794,8 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
     cov = coverage_fractions(fields, grid, id_col=id_col)
     # entries in row-major pixel order (stable), their unique pixels and the inverse map
     rows, cols = np.asarray(cov.rows), np.asarray(cov.cols)
-    order = _pixel_order(rows, cols, int(grid.shape[0]), int(grid.shape[1]))
-    urows, ucols, eu, inv = _unique_pixels(rows, cols, order)
+    order, urows, ucols, eu, inv = _order_unique(rows, cols, int(grid.shape[0]),
+                                                 int(grid.shape[1]))
     pf, cov_sum = cov.pixel_field, cov.coverage     # cached on the (cached) coverage
     # every entry has a fraction > 0, so every field with a pixel has coverage > 0 and
     # every unique pixel lies under such a field
@@ -804,78 +804,105 @@ def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
                     want_cand=want_cand, order=order, order_u=eu)
 
 
-def _pixel_order_ref(rows, cols, n_rows, n_cols):
-    """NumPy twin of :func:`_pixel_order`."""
+def _order_unique_ref(rows, cols, n_rows, n_cols):
+    """NumPy twin of :func:`_order_unique`: ``order`` (stable row-major), the distinct
+    pixels ``urows, ucols``, the unique index of each entry in ``order`` (``eu``) and in
+    input order (``inv``)."""
     flat = np.asarray(rows, np.int64) * n_cols + np.asarray(cols, np.int64)
-    return np.argsort(flat, kind="stable")
-
-
-@njit(nogil=True)
-def _pixel_order(rows, cols, n_rows, n_cols):  # pragma: no cover - compiled
-    """Stable row-major order of the pixels ``(rows, cols)`` of an ``n_rows x n_cols``
-    grid: a least-significant-digit radix sort (a counting pass by column, then a stable
-    one by row), O(n) where a comparison sort of the flat index is O(n log n)."""
-    n = rows.shape[0]
-    cnt = np.zeros(n_cols + 1, np.int64)
-    for i in range(n):
-        cnt[cols[i] + 1] += 1
-    for b in range(n_cols):
-        cnt[b + 1] += cnt[b]
-    by_col = np.empty(n, np.int64)
-    for i in range(n):
-        c = cols[i]
-        by_col[cnt[c]] = i
-        cnt[c] += 1
-    cnt = np.zeros(n_rows + 1, np.int64)
-    for i in range(n):
-        cnt[rows[i] + 1] += 1
-    for b in range(n_rows):
-        cnt[b + 1] += cnt[b]
-    order = np.empty(n, np.int64)
-    for t in range(n):
-        i = by_col[t]
-        r = rows[i]
-        order[cnt[r]] = i
-        cnt[r] += 1
-    return order
-
-
-def _unique_pixels_ref(rows, cols, order):
-    """NumPy twin of :func:`_unique_pixels`."""
+    order = np.argsort(flat, kind="stable")
     r, c = np.asarray(rows, np.int64)[order], np.asarray(cols, np.int64)[order]
-    _, first, eu = np.unique(r * (int(c.max(initial=0)) + 1) + c, return_index=True,
-                             return_inverse=True)
+    _, first, eu = np.unique(flat[order], return_index=True, return_inverse=True)
     inv = np.empty(len(r), np.int64)
-    inv[np.asarray(order)] = eu.ravel()
-    return r[first], c[first], eu.ravel().astype(np.int64), inv
+    inv[order] = eu.ravel()
+    return order, r[first], c[first], eu.ravel().astype(np.int64), inv
 
 
 @njit(nogil=True)
-def _unique_pixels(rows, cols, order):  # pragma: no cover - compiled
-    """The distinct pixels of entries ``(rows, cols)`` visited in ``order`` (row-major,
-    :func:`_pixel_order`): their rows and columns, the unique index of each visited
-    entry (non-decreasing) and of each entry in the original order."""
-    n = order.shape[0]
-    urows = np.empty(n, np.int64)
-    ucols = np.empty(n, np.int64)
-    eu = np.empty(n, np.int64)
-    inv = np.empty(n, np.int64)
+def _order_unique_rows(rows, cols, n_cols, r_lo, r_hi, start, order, eu, inv, urows,
+                       ucols):  # pragma: no cover - compiled
+    """:func:`_order_unique` for the entries on grid rows ``r_lo <= r < r_hi``.
+
+    Their stable row-major order goes to ``order[start:start + m]`` (a least-significant-
+    digit radix sort: a stable counting pass by column, then one by row, O(n)), and, in
+    that order, their distinct pixels to ``urows/ucols[start:start + k]`` with the local
+    unique index (from 0) of each entry in ``eu[start:start + m]`` and ``inv``. Returns
+    ``(m, k)``. Entries of different row ranges never share a pixel, so ranges can be done
+    by different threads and numbered on by the caller."""
+    n = rows.shape[0]
+    nr = r_hi - r_lo
+    by_c = np.zeros(n_cols + 1, np.int64)
+    by_r = np.zeros(nr + 1, np.int64)
+    m = 0
+    for i in range(n):
+        r = rows[i]
+        if r_lo <= r < r_hi:
+            by_c[cols[i] + 1] += 1
+            by_r[r - r_lo + 1] += 1
+            m += 1
+    for b in range(n_cols):
+        by_c[b + 1] += by_c[b]
+    for b in range(nr):
+        by_r[b + 1] += by_r[b]
+    by_col = np.empty(m, np.int64)
+    for i in range(n):
+        r = rows[i]
+        if r_lo <= r < r_hi:
+            c = cols[i]
+            by_col[by_c[c]] = i
+            by_c[c] += 1
+    for t in range(m):
+        i = by_col[t]
+        r = rows[i] - r_lo
+        order[start + by_r[r]] = i
+        by_r[r] += 1
     k = -1
     pr = -1
     pc = -1
-    for t in range(n):
+    for t in range(start, start + m):
         i = order[t]
         r = rows[i]
         c = cols[i]
         if r != pr or c != pc:
             k += 1
-            urows[k] = r
-            ucols[k] = c
+            urows[start + k] = r
+            ucols[start + k] = c
             pr = r
             pc = c
         eu[t] = k
         inv[i] = k
-    return urows[:k + 1].copy(), ucols[:k + 1].copy(), eu, inv
+    return m, k + 1
+
+
+#: Entries above which :func:`_order_unique` splits the grid rows between two threads.
+_SPLIT_ENTRIES = 200_000
+
+
+def _order_unique(rows, cols, n_rows: int, n_cols: int):
+    """Stable row-major order of the entries ``(rows, cols)`` on an ``n_rows x n_cols``
+    grid, their distinct pixels and the maps to them (see :func:`_order_unique_ref`).
+
+    Above :data:`_SPLIT_ENTRIES` entries the rows are cut where half of the entries lie
+    above, and the two parts are sorted by two threads (the set-up before the first read
+    is serial otherwise); the second part's unique indices are then shifted behind the
+    first's."""
+    n = len(rows)
+    order, eu, inv = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+    urows, ucols = np.empty(n, np.int64), np.empty(n, np.int64)
+    args = (order, eu, inv, urows, ucols)
+    if n < _SPLIT_ENTRIES or n_rows < 2:
+        _, k = _order_unique_rows(rows, cols, n_cols, 0, n_rows, 0, *args)
+        return order, urows[:k].copy(), ucols[:k].copy(), eu, inv
+    per_row = np.cumsum(np.bincount(rows, minlength=n_rows))
+    mid = int(np.clip(np.searchsorted(per_row, n // 2), 1, n_rows - 1))
+    start = int(per_row[mid - 1])                 # entries on rows < mid
+    with ThreadPoolExecutor(1, thread_name_prefix="cropyield-order") as pool:
+        upper = pool.submit(_order_unique_rows, rows, cols, n_cols, mid, n_rows, start, *args)
+        _, k0 = _order_unique_rows(rows, cols, n_cols, 0, mid, 0, *args)
+        _, k1 = upper.result()
+    eu[start:] += k0
+    inv[order[start:]] += k0
+    return (order, np.concatenate([urows[:k0], urows[start:start + k1]]),
+            np.concatenate([ucols[:k0], ucols[start:start + k1]]), eu, inv)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1131,13 +1158,14 @@ def _take(values: np.ndarray, idx: np.ndarray):
     (what pandas would convert the object array to, 10x faster than from Python str)."""
     if values.dtype == object and len(idx) and all(isinstance(v, str) for v in values):
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        arr = pa.DictionaryArray.from_arrays(pa.array(idx, pa.int64()),
-                                             pa.array(values.tolist(), pa.string()))
         dtype = pd.Series(values[:1]).dtype         # what pandas makes of str objects
         if not (isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow"):
             return values[idx]                      # object (pandas < 3): kept as is
-        return pd.Series(arr.cast(pa.string()), dtype=dtype)
+        # large_string is pandas 3's storage of str: no cast afterwards
+        return pd.Series(pc.take(pa.array(values.tolist(), pa.large_string()),
+                                 pa.array(idx)), dtype=dtype)
     return values[idx]
 
 
