@@ -153,10 +153,15 @@ def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
         nb = int(ekey.max()) + 1
         assert np.array_equal(_blocks_needed(ekey, c["eu"], ef, code_u, assigned, nb),
                               _blocks_needed_ref(ekey, c["eu"], ef, code_u, assigned, nb))
-        f1, f2 = np.empty(c["nf"]), np.empty(c["nf"])
-        _footprint_sum(ef, c["efr"], c["eu"], code_u, f1)
-        _footprint_sum_ref(ef, c["efr"], c["eu"], code_u, f2)
+        # per-field (CSR) entries: field f owns entries offsets[f]:offsets[f + 1]
+        by_f = np.argsort(ef, kind="stable")
+        offs = np.zeros(c["nf"] + 1, np.int64)
+        np.cumsum(np.bincount(ef, minlength=c["nf"]), out=offs[1:])
+        some = np.flatnonzero(rng.random(c["nf"]) < 0.5)
+        f1 = _footprint_sum(offs, c["eu"][by_f], c["efr"][by_f], code_u, some)
+        f2 = _footprint_sum_ref(offs, c["eu"][by_f], c["efr"][by_f], code_u, some)
         np.testing.assert_allclose(f1, f2, rtol=1e-13, atol=1e-13)
+        assert len(f1) == len(some)
         # a window of two uint16 bands with no-data, one coarse band with NaN
         r0, c0 = int(rng.integers(0, 100)), int(rng.integers(0, 100))
         h, w = int(rng.integers(1, 200)), int(rng.integers(1, 240))
@@ -244,12 +249,21 @@ def test_fused_kernel_equals_gather_apply_accumulate():
         acc_g = np.zeros((ns, 2 + 12))
         _accumulate(vals, pos, m, c["efr"], c["eslot"], 0.25, acc_g)
         acc_f = np.zeros((ns, 2 + 12))
+        every = np.ones(c["nf"], bool)
+        acc_all, acc_skip = np.zeros((ns, 2 + 12)), np.zeros((ns, 2 + 12))
         for j, s in enumerate(specs):
             kern = _fused_kernel(s.scalar, [names.index(b) for b in s.bands], 2, 1)
-            kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], c["efr"], c["eslot"],
-                 assigned, code_u, scale, offset, nod, coarse, s.valid_range[0],
-                 s.valid_range[1], 0.25, 2 + 4 * j, j == 0, acc_f)
+            args = (c["efr"], c["eslot"])
+            kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], *args, assigned, False,
+                 code_u, scale, offset, nod, coarse, s.valid_range[0], s.valid_range[1], 0.25,
+                 2 + 4 * j, j == 0, acc_f)
+            # every field assigned: skipping the per-entry lookup adds the same terms
+            for skip, acc in ((False, acc_all), (True, acc_skip)):
+                kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], *args, every, skip,
+                     code_u, scale, offset, nod, coarse, s.valid_range[0], s.valid_range[1],
+                     0.25, 2 + 4 * j, j == 0, acc)
         assert np.array_equal(acc_f, acc_g)
+        assert np.array_equal(acc_all, acc_skip) and not np.array_equal(acc_all, acc_f)
 
 
 def test_jit_falls_back_to_no_cache_when_numba_cannot_cache(monkeypatch):

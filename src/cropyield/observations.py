@@ -278,10 +278,14 @@ def _blocks_needed_ref(ekey, eu, ef, code_u, assigned, n_blocks):
     return need
 
 
-def _footprint_sum_ref(ef, efr, eu, code_u, out):
+def _footprint_sum_ref(offsets, inv, fractions, code_u, fields):
     """NumPy twin of :func:`_footprint_sum`."""
-    out[:] = np.bincount(ef, weights=efr * (np.asarray(code_u)[eu] > _OUTSIDE),
-                         minlength=len(out))
+    fields = np.asarray(fields, np.int64)
+    out = np.zeros(len(fields))
+    for k, f in enumerate(fields):
+        j = np.arange(offsets[f], offsets[f + 1])
+        out[k] = np.sum(fractions[j] * (np.asarray(code_u)[inv[j]] > _OUTSIDE))
+    return out
 
 
 def _gather_valid_ref(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
@@ -488,13 +492,19 @@ def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cove
     return need
 
 @njit(nogil=True)
-def _footprint_sum(ef, efr, eu, code_u, out):  # pragma: no cover - compiled
-    """Per field: sum of the fractions of its pixels inside the data footprint (one
-    sequential pass over the row-major entries)."""
-    out[:] = 0.0
-    for p in range(ef.shape[0]):
-        if code_u[eu[p]] > _OUTSIDE:
-            out[ef[p]] += efr[p]
+def _footprint_sum(offsets, inv, fractions, code_u, fields):  # pragma: no cover
+    """Sum of the fractions of each of ``fields``' pixels inside the data footprint
+    (SCL code above ``_OUTSIDE``), over the coverage's per-field (CSR) entries: only the
+    listed fields' entries are visited."""
+    out = np.zeros(fields.shape[0])
+    for k in range(fields.shape[0]):
+        f = fields[k]
+        total = 0.0
+        for j in range(offsets[f], offsets[f + 1]):
+            if code_u[inv[j]] > _OUTSIDE:
+                total += fractions[j]
+        out[k] = total
+    return out
 
 @njit(nogil=True)
 def _gather_valid(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scale, offset,
@@ -641,8 +651,8 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
     # an array): numba keeps a reference-count increment and decrement per array argument
     # of an inlined call, atomic operations that made each entry 5-10x slower.
     @numba.njit(nogil=True)
-    def _fused(win, r0, c0, row_start, ec, eu, ef, efr, eslot, assigned, code_u, scale,
-               offset, nodata, coarse_r, lo, hi, min_frac, col, count_valid,
+    def _fused(win, r0, c0, row_start, ec, eu, ef, efr, eslot, assigned, all_assigned,
+               code_u, scale, offset, nodata, coarse_r, lo, hi, min_frac, col, count_valid,
                acc):  # pragma: no cover - compiled
         """:func:`_gather_valid`, the index and :func:`_accumulate` in one pass over the
         entries of a window (same arithmetic, same order: identical sums). Adds the
@@ -664,7 +674,7 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
             while p < end and ec[p] < c1:
                 u = eu[p]
                 fr = efr[p]
-                if code_u[u] == clear and fr > 0.0 and assigned[ef[p]]:
+                if code_u[u] == clear and fr > 0.0 and (all_assigned or assigned[ef[p]]):
                     cc = ec[p] - c0
                     ok = True
                     x0 = x1 = x2 = x3 = g0 = g1 = g2 = g3 = 0.0
@@ -1377,7 +1387,8 @@ class _Run:
         nidx = len(self.specs)
         acc = np.zeros((st.n_slots, _ACC_FIRST + _ACC_WIDTH * nidx))
         if not fail:
-            fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc)
+            fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc,
+                                     has_px=ctx.cov_sum > 0)
         if fail:
             for b in self.bands:              # handles opened for metadata only
                 self.reader.release(scene.bands[b].href)
@@ -1396,9 +1407,8 @@ class _Run:
         fsum = vsum.copy()
         empty = vsum <= 0
         if empty.any():
-            foot = np.empty(len(ctx.cov_sum))
-            _footprint_sum(st.ef, st.efr, st.eu, code_u, foot)
-            fsum[empty] = foot[fi[empty]]
+            fsum[empty] = _footprint_sum(ctx.cov.offsets, ctx.inv, ctx.cov.fractions, code_u,
+                                         fi[empty])
         vfrac, sbits, codes = _stat_bits(ctx.cov, fi, vsum, fsum, isum, wsum, mean, std,
                                          self.min_vf, self.min_cf)
         flags = bits_to_flags(sbits, codes)
@@ -1439,9 +1449,10 @@ class _Run:
         return r
 
     def _stream_fine(self, scene, st: _Stream, fine, coarse, coarse_r, assigned, code_u,
-                     acc) -> int:
+                     acc, has_px) -> int:
         """Read the fine bands block run by block run and accumulate the statistics of
-        every run in the reader thread that decoded it. Returns failure bits (0: done)."""
+        every run in the reader thread that decoded it (``has_px``: the fields with an
+        entry on this grid). Returns failure bits (0: done)."""
         from .indices import _apply, _min_frac_threshold
         from .read import _runs_of
 
@@ -1459,6 +1470,9 @@ class _Run:
         if (all(spec.scalar is not None for spec in specs)
                 and max(len(fine), len(coarse)) <= _FUSED_MAX_BANDS):
             # built-in indices: one fused pass per index, the first also counts validity
+            # a single-scene acquisition is assigned every field with a pixel, i.e. the
+            # field of every entry: the kernels then skip the per-entry lookup
+            all_assigned = bool(np.all(assigned | ~has_px))
             fused = [(_fused_kernel(spec.scalar, [names.index(b) for b in spec.bands],
                                     len(fine), len(coarse)),
                       float(spec.valid_range[0]), float(spec.valid_range[1]))
@@ -1467,8 +1481,8 @@ class _Run:
             def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:
                 for j, (kern, lo, hi) in enumerate(fused):
                     kern(win, r0, c0, st.row_start, st.ec, st.eu, st.ef, st.efr, st.eslot,
-                         assigned, code_u, scale, offset, nodata, coarse_r, lo, hi,
-                         min_frac, _ACC_FIRST + _ACC_WIDTH * j, j == 0, acc)
+                         assigned, all_assigned, code_u, scale, offset, nodata, coarse_r, lo,
+                         hi, min_frac, _ACC_FIRST + _ACC_WIDTH * j, j == 0, acc)
         else:
             # formula indices: gather the valid reflectances, apply, accumulate
             def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:
