@@ -375,6 +375,14 @@ def main(argv=None):
             lines.append(f"{m}: per-repeat wall ratio to the floor run just before it: "
                          f"{', '.join(f'{x:.2f}' for x in pr)} (median "
                          f"{statistics.median(pr):.2f})")
+    if {"cropyield", "cropyield_before"} <= set(results):
+        pr = [r["wall_s"] / b["wall_s"] for r, b in zip(results["cropyield"],
+                                                         results["cropyield_before"])]
+        pc = [r["cpu_s"] / b["cpu_s"] for r, b in zip(results["cropyield"],
+                                                       results["cropyield_before"])]
+        lines.append(f"cropyield / cropyield_before, paired per repeat: wall median "
+                     f"{statistics.median(pr):.3f} (faster in {sum(x < 1 for x in pr)} of "
+                     f"{len(pr)}), CPU median {statistics.median(pc):.3f}")
     if "cropyield" in results:
         r = results["cropyield"][0]
         lines.append(f"cropyield blocks_read {r['blocks_read']}, bytes_read "

@@ -305,3 +305,37 @@ def test_first_at_or_after_twin():
         hi = int(rng.integers(lo, len(ec) + 1))
         c0 = int(rng.integers(-5, 110))
         assert _first_at_or_after(ec, lo, hi, c0) == lo + np.searchsorted(ec[lo:hi], c0)
+
+
+def test_stream_built_in_two_halves_equals_one_pass(monkeypatch):
+    """Cut at a block-row boundary, the two halves' entries and slots are those of one
+    pass (slots numbered in order of first appearance)."""
+    import dataclasses
+
+    import geopandas as gpd
+    import shapely
+    from affine import Affine
+
+    import cropyield.observations as obs
+    from cropyield._geo import Grid
+
+    rng = np.random.default_rng(21)
+    x0, y0 = 500000.0, 4100000.0
+    polys = []
+    for _ in range(400):
+        cx, cy = rng.uniform(0, 300), rng.uniform(0, 200)
+        r = rng.uniform(0.5, 9)
+        a = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 9))))
+        polys.append(shapely.Polygon(np.c_[x0 + 10 * (cx + r * np.cos(a)),
+                                           y0 - 10 * (cy + r * np.sin(a))]))
+    fields = gpd.GeoDataFrame({"field_id": np.arange(400)}, geometry=polys, crs=32650)
+    grid = Grid(32650, Affine(10, 0, x0, 0, -10, y0), (200, 300))
+    ctx = obs._grid_ctx(fields, grid, "field_id")
+    monkeypatch.setattr(obs, "_SPLIT_ENTRIES", 10**9)
+    one = obs._build_stream(ctx, grid.shape, (32, 48))
+    monkeypatch.setattr(obs, "_SPLIT_ENTRIES", 0)
+    two = obs._build_stream(ctx, grid.shape, (32, 48))
+    for f in dataclasses.fields(one):
+        a, b = getattr(one, f.name), getattr(two, f.name)
+        assert np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype, f.name
+    assert one.n_slots > 400 and one.ec.dtype == np.int32

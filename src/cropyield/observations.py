@@ -420,17 +420,17 @@ def _add_value(acc, s, col, fr, x):  # pragma: no cover - compiled
 
 
 @njit(nogil=True)
-def _assign_slots(ekey, ef, n_fields):  # pragma: no cover - compiled
-    """One slot per (block ``ekey``, field ``ef``) pair, numbered in order of first
-    appearance: (slot of every entry, field of every slot)."""
-    n = ekey.shape[0]
-    eslot = np.empty(n, np.int64)
-    slot_field = np.empty(n, np.int64)
+def _assign_slots_range(ekey, ef, p0, p1, n_fields, eslot,
+                        slot_field):  # pragma: no cover - compiled
+    """One slot per (block ``ekey``, field ``ef``) pair of the entries ``p0:p1``,
+    numbered from 0 in order of first appearance into ``eslot[p0:p1]``; the field of
+    every slot goes to ``slot_field[p0:]``. Returns the number of slots."""
+    n = p1 - p0
     slot_key = np.empty(n, np.int64)
     slot_next = np.empty(n, np.int64)
     head = np.full(n_fields, -1, np.int64)    # newest slot of each field
     ns = 0
-    for p in range(n):
+    for p in range(p0, p1):
         f = ef[p]
         k = ekey[p]
         s = head[f]
@@ -439,24 +439,27 @@ def _assign_slots(ekey, ef, n_fields):  # pragma: no cover - compiled
         if s < 0:
             s = ns
             ns += 1
-            slot_field[s] = f
+            slot_field[p0 + s] = f
             slot_key[s] = k
             slot_next[s] = head[f]
             head[f] = s
         eslot[p] = s
+    return ns
+
+
+def _assign_slots(ekey, ef, n_fields):
+    """One slot per (block ``ekey``, field ``ef``) pair, numbered in order of first
+    appearance: (slot of every entry, field of every slot)."""
+    eslot, slot_field = np.empty(len(ekey), np.int64), np.empty(len(ekey), np.int64)
+    ns = _assign_slots_range(ekey, ef, 0, len(ekey), n_fields, eslot, slot_field)
     return eslot, slot_field[:ns].copy()
 
+
 @njit(nogil=True)
-def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
-                  n_rows):  # pragma: no cover - compiled
-    """Per row-major entry: column, field, fraction and block key; and the start of
-    every grid row in them."""
-    n = order.shape[0]
-    ec = np.empty(n, np.int64)
-    ef = np.empty(n, np.int64)
-    efr = np.empty(n)
-    ekey = np.empty(n, np.int64)
-    row_start = np.zeros(n_rows + 1, np.int64)
+def _entry_arrays_range(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, p0, p1,
+                        ec, ef, efr, ekey, row_count):  # pragma: no cover - compiled
+    """For the row-major entries ``p0:p1``: column, field, fraction and block key into
+    ``ec/ef/efr/ekey[p0:p1]``, and their count per grid row added to ``row_count[r + 1]``."""
     # block column from a table and block row per grid row: no integer division per entry
     w = nbc * bw
     cblock = np.empty(w, np.int64)
@@ -464,7 +467,7 @@ def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
         cblock[c] = c // bw
     r_prev = -1
     rbase = 0
-    for p in range(n):
+    for p in range(p0, p1):
         e = order[p]
         u = order_u[p]
         r = urows[u]
@@ -476,10 +479,21 @@ def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc,
         ef[p] = pf[e]
         efr[p] = fractions[e]
         ekey[p] = rbase + cblock[c]
-        row_start[r + 1] += 1
-    for r in range(n_rows):
-        row_start[r + 1] += row_start[r]
+        row_count[r + 1] += 1
+
+
+def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, n_rows,
+                  dtype=np.int64):
+    """Per row-major entry: column, field, fraction and block key (integers as
+    ``dtype``); and the start of every grid row in them."""
+    n = len(order)
+    ec, ef, ekey = (np.empty(n, dtype) for _ in range(3))
+    efr, row_start = np.empty(n), np.zeros(n_rows + 1, np.int64)
+    _entry_arrays_range(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, 0, n,
+                        ec, ef, efr, ekey, row_start)
+    np.cumsum(row_start, out=row_start)
     return ec, ef, efr, ekey, row_start
+
 
 @njit(nogil=True)
 def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cover
@@ -778,22 +792,41 @@ def _build_stream(ctx: "_GridCtx", shape: tuple[int, int],
     nbc = -(-W // bw)
     n_blocks = -(-H // bh) * nbc
     n_fields = len(ctx.cov_sum)
-    ec, ef, efr, ekey, row_start = _entry_arrays(ctx.order, ctx.order_u, ctx.pf,
-                                                 ctx.cov.fractions, ctx.urows, ctx.ucols,
-                                                 bh, bw, nbc, H)
-    eslot, slot_field = _assign_slots(ekey, ef, n_fields)
+    n = len(ctx.order)
+    # the kernels stream these per date: 32-bit where it fits halves the memory traffic
+    dt = np.int32 if max(n, len(ctx.urows), n_fields, W, n_blocks) < 2**31 else np.int64
+    ec, ef, ekey, eslot = (np.empty(n, dt) for _ in range(4))
+    efr, row_start, slot_field = np.empty(n), np.zeros(H + 1, np.int64), np.empty(n, np.int64)
+
+    def part(p0, p1):
+        _entry_arrays_range(ctx.order, ctx.order_u, ctx.pf, ctx.cov.fractions, ctx.urows,
+                            ctx.ucols, bh, bw, nbc, p0, p1, ec, ef, efr, ekey, row_start)
+        return _assign_slots_range(ekey, ef, p0, p1, n_fields, eslot, slot_field)
+
+    # Above _SPLIT_ENTRIES two threads build the two halves, cut at the block-row boundary
+    # nearest the middle entry: no (block, field) slot spans it, so the second half's
+    # slots simply follow the first half's (the same numbering as one pass).
+    cut = n
+    if n >= _SPLIT_ENTRIES and H > bh:
+        r_cut = int(np.clip(round(int(ctx.urows[ctx.order_u[n // 2]]) / bh), 1,
+                            -(-H // bh) - 1)) * bh
+        cut = int(np.searchsorted(ctx.order_u, np.searchsorted(ctx.urows, r_cut)))
+    if 0 < cut < n:
+        with ThreadPoolExecutor(1, thread_name_prefix="cropyield-stream") as pool:
+            upper = pool.submit(part, cut, n)
+            ns0 = part(0, cut)
+            ns1 = upper.result()
+        eslot[cut:] += ns0
+        slot_field = np.concatenate([slot_field[:ns0], slot_field[cut:cut + ns1]])
+    else:
+        slot_field = slot_field[:part(0, n)].copy()
+    np.cumsum(row_start, out=row_start)
     fslot = _counting_order(slot_field, max(n_fields, 1)) if len(slot_field) else \
         np.zeros(0, np.int64)
     fslot_off = np.zeros(n_fields + 1, np.int64)
     np.cumsum(np.bincount(slot_field, minlength=n_fields), out=fslot_off[1:])
-    # the kernels stream these per date: 32-bit where it fits halves the memory traffic
-    i32 = max(len(ctx.urows), n_fields, len(slot_field), W, n_blocks) < 2**31
-
-    def narrow(a):
-        return a.astype(np.int32) if i32 else a
-
-    return _Stream((H, W), (bh, bw), nbc, n_blocks, row_start, narrow(ec),
-                   narrow(ctx.order_u), narrow(ef), efr, narrow(ekey), narrow(eslot),
+    return _Stream((H, W), (bh, bw), nbc, n_blocks, row_start, ec,
+                   ctx.order_u.astype(dt, copy=False), ef, efr, ekey, eslot,
                    np.flatnonzero(np.bincount(ekey, minlength=n_blocks)), len(slot_field),
                    fslot_off, fslot)
 
@@ -1067,14 +1100,13 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     with BlockReader(threads=threads, env=env, signer=reader_signer,
                      max_attempts=max_attempts) as reader:
         # the reader threads open the first acquisitions' files while this thread computes
-        # the coverage: SCL first, as they are read, then the bands of single-scene
-        # acquisitions (of several, only the scenes assigned fields are read)
-        first = [groups[k] for k in order[:threads + 2]]
-        reader.prefetch_meta(
-            [scene_list[i].bands["SCL"].href for g in first for i in g
-             if "SCL" in scene_list[i].bands]
-            + [scene_list[g[0]].bands[b].href for g in first if len(g) == 1
-               for b in bands_needed])
+        # the coverage (remote opens are latency-bound requests): SCL first, as they are
+        # read. Only single-scene acquisitions: of several overlapping tiles, some may
+        # have no field or be assigned none, and their files are never opened
+        first = [scene_list[groups[k][0]] for k in order[:threads + 2]
+                 if len(groups[k]) == 1]
+        reader.prefetch_meta([s.bands["SCL"].href for s in first if "SCL" in s.bands]
+                             + [s.bands[b].href for s in first for b in bands_needed])
         ctxs: dict[Grid, _GridCtx] = {}
         for g in ref_grids:
             if g not in ctxs:
