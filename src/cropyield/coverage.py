@@ -724,8 +724,9 @@ def _kernel_batches(prepared, pool: ThreadPoolExecutor):
         nnz = _coverage_kernel(u, v, ring_off, ring_sign, field_ring_off[start:stop + 1],
                                windows[start:stop], o_r, o_c, o_f, o_off, sums[start:stop],
                                pure[start:stop], _EPS, 1.0 - PURE_TOLERANCE)
-        # (no view of the shared buffer may outlive its resize below)
-        own = None if shared else (o_r[:nnz], o_c[:nnz], o_f[:nnz])
+        # no view of the shared buffer may outlive its resize below; a batch's own buffer
+        # is freed once its entries are copied out
+        own = None if shared else (o_r[:nnz].copy(), o_c[:nnz].copy(), o_f[:nnz].copy())
         return lo, nnz, own, np.diff(o_off)
 
     later = [pool.submit(run, k) for k in range(1, len(bounds) - 1)]
