@@ -337,6 +337,30 @@ def test_prefetched_metadata_is_taken_by_meta_and_errors_surface_there(tmp_path,
     assert rd.stats.opens <= 1 and not rd.stats.failures  # never asked for: no failure
 
 
+def test_pixel_reads_open_local_files_without_georeferencing(cog600):
+    """Block reads use handles opened without georeferencing (cheaper), silently; anything
+    that asks for georeferencing (metadata, load_cube) gets a georeferenced handle even
+    where a plain one is cached."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from cropyield.read import BlockReader
+
+    fn, arr = cog600
+    with BlockReader(threads=1) as rd, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = rd._pool.submit
+        assert run(rd._attempt, fn, lambda ds: ds.crs, georef=False).result() is None
+        m = rd.meta(fn)                     # same reader thread: reopened, georeferenced
+        assert m.crs is not None and m.transform.c == X0 and m.transform.f == Y0
+        assert run(rd._attempt, fn, lambda ds: ds.crs).result() == m.crs
+        assert run(rd._attempt, fn, lambda ds: ds.crs, georef=False).result() == m.crs
+        np.testing.assert_array_equal(rd.read(fn, np.array([5, 599]), np.array([7, 3])),
+                                      arr[[5, 599], [7, 3]])
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+
+
 def test_handles_are_closed_after_the_reader(cog600):
     from cropyield.read import BlockReader
 
