@@ -482,12 +482,11 @@ def _entry_arrays_range(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc
         row_count[r + 1] += 1
 
 
-def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, n_rows,
-                  dtype=np.int64):
-    """Per row-major entry: column, field, fraction and block key (integers as
-    ``dtype``); and the start of every grid row in them."""
+def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, n_rows):
+    """Per row-major entry: column, field, fraction and block key; and the start of every
+    grid row in them (:func:`_entry_arrays_range` over all entries)."""
     n = len(order)
-    ec, ef, ekey = (np.empty(n, dtype) for _ in range(3))
+    ec, ef, ekey = (np.empty(n, np.int64) for _ in range(3))
     efr, row_start = np.empty(n), np.zeros(n_rows + 1, np.int64)
     _entry_arrays_range(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, 0, n,
                         ec, ef, efr, ekey, row_start)
@@ -812,10 +811,7 @@ def _build_stream(ctx: "_GridCtx", shape: tuple[int, int],
                             -(-H // bh) - 1)) * bh
         cut = int(np.searchsorted(ctx.order_u, np.searchsorted(ctx.urows, r_cut)))
     if 0 < cut < n:
-        with ThreadPoolExecutor(1, thread_name_prefix="cropyield-stream") as pool:
-            upper = pool.submit(part, cut, n)
-            ns0 = part(0, cut)
-            ns1 = upper.result()
+        ns0, ns1 = _in_two_threads(lambda: part(0, cut), lambda: part(cut, n))
         eslot[cut:] += ns0
         slot_field = np.concatenate([slot_field[:ns0], slot_field[cut:cut + ns1]])
     else:
@@ -869,7 +865,7 @@ def _order_unique_rows(rows, cols, n_cols, r_lo, r_hi, start, order, eu, inv, ur
     digit radix sort: a stable counting pass by column, then one by row, O(n)), and, in
     that order, their distinct pixels to ``urows/ucols[start:start + k]`` with the local
     unique index (from 0) of each entry in ``eu[start:start + m]`` and ``inv``. Returns
-    ``(m, k)``. Entries of different row ranges never share a pixel, so ranges can be done
+    ``k``. Entries of different row ranges never share a pixel, so ranges can be done
     by different threads and numbered on by the caller."""
     n = rows.shape[0]
     nr = r_hi - r_lo
@@ -913,10 +909,18 @@ def _order_unique_rows(rows, cols, n_cols, r_lo, r_hi, start, order, eu, inv, ur
             pc = c
         eu[t] = k
         inv[i] = k
-    return m, k + 1
+    return k + 1
 
 
-#: Entries above which :func:`_order_unique` splits the grid rows between two threads.
+def _in_two_threads(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    """``(first(), second())``, the second run by a helper thread meanwhile: for the two
+    halves of a GIL-free set-up step, which would leave one core idle otherwise."""
+    with ThreadPoolExecutor(1, thread_name_prefix="cropyield-setup") as pool:
+        later = pool.submit(second)
+        return first(), later.result()
+
+
+#: Entries above which :func:`_order_unique` and :func:`_build_stream` split their work between two threads.
 _SPLIT_ENTRIES = 200_000
 
 
@@ -933,15 +937,14 @@ def _order_unique(rows, cols, n_rows: int, n_cols: int):
     urows, ucols = np.empty(n, np.int64), np.empty(n, np.int64)
     args = (order, eu, inv, urows, ucols)
     if n < _SPLIT_ENTRIES or n_rows < 2:
-        _, k = _order_unique_rows(rows, cols, n_cols, 0, n_rows, 0, *args)
+        k = _order_unique_rows(rows, cols, n_cols, 0, n_rows, 0, *args)
         return order, urows[:k].copy(), ucols[:k].copy(), eu, inv
     per_row = np.cumsum(np.bincount(rows, minlength=n_rows))
     mid = int(np.clip(np.searchsorted(per_row, n // 2), 1, n_rows - 1))
     start = int(per_row[mid - 1])                 # entries on rows < mid
-    with ThreadPoolExecutor(1, thread_name_prefix="cropyield-order") as pool:
-        upper = pool.submit(_order_unique_rows, rows, cols, n_cols, mid, n_rows, start, *args)
-        _, k0 = _order_unique_rows(rows, cols, n_cols, 0, mid, 0, *args)
-        _, k1 = upper.result()
+    k0, k1 = _in_two_threads(
+        lambda: _order_unique_rows(rows, cols, n_cols, 0, mid, 0, *args),
+        lambda: _order_unique_rows(rows, cols, n_cols, mid, n_rows, start, *args))
     eu[start:] += k0
     inv[order[start:]] += k0
     return (order, np.concatenate([urows[:k0], urows[start:start + k1]]),
