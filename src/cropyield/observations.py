@@ -224,7 +224,7 @@ def _codes_at(raw, lut, inv):  # pragma: no cover - compiled
     pixel from the classes read at the coarse pixels (``inv``: fine -> coarse)."""
     out = np.empty(inv.shape[0], np.uint8)
     for i in range(inv.shape[0]):
-        out[i] = lut[raw[inv[i]]]
+        out[i] = lut[raw[np.uintp(inv[i])]]     # unsigned: no wraparound code (see _fused)
     return out
 
 
@@ -499,8 +499,8 @@ def _blocks_needed(ekey, eu, ef, code_u, assigned, n_blocks):  # pragma: no cove
     """Blocks (by key) holding a clear pixel of an assigned field."""
     need = np.zeros(n_blocks, np.bool_)
     for p in range(ekey.shape[0]):
-        k = ekey[p]
-        if not need[k] and code_u[eu[p]] == _CLEAR and assigned[ef[p]]:
+        k = np.uintp(ekey[p])          # unsigned indices: no wraparound code (see _fused)
+        if not need[k] and code_u[np.uintp(eu[p])] == _CLEAR and assigned[np.uintp(ef[p])]:
             need[k] = True
     return need
 
@@ -514,7 +514,7 @@ def _footprint_sum(offsets, inv, fractions, code_u, fields):  # pragma: no cover
         f = fields[k]
         total = 0.0
         for j in range(offsets[f], offsets[f + 1]):
-            if code_u[inv[j]] > _OUTSIDE:
+            if code_u[np.uintp(inv[j])] > _OUTSIDE:
                 total += fractions[j]
         out[k] = total
     return out
@@ -578,23 +578,25 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
         vs = 0.0
         ws = 0.0
         for t in range(fslot_off[f], fslot_off[f + 1]):
-            vs += acc[fslot[t], _ACC_VALID]
-            ws += acc[fslot[t], _ACC_INDEX]
+            s = np.uintp(fslot[t])       # unsigned indices: no wraparound code (see _fused)
+            vs += acc[s, _ACC_VALID]
+            ws += acc[s, _ACC_INDEX]
         vsum[i] = vs
         isum[i] = ws
         for j in range(nidx):
             b = _ACC_FIRST + _ACC_WIDTH * j
+            b0, b1, b2, b3 = np.uintp(b), np.uintp(b + 1), np.uintp(b + 2), np.uintp(b + 3)
             sw = 0.0
             mu = 0.0
             m2 = 0.0
             for t in range(fslot_off[f], fslot_off[f + 1]):
-                s = fslot[t]
-                wb = acc[s, b]
+                s = np.uintp(fslot[t])
+                wb = acc[s, b0]
                 if wb > 0.0:
                     # the slot's mean and M2 from its shifted sums, then Chan's update
-                    s1 = acc[s, b + 2]
-                    mb = acc[s, b + 1] + s1 / wb
-                    qb = max(acc[s, b + 3] - s1 * (s1 / wb), 0.0)
+                    s1 = acc[s, b2]
+                    mb = acc[s, b1] + s1 / wb
+                    qb = max(acc[s, b3] - s1 * (s1 / wb), 0.0)
                     n = sw + wb
                     d = mb - mu
                     mu += d * (wb / n)

@@ -444,8 +444,8 @@ def _gather_into(arr, rows, cols, idx, r0, c0, out):  # pragma: no cover - compi
     """Scatter window values to the output vector: out[i] = arr[rows[i]-r0, cols[i]-c0]
     for every i in idx (disjoint idx per thread, so threads never write the same slot)."""
     for k in range(idx.shape[0]):
-        i = idx[k]
-        out[i] = arr[rows[i] - r0, cols[i] - c0]
+        i = np.uintp(idx[k])          # unsigned indices: no negative-index wraparound code
+        out[i] = arr[np.uintp(rows[i] - r0), np.uintp(cols[i] - c0)]
 
 
 def _filter_sorted_ref(order, keys, want):
@@ -490,9 +490,9 @@ def _blocks_wanted_ref(order, want, starts, ends):
 def _gather_masked(arr, rows, cols, idx, want, r0, c0, out):  # pragma: no cover
     """out[i] = arr[rows[i]-r0, cols[i]-c0] for i in idx where want[i]."""
     for k in range(idx.shape[0]):
-        i = idx[k]
+        i = np.uintp(idx[k])          # unsigned indices: no negative-index wraparound code
         if want[i]:
-            out[i] = arr[rows[i] - r0, cols[i] - c0]
+            out[i] = arr[np.uintp(rows[i] - r0), np.uintp(cols[i] - c0)]
 
 @njit(nogil=True)
 def _blocks_wanted(order, want, starts, ends):  # pragma: no cover - compiled
