@@ -431,11 +431,11 @@ def _assign_slots_range(ekey, ef, p0, p1, n_fields, eslot,
     head = np.full(n_fields, -1, np.int64)    # newest slot of each field
     ns = 0
     for p in range(p0, p1):
-        f = ef[p]
+        f = np.uintp(ef[p])             # unsigned indices: no wraparound code (see _fused)
         k = ekey[p]
         s = head[f]
-        while s >= 0 and slot_key[s] != k:    # a field has slots in very few blocks
-            s = slot_next[s]
+        while s >= 0 and slot_key[np.uintp(s)] != k:  # a field has slots in few blocks
+            s = slot_next[np.uintp(s)]
         if s < 0:
             s = ns
             ns += 1
@@ -468,8 +468,8 @@ def _entry_arrays_range(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc
     r_prev = -1
     rbase = 0
     for p in range(p0, p1):
-        e = order[p]
-        u = order_u[p]
+        e = np.uintp(order[p])          # unsigned indices: no wraparound code (see _fused)
+        u = np.uintp(order_u[p])
         r = urows[u]
         c = ucols[u]
         if r != r_prev:
@@ -478,8 +478,8 @@ def _entry_arrays_range(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc
         ec[p] = c
         ef[p] = pf[e]
         efr[p] = fractions[e]
-        ekey[p] = rbase + cblock[c]
-        row_count[r + 1] += 1
+        ekey[p] = rbase + cblock[np.uintp(c)]
+        row_count[np.uintp(r + 1)] += 1
 
 
 def _entry_arrays(order, order_u, pf, fractions, urows, ucols, bh, bw, nbc, n_rows):
@@ -883,8 +883,9 @@ def _order_unique_rows(rows, cols, n_cols, r_lo, r_hi, start, order, eu, inv, ur
     for i in range(n):
         r = rows[i]
         if r_lo <= r < r_hi:
-            by_c[cols[i] + 1] += 1
-            by_r[r - r_lo + 1] += 1
+            # unsigned indices (all >= 0): no negative-index wraparound code (see _fused)
+            by_c[np.uintp(cols[i] + 1)] += 1
+            by_r[np.uintp(r - r_lo + 1)] += 1
             m += 1
     for b in range(n_cols):
         by_c[b + 1] += by_c[b]
@@ -894,19 +895,19 @@ def _order_unique_rows(rows, cols, n_cols, r_lo, r_hi, start, order, eu, inv, ur
     for i in range(n):
         r = rows[i]
         if r_lo <= r < r_hi:
-            c = cols[i]
-            by_col[by_c[c]] = i
+            c = np.uintp(cols[i])
+            by_col[np.uintp(by_c[c])] = i
             by_c[c] += 1
     for t in range(m):
-        i = by_col[t]
-        r = rows[i] - r_lo
-        order[start + by_r[r]] = i
+        i = np.uintp(by_col[t])
+        r = np.uintp(rows[i] - r_lo)
+        order[np.uintp(start + by_r[r])] = i
         by_r[r] += 1
     k = -1
     pr = -1
     pc = -1
     for t in range(start, start + m):
-        i = order[t]
+        i = np.uintp(order[t])
         r = rows[i]
         c = cols[i]
         if r != pr or c != pc:
