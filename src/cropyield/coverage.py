@@ -105,7 +105,7 @@ def _ring_edges_into(u, v, start, stop, sign, r0, c0, nr, nc, part, tail):
             else:
                 ub = u1 + (vhi - v1) * slope
             dv = (vhi - vlo) * sgn
-            lr = r - r0
+            lr = np.uintp(r - r0)   # unsigned indices (>= 0): no negative-index wraparound code
             umin = min(ua, ub)
             umax = max(ua, ub)
             if umax <= c0:
@@ -115,7 +115,7 @@ def _ring_edges_into(u, v, start, stop, sign, r0, c0, nr, nc, part, tail):
                 continue
             if umax == umin:
                 c = int(np.floor(umin))
-                lc = c - c0
+                lc = np.uintp(c - c0)
                 part[lr, lc] += (umin - c) * dv
                 tail[lr, lc] += dv
                 continue
@@ -130,7 +130,7 @@ def _ring_edges_into(u, v, start, stop, sign, r0, c0, nr, nc, part, tail):
                 if hi <= lo:
                     continue
                 dvp = dv * (hi - lo) / du
-                lc = c - c0
+                lc = np.uintp(c - c0)
                 part[lr, lc] += (0.5 * (lo + hi) - c) * dvp
                 tail[lr, lc] += dvp
 
@@ -177,8 +177,9 @@ def _coverage_kernel(u, v, ring_offsets, ring_sign, field_ring_offsets, windows,
         for lr in range(nr):
             acc = tail[lr, nc]
             for lc in range(nc - 1, -1, -1):
-                a = part[lr, lc] + acc
-                acc += tail[lr, lc]
+                ulc = np.uintp(lc)       # unsigned indices: no wraparound code
+                a = part[lr, ulc] + acc
+                acc += tail[lr, ulc]
                 if a > eps:
                     out_rows[n] = r0 + lr
                     out_cols[n] = c0 + lc
