@@ -194,8 +194,8 @@ def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
         cmin = w
         cmax = -1
         while j < n and urows[j] < rlim:
-            cc = cdiv[ucols[j]]
-            slot[cc] = 0
+            cc = cdiv[np.uintp(ucols[j])]      # unsigned: no wraparound code (see _fused)
+            slot[np.uintp(cc)] = 0
             cmin = min(cmin, cc)
             cmax = max(cmax, cc)
             j += 1
@@ -206,7 +206,7 @@ def _coarse_unique(urows, ucols, k, w):  # pragma: no cover - compiled
                 out_c[nu] = cc
                 nu += 1
         for t in range(i, j):
-            inv[t] = slot[cdiv[ucols[t]]] - 1
+            inv[t] = slot[np.uintp(cdiv[np.uintp(ucols[t])])] - 1
         for cc in range(cmin, cmax + 1):
             slot[cc] = -1
         i = j
