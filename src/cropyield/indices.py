@@ -951,7 +951,7 @@ def _weighted_stats_idx(values, index, weights, offsets, mean, std, wsum):
         swx = 0.0
         for k in range(s, e):
             w = weights[k]
-            x = values[index[k]]
+            x = values[np.uintp(index[k])]
             if w > 0.0 and x == x:
                 sw += w
                 swx += w * x
@@ -960,7 +960,7 @@ def _weighted_stats_idx(values, index, weights, offsets, mean, std, wsum):
             ss = 0.0
             for k in range(s, e):
                 w = weights[k]
-                x = values[index[k]]
+                x = values[np.uintp(index[k])]
                 if w > 0.0 and x == x:
                     d = x - m
                     ss += w * d * d
@@ -1150,7 +1150,7 @@ def _multi_field_stats_sel(vals_u, inv, fractions, valid_u, foot_u, offsets, fse
         # the same terms in the same order as _multi_field_stats
         for k in range(s, e):
             fr = fractions[k]
-            u = inv[k]
+            u = np.uintp(inv[k])    # unsigned: numba emits no negative-index wraparound
             if foot_u[u]:
                 fs += fr
             if valid_u[u]:
@@ -1173,7 +1173,7 @@ def _multi_field_stats_sel(vals_u, inv, fractions, valid_u, foot_u, offsets, fse
                 ss = 0.0
                 for k in range(s, e):
                     fr = fractions[k]
-                    u = inv[k]
+                    u = np.uintp(inv[k])
                     x = vals_u[j, u]
                     if valid_u[u] and fr >= min_frac and x == x:
                         d = x - m
@@ -1244,7 +1244,7 @@ def _reflectance_valid(dn, inv, scale, offset, nodata, has_nodata, valid, out):
     n = out.shape[0]
     direct = inv.shape[0] == 0
     for i in range(n):
-        d = dn[i] if direct else dn[inv[i]]
+        d = dn[i] if direct else dn[np.uintp(inv[i])]   # unsigned: no wraparound code
         if has_nodata and d == nodata:
             v = _nan
         else:
