@@ -380,6 +380,44 @@ def test_asset_grid_disagreeing_with_item_metadata_is_an_error(world):
     assert df.attrs["read_failures"][0]["reason"] == "grid_mismatch"
 
 
+def test_asset_crs_disagreeing_with_item_metadata_is_an_error(world):
+    """Same shape and transform, but the item names another UTM zone than the file: the
+    fields would be placed about 600 km off, so the read fails instead."""
+    import dataclasses
+
+    from cropyield._geo import Grid
+    from cropyield.errors import AssetReadError
+    from cropyield.observations import field_observations
+
+    _, scene, *_ = world
+    assert {b.grid.crs.to_epsg() for b in scene.bands.values()} == {32650}
+    bad = dataclasses.replace(scene, bands={
+        name: dataclasses.replace(b, grid=Grid("EPSG:32651", b.grid.transform, b.grid.shape))
+        for name, b in scene.bands.items()})
+    f = fields_px([(10, 10, 20, 20)], epsg=32651)
+    with pytest.raises(AssetReadError, match=r"EPSG:32650 but the item says .*EPSG:32651"):
+        field_observations([bad], f)
+    df = field_observations([bad], f, on_error="flag")
+    assert df["flags"].iloc[0] == "READ_FAILED"
+    assert df.attrs["read_failures"][0]["reason"] == "grid_mismatch"
+
+
+def test_same_crs_compares_codes_then_definitions():
+    from pyproj import CRS as PCRS
+    from rasterio.crs import CRS as RCRS
+
+    from cropyield.observations import _same_crs
+
+    utm50 = PCRS.from_epsg(32650)
+    assert _same_crs(RCRS.from_epsg(32650), utm50)
+    assert not _same_crs(RCRS.from_epsg(32651), utm50)
+    assert _same_crs(None, utm50)                     # a file without CRS: nothing to check
+    # a definition without an EPSG code is compared as a definition
+    custom = "+proj=tmerc +lat_0=0 +lon_0=117 +k=0.9996 +x_0=500000 +y_0=0 +datum=WGS84"
+    assert _same_crs(RCRS.from_proj4(custom), PCRS.from_proj4(custom))
+    assert not _same_crs(RCRS.from_proj4(custom.replace("117", "118")), PCRS.from_proj4(custom))
+
+
 def _mixed_world(tmp_path):
     """600 x 600 px 10 m tile (blocks of 256, partial edge blocks) with 20 m red-edge and
     SWIR bands, SCL with a cloud, a shadow and a no-data swath edge, B04 no-data pixels."""

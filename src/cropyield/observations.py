@@ -89,6 +89,29 @@ def _factor(band_grid: Grid, ref: Grid, what: str) -> int:
     return ki
 
 
+def _crs_name(crs) -> str:
+    """``EPSG:<code>`` when the CRS has one, else its WKT (for messages)."""
+    if crs is None:
+        return "none"
+    code = crs.to_epsg()
+    return f"EPSG:{code}" if code is not None else crs.to_wkt()
+
+
+def _same_crs(file_crs, grid_crs) -> bool:
+    """Whether a file's CRS (rasterio, read from the file) is the item's (pyproj). A file
+    without a CRS passes: there is nothing to compare, and the item's CRS is the one used.
+    EPSG codes are compared when both have one (cheap: 0.01-0.02 ms each, cached by
+    rasterio and pyproj), else the definitions."""
+    if file_crs is None or not file_crs:
+        return True
+    a, b = file_crs.to_epsg(), grid_crs.to_epsg()
+    if a is not None and b is not None:
+        return a == b
+    from pyproj import CRS
+
+    return CRS.from_user_input(file_crs.to_wkt()).equals(grid_crs, ignore_axis_order=True)
+
+
 # --------------------------------------------------------------------------------------------
 # per-grid context (coverage computed once, unique pixels, coarse maps)
 
@@ -1032,7 +1055,9 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     MissingCRSError, InvalidFieldsError
         Bad fields table.
     AssetReadError
-        With ``on_error="raise"``, when a read fails after retries.
+        With ``on_error="raise"``, when a read fails after retries, or when a file's shape,
+        transform or CRS differs from its item's ``proj:`` metadata (reason
+        ``grid_mismatch``: the fields would land on the wrong pixels).
     """
     from . import indices as ix
     from ._geo import validate_fields
@@ -1250,17 +1275,20 @@ class _Run:
         return _B_AUTH if isinstance(exc, AuthExpiredError) else _B_READ_FAILED
 
     def _check_grid(self, band) -> None:
-        """The file's shape/transform must match the item's metadata (else pixels shift)."""
+        """The file's shape, transform and CRS must match the item's metadata (else pixels
+        shift, or the fields land in the wrong UTM zone)."""
         m = self.reader.meta(band.href)
         t, g = m.transform, band.grid.transform
-        if tuple(m.shape) != tuple(band.grid.shape) or any(
-                abs(a - b) > 1e-6 for a, b in zip(tuple(t)[:6], tuple(g)[:6])):
+        if (tuple(m.shape) != tuple(band.grid.shape)
+                or any(abs(a - b) > 1e-6 for a, b in zip(tuple(t)[:6], tuple(g)[:6]))
+                or not _same_crs(m.crs, band.grid.crs)):
             href = redact(band.href)
             raise AssetReadError(
-                f"{href} has shape {tuple(m.shape)} and transform {tuple(t)[:6]} but the item "
-                f"says {tuple(band.grid.shape)} and {tuple(g)[:6]}; the STAC metadata "
-                f"(proj:shape / proj:transform) is wrong for this asset: fix or drop the item",
-                href=href, reason="grid_mismatch")
+                f"{href} has shape {tuple(m.shape)}, transform {tuple(t)[:6]} and CRS "
+                f"{_crs_name(m.crs)} but the item says {tuple(band.grid.shape)}, "
+                f"{tuple(g)[:6]} and {_crs_name(band.grid.crs)}; the STAC metadata "
+                f"(proj:shape / proj:transform / proj:epsg or proj:code) is wrong for this "
+                f"asset: fix or drop the item", href=href, reason="grid_mismatch")
 
     def prepare_stream(self, si: int) -> None:
         """Build the streaming order of scene ``si``'s grid ahead of need (best effort:
