@@ -35,7 +35,6 @@ and small per-slot accumulators for at most ``threads + 2`` acquisitions in flig
 accumulated as NumPy arrays and one DataFrame is built at the end.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
