@@ -1,19 +1,24 @@
-"""In-process HTTP servers on 127.0.0.1: the machinery shared by :mod:`cropyield.servers`
-and :mod:`cropyield.testing`.
+"""In-process HTTP servers on 127.0.0.1 with scripted faults: the machinery under
+:mod:`cropyield.servers` (RangeServer, serve_stac) and :mod:`cropyield.testing`.
 
 :class:`_BaseServer` gives a server its life cycle (``start``/``stop``, context manager), its
 request log (:class:`RequestRecord`) and the scripted faults of a :class:`FaultScript`
 applied before each request is served (statuses, ``sleep``, ``reset``, ``expire_token``;
 the body faults ``truncate``/``short``/``corrupt``/``ignore_range`` are applied by the
 server's own ``_serve`` through :meth:`_Exchange.send`). Subclasses implement ``_serve``:
-:class:`cropyield.servers.RangeServer` (files) and :class:`cropyield.testing.FaultProxy`
-(a reverse proxy). Public names are re-exported by both modules.
+:class:`cropyield.servers.RangeServer` (files) and :class:`FaultProxy` (a reverse proxy,
+below). The public names here are documented and exported by :mod:`cropyield.testing` (the
+fault actions are listed there) and re-exported by :mod:`cropyield.servers`, which uses them;
+they live here because the library's servers need them and ``testing`` sits above
+``servers`` (``docs/architecture.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import http.client
+import json
 import re
 import socket
 import struct
@@ -442,3 +447,88 @@ class _BaseServer:
 
 # --------------------------------------------------------------------------------------
 # Range file server
+
+
+# --------------------------------------------------------------------------------------
+# Fault-injecting reverse proxy
+# --------------------------------------------------------------------------------------
+
+
+_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+        "transfer-encoding", "upgrade", "content-length", "host", "accept-encoding"}
+
+
+class FaultProxy(_BaseServer):
+    """A reverse proxy on 127.0.0.1 that forwards to ``upstream_url`` and injects faults.
+
+    Start the STAC API with ``advertised_url=proxy.url`` so that every link it emits
+    points at the proxy (see :func:`serve_stac`). ``upstream_url`` may be set after
+    construction (``proxy.upstream_url = ...``) since the proxy's port is needed first.
+
+    Parameters
+    ----------
+    upstream_url : str or None
+        Base URL requests are forwarded to (path and query appended).
+    faults : FaultScript or mapping, optional
+        Scripted faults; ``"repeat_next"`` rewrites the JSON page's ``next`` link so that it
+        requests the same page again (same URL, same POST body).
+    timeout : float
+        Seconds to wait for the upstream server.
+    """
+
+    def __init__(self, upstream_url: str | None = None, faults=None, *, host: str = "127.0.0.1",
+                 port: int = 0, timeout: float = 30.0):
+        super().__init__(host=host, port=port, faults=faults)
+        self.upstream_url = upstream_url.rstrip("/") if upstream_url else None
+        self.timeout = float(timeout)
+
+    def _serve(self, ex: _Exchange, action: str | None) -> None:
+        h = ex.h
+        req_body = ex.body
+        if not self.upstream_url:
+            ex.simple(502, "FaultProxy has no upstream_url\n")
+            return
+        up = urlsplit(self.upstream_url)
+        target = (up.path.rstrip("/") + ex.path) + (f"?{ex.query}" if ex.query else "")
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
+        conn = http.client.HTTPConnection(up.hostname, up.port or 80, timeout=self.timeout)
+        try:
+            conn.request(ex.method, target, body=req_body or None, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            status = resp.status
+            out_headers = {k: v for k, v in resp.getheaders() if k.lower() not in _HOP}
+        except OSError as exc:
+            ex.simple(502, f"upstream error: {type(exc).__name__}\n")
+            return
+        finally:
+            conn.close()
+        if action == "repeat_next" and status == 200:
+            body = self._repeat_next(ex, body, req_body)
+        if ex.method == "HEAD":
+            ex.send(status, out_headers, [], length=int(resp.getheader("Content-Length") or 0))
+            return
+        ex.send(status, out_headers, [body], truncate=action == "truncate",
+                corrupt=action == "corrupt", short=action == "short")
+
+    def _repeat_next(self, ex: _Exchange, body: bytes, req_body: bytes) -> bytes:
+        try:
+            page = json.loads(body)
+        except ValueError:
+            return body
+        self_url = f"{self.url}{ex.path}" + (f"?{ex.query}" if ex.query else "")
+        links = [ln for ln in page.get("links", []) if ln.get("rel") != "next"]
+        nxt: dict[str, Any] = {"rel": "next", "href": self_url, "type": "application/geo+json",
+                               "method": ex.method}
+        if ex.method == "POST" and req_body:
+            with contextlib.suppress(ValueError):
+                nxt["body"] = json.loads(req_body)
+                nxt["merge"] = False
+        links.append(nxt)
+        page["links"] = links
+        return json.dumps(page).encode()
+
+
+# --------------------------------------------------------------------------------------
+# rustac STAC API
+# --------------------------------------------------------------------------------------

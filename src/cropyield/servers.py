@@ -10,10 +10,10 @@ Range-capable file server, and :func:`serve_world` which puts a synthetic world 
   single and multi ``Range`` requests (206, ``multipart/byteranges``, 416), a request log and
   byte counters, scripted faults and an expiring-token mode.
 
-The fault machinery (:class:`~cropyield.testing.FaultScript`,
-:class:`~cropyield.testing.FaultProxy`, :class:`~cropyield.testing.FakeSasSigner`) lives in
-:mod:`cropyield.testing` (the fault actions are listed there); those names are re-exported
-here, their earlier home. Everything here is test and demo tooling: it binds to loopback only
+The fault machinery for tests (:class:`~cropyield.testing.FaultScript`,
+:class:`~cropyield.testing.FaultProxy`, :class:`~cropyield.testing.FakeSasSigner`) is
+documented in :mod:`cropyield.testing` (the fault actions are listed there); those names stay
+importable from here, their earlier home. Everything here is test and demo tooling: it binds to loopback only
 and must never face the internet.
 """
 
@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from ._http import FaultScript, RequestRecord, _BaseServer, _check_host, _Exchange
+# FaultScript, FaultProxy and RequestRecord are re-exported here, their earlier home; their
+# public home is cropyield.testing. FaultProxy is what serve_stac puts in front of the API.
+from ._http import FaultProxy, FaultScript, RequestRecord, _BaseServer, _check_host, _Exchange
 from ._log import logger
 from .errors import ConfigError
-# FaultProxy is what serve_stac puts in front of the STAC API; the fault names are also
-# re-exported here, their earlier home (cropyield.testing imports only ._http: no cycle)
-from .testing import FakeSasSigner, FaultProxy
 
 __all__ = [
     "FaultScript",
@@ -57,8 +56,19 @@ __all__ = [
     "serve_stac",
     "find_rustac",
     "rewrite_hrefs",
-    "FakeSasSigner",
+    "FakeSasSigner",  # noqa: F822  (resolved by __getattr__ below: moved to cropyield.testing)
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # FakeSasSigner moved to cropyield.testing, which imports this module (it sits above it in
+    # docs/architecture.md): a lazy import keeps ``cropyield.servers.FakeSasSigner`` working
+    # without an import cycle or an upward import at load time.
+    if name == "FakeSasSigner":
+        from .testing import FakeSasSigner
+
+        return FakeSasSigner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------

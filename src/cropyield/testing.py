@@ -11,9 +11,10 @@ API, see :func:`cropyield.servers.serve_stac`) or to :func:`cropyield.servers.se
 >>> from cropyield.testing import FaultScript
 >>> faults = FaultScript({"*/B04.tif": ["503", "503"], "POST /search": ["429:1"]})
 
-Test and demo tooling: it binds to loopback only and must never face the internet. (The
-same names stay importable from :mod:`cropyield.servers`, their earlier home.) Fault actions
-understood by :class:`FaultScript`:
+Test and demo tooling: it binds to loopback only and must never face the internet. Nothing
+in the library imports this module. The same names stay importable from
+:mod:`cropyield.servers`, their earlier home. Fault actions understood by
+:class:`FaultScript`:
 
 ``"503"``, ``"500"``, ``"404"``, ``"403"``, ... (any 4xx/5xx)
     answer that status with a short body and no payload.
@@ -42,102 +43,15 @@ understood by :class:`FaultScript`:
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import threading
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from ._http import FaultScript, RequestRecord, _BaseServer, _Exchange
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .servers import RangeServer
+# FaultScript and FaultProxy are implemented in cropyield._http because the library's own
+# servers use them (RangeServer(faults=...), serve_stac's proxy); this is their public home
+from ._http import FaultProxy, FaultScript, RequestRecord
+from .servers import RangeServer
 
 __all__ = ["FaultScript", "FaultProxy", "FakeSasSigner", "RequestRecord"]
-
-
-
-
-_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-        "transfer-encoding", "upgrade", "content-length", "host", "accept-encoding"}
-
-
-class FaultProxy(_BaseServer):
-    """A reverse proxy on 127.0.0.1 that forwards to ``upstream_url`` and injects faults.
-
-    Start the STAC API with ``advertised_url=proxy.url`` so that every link it emits
-    points at the proxy (see :func:`serve_stac`). ``upstream_url`` may be set after
-    construction (``proxy.upstream_url = ...``) since the proxy's port is needed first.
-
-    Parameters
-    ----------
-    upstream_url : str or None
-        Base URL requests are forwarded to (path and query appended).
-    faults : FaultScript or mapping, optional
-        Scripted faults; ``"repeat_next"`` rewrites the JSON page's ``next`` link so that it
-        requests the same page again (same URL, same POST body).
-    timeout : float
-        Seconds to wait for the upstream server.
-    """
-
-    def __init__(self, upstream_url: str | None = None, faults=None, *, host: str = "127.0.0.1",
-                 port: int = 0, timeout: float = 30.0):
-        super().__init__(host=host, port=port, faults=faults)
-        self.upstream_url = upstream_url.rstrip("/") if upstream_url else None
-        self.timeout = float(timeout)
-
-    def _serve(self, ex: _Exchange, action: str | None) -> None:
-        h = ex.h
-        req_body = ex.body
-        if not self.upstream_url:
-            ex.simple(502, "FaultProxy has no upstream_url\n")
-            return
-        up = urlsplit(self.upstream_url)
-        target = (up.path.rstrip("/") + ex.path) + (f"?{ex.query}" if ex.query else "")
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
-        conn = http.client.HTTPConnection(up.hostname, up.port or 80, timeout=self.timeout)
-        try:
-            conn.request(ex.method, target, body=req_body or None, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read()
-            status = resp.status
-            out_headers = {k: v for k, v in resp.getheaders() if k.lower() not in _HOP}
-        except OSError as exc:
-            ex.simple(502, f"upstream error: {type(exc).__name__}\n")
-            return
-        finally:
-            conn.close()
-        if action == "repeat_next" and status == 200:
-            body = self._repeat_next(ex, body, req_body)
-        if ex.method == "HEAD":
-            ex.send(status, out_headers, [], length=int(resp.getheader("Content-Length") or 0))
-            return
-        ex.send(status, out_headers, [body], truncate=action == "truncate",
-                corrupt=action == "corrupt", short=action == "short")
-
-    def _repeat_next(self, ex: _Exchange, body: bytes, req_body: bytes) -> bytes:
-        try:
-            page = json.loads(body)
-        except ValueError:
-            return body
-        self_url = f"{self.url}{ex.path}" + (f"?{ex.query}" if ex.query else "")
-        links = [ln for ln in page.get("links", []) if ln.get("rel") != "next"]
-        nxt: dict[str, Any] = {"rel": "next", "href": self_url, "type": "application/geo+json",
-                               "method": ex.method}
-        if ex.method == "POST" and req_body:
-            with contextlib.suppress(ValueError):
-                nxt["body"] = json.loads(req_body)
-                nxt["merge"] = False
-        links.append(nxt)
-        page["links"] = links
-        return json.dumps(page).encode()
-
-
-# --------------------------------------------------------------------------------------
-# rustac STAC API
-# --------------------------------------------------------------------------------------
 
 
 class FakeSasSigner:
