@@ -3,7 +3,7 @@ selective statistics kernel equals the full one) on random inputs, NaN and edge 
 
 import numpy as np
 
-from cropyield.indices import (
+from cropyield.zonal import (
     _multi_field_stats,
     _multi_field_stats_sel,
     _reflectance_valid,
