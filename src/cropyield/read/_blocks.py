@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from ._geo import Grid
-from ._jit import njit
-from ._log import logger, redact
-from .errors import AssetReadError, AuthExpiredError, CorruptAssetError, CropYieldError
+from .._geo import Grid
+from .._jit import njit
+from .._log import logger, redact
+from ..errors import AssetReadError, AuthExpiredError, CorruptAssetError, CropYieldError
 
 __all__ = [
     "DEFAULT_GDAL_ENV",
@@ -138,7 +138,7 @@ def configure_rio(*, client: Any = None, **options: Any) -> dict[str, Any]:
 
 def make_worker_plugin(**options: Any):
     """A ``distributed.WorkerPlugin`` that calls :func:`configure_rio` with ``options`` on workers."""
-    from ._extras import require
+    from .._extras import require
 
     distributed = require("distributed", "distributed", "pushing GDAL settings to dask workers")
 
@@ -557,7 +557,7 @@ def _redact_rasterio_logs() -> None:
     full URLs, signed query strings included). Idempotent."""
     import logging
 
-    from ._log import RedactingFilter
+    from .._log import RedactingFilter
 
     for name in _RIO_LOGGERS:
         lg = logging.getLogger(name)
@@ -1175,7 +1175,7 @@ class BlockReader:
 
 def _as_scene_list(scenes) -> list:
     """Scenes / iterable of Scene, pystac Item or item dict -> list of Scene."""
-    from .catalogs import Scene, Scenes, normalize_item
+    from ..catalogs import Scene, Scenes, normalize_item
 
     if isinstance(scenes, Scenes):
         return list(scenes)
@@ -1225,7 +1225,7 @@ def _aoi_geometry(aoi):
     import shapely
     from pyproj import CRS
 
-    from .errors import MissingCRSError
+    from ..errors import MissingCRSError
 
     if isinstance(aoi, (gpd.GeoDataFrame, gpd.GeoSeries)):
         if aoi.crs is None:
@@ -1322,7 +1322,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         # first to the last tile (SINGLE_GET) would also fetch the columns in between
         env_d["GDAL_HTTP_MULTIRANGE"] = "PARALLEL"
     if scl_classes is None:
-        from .indices import DEFAULT_SCL_INVALID as scl_classes  # noqa: N811
+        from ..indices import DEFAULT_SCL_INVALID as scl_classes  # noqa: N811
     reader = BlockReader(threads=threads, env=env_d)
 
     def warp(scene, bname):
@@ -1367,7 +1367,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
                         data[b][t][hole] = refl[hole].astype(dtype)
     finally:
         reader.close()
-    from .indices import invalid_mask
+    from ..indices import invalid_mask
 
     valid = np.stack([~np.asarray(invalid_mask(scl_out[t], scl_classes, dilate)) for t in
                       range(len(keys))]).astype(np.uint8) if len(keys) else scl_out
