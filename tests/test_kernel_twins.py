@@ -10,7 +10,8 @@ from cropyield.zonal import (
     _reflectance_valid_ref,
 )
 from cropyield.observations import _coarse_unique, _coarse_unique_ref, _codes_at, _codes_at_ref
-from cropyield.read import (
+from cropyield.read import plan_blocks
+from cropyield.read._plan import (
     _block_bounds,
     _block_sort,
     _blocks_wanted,
@@ -21,7 +22,6 @@ from cropyield.read import (
     _filter_sorted_ref,
     _gather_masked,
     _gather_masked_ref,
-    plan_blocks,
 )
 
 
