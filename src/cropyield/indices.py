@@ -16,7 +16,8 @@ Every index has a numba kernel (``njit(nogil=True)``, elementwise, NaN for inval
 denominators, NaN inputs and values outside the index's valid range; never 0 and never an
 exception for bad pixels) and a plain NumPy reference twin used by the tests. Custom indices
 are parsed from formula strings with an :mod:`ast` allow-list (never ``eval``) and run by a
-small numba stack machine.
+small numba stack machine. The built-in scalar functions, their NumPy twins and the
+kernel factories live in :mod:`cropyield._index_kernels`.
 
 The neighbouring stages live in their own modules: SCL masks and dilation in
 :mod:`cropyield.masks`, per-field weighted statistics and ``zonal_stats`` in
@@ -37,9 +38,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 
+from ._index_kernels import (  # built-in formulas: numba scalars + NumPy twins
+    _f_evi, _f_evi2, _f_msavi2, _f_mtci, _f_ndvi, _f_ratio_m1, _f_savi, _make_kernel,
+    _make_reference, _np_div, _np_evi, _np_evi2, _np_msavi2, _np_mtci, _np_nd, _np_ratio_m1,
+    _np_savi, _nan,
+)
 from ._jit import njit
 from ._log import logger
 from .errors import IndexFormulaError, MissingBandError, UnknownIndexError
@@ -136,153 +141,6 @@ def reflectance(dn, scale: float = 1e-4, offset: float = 0.0, nodata=0) -> np.nd
         if np.any(bad):
             out[bad] = np.nan
     return out
-
-
-# =============================================================================================
-# Built-in index formulas: scalar numba functions + NumPy twins
-# =============================================================================================
-_nan = np.nan
-
-
-@njit(nogil=True, inline="always")
-def _nd(a, b):
-    d = a + b
-    if d == 0.0:
-        return _nan
-    return (a - b) / d
-
-
-@njit(nogil=True)
-def _f_ndvi(nir, red):
-    return _nd(nir, red)
-
-
-@njit(nogil=True)
-def _f_evi(nir, red, blue):
-    d = nir + 6.0 * red - 7.5 * blue + 1.0
-    if d == 0.0:
-        return _nan
-    return 2.5 * (nir - red) / d
-
-
-@njit(nogil=True)
-def _f_evi2(nir, red):
-    d = nir + 2.4 * red + 1.0
-    if d == 0.0:
-        return _nan
-    return 2.5 * (nir - red) / d
-
-
-@njit(nogil=True)
-def _f_savi(nir, red):
-    d = nir + red + 0.5
-    if d == 0.0:
-        return _nan
-    return 1.5 * (nir - red) / d
-
-
-@njit(nogil=True)
-def _f_msavi2(nir, red):
-    t = 2.0 * nir + 1.0
-    arg = t * t - 8.0 * (nir - red)
-    if not arg >= 0.0:
-        return _nan
-    return (t - np.sqrt(arg)) / 2.0
-
-
-@njit(nogil=True)
-def _f_ratio_m1(a, b):
-    if b == 0.0:
-        return _nan
-    return a / b - 1.0
-
-
-@njit(nogil=True)
-def _f_mtci(b6, b5, b4):
-    d = b5 - b4
-    if d == 0.0:
-        return _nan
-    return (b6 - b5) / d
-
-
-def _np_div(num, den):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den == 0.0, np.nan, num / np.where(den == 0.0, 1.0, den))
-
-
-def _np_nd(a, b):
-    return _np_div(a - b, a + b)
-
-
-def _np_evi(nir, red, blue):
-    return _np_div(2.5 * (nir - red), nir + 6.0 * red - 7.5 * blue + 1.0)
-
-
-def _np_evi2(nir, red):
-    return _np_div(2.5 * (nir - red), nir + 2.4 * red + 1.0)
-
-
-def _np_savi(nir, red):
-    return _np_div(1.5 * (nir - red), nir + red + 0.5)
-
-
-def _np_msavi2(nir, red):
-    t = 2.0 * nir + 1.0
-    arg = t * t - 8.0 * (nir - red)
-    ok = arg >= 0.0
-    return np.where(ok, (t - np.sqrt(np.where(ok, arg, 0.0))) / 2.0, np.nan)
-
-
-def _np_ratio_m1(a, b):
-    return _np_div(a, b) - 1.0
-
-
-def _np_mtci(b6, b5, b4):
-    return _np_div(b6 - b5, b5 - b4)
-
-
-# ---------------------------------------------------------------------------------------------
-# kernel factories (one loop per arity; the scalar function and range are compile-time constants)
-# ---------------------------------------------------------------------------------------------
-def _make_kernel(f, nargs: int, lo: float, hi: float):
-    lo = float(lo)
-    hi = float(hi)
-    if nargs == 1:
-        def k(a):
-            n = a.size
-            out = np.empty(n)
-            for i in range(n):
-                v = f(a[i])
-                out[i] = v if (v >= lo and v <= hi) else _nan
-            return out
-    elif nargs == 2:
-        def k(a, b):
-            n = a.size
-            out = np.empty(n)
-            for i in range(n):
-                v = f(a[i], b[i])
-                out[i] = v if (v >= lo and v <= hi) else _nan
-            return out
-    elif nargs == 3:
-        def k(a, b, c):
-            n = a.size
-            out = np.empty(n)
-            for i in range(n):
-                v = f(a[i], b[i], c[i])
-                out[i] = v if (v >= lo and v <= hi) else _nan
-            return out
-    else:  # pragma: no cover - built-ins use 1..3 bands
-        raise ValueError(nargs)
-    return numba.njit(nogil=True)(k)
-
-
-def _make_reference(f, lo: float, hi: float):
-    def ref(*arrays):
-        arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-        with np.errstate(all="ignore"):
-            v = np.asarray(f(*arrays), dtype=np.float64)
-        return np.where((v >= lo) & (v <= hi), v, np.nan)
-    return ref
 
 
 # =============================================================================================
@@ -799,6 +657,8 @@ _ZONAL_NAMES = frozenset({
     "_reflectance_valid", "_reflectance_valid_ref", "_min_frac_threshold", "_stat_bits",
     "_STAT_CODES", "_base_bits", "_column_name", "_nest_factor", "_per_band", "_zonal_stack",
 })
+# names this module used to import from cropyield.coverage (reachable as attributes before)
+_COVERAGE_NAMES = frozenset({"Coverage", "bits_to_flags", "coverage_fractions"})
 
 
 def __getattr__(name: str) -> Any:
@@ -806,8 +666,12 @@ def __getattr__(name: str) -> Any:
         from . import zonal
 
         return getattr(zonal, name)
+    if name in _COVERAGE_NAMES:
+        from . import coverage
+
+        return getattr(coverage, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _ZONAL_NAMES)
+    return sorted(set(globals()) | _ZONAL_NAMES | _COVERAGE_NAMES)
