@@ -3,7 +3,7 @@ selective statistics kernel equals the full one) on random inputs, NaN and edge 
 
 import numpy as np
 
-from cropyield.indices import (
+from cropyield.zonal import (
     _multi_field_stats,
     _multi_field_stats_sel,
     _reflectance_valid,
@@ -11,7 +11,8 @@ from cropyield.indices import (
 )
 from cropyield.observations._kernels import (_coarse_unique, _coarse_unique_ref, _codes_at,
                                              _codes_at_ref)
-from cropyield.read import (
+from cropyield.read import plan_blocks
+from cropyield.read._plan import (
     _block_bounds,
     _block_sort,
     _blocks_wanted,
@@ -22,7 +23,6 @@ from cropyield.read import (
     _filter_sorted_ref,
     _gather_masked,
     _gather_masked_ref,
-    plan_blocks,
 )
 
 

@@ -233,7 +233,7 @@ class _Run:
     # -- SCL pass ----------------------------------------------------------------------------
     def scl_codes(self, si: int, want_u: np.ndarray) -> tuple[np.ndarray | None, int]:
         """Per unique pixel code (outside/masked/clear) for scene ``si``; (None, bits) on failure."""
-        from ..indices import invalid_mask
+        from ..masks import invalid_mask
 
         scene = self.scenes[si]
         ctx = self.ctxs[self.ref_grids[si]]
@@ -337,7 +337,7 @@ class _Run:
     def scene_rows(self, si: int, ctx: _GridCtx, assigned: np.ndarray,
                    code_u: np.ndarray | None, bits0: int) -> dict:
         from ..coverage import bits_to_flags
-        from ..indices import _stat_bits
+        from ..zonal import _stat_bits
 
         scene = self.scenes[si]
         ref = self.ref_grids[si]
@@ -430,7 +430,8 @@ class _Run:
     def _coarse_reflectance(self, ctx: _GridCtx, band, k: int, want_u) -> np.ndarray:
         """Reflectance (NaN: nodata or unread) of a band at every unique pixel of ``ctx``,
         read through the 1/k grid nesting."""
-        from ..indices import _reflectance_valid, reflectance
+        from ..indices import reflectance
+        from ..zonal import _reflectance_valid
 
         brow, bcol, inv_k = ctx.pixels(k)
         nod = band.nodata if band.nodata is not None else 0
@@ -451,7 +452,8 @@ class _Run:
         """Read the fine bands block run by block run and accumulate the statistics of
         every run in the reader thread that decoded it (``has_px``: the fields with an
         entry on this grid). Returns failure bits (0: done)."""
-        from ..indices import _apply, _min_frac_threshold
+        from ..indices import _apply
+        from ..zonal import _min_frac_threshold
         from ..read import _runs_of
 
         need = _blocks_needed(st.ekey, st.eu, st.ef, code_u, assigned, st.n_blocks)
