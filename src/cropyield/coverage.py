@@ -65,8 +65,8 @@ __all__ = [
 
 #: A pixel is "pure" (fully inside its field) when its fraction is >= 1 - PURE_TOLERANCE.
 PURE_TOLERANCE = 1e-9
-#: Below this many pure pixels a field is flagged ``FIELD_TOO_SMALL`` (science.md §7.2:
-#: ~10 pure pixels = 0.1 ha = 1.5 mu).
+#: Below this many pure pixels a field is flagged ``FIELD_TOO_SMALL`` (~10 pure
+#: pixels = 0.1 ha = 1.5 mu).
 MIN_PURE_PIXELS = 10
 #: Cells whose computed coverage is below this (in pixels) are dropped as rounding noise.
 _EPS = 1e-12

@@ -6,7 +6,7 @@ observation weights (0 on days without a clear observation). The system is symme
 pentadiagonal; it is factorised as ``LDLᵀ`` in O(n) per field by a numba kernel
 (:func:`whittaker_banded`). Clouds that escape the mask bias vegetation indices *low*, so
 an iterative upper-envelope re-weighting down-weights observations that fall well below
-the current fit (Chen et al. 2004, RSE 91:332; see reference/science.md §6).
+the current fit (Chen et al. 2004, RSE 91:332).
 
 λ is fixed or chosen per field by the V-curve (Frasso & Eilers 2015) and always bounded,
 because unbounded automatic choices pick λ ≈ 0 on sparse irregular series.
