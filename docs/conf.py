@@ -34,7 +34,7 @@ if _NB_SRC.is_dir():
     for nb in _NB_SRC.glob("*.ipynb"):
         shutil.copy2(nb, _NB_DST / nb.name)
 
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
 

@@ -7,8 +7,7 @@ Public entry points
     band 1 at the given pixels, reading only the blocks that hold them.
 :func:`load_cube`
     Scenes over an area warped into an ``xarray.Dataset`` (time, y, x).
-:func:`gdal_env`, :func:`configure_rio`, :func:`clear_gdal_cache`, :func:`classify_error`,
-:func:`plan_blocks`, :class:`BlockPlan`, :class:`ReadStats`
+:func:`gdal_env`, :func:`configure_rio`, :func:`clear_gdal_cache`, :func:`classify_error`, :func:`plan_blocks`, :class:`BlockPlan`, :class:`ReadStats`
     GDAL options, cache clearing and failure classification; block plans; counters.
 
 Modules: ``_blocks`` (the reader, its thread pool and per-thread handle cache), ``_plan``
