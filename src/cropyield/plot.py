@@ -44,10 +44,8 @@ _MAP_COLUMNS = {
 
 
 def _plt():
-    mpl = require("matplotlib", "plot", "figures")
-    if "matplotlib.pyplot" not in __import__("sys").modules:
-        mpl.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    require("matplotlib", "plot", "figures")
+    import matplotlib.pyplot as plt  # the backend is the user's (headless machines get Agg)
 
     return plt
 
@@ -316,13 +314,18 @@ def plot_field_map(estimates: pd.DataFrame, fields: Any, *, column: str = "yield
         if len(have):
             import matplotlib as mpl
 
-            vmin, vmax = np.nanpercentile(vals, [2, 98]) if len(have) > 1 else (vals[~missing][0],) * 2
+            # 5-95 % range: one fresh-weight crop (potato, cane) must not flatten the rest;
+            # values outside are drawn at the ends of the colour bar (its arrows)
+            finite = vals[np.isfinite(vals)]
+            vmin, vmax = np.percentile(finite, [5, 95]) if len(finite) > 1 else (finite[0],) * 2
             if vmin == vmax:
                 vmin, vmax = vmin - 0.5, vmax + 0.5
             norm = mpl.colors.Normalize(vmin=vmin, vmax=vmax)
             have.plot(column=col, ax=ax, cmap=cmap, norm=norm, edgecolor="0.2", lw=0.3)
             sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-            ax.figure.colorbar(sm, ax=ax, shrink=0.7, label=label)
+            extend = {(False, False): "neither", (True, False): "min", (False, True): "max",
+                      (True, True): "both"}[(bool(finite.min() < vmin), bool(finite.max() > vmax))]
+            ax.figure.colorbar(sm, ax=ax, shrink=0.7, label=label, extend=extend)
     reasons = g.loc[missing, "reason"].value_counts()
     for i, (reason, n) in enumerate(reasons.items()):
         shade = _NO_ESTIMATE_SHADES[i % len(_NO_ESTIMATE_SHADES)]
