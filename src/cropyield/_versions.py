@@ -34,14 +34,14 @@ def _numba_info() -> dict[str, str | None]:
     try:
         import numba
 
-        layer = numba.config.THREADING_LAYER
+        layer = str(getattr(numba.config, "THREADING_LAYER", "default"))
         try:  # the layer actually in use is only known after a parallel kernel ran
             layer_in_use = numba.threading_layer()
             layer = f"{layer_in_use} (in use)"
         except ValueError:
             layer = f"{layer} (configured; none initialised yet)"
         out["numba threading layer"] = layer
-        out["numba threads"] = str(numba.config.NUMBA_NUM_THREADS)
+        out["numba threads"] = str(getattr(numba.config, "NUMBA_NUM_THREADS", "?"))
     except ImportError:  # pragma: no cover - numba is a hard dependency
         pass
     return out

@@ -403,9 +403,9 @@ def _credit_panels(profiles: Sequence[Any], axes: Sequence[Any]) -> None:
     ax1.set_title("limits of approved farmers", fontsize=10)
     reasons: Counter[str] = Counter()
     for rs in df.get("reasons", pd.Series(dtype=object)):
-        for r in {(r.get("code") if isinstance(r, dict) else getattr(r, "code", str(r)))
-                  for r in (rs or ())}:
-            reasons[r] += 1
+        for code in {str(r.get("code") if isinstance(r, dict) else getattr(r, "code", r))
+                     for r in (rs or ())}:
+            reasons[code] += 1
     top_r = reasons.most_common(8)[::-1]
     ax2.barh([r for r, _ in top_r], [n for _, n in top_r], color="0.5")
     ax2.set_xlabel("farmers")
