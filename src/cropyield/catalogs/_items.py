@@ -29,7 +29,7 @@ import pandas as pd
 from pyproj import CRS
 
 from .._geo import Grid
-from .._log import SECRET_PARAMS, logger, redact
+from .._log import _is_secret, logger, redact
 from ..errors import (CatalogError, OffsetInconsistentWarning,
                       UnknownCollectionError)
 from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_source, baseline_offset
@@ -67,7 +67,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
     item : pystac.Item or dict
         An item of a supported collection (see :data:`SUPPORTED_COLLECTIONS`). Relative asset
         hrefs are resolved against the item's ``self`` link; signing query parameters
-        (``sig``, ``se``, ``X-Amz-*``...) are removed, so hrefs are always unsigned.
+        (``sig``, ``se``, ``X-Amz-*``, ``X-Goog-*``...) are removed, so hrefs are always unsigned.
     offset_override : float or mapping of band -> float, optional
         Reflectance offset to use instead of the metadata (``offset_source="override"``); a
         mapping overrides the bands it names only.
@@ -352,7 +352,7 @@ def _strip_secrets(href: str) -> str:
     if not parts.query or not parts.scheme:
         return href
     kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if not (k.lower() in SECRET_PARAMS or k.lower().startswith("x-amz-"))]
+            if not _is_secret(k)]
     return urlunsplit(parts._replace(query=urlencode(kept, safe="/:")))
 
 
