@@ -107,3 +107,61 @@ def test_property_every_profile_passes_its_schema(df):
                     assert v is not None and 0 <= v <= 1
                 assert e.value_cny_p10 is not None and e.value_cny_p10 >= 0
                 assert np.isfinite(e.value_cny_p50)
+
+
+# --------------------------------------------------------------------------- monitoring
+DC_AS_OF = pd.Timestamp("2025-08-20")
+
+
+def _sig(d, centre, width):
+    return 1.0 / (1.0 + np.exp(-(d - centre) / width))
+
+
+def double_crop_world(seed=3):
+    """Wheat (sown ~15 Nov 2024, harvested ~5 June) then summer maize (sown ~12 July 2025)
+    on the same fields; W's maize is weak. Daily smoothed NDVI up to as_of (20 August)."""
+    rng = np.random.default_rng(seed)
+    days = pd.date_range("2024-10-01", DC_AS_OF, freq="D")
+    frames, phen, est = [], [], []
+    for k, fid in enumerate(["P1", "P2", "P3", "P4", "P5", "P6", "W"]):
+        jit = int(rng.integers(-3, 4))
+        sos1 = pd.Timestamp("2024-11-15") + pd.Timedelta(days=jit)
+        eos1 = pd.Timestamp("2025-06-05") + pd.Timedelta(days=jit)
+        sos2 = pd.Timestamp("2025-07-12") + pd.Timedelta(days=jit)
+        d1 = (days - sos1).days.to_numpy(float)
+        d2 = (days - sos2).days.to_numpy(float)
+        dh = (days - eos1).days.to_numpy(float)
+        amp2 = 0.3 if fid == "W" else 0.6
+        ndvi = (0.2 + 0.55 * _sig(d1, 120, 10) * (1 - _sig(dh, -10, 4))
+                + amp2 * _sig(d2, 25, 5) + rng.normal(0, 0.01, len(days)))
+        gap = (np.arange(len(days)) % 5).astype(float)
+        frames.append(pd.DataFrame({"field_id": fid, "time": days, "ndvi": ndvi,
+                                    "support": 1.0, "gap_days": gap}))
+        phen += [{"field_id": fid, "season": 1, "sos": sos1, "eos": eos1},
+                 {"field_id": fid, "season": 2, "sos": sos2, "eos": pd.NaT}]
+        est.append({"field_id": fid, "farmer_id": f"farmer_{fid}", "crop": "summer_maize",
+                    "region": "north_china_plain"})
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(phen), pd.DataFrame(est)
+
+
+def _day_of_season(alerts, fid):
+    import re
+
+    msg = alerts.set_index("field_id").loc[fid, "message"]
+    return int(re.search(r"day (\d+) of season", msg).group(1))
+
+
+def test_monitor_double_crop_uses_the_season_in_progress():
+    series, phen, est = double_crop_world()
+    sos2_w = phen[(phen["field_id"] == "W") & (phen["season"] == 2)]["sos"].iloc[0]
+    # the estimates table has no season column: phenology's season in progress must be used
+    alerts = credit.monitor(series, est, as_of=DC_AS_OF, phenology=phen)
+    assert set(alerts["field_id"]) == {"W"} and alerts["code"].tolist() == ["VIGOUR_DROP"]
+    assert _day_of_season(alerts, "W") == (DC_AS_OF - sos2_w).days  # ~39, not ~278
+    # estimates per season, the first without an end date: the later season in progress wins
+    est2 = pd.concat([est.assign(season=1, crop="winter_wheat"), est.assign(season=2)],
+                     ignore_index=True)
+    ph2 = phen.assign(eos=pd.NaT)
+    alerts2 = credit.monitor(series, est2, as_of=DC_AS_OF, phenology=ph2)
+    assert alerts2["code"].tolist() == ["VIGOUR_DROP"]
+    assert _day_of_season(alerts2, "W") == (DC_AS_OF - sos2_w).days
