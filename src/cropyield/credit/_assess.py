@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .._io import loads_json
 from .._log import logger
 from .._version import __version__
 from ..errors import FLAGS, CreditInputError, split_flags
@@ -181,16 +182,16 @@ def _json_obj(v: Any, what: str) -> dict[str, Any]:
         obj: Any = dict(v)
     else:
         try:
-            obj = json.loads(str(v))
-        except json.JSONDecodeError:
-            logger.warning("%s is not valid JSON; kept as text", what)
-            return {"raw": str(v)}
+            obj = loads_json(str(v), what=what, error=CreditInputError, max_bytes=1 << 20)
+        except CreditInputError as exc:
+            logger.warning("%s; kept as text", exc)
+            return {"raw": str(v)[:2000]}
     if not isinstance(obj, dict):
         return {"value": obj}
     try:
         return json.loads(canonical_json(obj))
-    except (TypeError, ValueError):  # NaN or non-JSON types inside
-        return {"raw": str(v)}
+    except (TypeError, ValueError, RecursionError, OverflowError):  # NaN, non-JSON, too deep
+        return {"raw": str(v)[:2000]}
 
 
 def _scene_date(scene_id: str) -> _dt.date | None:
