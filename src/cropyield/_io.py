@@ -162,3 +162,61 @@ def atomic_write_path(path: str | os.PathLike, writer) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but not ours (or cannot tell): alive
+        return True
+    return True
+
+
+def work_dir_prefix(prefix: str) -> str:
+    """``prefix`` + this process id + ``-``: names :func:`clean_stale_dirs` can judge."""
+    return f"{prefix}{os.getpid()}-"
+
+
+def clean_stale_dirs(parent: str | os.PathLike, prefix: str, *,
+                     max_age_s: float = 24 * 3600.0) -> list[Path]:
+    """Remove leftover work folders ``parent/<prefix>*`` of interrupted runs.
+
+    A folder named by :func:`work_dir_prefix` (``<prefix><pid>-...``) is stale when that
+    process no longer exists on this machine; any folder (also of the older ``<prefix>xyz``
+    form, or whose pid was reused) is stale when it was last modified more than
+    ``max_age_s`` seconds ago. Folders of live processes younger than that are kept.
+    Errors (a folder removed meanwhile, permissions) are ignored.
+
+    Returns
+    -------
+    list of Path
+        The folders removed.
+    """
+    import shutil
+    import time
+
+    parent = Path(parent)
+    removed: list[Path] = []
+    try:
+        entries = list(parent.glob(f"{prefix}*"))
+    except OSError:
+        return removed
+    now = time.time()
+    for d in entries:
+        try:
+            if not d.is_dir() or d.is_symlink():
+                continue
+            head = d.name[len(prefix):].split("-", 1)[0]
+            dead = head.isdigit() and "-" in d.name[len(prefix):] and not _pid_alive(int(head))
+            old = now - d.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(d, ignore_errors=True)
+            if not d.exists():
+                removed.append(d)
+    return removed
