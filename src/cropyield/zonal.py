@@ -338,6 +338,11 @@ def _stat_bits(cov: Coverage, fsel: np.ndarray | None, vsum, fsum, isum, wsum, m
     bit = {c: np.int64(1) << j for j, c in enumerate(codes)}
     has_px = npx > 0
     bits |= np.where(has_px & (fsum <= 0), bit["NO_OVERLAP"], 0)
+    # part of the field outside the grid (tile edge): the numbers describe the part inside
+    area = np.asarray(cov.area_px, float)
+    area = area[fsel] if fsel is not None else area
+    with np.errstate(invalid="ignore"):
+        bits |= np.where(has_px & (covsum < area * _FULL_COVER), bit["PARTIAL_COVERAGE"], 0)
     bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
     low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
     bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
@@ -351,7 +356,9 @@ def _stat_bits(cov: Coverage, fsel: np.ndarray | None, vsum, fsum, isum, wsum, m
 
 
 _STAT_CODES = ("ALL_MASKED", "FIELD_TOO_SMALL", "INVALID_GEOMETRY", "INVALID_INDEX",
-               "LOW_VALID_FRACTION", "NO_OVERLAP", "SUBPIXEL_FIELD")
+               "LOW_VALID_FRACTION", "NO_OVERLAP", "PARTIAL_COVERAGE", "SUBPIXEL_FIELD")
+#: coverage below this share of the field's area is flagged ``PARTIAL_COVERAGE``
+_FULL_COVER = 1.0 - 1e-6
 
 
 def _base_bits(cov: Coverage) -> tuple[list[str], np.ndarray]:

@@ -177,4 +177,4 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
         progress, threads, env, signer, max_attempts)
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
-                     dilate)
+                     dilate, fields=fields, acquisitions=[groups[k][0] for k in order])

@@ -415,7 +415,7 @@ class _Run:
             stds[name] = std[j]
         flags = _with_scene_flags(np.asarray(flags, dtype=object), scene.flags)
         return {"fi": fi, "scene": si, "cov": cov, "vf": vfrac, "flags": flags,
-                "mean": means, "std": stds}
+                "mean": means, "std": stds, "area": ctx.area_px[fi]}
 
     @staticmethod
     def _want(ctx: _GridCtx, assigned: np.ndarray, code_u: np.ndarray) -> np.ndarray:
@@ -532,4 +532,4 @@ class _Run:
                                         list(self.scenes[si].flags))
             out[k] = cache[key]
         return {"fi": fi, "scene": si, "cov": cov, "vf": vf, "flags": out, "mean": means,
-                "std": stds}
+                "std": stds, "area": ctx.area_px[fi]}

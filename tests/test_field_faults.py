@@ -1,0 +1,128 @@
+"""Issue 18, the pixel half: every field comes out of ``field_observations`` (broken
+geometries, fields outside every scene, fields half outside a grid or split between two
+tiles), saturated and out-of-range pixels never enter the means, offsets inferred from the
+acquisition date or detected from the data, wrong ``proj:epsg`` never drops a scene, reads
+have a total deadline, and chunks that split an acquisition are merged without duplicates.
+
+Small hand-made scenes (``tests/test_read.py``'s helpers) and the tiny world of
+``tests/conftest.py``; servers are real (127.0.0.1)."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from test_read import EPSG, X0, Y0, ensure_indices, make_scene, ramp
+
+from cropyield.errors import FLAGS, split_flags
+
+ensure_indices()
+
+
+def _scene(root, sid="S1", when="2024-06-01T03:00", b04=None, b08=None, **kw):
+    b04 = ramp((64, 64), 1, 1300, 2500) if b04 is None else b04
+    b08 = ramp((64, 64), 2, 3000, 6000) if b08 is None else b08
+    scl = np.full((32, 32), 4, np.uint8)
+    return make_scene(root, sid, when=when,
+                      bands={"B04": (b04, 10), "B08": (b08, 10), "SCL": (scl, 20)}, **kw)
+
+
+def _fields(geoms, ids=None):
+    ids = ids or [f"f{i}" for i in range(len(geoms))]
+    return gpd.GeoDataFrame({"field_id": ids}, geometry=geoms, crs=f"EPSG:{EPSG}")
+
+
+def _tiny_items(world_dir, day=None):
+    """The tiny world's STAC item dicts with absolute hrefs (``day``: ``YYYYMMDD`` filter)."""
+    import json
+
+    items = []
+    for line in (world_dir / "items.ndjson").read_text().splitlines():
+        it = json.loads(line)
+        if day is not None and it["properties"]["datetime"][:10].replace("-", "") != day:
+            continue
+        for a in it["assets"].values():
+            if not a["href"].startswith("http"):
+                a["href"] = str(world_dir / a["href"])
+        items.append(it)
+    return items
+
+
+# ---------------------------------------------------------------------------- lost fields
+def test_broken_geometries_get_invalid_geometry_rows_on_every_date(tmp_path):
+    from cropyield.observations import field_observations
+
+    s1 = _scene(tmp_path, "S1", "2024-06-01T03:00")
+    s2 = _scene(tmp_path, "S2", "2024-06-06T03:00")
+    good = shapely.box(X0 + 50, Y0 - 200, X0 + 150, Y0 - 100)
+    bowtie = shapely.Polygon([(X0 + 100, Y0 - 100), (X0 + 200, Y0 - 200),
+                              (X0 + 200, Y0 - 100), (X0 + 100, Y0 - 200)])
+    with np.errstate(invalid="ignore"):
+        nan_vertex = shapely.Polygon([(X0 + 100, Y0 - 100), (np.nan, Y0 - 200),
+                                      (X0 + 200, Y0 - 100)])
+    inf_vertex = shapely.Polygon([(X0 + 100, Y0 - 100), (np.inf, Y0 - 200),
+                                  (X0 + 200, Y0 - 100)])
+    geoms = [good, bowtie, shapely.Polygon(), shapely.Point(X0 + 100, Y0 - 100),
+             shapely.LineString([(X0 + 10, Y0 - 10), (X0 + 100, Y0 - 100)]), nan_vertex,
+             inf_vertex]
+    fields = _fields(geoms, ["good", "bowtie", "empty", "point", "line", "nan", "inf"])
+    df = field_observations([s1, s2], fields)
+    assert len(df) == 2 * len(fields)                       # one row per field and date
+    assert df.groupby("field_id").size().eq(2).all()
+    bad = df[df.field_id != "good"]
+    assert bad["flags"].eq("INVALID_GEOMETRY").all()
+    assert bad["ndvi"].isna().all() and bad["covered_fraction"].isna().all()
+    assert df[df.field_id == "good"]["ndvi"].notna().all()
+    # input order is kept
+    assert list(df["field_id"].drop_duplicates()) == list(fields["field_id"])
+
+
+def test_field_outside_every_scene_gets_no_overlap_rows(tmp_path):
+    from cropyield.observations import field_observations
+
+    s1 = _scene(tmp_path)
+    fields = _fields([shapely.box(X0 + 50, Y0 - 200, X0 + 150, Y0 - 100),
+                      shapely.box(X0 + 5000, Y0 - 5000, X0 + 5100, Y0 - 4900)])
+    df = field_observations([s1], fields).set_index("field_id")
+    assert df.loc["f1", "flags"] == "NO_OVERLAP"
+    assert np.isnan(df.loc["f1", "ndvi"]) and df.loc["f1", "covered_fraction"] == 0.0
+    assert df.loc["f1", "scene_id"] == "S1"
+
+
+def test_field_half_outside_the_grid_reports_covered_fraction_and_flag(tmp_path):
+    from cropyield.observations import field_observations
+
+    s1 = _scene(tmp_path)                                   # 64 x 64 px of 10 m
+    fields = _fields([shapely.box(X0 + 50, Y0 - 200, X0 + 150, Y0 - 100),
+                      shapely.box(X0 + 590, Y0 - 200, X0 + 690, Y0 - 100)])
+    df = field_observations([s1], fields).set_index("field_id")
+    assert df.loc["f1", "coverage"] == pytest.approx(50.0)
+    assert df.loc["f1", "covered_fraction"] == pytest.approx(0.5)
+    assert "PARTIAL_COVERAGE" in split_flags(df.loc["f1", "flags"])
+    assert df.loc["f0", "covered_fraction"] == pytest.approx(1.0)
+    assert "PARTIAL_COVERAGE" not in split_flags(df.loc["f0", "flags"])
+    assert "PARTIAL_COVERAGE" in FLAGS
+
+
+def test_field_split_between_two_tiles_of_one_acquisition_is_flagged(s2_world_dir):
+    from conftest import TINY_TILES
+
+    from cropyield.catalogs import normalize_item
+    from cropyield.observations import field_observations
+
+    scenes = [normalize_item(it) for it in _tiny_items(s2_world_dir, "20240501")]
+    assert {s.tile for s in scenes} == {"49SGU", "49SGV"}
+    x_gu = TINY_TILES["49SGU"][0] + 2560          # right edge of 49SGU
+    y_gv = TINY_TILES["49SGV"][1] - 2560          # bottom edge of 49SGV
+    # half of it beyond 49SGU's right edge, half below 49SGV's bottom edge
+    split = shapely.box(x_gu - 50, y_gv - 50, x_gu + 50, y_gv + 50)
+    inside = shapely.box(x_gu - 400, y_gv + 200, x_gu - 300, y_gv + 300)
+    fields = gpd.GeoDataFrame({"field_id": ["split", "inside"]}, geometry=[split, inside],
+                              crs="EPSG:32649")
+    df = field_observations(scenes, fields).set_index("field_id")
+    assert len(df) == 2                            # one row per field and acquisition
+    assert "PARTIAL_COVERAGE" in split_flags(df.loc["split", "flags"])
+    assert 0 < df.loc["split", "covered_fraction"] < 1
+    assert df.loc["inside", "covered_fraction"] == pytest.approx(1.0)
+    assert "PARTIAL_COVERAGE" not in split_flags(df.loc["inside", "flags"])
