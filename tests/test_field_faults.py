@@ -126,3 +126,68 @@ def test_field_split_between_two_tiles_of_one_acquisition_is_flagged(s2_world_di
     assert 0 < df.loc["split", "covered_fraction"] < 1
     assert df.loc["inside", "covered_fraction"] == pytest.approx(1.0)
     assert "PARTIAL_COVERAGE" not in split_flags(df.loc["inside", "flags"])
+
+
+# ---------------------------------------------------------------------------- pixels
+FIELD = (X0 + 50, Y0 - 200, X0 + 150, Y0 - 100)          # columns 5..14, rows 10..19
+
+
+def test_saturated_pixels_are_masked_counted_and_flagged(tmp_path):
+    from cropyield.observations import field_observations
+
+    b04 = ramp((64, 64), 1, 1300, 2500)
+    b08 = ramp((64, 64), 2, 3000, 6000)
+    b04[10:12, 5:15] = 65535                         # 20 of the field's 100 pixels
+    sc = _scene(tmp_path, b04=b04, b08=b08)
+    df = field_observations([sc], _fields([shapely.box(*FIELD)]))
+    r = (b04[12:20, 5:15] * 1e-4 - 0.1, b08[12:20, 5:15] * 1e-4 - 0.1)
+    want = ((r[1] - r[0]) / (r[1] + r[0])).mean()
+    assert df["ndvi"].iloc[0] == pytest.approx(want, abs=1e-12)
+    assert df["valid_fraction"].iloc[0] == pytest.approx(0.8)
+    assert split_flags(df["flags"].iloc[0]) == ["SATURATED"]
+    assert "SATURATED" in FLAGS
+    # the generic (formula) path masks them as well
+    from cropyield.indices import register_index, unregister_index
+
+    register_index("ndvi_f18", "(B08 - B04) / (B08 + B04)", valid_range=(-1, 1))
+    try:
+        g = field_observations([sc], _fields([shapely.box(*FIELD)]), indices=("ndvi_f18",))
+    finally:
+        unregister_index("ndvi_f18")
+    assert g["ndvi_f18"].iloc[0] == pytest.approx(want, abs=1e-12)
+
+
+def _uncompressed_cog(path, arr, transform):
+    import rasterio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0],
+                       count=1, dtype=arr.dtype, crs=f"EPSG:{EPSG}", transform=transform,
+                       nodata=0, tiled=True, blockxsize=32, blockysize=32,
+                       compress="none") as dst:
+        dst.write(arr, 1)
+    with rasterio.open(path) as src:
+        off = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    return off, size
+
+
+def test_corrupt_uncompressed_tile_is_flagged_out_of_range(tmp_path):
+    from rasterio.transform import from_origin
+
+    from cropyield.observations import field_observations
+
+    sc = _scene(tmp_path)
+    good = field_observations([sc], _fields([shapely.box(*FIELD)]))
+    assert good["flags"].iloc[0] == ""
+    rng = np.random.default_rng(3)
+    b08 = ramp((64, 64), 2, 3000, 6000)
+    path = tmp_path / "S1" / "B08.tif"
+    off, size = _uncompressed_cog(path, b08, from_origin(X0, Y0, 10, 10))
+    with open(path, "r+b") as fh:                      # garbage in tile (0, 0): no decoder
+        fh.seek(off)                                   # can notice it
+        fh.write(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    df = field_observations([sc], _fields([shapely.box(*FIELD)]))
+    assert "REFLECTANCE_OUT_OF_RANGE" in split_flags(df["flags"].iloc[0])
+    assert df["valid_fraction"].iloc[0] < 0.6          # the garbage pixels are masked
+    assert "REFLECTANCE_OUT_OF_RANGE" in FLAGS

@@ -158,6 +158,25 @@ def _same_crs(file_crs, grid_crs) -> bool:
 
 
 
+def _masked_dn_flags(acc: np.ndarray, st: _Stream, fi: np.ndarray, flags) -> Any:
+    """``SATURATED`` / ``REFLECTANCE_OUT_OF_RANGE`` on the fields (``fi``) whose slots
+    counted such masked pixels (per slot, not per pixel: free when there are none)."""
+    from ..errors import join_flags
+
+    cols = ((_kernels._ACC_SAT, "SATURATED"), (_kernels._ACC_OOR, "REFLECTANCE_OUT_OF_RANGE"))
+    hit = [(c, code) for c, code in cols if acc[:, c].any()]
+    if not hit:
+        return flags
+    nf_all = len(st.fslot_off) - 1
+    owner = np.repeat(np.arange(nf_all), np.diff(st.fslot_off))
+    flags = np.asarray(flags, dtype=object).copy()
+    for c, code in hit:
+        per_field = np.bincount(owner, weights=acc[st.fslot, c], minlength=nf_all)[fi]
+        for k in np.flatnonzero(per_field > 0):
+            flags[k] = join_flags(flags[k], code)
+    return flags
+
+
 _SCRATCH = threading.local()
 
 
@@ -410,6 +429,7 @@ class _Run:
         vfrac, sbits, codes = _stat_bits(ctx.cov, fi, vsum, fsum, isum, wsum, mean, std,
                                          self.min_vf, self.min_cf)
         flags = bits_to_flags(sbits, codes)
+        flags = _masked_dn_flags(acc, st, fi, flags)
         for j, name in enumerate(self.specs):
             means[name] = mean[j]
             stds[name] = std[j]
@@ -440,11 +460,18 @@ class _Run:
                  and float(nod) == int(nod)
                  and np.iinfo(dn.dtype).min <= int(nod) <= np.iinfo(dn.dtype).max)
         if not plain:
-            return np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod),
-                              float)
-        r = np.empty(len(inv_k))
-        _reflectance_valid(dn, inv_k, float(band.scale), float(band.offset),
-                           dn.dtype.type(int(nod)), True, np.ones(len(inv_k), bool), r)
+            r = np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod), float)
+        else:
+            r = np.empty(len(inv_k))
+            _reflectance_valid(dn, inv_k, float(band.scale), float(band.offset),
+                               dn.dtype.type(int(nod)), True, np.ones(len(inv_k), bool), r)
+        # outside the physical range: +inf (saturated DN) or -inf, which the kernels mask
+        # and count (see _kernels._ACC_SAT)
+        lo, hi = _kernels._REFL_RANGE
+        with np.errstate(invalid="ignore"):
+            bad = (r < lo) | (r > hi)
+        if bad.any():
+            r[bad] = np.where(dn[inv_k[bad]] == _kernels._DN_SATURATED, np.inf, -np.inf)
         return r
 
     def _stream_fine(self, scene, st: _Stream, fine, coarse, coarse_r, assigned, code_u,
