@@ -191,3 +191,38 @@ def test_corrupt_uncompressed_tile_is_flagged_out_of_range(tmp_path):
     assert "REFLECTANCE_OUT_OF_RANGE" in split_flags(df["flags"].iloc[0])
     assert df["valid_fraction"].iloc[0] < 0.6          # the garbage pixels are masked
     assert "REFLECTANCE_OUT_OF_RANGE" in FLAGS
+
+
+# ---------------------------------------------------------------------------- offsets
+def test_item_without_baseline_takes_the_offset_from_its_acquisition_date(s2_world_dir):
+    from cropyield.catalogs import normalize_item
+
+    items = _tiny_items(s2_world_dir)
+    new = next(it for it in items if it["properties"]["datetime"].startswith("2024-05-01"))
+    old = next(it for it in items if it["properties"]["datetime"].startswith("2021"))
+    for it in (new, old):
+        del it["properties"]["s2:processing_baseline"]
+        for a in it["assets"].values():
+            for rb in a.get("raster:bands", []):
+                rb.pop("offset", None)
+    assert normalize_item(new).bands["B04"].offset == pytest.approx(-0.1)
+    assert normalize_item(old).bands["B04"].offset == 0.0
+    assert normalize_item(new).bands["B04"].scale == pytest.approx(1e-4)
+
+
+def test_pixels_carrying_the_offset_against_the_metadata_are_flagged(tmp_path):
+    from cropyield.observations import field_observations
+
+    fields = _fields([shapely.box(*FIELD)])
+    b04 = ramp((64, 64), 1, 300, 900)                       # red of vegetation, DN
+    b08 = ramp((64, 64), 2, 3000, 4000)
+    honest = _scene(tmp_path, "old", "2021-06-01T03:00", b04=b04, b08=b08, baseline="03.00")
+    lying = _scene(tmp_path, "lie", "2021-06-06T03:00", b04=b04 + 1000, b08=b08 + 1000,
+                   baseline="03.00")                         # +1000 DN, metadata: offset 0
+    df = field_observations([honest, lying], fields).set_index("scene_id")
+    assert df.loc["old", "flags"] == ""
+    assert "OFFSET_INCONSISTENT" in split_flags(df.loc["lie", "flags"])
+    # the same pixels with the offset stated are fine
+    right = _scene(tmp_path, "new", "2024-06-01T03:00", b04=b04 + 1000, b08=b08 + 1000,
+                   baseline="05.10")
+    assert field_observations([right], fields)["flags"].iloc[0] == ""

@@ -354,3 +354,16 @@ def test_stream_built_in_two_halves_equals_one_pass(monkeypatch):
         a, b = getattr(one, f.name), getattr(two, f.name)
         assert np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype, f.name
     assert one.n_slots > 400 and one.ec.dtype == np.int32
+
+
+def test_dn_histogram_equals_its_numpy_twin():
+    from cropyield.observations._kernels import _dn_histogram, _dn_histogram_ref
+
+    rng = np.random.default_rng(5)
+    for step in (1, 3, 4):
+        win = rng.integers(0, 65536, (2, 37, 53)).astype(np.uint16)
+        a, b = np.zeros((2, 65536), np.int64), np.zeros((2, 65536), np.int64)
+        _dn_histogram(win, step, a)
+        _dn_histogram_ref(win, step, b)
+        assert np.array_equal(a, b) and a.sum() == 2 * len(range(0, 37, step)) * len(
+            range(0, 53, step))

@@ -32,7 +32,7 @@ from .._geo import Grid
 from .._log import SECRET_PARAMS, logger, redact
 from ..errors import (CatalogError, OffsetInconsistentWarning,
                       UnknownCollectionError)
-from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_source, baseline_offset
+from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_rule, _offset_source
 
 #: Canonical band names, whatever the catalog calls them.
 CANONICAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL")
@@ -99,7 +99,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
     assets: Mapping[str, Any] = d.get("assets") or {}
     layout = _layout_for(collection, assets, item_id)
     baseline = _baseline_of(d, props)
-    rule = baseline_offset(baseline)
+    rule = _offset_rule(baseline, props)     # baseline, else acquisition date
     base_href = _self_href(d)
 
     flags: set[str] = set()

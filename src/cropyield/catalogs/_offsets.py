@@ -31,6 +31,31 @@ def baseline_offset(baseline: str | float | None) -> float | None:
     return -0.1 if b >= 4.0 - 1e-9 else 0.0
 
 
+#: First acquisition day of processing baseline 04.00 (BOA_ADD_OFFSET introduced, ESA
+#: Sentinel-2 L2A product change of 25 January 2022): the offset rule for items that state
+#: no baseline at all.
+OFFSET_START = "2022-01-25"
+
+
+def _offset_rule(baseline: str | None, props: Mapping[str, Any]) -> float | None:
+    """Offset of an item's reflectance bands by rule: from its processing baseline, or,
+    when the item states none, from its acquisition date (-0.1 from
+    :data:`OFFSET_START`, else 0). None when neither is known. Reprocessed archives
+    (baseline 04.00+ for older dates) state their baseline, so the date is only a
+    fallback; :func:`cropyield.field_observations` also checks the pixels (dark-object
+    test, ``OFFSET_INCONSISTENT``)."""
+    rule = baseline_offset(baseline)
+    if rule is not None:
+        return rule
+    dt = props.get("datetime") or props.get("start_datetime")
+    if not isinstance(dt, str) or len(dt) < 10:
+        return None
+    day = dt[:10]
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        return None
+    return -0.1 if day >= OFFSET_START else 0.0
+
+
 def _baseline_float(baseline) -> float | None:
     if baseline is None:
         return None

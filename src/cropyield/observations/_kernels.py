@@ -492,6 +492,25 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
                 wsum[j, i] = 0.0
 
 
+def _dn_histogram_ref(win, step, hist):
+    """NumPy twin of :func:`_dn_histogram`."""
+    for j in range(win.shape[0]):
+        hist[j] += np.bincount(np.asarray(win[j, ::step, ::step]).ravel(),
+                               minlength=hist.shape[1])[:hist.shape[1]]
+
+
+@njit(nogil=True)
+def _dn_histogram(win, step, hist):  # pragma: no cover - compiled
+    """Add the DN of every ``step``-th row and column of each band of ``win`` (n, h, w;
+    unsigned integers below ``hist.shape[1]``) to ``hist[band, DN]``: the dark-object
+    statistics of a scene whose metadata say it has no offset (one pass over a 1/step^2
+    sample, outside the fused kernels)."""
+    for j in range(win.shape[0]):
+        for r in range(0, win.shape[1], step):
+            for c in range(0, win.shape[2], step):
+                hist[j, np.uintp(win[j, r, c])] += 1
+
+
 _FUSED: dict[tuple[Any, ...], Any] = {}
 _FUSED_LOCK = threading.Lock()
 #: the fused kernels unroll the band checks for at most this many window bands and as many

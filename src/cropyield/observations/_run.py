@@ -177,6 +177,31 @@ def _masked_dn_flags(acc: np.ndarray, st: _Stream, fi: np.ndarray, flags) -> Any
     return flags
 
 
+#: dark-object test of scenes whose metadata say offset 0: every _DARK_STEP-th row and column
+#: of the windows read are histogrammed; when the _DARK_QUANTILE of the darkest band is at
+#: or above reflectance _DARK_REFL (DN 1000 at scale 1e-4), the DN look like they carry the
+#: +1000 offset of baseline >= 04.00 (without it, dark targets -- water, shadow, dense
+#: vegetation in red -- lie near reflectance 0-0.05)
+_DARK_STEP, _DARK_QUANTILE, _DARK_REFL, _DARK_MIN_PIXELS = 4, 0.01, 0.1, 200
+
+
+def _offset_missing(hists: list[np.ndarray], fine) -> bool:
+    """Whether the dark-object DN statistics contradict an offset of 0 (see _DARK_REFL)."""
+    h = np.sum(hists, axis=0)
+    low = []
+    for j, (_, band, _) in enumerate(fine):
+        hj = h[j].copy()
+        if band.nodata is not None and 0 <= float(band.nodata) < hj.shape[0]:
+            hj[int(band.nodata)] = 0
+        hj[_kernels._DN_SATURATED] = 0
+        n = int(hj.sum())
+        if n < _DARK_MIN_PIXELS:
+            return False
+        q = int(np.searchsorted(np.cumsum(hj), _DARK_QUANTILE * n))
+        low.append(q * float(band.scale))
+    return bool(low) and min(low) >= _DARK_REFL - 1e-9
+
+
 _SCRATCH = threading.local()
 
 
@@ -403,9 +428,10 @@ class _Run:
         st = ctx.stream(ref.shape, fine[0][2].block_shape if fine else ref.shape)
         nidx = len(self.specs)
         acc = np.zeros((st.n_slots, _ACC_FIRST + _ACC_WIDTH * nidx))
+        dark: list[np.ndarray] = []
         if not fail:
             fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc,
-                                     has_px=ctx.cov_sum > 0)
+                                     has_px=ctx.cov_sum > 0, dark=dark)
         if fail:
             for b in self.bands:              # handles opened for metadata only
                 self.reader.release(scene.bands[b].href)
@@ -430,6 +456,13 @@ class _Run:
                                          self.min_vf, self.min_cf)
         flags = bits_to_flags(sbits, codes)
         flags = _masked_dn_flags(acc, st, fi, flags)
+        if dark and _offset_missing(dark, fine):
+            logger.warning("scene %s: its metadata say no radiometric offset but 1 %% of its "
+                           "darkest band's pixels are brighter than reflectance %.2f, as if "
+                           "they carried the +1000 DN offset of baseline 04.00; rows flagged "
+                           "OFFSET_INCONSISTENT (check the item, or pass offset_override=)",
+                           scene.id, _DARK_REFL)
+            flags = _with_scene_flags(np.asarray(flags, dtype=object), ("OFFSET_INCONSISTENT",))
         for j, name in enumerate(self.specs):
             means[name] = mean[j]
             stds[name] = std[j]
@@ -475,10 +508,12 @@ class _Run:
         return r
 
     def _stream_fine(self, scene, st: _Stream, fine, coarse, coarse_r, assigned, code_u,
-                     acc, has_px) -> int:
+                     acc, has_px, dark: list | None = None) -> int:
         """Read the fine bands block run by block run and accumulate the statistics of
         every run in the reader thread that decoded it (``has_px``: the fields with an
-        entry on this grid). Returns failure bits (0: done)."""
+        entry on this grid). Returns failure bits (0: done). When every fine band says
+        offset 0 (16-bit DN), a DN histogram of a sample of the windows read is appended
+        to ``dark`` (one per reader thread; see :func:`_offset_missing`)."""
         from ..indices import _apply
         from ..zonal import _min_frac_threshold
         from ..read import _runs_of
@@ -524,6 +559,21 @@ class _Run:
                 for j, spec in enumerate(specs):
                     vals[j] = _apply(spec, bands)
                 _accumulate(vals, pos, m, st.efr, st.eslot, min_frac, acc)
+
+        if (dark is not None and fine
+                and all(float(band.offset) == 0.0 for _, band, _ in fine)
+                and np.dtype(fine[0][2].dtype) == np.uint16):
+            local = threading.local()
+            inner = consume
+
+            def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:  # noqa: F811
+                inner(k, r0, c0, win)
+                h = getattr(local, "hist", None)
+                if h is None:
+                    h = local.hist = np.zeros((len(fine), 65536), np.int64)
+                    with self._lock:
+                        dark.append(h)
+                _kernels._dn_histogram(win, _DARK_STEP, h)
 
         if not fine:                     # nothing to decode here: every band was gathered
             (bh, bw), (H, W) = st.block_shape, st.shape
