@@ -82,7 +82,9 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         Canonical bands ``B02 ... B12, B8A, SCL`` (those present), each with unsigned href,
         resolution (m), grid, nodata (DN, default 0), ``scale`` and ``offset`` such that
         reflectance = DN x scale + offset (SCL: 1 and 0), and ``offset_source`` in
-        ``{"raster:bands", "baseline", "none", "override"}``.
+        ``{"raster:bands", "baseline", "acquisition_date", "none", "override"}``
+        (``acquisition_date``: no baseline stated anywhere, the baseline-04.00 rule applied
+        by date, see :data:`cropyield.catalogs._offsets.OFFSET_START`).
 
     Raises
     ------
@@ -99,7 +101,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
     assets: Mapping[str, Any] = d.get("assets") or {}
     layout = _layout_for(collection, assets, item_id)
     baseline = _baseline_of(d, props)
-    rule = _offset_rule(baseline, props)     # baseline, else acquisition date
+    rule, rule_source = _offset_rule(baseline, props)    # baseline, else acquisition date
     base_href = _self_href(d)
 
     flags: set[str] = set()
@@ -121,7 +123,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         else:
             scale = float(info.get("scale", _DEFAULT_SCALE))
             offset, source, disagreement = _band_offset(name, info.get("offset"),
-                                                        offset_override, rule)
+                                                        offset_override, rule, rule_source)
             sources.add(source)
             if disagreement is not None:
                 disagreements.append(disagreement)
