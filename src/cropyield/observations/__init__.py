@@ -50,6 +50,9 @@ from ._table import OBSERVATION_COLUMNS, _assemble, observations_to_xarray
 
 __all__ = ["field_observations", "observations_to_xarray", "OBSERVATION_COLUMNS"]
 
+#: read_deadline="auto": this many seconds plus _AUTO_DEADLINE_PER_SCENE per scene
+_AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
+
 
 def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                        scl_classes: Iterable[int] | None = None, dilate: int = 0,
@@ -58,7 +61,8 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                        min_coverage_frac: float = 0.0,
                        env: Mapping[str, Any] | None = None,
                        signer: Callable[[str], str] | None = None,
-                       max_attempts: int = 4) -> pd.DataFrame:
+                       max_attempts: int = 4,
+                       read_deadline: float | str | None = "auto") -> pd.DataFrame:
     """Coverage-weighted vegetation-index statistics per (field, acquisition).
 
     Parameters
@@ -101,6 +105,16 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         a scene attribute ``signer`` is used when this is None. Re-called once on HTTP 403.
     max_attempts : int
         Attempts per block read for transient failures.
+    read_deadline : float, "auto" or None
+        Total seconds for all reads of this call (counted from its start). After it no read
+        is started or retried: with ``on_error="raise"`` the next read raises
+        :class:`~cropyield.errors.AssetReadError` (``reason="deadline"``); with ``"flag"``
+        the rows of every scene not read by then get NaN values and ``READ_FAILED``, and
+        ``attrs["read_failures"]`` lists them with ``reason="deadline"``. A request in
+        flight still ends by its GDAL timeout (``GDAL_HTTP_TIMEOUT``, 30 s by default,
+        per GDAL retry). ``"auto"`` (default): 600 s + 120 s per scene, ample for healthy
+        servers (a scene's blocks under the fields take seconds) yet a stalled server costs
+        minutes, not ~20 minutes per scene. None: no deadline.
 
     Returns
     -------
@@ -150,6 +164,16 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         raise ConfigError("min_coverage_frac must be within [0, 1]")
     fields = validate_fields(fields, id_col=id_col)
     scene_list = _as_scene_list(scenes)
+    if read_deadline == "auto":
+        read_deadline = _AUTO_DEADLINE_BASE + _AUTO_DEADLINE_PER_SCENE * len(scene_list)
+    elif read_deadline is not None:
+        try:
+            read_deadline = float(read_deadline)
+        except (TypeError, ValueError):
+            raise ConfigError(f"read_deadline must be seconds, 'auto' or None, got "
+                              f"{read_deadline!r}") from None
+        if not read_deadline > 0:
+            raise ConfigError(f"read_deadline must be > 0 seconds, got {read_deadline!r}")
     for s in scene_list:
         missing = [b for b in bands_needed if b not in s.bands]
         if missing:
@@ -175,6 +199,6 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     results, stats, state = _run_acquisitions(
         scene_list, fields, ref_grids, groups, order, specs, bands_needed, classes,
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
-        progress, threads, env, signer, max_attempts)
+        progress, threads, env, signer, max_attempts, read_deadline)
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
                      dilate, fields=fields, acquisitions=[groups[k][0] for k in order])

@@ -31,7 +31,8 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
                       classes, dilate, min_valid_fraction, on_error, min_coverage_frac,
                       id_col: str, progress: Any, threads: int,
                       env: Mapping[str, Any] | None, signer: Callable[[str], str] | None,
-                      max_attempts: int) -> tuple[list[Any], dict[str, Any], "_Run"]:
+                      max_attempts: int, deadline: float | None = None,
+                      ) -> tuple[list[Any], dict[str, Any], "_Run"]:
     """Read and reduce every acquisition of ``order`` (``groups``: acquisition -> scene
     positions); returns the per-acquisition row blocks (in ``order``), the reader's byte
     and request counts, and the :class:`_Run` (its ``failures``)."""
@@ -62,7 +63,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
             progress(d, len(order))
 
     with BlockReader(threads=threads, env=env, signer=reader_signer,
-                     max_attempts=max_attempts) as reader:
+                     max_attempts=max_attempts, deadline=deadline) as reader:
         # the reader threads open the first acquisitions' files while this thread computes
         # the coverage (remote opens are latency-bound requests): SCL first, as they are
         # read. Only single-scene acquisitions: of several overlapping tiles, some may
