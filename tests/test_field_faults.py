@@ -226,3 +226,28 @@ def test_pixels_carrying_the_offset_against_the_metadata_are_flagged(tmp_path):
     right = _scene(tmp_path, "new", "2024-06-01T03:00", b04=b04 + 1000, b08=b08 + 1000,
                    baseline="05.10")
     assert field_observations([right], fields)["flags"].iloc[0] == ""
+
+
+# ---------------------------------------------------------------------------- metadata
+@pytest.mark.parametrize("epsg", [4326.5, 32650])
+def test_wrong_proj_epsg_never_makes_the_scene_vanish(s2_world_dir, epsg):
+    """proj:epsg 4326.5 (read as 4326) or the neighbouring UTM zone with the file's own
+    transform put the grid where no field is: the scene must fail naming the item, or
+    give READ_FAILED rows, never drop out silently."""
+    from cropyield.catalogs import normalize_item
+    from cropyield.errors import AssetReadError
+    from cropyield.observations import field_observations
+
+    it = _tiny_items(s2_world_dir, "20240506")[0]
+    it["properties"]["proj:epsg"] = epsg
+    scene = normalize_item(it)
+    fields = gpd.GeoDataFrame({"field_id": ["a"]},
+                              geometry=[shapely.box(701000, 3849000, 701100, 3849100)],
+                              crs="EPSG:32649")
+    with pytest.raises(AssetReadError) as ei:
+        field_observations([scene], fields)
+    assert it["id"] in str(ei.value) and ei.value.reason == "grid_mismatch"
+    df = field_observations([scene], fields, on_error="flag")
+    assert df["flags"].tolist() == ["READ_FAILED"] and df["ndvi"].isna().all()
+    assert df.attrs["read_failures"][0]["scene_id"] == it["id"]
+    assert df.attrs["read_failures"][0]["reason"] == "grid_mismatch"

@@ -79,6 +79,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
         state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
                      float(min_valid_fraction), on_error, float(min_coverage_frac))
         state.reader = reader
+        state.fields = fields
 
         def run_group(gi):
             results[gi] = state.group([i for i in groups[order[gi]]])
@@ -231,6 +232,17 @@ class _Run:
         self.failures: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.reader = None
+        self.fields = None          # the fields table (set by _run_acquisitions)
+        self._fields_ll = None
+
+    @property
+    def fields_ll(self) -> np.ndarray:
+        """Field geometries in EPSG:4326 (for item footprints; computed once, on demand)."""
+        with self._lock:
+            if self._fields_ll is None:
+                self._fields_ll = np.asarray(self.fields.to_crs(4326).geometry.values,
+                                             dtype=object)
+            return self._fields_ll
 
     # -- failure bookkeeping -----------------------------------------------------------------
     def _fail(self, scene, band: str, exc: AssetReadError) -> int:
@@ -245,7 +257,7 @@ class _Run:
                        type(exc).__name__)
         return _B_AUTH if isinstance(exc, AuthExpiredError) else _B_READ_FAILED
 
-    def _check_grid(self, band) -> None:
+    def _check_grid(self, band, scene=None) -> None:
         """The file's shape, transform and CRS must match the item's metadata (else pixels
         shift, or the fields land in the wrong UTM zone)."""
         m = self.reader.meta(band.href)
@@ -254,8 +266,9 @@ class _Run:
                 or any(abs(a - b) > 1e-6 for a, b in zip(tuple(t)[:6], tuple(g)[:6]))
                 or not _same_crs(m.crs, band.grid.crs)):
             href = redact(band.href)
+            item = f"item {scene.id}: " if scene is not None else ""
             raise AssetReadError(
-                f"{href} has shape {tuple(m.shape)}, transform {tuple(t)[:6]} and CRS "
+                f"{item}{href} has shape {tuple(m.shape)}, transform {tuple(t)[:6]} and CRS "
                 f"{_crs_name(m.crs)} but the item says {tuple(band.grid.shape)}, "
                 f"{tuple(g)[:6]} and {_crs_name(band.grid.crs)}; the STAC metadata "
                 f"(proj:shape / proj:transform / proj:epsg or proj:code) is wrong for this "
@@ -306,7 +319,7 @@ class _Run:
             return code
 
         try:
-            self._check_grid(band)
+            self._check_grid(band, scene)
             if dilate == 0 and np.dtype(self.reader.meta(band.href).dtype) == np.uint8:
                 # no neighbourhood needed: gather the raw classes, then look the codes up
                 # on the pixel vector only (unread pixels: class 0 -> _OUTSIDE, the fill)
@@ -328,8 +341,15 @@ class _Run:
         ctxs = [self.ctxs[self.ref_grids[i]] for i in members]
         cand = [c.cov_sum > 0 for c in ctxs]
         codes, fail_bits, score = [], [], []
+        out = []
         for i, ctx, cm in zip(members, ctxs, cand):
             if not cm.any():
+                # no field in this scene's grid: make sure that is not the item's metadata
+                # placing the grid elsewhere (wrong proj:epsg / transform), which would make
+                # the scene vanish silently
+                bad = self._grid_failure(i, ctx)
+                if bad is not None:
+                    out.append(bad)
                 codes.append(None)
                 fail_bits.append(0)
                 score.append(None)
@@ -354,12 +374,46 @@ class _Run:
             for c in cand:
                 anyc |= c
             assigned = [(best == j) & cand[j] & anyc for j in range(len(members))]
-        out = []
         for j, i in enumerate(members):
             if not assigned[j].any():
                 continue
             out.append(self.scene_rows(i, ctxs[j], assigned[j], codes[j], fail_bits[j]))
         return out
+
+    def _grid_failure(self, si: int, ctx: _GridCtx) -> dict | None:
+        """Check the grid of scene ``si`` (no field in it) against its file; on a mismatch
+        raise (``on_error="raise"``) or return ``READ_FAILED`` rows for the fields inside
+        the item's footprint (its ``bbox``; every field when it has none)."""
+        scene = self.scenes[si]
+        band = scene.bands.get("SCL") or scene.bands[self.bands[0]]
+        try:
+            self._check_grid(band, scene)
+        except AssetReadError as exc:
+            bits = self._fail(scene, band.name, exc)
+        else:
+            return None
+        finally:
+            self.reader.release(band.href)
+        fi = self._fields_in_footprint(scene)
+        nan = np.full(len(fi), np.nan)
+        return self._rows(si, ctx, fi, np.zeros(len(fi)), nan.copy(),
+                          np.full(len(fi), bits, np.int64),
+                          {n: nan.copy() for n in self.specs},
+                          {n: nan.copy() for n in self.specs})
+
+    def _fields_in_footprint(self, scene) -> np.ndarray:
+        """Positions of the fields that intersect the item's WGS84 ``bbox`` (all fields
+        when the item has none)."""
+        import shapely
+
+        item = getattr(scene, "item", None)
+        bbox = getattr(item, "bbox", None) if item is not None else None
+        n = len(self.fields_ll)
+        if not bbox or len(bbox) not in (4, 6):
+            return np.arange(n)
+        b = [float(v) for v in bbox]
+        box = shapely.box(b[0], b[1], b[3], b[4]) if len(b) == 6 else shapely.box(*b)
+        return np.flatnonzero(shapely.intersects(self.fields_ll, box))
 
     @staticmethod
     def _score(ctx: _GridCtx, cm: np.ndarray, code_u: np.ndarray | None) -> np.ndarray:
@@ -406,7 +460,7 @@ class _Run:
             band = scene.bands[b]
             k = _factor(band.grid, ref, b)
             try:
-                self._check_grid(band)
+                self._check_grid(band, scene)
                 m = self.reader.meta(band.href)
             except AssetReadError as exc:
                 fail |= self._fail(scene, b, exc)
