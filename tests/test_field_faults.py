@@ -251,3 +251,39 @@ def test_wrong_proj_epsg_never_makes_the_scene_vanish(s2_world_dir, epsg):
     assert df["flags"].tolist() == ["READ_FAILED"] and df["ndvi"].isna().all()
     assert df.attrs["read_failures"][0]["scene_id"] == it["id"]
     assert df.attrs["read_failures"][0]["reason"] == "grid_mismatch"
+
+
+# ---------------------------------------------------------------------------- chunks
+def test_chunks_splitting_an_acquisition_merge_without_duplicate_field_days(s2_world_dir):
+    """The two tiles of 2024-05-01 in two calls (as two dask tasks would): concatenated,
+    a field in the overlap has two rows that day; merged, the table equals one call's."""
+    from conftest import TINY_TILES
+
+    from cropyield.catalogs import normalize_item
+    from cropyield.observations import field_observations, merge_observations
+
+    scenes = [normalize_item(it) for it in _tiny_items(s2_world_dir)
+              if it["properties"]["datetime"][:4] == "2024"]
+    x, y = TINY_TILES["49SGV"]                       # overlap: 49SGV's upper-left part
+    geoms = [shapely.box(x + 900 + 150 * k, y - 2200, x + 1000 + 150 * k, y - 2100)
+             for k in range(4)]
+    geoms.append(shapely.box(x - 600, y - 1500, x - 500, y - 1400))   # 49SGU only
+    fields = gpd.GeoDataFrame({"field_id": [f"f{k}" for k in range(5)]}, geometry=geoms,
+                              crs="EPSG:32649")
+    one = field_observations(scenes, fields)
+    gu = [s for s in scenes if s.tile == "49SGU"]
+    gv = [s for s in scenes if s.tile == "49SGV"]
+    parts = [field_observations(gu, fields), field_observations(gv, fields)]
+    cat = __import__("pandas").concat(parts, ignore_index=True)
+    day = cat["time"].dt.strftime("%Y%m%d")
+    assert cat.assign(day=day).duplicated(["field_id", "day"]).any()       # the bug
+    merged = merge_observations(*parts)
+    assert not merged.assign(day=merged["time"].dt.strftime("%Y%m%d")).duplicated(
+        ["field_id", "day"]).any()
+    cols = ["field_id", "time", "scene_id", "ndvi", "covered_fraction", "flags"]
+    a = one[cols].reset_index(drop=True)
+    b = merged[cols].reset_index(drop=True)
+    assert a["field_id"].tolist() == b["field_id"].tolist()
+    assert a["scene_id"].tolist() == b["scene_id"].tolist()
+    np.testing.assert_allclose(a["ndvi"], b["ndvi"], rtol=0, atol=0)
+    assert merged.attrs["requests"] == sum(p.attrs["requests"] for p in parts)

@@ -46,9 +46,10 @@ import pandas as pd
 from ..errors import ConfigError, CropYieldError
 from ..read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
 from ._run import _baseline, _run_acquisitions
-from ._table import OBSERVATION_COLUMNS, _assemble, observations_to_xarray
+from ._table import OBSERVATION_COLUMNS, _assemble, merge_observations, observations_to_xarray
 
-__all__ = ["field_observations", "observations_to_xarray", "OBSERVATION_COLUMNS"]
+__all__ = ["field_observations", "observations_to_xarray", "merge_observations",
+           "OBSERVATION_COLUMNS"]
 
 #: read_deadline="auto": this many seconds plus _AUTO_DEADLINE_PER_SCENE per scene
 _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
@@ -119,14 +120,29 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     Returns
     -------
     pandas.DataFrame
-        One row per (field, acquisition) where the field has pixels in a scene's grid,
-        sorted by field (input order) then time. Columns: ``field_id``, ``time``
+        One row per (field, acquisition), every field included (see Notes), sorted by
+        field (input order) then time. Columns: ``field_id``, ``time``
         (``datetime64[ns, UTC]``), ``scene_id``, ``tile``, ``coverage`` (sum of coverage
-        fractions in the grid, pixels of the finest band), ``valid_fraction`` (clear
-        coverage / coverage, 0..1), per index ``<index>`` (weighted mean, dimensionless)
+        fractions in the grid, pixels of the finest band), ``covered_fraction`` (coverage
+        / field area in pixels, 0..1: the share of the field inside the scene's grid;
+        below 1 the row is flagged ``PARTIAL_COVERAGE``), ``valid_fraction`` (clear
+        coverage / coverage, 0..1; pixels masked as saturated or outside the physical
+        reflectance range count as not clear: ``SATURATED``,
+        ``REFLECTANCE_OUT_OF_RANGE``), per index ``<index>`` (weighted mean, dimensionless)
         and ``<index>_std`` (weighted population standard deviation), ``flags``.
         ``attrs``: ``requests``, ``bytes_read``, ``blocks_read``, ``retries``,
         ``read_failures`` (list of dicts with redacted href), ``scene_ids``, ``indices``.
+
+    Notes
+    -----
+    Every field comes out: a field with no pixel in any scene's grid gets ``NO_OVERLAP``
+    rows, one whose geometry cannot be measured (empty, not polygonal, self-intersecting,
+    non-finite vertices) ``INVALID_GEOMETRY`` rows, one per acquisition, with NaN values.
+
+    Chunks: the one-scene-per-field rule holds within a call. Calling this per chunk of
+    scenes (dask, threads) must not split the scenes of one acquisition between chunks,
+    or the chunks' tables must be combined with :func:`merge_observations`, which drops
+    the duplicate field-days.
 
     Raises
     ------

@@ -17,7 +17,7 @@ import pandas as pd
 # cropyield.zonal._stat_bits, applied here to read-failure rows too
 from ..zonal import _FULL_COVER
 
-__all__ = ["observations_to_xarray", "OBSERVATION_COLUMNS"]
+__all__ = ["observations_to_xarray", "merge_observations", "OBSERVATION_COLUMNS"]
 
 #: Leading columns of the observations table (then ``<index>``, ``<index>_std``, ``flags``).
 OBSERVATION_COLUMNS = ("field_id", "time", "scene_id", "tile", "coverage", "covered_fraction",
@@ -55,6 +55,92 @@ def observations_to_xarray(df: pd.DataFrame):
     return ds
 
 
+
+
+#: rows of one field closer in time than this are one acquisition (scenes of one pass are
+#: seconds to minutes apart; two passes over a place are at least a day apart)
+_SAME_ACQUISITION = pd.Timedelta(hours=1)
+
+
+def merge_observations(*frames: pd.DataFrame) -> pd.DataFrame:
+    """Merge observation tables of chunks of one scene list into the table one call would
+    give: one row per (field, acquisition), no duplicate field-days.
+
+    :func:`cropyield.field_observations` assigns each field to the one scene of an
+    acquisition that covers it best; called per chunk of scenes (dask tasks, threads) with
+    the scenes of one acquisition split between chunks, each chunk measures the field once
+    and the concatenation holds duplicates. Prefer splitting by acquisition (group scenes
+    by ``cropyield.read._solar_day``); otherwise merge the chunks' tables with this.
+
+    Rows of a field within one hour of each other are one acquisition. Of these, the row
+    kept is the one that does not carry ``READ_FAILED``/``AUTH_EXPIRED``, then has the
+    largest ``covered_fraction`` (share of the field in the grid, to 0.1 %), then the largest
+    clear share (``covered_fraction x valid_fraction``, to 0.1 %), then the first
+    ``scene_id`` in sort order -- the order of :func:`field_observations`'s assignment
+    when the swath shares agree. Fill rows (coverage 0, ``NO_OVERLAP`` or
+    ``INVALID_GEOMETRY``) lose to any measured row, and are dropped for a field measured
+    on another day, as one call would (it fills only fields measured nowhere). ``attrs``: read counters summed, ``read_failures`` and
+    ``scene_ids`` concatenated.
+
+    Parameters
+    ----------
+    *frames : pandas.DataFrame
+        Tables from :func:`cropyield.field_observations` (same indices).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Sorted by field (first appearance) then time.
+    """
+    from ..errors import split_flags
+
+    frames = [f for f in frames if f is not None]
+    if not frames:
+        raise ValueError("merge_observations needs at least one observations table")
+    df = pd.concat(frames, ignore_index=True)
+    if df.empty:
+        return df
+    failed = df["flags"].map(lambda c: bool({"READ_FAILED", "AUTH_EXPIRED"}
+                                            & set(split_flags(c)))).to_numpy()
+    cf = df["covered_fraction"].to_numpy(float) if "covered_fraction" in df else \
+        np.ones(len(df))
+    vf = df["valid_fraction"].to_numpy(float)
+    key = pd.DataFrame({
+        "field": pd.factorize(df["field_id"])[0],
+        "time": pd.to_datetime(df["time"], utc=True),
+        "failed": failed.astype(int),
+        "cov": -np.rint(np.nan_to_num(cf, nan=-1.0) * 1000),
+        "clear": -np.rint(np.nan_to_num(cf * vf, nan=-1.0) * 1000),
+        "scene": df["scene_id"].astype(str),
+    })
+    key = key.sort_values(["field", "time"], kind="stable")
+    t = key["time"].to_numpy()
+    f = key["field"].to_numpy()
+    new = np.ones(len(key), bool)
+    new[1:] = (f[1:] != f[:-1]) | ((t[1:] - t[:-1]) > _SAME_ACQUISITION.to_timedelta64())
+    key["acq"] = np.cumsum(new)
+    best = key.sort_values(["acq", "failed", "cov", "clear", "scene"], kind="stable")
+    keep = best.drop_duplicates("acq", keep="first").sort_values(["field", "time"],
+                                                                 kind="stable").index
+    out = df.loc[keep].reset_index(drop=True)
+    # fill rows (no pixel: coverage 0, NO_OVERLAP / INVALID_GEOMETRY) exist only for fields
+    # without any measured row in a call; a field measured in another chunk loses them
+    fill = (out["coverage"].to_numpy(float) == 0) & out["flags"].isin(
+        ["NO_OVERLAP", "INVALID_GEOMETRY"]).to_numpy()
+    measured = set(out.loc[~fill, "field_id"])
+    if fill.any() and measured:
+        out = out[~(fill & out["field_id"].isin(measured).to_numpy())].reset_index(drop=True)
+    attrs: dict[str, Any] = {}
+    for fr in frames:
+        for k, v in fr.attrs.items():
+            if k in ("requests", "bytes_read", "blocks_read", "retries"):
+                attrs[k] = attrs.get(k, 0) + v
+            elif k in ("read_failures", "scene_ids"):
+                attrs[k] = list(attrs.get(k, [])) + list(v)
+            else:
+                attrs.setdefault(k, v)
+    out.attrs.update(attrs)
+    return out
 
 
 def _assemble(results: Sequence[Any], scene_list, field_ids: np.ndarray,
