@@ -287,3 +287,65 @@ def test_chunks_splitting_an_acquisition_merge_without_duplicate_field_days(s2_w
     assert a["scene_id"].tolist() == b["scene_id"].tolist()
     np.testing.assert_allclose(a["ndvi"], b["ndvi"], rtol=0, atol=0)
     assert merged.attrs["requests"] == sum(p.attrs["requests"] for p in parts)
+
+
+def _sha256_multihash(path) -> str:
+    import hashlib
+
+    return "1220" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_checksum_mismatch_fails_or_flags_the_scene(s2_world_dir, tmp_path):
+    """An asset changed after its item was written (here: bytes appended, invisible to
+    GDAL) passes the block reads; verify_checksums=True compares the file:checksum."""
+    import shutil
+
+    from cropyield.catalogs import normalize_item
+    from cropyield.errors import CorruptAssetError
+    from cropyield.observations import field_observations
+    from cropyield.read import verify_checksum
+
+    it = _tiny_items(s2_world_dir, "20240506")[0]
+    for a in it["assets"].values():
+        if a["href"].startswith("http"):
+            continue
+        src = s2_world_dir / a["href"].split(str(s2_world_dir) + "/", 1)[1]
+        dst = tmp_path / src.name
+        shutil.copy(src, dst)
+        a["href"] = str(dst)
+        a["file:checksum"] = _sha256_multihash(dst)
+    fields = gpd.GeoDataFrame({"field_id": ["a"]},
+                              geometry=[shapely.box(701000, 3849000, 701100, 3849100)],
+                              crs="EPSG:32649")
+    ok = field_observations([normalize_item(it)], fields, verify_checksums=True)
+    assert ok["ndvi"].notna().all() and ok["flags"].eq("").all()
+    with open(tmp_path / "B08.tif", "ab") as fh:
+        fh.write(b"\0garbage")
+    scene = normalize_item(it)
+    plain = field_observations([scene], fields)            # block reads cannot see it
+    assert plain["ndvi"].notna().all()
+    with pytest.raises(CorruptAssetError) as ei:
+        field_observations([scene], fields, verify_checksums=True)
+    assert ei.value.reason == "checksum" and "B08.tif" in str(ei.value)
+    df = field_observations([scene], fields, verify_checksums=True, on_error="flag")
+    assert df["flags"].tolist() == ["READ_FAILED"] and df["ndvi"].isna().all()
+    assert df.attrs["read_failures"][0]["reason"] == "checksum"
+    with pytest.raises(CorruptAssetError):
+        verify_checksum(str(tmp_path / "B08.tif"), it["assets"]["nir"]["file:checksum"])
+
+
+def test_verify_checksum_over_http_and_malformed_checksums(tmp_path):
+    from cropyield.errors import AssetReadError, CorruptAssetError
+    from cropyield.read import verify_checksum
+    from cropyield.servers import RangeServer
+
+    (tmp_path / "a.bin").write_bytes(b"cropyield" * 1000)
+    good = _sha256_multihash(tmp_path / "a.bin")
+    with RangeServer(tmp_path) as srv:
+        verify_checksum(srv.url_for("a.bin"), good)
+        with pytest.raises(CorruptAssetError):
+            verify_checksum(srv.url_for("a.bin"), good[:-2] + ("00" if good[-2:] != "00"
+                                                                else "11"))
+    for bad in ("zz", "1220abcd", "9901ff"):
+        with pytest.raises(AssetReadError, match="multihash"):
+            verify_checksum(str(tmp_path / "a.bin"), bad)

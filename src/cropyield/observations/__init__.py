@@ -63,7 +63,8 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                        env: Mapping[str, Any] | None = None,
                        signer: Callable[[str], str] | None = None,
                        max_attempts: int = 4,
-                       read_deadline: float | str | None = "auto") -> pd.DataFrame:
+                       read_deadline: float | str | None = "auto",
+                       verify_checksums: bool = False) -> pd.DataFrame:
     """Coverage-weighted vegetation-index statistics per (field, acquisition).
 
     Parameters
@@ -116,6 +117,15 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         per GDAL retry). ``"auto"`` (default): 600 s + 120 s per scene, ample for healthy
         servers (a scene's blocks under the fields take seconds) yet a stalled server costs
         minutes, not ~20 minutes per scene. None: no deadline.
+    verify_checksums : bool
+        Fetch every needed asset whose item states ``file:checksum`` (a multihash) in full
+        and compare digests before reading (:func:`cropyield.read.verify_checksum`). A
+        mismatch raises :class:`~cropyield.errors.CorruptAssetError` (``reason="checksum"``)
+        or, with ``on_error="flag"``, flags the scene's rows ``READ_FAILED``. Default
+        False: only the tiles under the fields are fetched, so damage elsewhere in a file
+        goes unseen, a damaged DEFLATE tile fails to decode, and a damaged uncompressed
+        tile is caught only where its reflectance leaves the physical range
+        (``REFLECTANCE_OUT_OF_RANGE``).
 
     Returns
     -------
@@ -212,9 +222,48 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                                     scene_list[i].id))
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
     field_ids = np.asarray(fields[id_col].to_numpy())
+    pre_failed = (_verify_checksums(scene_list, bands_needed, on_error, signer)
+                  if verify_checksums else {})
     results, stats, state = _run_acquisitions(
         scene_list, fields, ref_grids, groups, order, specs, bands_needed, classes,
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
-        progress, threads, env, signer, max_attempts, read_deadline)
+        progress, threads, env, signer, max_attempts, read_deadline, pre_failed)
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
                      dilate, fields=fields, acquisitions=[groups[k][0] for k in order])
+
+
+def _asset_checksum(scene, band) -> str | None:
+    """The ``file:checksum`` of a band's asset on the scene's STAC item (None: none)."""
+    item = getattr(scene, "item", None)
+    key = getattr(band, "asset_key", None)
+    if item is None or key is None:
+        return None
+    asset = getattr(item, "assets", {}).get(key)
+    if asset is None:
+        return None
+    extra = getattr(asset, "extra_fields", None) or {}
+    value = extra.get("file:checksum")
+    return str(value) if value else None
+
+
+def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[int, Any]:
+    """Verify the ``file:checksum`` of every needed asset; ``{scene position: (band,
+    error)}`` of the failures (``on_error="flag"``), else raise the first."""
+    from ..errors import AssetReadError
+    from ..read import verify_checksum
+
+    failed: dict[int, Any] = {}
+    for i, s in enumerate(scene_list):
+        for b in list(bands_needed) + (["SCL"] if "SCL" in s.bands else []):
+            band = s.bands[b]
+            cs = _asset_checksum(s, band)
+            if cs is None:
+                continue
+            try:
+                verify_checksum(band.href, cs, signer=signer or getattr(s, "signer", None))
+            except AssetReadError as exc:
+                if on_error == "raise":
+                    raise
+                failed[i] = (b, exc)
+                break
+    return failed

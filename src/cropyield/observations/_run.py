@@ -32,6 +32,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
                       id_col: str, progress: Any, threads: int,
                       env: Mapping[str, Any] | None, signer: Callable[[str], str] | None,
                       max_attempts: int, deadline: float | None = None,
+                      pre_failed: dict[int, Any] | None = None,
                       ) -> tuple[list[Any], dict[str, Any], "_Run"]:
     """Read and reduce every acquisition of ``order`` (``groups``: acquisition -> scene
     positions); returns the per-acquisition row blocks (in ``order``), the reader's byte
@@ -80,6 +81,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
                      float(min_valid_fraction), on_error, float(min_coverage_frac))
         state.reader = reader
         state.fields = fields
+        state.pre_failed = dict(pre_failed or {})
 
         def run_group(gi):
             results[gi] = state.group([i for i in groups[order[gi]]])
@@ -233,6 +235,7 @@ class _Run:
         self._lock = threading.Lock()
         self.reader = None
         self.fields = None          # the fields table (set by _run_acquisitions)
+        self.pre_failed: dict[int, Any] = {}    # scene -> (band, error) found before reading
         self._fields_ll = None
 
     @property
@@ -456,6 +459,10 @@ class _Run:
         fine: list[tuple[str, Any, Any]] = []
         coarse: list[tuple[str, Any, int]] = []
         fail = 0
+        if si in self.pre_failed:                # e.g. file:checksum mismatch
+            b, exc = self.pre_failed[si]
+            return self._rows(si, ctx, fi, cov, vf, bits | self._fail(scene, b, exc), means,
+                              stds)
         for b in self.bands:
             band = scene.bands[b]
             k = _factor(band.grid, ref, b)
