@@ -155,6 +155,15 @@ def test_saturated_pixels_are_masked_counted_and_flagged(tmp_path):
     finally:
         unregister_index("ndvi_f18")
     assert g["ndvi_f18"].iloc[0] == pytest.approx(want, abs=1e-12)
+    # zonal_stats on the same arrays: same rule, same numbers and flags
+    from cropyield.indices import zonal_stats
+
+    z = zonal_stats({"B04": b04, "B08": b08}, sc.bands["B04"].grid, _fields([shapely.box(
+        *FIELD)]), indices=("ndvi",), scl=np.full((32, 32), 4, np.uint8), scales=1e-4,
+        offsets=-0.1, nodata=0)
+    assert z["ndvi"].iloc[0] == pytest.approx(want, abs=1e-12)
+    assert z["valid_fraction"].iloc[0] == pytest.approx(0.8)
+    assert z["flags"].iloc[0] == "SATURATED"
 
 
 def _uncompressed_cog(path, arr, transform):

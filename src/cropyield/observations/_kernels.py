@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from .._jit import njit
+from ..zonal import _DN_SATURATED, _REFL_MAX, _REFL_MIN
 
 # per-pixel codes after the SCL pass
 _OUTSIDE, _MASKED, _CLEAR = 0, 1, 2
@@ -115,14 +116,9 @@ def _codes_at(raw, lut, inv):  # pragma: no cover - compiled
 #: w (x - shift), sum of w (x - shift)^2), see :func:`_add_value`
 _ACC_VALID, _ACC_INDEX, _ACC_SAT, _ACC_OOR, _ACC_FIRST, _ACC_WIDTH = 0, 1, 2, 3, 4, 4
 
-#: Physical range of surface reflectance accepted (dimensionless). Pixels outside it are
-#: masked like no-data: saturated DN 65535 (reflectance 6.45), corrupt tiles (random DN).
-#: Generous on both sides: L2A reflectance is slightly negative over dark water and
-#: reaches ~1.2-1.5 over fresh snow and bright clouds.
-_REFL_MIN, _REFL_MAX = -0.2, 2.0
+#: Physical range of surface reflectance accepted and the saturated DN: the rule of
+#: :func:`cropyield.zonal_stats` (see :data:`cropyield.zonal._REFL_MIN`)
 _REFL_RANGE = (_REFL_MIN, _REFL_MAX)
-#: DN of a saturated pixel (uint16 products)
-_DN_SATURATED = 65535
 
 
 def _assign_slots_ref(ekey, ef, n_fields):
