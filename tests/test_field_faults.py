@@ -358,3 +358,17 @@ def test_verify_checksum_over_http_and_malformed_checksums(tmp_path):
     for bad in ("zz", "1220abcd", "9901ff"):
         with pytest.raises(AssetReadError, match="multihash"):
             verify_checksum(str(tmp_path / "a.bin"), bad)
+
+
+def test_load_cube_masks_saturated_pixels(tmp_path):
+    from cropyield.read import load_cube
+
+    b04 = ramp((64, 64), 1, 1300, 2500)
+    b04[20, 20] = 65535
+    sc = _scene(tmp_path, b04=b04)
+    aoi = gpd.GeoSeries([shapely.box(X0 + 100, Y0 - 500, X0 + 500, Y0 - 100)],
+                        crs=f"EPSG:{EPSG}")
+    ds = load_cube([sc], aoi, bands=["B04", "B08"], resolution=10)
+    v = ds["B04"].isel(time=0).values
+    assert np.isnan(v[10, 10])                        # row 20, col 20 of the tile
+    assert np.isfinite(np.delete(v.ravel(), 10 * v.shape[1] + 10)).all()
