@@ -372,3 +372,18 @@ def test_load_cube_masks_saturated_pixels(tmp_path):
     v = ds["B04"].isel(time=0).values
     assert np.isnan(v[10, 10])                        # row 20, col 20 of the tile
     assert np.isfinite(np.delete(v.ravel(), 10 * v.shape[1] + 10)).all()
+
+
+def test_repair_geometry_measures_bowties_and_flags_them(tmp_path):
+    from cropyield.observations import field_observations
+
+    s1 = _scene(tmp_path)
+    bowtie = shapely.Polygon([(X0 + 100, Y0 - 100), (X0 + 200, Y0 - 200),
+                              (X0 + 200, Y0 - 100), (X0 + 100, Y0 - 200)])
+    fields = _fields([shapely.box(*FIELD), bowtie, shapely.Point(X0 + 100, Y0 - 100)])
+    df = field_observations([s1], fields, repair_geometry=True).set_index("field_id")
+    assert df.loc["f1", "flags"] == "GEOMETRY_REPAIRED" and np.isfinite(df.loc["f1", "ndvi"])
+    assert df.loc["f1", "coverage"] == pytest.approx(50.0)       # two triangles of 25 px
+    assert df.loc["f2", "flags"] == "INVALID_GEOMETRY"            # a point stays unusable
+    assert df.loc["f0", "flags"] == ""
+    assert "GEOMETRY_REPAIRED" in FLAGS

@@ -131,6 +131,8 @@ FLAGS: dict[str, str] = {
     "SUBPIXEL_FIELD": "the field is smaller than one pixel",
     "INVALID_GEOMETRY": "the field geometry is empty, not a polygon, self-intersecting or has "
                         "non-finite vertices; the row carries no numbers",
+    "GEOMETRY_REPAIRED": "the field geometry was invalid and repaired with make_valid "
+                         "(repair_geometry=True); check the outline",
     "PARTIAL_COVERAGE": "only part of the field lies in the scene's grid (see "
                         "covered_fraction); the numbers describe that part",
     "SATURATED": "some pixels of the field were saturated (DN 65535); they are masked like "

@@ -64,7 +64,8 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                        signer: Callable[[str], str] | None = None,
                        max_attempts: int = 4,
                        read_deadline: float | str | None = "auto",
-                       verify_checksums: bool = False) -> pd.DataFrame:
+                       verify_checksums: bool = False,
+                       repair_geometry: bool = False) -> pd.DataFrame:
     """Coverage-weighted vegetation-index statistics per (field, acquisition).
 
     Parameters
@@ -117,6 +118,11 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         per GDAL retry). ``"auto"`` (default): 600 s + 120 s per scene, ample for healthy
         servers (a scene's blocks under the fields take seconds) yet a stalled server costs
         minutes, not ~20 minutes per scene. None: no deadline.
+    repair_geometry : bool
+        Repair invalid polygons (e.g. self-intersecting "bow-ties") with
+        :func:`shapely.make_valid`, keeping their polygonal parts, and flag their rows
+        ``GEOMETRY_REPAIRED``. Default False: such fields get ``INVALID_GEOMETRY`` rows
+        without numbers (a repaired outline may not be the field the farmer means).
     verify_checksums : bool
         Fetch every needed asset whose item states ``file:checksum`` (a multihash) in full
         and compare digests before reading (:func:`cropyield.read.verify_checksum`). A
@@ -227,9 +233,11 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     results, stats, state = _run_acquisitions(
         scene_list, fields, ref_grids, groups, order, specs, bands_needed, classes,
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
-        progress, threads, env, signer, max_attempts, read_deadline, pre_failed)
+        progress, threads, env, signer, max_attempts, read_deadline, pre_failed,
+        bool(repair_geometry))
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
-                     dilate, fields=fields, acquisitions=[groups[k][0] for k in order])
+                     dilate, fields=fields, acquisitions=[groups[k][0] for k in order],
+                     repaired=_repaired(fields) if repair_geometry else None)
 
 
 def _asset_checksum(scene, band) -> str | None:
@@ -267,3 +275,12 @@ def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[i
                 failed[i] = (b, exc)
                 break
     return failed
+
+
+def _repaired(fields) -> np.ndarray:
+    """Positions of the fields that ``make_valid`` repairs (invalid, non-empty)."""
+    import shapely
+
+    g = np.asarray(fields.geometry.values, dtype=object)
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(~shapely.is_valid(g) & ~shapely.is_empty(g))

@@ -32,7 +32,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
                       id_col: str, progress: Any, threads: int,
                       env: Mapping[str, Any] | None, signer: Callable[[str], str] | None,
                       max_attempts: int, deadline: float | None = None,
-                      pre_failed: dict[int, Any] | None = None,
+                      pre_failed: dict[int, Any] | None = None, make_valid: bool = False,
                       ) -> tuple[list[Any], dict[str, Any], "_Run"]:
     """Read and reduce every acquisition of ``order`` (``groups``: acquisition -> scene
     positions); returns the per-acquisition row blocks (in ``order``), the reader's byte
@@ -76,7 +76,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
         ctxs: dict[Grid, _GridCtx] = {}
         for g in ref_grids:
             if g not in ctxs:
-                ctxs[g] = _grid_ctx(fields, g, id_col)
+                ctxs[g] = _grid_ctx(fields, g, id_col, make_valid)
         state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
                      float(min_valid_fraction), on_error, float(min_coverage_frac))
         state.reader = reader

@@ -146,7 +146,7 @@ def merge_observations(*frames: pd.DataFrame) -> pd.DataFrame:
 def _assemble(results: Sequence[Any], scene_list, field_ids: np.ndarray,
               indices: Sequence[str], stats: dict[str, Any], failures: Sequence[dict],
               classes, dilate: int, fields=None,
-              acquisitions: Sequence[int] = ()) -> pd.DataFrame:
+              acquisitions: Sequence[int] = (), repaired=None) -> pd.DataFrame:
     """One DataFrame from the per-acquisition row blocks of :class:`._run._Run`, sorted by
     field (input order) then scene, with the reader's counts in ``attrs``.
 
@@ -205,6 +205,10 @@ def _assemble(results: Sequence[Any], scene_list, field_ids: np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         area = cat(cols["area"], float)[srt]
         covered = np.clip(cov / area, 0.0, 1.0)      # NaN: no measurable area
+    if repaired is not None and len(repaired):
+        rep = np.isin(fi, repaired) & (cov > 0)
+        if rep.any():
+            flags[rep] = _with_scene_flags(flags[rep], ("GEOMETRY_REPAIRED",))
     partial = (cov > 0) & (covered < _FULL_COVER)
     if partial.any():
         flags[partial] = _with_scene_flags(flags[partial], ("PARTIAL_COVERAGE",))
