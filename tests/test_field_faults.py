@@ -387,3 +387,11 @@ def test_repair_geometry_measures_bowties_and_flags_them(tmp_path):
     assert df.loc["f2", "flags"] == "INVALID_GEOMETRY"            # a point stays unusable
     assert df.loc["f0", "flags"] == ""
     assert "GEOMETRY_REPAIRED" in FLAGS
+
+
+def test_one_physical_range_rule_everywhere():
+    from cropyield import zonal
+    from cropyield.observations import _kernels
+
+    assert (_kernels._REFL_MIN, _kernels._REFL_MAX, _kernels._DN_SATURATED) == (
+        zonal._REFL_MIN, zonal._REFL_MAX, zonal._DN_SATURATED)

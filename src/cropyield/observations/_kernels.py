@@ -23,7 +23,6 @@ import numba
 import numpy as np
 
 from .._jit import njit
-from ..zonal import _DN_SATURATED, _REFL_MAX, _REFL_MIN
 
 # per-pixel codes after the SCL pass
 _OUTSIDE, _MASKED, _CLEAR = 0, 1, 2
@@ -117,7 +116,10 @@ def _codes_at(raw, lut, inv):  # pragma: no cover - compiled
 _ACC_VALID, _ACC_INDEX, _ACC_SAT, _ACC_OOR, _ACC_FIRST, _ACC_WIDTH = 0, 1, 2, 3, 4, 4
 
 #: Physical range of surface reflectance accepted and the saturated DN: the rule of
-#: :func:`cropyield.zonal_stats` (see :data:`cropyield.zonal._REFL_MIN`)
+#: :func:`cropyield.zonal_stats` (:data:`cropyield.zonal._REFL_MIN` ...). Written out here,
+#: not imported: the disk-cached kernels freeze these globals and numba invalidates their
+#: cache only when this file changes (tests/test_field_faults.py checks they agree).
+_REFL_MIN, _REFL_MAX, _DN_SATURATED = -0.2, 2.0, 65535
 _REFL_RANGE = (_REFL_MIN, _REFL_MAX)
 
 
