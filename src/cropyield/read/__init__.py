@@ -52,6 +52,7 @@ from ._blocks import BlockReader, ReadStats
 from ._cube import load_cube
 from ._gdal import (DEFAULT_GDAL_ENV, HEADER_BYTES, classify_error, clear_gdal_cache,
                     configure_rio, gdal_env)
+from ._checksum import verify_checksum
 from ._plan import BlockPlan, plan_blocks
 
 # public in the single-file module although not in __all__: still importable from here
@@ -75,4 +76,5 @@ __all__ = [
     "ReadStats",
     "BlockReader",
     "load_cube",
+    "verify_checksum",
 ]
