@@ -36,9 +36,14 @@ from .features import (FAPAR_MAX, FAPAR_RELATIONS, RED_EDGE_INDICES, fapar_from_
 from .fit import fit_yield_model
 from .intervals import conformal_quantiles, quality_scale
 from .lue import LUEModel
+from .skill import canopy_ceiling, yield_skill
+from .windows import window_features
 
 __all__ = [
     "fit_yield_model",
+    "yield_skill",
+    "canopy_ceiling",
+    "window_features",
     "YieldModel",
     "LUEModel",
     "EmpiricalModel",

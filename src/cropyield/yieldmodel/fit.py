@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -15,29 +14,9 @@ from .empirical import DEFAULT_FEATURES, EmpiricalModel, _design, ridge_fit
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale
 from .lue import LUEModel
+from .skill import _group_folds, _metrics
 
 __all__ = ["fit_yield_model"]
-
-
-def _group_folds(groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
-    uniq = pd.unique(groups)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(uniq))
-    k = min(n_splits, len(uniq))
-    fold_of_group = {uniq[g]: i % k for i, g in enumerate(perm)}
-    f = np.array([fold_of_group[g] for g in groups])
-    return [np.flatnonzero(f == i) for i in range(k)]
-
-
-def _metrics(y: np.ndarray, yhat: np.ndarray) -> dict[str, float]:
-    ok = np.isfinite(y) & np.isfinite(yhat)
-    y, yhat = y[ok], yhat[ok]
-    sse = float(np.sum((y - yhat) ** 2))
-    sst = float(np.sum((y - y.mean()) ** 2))
-    rmse = math.sqrt(sse / len(y))
-    return {"r2": 1.0 - sse / sst if sst > 0 else float("nan"), "rmse_t_ha": rmse,
-            "rmse_pct": 100.0 * rmse / float(np.mean(y)), "bias_t_ha": float(np.mean(yhat - y)),
-            "mae_t_ha": float(np.mean(np.abs(yhat - y)))}
 
 
 def _join_observed(feats: pd.DataFrame, observed: pd.DataFrame, crop: str) -> pd.DataFrame:
