@@ -101,8 +101,10 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     simulated : SimulatedSeasons, optional
         ``method="simulation"``: crop-model seasons to train on
         (:class:`cropyield.cropmodel.SimulatedSeasons`); default: built with
-        ``cropyield.cropmodel.simulate_seasons(crop, n_simulated, seed=seed)`` (extra
-        ``[pcse]``).
+        ``cropyield.cropmodel.simulate_seasons(crop, n_simulated, seed=seed)``; or an
+        :class:`EmpiricalModel` from
+        :func:`cropyield.yieldmodel.simulation.train_on_simulations` (trained once, levelled
+        here).
     county_mean_t_ha : float, optional
         ``method="simulation"``: official mean yield (t/ha, the crop's reporting basis) of
         the fields in ``series``/``seasons`` (area-weighted with an ``area_ha`` column),

@@ -193,8 +193,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                    n_simulated: int = 400) -> SimulationModel:
     """Crop-model-trained yield model levelled to statistics or crop cuts (module docstring).
 
-    Parameters are those of :func:`cropyield.yieldmodel.fit_yield_model`; ``series`` and
-    ``seasons`` are the *target* fields (the level is set on their predictions), ``observed``
+    Parameters are those of :func:`cropyield.yieldmodel.fit_yield_model` (``simulated`` may
+    also be an :class:`EmpiricalModel` returned by :func:`train_on_simulations`, to level one
+    trained model several times); ``series`` and ``seasons`` are the *target* fields (the level is set on their predictions), ``observed``
     holds their crop cuts (``field_id[, season], yield_t_ha``; ``None`` or empty for none).
 
     Returns
@@ -208,12 +209,19 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         No simulations and no crop-model module, no usable target season of ``crop`` for a
         county statistic, or malformed crop cuts.
     """
-    sim = simulated if simulated is not None else _simulate(crop, n_simulated, seed)
-    ser_idx = [k for k in (indices if indices is not None else INDICES) if k in series.columns]
-    core = train_on_simulations(sim, crop=crop, indices=ser_idx or None, index=index,
-                                region=region, n_splits=n_splits, seed=seed, alpha=alpha,
-                                features=features, overrides=overrides,
-                                climatology=climatology)
+    if isinstance(simulated, EmpiricalModel):
+        if not simulated.residuals:
+            raise ModelError("a pre-trained simulated= model needs its interval residuals; "
+                             "use train_on_simulations")
+        core = simulated
+    else:
+        sim = simulated if simulated is not None else _simulate(crop, n_simulated, seed)
+        ser_idx = [k for k in (indices if indices is not None else INDICES)
+                   if k in series.columns]
+        core = train_on_simulations(sim, crop=crop, indices=ser_idx or None, index=index,
+                                    region=region, n_splits=n_splits, seed=seed, alpha=alpha,
+                                    features=features, overrides=overrides,
+                                    climatology=climatology)
     tseas = seasons[seasons["crop"] == crop] if "crop" in seasons.columns else seasons
     pred = core.predict(series, tseas, lat=lat, region=region, radiation=radiation,
                         climatology=climatology)
