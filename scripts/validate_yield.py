@@ -11,8 +11,11 @@ Per crop (winter wheat, summer maize):
   folds of years): R², RMSE, bias and P10-P90 coverage of ``lue`` (factor fitted to the
   training years' yields), ``empirical`` (window features of every index, learner chosen by
   grouped CV; true season dates, and the outside-check call with ``phenology`` seasons),
-  ``simulation`` (SCYM: trained on a separate simulated library - other draws, **no run shared
-  with the test seasons** - levelled with the training years' yields as crop cuts), beside the
+  ``simulation`` (SCYM: trained on a separate simulated library - fresh WOFOST runs with their
+  own management draws (``--library fresh``, default) or the shipped runs minus every run
+  shared with the test seasons - levelled with the training years' yields as crop cuts;
+  the library covers the held-out years' weather, as SCYM runs the crop model with the
+  target year's weather, but none of their yields), beside the
   **canopy ceiling** (:func:`cropyield.yieldmodel.canopy_ceiling`, same folds).
 * **Crop-cut curve** - as the number of crop cuts (drawn from the training years) falls
   through ``--cuts`` (default 100, 30, 10, 3, 0): empirical (needs ≥ 5) vs simulation levelled
@@ -26,7 +29,7 @@ Usage::
 
     PYTHONPATH=src .venv/bin/python scripts/validate_yield.py [--n 300] [--n-library 300]
         [--crops winter_wheat summer_maize] [--folds 5] [--cuts 100 30 10 3 0] [--seed 0]
-        [--gap 0.85] [--repeats 2] [--json out.json]
+        [--gap 0.85] [--repeats 2] [--library fresh|shipped] [--json out.json]
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def _pred(model, ser, seasons, truth):
 def run_crop(crop: str, args) -> dict:
     t0 = time.time()
     real = simulate_seasons(crop, args.n, seed=args.seed)
-    lib = simulate_seasons(crop, args.n_library, seed=args.seed + 1000)
+    lib = simulate_seasons(crop, args.n_library, seed=args.seed + 1000,
+                           fresh=args.library == "fresh")
     keep = ~lib.truth["run_id"].isin(set(real.truth["run_id"]))
     lib_ids = set(lib.truth.loc[keep, "field_id"])
     library = SimpleNamespace(truth=lib.truth[keep].reset_index(drop=True),
@@ -216,6 +220,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gap", type=float, default=0.85)
+    ap.add_argument("--library", choices=["fresh", "shipped"], default="fresh",
+                    help="SCYM library: fresh WOFOST runs with new management draws (needs "
+                         "PCSE) or the shipped runs (those shared with the test seasons are "
+                         "dropped)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=src python scripts/validate_yield.py " + " ".join(
