@@ -228,7 +228,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=src python scripts/validate_yield.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
-    results = [run_crop(c, args) for c in args.crops]
+    results = []
+    for c in args.crops:
+        results.append(run_crop(c, args))
+        sys.stderr.write(json.dumps(results[-1], default=str)[:3000] + "\n")
     print(report(results, cmd))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

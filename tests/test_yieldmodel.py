@@ -303,16 +303,17 @@ def world():
     return cfg, fields, syn.true_canopy(fields, cfg), syn.true_seasons(fields, cfg)
 
 
-def test_uncalibrated_default_within_25pct_of_nbs(world):
-    """Typical wheat, maize and rice curves (the synthetic world's reflectance-model canopy,
-    true seasons) give the national NBS 2024 mean within ±25 % with default parameters."""
+def test_uncalibrated_default_within_20pct_of_nbs(world):
+    """Typical wheat, maize and rice curves (the synthetic world's canopy - crop-model runs
+    for wheat and maize - true seasons) give the national NBS 2024 mean within ±20 % with
+    default parameters (issue 17; measured -12 %, -16 %, +16 % on seed 0)."""
     cfg, fields, canopy, seasons = world
     m = LUEModel()
     p = m.predict(canopy, seasons, lat=cfg.center_lonlat[1])
     for crop, nbs in NBS_2024.items():
         got = p.loc[p["crop"] == crop, "yield_t_ha_p50"]
         assert len(got) >= 3 and got.notna().all()
-        assert abs(got.mean() / nbs - 1) <= 0.25, (crop, got.mean(), nbs)
+        assert abs(got.mean() / nbs - 1) <= 0.20, (crop, got.mean(), nbs)
         cal = json.loads(p.loc[p["crop"] == crop, "calibration"].iloc[0])
         assert cal["kind"] == "default" and "NBS 2024" in cal["source"]
 
