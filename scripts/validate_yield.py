@@ -68,11 +68,17 @@ def _pred(model, ser, seasons, truth):
     return p
 
 
+def _log(crop, t0, what):
+    sys.stderr.write(f"[{crop} {time.time() - t0:6.0f} s] {what}\n")
+    sys.stderr.flush()
+
+
 def run_crop(crop: str, args) -> dict:
     t0 = time.time()
     real = simulate_seasons(crop, args.n, seed=args.seed)
     lib = simulate_seasons(crop, args.n_library, seed=args.seed + 1000,
                            fresh=args.library == "fresh")
+    _log(crop, t0, "simulated")
     keep = ~lib.truth["run_id"].isin(set(real.truth["run_id"]))
     lib_ids = set(lib.truth.loc[keep, "field_id"])
     library = SimpleNamespace(truth=lib.truth[keep].reset_index(drop=True),
@@ -92,6 +98,7 @@ def run_crop(crop: str, args) -> dict:
     obs = truth[["field_id", "season", "yield_t_ha"]]
     # ---- canopy ceiling and CV of lue / empirical (fit_yield_model's own grouped CV)
     can = real.canopy.merge(truth[["field_id"]], on="field_id")
+    _log(crop, t0, "smoothed")
     out["ceiling"] = canopy_ceiling(can, truth.assign(), groups=wy, n_splits=args.folds,
                                     seed=args.seed)
     for name, kw in (("lue", dict(method="lue", seasons=seasons)),
@@ -107,9 +114,11 @@ def run_crop(crop: str, args) -> dict:
                 out[name]["learner"] = m.learner
         except Exception as exc:  # report, do not hide
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        _log(crop, t0, name)
     # ---- simulation: one library model, levelled per fold on the training years' yields
     core = train_on_simulations(library, crop=crop, indices=idx, n_splits=args.folds,
                                 seed=args.seed)
+    _log(crop, t0, "library model")
     out["library_cv"] = {k: core.cv_.get(k) for k in ("r2", "rmse_t_ha", "coverage_p10_p90",
                                                       "n", "n_weather_years")}
     rng = np.random.default_rng(args.seed)
@@ -120,7 +129,7 @@ def run_crop(crop: str, args) -> dict:
         te_seas = seasons.iloc[te]
         te_truth = truth.iloc[te]
         m = fit_yield_model(ser, obs.iloc[tr], crop=crop, method="simulation",
-                            simulated=core, seasons=pd.concat([seasons.iloc[tr], te_seas]))
+                            simulated=core, seasons=seasons.iloc[tr])
         sim_all.append(_pred(m, ser, te_seas, te_truth))
         county = float(te_truth["yield_t_ha"].mean())
         for n_cuts in args.cuts:
@@ -139,13 +148,14 @@ def run_crop(crop: str, args) -> dict:
                 if n_cuts > 0:
                     ms = fit_yield_model(ser, cuts, crop=crop, method="simulation",
                                          simulated=core,
-                                         seasons=pd.concat([seasons.iloc[pick], te_seas]))
+                                         seasons=seasons.iloc[pick])
                     rec["simulation_cuts"] = _pred(ms, ser, te_seas, te_truth)
                 mc = fit_yield_model(ser, cuts if n_cuts else None, crop=crop,
                                      method="simulation", simulated=core, seasons=te_seas,
                                      county_mean_t_ha=county)
                 rec["simulation_county"] = _pred(mc, ser, te_seas, te_truth)
                 rows.append(rec)
+            _log(crop, t0, f"fold {fi} cuts {n_cuts}")
     p = pd.concat(sim_all)
     out["simulation"] = score(p["yield_t_ha"], p["yield_t_ha_p10"], p["yield_t_ha_p50"],
                               p["yield_t_ha_p90"])

@@ -31,7 +31,7 @@ def _estimator(name: str, params: dict[str, Any]):
         reg = Ridge(alpha=float(params["alpha"]))
     elif name == "elasticnet":
         reg = ElasticNet(alpha=float(params["alpha"]), l1_ratio=float(params["l1_ratio"]),
-                         max_iter=20000, tol=1e-6)
+                         max_iter=5000, tol=1e-4)
     else:
         raise ValueError(f"unknown learner {name!r}")
     return make_pipeline(StandardScaler(), reg)
