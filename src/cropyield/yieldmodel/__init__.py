@@ -15,7 +15,7 @@ JSON persistence, never pickle):
   national statistics) or calibrates its factor to crop cuts or an aggregate mean.
 * ``"empirical"`` - :class:`EmpiricalModel`, a regularised scikit-learn regression of log
   yield on phenological-window features of every index present, learner chosen by grouped CV.
-* ``"simulation"`` - :class:`EmpiricalModel` trained on crop-model simulations
+* ``"simulation"`` - :class:`SimulationModel`, the empirical regression trained on crop-model simulations
   (:class:`cropyield.cropmodel.SimulatedSeasons`, SCYM) and levelled to county statistics or
   a few crop cuts.
 
@@ -36,6 +36,7 @@ from .features import (FAPAR_MAX, FAPAR_RELATIONS, RED_EDGE_INDICES, fapar_from_
 from .fit import fit_yield_model
 from .intervals import conformal_quantiles, quality_scale
 from .lue import LUEModel
+from .simulation import SimulationModel
 from .skill import canopy_ceiling, yield_skill
 from .windows import window_features
 
@@ -47,6 +48,7 @@ __all__ = [
     "YieldModel",
     "LUEModel",
     "EmpiricalModel",
+    "SimulationModel",
     "SCHEMA_VERSION",
     "FAPAR_RELATIONS",
     "season_features",

@@ -24,7 +24,7 @@ from .intervals import quality_scale
 __all__ = ["SCHEMA_VERSION", "YieldModel"]
 
 #: Version of the JSON layout written by :meth:`YieldModel.to_json`.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: model kind -> class, filled as subclasses are defined (used by ``from_dict``).
 _KINDS: dict[str, type] = {}
 
@@ -76,7 +76,11 @@ class YieldModel:
 
     @staticmethod
     def from_json(text_or_path: str | Path) -> "YieldModel":
-        """Load a model written by :meth:`to_json` (a JSON string or a path)."""
+        """Load a model written by :meth:`to_json` (a JSON string or a path).
+
+        Files of schema 1 (before the window features) and 2 load; a newer schema, another
+        layout or unknown parameters raise :class:`~cropyield.errors.ModelError` saying so.
+        """
         p = Path(str(text_or_path)) if not str(text_or_path).lstrip().startswith("{") else None
         try:
             text = p.read_text(encoding="utf-8") if p is not None else str(text_or_path)
@@ -96,7 +100,14 @@ class YieldModel:
         cls = _KINDS.get(d["kind"])
         if cls is None:
             raise ModelError(f"unknown model kind {d['kind']!r}")
-        m = cls(**d["params"])
+        if int(d.get("schema_version", -1)) < 1 or not isinstance(d.get("params"), Mapping):
+            raise ModelError("not a cropyield yield model JSON (schema_version 1 or 2 with "
+                             "'params' expected); refit the model with fit_yield_model")
+        try:
+            m = cls(**d["params"])
+        except TypeError as exc:
+            raise ModelError(f"cannot load a {d['kind']!r} model: {exc}; the file was written "
+                             "by an incompatible cropyield - refit it") from exc
         m.cv_ = d.get("cv")
         return m
 

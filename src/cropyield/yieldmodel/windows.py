@@ -173,7 +173,7 @@ def window_features(series: pd.DataFrame, seasons=None, *, indices=None,
             row += [_mean(x, kp + a, kp + b) for a, b in _FILL]
             row += [slope, float(np.sum(x[up:dn + 1] - base)), float(np.sum(seg - base))]
         pos_day = pd.Timestamp(days[kp])
-        row += [float(pos_day.dayofyear), float(kp - up), float(dn - kp)]
+        row += [float(pos_day.day_of_year), float(kp - up), float(dn - kp)]
         out[i] = row
     df = pd.DataFrame(out, columns=names)
     df.insert(0, "season", s["season"].to_numpy())
