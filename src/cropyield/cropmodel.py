@@ -20,8 +20,9 @@ varieties of grid 31031) and the Wageningen weather files ``NL1.977``-``NL1.999`
   than Wageningen's), and a short-season variety (TSUM1/TSUM2 x0.75 of the demo variety, as
   summer maize of the North China Plain matures in 100-120 days); emergence 1-25 June;
 * **soil**: the demo soil of grid 31031 with maximum rooting depth RDMSOL 40, 70 or 120 cm;
-* **irrigation**: 0-3 applications of 50 mm (70 % efficiency) from 30 days after emergence,
-  every 15 days (PCSE timed events);
+* **irrigation**: 0-3 applications of 50 mm (70 % efficiency) every 15 days from 30 days
+  after emergence (maize) or 100 days after emergence (wheat: spring, stem elongation to
+  grain fill) (PCSE timed events);
 * **nitrogen** (the management yield gap): WOFOST 7.2 has no nitrogen module and the PCSE
   wheel ships no N-crop parameters, so N supply ``n_kg_ha`` (0-300) scales the maximum leaf
   photosynthesis AMAXTB by ``f_N = 1 - 0.5 exp(-N/90)`` and specific leaf area SLATB by
@@ -48,7 +49,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-__all__ = ["EMERGENCE_OFFSETS", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
+__all__ = ["EMERGENCE_OFFSETS", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
            "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
            "nitrogen_factor"]
 
@@ -62,6 +63,9 @@ INDICES = ("ndvi", "evi2", "gcvi", "ndre", "ndmi")
 #: Range of emergence offsets (days after 1 January wheat, 1 June maize) of the library.
 EMERGENCE_OFFSETS = {"wheat": (-20.0, 20.0), "maize": (0.0, 24.0)}
 _MOISTURE = {"wheat": 0.125, "maize": 0.14}
+# first irrigation, days after emergence: wheat in spring (stem elongation, ~10 April on the
+# Wageningen calendar), maize a month after emergence
+_IRRIGATION_START = {"wheat": 100, "maize": 30}
 _CROP_NO = {"wheat": 1, "maize": 2}
 _YEARS = tuple(y for y in range(1977, 2000) if y not in (1990, 1991))
 _MAIZE_DT, _MAIZE_RAIN, _MAIZE_TSUM = 6.0, 1.5, 0.75
@@ -189,10 +193,11 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
 
     site, soil0, crops, weather = _wofost_inputs()
     emerg = _emergence(c, weather_year, emergence_offset_d)
+    first = _IRRIGATION_START[c]
     irr = "null" if irrigations <= 0 else (
         "\n        - event_signal: irrigate\n          name: irrigation\n"
         "          comment: management\n          events_table:\n" + "".join(
-            f"            - {emerg + dt.timedelta(days=30 + 15 * k)}: "
+            f"            - {emerg + dt.timedelta(days=first + 15 * k)}: "
             "{amount: 5.0, efficiency: 0.7}\n" for k in range(int(irrigations))))
     agro = yaml.safe_load(f"""
 - {emerg - dt.timedelta(days=10)}:
@@ -294,15 +299,31 @@ def load_library() -> pd.DataFrame:
     return _load_library().copy()
 
 
+def _library_path():
+    from pathlib import Path
+
+    alt = os.environ.get("CROPYIELD_CROP_LIBRARY")
+    return Path(alt) if alt else resources.files("cropyield") / "data" / LIBRARY_FILE
+
+
+@lru_cache(maxsize=4)
+def _digest(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
+def library_digest() -> str:
+    """Content digest of the crop-model library in use (part of the synthetic world's key)."""
+    with resources.as_file(_library_path()) as p:
+        return _digest(str(p))
+
+
 @lru_cache(maxsize=1)
 def _load_library() -> pd.DataFrame:
-    alt = os.environ.get("CROPYIELD_CROP_LIBRARY")
-    if alt:
-        df = pd.read_parquet(alt)
-    else:
-        path = resources.files("cropyield") / "data" / LIBRARY_FILE
-        with resources.as_file(path) as p:
-            df = pd.read_parquet(p)
+    with resources.as_file(_library_path()) as p:
+        df = pd.read_parquet(p)
     df["lai"] = [np.asarray(v, dtype=float) for v in df["lai"]]
     return df
 

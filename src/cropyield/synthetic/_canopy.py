@@ -120,8 +120,20 @@ WOFOST_WORLD = {"winter_wheat": "wheat", "summer_maize": "maize", "spring_maize"
 # maturity (early June); summer maize ~92-104 days from emergence (maturity before wheat
 # sowing), spring maize ~112-125 days. Farmers harvest inside these windows whatever the
 # weather; the run's yield and canopy shape are kept, its duration is not.
-_WARP_DAYS = {"winter_wheat": (120.0, 128.0), "summer_maize": (92.0, 104.0),
+_WARP_DAYS = {"winter_wheat": (92.0, 100.0), "summer_maize": (92.0, 104.0),
               "spring_maize": (112.0, 125.0)}
+# wheat: the run from its day 90 (1 April at Wageningen, spring growth) to maturity is stretched onto green-up (1 March)
+# to maturity (early June)
+_WHEAT_WINTER_DAYS = 90.0
+
+
+def lai_gain(crop: str) -> float:
+    """Constant factor on a crop-model run's LAI in the canopy model: the demo-database
+    varieties of WOFOST (Dutch wheat, a Spanish grain maize on the warm analogue, N-limited)
+    reach lower leaf area than North China Plain crops, so the canopy relation is calibrated
+    once per crop: mean peak LAI of the library x gain = the crop's ``lmax`` (NCP canopy,
+    :data:`CROPS`). Monotone, so the canopy-yield coupling of the runs is kept."""
+    return float(CROPS[crop]["lmax"] / _wofost_library(WOFOST_WORLD[crop])["laimax"].mean())
 
 
 @lru_cache(maxsize=1)
@@ -183,10 +195,13 @@ def wofost_timing(crop: str, lib: dict, run: np.ndarray, lo_d: float, hi_d: floa
     t_sow = np.floor(t_sow)
     out = {"t_sow": t_sow}
     lo_len, hi_len = _WARP_DAYS[crop]
-    wscale = rng.uniform(lo_len, hi_len, m) / lib["length"][run]
+    skip = _WHEAT_WINTER_DAYS if crop == "winter_wheat" else 0.0
+    wscale = rng.uniform(lo_len, hi_len, m) / (lib["length"][run] - skip)
     if crop == "winter_wheat":
         out["greenup"] = march1 + rng.normal(0, 2, m)
-        out["t_a"] = out["greenup"] - 28.0
+        # the run's day 90 (1 April on the Wageningen calendar: spring growth starts) lands
+        # on the field's green-up; the run's winter (LAI ~0.1-0.3) falls before it
+        out["t_a"] = out["greenup"] - skip * wscale
         out["wscale"] = wscale
         out["tu_aut"] = t_sow + 32 + rng.normal(0, 3, m)
     else:
@@ -469,7 +484,8 @@ def _wofost_lai(sub: pd.DataFrame, t: np.ndarray, is_wheat, winter, lai_scale, l
 
     The run's daily LAI is read at WOFOST day ``(t - t_a) / wscale`` (linear interpolation);
     wheat adds its autumn tillers (20 % of the run's peak LAI, browned in winter, fading as
-    spring growth starts) before the run's own spring canopy.
+    spring growth starts) before the run's own spring canopy. LAI is scaled by
+    :func:`lai_gain`.
     """
     green = np.zeros((len(sub), t.shape[-1]))
     brown = np.zeros_like(green)
@@ -488,15 +504,17 @@ def _wofost_lai(sub: pd.DataFrame, t: np.ndarray, is_wheat, winter, lai_scale, l
         rr = r[:, None]
         g = (1 - f) * lib["green"][rr, i0] + f * lib["green"][rr, i1]
         b = (1 - f) * lib["brown"][rr, i0] + f * lib["brown"][rr, i1]
-        g = np.where(inside, g, 0.0)
+        gain = lai_gain(crop)
+        g = np.where(inside, g, 0.0) * gain
         b = np.where(inside, b, np.where(u > Lr - 1, lib["brown"][r, lib["length"][r].astype(int)
-                                                                   - 1][:, None], 0.0))
+                                                                   - 1][:, None], 0.0)) * gain
         if crop == "winter_wheat":
             tsow = sub["t_sow"].to_numpy()[rows, None]
             aut = _logistic(0.12 * (t - np.nan_to_num(sub["tu_aut"].to_numpy()[rows, None])))
             emerged = _logistic((t - tsow - 7.0) * 0.8)
-            fade = _logistic(-(t - np.nan_to_num(sub["greenup"].to_numpy()[rows, None])) * 0.15)
-            a = 0.2 * lib["laimax"][r][:, None] * aut * emerged * fade
+            fade = _logistic(-(t - np.nan_to_num(sub["greenup"].to_numpy()[rows, None])
+                               - 25.0) * 0.15)
+            a = 0.2 * gain * lib["laimax"][r][:, None] * aut * emerged * fade
             wi = winter[rows] if np.ndim(winter) else 0.0
             g = g + a * (1 - wi)
             b = b + a * wi

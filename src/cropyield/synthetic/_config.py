@@ -210,9 +210,13 @@ class WorldConfig:
         return cls(**d)
 
     def key(self) -> str:
-        """Stable hash of the configuration and library version, for caching worlds."""
+        """Stable hash of the configuration, library version and crop-model library (its
+        content digest), for caching worlds."""
+        from ..cropmodel import library_digest
+
         payload = json.dumps({"config": self.to_dict(), "version": __version__,
-                              "generator": "cropyield.synthetic/2"}, sort_keys=True)
+                              "generator": "cropyield.synthetic/2",
+                              "crop_library": library_digest()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ geometry

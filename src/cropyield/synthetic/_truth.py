@@ -224,6 +224,9 @@ def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:
     sos = np.argmax(up_ok, axis=1)
     dn_ok = right_win & (nd >= (right + 0.2 * (peak - right))[:, None])
     eos = D - 1 - np.argmax(dn_ok[:, ::-1], axis=1)
+    # a failed crop (tiny amplitude) can stay "above" the post-harvest soil noise: the season
+    # ends at harvest at the latest
+    eos = np.minimum(eos, b)
     peak_lai = np.where(win, st["lai_green"][i], -np.inf).max(axis=1)
     day = lambda x: (start + pd.to_timedelta(np.asarray(x, dtype=float), unit="D")  # noqa: E731
                      ).as_unit("ns")
