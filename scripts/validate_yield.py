@@ -117,6 +117,7 @@ def run_crop(crop: str, args) -> dict:
         _log(crop, t0, name)
     # ---- simulation: one library model, levelled per fold on the training years' yields
     core = train_on_simulations(library, crop=crop, indices=idx, n_splits=args.folds,
+                                season_source="truth",
                                 seed=args.seed)
     _log(crop, t0, "library model")
     out["library_cv"] = {k: core.cv_.get(k) for k in ("r2", "rmse_t_ha", "coverage_p10_p90",

@@ -629,3 +629,51 @@ def test_schema1_model_still_loads():
         YieldModel.from_dict({**d, "params": {**d["params"], "colour": 1}})
     with pytest.raises(ModelError, match="newer"):
         YieldModel.from_dict({**d, "schema_version": 3})
+
+
+def test_empirical_extrapolation_is_bounded_and_flagged():
+    """A season whose feature lies far outside the training range keeps a bounded number
+    (the regression on the clamped feature), is flagged EXTRAPOLATED and gets a wider
+    interval; inside the padded range nothing is flagged."""
+    q = {"q10": -0.2, "q50": 0.0, "q90": 0.2, "n": 50}
+    m = EmpiricalModel(crop="summer_maize", feature_names=["peak"], coef=[2.0],
+                       intercept=1.8, mean=[0.7], scale=[0.05], residuals=q,
+                       training_range={"peak": [0.6, 0.8]})
+    seasons = pd.DataFrame({"field_id": ["in", "edge", "far"], "season": 1,
+                            "crop": "summer_maize",
+                            "sos": pd.Timestamp("2024-06-10"), "eos": pd.Timestamp("2024-09-20")})
+    ser = pd.concat([_const_series("in", "2024-06-01", "2024-09-30", 0.75, obs_every=5),
+                     _const_series("edge", "2024-06-01", "2024-09-30", 0.82, obs_every=5),
+                     _const_series("far", "2024-06-01", "2024-09-30", 3.0, obs_every=5)])
+    p = m.predict(ser, seasons).set_index("field_id")
+    top = math.exp(1.8 + 2.0 * (0.8 - 0.7) / 0.05)          # the clamped peak 0.8
+    assert p.loc["in", "yield_t_ha_p50"] == pytest.approx(math.exp(1.8 + 2.0), rel=1e-9)
+    assert p.loc["edge", "yield_t_ha_p50"] == pytest.approx(top, rel=1e-9)
+    assert p.loc["far", "yield_t_ha_p50"] == pytest.approx(top, rel=1e-9)   # not exp(46)
+    assert "EXTRAPOLATED" in split_flags(p.loc["far", "flags"])
+    assert "EXTRAPOLATED" not in split_flags(p.loc["edge", "flags"])
+    w = np.log(p["yield_t_ha_p90"] / p["yield_t_ha_p10"])
+    assert w["far"] == pytest.approx(m.extrapolation_widening * w["edge"])
+
+
+def test_ceiling_on_given_seasons_and_detected_training_seasons(curves):
+    """canopy_ceiling(seasons=) describes the canopy inside those seasons' dates; a model
+    trained on simulations with detected seasons (the pipeline's detector) matches every
+    simulated season to a detected one."""
+    from types import SimpleNamespace
+
+    from cropyield.yieldmodel import canopy_ceiling
+    from cropyield.yieldmodel.simulation import train_on_simulations
+    ser, truth, can = curves
+    whole = canopy_ceiling(can, truth, groups="weather_year")
+    inside = canopy_ceiling(can, truth, groups="weather_year", seasons=truth)
+    assert inside["n"] == whole["n"] == len(truth) and inside["r2"] > 0.9
+    short = truth.assign(eos=pd.to_datetime(truth["sos"]) + pd.Timedelta(days=20))
+    assert canopy_ceiling(can, truth, groups="weather_year", seasons=short)["r2"] < \
+        inside["r2"]
+    obs, tr, cn = _curve_world(n=80, seed=3)
+    sim = SimpleNamespace(observations=obs, truth=tr, canopy=cn, seed=3)
+    det = train_on_simulations(sim, crop="summer_maize", indices=["ndvi", "evi2", "ndre"])
+    assert det.cv_["n"] == len(tr) and det.cv_["r2"] > 0.8
+    with pytest.raises(ModelError, match="season_source"):
+        train_on_simulations(sim, crop="summer_maize", season_source="phenology")

@@ -108,8 +108,8 @@ class EmpiricalModel(YieldModel):
         Learner record: ``name``, ``params``, grouped-CV MSE per candidate.
     region, residuals, overrides, training_range
         Default region; interval quantiles (normalised log residuals); crop-registry
-        overrides; per-feature training range (predictions beyond 25 % outside are
-        ``EXTRAPOLATED`` and NaN).
+        overrides; per-feature training range (features are clamped to it; beyond 25 %
+        outside, the season is flagged ``EXTRAPOLATED`` with a widened interval).
     """
 
     kind = "empirical"
@@ -149,10 +149,15 @@ class EmpiricalModel(YieldModel):
             d["learner"] = self.learner
         return _jsonable(d)
 
-    def _predict_log(self, feats: pd.DataFrame) -> np.ndarray:
-        X = _design(feats, self.feature_names)
+    #: Factor on the log-residual P10/P90 quantiles of ``EXTRAPOLATED`` seasons.
+    extrapolation_widening: float = 1.5
+
+    def _log_from_design(self, X: np.ndarray) -> np.ndarray:
         Z = (X - self.mean) / self.scale
         return self.intercept + Z @ self.coef
+
+    def _predict_log(self, feats: pd.DataFrame) -> np.ndarray:
+        return self._log_from_design(_design(feats, self.feature_names))
 
     def features(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
                  radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
@@ -173,16 +178,18 @@ class EmpiricalModel(YieldModel):
                 radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
         """Yield P10/P50/P90 per (field_id, season); seasons of another crop get ``NO_MODEL``.
 
-        Feature values far outside the training range (beyond 25 % of the range on either
-        side) are flagged ``EXTRAPOLATED`` and give NaN.
+        Features are clamped to their training range before the regression is applied, so
+        a season unlike every training season cannot blow the log-linear prediction up.
+        Seasons with a feature beyond 25 % of the range outside it on either side are
+        flagged ``EXTRAPOLATED``: they keep the clamped (bounded) number, and their P10-P90
+        interval is widened by :attr:`extrapolation_widening` (a factor on the log-residual
+        quantiles).
         """
         feats = self.features(series, seasons, lat=lat, region=region, radiation=radiation,
                               crop=crop, climatology=climatology)
         yp = self.registry[self.crop].yield_params if self.crop in self.registry else None
-        logy = self._predict_log(feats)
         X = _design(feats, self.feature_names)
         n = len(feats)
-        p50 = np.exp(logy)
         q = self.residuals or _prior_quantiles(yp.prior_sigma if yp else 0.3)
         lo_hi = np.array([self.training_range.get(k, (-math.inf, math.inf))
                           for k in self.feature_names], dtype=float).reshape(-1, 2)
@@ -190,6 +197,11 @@ class EmpiricalModel(YieldModel):
         pad = np.where(np.isfinite(width), 0.25 * width, 0.0)
         with np.errstate(invalid="ignore"):
             outside = np.isfinite(X) & ((X < lo_hi[:, 0] - pad) | (X > lo_hi[:, 1] + pad))
+        p50 = np.exp(self._log_from_design(np.clip(X, lo_hi[:, 0], lo_hi[:, 1])))
+        wq = dict(q)
+        for k in ("q10", "q90"):
+            if k in wq:
+                wq[k] = float(wq[k]) * self.extrapolation_widening
         rec = json.dumps(_jsonable(self._calibration_record(q)), ensure_ascii=False)
         quant, basis, calib, extra, sanity = [], [], [], [], []
         for i in range(n):
@@ -201,7 +213,7 @@ class EmpiricalModel(YieldModel):
             if outside[i].any():
                 fl.append("EXTRAPOLATED")
             extra.append(fl)
-            quant.append(q)
+            quant.append(wq if outside[i].any() else q)
             basis.append(yp.yield_basis if yp else "")
             sanity.append(tuple(yp.sanity_t_ha) if yp else (0.0, math.inf))
             calib.append(rec)

@@ -113,7 +113,8 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                          index: str = "ndvi", region: str = "north_china_plain",
                          n_splits: int = 5, seed: int = 0, alpha: float | None = None,
                          features=None, overrides=None, climatology=None,
-                         smooth_kwargs: Mapping[str, Any] | None = None) -> EmpiricalModel:
+                         smooth_kwargs: Mapping[str, Any] | None = None,
+                         season_source: str = "detected") -> EmpiricalModel:
     """Fit the empirical regression on crop-model seasons (step 1 of the module docstring).
 
     Parameters
@@ -128,6 +129,13 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         Index columns to smooth and use (default: every one of :data:`INDICES` observed).
     smooth_kwargs : mapping, optional
         Extra keywords for :func:`cropyield.series.smooth_series`.
+    season_source : {"detected", "truth"}
+        Season dates the training windows use. ``"detected"`` (default):
+        :func:`cropyield.seasons.phenology` on the smoothed simulated series, each simulated
+        season matched to the detected season overlapping it most (seasons without one are
+        dropped) - the same detector that sets the target fields' seasons in the pipeline,
+        so training and prediction windows agree. ``"truth"``: the truth's ``sos``/``eos``
+        (for targets scored on true season dates).
 
     Returns
     -------
@@ -145,10 +153,15 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
     truth = _truth_seasons(simulated.truth, crop)
     obs = obs[obs["field_id"].isin(set(truth["field_id"]))]
     ser = smooth_series(obs, index=idx, **dict(smooth_kwargs or {}))
+    if season_source not in ("detected", "truth"):
+        raise ModelError(f"season_source must be 'detected' or 'truth', got {season_source!r}")
     seasons = None
     if {"sos", "eos"} <= set(truth.columns):
         seasons = truth[[c for c in ("field_id", "season", "crop", "sos", "eos", "lat")
                          if c in truth.columns]]
+        if season_source == "detected":
+            seasons = _detected_seasons(ser, seasons, "ndvi" if "ndvi" in idx else idx[0])
+            truth = truth.merge(seasons[["field_id", "season"]], on=["field_id", "season"])
     groups = truth["weather_year"].to_numpy() if "weather_year" in truth.columns else None
     model = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
                             method="empirical", groups=groups, seasons=seasons, region=region,
@@ -159,6 +172,32 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                  "n_weather_years": int(truth["weather_year"].nunique())
                  if "weather_year" in truth.columns else None}
     return model
+
+
+def _detected_seasons(ser: pd.DataFrame, truth: pd.DataFrame, index: str) -> pd.DataFrame:
+    """Truth seasons with their dates replaced by the overlapping phenology season's."""
+    from ..seasons import phenology
+
+    ph = phenology(ser, index=index)
+    ph = ph.dropna(subset=["sos", "eos"])
+    m = truth.merge(ph[["field_id", "sos", "eos"]].rename(columns={"sos": "d_sos",
+                                                                   "eos": "d_eos"}),
+                    on="field_id")
+    if not len(m):
+        raise ModelError("phenology found no season in the simulated series; use "
+                         "season_source='truth'")
+    def naive(c: str) -> pd.Series:
+        t = pd.to_datetime(m[c])
+        return t.dt.tz_localize(None) if t.dt.tz is not None else t
+
+    ov = (np.minimum(naive("d_eos"), naive("eos"))
+          - np.maximum(naive("d_sos"), naive("sos"))).dt.days
+    m = m.assign(_ov=ov.to_numpy())
+    m = m[m["_ov"] > 0].sort_values("_ov", kind="stable").drop_duplicates(
+        ["field_id", "season"], keep="last")
+    out = m.drop(columns=["sos", "eos", "_ov"]).rename(columns={"d_sos": "sos",
+                                                                "d_eos": "eos"})
+    return out.reset_index(drop=True)
 
 
 def _sigma2_from_quantiles(q: Mapping[str, Any]) -> float:

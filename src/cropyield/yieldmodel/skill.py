@@ -119,7 +119,7 @@ def _groups_of(obs: pd.DataFrame, groups) -> np.ndarray:
 
 
 def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None, indices=None,
-                   n_splits: int = 5, seed: int = 0) -> dict[str, Any]:
+                   n_splits: int = 5, seed: int = 0, seasons=None) -> dict[str, Any]:
     """Canopy ceiling: grouped-CV skill of a regression on the noise-free daily canopy.
 
     The canopy of each season is described by the phenological-window features of
@@ -146,6 +146,11 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         Index columns to use (default: all of NDVI, EVI2, GCVI, NDRE, NDMI present).
     n_splits, seed : int
         Grouped folds and the seed of their assignment.
+    seasons : DataFrame, optional
+        ``field_id, season, sos, eos`` of the seasons the model is scored on (e.g. the
+        truth's or the ``seasons=`` given to :func:`fit_yield_model`): the ceiling's windows
+        then cover the same days as the model's. Default: each field's (or each
+        ``season`` > 0) whole canopy record.
 
     Returns
     -------
@@ -166,11 +171,17 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         raise ModelError("observed needs a 'yield_t_ha' column (t/ha)")
     obs["_group"] = _groups_of(obs, groups)
     cols = [c for c in canopy.columns if c not in ("lai",)]
-    feats = window_features(canopy[cols], indices=indices)
+    if seasons is not None:
+        seasons = pd.DataFrame(seasons)
+        if "season" not in seasons.columns:
+            seasons = seasons.assign(season=seasons.groupby("field_id").cumcount() + 1)
+        cols = [c for c in cols if c != "season"]
+        seasons = seasons[["field_id", "season", "sos", "eos"]]
+    feats = window_features(canopy[cols], seasons, indices=indices)
     idx = [c.rsplit("_", 1)[0] for c in feats.columns if c.endswith("_max")]
     names = window_feature_names(idx)
-    keys = ["field_id", "season"] if "season" in obs.columns and "season" in canopy.columns \
-        else ["field_id"]
+    keys = ["field_id", "season"] if "season" in obs.columns and (
+        "season" in canopy.columns or seasons is not None) else ["field_id"]
     if keys == ["field_id"]:
         feats = feats.drop(columns="season")
     m = obs.merge(feats, on=keys, how="inner")
