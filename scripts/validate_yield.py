@@ -100,7 +100,7 @@ def run_crop(crop: str, args) -> dict:
     can = real.canopy.merge(truth[["field_id"]], on="field_id")
     _log(crop, t0, "smoothed")
     out["ceiling"] = canopy_ceiling(can, truth.assign(), groups=wy, n_splits=args.folds,
-                                    seed=args.seed)
+                                    seed=args.seed, seasons=seasons)
     for name, kw in (("lue", dict(method="lue", seasons=seasons)),
                      ("empirical", dict(method="empirical", seasons=seasons)),
                      ("empirical_phenology", dict(method="empirical"))):

@@ -71,6 +71,8 @@ def test_demo_is_deterministic_and_cached(demo_runs):
     e2 = pd.read_parquet(out2 / "estimates.parquet").drop(columns="geometry")
     pd.testing.assert_frame_equal(e1, e2)
     assert len(list((cache / "worlds").iterdir())) == 1   # generated once, reused
+    # the crop-model-trained regressions: fitted once per crop, reused from JSON
+    assert len(list((cache / "models").glob("simulation-*.json"))) == 3
 
 
 def test_cli_prints_summary(demo_runs, capsys):

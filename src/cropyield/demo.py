@@ -26,7 +26,7 @@ from ._io import clean_stale_dirs, work_dir_prefix
 from ._log import logger
 from ._version import __version__
 
-__all__ = ["run_demo", "cache_dir", "demo_world", "accuracy_report", "over_lending",
+__all__ = ["run_demo", "cache_dir", "demo_world", "simulation_core", "accuracy_report", "over_lending",
            "referral_drivers", "DEMO_SIZES"]
 
 #: Named demo sizes → synthetic-world overrides. "small" is the default (< 3 min on 2 cores).
@@ -71,6 +71,41 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = True):
+    """The crop-model-trained regression of ``crop`` before levelling
+    (:func:`cropyield.yieldmodel.simulation.train_on_simulations` on ``n`` seasons of the
+    shipped WOFOST library, default :data:`N_SIMULATED`), cached as JSON under
+    ``cache_dir()/models/`` by library digest, crop, size, seed, indices and package version;
+    a cached file that does not load is refitted, never trusted."""
+    import hashlib
+    import json
+
+    from .cropmodel import library_digest, simulate_seasons
+    from .yieldmodel import YieldModel
+    from .yieldmodel.simulation import train_on_simulations
+
+    n = int(n or N_SIMULATED)
+    key = hashlib.sha256(json.dumps(
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 1]
+    ).encode()).hexdigest()[:20]
+    path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
+    if cache and path.exists():
+        try:
+            core = YieldModel.from_json(path)
+            core.cv_ = {**(core.cv_ or {}), "cached": str(path)}
+            return core
+        except Exception as exc:  # corrupt cache: refit
+            logger.warning("cached simulation model %s unreadable (%s); refitting", path, exc)
+    core = train_on_simulations(simulate_seasons(crop, n, seed=seed), crop=crop,
+                                indices=list(indices), seed=seed)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        core.to_json(tmp)
+        os.replace(tmp, path)
+    return core
 
 
 def demo_world(config, *, cache: bool = True, progress: Callable | None = None):
@@ -396,10 +431,10 @@ def run_demo(
                                          ["field_id", "season", "crop"]],
                         on=["field_id", "season"]).merge(
                         world_area, on="field_id", how="left")
+                    core = simulation_core(crop, indices=indices, seed=seed, cache=cache)
                     models[crop] = fit_yield_model(
                         result.series, obs, crop=crop, method="simulation",
-                        seasons=cs, indices=indices, seed=seed,
-                        n_simulated=N_SIMULATED,
+                        seasons=cs, indices=indices, seed=seed, simulated=core,
                         county_mean_t_ha=county_means.get(crop))
                     continue
                 except ModelError as exc:
