@@ -115,3 +115,21 @@ def test_wofost_reproduces_the_library_and_responds_as_wofost_says(lib, monkeypa
     assert hi["yield_t_ha"] > 1.2 * lo["yield_t_ha"] and hi["laimax"] > lo["laimax"]
     with pytest.raises(ConfigError):
         cm.run_wofost("maize", 1990)
+
+
+def test_importing_pcse_leaves_home_and_our_logger_alone(caplog):
+    """PCSE's import reconfigures logging (disable_existing_loggers) and writes under $HOME:
+    neither may leak into the process that uses cropyield."""
+    import logging
+    import os
+
+    pytest.importorskip("pcse")
+    from cropyield._log import logger
+    from cropyield.cropmodel import _pcse
+
+    home = os.environ.get("HOME")
+    _pcse()
+    assert os.environ.get("HOME") == home
+    with caplog.at_level(logging.DEBUG, logger="cropyield"):
+        logger.warning("retrying %s", "https://h/B04.tif?sig=topsecret")
+    assert "REDACTED" in caplog.text and "topsecret" not in caplog.text
