@@ -85,8 +85,9 @@ def _pcse():
 
     On first import PCSE builds its demo database and log folder under ``$HOME/.pcse``
     (pointed at a temporary folder for that import only, then ``HOME`` is restored) and
-    reconfigures logging with ``disable_existing_loggers=True`` (re-enabled for the
-    ``cropyield`` loggers, so our log records and their redaction keep working).
+    reconfigures logging with ``disable_existing_loggers=True`` and its own root handlers
+    (the root logger's handlers and level are restored and the ``cropyield`` loggers
+    re-enabled, so the application's logging and our redaction keep working).
     """
     import logging
     import sys
@@ -96,6 +97,8 @@ def _pcse():
     if "pcse" in sys.modules:
         return sys.modules["pcse"]
     home = os.environ.get("HOME")
+    root = logging.getLogger()
+    root_state = (list(root.handlers), root.level)
     os.environ["HOME"] = tempfile.mkdtemp(prefix="cropyield_pcse_")
     try:
         return require("pcse", "pcse", "crop-model seasons (cropyield.cropmodel)")
@@ -104,6 +107,7 @@ def _pcse():
             os.environ.pop("HOME", None)
         else:
             os.environ["HOME"] = home
+        root.handlers[:], root.level = root_state[0], root_state[1]
         for name, lg in list(logging.root.manager.loggerDict.items()):
             if isinstance(lg, logging.Logger) and (name == "cropyield"
                                                    or name.startswith("cropyield.")):
