@@ -7,6 +7,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+
+def _need_pcse():
+    """Skip without PCSE; import it the way the library does (cropmodel._pcse), because a
+    bare ``import pcse`` reconfigures the process's logging for every later test."""
+    import importlib.util
+
+    if importlib.util.find_spec("pcse") is None:
+        pytest.skip("PCSE not installed (extra [pcse])")
+    from cropyield.cropmodel import _pcse
+
+    _pcse()
+
 from cropyield import cropmodel as cm
 from cropyield.errors import ConfigError
 
@@ -102,7 +114,7 @@ def test_simulate_seasons_filters_and_errors():
 
 
 def test_wofost_reproduces_the_library_and_responds_as_wofost_says(lib, monkeypatch):
-    pytest.importorskip("pcse")
+    _need_pcse()
     row = lib[lib["crop"] == "maize"].iloc[3]
     res = cm.run_wofost("maize", int(row["weather_year"]),
                         emergence_offset_d=row["emergence_offset_d"], soil=row["soil"],
@@ -123,7 +135,7 @@ def test_importing_pcse_leaves_home_and_our_logger_alone(caplog):
     import logging
     import os
 
-    pytest.importorskip("pcse")
+    _need_pcse()
     from cropyield._log import logger
     from cropyield.cropmodel import _pcse
 
