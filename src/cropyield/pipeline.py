@@ -276,6 +276,12 @@ def _want_bar(progress_bar: bool | None) -> bool:
 def _tqdm(**kwargs):
     from tqdm.auto import tqdm
 
+    try:
+        cols = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        cols = 0
+    if cols <= 0:  # a terminal that does not say its size (some ptys): fixed width
+        return tqdm(file=sys.stderr, ncols=100, nrows=50, **kwargs)
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
