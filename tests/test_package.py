@@ -48,13 +48,13 @@ def test_cached_kernels_call_only_kernels_of_their_own_module():
     root = Path(cropyield.__file__).parent
     jitted: dict[str, str] = {}
     calls: dict[tuple[str, str], set[str]] = {}
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):                     # packages (read/, ...) included
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and any(
                     "njit" in ast.unparse(d) for d in node.decorator_list):
-                jitted[node.name] = path.stem
-                calls[(path.stem, node.name)] = {
+                jitted[node.name] = str(path.relative_to(root))
+                calls[(str(path.relative_to(root)), node.name)] = {
                     c.func.id for c in ast.walk(node)
                     if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
     assert len(jitted) > 30
