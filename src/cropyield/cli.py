@@ -64,10 +64,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _latency_faults(latency_ms: float):
     """A fault script that delays every request by ``latency_ms`` (object-storage latency)."""
-    try:
-        from .servers import FaultScript
-    except ImportError:  # pragma: no cover - moved with the fault machinery
-        from .testing import FaultScript  # type: ignore[no-redef]
+    from ._http import FaultScript
 
     class _Latency(FaultScript):
         def next(self, path: str, method: str = "GET") -> str | None:  # noqa: D102
