@@ -322,3 +322,45 @@ def test_local_and_distributed_results_identical(served, few_fields, tmp_path):
     pd.testing.assert_frame_equal(a[keep].drop(columns="geometry"),
                                   b[keep].drop(columns="geometry"), obj="estimates",
                                   check_dtype=False)
+
+
+# ------------------------------------------------------------------- lazy load_cube
+
+
+@pytest.mark.parametrize("dilate", [0, 2])
+def test_load_cube_chunks_lazy_and_identical_to_eager(tmp_path, dilate):
+    import dask.array as da
+    import shapely
+    from test_read import EPSG, X0, Y0, ensure_indices, make_scene, ramp
+
+    from cropyield.read import load_cube
+
+    ensure_indices()
+    b04, b08 = ramp((64, 64), 1), ramp((64, 64), 2)
+    scl = np.full((32, 32), 4, np.uint8)
+    scl[10:14, 14:20] = 9                              # a cloud across chunk borders
+    scenes = [
+        make_scene(tmp_path, "S_old", when="2021-06-01T03:00", baseline="03.00",
+                   bands={"B04": (b04, 10), "B08": (b08, 10), "SCL": (scl, 20)}),
+        make_scene(tmp_path, "S_new", when="2024-06-01T03:00", baseline="05.10",
+                   bands={"B04": (b04 + 1000, 10), "B08": (b08 + 1000, 10), "SCL": (scl, 20)}),
+        make_scene(tmp_path, "S_east", when="2024-06-01T03:00", baseline="05.10",
+                   x0=X0 + 640, tile="50SKF",
+                   bands={"B04": (b04 + 1000, 10), "B08": (b08 + 1000, 10),
+                          "SCL": (np.full((32, 32), 4, np.uint8), 20)}),
+    ]
+    aoi = gpd.GeoSeries([shapely.box(X0 + 100, Y0 - 500, X0 + 1000, Y0 - 100)],
+                        crs=f"EPSG:{EPSG}")
+    kw = dict(bands=["B04", "B08", "SCL"], resolution=10, dilate=dilate)
+    eager = load_cube(scenes, aoi, **kw)
+    lazy = load_cube(scenes, aoi, chunks={"time": 1, "y": 16, "x": 32}, **kw)
+    assert isinstance(lazy["B04"].data, da.Array) and isinstance(lazy["valid"].data, da.Array)
+    assert lazy["B04"].data.chunks == ((1, 1), (16, 16, 8), (32, 32, 26))
+    assert "bytes_read" not in lazy.attrs          # nothing read yet
+    assert lazy.sizes == eager.sizes and lazy.rio.crs == eager.rio.crs
+    computed = lazy.compute()
+    for v in ("B04", "B08", "SCL", "valid"):
+        np.testing.assert_array_equal(computed[v].values, eager[v].values, err_msg=v)
+    assert (eager["valid"].values == 0).sum() > 0
+    with pytest.raises(ValueError, match="chunks keys"):
+        load_cube(scenes, aoi, chunks={"band": 1}, **kw)
