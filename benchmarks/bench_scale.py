@@ -36,6 +36,8 @@ SIZES = {
     "county": {"size_m": (190000.0, 100000.0), "n_fields": 100_000, "tile_size_px": 10980,
                "tile_overlap_px": 980, "revisit_days": 12, "blocksize": 512},
 }
+#: Fields per partition per size (several partitions per worker, as in a real county run).
+PARTITION_SIZE = {"reduced": 150, "county": 2000}
 LATENCY_MS = 50.0
 INDICES = ("ndvi", "ndre", "ndmi")
 
@@ -97,7 +99,8 @@ def _worker_peak_rss(client) -> dict:
     return client.run(peak)
 
 
-def run_once(fields, scenes, start, end, n_workers: int, out: Path) -> dict:
+def run_once(fields, scenes, start, end, n_workers: int, out: Path,
+             partition_size: int) -> dict:
     import distributed
 
     import cropyield as cy
@@ -110,6 +113,7 @@ def run_once(fields, scenes, start, end, n_workers: int, out: Path) -> dict:
         t0 = time.perf_counter()
         res = cy.estimate(fields, start, end, scenes=scenes, client=client, store=out,
                           restart=True, collect=False, min_coverage_frac=0.5,
+                          partition_size=partition_size,
                           declared_prior_odds=10.0, progress_bar=False)
         wall = time.perf_counter() - t0
         rss = _worker_peak_rss(client)
@@ -154,7 +158,8 @@ def main(argv=None) -> int:
         plan = [(int(w), fields) for w in args.workers.split(",")] + [(1, small)]
         for w, fl in plan:
             print(f"run: {w} worker(s), {len(fl)} fields ...", file=sys.stderr, flush=True)
-            r = run_once(fl, scenes, cfg.start, cfg.end, w, scratch / f"w{w}-{len(fl)}")
+            r = run_once(fl, scenes, cfg.start, cfg.end, w, scratch / f"w{w}-{len(fl)}",
+                         args.partition_size or PARTITION_SIZE[args.size])
             if len(fl) == len(fields):
                 r["bytes_vs_minimum"] = round(r["bytes_read"] / minimum, 2)
             rows.append(r)
@@ -162,7 +167,8 @@ def main(argv=None) -> int:
     base = next(r for r in rows if r["workers"] == 1 and r["fields"] == len(fields))
     print()
     print(f"command: python benchmarks/bench_scale.py --size {args.size} "
-          f"--latency-ms {args.latency_ms:g}")
+          f"--latency-ms {args.latency_ms:g} --partition-size "
+          f"{args.partition_size or PARTITION_SIZE[args.size]}")
     print(f"host: {platform.node()} {platform.machine()}, cropyield {cy.__version__}, "
           f"world {args.size}: {len(fields)} fields, {len(scenes)} scenes "
           f"({n_dates:.0f} dates x {len({s.tile for s in scenes})} tiles, "
