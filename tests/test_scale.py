@@ -364,3 +364,29 @@ def test_load_cube_chunks_lazy_and_identical_to_eager(tmp_path, dilate):
     assert (eager["valid"].values == 0).sum() > 0
     with pytest.raises(ValueError, match="chunks keys"):
         load_cube(scenes, aoi, chunks={"band": 1}, **kw)
+
+
+# ------------------------------------------------------------------------ command line
+
+
+@pytest.mark.parametrize("pre,post", [(["-v"], []), ([], ["-v"]), (["-v"], ["-vv"])])
+def test_estimate_command_line_checks_the_id_column(tmp_path, pre, post):
+    from cropyield.cli import main
+
+    path = tmp_path / "f.gpkg"
+    _grid_fields(3).rename(columns={"field_id": "parcel"}).to_file(path, driver="GPKG")
+    base = [str(path), "--start", "2022-01-01", "--end", "2022-02-01", "--catalog",
+            "http://127.0.0.1:9", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="no column 'field_id'.*--id-col"):
+        main([*pre, "estimate", *base, *post])   # -v before or after the subcommand
+    with pytest.raises(SystemExit) as exc:
+        main(["estimate", str(path), "--start", "2022-01-01"])   # --end etc. missing
+    assert exc.value.code == 2
+
+
+def test_serve_rejects_unknown_size():
+    from cropyield.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--size", "planet"])
+    assert exc.value.code == 2

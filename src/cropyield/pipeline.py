@@ -513,7 +513,7 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
     done = {k: v for k, v in done.items() if k in set(pids)}
     if done:
         n_done_fields = sum(int(v.get("n_fields", 0)) for v in done.values())
-        logger.warning("resuming %s: skipping %d of %d partitions already complete "
+        logger.info("resuming %s: skipping %d of %d partitions already complete "
                        "(%d of %d fields)", st.url, len(done), len(pids), n_done_fields,
                        len(fields))
 
