@@ -204,7 +204,7 @@ def estimate(
     opts = _Options(indices=tuple(indices), region=region, model=model, prices=prices,
                     as_of=as_of, on_error=on_error, declared_prior_odds=declared_prior_odds,
                     min_coverage_frac=min_coverage_frac, id_col=id_col,
-                    env=dict(env or {}))
+                    env=dict(env or {}), window=(str(start), str(end)))
     if client is not None or store is not None or partition_size is not None:
         return _estimate_partitioned(
             fields, start, end, opts, catalog=catalog, collection=collection, scenes=scenes,
@@ -265,6 +265,7 @@ class _Options:
     min_coverage_frac: float
     id_col: str
     env: dict
+    window: tuple | None = None
 
 
 def _want_bar(progress_bar: bool | None) -> bool:
@@ -452,7 +453,7 @@ def _partition_tables(scenes, fields, o: _Options) -> tuple[dict[str, pd.DataFra
     read = {k: int(obs.attrs.get(k, 0) or 0)
             for k in ("requests", "bytes_read", "blocks_read", "retries")}
     read["read_failures"] = list(obs.attrs.get("read_failures", []) or [])
-    series = stages.run("series", _smooth_all, smooth_series, obs, o.indices)
+    series = stages.run("series", _smooth_all, smooth_series, obs, o.indices, o.window)
     phen = stages.run("phenology", phenology, series, index="ndvi", as_of=o.as_of)
     declared = fields.set_index(o.id_col)["crop"] if "crop" in fields.columns else None
     crops = stages.run("crops", identify_crops, phen, region=o.region, declared=declared,
@@ -683,11 +684,16 @@ def _write_outputs(st, result: PipelineResult, pids: Sequence[str]) -> None:
         [p.to_dict() for p in result.profiles], indent=1, sort_keys=True).encode())
 
 
-def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str]) -> pd.DataFrame:
-    """Smooth every index and join them into one daily table keyed by (field_id, time)."""
+def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str],
+                window: tuple | None = None) -> pd.DataFrame:
+    """Smooth every index and join them into one daily table keyed by (field_id, time).
+
+    ``window`` (start, end) is used only when ``obs`` is empty (a partition whose fields no
+    scene covers): an empty series, so that those fields get flagged estimate rows."""
     out = None
+    span = {} if len(obs) or window is None else {"start": window[0], "end": window[1]}
     for ix in indices:
-        s = smooth_series(obs, index=ix)
+        s = smooth_series(obs, index=ix, **span)
         if out is None:
             out = s
         else:
