@@ -110,7 +110,9 @@ def test_store_manifest_partial_reads_and_consolidate(tmp_path, url):
     assert set(ResultStore(root).begin({"fingerprint": "A"})) == {"q0", "q1"}
     with pytest.raises(StoreMismatchError, match="--restart"):
         ResultStore(root).begin({"fingerprint": "B"})
+    st.write_bytes("notes.txt", b"the user's own file")
     assert ResultStore(root).begin({"fingerprint": "B"}, restart=True) == {}
+    assert st.exists("notes.txt")   # restart removes only what a run wrote
     assert ResultStore(root).completed() == [] and not st.exists("parts/q0/series.parquet")
     if url != "local":
         st.fs.rm(st.root, recursive=True)

@@ -33,6 +33,10 @@ __all__ = ["ResultStore", "StoreMismatchError", "MANIFEST", "fingerprint"]
 
 #: Name of the manifest file at the root of a store.
 MANIFEST = "manifest.json"
+#: Names a run writes at the root of its store (what ``restart`` removes; nothing else is).
+OWNED = frozenset({MANIFEST, "parts", "scenes.json", "scenes.parquet", "observations.parquet",
+                   "series.parquet", "phenology.parquet", "crops.parquet", "estimates.parquet",
+                   "credit_profiles.json", "summary.json"})
 #: Store layout version (bumped when the layout changes; older stores must be restarted).
 LAYOUT_VERSION = 1
 
@@ -161,13 +165,14 @@ class ResultStore:
         return dict(man.get("partitions", {}))
 
     def clear(self) -> None:
-        """Remove every result of the store (manifest first, so a reader never sees a
-        manifest that lists deleted files)."""
-        for rel in (MANIFEST,):
-            if self.exists(rel):
-                self.fs.rm(self.path(rel))
+        """Remove what a run wrote to the store (manifest first, so a reader never sees a
+        manifest that lists deleted files). Other files in the folder are left alone."""
+        if self.exists(MANIFEST):
+            self.fs.rm(self.path(MANIFEST))
         for entry in self.fs.ls(self.root, detail=False):
-            self.fs.rm(entry, recursive=True)
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name in OWNED or name.startswith(".tmp-"):
+                self.fs.rm(entry, recursive=True)
 
     def _write_manifest(self, man: Mapping[str, Any]) -> None:
         self.write_json(MANIFEST, man)
