@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,25 +134,34 @@ def test_store_schema_unified_when_a_partition_is_all_null(tmp_path):
 
 
 def _read_lines_until(proc, pattern: str, stream: str = "stdout", timeout: float = 600):
-    """Lines of ``proc``'s stream up to and including one containing ``pattern``."""
+    """Lines of ``proc``'s stream up to and including one containing ``pattern`` (a reader
+    thread feeds a queue: select() on a buffered pipe would miss lines already buffered)."""
     f = getattr(proc, stream)
-    sel = selectors.DefaultSelector()
-    sel.register(f, selectors.EVENT_READ)
+    q = getattr(proc, f"_lines_{stream}", None)
+    if q is None:
+        q = queue.Queue()
+        setattr(proc, f"_lines_{stream}", q)
+
+        def pump():
+            try:
+                for line in f:
+                    q.put(line)
+            except (ValueError, OSError):  # closed by _stop
+                pass
+            q.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
     lines, deadline = [], time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=1.0):
-                if proc.poll() is not None:
-                    break
-                continue
-            line = f.readline()
-            if not line:
-                break
-            lines.append(line.rstrip("\n"))
-            if pattern in line:
-                return lines
-    finally:
-        sel.close()
+    while time.monotonic() < deadline:
+        try:
+            line = q.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if line is None:
+            break
+        lines.append(line.rstrip("\n"))
+        if pattern in line:
+            return lines
     raise AssertionError(f"{pattern!r} not seen on {stream}; got: {lines[-20:]}")
 
 
