@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                      "field id column and optional farmer_id, crop, declared_area_mu")
     est.add_argument("--start", required=True, help="first date (YYYY-MM-DD, UTC)")
     est.add_argument("--end", required=True, help="last date (YYYY-MM-DD, UTC, inclusive)")
-    est.add_argument("--catalog", required=True,
-                     help="earth-search, planetary-computer or a STAC API URL")
+    est.add_argument("--catalog", default="earth-search",
+                     help="earth-search, planetary-computer or a STAC API URL "
+                     "(default: %(default)s)")
     est.add_argument("--out", required=True, help="output folder or fsspec URL")
     est.add_argument("--collection", default=None, help="STAC collection (default: the "
                      "catalog's Sentinel-2 L2A collection)")

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ._io import loads_json
 from ._log import logger
 from .crops import CropRegistry, load_registry
 from .errors import CropYieldError, ModelError, join_flags, split_flags
@@ -634,8 +635,11 @@ class CropClassifier:
     def load(cls, path: str | Path) -> "CropClassifier":
         """Read a model written by :meth:`save`."""
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+            d = loads_json(Path(path).read_text(encoding="utf-8"),
+                           what=f"crop classifier file {path}", error=ModelError)
+        except ModelError:
+            raise
+        except (OSError, UnicodeDecodeError) as exc:
             raise ModelError(f"cannot read classifier from {path}: {exc}") from exc
         return cls.from_dict(d)
 

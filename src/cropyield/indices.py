@@ -340,6 +340,12 @@ _BINOPS = {ast.Add: _OP_ADD, ast.Sub: _OP_SUB, ast.Mult: _OP_MUL, ast.Div: _OP_D
            ast.Pow: _OP_POW}
 _MAX_FORMULA_LEN = 2000
 _MAX_PROGRAM = 512
+#: Largest magnitude of a numeric constant in a formula (reflectances are ~0..1; 1e6 leaves
+#: room for DN scales such as 10000).
+MAX_FORMULA_CONSTANT = 1e6
+#: Largest magnitude of a ``**`` exponent; exponents must be numeric constants (x**1e35
+#: overflows to inf on every pixel, a silent wrong number).
+MAX_FORMULA_EXPONENT = 16.0
 
 
 @njit(nogil=True)
@@ -419,6 +425,33 @@ class _Compiler:
             "unary -, parentheses and the functions " + ", ".join(sorted(_FUNCS))
         )
 
+    def bound(self, node, what, rule):
+        col = getattr(node, "col_offset", None)
+        where = f" at column {col + 1}" if col is not None else ""
+        raise IndexFormulaError(
+            f"index formula {self.formula!r}: {what}{where} is out of bounds ({rule}); such "
+            "values overflow to inf or 0 on every pixel. Rescale the formula (reflectances "
+            "are about 0..1)"
+        )
+
+    def check_exponent(self, node):
+        """``**`` exponents: a numeric constant, optionally negated, within the bound."""
+        inner, sign = node, 1.0
+        while isinstance(inner, ast.UnaryOp) and isinstance(inner.op, (ast.USub, ast.UAdd)):
+            sign = -sign if isinstance(inner.op, ast.USub) else sign
+            inner = inner.operand
+        if not (isinstance(inner, ast.Constant) and isinstance(inner.value, (int, float))
+                and not isinstance(inner.value, bool)):
+            self.bound(node, "a non-constant exponent", "exponents must be numbers, e.g. "
+                       "B08 ** 2 or B12 ** 0.5")
+        try:
+            e = sign * float(inner.value)
+        except OverflowError:
+            e = math.inf
+        if not abs(e) <= MAX_FORMULA_EXPONENT:
+            self.bound(node, f"exponent {str(inner.value)[:30]}",
+                       f"|exponent| <= {MAX_FORMULA_EXPONENT:g}")
+
     def push(self, op, arg=0, delta=1):
         self.prog.append((op, arg))
         self.depth += delta
@@ -433,6 +466,8 @@ class _Compiler:
             op = _BINOPS.get(type(node.op))
             if op is None:
                 self.err(node, f"operator {type(node.op).__name__}")
+            if op == _OP_POW:
+                self.check_exponent(node.right)
             self.visit(node.left)
             self.visit(node.right)
             return self.push(op, 0, -1)
@@ -447,7 +482,14 @@ class _Compiler:
             val = node.value
             if isinstance(val, bool) or not isinstance(val, (int, float)):
                 self.err(node, f"constant {val!r}")
-            self.consts.append(float(val))
+            try:
+                fval = float(val)
+            except OverflowError:
+                fval = math.inf
+            if not abs(fval) <= MAX_FORMULA_CONSTANT:
+                self.bound(node, f"constant {str(val)[:30]}", f"|constant| <= "
+                           f"{MAX_FORMULA_CONSTANT:g}")
+            self.consts.append(fval)
             return self.push(_OP_CONST, len(self.consts) - 1, 1)
         if isinstance(node, ast.Name):
             try:
@@ -544,7 +586,9 @@ def custom_index(formula: str, *, name: str | None = None,
 
     The formula is parsed with :mod:`ast` and checked against an allow-list: band names
     (``B02``..``B12``, ``B8A`` or aliases ``blue``, ``green``, ``red``, ``nir``, ``swir16``...),
-    numeric constants, ``+ - * / **``, unary ``-``, parentheses and ``sqrt``, ``abs``,
+    numeric constants (magnitude at most :data:`MAX_FORMULA_CONSTANT`), ``+ - * / **``
+    (exponents: numeric constants of magnitude at most :data:`MAX_FORMULA_EXPONENT`), unary
+    ``-``, parentheses and ``sqrt``, ``abs``,
     ``log``, ``exp``, ``min``, ``max``. Anything else (attributes, subscripts, other calls,
     lambdas, comparisons, names) raises :class:`~cropyield.errors.IndexFormulaError`. It is
     never passed to ``eval``.

@@ -18,6 +18,7 @@ else it is 0 with ``offset_source="none"``; an explicit override wins over both.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from ..errors import CatalogError, ConfigError, NoScenesError, UnknownCollection
 from ._items import CANONICAL_BANDS, SUPPORTED_COLLECTIONS, Band, Scene, Scenes, normalize_item
 from ._offsets import baseline_offset
 from ._search import (CATALOGS, PlanetaryComputerSigner, _aoi_to_query, _bounds_of,
+                      _DeadlineExceeded,
                       _conforms, _dedupe, _fetch_items, _is_transient, _iso, _open_client,
                       _parse_when, _resolve_catalog)
 
@@ -49,7 +51,8 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
                   timeout: float = 30.0, retries: int = 5, backoff_factor: float = 0.5,
                   max_retry_after: float = 60.0, limit: int = 100, max_pages: int = 1000,
                   offset_override: float | Mapping[str, float] | None = None,
-                  dedupe: bool = True, headers: Mapping[str, str] | None = None) -> Scenes:
+                  dedupe: bool = True, headers: Mapping[str, str] | None = None,
+                  deadline: float | None = 300.0) -> Scenes:
     """Find Sentinel-2 L2A scenes over an area and period in a STAC API.
 
     Parameters
@@ -75,7 +78,8 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
     client : pystac_client.Client, optional
         Use this client (its own timeouts/retries) instead of opening one.
     timeout : float
-        Seconds per HTTP request (connect and read).
+        Seconds per socket operation (connect, and each read), not per request: a server
+        trickling a byte at a time never trips it. ``deadline`` bounds the whole search.
     retries, backoff_factor, max_retry_after : int, float, float
         Retries on connection errors, timeouts and 429/5xx with exponential backoff; a
         ``Retry-After`` header is honoured up to ``max_retry_after`` seconds.
@@ -91,6 +95,11 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
         highest sequence). Dropped ids go to ``lineage["duplicates"]``.
     headers : mapping, optional
         Extra HTTP headers (e.g. an API key); never logged.
+    deadline : float or None
+        Seconds for the whole search -- landing page, every result page, retries and the
+        restart -- after which it fails with :class:`~cropyield.errors.CatalogError` (no
+        partial result). Default 300 s; ``None`` for no limit. With a user ``client=`` it is
+        checked between pages only (that client's own timeouts bound each request).
 
     Returns
     -------
@@ -102,8 +111,10 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
     Raises
     ------
     CatalogError
-        The catalog failed after retries, timed out, returned malformed JSON or looping
-        pagination. URLs in the message are redacted.
+        The catalog failed after retries, timed out, ran past ``deadline``, returned
+        malformed JSON or items (a feature that is not an object or has no ``id``) or looping
+        pagination. URLs in the message are redacted. Pages without features but with a
+        ``next`` link are followed (up to ``max_pages``).
     NoScenesError
         Nothing matched; the message lists the query.
     MissingCRSError
@@ -129,6 +140,9 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
             f"collection {collection!r} is not supported; use one of "
             f"{sorted(SUPPORTED_COLLECTIONS)}"
         )
+    if deadline is not None and not (float(deadline) > 0):
+        raise ConfigError(f"deadline is seconds > 0 (or None for no limit), got {deadline!r}")
+    t_deadline = None if deadline is None else time.monotonic() + float(deadline)
     user_client = client is not None
     safe_url = redact_url(url)
     where = f"STAC search at {safe_url}"
@@ -147,7 +161,10 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
             if not user_client:  # a fresh client (and connection pool) per attempt
                 client = _open_client(url, timeout=timeout, retries=retries,
                                       backoff_factor=backoff_factor,
-                                      max_retry_after=max_retry_after, headers=headers)
+                                      max_retry_after=max_retry_after, headers=headers,
+                                      deadline=None if t_deadline is None
+                                      else max(t_deadline - time.monotonic(), 1e-3),
+                                      deadline_s=deadline)
             kwargs: dict[str, Any] = dict(
                 collections=[collection], datetime=f"{_iso(t0)}/{_iso(t1)}",
                 limit=int(min(limit, max_items) if max_items else limit), max_items=max_items,
@@ -167,11 +184,20 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
                 warnings.simplefilter("ignore")
                 search = client.search(**kwargs)
                 items = _fetch_items(search, max_items=max_items, max_pages=max_pages,
-                                     where=where)
+                                     where=where, deadline=t_deadline, deadline_s=deadline)
             break
-        except CatalogError:
+        except CatalogError as exc:
+            if isinstance(exc, _DeadlineExceeded):
+                raise CatalogError(f"{where}: {exc}") from None
             raise
         except errors as exc:
+            if t_deadline is not None and time.monotonic() >= t_deadline:
+                raise CatalogError(
+                    f"{where} did not finish within its deadline of {deadline:g} s (last error "
+                    f"{type(exc).__name__}: {redact(str(exc))[:200]}). Raise deadline= (seconds "
+                    "for the whole search, None for no limit), narrow the search, or try again "
+                    "later"
+                ) from None
             if attempt < attempts and _is_transient(exc):
                 logger.warning("%s failed (%s); retrying the search once", where,
                                type(exc).__name__)

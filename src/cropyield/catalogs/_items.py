@@ -29,10 +29,10 @@ import pandas as pd
 from pyproj import CRS
 
 from .._geo import Grid
-from .._log import SECRET_PARAMS, logger, redact
+from .._log import _is_secret, logger, redact
 from ..errors import (CatalogError, OffsetInconsistentWarning,
                       UnknownCollectionError)
-from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_source, baseline_offset
+from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_rule, _offset_source
 
 #: Canonical band names, whatever the catalog calls them.
 CANONICAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL")
@@ -67,7 +67,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
     item : pystac.Item or dict
         An item of a supported collection (see :data:`SUPPORTED_COLLECTIONS`). Relative asset
         hrefs are resolved against the item's ``self`` link; signing query parameters
-        (``sig``, ``se``, ``X-Amz-*``...) are removed, so hrefs are always unsigned.
+        (``sig``, ``se``, ``X-Amz-*``, ``X-Goog-*``...) are removed, so hrefs are always unsigned.
     offset_override : float or mapping of band -> float, optional
         Reflectance offset to use instead of the metadata (``offset_source="override"``); a
         mapping overrides the bands it names only.
@@ -82,7 +82,9 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         Canonical bands ``B02 ... B12, B8A, SCL`` (those present), each with unsigned href,
         resolution (m), grid, nodata (DN, default 0), ``scale`` and ``offset`` such that
         reflectance = DN x scale + offset (SCL: 1 and 0), and ``offset_source`` in
-        ``{"raster:bands", "baseline", "none", "override"}``.
+        ``{"raster:bands", "baseline", "acquisition_date", "none", "override"}``
+        (``acquisition_date``: no baseline stated anywhere, the baseline-04.00 rule applied
+        by date, see :data:`cropyield.catalogs._offsets.OFFSET_START`).
 
     Raises
     ------
@@ -93,13 +95,22 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         Malformed item (no datetime, no tile, no projection metadata).
     """
     d, pyitem = _as_dict(item)
+    raw_id = d.get("id")
+    if raw_id is None or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
+        raise CatalogError(
+            f"a STAC item has no usable 'id' ({raw_id!r}); items must have a unique string id "
+            "(without one two items cannot be told apart). Fix the item"
+        )
+    item_id = str(raw_id)
+    if not isinstance(d.get("properties") or {}, Mapping):
+        raise CatalogError(f"item {item_id!r}: 'properties' is a "
+                           f"{type(d.get('properties')).__name__}, not an object; fix the item")
     props: dict[str, Any] = dict(d.get("properties") or {})
-    item_id = str(d.get("id"))
     collection = d.get("collection")
     assets: Mapping[str, Any] = d.get("assets") or {}
     layout = _layout_for(collection, assets, item_id)
     baseline = _baseline_of(d, props)
-    rule = baseline_offset(baseline)
+    rule, rule_source = _offset_rule(baseline, props)    # baseline, else acquisition date
     base_href = _self_href(d)
 
     flags: set[str] = set()
@@ -113,7 +124,8 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         href = _strip_secrets(_absolute_href(str(asset["href"]), base_href))
         info = _raster_info(asset)
         res_hint = info.get("resolution") or asset.get("gsd")
-        grid = _grid_of(asset, props, name, float(res_hint) if res_hint else None, href)
+        grid = _grid_of(asset, props, name, _num(res_hint, item_id, f"{key} resolution")
+                        if res_hint else None, href, item_id=item_id)
         nodata = info.get("nodata", 0)
         dtype = str(info.get("dtype") or ("uint8" if name == "SCL" else "uint16"))
         if name == "SCL":
@@ -121,7 +133,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         else:
             scale = float(info.get("scale", _DEFAULT_SCALE))
             offset, source, disagreement = _band_offset(name, info.get("offset"),
-                                                        offset_override, rule)
+                                                        offset_override, rule, rule_source)
             sources.add(source)
             if disagreement is not None:
                 disagreements.append(disagreement)
@@ -142,7 +154,15 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
             warnings.warn(msg, OffsetInconsistentWarning, stacklevel=2)
 
     cloud = props.get("eo:cloud_cover")
-    if pyitem is None:
+    if cloud is not None:
+        cloud = _num(cloud, item_id, "eo:cloud_cover")
+        if not 0 <= cloud <= 100:
+            raise CatalogError(f"item {item_id!r}: eo:cloud_cover {cloud!r} is outside [0, 100] "
+                               "(percent); fix the item or drop it")
+    # the item kept on the Scene carries unsigned hrefs only: signed URLs (SAS tokens,
+    # pre-signed AWS) would leak wherever users save or log items; readers sign at read time
+    d = _unsigned_item(d)
+    if pyitem is None or _has_signed_href(pyitem):
         pyitem = _to_pystac(d)
     return Scene(
         id=item_id,
@@ -151,7 +171,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         tile=_tile_of(d, props),
         platform=str(props.get("platform", "")).lower().replace(" ", "-"),
         processing_baseline=baseline,
-        cloud_cover=None if cloud is None else float(cloud),
+        cloud_cover=cloud,
         bands=bands,
         offset_source=offset_source,
         flags=tuple(sorted(flags)),
@@ -282,13 +302,59 @@ class Scenes(Sequence[Scene]):
 # --------------------------------------------------------------------------------------
 
 
+def _num(value, item_id, what: str) -> float:
+    """``float(value)`` or a CatalogError naming the item and the field."""
+    if isinstance(value, bool):
+        value = "bool"
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CatalogError(f"item {item_id!r}: {what} is {value!r}, not a number; fix the item "
+                           "or drop it from the search results") from None
+    if not math.isfinite(out):
+        raise CatalogError(f"item {item_id!r}: {what} is {value!r}, not a finite number; fix "
+                           "the item or drop it")
+    return out
+
+
+def _is_signed(href: str) -> bool:
+    return isinstance(href, str) and _strip_secrets(href) != href
+
+
+def _has_signed_href(pyitem) -> bool:
+    assets = getattr(pyitem, "assets", None)
+    if assets is None and isinstance(pyitem, Mapping):
+        assets = pyitem.get("assets")
+    for a in (assets or {}).values():
+        href = getattr(a, "href", None) if not isinstance(a, Mapping) else a.get("href")
+        if _is_signed(href):
+            return True
+    return False
+
+
+def _unsigned_item(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of item dict ``d`` whose asset and link hrefs carry no signing parameters."""
+    out = dict(d)
+    assets = d.get("assets")
+    if isinstance(assets, Mapping):
+        out["assets"] = {k: ({**a, "href": _strip_secrets(a["href"])}
+                             if isinstance(a, Mapping) and isinstance(a.get("href"), str) else a)
+                         for k, a in assets.items()}
+    links = d.get("links")
+    if isinstance(links, list):
+        out["links"] = [({**ln, "href": _strip_secrets(ln["href"])}
+                         if isinstance(ln, Mapping) and isinstance(ln.get("href"), str) else ln)
+                        for ln in links]
+    return out
+
+
 def _strip_secrets(href: str) -> str:
     """Remove signing query parameters (SAS tokens, pre-signed AWS) from an href."""
     parts = urlsplit(href)
     if not parts.query or not parts.scheme:
         return href
     kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if not (k.lower() in SECRET_PARAMS or k.lower().startswith("x-amz-"))]
+            if not _is_secret(k)]
     return urlunsplit(parts._replace(query=urlencode(kept, safe="/:")))
 
 
@@ -333,20 +399,52 @@ def _crs_from(value: str | int) -> CRS:
     return CRS.from_epsg(value) if isinstance(value, int) else CRS.from_user_input(value)
 
 
-def _crs_of(*sources: Mapping[str, Any]) -> CRS | None:
+_EPSG_RE = re.compile(r"(?i)^\s*(?:epsg:)?\s*(\d{1,6})\s*$")
+
+
+def _epsg_int(epsg, item_id) -> int:
+    """``proj:epsg`` as an int: 32650, 32650.0 and ``"EPSG:32650"`` are accepted."""
+    if isinstance(epsg, bool):
+        pass
+    elif isinstance(epsg, int):
+        return epsg
+    elif isinstance(epsg, float) and math.isfinite(epsg) and epsg.is_integer():
+        return int(epsg)
+    elif isinstance(epsg, str) and _EPSG_RE.match(epsg):
+        return int(_EPSG_RE.match(epsg).group(1))
+    raise CatalogError(
+        f"item {item_id!r}: proj:epsg is {epsg!r}, not an EPSG code (an integer such as 32650); "
+        "fix the item's projection metadata (proj:epsg or proj:code 'EPSG:32650')"
+    )
+
+
+def _crs_of(*sources: Mapping[str, Any], item_id=None) -> CRS | None:
+    from pyproj.exceptions import CRSError
+
     for src in sources:
         if not src:
             continue
-        code = src.get("proj:code")
-        if code:
-            return _crs_from(str(code))
-        epsg = src.get("proj:epsg")
-        if epsg:
-            return _crs_from(int(epsg))
-        if src.get("proj:wkt2"):
-            return _crs_from(str(src["proj:wkt2"]))
-        if src.get("proj:projjson"):
-            return CRS.from_user_input(src["proj:projjson"])
+        for key in ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson"):
+            value = src.get(key)
+            if value is None or value == "":
+                continue
+            try:
+                if key == "proj:epsg":
+                    return _crs_from(_epsg_int(value, item_id))
+                if key == "proj:projjson":
+                    return CRS.from_user_input(value)
+                if key == "proj:code" and not isinstance(value, str):
+                    raise CRSError("proj:code must be a string such as 'EPSG:32650'")
+                return _crs_from(str(value))
+            except (CRSError, TypeError, ValueError, OverflowError) as exc:
+                if isinstance(exc, CatalogError):
+                    raise
+                shown = value if len(str(value)) <= 80 else str(value)[:80] + "..."
+                raise CatalogError(
+                    f"item {item_id!r}: {key} {shown!r} is not a CRS that PROJ knows "
+                    f"({type(exc).__name__}); fix the item's projection metadata (e.g. proj:code "
+                    "'EPSG:32650' for UTM zone 50N)"
+                ) from None
     return None
 
 
@@ -365,22 +463,40 @@ def _raster_info(asset: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _numbers(value, n: int, item_id, what: str, *, ints: bool = False) -> list:
+    """The first ``n`` entries of list ``value`` as floats (ints), or a clear CatalogError."""
+    if not isinstance(value, (list, tuple)) or len(value) < n:
+        raise CatalogError(f"item {item_id!r}: {what} is {str(value)[:80]!r}, not a list of at "
+                           f"least {n} numbers; fix the item's projection metadata")
+    out = [_num(v, item_id, what) for v in value[:n]]
+    if ints:
+        if not all(v.is_integer() and v > 0 for v in out):
+            raise CatalogError(f"item {item_id!r}: {what} {list(value)[:n]!r} is not positive "
+                               "integers; fix the item's projection metadata")
+        return [int(v) for v in out]
+    return out
+
+
 def _grid_of(asset: Mapping[str, Any], props: Mapping[str, Any], band: str,
-             resolution: float | None, href: str) -> Grid:
-    crs = _crs_of(asset, props)
+             resolution: float | None, href: str, *, item_id=None) -> Grid:
+    crs = _crs_of(asset, props, item_id=item_id)
     transform = asset.get("proj:transform")
     shape = asset.get("proj:shape")
     if crs is not None and transform is not None and shape is not None:
-        return Grid(crs, list(transform)[:6], tuple(shape))
+        return Grid(crs, _numbers(transform, 6, item_id, f"{band} proj:transform"),
+                    tuple(_numbers(shape, 2, item_id, f"{band} proj:shape", ints=True)))
     res = resolution or asset.get("gsd") or _NATIVE_RES.get(band)
     bbox = asset.get("proj:bbox") or props.get("proj:bbox")
     if crs is not None and bbox is not None and res:
-        left, bottom, right, top = (float(v) for v in bbox[:4])
+        left, bottom, right, top = _numbers(bbox, 4, item_id, f"{band} proj:bbox")
         h, w = round((top - bottom) / res), round((right - left) / res)
         return Grid(crs, [res, 0.0, left, 0.0, -res, top], (h, w))
     item_t, item_s = props.get("proj:transform"), props.get("proj:shape")
     if crs is not None and item_t is not None and item_s is not None and res:
-        t = list(item_t)[:6]
+        t = _numbers(item_t, 6, item_id, "proj:transform")
+        item_s = _numbers(item_s, 2, item_id, "proj:shape", ints=True)
+        if t[0] == 0:
+            raise CatalogError(f"item {item_id!r}: proj:transform has a zero pixel size")
         k = float(res) / float(t[0])
         return Grid(crs, [t[0] * k, 0.0, t[2], 0.0, t[4] * k, t[5]],
                     (round(item_s[0] / k), round(item_s[1] / k)))
@@ -426,7 +542,17 @@ def _datetime_of(d: Mapping[str, Any], props: Mapping[str, Any]) -> pd.Timestamp
     value = props.get("datetime") or props.get("start_datetime")
     if not value:
         raise CatalogError(f"item {d.get('id')!r} has no datetime")
-    t = pd.Timestamp(value)
+    try:
+        if not isinstance(value, str):
+            raise TypeError(type(value).__name__)
+        t = pd.Timestamp(value)
+        if pd.isna(t):
+            raise ValueError("NaT")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CatalogError(
+            f"item {d.get('id')!r}: datetime {str(value)[:60]!r} is not an RFC 3339 date-time "
+            f"({type(exc).__name__}); STAC items need e.g. '2024-05-01T03:05:59Z'. Fix the item"
+        ) from None
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from .._log import logger
+from .._log import logger, redact
 from ..errors import CatalogError, ConfigError, MissingCRSError
 from ._items import Scene
 from ._offsets import _baseline_float
@@ -80,12 +81,104 @@ def _retry(total: int, backoff_factor: float, max_retry_after: float):
     )
 
 
-def _open_client(url: str, *, timeout: float, retries: int, backoff_factor: float,
-                 max_retry_after: float, headers: Mapping[str, str] | None = None):
-    from pystac_client import Client
-    from pystac_client.stac_api_io import StacApiIO
+class _DeadlineExceeded(CatalogError):
+    """The whole search ran past its ``deadline`` (seconds, all pages and retries)."""
 
-    stac_io = StacApiIO(max_retries=_retry(retries, backoff_factor, max_retry_after))
+
+def _deadline_io_class():
+    """A pystac-client ``StacApiIO`` whose requests share one total deadline.
+
+    ``requests``' timeout bounds each socket read only, so a server trickling one byte per
+    second never times out. This class streams each body in small chunks and checks the
+    deadline (``time.monotonic()`` value in :attr:`deadline`, ``None`` for none) between
+    them; the per-read timeout is also cut to the time left. An overrun raises
+    :class:`_DeadlineExceeded` (a :class:`~cropyield.errors.CatalogError`).
+    """
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+    from requests import Request
+
+    class _DeadlineStacApiIO(StacApiIO):
+        deadline: float | None = None
+        deadline_s: float | None = None
+
+        def _left(self, href: str) -> float | None:
+            if self.deadline is None:
+                return None
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise _DeadlineExceeded(
+                    f"the STAC search did not finish within its deadline of {self.deadline_s:g} s "
+                    f"(while reading {redact(str(href))}); the server is too slow or stalled. "
+                    "Raise deadline= (seconds for the whole search, None for no limit), narrow "
+                    "the search (smaller AOI or date range), or try again later"
+                )
+            return left
+
+        def request(self, href, method=None, headers=None, parameters=None) -> str:
+            method = (method or "GET").upper()
+            if method in ("POST", "PUT", "PATCH"):
+                req = Request(method=method, url=href, headers=headers, json=parameters)
+            else:
+                req = Request(method=method, url=href, headers=headers,
+                              params=dict(parameters or {}))
+            left = self._left(href)
+            timeout = self.timeout
+            if left is not None:
+                per_read = (timeout if isinstance(timeout, (int, float)) else
+                            (max(timeout) if timeout else left))
+                timeout = max(0.05, min(float(per_read), left))
+            try:
+                modified = self._req_modifier(req) if self._req_modifier else None
+                prepped = self.session.prepare_request(modified or req)
+                kw = self.session.merge_environment_settings(prepped.url, proxies={},
+                                                             stream=True, verify=True, cert=None)
+                kw["stream"] = True
+                resp = self.session.send(prepped, timeout=timeout, **kw)
+            except Exception as err:
+                raise APIError(str(err)) from None
+            try:
+                if not 200 <= resp.status_code < 300:
+                    raise APIError.from_response(resp)
+                chunks = []
+                raw = resp.raw
+                try:
+                    if hasattr(raw, "read1"):  # urllib3 >= 2: at most one socket read each
+                        while True:
+                            chunk = raw.read1(1 << 16, decode_content=True)
+                            if not chunk:
+                                break
+                            chunks.append(chunk)
+                            self._left(href)
+                    else:  # pragma: no cover - urllib3 1.x
+                        for chunk in resp.iter_content(chunk_size=1 << 10):
+                            chunks.append(chunk)
+                            self._left(href)
+                except CatalogError:
+                    raise
+                except Exception as err:
+                    raise APIError(str(err)) from None
+                try:
+                    return b"".join(chunks).decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise APIError(str(err)) from None
+            finally:
+                resp.close()
+
+    return _DeadlineStacApiIO
+
+
+def _open_client(url: str, *, timeout: float, retries: int, backoff_factor: float,
+                 max_retry_after: float, headers: Mapping[str, str] | None = None,
+                 deadline: float | None = None, deadline_s: float | None = None):
+    """A pystac-client Client with capped retries; ``deadline`` is the seconds left of the
+    search's total deadline (``deadline_s``, for messages)."""
+    from pystac_client import Client
+
+    stac_io = _deadline_io_class()(max_retries=_retry(retries, backoff_factor, max_retry_after))
+    if deadline is not None:
+        stac_io.deadline_s = float(deadline if deadline_s is None else deadline_s)
+        stac_io.deadline = time.monotonic() + float(deadline)
     # timeout must go to Client.open: it resets the StacApiIO's own timeout (offline-stac.md §5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NoConformsTo etc.: we check conformance ourselves
@@ -220,19 +313,88 @@ def _next_signature(page: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _fetch_items(search, *, max_items: int | None, max_pages: int, where: str
+def _pages(search, deadline: float | None, deadline_s: float | None):
+    """The search's result pages as dicts, following ``next`` links through empty pages.
+
+    pystac-client stops at the first page without features even when it has a ``next``
+    link, silently losing the items of later pages; this follows the link (the page count
+    is bounded by :func:`_fetch_items`'s ``max_pages`` and its repeated-link guard).
+    """
+    from pystac.link import Link
+
+    stac_io = getattr(search, "_stac_io", None)
+    if stac_io is None or not hasattr(stac_io, "read_json"):  # pragma: no cover - old clients
+        yield from search.pages_as_dicts()
+        return
+    try:
+        from pystac_client._utils import call_modifier
+    except ImportError:  # pragma: no cover
+        def call_modifier(modifier, obj):
+            return None
+    params = search.get_parameters()
+    page = stac_io.read_json(search.url, method=search.method, parameters=params)
+    while True:
+        if not isinstance(page, Mapping):
+            raise CatalogError(f"the STAC search returned a {type(page).__name__} instead of a "
+                               "FeatureCollection page; check the catalog URL")
+        call_modifier(getattr(search, "modifier", None), page)
+        yield page
+        nxt = next((ln for ln in page.get("links", []) or []
+                    if isinstance(ln, Mapping) and ln.get("rel") == "next"), None)
+        if nxt is None:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise _DeadlineExceeded(
+                f"the STAC search did not finish within its deadline of {deadline_s:g} s; "
+                "raise deadline= (seconds, None for no limit) or narrow the search"
+            )
+        page = stac_io.read_json(Link.from_dict(dict(nxt)), parameters=params)
+
+
+def _fetch_items(search, *, max_items: int | None, max_pages: int, where: str,
+                 deadline: float | None = None, deadline_s: float | None = None
                  ) -> list[dict[str, Any]]:
-    """All item dicts of a search, page by page, with pagination guards."""
+    """All item dicts of a search, page by page, with pagination guards.
+
+    Pages without features are followed when they have a ``next`` link (bounded by
+    ``max_pages``); a feature that is not an object or has no ``id`` raises
+    :class:`~cropyield.errors.CatalogError` (two id-less items must not collapse into one).
+    ``deadline`` is a ``time.monotonic()`` value checked between pages.
+    """
     items: list[dict[str, Any]] = []
     seen_ids: set[str] = set()
     seen_next: set[str] = set()
     n_pages = 0
-    for page in search.pages_as_dicts():
+    n_empty = 0
+    for page in _pages(search, deadline, deadline_s):
         n_pages += 1
         if n_pages > max_pages:
             raise CatalogError(f"{where}: more than {max_pages} result pages; narrow the search "
                                "(smaller AOI or date range) or raise max_pages")
         feats = page.get("features", []) or []
+        if not isinstance(feats, list):
+            raise CatalogError(f"{where}: page {n_pages} has 'features' of type "
+                               f"{type(feats).__name__}, not a list; the server is not a STAC API")
+        for k, f in enumerate(feats):
+            if not isinstance(f, Mapping):
+                raise CatalogError(
+                    f"{where}: feature {k} of page {n_pages} is a {type(f).__name__}, not a "
+                    "STAC item object; the catalog answered malformed JSON. Report it to the "
+                    "catalog's maintainers or use another catalog"
+                )
+            fid = f.get("id")
+            if fid is None or (isinstance(fid, str) and not fid.strip()) or \
+                    not isinstance(fid, (str, int)):
+                raise CatalogError(
+                    f"{where}: feature {k} of page {n_pages} has no usable 'id' ({fid!r}); "
+                    "STAC items must have a unique string id, and items without one cannot be "
+                    "told apart (they would collapse into one). Fix the catalog's items"
+                )
+        if not feats:
+            n_empty += 1
+            if _next_signature(page) is not None:
+                logger.debug("%s: page %d has no features but a 'next' link; following it",
+                             where, n_pages)
         ids = [str(f.get("id")) for f in feats]
         if ids and all(i in seen_ids for i in ids):
             raise CatalogError(f"{where}: page {n_pages} repeats items already received "
@@ -251,6 +413,8 @@ def _fetch_items(search, *, max_items: int | None, max_pages: int, where: str
                 raise CatalogError(f"{where}: the server repeated a 'next' link on page "
                                    f"{n_pages}; its pagination loops")
             seen_next.add(sig)
+    if n_empty and items:
+        logger.info("%s: followed %d empty page(s) with a 'next' link", where, n_empty)
     return items
 
 
