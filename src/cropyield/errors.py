@@ -153,6 +153,7 @@ FLAGS: dict[str, str] = {
     "FIT_FAILED": "a curve fit (e.g. double logistic) did not converge",
     # yield / value
     "OUT_OF_RANGE": "estimate outside the crop's sanity range",
+    "LEVEL_UNCALIBRATED": "crop-model-trained yield whose level no statistic or cut has set",
     "NO_PRICE": "no price record for this crop and region",
     "NO_MODEL": "no yield model for this crop",
     "AREA_MISMATCH": "declared area differs from the measured area",
