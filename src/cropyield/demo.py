@@ -427,7 +427,9 @@ def run_demo(
     paths = result.write(out)
     alerts.to_parquet(out / "alerts.parquet", index=False)
     paths["alerts"] = out / "alerts.parquet"
-    est_geo = fields[["field_id", "geometry"]].merge(result.estimates, on="field_id", how="right")
+    est_geo = fields[["field_id", "geometry"]].merge(
+        pd.DataFrame(result.estimates).drop(columns="geometry", errors="ignore"),
+        on="field_id", how="right")
     est_geo.to_parquet(out / "estimates.parquet", index=False)
     try:
         from .plot import demo_figure
