@@ -7,6 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cropyield import cropmodel as cm
+from cropyield.errors import ConfigError
+
 
 def _need_pcse():
     """Skip without PCSE; import it the way the library does (cropmodel._pcse), because a
@@ -18,9 +21,6 @@ def _need_pcse():
     from cropyield.cropmodel import _pcse
 
     _pcse()
-
-from cropyield import cropmodel as cm
-from cropyield.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 A county or national run is split into partitions (spatial blocks of fields, see
 :func:`cropyield.pipeline.partition_fields`). Each finished partition writes its tables to
 ``<root>/parts/<partition>/<table>.parquet``; every file is written under a temporary name
-and then renamed, so a reader never sees half a file. The manifest ``<root>/manifest.json``
+and then renamed, so a reader never sees half a file. The manifest ``<root>/store_manifest.json``
 lists the completed partitions and is rewritten (atomically, last) after each partition's
 files are in place: a partition counts as done only once it is in the manifest. A run killed
 at any moment (``kill -9`` included) therefore leaves at worst the files of a partition that
@@ -32,7 +32,7 @@ from .errors import ConfigError
 __all__ = ["ResultStore", "StoreMismatchError", "MANIFEST", "fingerprint"]
 
 #: Name of the manifest file at the root of a store.
-MANIFEST = "manifest.json"
+MANIFEST = "store_manifest.json"  # not manifest.json: PipelineResult.write owns that name
 #: Names a run writes at the root of its store (what ``restart`` removes; nothing else is).
 OWNED = frozenset({MANIFEST, "parts", "scenes.json", "scenes.parquet", "observations.parquet",
                    "series.parquet", "phenology.parquet", "crops.parquet", "estimates.parquet",
