@@ -88,7 +88,7 @@ def _window_starts(ids: np.ndarray, t: pd.Series, year_start: str) -> pd.Series:
     for y in range(int(lo.dt.year.min()) - 1, int(hi.dt.year.max()) + 1):
         a = pd.Timestamp(year=y, month=mm, day=min(dd, 28) if mm == 2 else dd)
         e = a + pd.Timedelta(days=365)
-        cov = ((np.minimum(hi, e) - np.maximum(lo, a)) / pd.Timedelta(days=1)).clip(lower=0)
+        cov = ((hi.clip(upper=e) - lo.clip(lower=a)) / pd.Timedelta(days=1)).clip(lower=0)
         better = cov > best_cov
         best[better] = a
         best_cov[better] = cov[better]
