@@ -350,9 +350,9 @@ class CropClassifier:
                  l2: float | None = None, max_iter: int | None = None,
                  learning_rate: float = 0.05, seed: int = 0, id_col: str = "field_id",
                  n_harmonics: int = 3, augment_days: Sequence[int] = (-12, 12),
-                 calibrate: bool = True, calibration_folds: int = 4, num_leaves: int = 15,
+                 calibrate: bool = True, calibration_folds: int = 3, num_leaves: int = 15,
                  min_child_samples: int = 5, feature_fraction: float = 0.5,
-                 class_weight: str | None = None, num_threads: int = 2):
+                 class_weight: str | None = None, num_threads: int = 1):
         if isinstance(indices, str):
             indices = (indices,)
         if indices is not None and not len(indices):

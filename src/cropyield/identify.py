@@ -110,6 +110,9 @@ def identify_crops(
     min_fit_loglik: float = -8.0,
     declared_prior_odds: float = 1.0,
     id_col: str = "field_id",
+    classifier: CropClassifier | None = None,
+    crop_proba: pd.DataFrame | None = None,
+    min_classifier_prob: float = 1e-3,
 ) -> pd.DataFrame:
     """Most likely crops per field-season from calendar and phenology knowledge.
 
@@ -158,6 +161,22 @@ def identify_crops(
         (summer soybean vs summer maize share a calendar), while strong contrary evidence
         still wins and is flagged. Accuracy measured this way is no longer image-only.
 
+    classifier : CropClassifier, optional
+        A fitted classifier whose calibrated probabilities join the calendar evidence
+        (needs a daily series as the first argument; same as passing
+        ``crop_proba=classifier.predict_proba(series)``).
+    crop_proba : DataFrame, optional
+        Per-field class probabilities (index ``field_id``, one column per class, e.g.
+        :meth:`CropClassifier.predict_proba`). A class may be a rotation
+        (``"winter_wheat+summer_maize"``): each of its crops receives its probability.
+        Every season of the field adds ``log max(p(crop), min_classifier_prob)`` to each
+        candidate's log-likelihood, so the classifier's calibrated probabilities drive
+        ``crop_prob``, ``CROP_UNCERTAIN`` and the ``CROP_MISMATCH`` likelihood ratio
+        together with the calendar; fields missing from it keep the calendar alone.
+    min_classifier_prob : float
+        Floor of a classifier probability (keeps one confident classifier from vetoing
+        a crop outright).
+
     Returns
     -------
     DataFrame
@@ -174,6 +193,13 @@ def identify_crops(
     """
     reg = registry if registry is not None else load_registry()
     phen = series_or_phenology
+    if classifier is not None:
+        if crop_proba is not None:
+            raise IdentifyError("pass classifier or crop_proba, not both")
+        if "pos" in phen.columns:
+            raise IdentifyError("classifier= needs the daily series (smooth_series output), "
+                                "not a phenology table; or pass crop_proba=")
+        crop_proba = classifier.predict_proba(phen)
     if "pos" not in phen.columns or "season" not in phen.columns:
         from .seasons import phenology
         phen = phenology(phen, index=index, id_col=id_col)
@@ -220,6 +246,9 @@ def identify_crops(
             d = _range_outside(base_l, *rng_)
             ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_base) ** 2, 0.0)
     log_prior = np.log(np.array([max(c.prior, 1e-6) for c in cals]))
+    if crop_proba is not None:
+        ll += _classifier_loglik(crop_proba, phen[id_col].to_numpy(), names,
+                                 min_classifier_prob)
 
     flags_in = phen["flags"].astype(str).to_numpy()
     no_season = np.array(["NO_SEASON" in f for f in flags_in])
@@ -354,6 +383,32 @@ def identify_crops(
     })
     out.attrs.update(region=region, index=index, sigma_days=sigma_days,
                      candidates=names)
+    return out
+
+
+def _classifier_loglik(proba: pd.DataFrame, fids: np.ndarray, names: list[str],
+                       floor: float) -> np.ndarray:
+    """Rows × candidates log-probabilities from per-field class probabilities (0 if unknown)."""
+    if not isinstance(proba, pd.DataFrame):
+        raise IdentifyError("crop_proba must be a DataFrame indexed by field_id with one "
+                            "column per class (CropClassifier.predict_proba output)")
+    if not 0 < floor < 1:
+        raise IdentifyError(f"min_classifier_prob must be in (0, 1), got {floor}")
+    P = np.zeros((len(proba), len(names)))
+    name_ix = {c: j for j, c in enumerate(names)}
+    hit = False
+    for col in proba.columns:
+        v = proba[col].to_numpy(dtype=float, na_value=np.nan)
+        for crop in {c.strip() for c in str(col).split("+")}:
+            if crop in name_ix:
+                P[:, name_ix[crop]] += np.nan_to_num(v)
+                hit = True
+    if not hit:
+        raise IdentifyError(f"no class of crop_proba ({list(proba.columns)[:6]}) is a "
+                            f"candidate crop of this region ({names[:6]} ...)")
+    L = np.log(np.maximum(np.minimum(P, 1.0), floor))
+    pos = proba.index.get_indexer(fids)
+    out = np.where((pos >= 0)[:, None], L[np.maximum(pos, 0)], 0.0)
     return out
 
 
