@@ -154,13 +154,16 @@ def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int) -
     out["temperature"] = T
     out["conf"], out["correct"] = P.max(axis=1), pred == np.asarray(y_te)
     out["pred"] = pred
-    Xtr = fsets[0].loc[tr_ids].to_numpy(float)
-    Xte = fsets[0].loc[te_ids].to_numpy(float)
+    # the same feature table; columns without any value in training are left out (they
+    # carry nothing and scikit-learn's binning rejects all-NaN columns)
+    cols = [c for c in m.feature_names_ if fsets[0].loc[tr_ids, c].notna().any()]
+    Xtr = fsets[0].loc[tr_ids, cols].to_numpy(float)
+    Xte = fsets[0].loc[te_ids, cols].to_numpy(float)
     for name, est in (("rf", stock_rf(seed)), ("hgb", stock_hgb(seed))):
         est.fit(Xtr, np.asarray(y_tr))
         out[f"{name}_acc"] = float(np.mean(est.predict(Xte) == np.asarray(y_te)))
     # HGB with the same augmentation as CropClassifier (learner choice on equal footing)
-    Xa = np.vstack([fsets[s].loc[tr_ids].reindex(columns=m.feature_names_).to_numpy(float)
+    Xa = np.vstack([fsets[s].loc[tr_ids].reindex(columns=cols).to_numpy(float)
                     for s in fsets])
     ya = np.tile(np.asarray(y_tr), len(fsets))
     est = stock_hgb(seed).fit(Xa, ya)

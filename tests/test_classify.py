@@ -213,3 +213,36 @@ def test_real_worldcereal_parcels_flanders():
         s, y, pd.Series(y.index, index=y.index), n_splits=4)
     assert set(CropClassifier().fit(s, y).indices_) == set(v.INDICES)
     assert cv.attrs["accuracy"] >= 0.85    # 28 meadows vs 12 maize
+
+
+def test_calibrated_probabilities_feed_identify_crops():
+    """Summer maize and soybean share a calendar: the calendar alone cannot tell them apart
+    or flag a wrong declaration; the classifier's probabilities can."""
+    from cropyield.identify import IdentifyError, identify_crops
+
+    phen = pd.DataFrame({
+        "field_id": ["a", "b"], "season": [1, 1],
+        "sos": [D("2022-06-25")] * 2, "pos": [D("2022-08-15")] * 2,
+        "eos": [D("2022-10-01")] * 2, "peak": [0.82, 0.82], "base_left": [0.18, 0.18],
+        "flags": ["", ""], "mean_value": [0.4, 0.4]})
+    declared = {"a": "soybean", "b": "soybean"}
+    plain = identify_crops(phen, region="north_china_plain", declared=declared)
+    assert not plain["flags"].str.contains("CROP_MISMATCH").any()
+    proba = pd.DataFrame({"summer_maize": [0.995, 0.02], "soybean": [0.005, 0.98]},
+                         index=pd.Index(["a", "b"], name="field_id"))
+    out = identify_crops(phen, region="north_china_plain", declared=declared,
+                         crop_proba=proba).set_index("field_id")
+    assert out.loc["a", "crop"] == "summer_maize" and "CROP_MISMATCH" in out.loc["a", "flags"]
+    pb = plain.set_index("field_id").loc["b"]
+    p_plain = pb["crop_prob"] if pb["crop"] == "soybean" else pb["crop_2_prob"] \
+        if pb["crop_2"] == "soybean" else 0.0
+    assert out.loc["b", "crop"] == "soybean" and out.loc["b", "crop_prob"] > p_plain + 0.2
+    assert "CROP_MISMATCH" not in out.loc["b", "flags"]
+    # a rotation class gives its probability to each of its crops
+    rot = pd.DataFrame({"winter_wheat+summer_maize": [0.99], "winter_wheat+soybean": [0.01]},
+                       index=pd.Index(["a"], name="field_id"))
+    got = identify_crops(phen.iloc[:1], region="north_china_plain", crop_proba=rot)
+    assert got["crop"].item() == "summer_maize"
+    with pytest.raises(IdentifyError, match="no class"):
+        identify_crops(phen, region="north_china_plain",
+                       crop_proba=pd.DataFrame({"teff": [1.0]}, index=["a"]))
