@@ -354,7 +354,7 @@ def main(argv=None) -> int:
                     f"CropClassifier {tot['cc'] / tot['n']:.3f} vs RF {tot['rf'] / tot['n']:.3f}",
                     f"{tot['n']} test parcels; HGB {tot['hgb'] / tot['n']:.3f}, "
                     f"HGB+aug {tot['hgb_aug'] / tot['n']:.3f}; target CropClassifier ≥ RF + 0.03"))
-        # random splits within each region: 5-fold stratified, repeated twice
+        # random splits within each region: 3-fold stratified
         for reg in FILES:
             clf, fsets = fs[reg]
             y = Y[reg]
@@ -366,8 +366,8 @@ def main(argv=None) -> int:
                 folds = np.empty(len(y), dtype=int)
                 for c in y.unique():
                     m = np.flatnonzero(y.to_numpy() == c)
-                    folds[rng.permutation(m)] = np.arange(len(m)) % 5
-                for f in range(5):
+                    folds[rng.permutation(m)] = np.arange(len(m)) % 3
+                for f in range(3):
                     te = folds == f
                     r = compare(clf, fsets, y.index[~te], y.to_numpy()[~te], y.index[te],
                                 y.to_numpy()[te], a.seed)
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
                     acc["brier_raw"].append(r["cc_brier_raw"] * te.sum())
                     rel_rows.append((r["conf"], r["correct"]))
             n = len(y)
-            res.append((f"random 5-fold within {reg} ({y.nunique()} classes)",
+            res.append((f"random 3-fold within {reg} ({y.nunique()} classes)",
                         f"CropClassifier {sum(acc['cc']) / n:.3f} vs RF "
                         f"{sum(acc['rf']) / n:.3f}",
                         f"{len(y)} parcels; HGB {sum(acc['hgb']) / n:.3f}, HGB+aug "

@@ -81,24 +81,44 @@ def _window_starts(ids: np.ndarray, t: pd.Series, year_start: str) -> pd.Series:
     """Per field, the ``year_start`` anniversary whose 365-day window covers most days."""
     mm, dd = _start_doy(year_start)
     df = pd.DataFrame({"id": ids, "t": t.to_numpy()})
-    lo = df.groupby("id", sort=False)["t"].min()
-    hi = df.groupby("id", sort=False)["t"].max()
-    best = pd.Series(pd.NaT, index=lo.index, dtype="datetime64[ns]")
-    best_cov = pd.Series(-1.0, index=lo.index)
+    grp = df.groupby("id", sort=False)["t"]
+    lo, hi = grp.min(), grp.max()
+    lo_v = lo.to_numpy().astype("datetime64[D]").astype(np.int64)
+    hi_v = hi.to_numpy().astype("datetime64[D]").astype(np.int64)
+    best = np.zeros(len(lo), dtype=np.int64)
+    best_cov = np.full(len(lo), -1, dtype=np.int64)
     for y in range(int(lo.dt.year.min()) - 1, int(hi.dt.year.max()) + 1):
-        a = pd.Timestamp(year=y, month=mm, day=min(dd, 28) if mm == 2 else dd)
-        e = a + pd.Timedelta(days=365)
-        cov = ((hi.clip(upper=e) - lo.clip(lower=a)) / pd.Timedelta(days=1)).clip(lower=0)
+        a = np.datetime64(pd.Timestamp(year=y, month=mm, day=min(dd, 28) if mm == 2 else dd)
+                          .date(), "D").astype(np.int64)
+        cov = np.clip(np.minimum(hi_v, a + 365) - np.maximum(lo_v, a), 0, None)
         better = cov > best_cov
         best[better] = a
         best_cov[better] = cov[better]
-    return best
+    return pd.Series(best.astype("datetime64[D]").astype("datetime64[ns]"), index=lo.index)
+
+
+def _row_quantiles(V: np.ndarray, qs) -> list[np.ndarray]:
+    """NaN-ignoring quantiles (linear interpolation, as ``np.nanquantile``) of each row."""
+    S = np.sort(V, axis=1)                       # NaN sort last
+    n = np.isfinite(S).sum(axis=1)
+    out = []
+    rows = np.arange(len(V))
+    for q in qs:
+        pos = q * np.maximum(n - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+        f = pos - lo
+        v = S[rows, lo] * (1 - f) + S[rows, hi] * f
+        v = np.where(f == 0, S[rows, lo], v)
+        out.append(np.where(n > 0, v, np.nan))
+    return out
 
 
 def _harmonics(V: np.ndarray, n_harm: int) -> np.ndarray:
     """Least-squares harmonic coefficients of rows of ``V`` (fields × 365 days, NaN = none).
 
-    Returns fields × (1 + 3 n_harm): mean, then (cos, sin, amplitude) per harmonic.
+    Returns fields × (1 + 3 n_harm): mean, then (cos, sin, amplitude) per harmonic; NaN for
+    rows with fewer than 2 (1 + 2 n_harm) values.
     """
     d = np.arange(V.shape[1], dtype=float)
     cols = [np.ones_like(d)]
@@ -106,16 +126,19 @@ def _harmonics(V: np.ndarray, n_harm: int) -> np.ndarray:
         w = 2 * np.pi * k * d / 365.0
         cols += [np.cos(w), np.sin(w)]
     A = np.stack(cols, axis=1)
+    ok = np.isfinite(V)
+    M = np.einsum("fd,dk,dl->fkl", ok.astype(float), A, A)      # normal equations per row
+    b = np.where(ok, V, 0.0) @ A
+    enough = ok.sum(axis=1) >= 2 * (1 + 2 * n_harm)
     out = np.full((V.shape[0], 1 + 3 * n_harm), np.nan)
-    for i in range(V.shape[0]):
-        ok = np.isfinite(V[i])
-        if ok.sum() < 2 * (1 + 2 * n_harm):
-            continue
-        c, *_ = np.linalg.lstsq(A[ok], V[i, ok], rcond=None)
-        out[i, 0] = c[0]
+    if enough.any():
+        c = np.linalg.solve(M[enough], b[enough][:, :, None])[:, :, 0]
+        out[enough, 0] = c[:, 0]
         for k in range(n_harm):
-            a, b = c[1 + 2 * k], c[2 + 2 * k]
-            out[i, 1 + 3 * k:4 + 3 * k] = a, b, math.hypot(a, b)
+            a_, b_ = c[:, 1 + 2 * k], c[:, 2 + 2 * k]
+            out[enough, 1 + 3 * k] = a_
+            out[enough, 2 + 3 * k] = b_
+            out[enough, 3 + 3 * k] = np.hypot(a_, b_)
     return out
 
 
@@ -185,7 +208,7 @@ def series_features(series: pd.DataFrame, *, indices: Sequence[str], bin_days: i
                 for k in range(n_bins):
                     sl = b_of_day == k
                     parts[f"{ix}_o{k:02d}"] = np.nanmean(Vo[:, sl], axis=1)
-                q = np.nanquantile(V, [0.0, 0.1, 0.5, 0.9, 1.0], axis=1)
+                q = _row_quantiles(V, [0.0, 0.1, 0.5, 0.9, 1.0])
                 for name, row in zip(("min", "q10", "q50", "q90", "max"), q):
                     parts[f"{ix}_{name}"] = row
                 parts[f"{ix}_mean"] = np.nanmean(V, axis=1)
