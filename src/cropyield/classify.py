@@ -344,7 +344,7 @@ class CropClassifier:
     l2 : float, optional
         L2 penalty on leaf values (LightGBM ``lambda_l2``); default 1.0.
     max_iter : int, optional
-        Boosting rounds; default 300.
+        Boosting rounds; default 150.
     learning_rate : float
         Boosting shrinkage.
     seed : int
@@ -371,7 +371,7 @@ class CropClassifier:
     def __init__(self, indices: Sequence[str] | None = None, *, bin_days: int = 15,
                  year_start: str = "01-01", phenology_features: bool = True,
                  l2: float | None = None, max_iter: int | None = None,
-                 learning_rate: float = 0.05, seed: int = 0, id_col: str = "field_id",
+                 learning_rate: float = 0.1, seed: int = 0, id_col: str = "field_id",
                  n_harmonics: int = 3, augment_days: Sequence[int] = (-12, 12),
                  calibrate: bool = True, calibration_folds: int = 3, num_leaves: int = 15,
                  min_child_samples: int = 5, feature_fraction: float = 0.5,
@@ -390,7 +390,7 @@ class CropClassifier:
         self.year_start = year_start
         self.phenology_features = bool(phenology_features)
         self.l2 = 1.0 if l2 is None else float(l2)
-        self.max_iter = 300 if max_iter is None else int(max_iter)
+        self.max_iter = 150 if max_iter is None else int(max_iter)
         self.learning_rate = float(learning_rate)
         self.seed = int(seed)
         self.id_col = id_col
@@ -460,7 +460,7 @@ class CropClassifier:
                 "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
                 "min_data_in_leaf": self.min_child_samples, "lambda_l2": self.l2,
                 "feature_fraction": self.feature_fraction, "bagging_fraction": 0.8,
-                "bagging_freq": 1, "min_data_in_bin": 1, "seed": self.seed,
+                "bagging_freq": 1, "min_data_in_bin": 1, "max_bin": 63, "seed": self.seed,
                 "deterministic": True, "force_row_wise": True,
                 "num_threads": self.num_threads, "verbose": -1}
 
@@ -472,7 +472,7 @@ class CropClassifier:
             cnt = np.bincount(yi, minlength=n_class).astype(float)
             w = (len(yi) / (n_class * np.maximum(cnt, 1)))[yi]
         ds = lgb.Dataset(X, label=yi, weight=w, free_raw_data=True,
-                         params={"min_data_in_bin": 1, "verbose": -1})
+                         params={"min_data_in_bin": 1, "max_bin": 63, "verbose": -1})
         return lgb.train(self._params(n_class), ds, num_boost_round=self.max_iter)
 
     def _stack(self, fsets: Mapping[int, pd.DataFrame], ids, yi: np.ndarray):
