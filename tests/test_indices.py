@@ -378,3 +378,20 @@ def test_weighted_stats_with_index_equals_gathered(data):
     if n:
         with pytest.raises(ValueError, match="out of range"):
             weighted_field_stats(uniq, weights, offsets, index=idx + m)
+
+
+@pytest.mark.parametrize("formula, match", [
+    ("B04**1e35", r"exponent 1e\+35 at column 6 is out of bounds"),
+    ("2**1e5 * B04", "exponent 100000.0"),
+    ("B04 + 10**400", "exponent 400"),
+    ("B04 ** B08", "non-constant exponent"),
+    ("B04 ** (1e35 ** 2)", "non-constant exponent"),
+    ("B04 * 1e400", r"constant inf .*\|constant\| <= 1e\+06"),
+    ("B04 * 123456789", "constant 123456789"),
+])
+def test_formula_constants_and_exponents_are_bounded(formula, match):
+    """x ** 1e35 overflows to inf (or 0) on every pixel: refused with a clear error."""
+    with pytest.raises(IndexFormulaError, match=match):
+        custom_index(formula)
+    for ok in ("B08 ** -1 + B04 ** 2.5", "B04 * 10000", "-(B12 ** 0.5) + 3", "B04 ** -(2)"):
+        assert custom_index(ok).bands

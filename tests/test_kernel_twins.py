@@ -3,14 +3,16 @@ selective statistics kernel equals the full one) on random inputs, NaN and edge 
 
 import numpy as np
 
-from cropyield.indices import (
+from cropyield.zonal import (
     _multi_field_stats,
     _multi_field_stats_sel,
     _reflectance_valid,
     _reflectance_valid_ref,
 )
-from cropyield.observations import _coarse_unique, _coarse_unique_ref, _codes_at, _codes_at_ref
-from cropyield.read import (
+from cropyield.observations._kernels import (_coarse_unique, _coarse_unique_ref, _codes_at,
+                                             _codes_at_ref)
+from cropyield.read import plan_blocks
+from cropyield.read._plan import (
     _block_bounds,
     _block_sort,
     _blocks_wanted,
@@ -21,7 +23,6 @@ from cropyield.read import (
     _filter_sorted_ref,
     _gather_masked,
     _gather_masked_ref,
-    plan_blocks,
 )
 
 
@@ -104,7 +105,7 @@ def test_reflectance_valid_twin():
 
 def _stream_case(rng, H=300, W=340, nf=40):
     """A random coverage-like entry set in row-major order with slots per 64 x 64 block."""
-    from cropyield.observations import _assign_slots
+    from cropyield.observations._kernels import _assign_slots
 
     n_u = int(rng.integers(1, H * W // 3))
     flat = np.sort(rng.choice(H * W, n_u, replace=False))
@@ -124,12 +125,12 @@ def _stream_case(rng, H=300, W=340, nf=40):
 
 
 def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
-    import cropyield.observations as obs
-    from cropyield.observations import (
+    import cropyield.observations._plan as obs
+    from cropyield.observations._kernels import (
         _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
         _blocks_needed, _blocks_needed_ref, _entry_arrays, _entry_arrays_ref, _footprint_sum, _footprint_sum_ref,
-        _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _order_unique,
-        _order_unique_ref)
+        _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _order_unique_ref)
+    from cropyield.observations._plan import _order_unique
 
     rng = np.random.default_rng(11)
     for t in range(25):
@@ -225,7 +226,7 @@ def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
 def test_fused_kernel_equals_gather_apply_accumulate():
     """The fused per-index kernel adds exactly the same terms as the generic path."""
     from cropyield.indices import INDICES, _apply
-    from cropyield.observations import _accumulate, _fused_kernel, _gather_valid
+    from cropyield.observations._kernels import _accumulate, _fused_kernel, _gather_valid
 
     rng = np.random.default_rng(12)
     for t in range(15):
@@ -296,7 +297,7 @@ def test_jit_falls_back_to_no_cache_when_numba_cannot_cache(monkeypatch):
 
 
 def test_first_at_or_after_twin():
-    from cropyield.observations import _first_at_or_after
+    from cropyield.observations._kernels import _first_at_or_after
 
     rng = np.random.default_rng(16)
     for t in range(200):
@@ -316,7 +317,7 @@ def test_stream_built_in_two_halves_equals_one_pass(monkeypatch):
     import shapely
     from affine import Affine
 
-    import cropyield.observations as obs
+    import cropyield.observations._plan as obs
     from cropyield._geo import Grid
 
     rng = np.random.default_rng(21)

@@ -406,7 +406,7 @@ def test_same_crs_compares_codes_then_definitions():
     from pyproj import CRS as PCRS
     from rasterio.crs import CRS as RCRS
 
-    from cropyield.observations import _same_crs
+    from cropyield.observations._run import _same_crs
 
     utm50 = PCRS.from_epsg(32650)
     assert _same_crs(RCRS.from_epsg(32650), utm50)
@@ -499,15 +499,16 @@ def test_requests_with_more_bands_than_the_fused_kernels_take_the_generic_path(t
     """Fused kernels unroll at most _FUSED_MAX_BANDS bands of each kind; beyond that the
     generic gather -> index -> accumulate path runs and adds exactly the same terms."""
     import cropyield.observations as obs
+    import cropyield.observations._kernels as kernels
 
     scene, fields, *_ = _mixed_world(tmp_path)
     indices = ("ndvi", "ndmi", "ndre", "evi2")          # 2 window + 3 gathered bands
     fused = obs.field_observations([scene], fields, indices=indices)
-    built = len(obs._FUSED)
-    monkeypatch.setattr(obs, "_FUSED_MAX_BANDS", 2)
-    obs._FUSED.clear()
+    built = len(kernels._FUSED)
+    monkeypatch.setattr(kernels, "_FUSED_MAX_BANDS", 2)
+    kernels._FUSED.clear()
     generic = obs.field_observations([scene], fields, indices=indices)
-    assert built > 0 and len(obs._FUSED) == 0          # no fused kernel was asked for
+    assert built > 0 and len(kernels._FUSED) == 0          # no fused kernel was asked for
     cols = [c for c in fused.columns if c != "flags"]
     pd.testing.assert_frame_equal(fused[cols], generic[cols])
     assert fused["flags"].tolist() == generic["flags"].tolist()
@@ -546,7 +547,7 @@ def test_take_builds_string_columns_as_pandas_would():
     """Repeated ids/tiles are expanded in Arrow to the dtype pandas gives str objects (with
     pandas 3, converting 480 000 Python strings in the DataFrame constructor took ~50 ms
     per column)."""
-    from cropyield.observations import _take
+    from cropyield.observations._table import _take
 
     vals = np.array(["S2A_a", "S2B_b", "S2A_c"], dtype=object)
     idx = np.array([2, 0, 0, 1, 2])

@@ -22,6 +22,23 @@ def test_redact_free_text_paths_headers_and_aws():
     assert "part=2" in out
 
 
+def test_redact_google_signatures_api_keys_and_userinfo():
+    text = ("https://storage.googleapis.com/b/B04.tif?X-Goog-Algorithm=GOOG4&"
+            "X-Goog-Credential=svc%40p&X-Goog-Signature=g00gsig&tile=1 "
+            "https://api.example.com/search?apikey=AK1&api_key=AK2&api-key=AK3&limit=10 "
+            "failed: https://alice:pa55word@stac.example.com/v1 and "
+            "/vsicurl/https://bob:hunter2@cog.example.com/B04.tif "
+            "s3://AKIAKEY:SECRETKEY@bucket/B08.tif and /c/x.tif?X-Goog-Signature=g2")
+    out = redact(text)
+    for secret in ("g00gsig", "svc%40p", "AK1", "AK2", "AK3", "alice", "pa55word", "hunter2",
+                   "AKIAKEY", "SECRETKEY", "g2"):
+        assert secret not in out, secret
+    assert "tile=1" in out and "limit=10" in out and "stac.example.com/v1" in out
+    url = redact_url("https://u:p@h.example/x?api_key=K&page=2")
+    assert url == "https://REDACTED@h.example/x?api_key=REDACTED&page=2"
+    assert redact("write to bob@example.com") == "write to bob@example.com"
+
+
 def test_logger_records_are_redacted(caplog):
     with caplog.at_level(logging.DEBUG, logger="cropyield"):
         logger.warning("retrying %s", "https://h/B04.tif?sig=topsecret&se=2030")
@@ -48,13 +65,13 @@ def test_cached_kernels_call_only_kernels_of_their_own_module():
     root = Path(cropyield.__file__).parent
     jitted: dict[str, str] = {}
     calls: dict[tuple[str, str], set[str]] = {}
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):                     # packages (read/, ...) included
         tree = ast.parse(path.read_text())
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and any(
                     "njit" in ast.unparse(d) for d in node.decorator_list):
-                jitted[node.name] = path.stem
-                calls[(path.stem, node.name)] = {
+                jitted[node.name] = str(path.relative_to(root))
+                calls[(str(path.relative_to(root)), node.name)] = {
                     c.func.id for c in ast.walk(node)
                     if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)}
     assert len(jitted) > 30

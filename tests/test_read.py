@@ -254,7 +254,7 @@ def test_reader_sorts_a_pixel_set_once_even_with_a_foreign_int64_dtype(cog600, m
     (a view per call used to miss the cache and re-sort every date)."""
     import pickle
 
-    import cropyield.read as rmod
+    import cropyield.read._blocks as rmod     # the module whose _block_sort the reader calls
 
     fn, arr = cog600
     foreign = pickle.loads(pickle.dumps(np.dtype(np.int64)))
@@ -378,7 +378,7 @@ def test_handles_are_closed_after_the_reader(cog600):
 
 
 def test_gdal_env_layers_without_touching_os_environ(monkeypatch):
-    import cropyield.read as rd
+    import cropyield.read._gdal as rd  # where _configured lives
 
     before = dict(os.environ)
     env = rd.gdal_env(GDAL_HTTP_TIMEOUT=3)
@@ -393,7 +393,7 @@ def test_gdal_env_layers_without_touching_os_environ(monkeypatch):
 
 def test_worker_plugin_applies_options(monkeypatch):
     pytest.importorskip("distributed")
-    import cropyield.read as rd
+    import cropyield.read._gdal as rd  # where _configured lives
 
     monkeypatch.setattr(rd, "_configured", {})
     plugin = rd.make_worker_plugin(GDAL_HTTP_TIMEOUT=11)
@@ -484,7 +484,7 @@ def test_load_cube_reflectance_offsets_mask_and_mosaic(tmp_path):
 
 
 def test_gather_kernel_equals_numpy_twin():
-    from cropyield.read import _gather_into, _gather_into_ref
+    from cropyield.read._plan import _gather_into, _gather_into_ref
 
     rng = np.random.default_rng(9)
     for dtype in (np.uint16, np.uint8, np.float64):
@@ -509,7 +509,7 @@ def _worker_gdal_timeout():
 def test_gdal_settings_reach_real_dask_worker_processes():
     """The settings travel to separate worker processes, present and future, not via os.environ."""
     distributed = pytest.importorskip("distributed")
-    import cropyield.read as rd
+    import cropyield.read._gdal as rd  # where _configured lives
 
     before = dict(rd._configured)
     try:

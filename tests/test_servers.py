@@ -469,3 +469,12 @@ def test_fake_sas_signer_and_expiry(files):
         fresh = signer(f"{srv.url}/blob.bin", refresh=True)
         assert _get(fresh, {"Range": "bytes=0-9"})[0] == 206  # re-signed
         assert len(signer.calls) == 2
+
+
+def test_fault_tools_live_in_cropyield_testing_and_stay_importable_from_servers():
+    import cropyield.servers as servers
+    import cropyield.testing as testing
+
+    for name in testing.__all__:
+        assert getattr(servers, name) is getattr(testing, name), name
+        assert name in servers.__all__

@@ -68,6 +68,33 @@ def test_bad_price_records():
         PriceTable.from_toml("/nonexistent/prices.toml")
 
 
+@pytest.mark.parametrize("valid_from", ["2024-13-01", "yesterday", "", 20240101, None,
+                                        pd.NaT, [2024]])
+def test_price_record_with_a_bad_date_is_a_config_error(valid_from, tmp_path):
+    base = dict(crop="x", region="china", price=2.0, unit="CNY/kg", type="market",
+                valid_from=valid_from, source="NDRC")
+    with pytest.raises(ConfigError, match=r"x/china.*valid_from.*is not a date.*YYYY-MM-DD"):
+        PriceRecord(**base)
+    with pytest.raises(ConfigError, match="valid_from"):
+        PriceTable([base])
+    assert PriceRecord(**{**base, "valid_from": pd.Timestamp("2024-01-01")}).valid_from.year \
+        == 2024
+    if isinstance(valid_from, str):
+        toml = tmp_path / "prices.toml"
+        toml.write_text('[[price]]\ncrop = "x"\nregion = "china"\nprice = 2.0\n'
+                        'unit = "CNY/kg"\ntype = "market"\nsource = "s"\n'
+                        f'valid_from = "{valid_from}"\n')
+        with pytest.raises(ConfigError, match="valid_from"):
+            PriceTable.from_toml(toml)
+
+
+@pytest.mark.parametrize("price", ["abc", None, [2.0], True])
+def test_price_record_with_a_non_numeric_price_is_a_config_error(price):
+    with pytest.raises(ConfigError, match="price must be a positive number"):
+        PriceRecord(crop="x", region="china", price=price, unit="CNY/kg", type="market",
+                    valid_from="2024-01-01", source="s")
+
+
 # ----------------------------------------------------------------------------- estimates
 
 X0, Y0 = 560_000.0, 3_812_000.0      # UTM 50N, ~34.45°N 115.65°E (Henan)

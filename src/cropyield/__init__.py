@@ -5,7 +5,7 @@ The pipeline, one module per stage (imports flow down this list only)::
     catalogs   search_scenes, normalize_item, Scenes
     read       field-centric COG block reads (threads, retries, byte accounting), load_cube
     coverage   coverage_fractions (exact pixel-coverage fractions, numba)
-    indices    index registry + numba kernels, masks, zonal_stats
+    indices    index registry + numba kernels, formulas; masks (SCL); zonal: zonal_stats
     observations field_observations (per field x scene statistics)
     series     smooth_series (weighted Whittaker)
     seasons    phenology (seasons, SOS/POS/EOS, integrals, growth stage)
@@ -43,7 +43,7 @@ _LAZY: dict[str, str] = {
     "load_cube": "read",
     "coverage_fractions": "coverage",
     "INDICES": "indices",
-    "zonal_stats": "indices",
+    "zonal_stats": "zonal",
     "compute_index": "indices",
     "register_index": "indices",
     "field_observations": "observations",
@@ -99,7 +99,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .catalogs import Scene, Scenes, normalize_item, search_scenes  # noqa: F401
     from .coverage import coverage_fractions  # noqa: F401
     from .identify import CropClassifier, identify_crops  # noqa: F401
-    from .indices import INDICES, compute_index, register_index, zonal_stats  # noqa: F401
+    from .indices import INDICES, compute_index, register_index  # noqa: F401
     from .observations import field_observations, observations_to_xarray  # noqa: F401
     from .pipeline import estimate  # noqa: F401
     from .read import load_cube  # noqa: F401
@@ -107,3 +107,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .series import smooth_series  # noqa: F401
     from .value import PriceTable, estimate_yield  # noqa: F401
     from .yieldmodel import EmpiricalModel, LUEModel, YieldModel, fit_yield_model  # noqa: F401
+    from .zonal import zonal_stats  # noqa: F401

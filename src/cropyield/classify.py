@@ -44,6 +44,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ._io import loads_json
 from ._version import __version__
 from .errors import ModelError
 
@@ -648,11 +649,18 @@ class CropClassifier:
     def load(cls, path: str | Path) -> "CropClassifier":
         """Read a model written by :meth:`save`. Only JSON is parsed; nothing is executed."""
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
             raise ModelError(f"cannot read classifier from {path}: not a JSON model file "
                              f"written by CropClassifier.save ({exc}); cropyield never "
                              "reads pickle") from exc
+        except OSError as exc:
+            raise ModelError(f"cannot read classifier from {path}: {exc}") from exc
+        try:
+            d = loads_json(text, what=f"crop classifier file {path}", error=ModelError)
+        except ModelError as exc:
+            raise ModelError(f"{exc} (not a JSON model file written by CropClassifier.save; "
+                             "cropyield never reads pickle)") from exc
         return cls.from_dict(d)
 
     # ---- validation

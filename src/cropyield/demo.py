@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._io import clean_stale_dirs, work_dir_prefix
 from ._log import logger
 from ._version import __version__
 
@@ -76,6 +77,8 @@ def demo_world(config, *, cache: bool = True, progress: Callable | None = None):
         tmp = Path(tempfile.mkdtemp(prefix="cropyield-world-"))
         return synthetic.make_world(tmp, config, progress=progress)
     root = cache_dir() / "worlds" / config.key()
+    # folders of builds killed before their cleanup ran (dead pid, or older than a day)
+    clean_stale_dirs(root.parent, ".building-")
     if (root / "world.json").is_file():
         try:
             return synthetic.World.open(root)
@@ -83,7 +86,7 @@ def demo_world(config, *, cache: bool = True, progress: Callable | None = None):
             logger.warning("cached world at %s unreadable (%s); rebuilding", root, exc)
             shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=work_dir_prefix(".building-"), dir=root.parent))
     try:
         synthetic.make_world(tmp, config, progress=progress)
         try:

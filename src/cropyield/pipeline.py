@@ -40,23 +40,53 @@ class PipelineResult:
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def write(self, out: str | Path) -> dict[str, Path]:
-        """Write all tables (Parquet/GeoParquet) and the credit profiles (JSON) to ``out``."""
+        """Write all tables (Parquet/GeoParquet) and the credit profiles (JSON) to ``out``.
+
+        Every file is written under a temporary name in ``out`` and renamed into place when
+        complete, so a run killed mid-way never leaves a truncated file at a final path.
+        ``manifest.json`` (file names, sizes in bytes, SHA-256, library version, UTC time)
+        is removed first and written last: a folder without a manifest holds an incomplete
+        write (possibly files of two runs); trust the files only when it is present.
+
+        Returns
+        -------
+        dict of str to Path
+            Table name -> path, including ``"manifest"``.
+        """
+        import datetime as _dt
+        import hashlib
         import json
+
+        from ._io import atomic_write, atomic_write_path
+        from ._version import __version__
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for name in ("observations", "series", "phenology", "crops", "estimates"):
-            df = getattr(self, name)
-            p = out / f"{name}.parquet"
-            df.to_parquet(p, index=False)
-            paths[name] = p
-        p = out / "scenes.parquet"
-        self.scenes.to_dataframe().to_parquet(p, index=False)
-        paths["scenes"] = p
+        manifest_path = out / "manifest.json"
+        manifest_path.unlink(missing_ok=True)  # no manifest while files are being replaced
+        paths: dict[str, Path] = {}
+        tables = {name: getattr(self, name) for name in
+                  ("observations", "series", "phenology", "crops", "estimates")}
+        tables["scenes"] = self.scenes.to_dataframe()
+        for name, df in tables.items():
+            paths[name] = atomic_write_path(out / f"{name}.parquet",
+                                            lambda tmp, df=df: df.to_parquet(tmp, index=False))
         p = out / "credit_profiles.json"
-        p.write_text(json.dumps([pr.to_dict() for pr in self.profiles], indent=1, sort_keys=True))
+        with atomic_write(p, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps([pr.to_dict() for pr in self.profiles], indent=1,
+                                sort_keys=True))
         paths["credit_profiles"] = p
+        files = {}
+        for name, path in paths.items():
+            data = path.read_bytes()
+            files[name] = {"path": path.name, "bytes": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()}
+        manifest = {"library_version": __version__,
+                    "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    "files": files}
+        with atomic_write(manifest_path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(manifest, indent=1, sort_keys=True))
+        paths["manifest"] = manifest_path
         return paths
 
 

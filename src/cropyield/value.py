@@ -62,18 +62,30 @@ class PriceRecord:
                               "convert (e.g. CNY/50 kg ÷ 50, CNY/t ÷ 1000)")
         if self.type not in PRICE_TYPES:
             raise ConfigError(f"price type must be one of {PRICE_TYPES}, got {self.type!r}")
-        p = float(self.price)
+        try:
+            p = float(self.price) if not isinstance(self.price, bool) else math.nan
+        except (TypeError, ValueError, OverflowError):
+            p = math.nan
         if not (math.isfinite(p) and p > 0):
             raise ConfigError(f"price must be a positive number, got {self.price!r} for "
                               f"{self.crop}/{self.region}")
         object.__setattr__(self, "price", p)
         vf = self.valid_from
-        if isinstance(vf, str):
-            vf = _dt.date.fromisoformat(vf)
-        elif isinstance(vf, _dt.datetime):
-            vf = vf.date()
-        elif isinstance(vf, pd.Timestamp):
-            vf = vf.date()
+        try:
+            if isinstance(vf, str):
+                vf = _dt.date.fromisoformat(vf.strip())
+            elif isinstance(vf, (_dt.datetime, pd.Timestamp)):
+                if pd.isna(vf):
+                    raise ValueError("NaT")
+                vf = vf.date()
+            elif not isinstance(vf, _dt.date):
+                raise TypeError(type(vf).__name__)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"price record {self.crop}/{self.region} ({self.source!r}): valid_from "
+                f"{str(self.valid_from)[:40]!r} is not a date ({type(exc).__name__}); write it "
+                "as YYYY-MM-DD, e.g. valid_from = 2025-01-01"
+            ) from None
         object.__setattr__(self, "valid_from", vf)
 
     @property

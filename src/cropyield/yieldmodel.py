@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ._io import loads_json
 from ._log import logger
 from ._version import __version__
 from .crops import CropRegistry, YieldParams, load_registry
@@ -443,7 +444,9 @@ class YieldModel:
         p = Path(str(text_or_path)) if not str(text_or_path).lstrip().startswith("{") else None
         try:
             text = p.read_text(encoding="utf-8") if p is not None else str(text_or_path)
-            d = json.loads(text)
+            d = loads_json(text, what="yield model JSON", error=ModelError)
+        except ModelError:
+            raise
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read a yield model from {str(text_or_path)[:80]!r}: {exc}"
                              ) from exc

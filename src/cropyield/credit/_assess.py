@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .._io import loads_json
 from .._log import logger
 from .._version import __version__
 from ..errors import FLAGS, CreditInputError, split_flags
@@ -52,6 +53,21 @@ REASON_CODES: dict[str, str] = {
     "CAP_INSURANCE": "the limit is bound by the insurable share of expected value",
     "CAP_MAX_LIMIT": "the limit is bound by the policy maximum",
     "APPROVED": "every field passed; limit computed",
+    "INVALID_ESTIMATE": "a number in the estimates is outside its valid range (negative yield, "
+                        "value, price or area; probability or quality outside [0, 1]) or not "
+                        "a number; it is dropped from the evidence",
+}
+
+#: Valid range (inclusive; None = unbounded) of each numeric estimates column. A value
+#: outside it refers the field (``INVALID_ESTIMATE``) and is left out of the evidence (None),
+#: so that every profile :func:`assess` returns passes its own JSON Schema.
+ESTIMATE_RANGES: dict[str, tuple[float, float | None]] = {
+    "crop_prob": (0.0, 1.0), "quality": (0.0, 1.0),
+    "area_ha": (0.0, None), "area_mu": (0.0, None), "declared_area_mu": (0.0, None),
+    "yield_t_ha_p10": (0.0, None), "yield_t_ha_p50": (0.0, None),
+    "yield_t_ha_p90": (0.0, None),
+    "value_cny_p10": (0.0, None), "value_cny_p50": (0.0, None), "value_cny_p90": (0.0, None),
+    "price_cny_per_t": (0.0, None), "n_obs": (0.0, None),
 }
 
 _EFFECT_ORDER = {"refer": 0, "decline": 1, "cap": 2, "haircut": 3, "info": 4}
@@ -92,6 +108,45 @@ def _int(v: Any) -> int | None:
     return None if x is None else int(round(x))
 
 
+def _in_range(x: float | None, col: str) -> float | None:
+    """``x`` when inside :data:`ESTIMATE_RANGES` of ``col`` (or unknown column), else None."""
+    if x is None or col not in ESTIMATE_RANGES:
+        return x
+    lo, hi = ESTIMATE_RANGES[col]
+    return x if (x >= lo and (hi is None or x <= hi)) else None
+
+
+def _rnum(row: Mapping[str, Any], col: str) -> float | None:
+    return _in_range(_num(row.get(col)), col)
+
+
+def _range_problems(row: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+                    ) -> list[str]:
+    """Human-readable problems with the numbers of one estimates row (empty when fine)."""
+    out: list[str] = []
+    over = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for col, (lo, hi) in ESTIMATE_RANGES.items():
+        raw = over.get(col, row.get(col))
+        if _is_missing(raw) or (isinstance(raw, str) and not raw.strip()):
+            continue
+        x = _num(raw)
+        rng = f"[{lo:g}, {'inf' if hi is None else f'{hi:g}'}]"
+        if x is None:
+            out.append(f"{col} {str(raw)[:40]!r} is not a finite number")
+        elif _in_range(x, col) is None:
+            out.append(f"{col} {x:g} is outside {rng}")
+    for col in ("harvest_date", "last_obs_date"):
+        raw = row.get(col)
+        if not _is_missing(raw) and _date(raw) is None:
+            out.append(f"{col} {str(raw)[:40]!r} is not a date")
+    rec = _json_obj(row.get("price_record"), "price_record")
+    for key in ("price_cny_per_t", "price"):
+        x = _num(rec.get(key)) if key in rec else None
+        if key in rec and (x is None or x < 0):
+            out.append(f"price_record {key} {str(rec.get(key))[:40]!r} is not a price >= 0")
+    return out
+
+
 def _str(v: Any) -> str | None:
     if _is_missing(v):
         return None
@@ -127,16 +182,16 @@ def _json_obj(v: Any, what: str) -> dict[str, Any]:
         obj: Any = dict(v)
     else:
         try:
-            obj = json.loads(str(v))
-        except json.JSONDecodeError:
-            logger.warning("%s is not valid JSON; kept as text", what)
-            return {"raw": str(v)}
+            obj = loads_json(str(v), what=what, error=CreditInputError, max_bytes=1 << 20)
+        except CreditInputError as exc:
+            logger.warning("%s; kept as text", exc)
+            return {"raw": str(v)[:2000]}
     if not isinstance(obj, dict):
         return {"value": obj}
     try:
         return json.loads(canonical_json(obj))
-    except (TypeError, ValueError):  # NaN or non-JSON types inside
-        return {"raw": str(v)}
+    except (TypeError, ValueError, RecursionError, OverflowError):  # NaN, non-JSON, too deep
+        return {"raw": str(v)[:2000]}
 
 
 def _scene_date(scene_id: str) -> _dt.date | None:
@@ -151,13 +206,14 @@ def _scene_date(scene_id: str) -> _dt.date | None:
 
 def _price_record(row: Mapping[str, Any]) -> PriceRecord | None:
     rec = _json_obj(row.get("price_record"), "price_record")
-    price = _num(row.get("price_cny_per_t"))  # the column the value was computed with
+    price = _rnum(row, "price_cny_per_t")  # the column the value was computed with
     if price is None:
-        price = _num(rec.get("price_cny_per_t"))
+        price = _in_range(_num(rec.get("price_cny_per_t")), "price_cny_per_t")
     if price is None and _num(rec.get("price")) is not None:
         unit = str(rec.get("unit", "CNY/t")).replace(" ", "")
         scale = {"CNY/t": 1.0, "CNY/kg": 1000.0, "CNY/50kg": 20.0}.get(unit)
-        price = None if scale is None else _num(rec["price"]) * scale
+        price = None if scale is None else _in_range(_num(rec["price"]) * scale,
+                                                     "price_cny_per_t")
     if not rec and price is None:
         return None
     taken = {"price_cny_per_t", "crop", "region", "type", "price_type", "valid_from", "source"}
@@ -191,10 +247,17 @@ def field_evidence(row: Mapping[str, Any], *, farmer_id: str | None = None,
 
     numpy numbers become ``float``/``int``, NaN/NaT/None become ``None``, Timestamps ISO
     dates, comma-separated ``flags``/``scene_ids`` tuples and JSON-string columns objects.
-    ``farmer_id``/``declared_*`` override the row's columns when given.
+    ``farmer_id``/``declared_*`` override the row's columns when given. Numbers outside
+    their valid range (:data:`ESTIMATE_RANGES`: negative yields, values, prices or areas,
+    probabilities or quality outside [0, 1]) become ``None`` (logged), so the record always
+    passes the schema; :func:`assess` refers such fields with ``INVALID_ESTIMATE``.
     """
-    area_ha = _num(row.get("area_ha"))
-    area_mu = _num(row.get("area_mu"))
+    problems = _range_problems(row, {"declared_area_mu": declared_area_mu})
+    if problems:
+        logger.warning("field %s: %s; left out of the evidence", _str(row.get("field_id")),
+                       "; ".join(problems))
+    area_ha = _rnum(row, "area_ha")
+    area_mu = _rnum(row, "area_mu")
     if area_mu is None and area_ha is not None:
         area_mu = area_ha * 15.0
     if area_ha is None and area_mu is not None:
@@ -207,6 +270,7 @@ def field_evidence(row: Mapping[str, Any], *, farmer_id: str | None = None,
         last = max(dates) if dates else None
     if declared_area_mu is None:
         declared_area_mu = _num(row.get("declared_area_mu"))
+    declared_area_mu = _in_range(_num(declared_area_mu), "declared_area_mu")
     if declared_crop is None:
         declared_crop = _str(row.get("declared_crop"))
     return FieldEvidence(
@@ -214,23 +278,23 @@ def field_evidence(row: Mapping[str, Any], *, farmer_id: str | None = None,
         farmer_id=farmer_id if farmer_id is not None else _str(row.get("farmer_id")),
         season=_str(row.get("season")),
         crop=_str(row.get("crop")),
-        crop_prob=_num(row.get("crop_prob")),
+        crop_prob=_rnum(row, "crop_prob"),
         declared_crop=declared_crop,
         area_ha=area_ha,
         area_mu=area_mu,
         declared_area_mu=declared_area_mu,
         yield_basis=_str(row.get("yield_basis")),
-        yield_t_ha_p10=_num(row.get("yield_t_ha_p10")),
-        yield_t_ha_p50=_num(row.get("yield_t_ha_p50")),
-        yield_t_ha_p90=_num(row.get("yield_t_ha_p90")),
-        value_cny_p10=_num(row.get("value_cny_p10")),
-        value_cny_p50=_num(row.get("value_cny_p50")),
-        value_cny_p90=_num(row.get("value_cny_p90")),
+        yield_t_ha_p10=_rnum(row, "yield_t_ha_p10"),
+        yield_t_ha_p50=_rnum(row, "yield_t_ha_p50"),
+        yield_t_ha_p90=_rnum(row, "yield_t_ha_p90"),
+        value_cny_p10=_rnum(row, "value_cny_p10"),
+        value_cny_p50=_rnum(row, "value_cny_p50"),
+        value_cny_p90=_rnum(row, "value_cny_p90"),
         price=_price_record(row),
         harvest_date=_iso(_date(row.get("harvest_date"))),
         last_obs_date=_iso(last),
-        n_obs=_int(row.get("n_obs")),
-        quality=_num(row.get("quality")),
+        n_obs=None if _rnum(row, "n_obs") is None else _int(row.get("n_obs")),
+        quality=_rnum(row, "quality"),
         flags=tuple(split_flags(row.get("flags"))),
         scene_ids=scene_ids,
         model_version=_str(row.get("model_version")),
@@ -614,6 +678,12 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
         dc = _str(c.get("declared_crop"))
         da = _num(c.get("declared_area_mu"))
         for r in rows:
+            problems = _range_problems(r, {"declared_area_mu": da})
+            if problems:
+                reasons[farmer].append(Reason(
+                    "INVALID_ESTIMATE", f"field {fid}: {'; '.join(problems)}. Fix the estimates "
+                    "table (re-run cropyield.value.estimate_yield) and assess again", "refer",
+                    fid))
             evidence[farmer].append(field_evidence(r, farmer_id=farmer, declared_crop=dc,
                                                    declared_area_mu=da))
     # duplicate claims: one field claimed by several farmers, or a (field, season) twice

@@ -115,22 +115,37 @@ def _peer_stats(values: np.ndarray, rules: MonitorRules, *, robust: bool = True,
     return med, spr, cnt
 
 
-def _pick_rows(est: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """One estimates row per field: the season whose [sos, eos] is nearest to as_of."""
+def _pick_rows(est: pd.DataFrame, as_of: pd.Timestamp, *, start_col: str = "sos",
+               end_col: str = "eos") -> pd.DataFrame:
+    """One row per field: the season in progress at ``as_of``, else the nearest one.
+
+    A season is in progress when its start is on or before ``as_of`` and its end (``eos``,
+    else the expected ``harvest_date``) is unknown or not before it; among several (a double-
+    cropped field whose first season has no end yet) the one that started last wins. Without
+    one in progress, the season whose [start, end] is nearest to ``as_of`` is used; ties go to
+    the later start, then the later season label.
+    """
     nat = pd.Series(pd.NaT, index=est.index, dtype="datetime64[ns]")
-    start = est["sos"] if "sos" in est else nat
-    end = est["eos"] if "eos" in est else nat
+    start = est[start_col] if start_col in est else nat
+    end = est[end_col] if end_col in est else nat
     if "harvest_date" in est:
         end = end.fillna(est["harvest_date"])
     before = (start - as_of).dt.days.clip(lower=0)
     after = (as_of - end).dt.days.clip(lower=0)
     dist = before.fillna(0) + after.fillna(0)
     dist = dist.where(start.notna() | end.notna(), 10**6)
+    running = (start.notna() & (start <= as_of) & (end.isna() | (end >= as_of))).to_numpy()
+    # later start first (NaT last): negative ns, NaT -> +inf
+    start_key = np.where(start.notna().to_numpy(),
+                         -start.to_numpy("datetime64[ns]").astype("int64").astype(float),
+                         np.inf)
     season = est["season"].astype(str) if "season" in est else pd.Series("", index=est.index)
-    order = est.assign(_dist=dist.to_numpy(), _season=season.to_numpy())
-    order = order.sort_values(["field_id", "_dist", "_season"], ascending=[True, True, False],
-                              kind="mergesort")
-    return order.drop_duplicates("field_id").drop(columns=["_dist", "_season"])
+    order = est.assign(_run=(~running).astype(int), _dist=dist.to_numpy(), _start=start_key,
+                       _season=season.to_numpy())
+    order = order.sort_values(["field_id", "_run", "_dist", "_start", "_season"],
+                              ascending=[True, True, True, True, False], kind="mergesort")
+    return order.drop_duplicates("field_id").drop(columns=["_run", "_dist", "_start",
+                                                           "_season"])
 
 
 def _ids(col: pd.Series) -> np.ndarray:
@@ -161,11 +176,15 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
     estimates : DataFrame
         One row per (field_id, season) with ``crop`` (or ``declared_crop``, preferred),
         optional ``farmer_id``, ``region``, ``sos``, ``eos``, ``harvest_date`` (expected) and
-        ``season``. Per field, the season whose [sos, eos] is nearest ``as_of`` is used.
+        ``season``. Per field, the season in progress at ``as_of`` is used (started on or
+        before it and not yet ended; of several, the one that started last -- the second
+        crop of a double-cropped field), else the season whose [sos, eos] is nearest.
     as_of : date-like
         Monitoring date.
     phenology : DataFrame, optional
-        ``field_id[, season], sos, eos``; fills ``sos``/``eos`` missing from ``estimates``.
+        ``field_id[, season], sos, eos``; fills ``sos``/``eos`` missing from ``estimates``
+        (joined on ``season`` when both tables have it, else the phenology season in
+        progress at ``as_of``).
     index : str
         Series column to monitor (index units; thresholds in ``rules`` are in these units).
     rules : MonitorRules, optional
@@ -222,7 +241,11 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
         for c in ("sos", "eos"):
             if c in ph:
                 ph[c] = _naive_dates(ph[c])
-        ph = ph.drop_duplicates(keys).rename(columns={"sos": "_psos", "eos": "_peos"})
+        if "season" in keys:
+            ph = ph.drop_duplicates(keys)
+        else:  # no season to join on: the phenology season in progress at as_of, per field
+            ph = _pick_rows(ph, t0)
+        ph = ph.rename(columns={"sos": "_psos", "eos": "_peos"})
         est = est.merge(ph, on=keys, how="left")
         for c in ("sos", "eos"):
             if f"_p{c}" in est:

@@ -27,6 +27,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Literal, Mapping
 
+from .._io import loads_json
 from .._log import logger
 from ..errors import FLAGS, ConfigError, CreditSchemaError
 
@@ -106,6 +107,16 @@ def _optional_inner(tp) -> tuple[bool, Any]:
     return False, tp
 
 
+def _float(v: int | float, where: str) -> float:
+    """``float(v)``; an integer beyond float range is a CreditSchemaError, not OverflowError."""
+    try:
+        return float(v)
+    except OverflowError:
+        n = len(str(abs(v))) if abs(v) < 10 ** 4000 else "> 4000"
+        raise CreditSchemaError(f"{where}: an integer of {n} digits is beyond float range; "
+                                "the record is corrupt or not from cropyield") from None
+
+
 def _check_number(x: float, md: Mapping[str, Any], where: str) -> None:
     if not math.isfinite(x):
         raise CreditSchemaError(f"{where}: {x!r} is not a finite number; use null for missing")
@@ -126,16 +137,13 @@ def _value_in(tp, value: Any, md: Mapping[str, Any], where: str,
     kind = md.get("kind")
     if kind == "json":
         if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise CreditSchemaError(f"{where}: not valid JSON text ({exc})") from None
+            value = loads_json(value, what=where, error=CreditSchemaError)
         if not isinstance(value, dict):
             raise CreditSchemaError(f"{where}: expected a JSON object, got {type(value).__name__}")
         try:
             return canonical_json(value)
-        except ValueError as exc:
-            raise CreditSchemaError(f"{where}: {exc}") from None
+        except (ValueError, RecursionError, OverflowError) as exc:
+            raise CreditSchemaError(f"{where}: {type(exc).__name__}: {str(exc)[:120]}") from None
     if kind == "mapping":
         if not isinstance(value, Mapping):
             raise CreditSchemaError(f"{where}: expected an object of numbers")
@@ -144,8 +152,9 @@ def _value_in(tp, value: Any, md: Mapping[str, Any], where: str,
             v = value[k]
             if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise CreditSchemaError(f"{where}.{k}: expected a number, got {v!r}")
-            _check_number(float(v), md, f"{where}.{k}")
-            out.append((k, float(v)))
+            fv = _float(v, f"{where}.{k}")
+            _check_number(fv, md, f"{where}.{k}")
+            out.append((k, fv))
         return tuple(out)
     origin, args = _origin_args(tp)
     if origin is Literal:
@@ -169,12 +178,12 @@ def _value_in(tp, value: Any, md: Mapping[str, Any], where: str,
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise CreditSchemaError(f"{where}: expected an integer, got {value!r}")
-        _check_number(float(value), md, where)
+        _check_number(_float(value, where), md, where)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise CreditSchemaError(f"{where}: expected a number, got {value!r}")
-        value = float(value)
+        value = _float(value, where)
         _check_number(value, md, where)
         return value
     if tp is str:
@@ -265,7 +274,8 @@ class _Record:
             kind = f.metadata.get("kind")
             value = getattr(self, f.name)
             if kind == "json" and value is not None:
-                obj = json.loads(value) if isinstance(value, str) else value
+                obj = (loads_json(value, what=f"{type(self).__name__}.{f.name}",
+                                  error=CreditSchemaError) if isinstance(value, str) else value)
                 if not isinstance(obj, Mapping):
                     raise CreditSchemaError(f"{type(self).__name__}.{f.name} must be a JSON "
                                             f"object, got {value!r}")
@@ -304,10 +314,7 @@ class _Record:
     @classmethod
     def from_json(cls, text: str | bytes):
         """Inverse of :meth:`to_json`."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CreditSchemaError(f"{cls.__name__}: not valid JSON ({exc})") from None
+        data = loads_json(text, what=f"{cls.__name__} JSON", error=CreditSchemaError)
         return cls.from_dict(data)
 
     @classmethod

@@ -1,0 +1,660 @@
+"""The block reader: :class:`BlockReader`, a bounded thread pool whose threads each keep
+their own GDAL dataset handles, reading only the COG blocks that hold needed pixels, with
+retries, re-signing and byte accounting (:class:`ReadStats`).
+
+Public entry points
+-------------------
+:class:`BlockReader`
+    ``with BlockReader(threads=2) as rd: values = rd.read(href, rows, cols)``; also
+    :meth:`~BlockReader.read_windows` (runs of whole windows handed to a callback),
+    :meth:`~BlockReader.meta` / :meth:`~BlockReader.prefetch_meta` and
+    :meth:`~BlockReader.release`.
+:class:`ReadStats`
+    Requests, bytes, blocks, runs, opens, retries and failures of one reader.
+
+How the plans, threads, accounting and faults work is described in :mod:`cropyield.read`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._log import logger, redact
+from ..errors import AssetReadError, AuthExpiredError, CorruptAssetError, CropYieldError
+from ._gdal import (_RAW_BYTES_PER_TILE, HEADER_BYTES, _configured_options, _is_remote,
+                    _open_plain, _redact_rasterio_logs, _vsi_path, classify_error,
+                    clear_gdal_cache, gdal_env)
+from ._plan import (BlockPlan, _as_int64, _block_bounds, _block_sort, _blocks_wanted,
+                    _gather_into, _gather_masked, _runs_of, plan_blocks)
+
+__all__ = ["ReadStats", "BlockReader"]
+
+
+@dataclass
+class ReadStats:
+    """Counters of one reader (thread-safe updates through :meth:`add`)."""
+
+    requests: int = 0      # handle opens + run reads issued (retries included)
+    bytes_read: int = 0    # tile byte counts of blocks read + HEADER_BYTES per open
+    blocks_read: int = 0   # internal COG blocks decoded
+    runs: int = 0          # window reads issued
+    opens: int = 0
+    retries: int = 0
+    resigns: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "bytes_read": self.bytes_read,
+                "blocks_read": self.blocks_read, "runs": self.runs, "opens": self.opens,
+                "retries": self.retries, "resigns": self.resigns,
+                "read_failures": [dict(f) for f in self.failures]}
+
+
+@dataclass(frozen=True)
+class _Meta:
+    shape: tuple[int, int]
+    block_shape: tuple[int, int]
+    dtype: str
+    nodata: float | None
+    transform: Any
+    crs: Any
+
+
+class BlockReader:
+    """Thread pool + per-thread dataset handles reading only the COG blocks that are needed.
+
+    Use as a context manager (the pool is shut down and every handle closed on exit)::
+
+        with BlockReader(threads=2) as rd:
+            values = rd.read(href, rows, cols, fill=0)
+
+    Parameters
+    ----------
+    threads : int
+        Worker threads (each keeps its own GDAL handles). 2–4 is right for local DEFLATE COGs.
+    env : dict, optional
+        GDAL options layered over :func:`gdal_env`.
+    max_attempts : int
+        Attempts per run for transient failures (first try included).
+    backoff : float
+        First retry delay in seconds, doubled at every attempt.
+    signer : callable, optional
+        ``signer(href) -> signed_href`` applied to remote hrefs before opening and once more
+        on HTTP 403 (URL signing, e.g. ``planetary_computer.sign``).
+    max_run : int
+        Maximum number of adjacent blocks merged into one window read. Unless ``env`` sets
+        ``GDAL_MAX_RAW_BLOCK_CACHE_SIZE``, it is raised to at least ``max_run`` x 8 MiB so
+        that GDAL fetches every tile of a run in its one range request.
+    max_handles : int
+        Handles kept open per thread (LRU).
+    """
+
+    def __init__(self, *, threads: int = 2, env: Mapping[str, Any] | None = None,
+                 max_attempts: int = 4, backoff: float = 0.25,
+                 signer: Callable[[str], str] | None = None, max_run: int = 8,
+                 max_handles: int = 16):
+        if threads < 1:
+            raise ValueError("threads must be >= 1")
+        self.threads = int(threads)
+        self.env = gdal_env(**dict(env or {}))
+        self.max_attempts = max(1, int(max_attempts))
+        self.backoff = float(backoff)
+        self.signer = signer
+        self.max_run = int(max_run)
+        if "GDAL_MAX_RAW_BLOCK_CACHE_SIZE" not in dict(env or {}):
+            cap = int(self.env.get("GDAL_MAX_RAW_BLOCK_CACHE_SIZE") or 0)
+            self.env["GDAL_MAX_RAW_BLOCK_CACHE_SIZE"] = str(max(cap, max(self.max_run, 1)
+                                                                * _RAW_BYTES_PER_TILE))
+        self.max_handles = int(max_handles)
+        explicit = {**_configured_options(), **dict(env or {})}
+        # VSI_CACHE wraps every handle opened while it is on in a per-handle copy layer:
+        # useful for remote reads, pure overhead on local files (about 5 % more CPU for
+        # decoding local DEFLATE COGs, docs/benchmarks.md), so local files are opened
+        # without it unless it was configured explicitly
+        self._local_vsi_cache = str(self.env.get("VSI_CACHE", "FALSE")) \
+            if "VSI_CACHE" in explicit else "FALSE"
+        self.stats = ReadStats()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read",
+                                        initializer=self._init_thread)
+        self._local = threading.local()
+        self._all: set[Any] = set()
+        self._by_href: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._meta: dict[str, _Meta] = {}
+        self._meta_ahead: dict[str, Future] = {}     # prefetch_meta() tasks not yet taken
+        self._sort_cache: dict[tuple, tuple] = {}
+        self._sort_lock = threading.Lock()
+        self._signed: dict[str, tuple[int, str]] = {}
+        self._resigned: dict[str, int] = {}
+        self._closed = False
+        _redact_rasterio_logs()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "BlockReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Shut the pool down and close every dataset handle."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            ahead, self._meta_ahead = list(self._meta_ahead.values()), {}
+        for f in ahead:
+            f.cancel()
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            handles, self._all = list(self._all), set()
+            self._by_href = {}
+            self._sort_cache.clear()
+        for ds in handles:
+            try:
+                ds.close()
+            except Exception:  # pragma: no cover - closing a broken handle
+                pass
+
+    def _init_thread(self) -> None:
+        """Enter the GDAL environment once per worker thread, for the thread's lifetime.
+
+        rasterio keeps config options thread-local in child threads; entering an ``Env``
+        per read costs milliseconds (it re-creates the GDAL environment), which adds up
+        over thousands of block runs.
+        """
+        import rasterio
+
+        env = rasterio.Env(**self.env)
+        env.__enter__()
+        self._local.env = env
+
+    def _env_ctx(self, extra: Mapping[str, Any] | None = None):
+        """Context for GDAL calls: nothing in a worker thread (already entered), else Env."""
+        import contextlib
+
+        import rasterio
+
+        if getattr(self._local, "env", None) is not None and not extra:
+            return contextlib.nullcontext()
+        return rasterio.Env(**{**self.env, **(extra or {})})
+
+    # -- signing -----------------------------------------------------------------------------
+    def _path(self, href: str) -> tuple[int, str]:
+        if self.signer is None or not href.startswith(("http://", "https://")):
+            return 0, _vsi_path(href)
+        with self._lock:
+            cur = self._signed.get(href)
+            if cur is None:
+                cur = (0, _vsi_path(self.signer(href)))
+                self._signed[href] = cur
+            return cur
+
+    def _resign(self, href: str, generation: int) -> bool:
+        """Re-sign ``href`` once. False when the single allowed re-sign was already used."""
+        if self.signer is None:
+            return False
+        with self._lock:
+            cur = self._signed.get(href, (0, ""))
+            if cur[0] > generation:      # another thread already re-signed
+                return True
+            if self._resigned.get(href, 0) >= 1:
+                return False
+            self._resigned[href] = self._resigned.get(href, 0) + 1
+            self._signed[href] = (cur[0] + 1, _vsi_path(self.signer(href)))
+        self.stats.add(resigns=1)
+        return True
+
+    # -- handles -----------------------------------------------------------------------------
+    def _handles(self) -> OrderedDict:
+        h = getattr(self._local, "h", None)
+        if h is None:
+            h = self._local.h = OrderedDict()
+        return h
+
+    def _open(self, href: str, *, fresh: bool = False, georef: bool = True):
+        import rasterio
+
+        handles = self._handles()
+        gen, path = self._path(href)
+        if not fresh and href in handles:
+            ds, g, has_georef = handles[href]
+            if g == gen and not ds.closed and (has_georef or not georef):
+                handles.move_to_end(href)
+                return ds, gen
+        self._drop(href)
+        # Block reads need no georeferencing. For a local GeoTIFF, skipping it cuts an
+        # open from about 1 ms to 0.15 ms of mostly GIL-held time: GDAL's GTiff driver
+        # turns the GeoTIFF keys into a CRS through PROJ together with the transform.
+        # (Remote opens are latency-bound; they keep it, as do metadata and load_cube.)
+        plain = (not georef and not _is_remote(href)
+                 and href.lower().endswith((".tif", ".tiff")))   # GTiff's open option
+        extra = {}
+        if fresh and path.startswith("/vsicurl/"):
+            extra["CPL_VSIL_CURL_NON_CACHED"] = path.split("?", 1)[0]
+        # GDAL reads VSI_CACHE when it opens the file
+        vsi_cache = str(self.env.get("VSI_CACHE", "FALSE")) if path.startswith("/vsi") \
+            else self._local_vsi_cache
+        if extra or getattr(self._local, "env", None) is None:
+            extra["VSI_CACHE"] = vsi_cache      # a new Env is entered for this open
+            self._local.vsi_cache = None        # (and its exit restores the thread's)
+        elif getattr(self._local, "vsi_cache", None) != vsi_cache:
+            rasterio.env.setenv(VSI_CACHE=vsi_cache)    # the worker thread's Env, in place
+            self._local.vsi_cache = vsi_cache
+        with self._env_ctx(extra):
+            self.stats.add(requests=1, opens=1, bytes_read=HEADER_BYTES)
+            ds = _open_plain(path) if plain else rasterio.open(path, sharing=False)
+        handles[href] = (ds, gen, not plain)
+        with self._lock:
+            self._all.add(ds)
+            self._by_href.setdefault(href, []).append(ds)
+        while len(handles) > self.max_handles:
+            _, (old, _, _) = handles.popitem(last=False)
+            self._close_one(old)
+        return ds, gen
+
+    def release(self, href: str) -> None:
+        """Close every thread's handle on ``href`` (call once no read of it is in flight).
+
+        Closing frees the blocks GDAL cached for the dataset at once; keeping finished
+        files open would fill GDAL's block cache (``GDAL_CACHEMAX``) and make every later
+        block pay for LRU eviction.
+        """
+        with self._lock:
+            ahead = self._meta_ahead.pop(href, None)
+        if ahead is not None:                   # a prefetch still opening it: let it finish
+            futures_wait([ahead])
+        with self._lock:
+            items = self._by_href.pop(href, [])
+        for ds in items:
+            self._close_one(ds)
+
+    def _close_one(self, ds) -> None:
+        with self._lock:
+            self._all.discard(ds)
+        try:
+            ds.close()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _drop(self, href: str) -> None:
+        handles = self._handles()
+        if href in handles:
+            ds = handles.pop(href)[0]
+            self._close_one(ds)
+
+    # -- retries -----------------------------------------------------------------------------
+    def _attempt(self, href: str, fn: Callable[[Any], Any], *, georef: bool = True) -> Any:
+        """Run ``fn(dataset)`` with retries; raise a cropyield error when it keeps failing.
+        ``georef=False``: ``fn`` reads pixels only (no transform, CRS or georeferenced
+        metadata), so a local file may be opened without georeferencing."""
+        from rasterio.errors import RasterioError
+
+        remote = _is_remote(href)
+        fresh = False
+        last: BaseException | None = None
+        kind = "transient"
+        attempt, limit = 0, self.max_attempts
+        while attempt < limit:
+            attempt += 1
+            gen = self._path(href)[0]
+            try:
+                ds, gen = self._open(href, fresh=fresh, georef=georef)
+                with self._env_ctx():
+                    return fn(ds)
+            except (RasterioError, OSError, RuntimeError, ValueError) as exc:
+                if isinstance(exc, CropYieldError):
+                    raise
+                last = exc
+                kind = classify_error(exc, remote=remote)
+                self._drop(href)
+                clear_gdal_cache(href)
+                fresh = True
+                if kind == "auth":
+                    if self._resign(href, gen):
+                        limit += 1          # the re-signed try is an extra attempt
+                        self.stats.add(retries=1)
+                        logger.warning("HTTP 403 reading %s; re-signed, retrying", redact(href))
+                        continue
+                    break
+                if kind in ("not_found", "corrupt"):
+                    break
+                if attempt < limit:
+                    delay = self.backoff * (2 ** (attempt - 1))
+                    self.stats.add(retries=1)
+                    logger.warning("transient failure reading %s (attempt %d/%d): %s; retrying "
+                                   "in %.2fs", redact(href), attempt, limit,
+                                   redact(str(exc)), delay)
+                    time.sleep(delay)
+        raise self._error(href, kind, last, attempt)
+
+    def _error(self, href: str, kind: str, exc: BaseException | None, attempts: int):
+        safe = redact(href)
+        detail = redact(str(exc)) if exc is not None else ""
+        if kind == "auth":
+            err: AssetReadError = AuthExpiredError(
+                f"access to {safe} was refused (HTTP 403) even after re-signing; sign the "
+                f"hrefs again (fresh token) or check the credentials. GDAL said: {detail}",
+                href=safe, reason="auth_expired", attempts=attempts)
+        elif kind == "corrupt":
+            err = CorruptAssetError(
+                f"{safe} could not be decoded (corrupt or truncated tile/header); re-download "
+                f"the asset or exclude the scene. GDAL said: {detail}",
+                href=safe, reason="corrupt", attempts=attempts)
+        elif kind == "not_found":
+            err = AssetReadError(
+                f"{safe} does not exist (HTTP 404 / missing file); the item is stale or the "
+                f"href is wrong. Search again or exclude the scene. GDAL said: {detail}",
+                href=safe, reason="not_found", attempts=attempts)
+        else:
+            err = AssetReadError(
+                f"reading {safe} failed after {attempts} attempts; the server may be down or "
+                f"rate-limiting: retry later or raise GDAL_HTTP_TIMEOUT/max_attempts. GDAL said: "
+                f"{detail}", href=safe, reason="transient", attempts=attempts)
+        err.record = {"href": safe, "error": type(err).__name__, "reason": err.reason,
+                      "attempts": attempts}
+        if not getattr(self._local, "defer_failures", False):
+            self.stats.failures.append(err.record)
+        return err
+
+    # -- metadata ----------------------------------------------------------------------------
+    def meta(self, href: str) -> _Meta:
+        """Shape, block shape, dtype, nodata, transform and CRS of band 1 of ``href``."""
+        m = self._meta.get(href)
+        if m is None:
+            with self._lock:
+                ahead = fut = self._meta_ahead.pop(href, None)
+            if fut is None:
+                fut = self._pool.submit(self._meta_task, href)
+            try:
+                m = fut.result()
+            except AssetReadError as exc:
+                record = getattr(exc, "record", None)
+                if ahead is not None and record is not None:   # a prefetch's failure counts
+                    self.stats.failures.append(record)         # once it is used
+                raise
+            with self._lock:
+                self._meta[href] = m
+        return m
+
+    def prefetch_meta(self, hrefs: Sequence[str]) -> None:
+        """Open ``hrefs`` and read their metadata in the reader threads, in this order, and
+        return at once: the next :meth:`meta` of each takes the result (or raises its
+        error). For the first files of a run, while the caller prepares what to read."""
+        with self._lock:
+            for href in hrefs:
+                if href not in self._meta and href not in self._meta_ahead:
+                    self._meta_ahead[href] = self._pool.submit(self._meta_ahead_task, href)
+
+    def _meta_ahead_task(self, href: str) -> _Meta:
+        self._local.defer_failures = True      # recorded by meta(), if it is ever asked
+        try:
+            return self._meta_task(href)
+        finally:
+            self._local.defer_failures = False
+
+    def _meta_task(self, href: str) -> _Meta:
+        def fn(ds):
+            return _Meta((ds.height, ds.width), tuple(ds.block_shapes[0]), ds.dtypes[0],
+                         ds.nodata, ds.transform, ds.crs)
+        return self._attempt(href, fn)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, href: str, rows: np.ndarray, cols: np.ndarray, *,
+             want: np.ndarray | None = None, fill: Any = 0, dtype: Any = None, pad: int = 0,
+             window_fn: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Values of band 1 of ``href`` at pixels ``(rows, cols)``, reading only needed blocks.
+
+        Parameters
+        ----------
+        href : str
+            Local path or http(s) URL (read through ``/vsicurl/``), unsigned.
+        rows, cols : int arrays
+            Pixel indices on the asset's grid (inside its shape).
+        want : bool array, optional
+            Only these pixels are needed; blocks without any wanted pixel are not read and
+            unwanted pixels get ``fill``.
+        fill : scalar
+            Value of pixels not read.
+        dtype : numpy dtype, optional
+            Output dtype (default: the asset's, or ``window_fn``'s output dtype).
+        pad : int
+            Extra pixels read around each run window (clipped to the raster), e.g. for
+            dilation in ``window_fn``.
+        window_fn : callable, optional
+            ``window_fn(array2d) -> array2d`` applied to each (padded) window before the
+            values are gathered (e.g. an SCL mask with dilation).
+
+        Returns
+        -------
+        numpy.ndarray
+            1-D array of ``len(rows)`` values.
+        """
+        rows, cols = _as_int64(rows), _as_int64(cols)
+        m = self.meta(href)
+        presorted = self._presorted(rows, cols, m, href)
+        mask = None
+        if want is not None and len(presorted) == 5:
+            # pixel set seen before: plan whole blocks (a block is read when it holds a
+            # wanted pixel, exactly as plan_blocks), and skip unwanted pixels while gathering
+            order_all, _, ub, bst, ben = presorted
+            mask = np.ascontiguousarray(want, dtype=np.bool_).reshape(-1)
+            if mask.shape[0] != order_all.shape[0]:
+                raise ValueError(f"want has {mask.shape[0]} entries for "
+                                 f"{order_all.shape[0]} pixels")
+            need = _blocks_wanted(order_all, mask, bst, ben)
+            nbc = -(-int(m.shape[1]) // int(m.block_shape[1]))
+            rr, rc0, rc1, s_, e_ = _runs_of(ub[need], nbc, self.max_run)
+            plan = BlockPlan((int(m.block_shape[0]), int(m.block_shape[1])), order_all, rr,
+                             rc0, rc1, bst[need][s_], ben[need][e_])
+        else:
+            plan = plan_blocks(rows, cols, m.shape, m.block_shape, want, self.max_run,
+                               presorted=presorted[:2])
+        out_dtype = np.dtype(dtype) if dtype is not None else (
+            np.dtype(m.dtype) if window_fn is None else None)
+        out = None if out_dtype is None else np.full(len(rows), fill, dtype=out_dtype)
+        if plan.n_runs == 0:
+            return out if out is not None else np.full(len(rows), fill)
+        chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1)
+        futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
+                                  window_fn, out, mask) for runs in chunks]
+        error = None
+        for f in futs:
+            try:
+                for idx, vals in f.result():     # only when out could not be preallocated
+                    if out is None:
+                        out = np.full(len(rows), fill, dtype=vals.dtype)
+                    out[idx] = vals
+            except AssetReadError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return out
+
+    def _chunks(self, n_blocks: np.ndarray) -> list[list[int]]:
+        """Consecutive runs grouped into tasks of about ``1 / (4 x threads)`` of the blocks:
+        enough tasks to keep every thread busy, few enough to keep the overhead small."""
+        target = max(1, int(np.ceil(n_blocks.sum() / (self.threads * 4))))
+        chunks, cur, acc = [], [], 0
+        for k in range(len(n_blocks)):
+            cur.append(k)
+            acc += int(n_blocks[k])
+            if acc >= target:
+                chunks.append(cur)
+                cur, acc = [], 0
+        if cur:
+            chunks.append(cur)
+        return chunks
+
+    def _presorted(self, rows: np.ndarray, cols: np.ndarray, m: _Meta, href: str):
+        """Bounds check + block sort of ``rows, cols``, cached while the same arrays are
+        passed again (callers reuse one pixel set for every date of a grid)."""
+        key = (id(rows), id(cols), tuple(m.shape), tuple(m.block_shape))
+        with self._lock:
+            hit = self._sort_cache.get(key)
+        if hit is not None and hit[0] is rows and hit[1] is cols:
+            return hit[2]
+        if len(rows) and (rows.min() < 0 or cols.min() < 0 or rows.max() >= m.shape[0]
+                          or cols.max() >= m.shape[1]):
+            raise ValueError(f"pixel indices outside the raster {m.shape} of {redact(href)}")
+        if len(rows) < 4096:           # small reads are cheaper to re-sort than to cache
+            res = _block_sort(rows, cols, m.shape, m.block_shape)
+            return res + _block_bounds(res[1])
+        with self._sort_lock:          # one thread sorts, the others wait for its result
+            with self._lock:
+                hit = self._sort_cache.get(key)
+            if hit is not None and hit[0] is rows and hit[1] is cols:
+                return hit[2]
+            res = _block_sort(rows, cols, m.shape, m.block_shape)
+            res = res + _block_bounds(res[1])
+            with self._lock:
+                self._sort_cache[key] = (rows, cols, res)
+                while len(self._sort_cache) > 8:
+                    self._sort_cache.pop(next(iter(self._sort_cache)))
+        return res
+
+    def _read_runs(self, href, plan: BlockPlan, runs, rows, cols, m: _Meta, pad, window_fn,
+                   out=None, mask=None):
+        from rasterio.windows import Window
+
+        bh, bw = plan.block_shape
+        H, W = m.shape
+        results = []
+        for k in runs:
+            br, c0b, c1b = int(plan.run_row[k]), int(plan.run_col0[k]), int(plan.run_col1[k])
+            r0, r1 = br * bh, min((br + 1) * bh, H)
+            c0, c1 = c0b * bw, min((c1b + 1) * bw, W)
+            pr0, pr1 = max(r0 - pad, 0), min(r1 + pad, H)
+            pc0, pc1 = max(c0 - pad, 0), min(c1 + pad, W)
+            idx = plan.order[plan.run_start[k]:plan.run_end[k]]
+
+            def fn(ds, pr0=pr0, pr1=pr1, pc0=pc0, pc1=pc1, br=br, c0b=c0b, c1b=c1b):
+                # one window per block row: each is one contiguous byte span of the COG,
+                # fetched exactly (GDAL_HTTP_MULTIRANGE=SINGLE_GET); a padded window spanning
+                # rows read at once would also fetch the tiles between its columns
+                cuts = [pr0, *range((pr0 // bh + 1) * bh, pr1, bh), pr1]
+                parts = [ds.read(1, window=Window(pc0, a, pc1 - pc0, b - a))
+                         for a, b in zip(cuts[:-1], cuts[1:])]
+                arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+                if arr.shape != (pr1 - pr0, pc1 - pc0):  # pragma: no cover - GDAL contract
+                    raise OSError(f"short read: got {arr.shape}")
+                nbytes = sum(int(ds.block_size(1, br, c)) for c in range(c0b, c1b + 1))
+                return arr, nbytes
+
+            arr, nbytes = self._attempt(href, fn, georef=False)
+            nb = c1b - c0b + 1
+            if pad:
+                # blocks touched by the padding are decoded too
+                nb = (-(-pr1 // bh) - pr0 // bh) * (-(-pc1 // bw) - pc0 // bw)
+            self.stats.add(requests=1, runs=1, blocks_read=nb, bytes_read=nbytes)
+            if window_fn is not None:
+                arr = window_fn(arr)
+            if out is not None and arr.dtype == out.dtype:
+                if mask is None:
+                    _gather_into(np.ascontiguousarray(arr), rows, cols, idx, pr0, pc0, out)
+                else:
+                    _gather_masked(np.ascontiguousarray(arr), rows, cols, idx, mask, pr0,
+                                   pc0, out)
+            else:
+                if mask is not None:
+                    idx = idx[mask[idx]]
+                results.append((idx, arr[rows[idx] - pr0, cols[idx] - pc0]))
+        return results
+
+    def read_windows(self, hrefs: Sequence[str], run_row: np.ndarray, run_col0: np.ndarray,
+                     run_col1: np.ndarray,
+                     consume: Callable[[int, int, int, np.ndarray], None]) -> None:
+        """Decode runs of blocks of several same-grid files and hand each run to ``consume``.
+
+        Run ``k`` covers block row ``run_row[k]``, block columns ``run_col0[k] ..
+        run_col1[k]`` (as :class:`BlockPlan`). A reader thread reads that window from every
+        href into one ``(len(hrefs), h, w)`` array and calls ``consume(k, row0, col0,
+        window)`` itself, so the caller's per-run work runs in parallel with the decoding
+        and no full-size array is built. ``window`` is a per-thread buffer, valid only
+        during the call; runs never overlap, so calls for different runs may write
+        disjoint outputs without locks.
+
+        Parameters
+        ----------
+        hrefs : sequence of str
+            Files with the same shape, block shape and dtype (e.g. the 10 m bands of one
+            Sentinel-2 scene).
+        run_row, run_col0, run_col1 : int arrays
+            The runs.
+        consume : callable
+            Called once per run, in a reader thread.
+
+        Raises
+        ------
+        AssetReadError
+            When a read fails after retries (the other runs are still finished first).
+        ValueError
+            When the files' grids, block shapes or dtypes differ.
+        """
+        metas = [self.meta(h) for h in hrefs]
+        m = metas[0]
+        for h, mm in zip(hrefs, metas):
+            if (tuple(mm.shape), tuple(mm.block_shape), np.dtype(mm.dtype)) != (
+                    tuple(m.shape), tuple(m.block_shape), np.dtype(m.dtype)):
+                raise ValueError(f"{redact(h)} differs from {redact(hrefs[0])} in shape, "
+                                 f"block shape or dtype; read them separately")
+        n_runs = len(run_row)
+        if n_runs == 0:
+            return
+        chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1)
+        futs = [self._pool.submit(self._window_task, list(hrefs), m, runs, run_row, run_col0,
+                                  run_col1, consume) for runs in chunks]
+        error = None
+        for f in futs:
+            try:
+                f.result()
+            except AssetReadError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _window_task(self, hrefs, m: _Meta, runs, run_row, run_col0, run_col1, consume):
+        from rasterio.windows import Window
+
+        bh, bw = m.block_shape
+        H, W = m.shape
+        dtype = np.dtype(m.dtype)
+        for k in runs:
+            br, c0b, c1b = int(run_row[k]), int(run_col0[k]), int(run_col1[k])
+            r0, r1 = br * bh, min((br + 1) * bh, H)
+            c0, c1 = c0b * bw, min((c1b + 1) * bw, W)
+            h, w = r1 - r0, c1 - c0
+            size = len(hrefs) * h * w
+            buf = getattr(self._local, "window_buf", None)
+            if buf is None or buf.dtype != dtype or buf.size < size:
+                buf = self._local.window_buf = np.empty(size, dtype)
+            win = buf[:size].reshape(len(hrefs), h, w)
+            for j, href in enumerate(hrefs):
+                def fn(ds, out=win[j], window=Window(c0, r0, w, h), br=br, c0b=c0b, c1b=c1b):
+                    ds.read(1, window=window, out=out)
+                    return sum(int(ds.block_size(1, br, c)) for c in range(c0b, c1b + 1))
+
+                nbytes = self._attempt(href, fn, georef=False)
+                self.stats.add(requests=1, runs=1, blocks_read=c1b - c0b + 1, bytes_read=nbytes)
+            consume(k, r0, c0, win)
+
+    def block_bytes(self, href: str, blocks: list[tuple[int, int]]) -> int:
+        """Sum of the TIFF tile byte counts of ``blocks`` (``(row, col)``) of band 1."""
+        def fn(ds):
+            return sum(int(ds.block_size(1, r, c)) for r, c in blocks)
+        return self._pool.submit(self._attempt, href, fn).result()
