@@ -6,6 +6,8 @@ tests), ``lint`` (ruff).
     nox -s bench -- zonal   # only benchmarks/bench_zonal.py (issue 4 item 7)
     nox -s bench -- http    # only benchmarks/bench_http.py (issue 3 item 7)
     nox -s bench -- jit     # only benchmarks/bench_jit.py (first-call compilation)
+    nox -s docs             # Sphinx HTML in docs/_build/html, warnings are errors
+    nox -s typecheck        # mypy on the public API
 """
 
 from __future__ import annotations
@@ -43,3 +45,18 @@ def lint(session: nox.Session) -> None:
     """Static checks with ruff."""
     session.install("ruff")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors (notebooks are shown, not executed)."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html",
+                *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy on the public API (configuration: [tool.mypy] in pyproject.toml)."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy", *session.posargs)

@@ -134,7 +134,9 @@ def test_baseline_from_product_uri_when_property_missing():
     for key in ("s2:product_uri", "s2:granule_id", "s2:datatake_id", "s2:datastrip_id"):
         item["properties"].pop(key, None)
     s = normalize_item(item)
-    assert s.processing_baseline is None and s.offset_source == "none"
+    # no baseline anywhere: the rule follows the acquisition date (2019: no offset)
+    assert s.processing_baseline is None and s.offset_source == "acquisition_date"
+    assert s.bands["B03"].offset == 0.0
     assert s.bands["B03"].offset == 0.0
 
 

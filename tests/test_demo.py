@@ -81,3 +81,33 @@ def test_cli_prints_summary(demo_runs, capsys):
     text = capsys.readouterr().out
     assert "accuracy against the synthetic truth" in text
     assert "credit decisions per farmer" in text
+
+
+def test_demo_scores_yield_and_loans_against_truth(demo_runs):
+    (_, s), _, _ = demo_runs
+    per_crop = s["accuracy"]["yield_per_crop"]
+    assert per_crop
+    for crop, v in per_crop.items():
+        assert {"n", "r2", "r2_ceiling", "rmse_t_ha", "bias_t_ha", "p10_p90_coverage"} <= set(v)
+        if v["r2_ceiling"] is not None:
+            assert -1.0 < v["r2_ceiling"] <= 1.0 and v["n_ceiling"] >= 10
+    # the crop-model crops always get a ceiling (their truth is WOFOST's)
+    assert any(per_crop.get(c, {}).get("r2_ceiling") is not None
+               for c in ("winter_wheat", "summer_maize"))
+    assert 0.0 <= s["over_lending_share"] <= 1.0
+    assert s["approved_n"] == s["decisions"].get("approve", 0)
+    assert s["over_lending_n"] <= s["approved_n"]
+    n_farmers = sum(s["decisions"].values())
+    assert s["referral_rate"] == pytest.approx(s["decisions"].get("refer", 0) / n_farmers)
+    # every referred farmer has at least one referring code, counted once per code
+    assert sum(s["referral_reasons"].values()) >= s["referred_n"]
+    assert sum(s["referral_sole_reasons"].values()) <= s["referred_n"]
+
+
+def test_cli_prints_ceiling_and_loan_checks(demo_runs, capsys):
+    from cropyield.cli import _print_summary
+
+    (_, s1), (out2, _, _), _ = demo_runs
+    _print_summary(s1, str(out2))
+    text = capsys.readouterr().out
+    assert "ceiling" in text and "over-lending share" in text and "referral rate" in text

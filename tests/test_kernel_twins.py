@@ -127,7 +127,7 @@ def _stream_case(rng, H=300, W=340, nf=40):
 def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
     import cropyield.observations._plan as obs
     from cropyield.observations._kernels import (
-        _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
+        _ACC_FIRST, _ACC_WIDTH, _CLEAR, _accumulate, _accumulate_ref, _assign_slots, _assign_slots_ref,
         _blocks_needed, _blocks_needed_ref, _entry_arrays, _entry_arrays_ref, _footprint_sum, _footprint_sum_ref,
         _gather_valid, _gather_valid_ref, _merge_slots, _merge_slots_ref, _order_unique_ref)
     from cropyield.observations._plan import _order_unique
@@ -169,6 +169,7 @@ def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
         h, w = min(h, c["H"] - r0), min(w, c["W"] - c0)
         win = rng.integers(0, 10000, (2, h, w)).astype(np.uint16)
         win[rng.random(win.shape) < 0.05] = 0
+        win[rng.random(win.shape) < 0.02] = 65535        # saturated: outside _REFL_RANGE
         coarse = rng.random((1, c["n_u"]))
         coarse[0, rng.random(c["n_u"]) < 0.05] = np.nan
         args = (win, r0, c0, c["row_start"], c["ec"], c["eu"], ef, assigned, code_u,
@@ -181,7 +182,7 @@ def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
         assert np.array_equal(ra[:, :ma], rb[:, :mb])
         vals = ra[:2, :ma] - ra[2:, :ma]
         vals[:, rng.random(ma) < 0.1] = np.nan
-        acc1 = np.zeros((len(c["slot_field"]), 10))
+        acc1 = np.zeros((len(c["slot_field"]), _ACC_FIRST + 2 * _ACC_WIDTH))
         acc2 = acc1.copy()
         _accumulate(vals, pa, ma, c["efr"], c["eslot"], 0.4, acc1)
         _accumulate_ref(vals, pa, ma, c["efr"], c["eslot"], 0.4, acc2)
@@ -224,9 +225,11 @@ def test_stream_kernels_equal_their_numpy_twins(monkeypatch):
 
 
 def test_fused_kernel_equals_gather_apply_accumulate():
-    """The fused per-index kernel adds exactly the same terms as the generic path."""
+    """The fused per-index kernel adds exactly the same terms as the generic path, and
+    counts the saturated pixels both mask."""
     from cropyield.indices import INDICES, _apply
-    from cropyield.observations._kernels import _accumulate, _fused_kernel, _gather_valid
+    from cropyield.observations._kernels import (_ACC_FIRST, _ACC_OOR, _ACC_SAT, _CLEAR,
+                                                 _accumulate, _fused_kernel, _gather_valid)
 
     rng = np.random.default_rng(12)
     for t in range(15):
@@ -235,6 +238,7 @@ def test_fused_kernel_equals_gather_apply_accumulate():
         assigned = rng.random(c["nf"]) < 0.9
         win = rng.integers(0, 8000, (2, c["H"], c["W"])).astype(np.uint16)
         win[rng.random(win.shape) < 0.03] = 0
+        win[rng.random(win.shape) < 0.02] = 65535
         coarse = rng.random((1, c["n_u"])) * 0.5
         coarse[0, rng.random(c["n_u"]) < 0.05] = np.nan
         names = ["B04", "B08", "B11"]
@@ -247,22 +251,32 @@ def test_fused_kernel_equals_gather_apply_accumulate():
         bands = {b: refl[j, :m] for j, b in enumerate(names)}
         vals = np.stack([_apply(s, bands) for s in specs])
         ns = len(c["slot_field"])
-        acc_g = np.zeros((ns, 2 + 12))
+        width = _ACC_FIRST + 12
+        acc_g = np.zeros((ns, width))
         _accumulate(vals, pos, m, c["efr"], c["eslot"], 0.25, acc_g)
-        acc_f = np.zeros((ns, 2 + 12))
+        acc_f = np.zeros((ns, width))
         every = np.ones(c["nf"], bool)
-        acc_all, acc_skip = np.zeros((ns, 2 + 12)), np.zeros((ns, 2 + 12))
+        acc_all, acc_skip = np.zeros((ns, width)), np.zeros((ns, width))
         for j, s in enumerate(specs):
             kern = _fused_kernel(s.scalar, [names.index(b) for b in s.bands], 2, 1)
             args = (c["efr"], c["eslot"])
             kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], *args, assigned, False,
                  code_u, scale, offset, nod, coarse, s.valid_range[0], s.valid_range[1], 0.25,
-                 2 + 4 * j, j == 0, acc_f)
+                 _ACC_FIRST + 4 * j, j == 0, acc_f)
             # every field assigned: skipping the per-entry lookup adds the same terms
             for skip, acc in ((False, acc_all), (True, acc_skip)):
                 kern(win, 0, 0, c["row_start"], c["ec"], c["eu"], c["ef"], *args, every, skip,
                      code_u, scale, offset, nod, coarse, s.valid_range[0], s.valid_range[1],
-                     0.25, 2 + 4 * j, j == 0, acc)
+                     0.25, _ACC_FIRST + 4 * j, j == 0, acc)
+        # saturated pixels (DN 65535 in a window band) of clear entries of assigned fields
+        p = np.arange(n)
+        rows = np.searchsorted(c["row_start"], p, side="right") - 1
+        sat = ((win[0][rows, c["ec"]] == 65535) | (win[1][rows, c["ec"]] == 65535))
+        sel = sat & (code_u[c["eu"]] == _CLEAR) & assigned[c["ef"]] & (c["efr"] > 0)
+        want = np.bincount(c["eslot"][sel], weights=c["efr"][sel], minlength=ns)
+        np.testing.assert_allclose(acc_f[:, _ACC_SAT], want, rtol=1e-12)
+        assert sel.any() and not acc_f[:, _ACC_OOR].any()
+        acc_f[:, [_ACC_SAT, _ACC_OOR]] = 0.0           # the generic path does not count
         assert np.array_equal(acc_f, acc_g)
         assert np.array_equal(acc_all, acc_skip) and not np.array_equal(acc_all, acc_f)
 
@@ -340,3 +354,16 @@ def test_stream_built_in_two_halves_equals_one_pass(monkeypatch):
         a, b = getattr(one, f.name), getattr(two, f.name)
         assert np.array_equal(a, b) and np.asarray(a).dtype == np.asarray(b).dtype, f.name
     assert one.n_slots > 400 and one.ec.dtype == np.int32
+
+
+def test_dn_histogram_equals_its_numpy_twin():
+    from cropyield.observations._kernels import _dn_histogram, _dn_histogram_ref
+
+    rng = np.random.default_rng(5)
+    for step in (1, 3, 4):
+        win = rng.integers(0, 65536, (2, 37, 53)).astype(np.uint16)
+        a, b = np.zeros((2, 65536), np.int64), np.zeros((2, 65536), np.int64)
+        _dn_histogram(win, step, a)
+        _dn_histogram_ref(win, step, b)
+        assert np.array_equal(a, b) and a.sum() == 2 * len(range(0, 37, step)) * len(
+            range(0, 53, step))

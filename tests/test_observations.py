@@ -50,7 +50,8 @@ def test_hand_computable_ndvi_with_partial_pixels(world):
                         (40.5, 50, 42.5, 51)])     # half, full, half pixel in one row
     df = field_observations([scene], fields)
     assert list(df.columns) == ["field_id", "time", "scene_id", "tile", "coverage",
-                                "valid_fraction", "ndvi", "ndvi_std", "flags"]
+                                "covered_fraction", "valid_fraction", "ndvi", "ndvi_std",
+                                "flags"]
     a = df.set_index("field_id")
     np.testing.assert_allclose(a.loc["f0", "ndvi"], ndvi[20:22, 10:13].mean(), atol=1e-12)
     np.testing.assert_allclose(a.loc["f0", "ndvi_std"], ndvi[20:22, 10:13].std(), atol=1e-12)
@@ -151,7 +152,7 @@ def test_dilation_grows_the_cloud_mask(tmp_path):
     assert d1["valid_fraction"].iloc[0] == 0.0 and "ALL_MASKED" in split_flags(d1["flags"].iloc[0])
 
 
-def test_no_overlap_outside_swath_and_no_row_outside_grid(tmp_path):
+def test_no_overlap_outside_swath_and_outside_grid(tmp_path):
     from cropyield.observations import field_observations
 
     b04 = ramp((64, 64), 1, 300, 1500)
@@ -164,7 +165,9 @@ def test_no_overlap_outside_swath_and_no_row_outside_grid(tmp_path):
                     bands={"B04": (b04, 10), "B08": (b08, 10), "SCL": (scl, 20)})
     f = fields_px([(45, 5, 50, 10), (100, 5, 110, 10), (5, 5, 10, 10)])
     df = field_observations([sc], f).set_index("field_id")
-    assert "f1" not in df.index                   # outside the grid: no row
+    # outside the grid: a flagged row (issue 18: no field vanishes)
+    assert df.loc["f1", "flags"] == "NO_OVERLAP" and np.isnan(df.loc["f1", "ndvi"])
+    assert df.loc["f1", "covered_fraction"] == 0.0
     assert df.loc["f0", "flags"] == "NO_OVERLAP" and np.isnan(df.loc["f0", "ndvi"])
     assert df.loc["f0", "coverage"] == pytest.approx(25.0)
     assert df.loc["f2", "flags"] == "" and np.isfinite(df.loc["f2", "ndvi"])

@@ -320,3 +320,40 @@ def test_vsi_cache_is_on_for_remote_opens_and_off_for_local_ones(cog, monkeypatc
         with BlockReader(threads=1, env={**FAST, "VSI_CACHE": "TRUE"}) as rd:
             rd.read(local, ROWS, COLS)
         assert [s[:2] for s in seen] == [(False, "TRUE")]
+
+
+def test_stalled_server_costs_the_read_deadline_then_rows_are_flagged(tmp_path):
+    """Issue 18: a COG server that stalls every request would cost max_attempts x the GDAL
+    timeouts per block run (~20 minutes per scene at the defaults); the total read
+    deadline ends it, and the scene's rows come out flagged READ_FAILED (reason in attrs)."""
+    from cropyield.observations import field_observations
+
+    env = {**FAST, "GDAL_HTTP_MAX_RETRY": 0}
+    with RangeServer(tmp_path, faults={"*/S2/B08.tif": ["sleep:1.5"] * 10_000}) as srv:
+        good = _scene(tmp_path, srv.url, "S1", "2024-06-01T03:00")
+        bad = _scene(tmp_path, srv.url, "S2", "2024-06-06T03:00")
+        field_observations([good], _fields(), env=env)           # compile the kernels first
+        df = field_observations([good, bad], _fields(), on_error="flag", env=env,
+                                max_attempts=10_000, read_deadline=4)
+        with pytest.raises(AssetReadError) as ei:
+            field_observations([bad], _fields(), env=env, max_attempts=10_000,
+                               read_deadline=2)
+        srv.wait_idle(10)
+    assert ei.value.reason == "deadline" and "deadline" in str(ei.value)
+    assert len(df) == 4                                   # every field and date
+    s2 = df[df.scene_id == "S2"]
+    assert s2["flags"].eq("READ_FAILED").all() and s2["ndvi"].isna().all()
+    reasons = {(f["scene_id"], f["reason"]) for f in df.attrs["read_failures"]}
+    assert ("S2", "deadline") in reasons
+    s1 = df[df.scene_id == "S1"]
+    assert (s1["ndvi"].notna() | s1["flags"].eq("READ_FAILED")).all()
+
+
+def test_read_deadline_must_be_positive(tmp_path):
+    from cropyield.errors import ConfigError
+    from cropyield.observations import field_observations
+
+    sc = _scene(tmp_path, None)
+    for bad in (0, -1, "soon"):
+        with pytest.raises(ConfigError, match="read_deadline"):
+            field_observations([sc], _fields(), read_deadline=bad)

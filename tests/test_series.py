@@ -312,3 +312,22 @@ def test_smoothing_kernel_matches_its_pure_python_execution():
         out.append((Z, lam))
     np.testing.assert_allclose(out[0][0], out[1][0], equal_nan=True, rtol=1e-9)
     np.testing.assert_allclose(out[0][1], out[1][1], equal_nan=True, rtol=1e-9)
+
+
+def test_field_causes_travel_onto_series_rows():
+    """Why a field has no data (INVALID_GEOMETRY, NO_OVERLAP …) reaches its series rows,
+    and GEOMETRY_REPAIRED reaches every row of a repaired field (issue 18)."""
+    days = pd.date_range("2024-04-01", periods=8, freq="5D")
+    rows = []
+    for fid, val, flag in (("ok", 0.6, ""), ("bad", np.nan, "INVALID_GEOMETRY"),
+                           ("away", np.nan, "NO_OVERLAP"), ("fixed", 0.5, "GEOMETRY_REPAIRED")):
+        for t in days:
+            rows.append({"field_id": fid, "time": t, "ndvi": val, "valid_fraction": 1.0,
+                         "coverage": 10.0, "flags": flag})
+    out = smooth_series(pd.DataFrame(rows), index="ndvi")
+    per = out.groupby("field_id")["flags"].agg(lambda s: set(",".join(map(str, s)).split(",")))
+    assert {"NO_DATA", "INVALID_GEOMETRY"} <= per["bad"]
+    assert {"NO_DATA", "NO_OVERLAP"} <= per["away"]
+    assert "GEOMETRY_REPAIRED" in per["fixed"] and "NO_DATA" not in per["fixed"]
+    assert not per["ok"] & {"INVALID_GEOMETRY", "NO_OVERLAP", "GEOMETRY_REPAIRED", "NO_DATA"}
+    assert out.loc[out.field_id == "bad", "ndvi"].isna().all()

@@ -157,7 +157,8 @@ def test_canopy_physics_and_calendar(cfg, fields):
     wm = fields.loc[fields["true_crop"] == "winter_wheat+summer_maize", "field_id"]
     x = cn[cn["field_id"].isin(wm)]
     mon = x.groupby(x["time"].dt.month)["ndvi"].mean()
-    assert mon[4] > 0.7 and mon[8] > 0.7            # wheat peak in April, maize in August
+    # wheat peak in April, maize in August (crop-model canopies: low-N fields stay thin)
+    assert mon[4] > 0.6 and mon[8] > 0.6 and mon[4] > mon[3] and mon[8] > mon[9]
     assert mon[6] < mon[4] - 0.2                    # harvest gap in June
     assert mon[1] < mon[4] - 0.2                    # winter dormancy
     fal = cn[cn["field_id"].isin(fields.loc[fields["true_crop"] == "fallow", "field_id"])]
@@ -175,29 +176,46 @@ def test_seasons_truth(cfg, fields, seasons):
     assert (s["pos"] <= s["eos"]).all() and (s["eos"] <= s["harvest_date"]).all()
     w = s[s["crop"] == "winter_wheat"]
     assert w["sow_date"].dt.month.eq(10).all() and w["harvest_date"].dt.month.isin([5, 6]).all()
-    assert w["pos"].dt.month.isin([4, 5]).all()
+    assert w["pos"].dt.month.isin([3, 4, 5]).all() and w["pos"].dt.month.median() == 4
     m = s[s["crop"] == "summer_maize"]
     assert m["pos"].dt.month.isin([7, 8, 9]).all()
     # yields near NBS 2024 means, inside sanity ranges
     means = s.groupby("crop")["true_yield_t_ha"].mean()
     assert means["winter_wheat"] == pytest.approx(5.94, rel=0.12)
     assert means["summer_maize"] == pytest.approx(6.59, rel=0.12)
-    assert s.loc[s["crop"] == "winter_wheat", "true_yield_t_ha"].between(1.5, 11).all()
+    # (WOFOST drought failures on shallow soils reach ~1.3 t/ha)
+    assert s.loc[s["crop"] == "winter_wheat", "true_yield_t_ha"].between(1.0, 11).all()
     assert np.allclose(s["true_production_t"], s["true_yield_t_ha"] * s["area_ha"])
 
 
-def test_yield_not_a_function_of_peak_ndvi(seasons):
-    for crop in ("winter_wheat", "summer_maize"):
+def test_yield_and_canopy_from_one_crop_model_run(seasons):
+    from cropyield.cropmodel import load_library
+
+    lib = load_library()
+    for crop, wcrop in (("winter_wheat", "wheat"), ("summer_maize", "maize")):
         x = seasons[seasons["crop"] == crop]
-        r = np.corrcoef(x["peak_ndvi"], x["true_yield_t_ha"])[0, 1]
-        assert 0.1 < r < 0.95, (crop, r)
-    # post-peak stress cuts yield much more than it cuts greenness
-    x = seasons[seasons["crop"] == "winter_wheat"]
-    low = x["stress"] < 0.85
-    assert low.sum() > 3
-    dy = 1 - x.loc[low, "true_yield_t_ha"].mean() / x.loc[~low, "true_yield_t_ha"].mean()
-    dn = 1 - x.loc[low, "peak_ndvi"].mean() / x.loc[~low, "peak_ndvi"].mean()
-    assert dy > 3 * max(dn, 0.01)
+        assert (x["yield_source"] == "wofost").all()
+        assert x["weather_year"].between(1977, 1999).all() and x["weather_year"].nunique() > 3
+        assert x["n_kg_ha"].between(0, 300).all() and x["n_kg_ha"].std() > 30
+        assert set(x["soil"]) <= {"shallow", "medium", "deep"}
+        assert (x[["stress", "hi_factor", "pest"]] == 1).all().all()   # no hidden drivers
+        # the yield is a WOFOST yield times one constant per crop (the NBS level)
+        g = lib[lib["crop"] == wcrop]
+        ratio = x["true_yield_t_ha"].to_numpy()[:, None] / g["yield_t_ha"].to_numpy()[None, :]
+        k = 5.94 / g["yield_t_ha"].mean() if crop == "winter_wheat" \
+            else 6.59 / g["yield_t_ha"].mean()
+        assert (np.abs(ratio - k) < 1e-6 * k).any(axis=1).all()
+        # the canopy carries yield signal (same run), peak LAI only part of it (wheat: grain
+        # fill after the peak decides much of WOFOST's yield; the canopy ceiling measures
+        # what the whole season reveals)
+        r = np.corrcoef(x["peak_lai"], x["true_yield_t_ha"])[0, 1]
+        assert 0.1 < r < 0.99, (crop, r)
+        # more nitrogen, more yield (the management yield gap)
+        lo, hi = x["n_kg_ha"] < 80, x["n_kg_ha"] > 170
+        assert x.loc[hi, "true_yield_t_ha"].mean() > x.loc[lo, "true_yield_t_ha"].mean()
+    # crops without WOFOST parameters keep the parametric process
+    other = seasons[~seasons["crop"].isin(["winter_wheat", "summer_maize", "spring_maize"])]
+    assert (other["yield_source"] == "parametric").all() and (other["weather_year"] == -1).all()
 
 
 # ---------------------------------------------------------------------------- observations

@@ -264,7 +264,8 @@ def test_json_roundtrip_no_pickle(tmp_path):
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
-        assert d["schema_version"] == 1 and d["kind"] == method
+        assert d["schema_version"] == 2 and d["kind"] == method
+        assert "pickle" not in text.lower() and isinstance(d["params"], dict)
         m2 = YieldModel.from_json(path)
         assert type(m2) is type(m) and m2.model_version == m.model_version
         assert m2.cv_ == json.loads(json.dumps(m.cv_))
@@ -302,16 +303,17 @@ def world():
     return cfg, fields, syn.true_canopy(fields, cfg), syn.true_seasons(fields, cfg)
 
 
-def test_uncalibrated_default_within_25pct_of_nbs(world):
-    """Typical wheat, maize and rice curves (the synthetic world's reflectance-model canopy,
-    true seasons) give the national NBS 2024 mean within ±25 % with default parameters."""
+def test_uncalibrated_default_within_20pct_of_nbs(world):
+    """Typical wheat, maize and rice curves (the synthetic world's canopy - crop-model runs
+    for wheat and maize - true seasons) give the national NBS 2024 mean within ±20 % with
+    default parameters (issue 17; measured -12 %, -16 %, +16 % on seed 0)."""
     cfg, fields, canopy, seasons = world
     m = LUEModel()
     p = m.predict(canopy, seasons, lat=cfg.center_lonlat[1])
     for crop, nbs in NBS_2024.items():
         got = p.loc[p["crop"] == crop, "yield_t_ha_p50"]
         assert len(got) >= 3 and got.notna().all()
-        assert abs(got.mean() / nbs - 1) <= 0.25, (crop, got.mean(), nbs)
+        assert abs(got.mean() / nbs - 1) <= 0.20, (crop, got.mean(), nbs)
         cal = json.loads(p.loc[p["crop"] == crop, "calibration"].iloc[0])
         assert cal["kind"] == "default" and "NBS 2024" in cal["source"]
 
@@ -435,3 +437,195 @@ def test_nan_always_travels_with_a_flag(every, v, s0, length, crop, hole):
         assert 0 < r["quality"] <= 1
         if r["yield_t_ha_p50"] == 0:
             assert "OUT_OF_RANGE" in split_flags(r["flags"])
+
+
+# ----------------------------------------------------------------------------- issue 17:
+# window features of every index, learners chosen by grouped CV, simulation (SCYM) levels
+
+
+def _curve_world(n=160, seed=0, gap=1.0, n_years=8, noise=0.015):
+    """Double-logistic NDVI/EVI2/NDRE seasons whose yield is a known function of the canopy
+    (amplitude x green duration, plus the NDRE level in grain fill), observed every 5 days
+    with 25 % of dates lost to clouds and index noise. ``gap`` scales every yield (a yield
+    gap the canopy does not show). Returns (observations, truth, canopy)."""
+    rng = np.random.default_rng(seed)
+    t = pd.date_range("2024-05-01", "2024-10-31")
+    d = np.arange(len(t), dtype=float)
+    obs, can, truth = [], [], []
+    for i in range(n):
+        year = i % n_years
+        p, up = rng.uniform(0.55, 0.9), rng.uniform(35, 55) + 3 * year
+        dn = up + rng.uniform(60, 95)
+        re = rng.uniform(0.0, 0.08)                     # red-edge signal not in NDVI
+        curve = 1 / (1 + np.exp(-(d - up) / 5)) - 1 / (1 + np.exp(-(d - dn) / 6))
+        ndvi = 0.15 + (p - 0.15) * curve
+        evi2 = 0.08 + 0.85 * (ndvi - 0.15)
+        ndre = 0.1 + (0.45 + re) * curve * (p - 0.1)
+        fill = (d > dn - 25) & (d < dn)
+        y = gap * (1.0 + 9.0 * (p - 0.15) * (dn - up) / 80 + 25 * re * (ndre[fill].mean() > 0))
+        y *= np.exp(rng.normal(0, 0.03))
+        fid = f"c{seed}_{i:03d}"
+        can.append(pd.DataFrame({"field_id": fid, "time": t, "ndvi": ndvi, "evi2": evi2,
+                                 "ndre": ndre, "lai": 3 * curve}))
+        k = np.arange(rng.integers(0, 5), len(t), 5)
+        k = k[rng.random(len(k)) > 0.25]
+        obs.append(pd.DataFrame({
+            "field_id": fid, "time": t[k], "valid_fraction": 1.0, "coverage": 60.0,
+            "flags": "", "ndvi": ndvi[k] + rng.normal(0, noise, len(k)),
+            "evi2": evi2[k] + rng.normal(0, noise, len(k)),
+            "ndre": ndre[k] + rng.normal(0, noise, len(k))}))
+        truth.append({"field_id": fid, "season": 1, "crop": "summer_maize",
+                      "yield_t_ha": y, "weather_year": 2000 + year,
+                      "sos": t[int(up) - 25], "eos": t[min(int(dn) + 25, len(t) - 1)],
+                      "area_ha": rng.uniform(0.2, 1.0)})
+    return pd.concat(obs, ignore_index=True), pd.DataFrame(truth), pd.concat(can)
+
+
+@pytest.fixture(scope="module")
+def curves():
+    from cropyield.series import smooth_series
+    obs, truth, can = _curve_world(seed=1)
+    return smooth_series(obs, index=["ndvi", "evi2", "ndre"]), truth, can
+
+
+def test_window_features_analytic():
+    """A trapezoid NDVI season: the windows land where the docstring says."""
+    from cropyield.yieldmodel import window_features
+    t = pd.date_range("2024-06-01", periods=121)
+    x = np.interp(np.arange(121), [0, 20, 40, 60, 100, 120], [0.2, 0.2, 0.8, 0.8, 0.2, 0.2])
+    ser = pd.DataFrame({"field_id": "a", "time": t, "ndvi": x})
+    f = window_features(ser).iloc[0]
+    assert f["ndvi_max"] == pytest.approx(0.8)
+    assert f["pos_doy"] == t[40].day_of_year            # first day of the plateau
+    assert f["green_days"] == 10 and f["sen_days"] == 40   # half amplitude: days 30 and 80
+    assert f["ndvi_atpeak"] == pytest.approx((0.8 * 8 + sum(0.2 + 0.03 * (k - 20) for k in
+                                                             range(33, 40))) / 15)
+    assert f["ndvi_fill1"] == pytest.approx((13 * 0.8 + 0.785 + 0.77) / 15)   # days 48..62
+    assert f["ndvi_slope"] < 0
+    assert f["ndvi_int"] == pytest.approx(np.sum(x[30:81] - 0.2))
+    assert f["ndvi_slope"] == pytest.approx(np.polyfit(np.arange(41), x[40:81], 1)[0])
+    with pytest.raises(ModelError, match="lacks"):
+        window_features(ser, indices=["ndvi", "ndre"])
+
+
+def test_select_learner_by_grouped_cv():
+    from cropyield.yieldmodel.learners import predict_linear, select_learner
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8))
+    g = np.repeat(np.arange(12), 10)
+    y = X @ np.array([1.0, -0.5, 0, 0, 0, 0, 0, 0.2]) + rng.normal(0, 0.05, 120)
+    fit = select_learner(X, y, g)
+    assert fit["n_splits"] == 5 and len(fit["cv_mse"]) == 8
+    assert fit["cv_mse"][int(np.argmin(fit["cv_mse"]))] == min(fit["cv_mse"])
+    assert fit["params"]["alpha"] <= 0.1                  # signal: little penalty
+    assert np.allclose(predict_linear(fit, X), y, atol=0.2)
+    # a group effect that looks like signal within groups but is noise between them
+    yn = np.repeat(rng.normal(0, 1, 12), 10) + rng.normal(0, 0.3, 120)
+    Xn = np.column_stack([X, np.repeat(rng.normal(size=(12, 30)), 10, axis=0)])
+    fitn = select_learner(Xn, yn, g)
+    assert (fitn["name"], fitn["params"]["alpha"]) == ("ridge", 100.0)
+
+
+def test_empirical_all_indices_near_ceiling_with_coverage(curves):
+    """Grouped by year: the window-feature model reaches the canopy ceiling on curves whose
+    yield the canopy determines, and its held-out P10-P90 covers ~80 %."""
+    from cropyield.yieldmodel import canopy_ceiling, yield_skill
+    ser, truth, can = curves
+    train = truth["weather_year"] < 2006
+    tr, te = truth[train], truth[~train]
+    m = fit_yield_model(ser, tr[["field_id", "season", "yield_t_ha"]], crop="summer_maize",
+                        method="empirical", seasons=tr, groups=tr["weather_year"].to_numpy())
+    assert m.indices == ["ndvi", "evi2", "ndre"]
+    assert m.learner["library"] == "scikit-learn" and len(m.learner["cv_mse"]) == 8
+    assert any(n.startswith("ndre_") for n in m.feature_names)
+    ceil = canopy_ceiling(can, truth, groups="weather_year")
+    assert ceil["n"] == len(truth) and ceil["r2"] > 0.9
+    assert m.cv_["r2"] > 0.85 * ceil["r2"]
+    assert 0.65 <= m.cv_["coverage_p10_p90"] <= 0.95
+    sk = yield_skill(te, m.predict(ser, te))["summer_maize"]
+    assert sk["n"] == len(te) and sk["r2"] > 0.8 and abs(sk["bias"]) < 0.3
+    assert 0.6 <= sk["coverage_p10_p90"] <= 1.0
+    # the NDVI-only model (old default index) is worse than all indices: NDRE carries signal
+    m1 = fit_yield_model(ser, tr[["field_id", "season", "yield_t_ha"]], crop="summer_maize",
+                         method="empirical", seasons=tr, groups=tr["weather_year"].to_numpy(),
+                         indices=["ndvi"])
+    assert m1.cv_["r2"] < m.cv_["r2"]
+
+
+def test_yield_skill_by_hand():
+    from cropyield.yieldmodel import yield_skill
+    obs = pd.DataFrame({"field_id": list("abcd"), "yield_t_ha": [4.0, 5.0, 6.0, 7.0],
+                        "crop": ["w", "w", "w", "w"]})
+    pred = pd.DataFrame({"field_id": list("abc"), "yield_t_ha_p50": [4.5, 5.0, 6.5],
+                         "yield_t_ha_p10": [4.1, 4.0, 6.1], "yield_t_ha_p90": [5, 6, 7]})
+    s = yield_skill(obs, pred)["w"]
+    y, yh = np.array([4.0, 5, 6]), np.array([4.5, 5, 6.5])
+    assert s["n"] == 3 and s["n_missing"] == 1
+    assert s["r2"] == pytest.approx(1 - np.sum((y - yh) ** 2) / np.sum((y - 5) ** 2))
+    assert s["rmse"] == pytest.approx(np.sqrt(0.5 / 3)) and s["bias"] == pytest.approx(1 / 3)
+    assert s["coverage_p10_p90"] == pytest.approx(1 / 3)
+
+
+def test_simulation_level_from_county_and_few_cuts(curves, tmp_path):
+    """Train on simulations (no yield gap), predict a landscape whose yields are 30 % lower:
+    the level comes from a county mean or a few crop cuts; without either it is flagged."""
+    from types import SimpleNamespace
+
+    from cropyield.yieldmodel import SimulationModel, yield_skill
+    obs, truth, can = _curve_world(n=120, seed=2)
+    sim = SimpleNamespace(observations=obs, truth=truth, canopy=can, seed=2)
+    ser, tr, _ = curves
+    target = tr.assign(yield_t_ha=tr["yield_t_ha"] * 0.7)
+    kw = dict(crop="summer_maize", method="simulation", simulated=sim, seasons=target)
+    m0 = fit_yield_model(ser, None, **kw)
+    assert isinstance(m0, SimulationModel) and m0.level["kind"] == "uncalibrated"
+    assert m0.cv_["data"] == "simulated" and m0.cv_["r2"] > 0.8
+    p0 = m0.predict(ser, target)
+    assert all("LEVEL_UNCALIBRATED" in split_flags(f) for f in p0["flags"])
+    assert yield_skill(target, p0)["summer_maize"]["bias"] > 1.0    # ~ +43 %
+    county = float(np.average(target["yield_t_ha"], weights=target["area_ha"]))
+    mc = fit_yield_model(ser, pd.DataFrame(columns=["field_id", "yield_t_ha"]),
+                         county_mean_t_ha=county, **kw)
+    pc = mc.predict(ser, target)
+    assert mc.level["kind"] == "county" and mc.level["n_cuts"] == 0
+    assert np.average(pc["yield_t_ha_p50"], weights=target["area_ha"]) == pytest.approx(county)
+    sk = yield_skill(target, pc)["summer_maize"]
+    assert sk["r2"] > 0.8 and abs(sk["bias"]) < 0.25
+    assert 0.6 <= sk["coverage_p10_p90"] <= 1.0
+    assert not any("LEVEL_UNCALIBRATED" in f for f in pc["flags"])
+    cuts = target.iloc[[3, 40, 90]][["field_id", "season", "yield_t_ha"]]
+    m3 = fit_yield_model(ser, cuts, **kw)
+    assert m3.level["kind"] == "cuts" and m3.level["n_cuts"] == 3
+    assert m3.level["factor"] == pytest.approx(0.7, abs=0.07)
+    assert 0.8 < m3.level["weight"] < 1.0
+    # cuts and county together: the county statistic (tight prior) dominates 3 cuts
+    mb = fit_yield_model(ser, cuts, county_mean_t_ha=county, **kw)
+    assert mb.level["kind"] == "county+cuts"
+    assert abs(mb.level["shift_log"] - mc.level["shift_log"]) < abs(
+        m3.level["shift_log"] - mc.level["shift_log"]) + 1e-9
+    # JSON round trip, no pickle
+    path = tmp_path / "sim.json"
+    m3.to_json(path)
+    back = YieldModel.from_json(path)
+    assert type(back) is SimulationModel and back.level == json.loads(json.dumps(m3.level))
+    pd.testing.assert_frame_equal(back.predict(ser, target), m3.predict(ser, target))
+
+
+def test_schema1_model_still_loads():
+    """A model file written before the window features (schema 1) loads and predicts."""
+    d = {"schema_version": 1, "kind": "empirical", "cropyield_version": "0.1",
+         "params": {"crop": "summer_maize", "feature_names": ["log_apar", "peak"],
+                    "coef": [0.2, 0.1], "intercept": 1.8, "mean": [7.0, 0.7],
+                    "scale": [0.3, 0.1], "alpha": 1.0, "index": "ndvi",
+                    "region": "north_china_plain", "residuals": None, "overrides": None,
+                    "training_range": {}}, "cv": None}
+    m = YieldModel.from_json(json.dumps(d))
+    ser = _const_series("a", "2024-06-01", "2024-09-30", obs_every=5)
+    seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": ["summer_maize"],
+                            "sos": [pd.Timestamp("2024-06-10")],
+                            "eos": [pd.Timestamp("2024-09-20")]})
+    assert np.isfinite(m.predict(ser, seasons)["yield_t_ha_p50"].iloc[0])
+    with pytest.raises(ModelError, match="refit"):
+        YieldModel.from_dict({**d, "params": {**d["params"], "colour": 1}})
+    with pytest.raises(ModelError, match="newer"):
+        YieldModel.from_dict({**d, "schema_version": 3})

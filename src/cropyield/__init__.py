@@ -62,6 +62,7 @@ _LAZY: dict[str, str] = {
     "estimate_yield": "value",
     "PriceTable": "value",
     "estimate": "pipeline",
+    "show_versions": "_versions",
 }
 _SUBMODULES = ("credit", "synthetic", "servers", "radiation", "plot", "errors")
 
@@ -107,4 +108,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .series import smooth_series  # noqa: F401
     from .value import PriceTable, estimate_yield  # noqa: F401
     from .yieldmodel import EmpiricalModel, LUEModel, YieldModel, fit_yield_model  # noqa: F401
+    from ._versions import show_versions  # noqa: F401
     from .zonal import zonal_stats  # noqa: F401

@@ -32,13 +32,21 @@ def _print_summary(summary: dict, out: str) -> None:
         f"    yield RMSE               {fmt(acc.get('yield_rmse_t_ha'), '.2f')} t/ha "
         f"({fmt(acc.get('yield_rmse_pct'), '.1f')} %), bias {fmt(acc.get('yield_bias_t_ha'), '+.2f')} t/ha",
         f"    P10-P90 coverage         {fmt(acc.get('p10_p90_coverage'))}  (target 0.80)",
-        *[f"      {c:<22} n={v['n']:<4} R2 {v['r2']:+.2f}  RMSE {v['rmse_t_ha']:.2f} t/ha  "
-          f"coverage {v['p10_p90_coverage']:.2f}" for c, v in sorted(acc.get("yield_per_crop", {}).items())],
+        *[f"      {c:<22} n={v['n']:<4} R2 {v['r2']:+.2f}  ceiling {fmt(v.get('r2_ceiling'), '+.2f')}"
+          f"  RMSE {v['rmse_t_ha']:.2f} t/ha  bias {fmt(v.get('bias_t_ha'), '+.2f')}"
+          f"  coverage {v['p10_p90_coverage']:.2f}"
+          for c, v in sorted(acc.get("yield_per_crop", {}).items())],
         f"    field-seasons estimated  {acc.get('yield_n_estimated', 0)}, withheld (NaN + flags) "
         f"{acc.get('yield_n_withheld_nan', 0)}",
         "",
         "  credit decisions per farmer  "
         + "  ".join(f"{k}: {v}" for k, v in sorted(summary.get("decisions", {}).items())),
+        f"    referral rate {fmt(summary.get('referral_rate'), '.2f')} (target <= 0.30); "
+        "referring codes (farmers): "
+        + (", ".join(f"{k} {v}" for k, v in summary.get("referral_reasons", {}).items())
+           or "none"),
+        f"    over-lending share {fmt(summary.get('over_lending_share'), '.3f')} (approved "
+        "limits above 80 % of the TRUE output value; target 0)",
         f"  in-season alerts on {summary.get('alerts_as_of')}  "
         + ("  ".join(f"{k}: {v}" for k, v in sorted(summary.get("alerts", {}).items())) or "none"),
         "  stage timings (s)  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()),

@@ -65,8 +65,8 @@ __all__ = [
 
 #: A pixel is "pure" (fully inside its field) when its fraction is >= 1 - PURE_TOLERANCE.
 PURE_TOLERANCE = 1e-9
-#: Below this many pure pixels a field is flagged ``FIELD_TOO_SMALL`` (science.md §7.2:
-#: ~10 pure pixels = 0.1 ha = 1.5 mu).
+#: Below this many pure pixels a field is flagged ``FIELD_TOO_SMALL`` (~10 pure
+#: pixels = 0.1 ha = 1.5 mu).
 MIN_PURE_PIXELS = 10
 #: Cells whose computed coverage is below this (in pixels) are dropped as rounding noise.
 _EPS = 1e-12
@@ -501,7 +501,8 @@ def _compute(fields, grid: Grid, *, id_col, make_valid, min_pure_pixels) -> Cove
         # kernel covers every candidate (it is safe on any finite ring) and the entries of
         # invalid ones are dropped afterwards
         valid_fut = pool.submit(shapely.is_valid, geoms[cand_idx])
-        area_px[cand_idx] = shapely.area(geoms[cand_idx]) / grid.pixel_area
+        with np.errstate(invalid="ignore"):     # NaN vertices: NaN area (invalid, dropped)
+            area_px[cand_idx] = shapely.area(geoms[cand_idx]) / grid.pixel_area
         counts = np.zeros(len(cand_idx), dtype=np.int64)
         sums, pure = np.zeros(len(cand_idx)), np.zeros(len(cand_idx), np.int64)
         rows, cols, fractions = (np.empty(0, np.int32), np.empty(0, np.int32),
@@ -651,7 +652,8 @@ def _prepare(geoms, grid: Grid):
     contrib[:-1] = 0.5 * (uu[:-1] + uu[1:]) * (vv[1:] - vv[:-1])
     last = ring_off[1:] - 1
     contrib[last] = 0.0  # no edge between rings
-    signed = np.add.reduceat(contrib, first) if nring else np.zeros(0)
+    with np.errstate(invalid="ignore"):     # NaN/inf vertices: invalid geometry, dropped
+        signed = np.add.reduceat(contrib, first) if nring else np.zeros(0)
     orient = np.where(signed >= 0, 1.0, -1.0)
     ring_sign = np.where(is_ext, orient, -orient)
     ring_field = part_field[ring_part]

@@ -104,7 +104,7 @@ class YieldParams:
     #: dormant-season APAR adds no yield); None = from the season start.
     active_from_doy: int | None = None
     #: benchmark yield per region (t/ha at reporting basis) for ``yield_basis="value_only"``
-    #: crops (orchards, tea, vegetables), with a ``"default"`` key; see science.md §1.2.
+    #: crops (orchards, tea, vegetables), with a ``"default"`` key; see docs/references.md.
     benchmark_t_ha: Mapping[str, float] = field(default_factory=dict)
     #: prior relative spread (log-scale sigma) of the uncalibrated model: P10/P90 =
     #: P50 × exp(∓1.2816 σ) before any residual calibration.

@@ -129,7 +129,16 @@ FLAGS: dict[str, str] = {
     "OFFSET_INCONSISTENT": "radiometric offset metadata disagree with the baseline rule",
     "FIELD_TOO_SMALL": "the field covers too few pure pixels for a reliable estimate",
     "SUBPIXEL_FIELD": "the field is smaller than one pixel",
-    "INVALID_GEOMETRY": "the field geometry is empty or invalid",
+    "INVALID_GEOMETRY": "the field geometry is empty, not a polygon, self-intersecting or has "
+                        "non-finite vertices; the row carries no numbers",
+    "GEOMETRY_REPAIRED": "the field geometry was invalid and repaired with make_valid "
+                         "(repair_geometry=True); check the outline",
+    "PARTIAL_COVERAGE": "only part of the field lies in the scene's grid (see "
+                        "covered_fraction); the numbers describe that part",
+    "SATURATED": "some pixels of the field were saturated (DN 65535); they are masked like "
+                 "no-data and lower valid_fraction",
+    "REFLECTANCE_OUT_OF_RANGE": "some pixels had a reflectance outside the physical range "
+                                "(corrupt data?); they are masked like no-data",
     "INVALID_INDEX": "the index is undefined (zero denominator or out of its valid range) "
                      "on every valid pixel of the field",
     # series / phenology / crops
@@ -144,6 +153,7 @@ FLAGS: dict[str, str] = {
     "FIT_FAILED": "a curve fit (e.g. double logistic) did not converge",
     # yield / value
     "OUT_OF_RANGE": "estimate outside the crop's sanity range",
+    "LEVEL_UNCALIBRATED": "crop-model-trained yield whose level no statistic or cut has set",
     "NO_PRICE": "no price record for this crop and region",
     "NO_MODEL": "no yield model for this crop",
     "AREA_MISMATCH": "declared area differs from the measured area",

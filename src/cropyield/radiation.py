@@ -40,43 +40,43 @@ __all__ = [
 
 #: Solar constant Gsc, MJ m-2 min-1 (FAO-56 Eq. 21).
 SOLAR_CONSTANT = 0.0820
-#: PAR / Rs on an energy basis (science.md §1.1, §3).
+#: PAR / Rs on an energy basis (McCree 1972; FAO-56 ch. 3).
 PAR_FRACTION = 0.48
 #: Ångström coefficients recommended by FAO-56 when no calibration is available (Eq. 35).
 ANGSTROM_AS = 0.25
 ANGSTROM_BS = 0.50
 
 #: Monthly climatological sunshine fraction n/N (January..December) by region.
-#: Approximate values consistent with the ranges in science.md §3 ("n/N about 0.5-0.65 on the
-#: North China Plain and in the Northeast, about 0.25-0.35 in the Sichuan Basin and Guizhou";
-#: literature, verify before hard-coding) and with the seasonal cycle of the summer monsoon
+#: Approximate values consistent with typical ranges (n/N about 0.5-0.65 on the North China
+#: Plain and in the Northeast, about 0.25-0.35 in the Sichuan Basin and Guizhou; key [CY-SUN] in
+#: docs/references.md, awaiting verification against station sunshine normals) and with the seasonal cycle of the summer monsoon
 #: (cloudier July-August in the north, cloudier spring in the south). They are priors, not
 #: station data: pass measured radiation or sunshine whenever you have it.
 SUNSHINE_CLIMATOLOGY: dict[str, dict[str, Any]] = {
     "north_china_plain": {
         "n_over_N": (0.55, 0.55, 0.55, 0.58, 0.60, 0.58, 0.46, 0.48, 0.53, 0.57, 0.55, 0.54),
         "lat": 36.0,
-        "source": "science.md §3 (NCP n/N 0.5-0.65), monsoon-season dip; approximate, verify",
+        "source": "NCP n/N 0.5-0.65 with a monsoon-season dip, approximate [CY-SUN]",
     },
     "northeast": {
         "n_over_N": (0.62, 0.66, 0.64, 0.60, 0.60, 0.55, 0.49, 0.53, 0.60, 0.60, 0.57, 0.57),
         "lat": 45.5,
-        "source": "science.md §3 (Northeast n/N 0.5-0.65); approximate, verify",
+        "source": "Northeast n/N 0.5-0.65, approximate [CY-SUN]",
     },
     "yangtze": {
         "n_over_N": (0.33, 0.32, 0.32, 0.37, 0.41, 0.40, 0.55, 0.57, 0.46, 0.45, 0.40, 0.38),
         "lat": 30.5,
-        "source": "approximate climatology for the middle Yangtze (Wuhan); verify",
+        "source": "middle Yangtze (Wuhan), approximate [CY-SUN]",
     },
     "south": {
         "n_over_N": (0.28, 0.22, 0.20, 0.25, 0.34, 0.38, 0.48, 0.48, 0.50, 0.52, 0.45, 0.38),
         "lat": 23.0,
-        "source": "approximate climatology for Guangxi/Guangdong; verify",
+        "source": "Guangxi/Guangdong, approximate [CY-SUN]",
     },
     "sichuan_basin": {
         "n_over_N": (0.22, 0.22, 0.27, 0.32, 0.33, 0.30, 0.36, 0.40, 0.28, 0.22, 0.20, 0.18),
         "lat": 30.6,
-        "source": "science.md §3 (Sichuan Basin/Guizhou n/N 0.25-0.35); approximate, verify",
+        "source": "Sichuan Basin/Guizhou n/N 0.25-0.35, approximate [CY-SUN]",
     },
 }
 

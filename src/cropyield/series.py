@@ -6,7 +6,7 @@ observation weights (0 on days without a clear observation). The system is symme
 pentadiagonal; it is factorised as ``LDLᵀ`` in O(n) per field by a numba kernel
 (:func:`whittaker_banded`). Clouds that escape the mask bias vegetation indices *low*, so
 an iterative upper-envelope re-weighting down-weights observations that fall well below
-the current fit (Chen et al. 2004, RSE 91:332; see reference/science.md §6).
+the current fit (Chen et al. 2004, RSE 91:332).
 
 λ is fixed or chosen per field by the V-curve (Frasso & Eilers 2015) and always bounded,
 because unbounded automatic choices pick λ ≈ 0 on sparse irregular series.
@@ -573,6 +573,14 @@ def smooth_series(
     cats = [join_flags(f, e) for f in ([], ["LOW_OBS"], ["NO_DATA"])
             for e in ([], ["EXTRAPOLATED"])]
     flags = pd.Categorical.from_codes(code, categories=pd.Index(cats, dtype=object))
+    causes = _field_causes(obs, fidx, n_fields, n_valid)
+    if causes:
+        # field-level causes (why a field has no data, or how its geometry was changed)
+        # travel on every row of the field, so no downstream table loses them
+        cell = np.asarray(flags, dtype=object).reshape(n_fields, n_days)
+        for f, extra in causes.items():
+            cell[f, :] = [join_flags(c, extra) for c in cell[f, :]]
+        flags = pd.Categorical(cell.reshape(-1))
 
     out = pd.DataFrame({
         id_col: np.repeat(np.asarray(ids_all), n_days),
@@ -593,6 +601,38 @@ def smooth_series(
     if n_nodata:
         logger.info("smooth_series: %d of %d fields have no valid observation (NO_DATA)",
                     n_nodata, n_fields)
+    return out
+
+
+#: Observation flags that explain why a field has no valid observation; they are carried
+#: onto the series rows of fields flagged ``NO_DATA``.
+FIELD_CAUSE_FLAGS = ("INVALID_GEOMETRY", "NO_OVERLAP", "READ_FAILED", "AUTH_EXPIRED",
+                     "ALL_MASKED")
+#: Observation flags about the field itself, carried onto every series row of the field.
+FIELD_NOTE_FLAGS = ("GEOMETRY_REPAIRED",)
+
+
+def _field_causes(obs: pd.DataFrame, fidx: np.ndarray, n_fields: int,
+                  n_valid: np.ndarray) -> dict[int, list[str]]:
+    """Field-level flags to carry from the observations onto a field's series rows.
+
+    ``NO_DATA`` fields get every :data:`FIELD_CAUSE_FLAGS` code seen in their rows;
+    every field gets the :data:`FIELD_NOTE_FLAGS` codes seen in its rows.
+    """
+    if "flags" not in obs.columns or not len(obs):
+        return {}
+    codes, uniq = pd.factorize(obs["flags"], use_na_sentinel=False)
+    wanted = set(FIELD_CAUSE_FLAGS) | set(FIELD_NOTE_FLAGS)
+    out: dict[int, list[str]] = {}
+    for k, u in enumerate(uniq):
+        hit = [c for c in split_flags(u) if c in wanted]
+        if not hit:
+            continue
+        for f in np.unique(fidx[codes == k]):
+            keep = [c for c in hit if c in FIELD_NOTE_FLAGS or n_valid[f] == 0]
+            if keep:
+                out.setdefault(int(f), [])
+                out[int(f)] = sorted(set(out[int(f)]) | set(keep))
     return out
 
 

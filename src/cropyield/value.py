@@ -104,9 +104,9 @@ class PriceTable:
     Parameters
     ----------
     records : iterable of PriceRecord or dicts, optional
-        Default: the packaged ``data/prices.toml`` (science.md §7.3).
+        Default: the packaged ``data/prices.toml`` (sources: docs/references.md).
     conservative : bool
-        If True, :meth:`lookup` applies the conservative rule of science.md §7.3:
+        If True, :meth:`lookup` applies the conservative rule (for wheat and rice in MSP provinces):
         ``max(MSP, market_haircut × market)``; a missing MSP counts as 0 (market-only crops
         get ``market_haircut × market``), an MSP alone is used as is, and contract prices
         (when there is neither MSP nor market) are used as is.
@@ -296,7 +296,7 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         Default: :class:`~cropyield.yieldmodel.LUEModel` with the registry's default
         (uncalibrated, NBS-anchored) factors. Seasons whose crop has no model get ``NO_MODEL``.
     prices : PriceTable, path, {crop: CNY/kg} or list of records, optional
-        Default: packaged table (science.md §7.3).
+        Default: packaged table (sources: docs/references.md).
     season : int, (start, end) or None
         Keep only season number ``season``, or seasons whose peak (``pos``) falls within
         ``[start, end]`` (dates); default all.

@@ -45,6 +45,15 @@ __all__ = [
 
 _nan = np.nan
 
+#: Physical range of surface reflectance accepted (dimensionless); pixels outside it are
+#: masked like no-data: saturated DN 65535 (reflectance 6.45), corrupt tiles (random DN).
+#: Generous on both sides: L2A reflectance is slightly negative over dark water and reaches
+#: ~1.2-1.5 over fresh snow and bright clouds. (The same rule as the streaming kernels of
+#: :mod:`cropyield.observations`.)
+_REFL_MIN, _REFL_MAX = -0.2, 2.0
+#: DN of a saturated pixel (uint16 products)
+_DN_SATURATED = 65535
+
 
 # =============================================================================================
 # zonal_stats from in-memory arrays
@@ -126,6 +135,9 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
                             include_empty=include_empty)
     refl = {}
     foot = np.ones(cov.nnz, dtype=bool)
+    # saturated DN / reflectance outside the physical range: masked like no-data, counted
+    sat = np.zeros(cov.nnz, dtype=bool)
+    oor = np.zeros(cov.nnz, dtype=bool)
     for b in need:
         arr = np.asarray(given[b])
         if arr.ndim != 2:
@@ -135,8 +147,16 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
         r = reflectance(dn, _per_band(scales, b, 1e-4, "scales"),
                         _per_band(offsets, b, 0.0, "offsets"), nodata)
         foot &= ~np.isnan(r)
+        with np.errstate(invalid="ignore"):
+            out = ~np.isnan(r) & ~((r >= _REFL_MIN) & (r <= _REFL_MAX))
+        if out.any():
+            s_b = out & (dn == _DN_SATURATED)
+            sat |= s_b
+            oor |= out & ~s_b
         refl[b] = r
     valid = foot.copy()
+    masked_dn = sat | oor
+    valid &= ~masked_dn
     if scl is not None:
         s = np.asarray(scl)
         if s.ndim != 2:
@@ -160,10 +180,34 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
             bad = m[rr - r0, cc - c0]
         valid &= ~bad
         valid &= foot
-    return coverage_stats(cov, refl, valid, indices=indices, footprint=foot,
-                          min_valid_fraction=min_valid_fraction,
-                          min_coverage_frac=min_coverage_frac, include_empty=include_empty,
-                          id_col=id_col)
+        clear = foot & ~bad
+    else:
+        clear = foot
+    df = coverage_stats(cov, refl, valid, indices=indices, footprint=foot,
+                        min_valid_fraction=min_valid_fraction,
+                        min_coverage_frac=min_coverage_frac, include_empty=include_empty,
+                        id_col=id_col)
+    if masked_dn.any():
+        df = _masked_dn_flags(df, cov, sat & clear, oor & clear, id_col)
+    return df
+
+
+def _masked_dn_flags(df, cov: Coverage, sat: np.ndarray, oor: np.ndarray, id_col: str):
+    """``SATURATED`` / ``REFLECTANCE_OUT_OF_RANGE`` on the rows of fields with such
+    (masked) entries among their clear pixels."""
+    from .errors import join_flags
+
+    ids = np.asarray(cov.field_ids)
+    pf = np.asarray(cov.pixel_field)
+    add: dict[Any, list[str]] = {}
+    for mask, code in ((sat, "SATURATED"), (oor, "REFLECTANCE_OUT_OF_RANGE")):
+        for f in np.unique(pf[mask]):
+            add.setdefault(ids[f], []).append(code)
+    if add:
+        df = df.copy()
+        df["flags"] = [join_flags(c, add.get(k, ())) for k, c in
+                       zip(df[id_col], df["flags"])]
+    return df
 
 
 def _zonal_stack(given, need, grid, fields, cov, times, *, scl, **kw):
@@ -338,6 +382,11 @@ def _stat_bits(cov: Coverage, fsel: np.ndarray | None, vsum, fsum, isum, wsum, m
     bit = {c: np.int64(1) << j for j, c in enumerate(codes)}
     has_px = npx > 0
     bits |= np.where(has_px & (fsum <= 0), bit["NO_OVERLAP"], 0)
+    # part of the field outside the grid (tile edge): the numbers describe the part inside
+    area = np.asarray(cov.area_px, float)
+    area = area[fsel] if fsel is not None else area
+    with np.errstate(invalid="ignore"):
+        bits |= np.where(has_px & (covsum < area * _FULL_COVER), bit["PARTIAL_COVERAGE"], 0)
     bits |= np.where(has_px & (fsum > 0) & (vsum <= 0), bit["ALL_MASKED"], 0)
     low = has_px & (vsum > 0) & (vfrac < float(min_valid_fraction))
     bits |= np.where(low, bit["LOW_VALID_FRACTION"], 0)
@@ -351,7 +400,9 @@ def _stat_bits(cov: Coverage, fsel: np.ndarray | None, vsum, fsum, isum, wsum, m
 
 
 _STAT_CODES = ("ALL_MASKED", "FIELD_TOO_SMALL", "INVALID_GEOMETRY", "INVALID_INDEX",
-               "LOW_VALID_FRACTION", "NO_OVERLAP", "SUBPIXEL_FIELD")
+               "LOW_VALID_FRACTION", "NO_OVERLAP", "PARTIAL_COVERAGE", "SUBPIXEL_FIELD")
+#: coverage below this share of the field's area is flagged ``PARTIAL_COVERAGE``
+_FULL_COVER = 1.0 - 1e-6
 
 
 def _base_bits(cov: Coverage) -> tuple[list[str], np.ndarray]:

@@ -32,7 +32,7 @@ from .._geo import Grid
 from .._log import _is_secret, logger, redact
 from ..errors import (CatalogError, OffsetInconsistentWarning,
                       UnknownCollectionError)
-from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_source, baseline_offset
+from ._offsets import _DEFAULT_SCALE, _band_offset, _baseline_of, _offset_rule, _offset_source
 
 #: Canonical band names, whatever the catalog calls them.
 CANONICAL_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL")
@@ -82,7 +82,9 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         Canonical bands ``B02 ... B12, B8A, SCL`` (those present), each with unsigned href,
         resolution (m), grid, nodata (DN, default 0), ``scale`` and ``offset`` such that
         reflectance = DN x scale + offset (SCL: 1 and 0), and ``offset_source`` in
-        ``{"raster:bands", "baseline", "none", "override"}``.
+        ``{"raster:bands", "baseline", "acquisition_date", "none", "override"}``
+        (``acquisition_date``: no baseline stated anywhere, the baseline-04.00 rule applied
+        by date, see :data:`cropyield.catalogs._offsets.OFFSET_START`).
 
     Raises
     ------
@@ -108,7 +110,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
     assets: Mapping[str, Any] = d.get("assets") or {}
     layout = _layout_for(collection, assets, item_id)
     baseline = _baseline_of(d, props)
-    rule = baseline_offset(baseline)
+    rule, rule_source = _offset_rule(baseline, props)    # baseline, else acquisition date
     base_href = _self_href(d)
 
     flags: set[str] = set()
@@ -131,7 +133,7 @@ def normalize_item(item, *, offset_override: float | Mapping[str, float] | None 
         else:
             scale = float(info.get("scale", _DEFAULT_SCALE))
             offset, source, disagreement = _band_offset(name, info.get("offset"),
-                                                        offset_override, rule)
+                                                        offset_override, rule, rule_source)
             sources.add(source)
             if disagreement is not None:
                 disagreements.append(disagreement)

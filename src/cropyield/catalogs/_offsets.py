@@ -31,6 +31,33 @@ def baseline_offset(baseline: str | float | None) -> float | None:
     return -0.1 if b >= 4.0 - 1e-9 else 0.0
 
 
+#: First acquisition day of processing baseline 04.00 (BOA_ADD_OFFSET introduced, ESA
+#: Sentinel-2 L2A product change of 25 January 2022): the offset rule for items that state
+#: no baseline at all.
+OFFSET_START = "2022-01-25"
+
+
+def _offset_rule(baseline: str | None,
+                 props: Mapping[str, Any]) -> tuple[float | None, str]:
+    """Offset of an item's reflectance bands by rule: from its processing baseline, or,
+    when the item states none, from its acquisition date (-0.1 from
+    :data:`OFFSET_START`, else 0). None when neither is known. Reprocessed archives
+    (baseline 04.00+ for older dates) state their baseline, so the date is only a
+    fallback; :func:`cropyield.field_observations` also checks the pixels (dark-object
+    test, ``OFFSET_INCONSISTENT``). Returns ``(offset, source)``, source ``"baseline"``
+    or ``"acquisition_date"``."""
+    rule = baseline_offset(baseline)
+    if rule is not None:
+        return rule, "baseline"
+    dt = props.get("datetime") or props.get("start_datetime")
+    if not isinstance(dt, str) or len(dt) < 10:
+        return None, "baseline"
+    day = dt[:10]
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        return None, "baseline"
+    return (-0.1 if day >= OFFSET_START else 0.0), "acquisition_date"
+
+
 def _baseline_float(baseline) -> float | None:
     if baseline is None:
         return None
@@ -52,7 +79,8 @@ def _baseline_of(d: Mapping[str, Any], props: Mapping[str, Any]) -> str | None:
 
 
 def _band_offset(name: str, meta_offset, offset_override: float | Mapping[str, float] | None,
-                 rule: float | None) -> tuple[float, str, str | None]:
+                 rule: float | None,
+                 rule_source: str = "baseline") -> tuple[float, str, str | None]:
     """Offset of reflectance band ``name``, where it came from, and the disagreement between
     its ``raster:bands`` offset and the baseline ``rule`` (None when they agree)."""
     override = (offset_override.get(name) if isinstance(offset_override, Mapping)
@@ -62,11 +90,11 @@ def _band_offset(name: str, meta_offset, offset_override: float | Mapping[str, f
     elif meta_offset is not None:
         offset, source = float(meta_offset), "raster:bands"
     elif rule is not None:
-        offset, source = rule, "baseline"
+        offset, source = rule, rule_source
     else:
         offset, source = 0.0, "none"
     disagreement = None
-    if meta_offset is not None and rule is not None and \
+    if meta_offset is not None and rule is not None and rule_source == "baseline" and \
             abs(float(meta_offset) - rule) > _OFFSET_TOL:
         disagreement = f"{name}: raster:bands {float(meta_offset):g}"
     return offset, source, disagreement
@@ -81,4 +109,6 @@ def _offset_source(sources: set[str]) -> str:
     if not sources:  # only SCL
         return "none"
     # some bands from raster:bands, others from the rule: report the weakest
-    return "baseline" if "baseline" in sources else "none"
+    if "none" in sources:
+        return "none"
+    return "acquisition_date" if "acquisition_date" in sources else "baseline"

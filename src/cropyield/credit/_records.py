@@ -610,7 +610,7 @@ _DEFAULT_REFER = ("ALL_MASKED", "AUTH_EXPIRED", "CROP_MISMATCH", "FIT_FAILED", "
                   "INVALID_INDEX", "NO_DATA", "NO_MODEL", "NO_OVERLAP", "NO_PRICE", "NO_SEASON",
                   "OUT_OF_RANGE", "READ_FAILED", "SEASON_INCOMPLETE", "SUBPIXEL_FIELD")
 # Stage cost need per mu and season (seed, fertiliser, pesticide, machinery, services):
-# ~500 CNY/mu/season, Hengfeng bank case (reference/science.md section 8.1). Replace with the
+# ~500 CNY/mu/season, [Hengfeng] bank case (docs/references.md). Replace with the
 # NDRC cost-benefit compendium figures for a province when available. Fallow needs nothing.
 _DEFAULT_STAGE_COST = {
     "winter_wheat": 500.0, "summer_maize": 500.0, "spring_maize": 500.0,

@@ -46,9 +46,13 @@ import pandas as pd
 from ..errors import ConfigError, CropYieldError
 from ..read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
 from ._run import _baseline, _run_acquisitions
-from ._table import OBSERVATION_COLUMNS, _assemble, observations_to_xarray
+from ._table import OBSERVATION_COLUMNS, _assemble, merge_observations, observations_to_xarray
 
-__all__ = ["field_observations", "observations_to_xarray", "OBSERVATION_COLUMNS"]
+__all__ = ["field_observations", "observations_to_xarray", "merge_observations",
+           "OBSERVATION_COLUMNS"]
+
+#: read_deadline="auto": this many seconds plus _AUTO_DEADLINE_PER_SCENE per scene
+_AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
 
 
 def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
@@ -58,7 +62,10 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                        min_coverage_frac: float = 0.0,
                        env: Mapping[str, Any] | None = None,
                        signer: Callable[[str], str] | None = None,
-                       max_attempts: int = 4) -> pd.DataFrame:
+                       max_attempts: int = 4,
+                       read_deadline: float | str | None = "auto",
+                       verify_checksums: bool = False,
+                       repair_geometry: bool = False) -> pd.DataFrame:
     """Coverage-weighted vegetation-index statistics per (field, acquisition).
 
     Parameters
@@ -101,18 +108,57 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         a scene attribute ``signer`` is used when this is None. Re-called once on HTTP 403.
     max_attempts : int
         Attempts per block read for transient failures.
+    read_deadline : float, "auto" or None
+        Total seconds for all reads of this call (counted from its start). After it no read
+        is started or retried: with ``on_error="raise"`` the next read raises
+        :class:`~cropyield.errors.AssetReadError` (``reason="deadline"``); with ``"flag"``
+        the rows of every scene not read by then get NaN values and ``READ_FAILED``, and
+        ``attrs["read_failures"]`` lists them with ``reason="deadline"``. A request in
+        flight still ends by its GDAL timeout (``GDAL_HTTP_TIMEOUT``, 30 s by default,
+        per GDAL retry). ``"auto"`` (default): 600 s + 120 s per scene, ample for healthy
+        servers (a scene's blocks under the fields take seconds) yet a stalled server costs
+        minutes, not ~20 minutes per scene. None: no deadline.
+    repair_geometry : bool
+        Repair invalid polygons (e.g. self-intersecting "bow-ties") with
+        :func:`shapely.make_valid`, keeping their polygonal parts, and flag their rows
+        ``GEOMETRY_REPAIRED``. Default False: such fields get ``INVALID_GEOMETRY`` rows
+        without numbers (a repaired outline may not be the field the farmer means).
+    verify_checksums : bool
+        Fetch every needed asset whose item states ``file:checksum`` (a multihash) in full
+        and compare digests before reading (:func:`cropyield.read.verify_checksum`). A
+        mismatch raises :class:`~cropyield.errors.CorruptAssetError` (``reason="checksum"``)
+        or, with ``on_error="flag"``, flags the scene's rows ``READ_FAILED``. Default
+        False: only the tiles under the fields are fetched, so damage elsewhere in a file
+        goes unseen, a damaged DEFLATE tile fails to decode, and a damaged uncompressed
+        tile is caught only where its reflectance leaves the physical range
+        (``REFLECTANCE_OUT_OF_RANGE``).
 
     Returns
     -------
     pandas.DataFrame
-        One row per (field, acquisition) where the field has pixels in a scene's grid,
-        sorted by field (input order) then time. Columns: ``field_id``, ``time``
+        One row per (field, acquisition), every field included (see Notes), sorted by
+        field (input order) then time. Columns: ``field_id``, ``time``
         (``datetime64[ns, UTC]``), ``scene_id``, ``tile``, ``coverage`` (sum of coverage
-        fractions in the grid, pixels of the finest band), ``valid_fraction`` (clear
-        coverage / coverage, 0..1), per index ``<index>`` (weighted mean, dimensionless)
+        fractions in the grid, pixels of the finest band), ``covered_fraction`` (coverage
+        / field area in pixels, 0..1: the share of the field inside the scene's grid;
+        below 1 the row is flagged ``PARTIAL_COVERAGE``), ``valid_fraction`` (clear
+        coverage / coverage, 0..1; pixels masked as saturated or outside the physical
+        reflectance range count as not clear: ``SATURATED``,
+        ``REFLECTANCE_OUT_OF_RANGE``), per index ``<index>`` (weighted mean, dimensionless)
         and ``<index>_std`` (weighted population standard deviation), ``flags``.
         ``attrs``: ``requests``, ``bytes_read``, ``blocks_read``, ``retries``,
         ``read_failures`` (list of dicts with redacted href), ``scene_ids``, ``indices``.
+
+    Notes
+    -----
+    Every field comes out: a field with no pixel in any scene's grid gets ``NO_OVERLAP``
+    rows, one whose geometry cannot be measured (empty, not polygonal, self-intersecting,
+    non-finite vertices) ``INVALID_GEOMETRY`` rows, one per acquisition, with NaN values.
+
+    Chunks: the one-scene-per-field rule holds within a call. Calling this per chunk of
+    scenes (dask, threads) must not split the scenes of one acquisition between chunks,
+    or the chunks' tables must be combined with :func:`merge_observations`, which drops
+    the duplicate field-days.
 
     Raises
     ------
@@ -150,6 +196,16 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         raise ConfigError("min_coverage_frac must be within [0, 1]")
     fields = validate_fields(fields, id_col=id_col)
     scene_list = _as_scene_list(scenes)
+    if read_deadline == "auto":
+        read_deadline = _AUTO_DEADLINE_BASE + _AUTO_DEADLINE_PER_SCENE * len(scene_list)
+    elif read_deadline is not None:
+        try:
+            read_deadline = float(read_deadline)
+        except (TypeError, ValueError):
+            raise ConfigError(f"read_deadline must be seconds, 'auto' or None, got "
+                              f"{read_deadline!r}") from None
+        if not read_deadline > 0:
+            raise ConfigError(f"read_deadline must be > 0 seconds, got {read_deadline!r}")
     for s in scene_list:
         missing = [b for b in bands_needed if b not in s.bands]
         if missing:
@@ -172,9 +228,59 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                                     scene_list[i].id))
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
     field_ids = np.asarray(fields[id_col].to_numpy())
+    pre_failed = (_verify_checksums(scene_list, bands_needed, on_error, signer)
+                  if verify_checksums else {})
     results, stats, state = _run_acquisitions(
         scene_list, fields, ref_grids, groups, order, specs, bands_needed, classes,
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
-        progress, threads, env, signer, max_attempts)
+        progress, threads, env, signer, max_attempts, read_deadline, pre_failed,
+        bool(repair_geometry))
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
-                     dilate)
+                     dilate, fields=fields, acquisitions=[groups[k][0] for k in order],
+                     repaired=_repaired(fields) if repair_geometry else None)
+
+
+def _asset_checksum(scene, band) -> str | None:
+    """The ``file:checksum`` of a band's asset on the scene's STAC item (None: none)."""
+    item = getattr(scene, "item", None)
+    key = getattr(band, "asset_key", None)
+    if item is None or key is None:
+        return None
+    asset = getattr(item, "assets", {}).get(key)
+    if asset is None:
+        return None
+    extra = getattr(asset, "extra_fields", None) or {}
+    value = extra.get("file:checksum")
+    return str(value) if value else None
+
+
+def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[int, Any]:
+    """Verify the ``file:checksum`` of every needed asset; ``{scene position: (band,
+    error)}`` of the failures (``on_error="flag"``), else raise the first."""
+    from ..errors import AssetReadError
+    from ..read import verify_checksum
+
+    failed: dict[int, Any] = {}
+    for i, s in enumerate(scene_list):
+        for b in list(bands_needed) + (["SCL"] if "SCL" in s.bands else []):
+            band = s.bands[b]
+            cs = _asset_checksum(s, band)
+            if cs is None:
+                continue
+            try:
+                verify_checksum(band.href, cs, signer=signer or getattr(s, "signer", None))
+            except AssetReadError as exc:
+                if on_error == "raise":
+                    raise
+                failed[i] = (b, exc)
+                break
+    return failed
+
+
+def _repaired(fields) -> np.ndarray:
+    """Positions of the fields that ``make_valid`` repairs (invalid, non-empty)."""
+    import shapely
+
+    g = np.asarray(fields.geometry.values, dtype=object)
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(~shapely.is_valid(g) & ~shapely.is_empty(g))

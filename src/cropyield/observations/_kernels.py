@@ -109,9 +109,18 @@ def _codes_at(raw, lut, inv):  # pragma: no cover - compiled
 # fixed order with Chan, Golub & LeVeque's (1979) pairwise update, so results do not
 # depend on the thread timing.
 
-#: accumulator columns per slot: valid weight, index weight, then per index ``_ACC_WIDTH``
-#: columns (weight, shift, sum of w (x - shift), sum of w (x - shift)^2), see :func:`_add_value`
-_ACC_VALID, _ACC_INDEX, _ACC_FIRST, _ACC_WIDTH = 0, 1, 2, 4
+#: accumulator columns per slot: valid weight, index weight, weight of saturated pixels,
+#: weight of pixels with a reflectance outside :data:`_REFL_RANGE` (both masked, counted by
+#: the fused kernels only), then per index ``_ACC_WIDTH`` columns (weight, shift, sum of
+#: w (x - shift), sum of w (x - shift)^2), see :func:`_add_value`
+_ACC_VALID, _ACC_INDEX, _ACC_SAT, _ACC_OOR, _ACC_FIRST, _ACC_WIDTH = 0, 1, 2, 3, 4, 4
+
+#: Physical range of surface reflectance accepted and the saturated DN: the rule of
+#: :func:`cropyield.zonal_stats` (:data:`cropyield.zonal._REFL_MIN` ...). Written out here,
+#: not imported: the disk-cached kernels freeze these globals and numba invalidates their
+#: cache only when this file changes (tests/test_field_faults.py checks they agree).
+_REFL_MIN, _REFL_MAX, _DN_SATURATED = -0.2, 2.0, 65535
+_REFL_RANGE = (_REFL_MIN, _REFL_MAX)
 
 
 def _assign_slots_ref(ekey, ef, n_fields):
@@ -171,7 +180,7 @@ def _gather_valid_ref(win, r0, c0, row_start, ec, eu, ef, assigned, code_u, scal
         for j in range(nf):
             d = win[j][rows - r0, ec[p] - c0]
             v = d.astype(np.float64) * scale[j] + offset[j]
-            ok &= (d != nodata[j]) & np.isfinite(v)
+            ok &= (d != nodata[j]) & (v >= _REFL_MIN) & (v <= _REFL_MAX)
             r[j] = v
         for j in range(coarse_r.shape[0]):
             r[nf + j] = coarse_r[j][eu[p]]
@@ -257,11 +266,12 @@ def _band_values(win, rr, cc, u, nf, nc, scale, offset, nodata, coarse_r, out,
     """Reflectance of every band at one pixel into ``out[:, m]``: the ``nf`` window bands at
     ``(rr, cc)`` as float64(DN) * scale + offset (the arithmetic of
     :func:`cropyield.indices.reflectance`), then the ``nc`` pre-gathered bands at unique
-    pixel ``u``. False as soon as one is invalid (DN == nodata, or not finite)."""
+    pixel ``u``. False as soon as one is invalid (DN == nodata, or reflectance outside
+    :data:`_REFL_RANGE`, which also rejects NaN)."""
     for j in range(nf):
         d = win[j, rr, cc]
         x = np.float64(d) * scale[j] + offset[j]
-        if d == nodata[j] or not np.isfinite(x):
+        if d == nodata[j] or not (x >= _REFL_MIN and x <= _REFL_MAX):
             return False
         out[j, m] = x
     for j in range(nc):
@@ -480,6 +490,25 @@ def _merge_slots(acc, fslot_off, fslot, fsel, vsum, isum, mean, std,
                 wsum[j, i] = 0.0
 
 
+def _dn_histogram_ref(win, step, hist):
+    """NumPy twin of :func:`_dn_histogram`."""
+    for j in range(win.shape[0]):
+        hist[j] += np.bincount(np.asarray(win[j, ::step, ::step]).ravel(),
+                               minlength=hist.shape[1])[:hist.shape[1]]
+
+
+@njit(nogil=True)
+def _dn_histogram(win, step, hist):  # pragma: no cover - compiled
+    """Add the DN of every ``step``-th row and column of each band of ``win`` (n, h, w;
+    unsigned integers below ``hist.shape[1]``) to ``hist[band, DN]``: the dark-object
+    statistics of a scene whose metadata say it has no offset (one pass over a 1/step^2
+    sample, outside the fused kernels)."""
+    for j in range(win.shape[0]):
+        for r in range(0, win.shape[1], step):
+            for c in range(0, win.shape[2], step):
+                hist[j, np.uintp(win[j, r, c])] += 1
+
+
 _FUSED: dict[tuple[Any, ...], Any] = {}
 _FUSED_LOCK = threading.Lock()
 #: the fused kernels unroll the band checks for at most this many window bands and as many
@@ -507,6 +536,7 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
     if not 1 <= len(args) <= 3 or nf > _FUSED_MAX_BANDS or nc > _FUSED_MAX_BANDS:
         raise ValueError(f"no fused kernel for {len(args)} arguments, {nf} + {nc} bands")
     clear = _CLEAR
+    rmin, rmax, dn_sat = _REFL_MIN, _REFL_MAX, _DN_SATURATED
     nargs = len(args)
     a0, a1, a2 = (tuple(args) + (0, 0))[:3]
 
@@ -540,7 +570,9 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
         """:func:`_gather_valid`, the index and :func:`_accumulate` in one pass over the
         entries of a window (same arithmetic, same order: identical sums). Adds the
         index's sums at columns ``col .. col + 3`` (:func:`_add_value`) and, when
-        ``count_valid``, the valid and index weights."""
+        ``count_valid``, the valid and index weights and the weights of pixels masked as
+        saturated (a band at DN 65535, or a gathered band at +inf) or out of the physical
+        range (:data:`_REFL_RANGE`; a gathered band at -inf)."""
         sc = np.zeros(4)
         of = np.zeros(4)
         nd = np.zeros(4)
@@ -570,19 +602,19 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
                     if nf > 0:
                         d = win[0, ru, cc]
                         x0 = np.float64(d) * sc0 + of0
-                        ok = d != nd0 and np.isfinite(x0)
+                        ok = d != nd0 and x0 >= rmin and x0 <= rmax
                     if nf > 1 and ok:
                         d = win[1, ru, cc]
                         x1 = np.float64(d) * sc1 + of1
-                        ok = d != nd1 and np.isfinite(x1)
+                        ok = d != nd1 and x1 >= rmin and x1 <= rmax
                     if nf > 2 and ok:
                         d = win[2, ru, cc]
                         x2 = np.float64(d) * sc2 + of2
-                        ok = d != nd2 and np.isfinite(x2)
+                        ok = d != nd2 and x2 >= rmin and x2 <= rmax
                     if nf > 3 and ok:
                         d = win[3, ru, cc]
                         x3 = np.float64(d) * sc3 + of3
-                        ok = d != nd3 and np.isfinite(x3)
+                        ok = d != nd3 and x3 >= rmin and x3 <= rmax
                     if nc > 0 and ok:
                         g0 = coarse_r[0, u]
                         ok = np.isfinite(g0)
@@ -617,6 +649,25 @@ def _make_fused(f, args: tuple[int, ...], nf: int, nc: int):
                                 acc[s, k0] += fr
                                 acc[s, k2] += fr * dx
                                 acc[s, k3] += fr * dx * dx
+                    elif count_valid:
+                        # rare (masked pixels): was a band saturated or out of range?
+                        why = 0
+                        for j in range(nf):
+                            d = win[j, ru, cc]
+                            if d != nodata[j]:
+                                xj = np.float64(d) * scale[j] + offset[j]
+                                if not (xj >= rmin and xj <= rmax):
+                                    why = max(why, 2 if d == dn_sat else 1)
+                        for j in range(nc):
+                            xj = coarse_r[j, u]
+                            if xj == np.inf:
+                                why = 2
+                            elif xj == -np.inf:
+                                why = max(why, 1)
+                        if why == 2:
+                            acc[np.uintp(eslot[p]), _ACC_SAT] += fr
+                        elif why == 1:
+                            acc[np.uintp(eslot[p]), _ACC_OOR] += fr
                 p += np.uintp(1)
 
     return _fused

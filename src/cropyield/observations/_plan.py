@@ -25,10 +25,10 @@ from ._kernels import (_assign_slots_range, _coarse_unique, _entry_arrays_range,
                        _order_unique_rows)
 
 
-def _grid_ctx(fields, grid: Grid, id_col: str) -> _GridCtx:
+def _grid_ctx(fields, grid: Grid, id_col: str, make_valid: bool = False) -> _GridCtx:
     from ..coverage import coverage_fractions
 
-    cov = coverage_fractions(fields, grid, id_col=id_col)
+    cov = coverage_fractions(fields, grid, id_col=id_col, make_valid=make_valid)
     # entries in row-major pixel order (stable), their unique pixels and the inverse map
     rows, cols = np.asarray(cov.rows), np.asarray(cov.cols)
     order, urows, ucols, eu, inv = _order_unique(rows, cols, int(grid.shape[0]),

@@ -31,7 +31,9 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
                       classes, dilate, min_valid_fraction, on_error, min_coverage_frac,
                       id_col: str, progress: Any, threads: int,
                       env: Mapping[str, Any] | None, signer: Callable[[str], str] | None,
-                      max_attempts: int) -> tuple[list[Any], dict[str, Any], "_Run"]:
+                      max_attempts: int, deadline: float | None = None,
+                      pre_failed: dict[int, Any] | None = None, make_valid: bool = False,
+                      ) -> tuple[list[Any], dict[str, Any], "_Run"]:
     """Read and reduce every acquisition of ``order`` (``groups``: acquisition -> scene
     positions); returns the per-acquisition row blocks (in ``order``), the reader's byte
     and request counts, and the :class:`_Run` (its ``failures``)."""
@@ -62,7 +64,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
             progress(d, len(order))
 
     with BlockReader(threads=threads, env=env, signer=reader_signer,
-                     max_attempts=max_attempts) as reader:
+                     max_attempts=max_attempts, deadline=deadline) as reader:
         # the reader threads open the first acquisitions' files while this thread computes
         # the coverage (remote opens are latency-bound requests): SCL first, as they are
         # read. Only single-scene acquisitions: of several overlapping tiles, some may
@@ -74,10 +76,12 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
         ctxs: dict[Grid, _GridCtx] = {}
         for g in ref_grids:
             if g not in ctxs:
-                ctxs[g] = _grid_ctx(fields, g, id_col)
+                ctxs[g] = _grid_ctx(fields, g, id_col, make_valid)
         state = _Run(scene_list, ref_grids, ctxs, specs, bands_needed, classes, int(dilate),
                      float(min_valid_fraction), on_error, float(min_coverage_frac))
         state.reader = reader
+        state.fields = fields
+        state.pre_failed = dict(pre_failed or {})
 
         def run_group(gi):
             results[gi] = state.group([i for i in groups[order[gi]]])
@@ -158,6 +162,50 @@ def _same_crs(file_crs, grid_crs) -> bool:
 
 
 
+def _masked_dn_flags(acc: np.ndarray, st: _Stream, fi: np.ndarray, flags) -> Any:
+    """``SATURATED`` / ``REFLECTANCE_OUT_OF_RANGE`` on the fields (``fi``) whose slots
+    counted such masked pixels (per slot, not per pixel: free when there are none)."""
+    from ..errors import join_flags
+
+    cols = ((_kernels._ACC_SAT, "SATURATED"), (_kernels._ACC_OOR, "REFLECTANCE_OUT_OF_RANGE"))
+    hit = [(c, code) for c, code in cols if acc[:, c].any()]
+    if not hit:
+        return flags
+    nf_all = len(st.fslot_off) - 1
+    owner = np.repeat(np.arange(nf_all), np.diff(st.fslot_off))
+    flags = np.asarray(flags, dtype=object).copy()
+    for c, code in hit:
+        per_field = np.bincount(owner, weights=acc[st.fslot, c], minlength=nf_all)[fi]
+        for k in np.flatnonzero(per_field > 0):
+            flags[k] = join_flags(flags[k], code)
+    return flags
+
+
+#: dark-object test of scenes whose metadata say offset 0: every _DARK_STEP-th row and column
+#: of the windows read are histogrammed; when the _DARK_QUANTILE of the darkest band is at
+#: or above reflectance _DARK_REFL (DN 1000 at scale 1e-4), the DN look like they carry the
+#: +1000 offset of baseline >= 04.00 (without it, dark targets -- water, shadow, dense
+#: vegetation in red -- lie near reflectance 0-0.05)
+_DARK_STEP, _DARK_QUANTILE, _DARK_REFL, _DARK_MIN_PIXELS = 4, 0.01, 0.1, 200
+
+
+def _offset_missing(hists: list[np.ndarray], fine) -> bool:
+    """Whether the dark-object DN statistics contradict an offset of 0 (see _DARK_REFL)."""
+    h = np.sum(hists, axis=0)
+    low = []
+    for j, (_, band, _) in enumerate(fine):
+        hj = h[j].copy()
+        if band.nodata is not None and 0 <= float(band.nodata) < hj.shape[0]:
+            hj[int(band.nodata)] = 0
+        hj[_kernels._DN_SATURATED] = 0
+        n = int(hj.sum())
+        if n < _DARK_MIN_PIXELS:
+            return False
+        q = int(np.searchsorted(np.cumsum(hj), _DARK_QUANTILE * n))
+        low.append(q * float(band.scale))
+    return bool(low) and min(low) >= _DARK_REFL - 1e-9
+
+
 _SCRATCH = threading.local()
 
 
@@ -186,6 +234,18 @@ class _Run:
         self.failures: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.reader = None
+        self.fields = None          # the fields table (set by _run_acquisitions)
+        self.pre_failed: dict[int, Any] = {}    # scene -> (band, error) found before reading
+        self._fields_ll = None
+
+    @property
+    def fields_ll(self) -> np.ndarray:
+        """Field geometries in EPSG:4326 (for item footprints; computed once, on demand)."""
+        with self._lock:
+            if self._fields_ll is None:
+                self._fields_ll = np.asarray(self.fields.to_crs(4326).geometry.values,
+                                             dtype=object)
+            return self._fields_ll
 
     # -- failure bookkeeping -----------------------------------------------------------------
     def _fail(self, scene, band: str, exc: AssetReadError) -> int:
@@ -200,7 +260,7 @@ class _Run:
                        type(exc).__name__)
         return _B_AUTH if isinstance(exc, AuthExpiredError) else _B_READ_FAILED
 
-    def _check_grid(self, band) -> None:
+    def _check_grid(self, band, scene=None) -> None:
         """The file's shape, transform and CRS must match the item's metadata (else pixels
         shift, or the fields land in the wrong UTM zone)."""
         m = self.reader.meta(band.href)
@@ -209,8 +269,9 @@ class _Run:
                 or any(abs(a - b) > 1e-6 for a, b in zip(tuple(t)[:6], tuple(g)[:6]))
                 or not _same_crs(m.crs, band.grid.crs)):
             href = redact(band.href)
+            item = f"item {scene.id}: " if scene is not None else ""
             raise AssetReadError(
-                f"{href} has shape {tuple(m.shape)}, transform {tuple(t)[:6]} and CRS "
+                f"{item}{href} has shape {tuple(m.shape)}, transform {tuple(t)[:6]} and CRS "
                 f"{_crs_name(m.crs)} but the item says {tuple(band.grid.shape)}, "
                 f"{tuple(g)[:6]} and {_crs_name(band.grid.crs)}; the STAC metadata "
                 f"(proj:shape / proj:transform / proj:epsg or proj:code) is wrong for this "
@@ -261,7 +322,7 @@ class _Run:
             return code
 
         try:
-            self._check_grid(band)
+            self._check_grid(band, scene)
             if dilate == 0 and np.dtype(self.reader.meta(band.href).dtype) == np.uint8:
                 # no neighbourhood needed: gather the raw classes, then look the codes up
                 # on the pixel vector only (unread pixels: class 0 -> _OUTSIDE, the fill)
@@ -283,8 +344,15 @@ class _Run:
         ctxs = [self.ctxs[self.ref_grids[i]] for i in members]
         cand = [c.cov_sum > 0 for c in ctxs]
         codes, fail_bits, score = [], [], []
+        out = []
         for i, ctx, cm in zip(members, ctxs, cand):
             if not cm.any():
+                # no field in this scene's grid: make sure that is not the item's metadata
+                # placing the grid elsewhere (wrong proj:epsg / transform), which would make
+                # the scene vanish silently
+                bad = self._grid_failure(i, ctx)
+                if bad is not None:
+                    out.append(bad)
                 codes.append(None)
                 fail_bits.append(0)
                 score.append(None)
@@ -309,12 +377,46 @@ class _Run:
             for c in cand:
                 anyc |= c
             assigned = [(best == j) & cand[j] & anyc for j in range(len(members))]
-        out = []
         for j, i in enumerate(members):
             if not assigned[j].any():
                 continue
             out.append(self.scene_rows(i, ctxs[j], assigned[j], codes[j], fail_bits[j]))
         return out
+
+    def _grid_failure(self, si: int, ctx: _GridCtx) -> dict | None:
+        """Check the grid of scene ``si`` (no field in it) against its file; on a mismatch
+        raise (``on_error="raise"``) or return ``READ_FAILED`` rows for the fields inside
+        the item's footprint (its ``bbox``; every field when it has none)."""
+        scene = self.scenes[si]
+        band = scene.bands.get("SCL") or scene.bands[self.bands[0]]
+        try:
+            self._check_grid(band, scene)
+        except AssetReadError as exc:
+            bits = self._fail(scene, band.name, exc)
+        else:
+            return None
+        finally:
+            self.reader.release(band.href)
+        fi = self._fields_in_footprint(scene)
+        nan = np.full(len(fi), np.nan)
+        return self._rows(si, ctx, fi, np.zeros(len(fi)), nan.copy(),
+                          np.full(len(fi), bits, np.int64),
+                          {n: nan.copy() for n in self.specs},
+                          {n: nan.copy() for n in self.specs})
+
+    def _fields_in_footprint(self, scene) -> np.ndarray:
+        """Positions of the fields that intersect the item's WGS84 ``bbox`` (all fields
+        when the item has none)."""
+        import shapely
+
+        item = getattr(scene, "item", None)
+        bbox = getattr(item, "bbox", None) if item is not None else None
+        n = len(self.fields_ll)
+        if not bbox or len(bbox) not in (4, 6):
+            return np.arange(n)
+        b = [float(v) for v in bbox]
+        box = shapely.box(b[0], b[1], b[3], b[4]) if len(b) == 6 else shapely.box(*b)
+        return np.flatnonzero(shapely.intersects(self.fields_ll, box))
 
     @staticmethod
     def _score(ctx: _GridCtx, cm: np.ndarray, code_u: np.ndarray | None) -> np.ndarray:
@@ -357,11 +459,15 @@ class _Run:
         fine: list[tuple[str, Any, Any]] = []
         coarse: list[tuple[str, Any, int]] = []
         fail = 0
+        if si in self.pre_failed:                # e.g. file:checksum mismatch
+            b, exc = self.pre_failed[si]
+            return self._rows(si, ctx, fi, cov, vf, bits | self._fail(scene, b, exc), means,
+                              stds)
         for b in self.bands:
             band = scene.bands[b]
             k = _factor(band.grid, ref, b)
             try:
-                self._check_grid(band)
+                self._check_grid(band, scene)
                 m = self.reader.meta(band.href)
             except AssetReadError as exc:
                 fail |= self._fail(scene, b, exc)
@@ -384,9 +490,10 @@ class _Run:
         st = ctx.stream(ref.shape, fine[0][2].block_shape if fine else ref.shape)
         nidx = len(self.specs)
         acc = np.zeros((st.n_slots, _ACC_FIRST + _ACC_WIDTH * nidx))
+        dark: list[np.ndarray] = []
         if not fail:
             fail = self._stream_fine(scene, st, fine, coarse, coarse_r, assigned, code_u, acc,
-                                     has_px=ctx.cov_sum > 0)
+                                     has_px=ctx.cov_sum > 0, dark=dark)
         if fail:
             for b in self.bands:              # handles opened for metadata only
                 self.reader.release(scene.bands[b].href)
@@ -410,12 +517,20 @@ class _Run:
         vfrac, sbits, codes = _stat_bits(ctx.cov, fi, vsum, fsum, isum, wsum, mean, std,
                                          self.min_vf, self.min_cf)
         flags = bits_to_flags(sbits, codes)
+        flags = _masked_dn_flags(acc, st, fi, flags)
+        if dark and _offset_missing(dark, fine):
+            logger.warning("scene %s: its metadata say no radiometric offset but 1 %% of its "
+                           "darkest band's pixels are brighter than reflectance %.2f, as if "
+                           "they carried the +1000 DN offset of baseline 04.00; rows flagged "
+                           "OFFSET_INCONSISTENT (check the item, or pass offset_override=)",
+                           scene.id, _DARK_REFL)
+            flags = _with_scene_flags(np.asarray(flags, dtype=object), ("OFFSET_INCONSISTENT",))
         for j, name in enumerate(self.specs):
             means[name] = mean[j]
             stds[name] = std[j]
         flags = _with_scene_flags(np.asarray(flags, dtype=object), scene.flags)
         return {"fi": fi, "scene": si, "cov": cov, "vf": vfrac, "flags": flags,
-                "mean": means, "std": stds}
+                "mean": means, "std": stds, "area": ctx.area_px[fi]}
 
     @staticmethod
     def _want(ctx: _GridCtx, assigned: np.ndarray, code_u: np.ndarray) -> np.ndarray:
@@ -440,18 +555,27 @@ class _Run:
                  and float(nod) == int(nod)
                  and np.iinfo(dn.dtype).min <= int(nod) <= np.iinfo(dn.dtype).max)
         if not plain:
-            return np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod),
-                              float)
-        r = np.empty(len(inv_k))
-        _reflectance_valid(dn, inv_k, float(band.scale), float(band.offset),
-                           dn.dtype.type(int(nod)), True, np.ones(len(inv_k), bool), r)
+            r = np.asarray(reflectance(dn[inv_k], band.scale, band.offset, nodata=nod), float)
+        else:
+            r = np.empty(len(inv_k))
+            _reflectance_valid(dn, inv_k, float(band.scale), float(band.offset),
+                               dn.dtype.type(int(nod)), True, np.ones(len(inv_k), bool), r)
+        # outside the physical range: +inf (saturated DN) or -inf, which the kernels mask
+        # and count (see _kernels._ACC_SAT)
+        lo, hi = _kernels._REFL_RANGE
+        with np.errstate(invalid="ignore"):
+            bad = (r < lo) | (r > hi)
+        if bad.any():
+            r[bad] = np.where(dn[inv_k[bad]] == _kernels._DN_SATURATED, np.inf, -np.inf)
         return r
 
     def _stream_fine(self, scene, st: _Stream, fine, coarse, coarse_r, assigned, code_u,
-                     acc, has_px) -> int:
+                     acc, has_px, dark: list | None = None) -> int:
         """Read the fine bands block run by block run and accumulate the statistics of
         every run in the reader thread that decoded it (``has_px``: the fields with an
-        entry on this grid). Returns failure bits (0: done)."""
+        entry on this grid). Returns failure bits (0: done). When every fine band says
+        offset 0 (16-bit DN), a DN histogram of a sample of the windows read is appended
+        to ``dark`` (one per reader thread; see :func:`_offset_missing`)."""
         from ..indices import _apply
         from ..zonal import _min_frac_threshold
         from ..read import _runs_of
@@ -498,6 +622,21 @@ class _Run:
                     vals[j] = _apply(spec, bands)
                 _accumulate(vals, pos, m, st.efr, st.eslot, min_frac, acc)
 
+        if (dark is not None and fine
+                and all(float(band.offset) == 0.0 for _, band, _ in fine)
+                and np.dtype(fine[0][2].dtype) == np.uint16):
+            local = threading.local()
+            inner = consume
+
+            def consume(k: int, r0: int, c0: int, win: np.ndarray) -> None:  # noqa: F811
+                inner(k, r0, c0, win)
+                h = getattr(local, "hist", None)
+                if h is None:
+                    h = local.hist = np.zeros((len(fine), 65536), np.int64)
+                    with self._lock:
+                        dark.append(h)
+                _kernels._dn_histogram(win, _DARK_STEP, h)
+
         if not fine:                     # nothing to decode here: every band was gathered
             (bh, bw), (H, W) = st.block_shape, st.shape
             for k in range(len(run_row)):
@@ -532,4 +671,4 @@ class _Run:
                                         list(self.scenes[si].flags))
             out[k] = cache[key]
         return {"fi": fi, "scene": si, "cov": cov, "vf": vf, "flags": out, "mean": means,
-                "std": stds}
+                "std": stds, "area": ctx.area_px[fi]}

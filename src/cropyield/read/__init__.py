@@ -7,8 +7,7 @@ Public entry points
     band 1 at the given pixels, reading only the blocks that hold them.
 :func:`load_cube`
     Scenes over an area warped into an ``xarray.Dataset`` (time, y, x).
-:func:`gdal_env`, :func:`configure_rio`, :func:`clear_gdal_cache`, :func:`classify_error`,
-:func:`plan_blocks`, :class:`BlockPlan`, :class:`ReadStats`
+:func:`gdal_env`, :func:`configure_rio`, :func:`clear_gdal_cache`, :func:`classify_error`, :func:`plan_blocks`, :class:`BlockPlan`, :class:`ReadStats`
     GDAL options, cache clearing and failure classification; block plans; counters.
 
 Modules: ``_blocks`` (the reader, its thread pool and per-thread handle cache), ``_plan``
@@ -53,6 +52,7 @@ from ._blocks import BlockReader, ReadStats
 from ._cube import load_cube
 from ._gdal import (DEFAULT_GDAL_ENV, HEADER_BYTES, classify_error, clear_gdal_cache,
                     configure_rio, gdal_env)
+from ._checksum import verify_checksum
 from ._plan import BlockPlan, plan_blocks
 
 # public in the single-file module although not in __all__: still importable from here
@@ -76,4 +76,5 @@ __all__ = [
     "ReadStats",
     "BlockReader",
     "load_cube",
+    "verify_checksum",
 ]

@@ -102,12 +102,19 @@ class BlockReader:
         that GDAL fetches every tile of a run in its one range request.
     max_handles : int
         Handles kept open per thread (LRU).
+    deadline : float, optional
+        Total seconds, counted from the reader's creation, after which no read is started
+        or retried: every later attempt fails at once with an
+        :class:`~cropyield.errors.AssetReadError` of reason ``"deadline"`` (a stalled
+        server cannot hold the reader longer). A request already in flight still ends by
+        its own GDAL timeouts (``GDAL_HTTP_TIMEOUT`` x (``GDAL_HTTP_MAX_RETRY`` + 1)),
+        so reads end at most that long after the deadline. None: no deadline.
     """
 
     def __init__(self, *, threads: int = 2, env: Mapping[str, Any] | None = None,
                  max_attempts: int = 4, backoff: float = 0.25,
                  signer: Callable[[str], str] | None = None, max_run: int = 8,
-                 max_handles: int = 16):
+                 max_handles: int = 16, deadline: float | None = None):
         if threads < 1:
             raise ValueError("threads must be >= 1")
         self.threads = int(threads)
@@ -121,6 +128,11 @@ class BlockReader:
             self.env["GDAL_MAX_RAW_BLOCK_CACHE_SIZE"] = str(max(cap, max(self.max_run, 1)
                                                                 * _RAW_BYTES_PER_TILE))
         self.max_handles = int(max_handles)
+        if deadline is not None and not float(deadline) > 0:
+            raise ValueError(f"deadline must be > 0 seconds or None, got {deadline!r}")
+        self.deadline = None if deadline is None else float(deadline)
+        self._deadline_at = (None if deadline is None or deadline == float("inf")
+                             else time.monotonic() + float(deadline))
         explicit = {**_configured_options(), **dict(env or {})}
         # VSI_CACHE wraps every handle opened while it is on in a per-handle copy layer:
         # useful for remote reads, pure overhead on local files (about 5 % more CPU for
@@ -311,6 +323,8 @@ class BlockReader:
         kind = "transient"
         attempt, limit = 0, self.max_attempts
         while attempt < limit:
+            if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
+                raise self._deadline_error(href, attempt, last)
             attempt += 1
             gen = self._path(href)[0]
             try:
@@ -340,8 +354,26 @@ class BlockReader:
                     logger.warning("transient failure reading %s (attempt %d/%d): %s; retrying "
                                    "in %.2fs", redact(href), attempt, limit,
                                    redact(str(exc)), delay)
+                    if self._deadline_at is not None:
+                        delay = min(delay, max(self._deadline_at - time.monotonic(), 0.0))
                     time.sleep(delay)
         raise self._error(href, kind, last, attempt)
+
+    def _deadline_error(self, href: str, attempts: int, last: BaseException | None):
+        safe = redact(href)
+        detail = f" Last error: {redact(str(last))}" if last is not None else ""
+        err = AssetReadError(
+            f"reading {safe} was not finished within the read deadline of "
+            f"{self.deadline:g} s" + (f" (after {attempts} attempts)" if attempts else
+                                      " (not started: earlier reads used the time)")
+            + "; the server is stalled or too slow. Retry later, or raise the deadline "
+            f"(read_deadline=).{detail}",
+            href=safe, reason="deadline", attempts=attempts)
+        err.record = {"href": safe, "error": type(err).__name__, "reason": err.reason,
+                      "attempts": attempts}
+        if not getattr(self._local, "defer_failures", False):
+            self.stats.failures.append(err.record)
+        return err
 
     def _error(self, href: str, kind: str, exc: BaseException | None, attempts: int):
         safe = redact(href)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CropYieldError
+from ..zonal import _REFL_MAX, _REFL_MIN
 from ._blocks import BlockReader
 from ._gdal import DEFAULT_GDAL_ENV, gdal_env
 from ._scenes import _as_scene_list, _solar_day
@@ -38,7 +39,8 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
     Sentinel-2 grids map 1:1 with ``nearest``. Scenes of several tiles/UTM zones of the same
     acquisition (``groupby="solar_day"``) are mosaicked, first valid pixel wins (scenes sorted
     by tile). Values are float32 reflectance ``DN * scale + offset`` with each band's own
-    scale/offset; DN nodata becomes NaN. ``valid`` (uint8, 1 = clear) is derived from SCL
+    scale/offset; DN nodata becomes NaN, and so do saturated DN (65535) and reflectance
+    outside the physical range [-0.2, 2.0] (``cropyield.zonal._REFL_MIN``/``_REFL_MAX``). ``valid`` (uint8, 1 = clear) is derived from SCL
     with ``scl_classes`` (default ``indices.DEFAULT_SCL_INVALID``) and ``dilate`` pixels;
     reflectance is *not* masked by it. ``spatial_ref`` carries the CRS (rioxarray).
 
@@ -146,7 +148,9 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
                             scl_out[t][sel] = arr[sel]
                             continue
                         refl = arr.astype(np.float64) * band.scale + band.offset
-                        hole = np.isnan(data[b][t]) & (arr != 0)
+                        # saturated DN / outside the physical range: NaN, like no-data
+                        phys = (refl >= _REFL_MIN) & (refl <= _REFL_MAX)
+                        hole = np.isnan(data[b][t]) & (arr != 0) & phys
                         data[b][t][hole] = refl[hole].astype(dtype)
     finally:
         reader.close()

@@ -20,8 +20,14 @@ Rasters and STAC (COGs one file per band per scene, Earth Search v1 metadata)::
     world.items()                                # item dicts, absolute local hrefs
     world.write_items("items.ndjson", href_base="http://127.0.0.1:8123")
 
-Truth is produced by a process that is not the library's yield model: post-peak stress,
-variety harvest index and pests change yield far more than greenness.
+Truth is produced by a process that is not the library's yield model. Winter wheat, summer
+and spring maize come from PCSE/WOFOST 7.2 runs (the shipped library of
+:mod:`cropyield.cropmodel`): each field gets one run - weather year (shared by a village
+block), soil rooting depth, sowing date, nitrogen and irrigation - and the same run gives its
+daily green LAI (which drives the reflectance model) and its yield (scaled by one constant
+per crop to the NBS 2024 mean); no noise is added to that yield. The other crops (no WOFOST
+parameters ship with PCSE) keep a hand-made process: post-peak stress, variety harvest index
+and pests change yield far more than greenness.
 """
 
 from __future__ import annotations

@@ -2,15 +2,25 @@
 
 The canopy model mixes three spectral end-members (green leaves, senescent leaves/residue and
 soil or flood water) by ground cover ``fcover = 1 - exp(-k LAI)``; indices are computed from
-the mixed band reflectances, never drawn as curves. Yields come from a separate process
-(potential yield x field quality x post-peak stress x variety harvest index x pests x noise)
-that is NOT a light-use-efficiency model: stress after the peak cuts yield much more than it
-cuts greenness, and harvest-index and pest effects are invisible to the canopy.
+the mixed band reflectances, never drawn as curves.
+
+Winter wheat, summer maize and spring maize take canopy AND yield from one PCSE/WOFOST run per
+field-season (the library of :mod:`cropyield.cropmodel`): the run's daily green LAI, time-warped
+onto the world's calendar (``_WARP_DAYS``), drives the reflectance; its yield
+is scaled by one constant per crop so that the library mean equals the NBS 2024 mean; its
+emergence date sets the field's sowing date inside the calendar window. Brown LAI is the
+senesced part of the run's canopy (:func:`cropyield.cropmodel.brown_lai`).
+
+The other crops (no WOFOST parameters ship with PCSE) keep the parametric process (potential
+yield x field quality x post-peak stress x variety harvest index x pests x noise): stress
+after the peak cuts yield much more than it cuts greenness, and harvest-index and pest effects
+are invisible to the canopy.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -54,7 +64,7 @@ SYSTEMS: dict[str, tuple[float, tuple[str, ...]]] = {
 
 #: Per-crop calendar (sowing window "MM-DD"; days after sowing for mid green-up, mid
 #: senescence and harvest), canopy (peak LAI, extinction k), varieties with harvest-index
-#: factors, and the mean yield at reporting basis (t/ha; NBS 2024 / science.md §7.1).
+#: factors, and the mean yield at reporting basis (t/ha; NBS 2024, National Bureau of Statistics of China, 13 Dec 2024).
 CROPS: dict[str, dict] = {
     "winter_wheat": dict(sow=("10-03", "10-20"), lmax=5.2, k=0.50, ru=0.085, rd=0.16,
                          varieties={"Bainong207": 1.00, "Zhoumai22": 1.05, "Aikang58": 0.95},
@@ -99,6 +109,109 @@ def _doy_date(config: WorldConfig, mmdd: str) -> pd.Timestamp:
     y = (pd.Timestamp(config.start) + pd.DateOffset(months=4)).year
     month = int(mmdd[:2])
     return pd.Timestamp(f"{y - 1 if month >= 9 else y}-{mmdd}")
+
+
+#: World crops whose yield and canopy come from the WOFOST library (cropyield.cropmodel).
+WOFOST_WORLD = {"winter_wheat": "wheat", "summer_maize": "maize", "spring_maize": "maize"}
+# time warp of a WOFOST run onto the world's calendar: the run (emergence to maturity) is
+# stretched to a duration drawn from the crop's North China Plain window, in days from the
+# run's day 0: the library's wheat runs on Wageningen weather take ~240 days from 1 January
+# emergence to maturity, NCP wheat ~120-128 days from the end of dormancy (1 February) to
+# maturity (early June); summer maize ~92-104 days from emergence (maturity before wheat
+# sowing), spring maize ~112-125 days. Farmers harvest inside these windows whatever the
+# weather; the run's yield and canopy shape are kept, its duration is not.
+_WARP_DAYS = {"winter_wheat": (92.0, 100.0), "summer_maize": (92.0, 104.0),
+              "spring_maize": (112.0, 125.0)}
+# wheat: the run from its day 90 (1 April at Wageningen, spring growth) to maturity is stretched onto green-up (1 March)
+# to maturity (early June)
+_WHEAT_WINTER_DAYS = 90.0
+
+
+def lai_gain(crop: str) -> float:
+    """Constant factor on a crop-model run's LAI in the canopy model: the demo-database
+    varieties of WOFOST (Dutch wheat, a Spanish grain maize on the warm analogue, N-limited)
+    reach lower leaf area than North China Plain crops, so the canopy relation is calibrated
+    once per crop: mean peak LAI of the library x gain = the crop's ``lmax`` (NCP canopy,
+    :data:`CROPS`). Monotone, so the canopy-yield coupling of the runs is kept."""
+    return float(CROPS[crop]["lmax"] / _wofost_library(WOFOST_WORLD[crop])["laimax"].mean())
+
+
+@lru_cache(maxsize=1)
+def _wofost_years() -> tuple[int, ...]:
+    from ..cropmodel import _load_library
+
+    lib = _load_library()
+    years = [set(g["weather_year"].astype(int)) for _, g in lib.groupby("crop")]
+    return tuple(sorted(set.intersection(*years)))    # years every crop has runs for
+
+
+@lru_cache(maxsize=4)
+def _wofost_library(crop: str) -> dict:
+    """Arrays of the library runs of a WOFOST crop (``wheat``/``maize``) for the world."""
+    from ..cropmodel import _load_library
+
+    lib = _load_library()
+    return library_arrays(lib[lib["crop"] == crop].reset_index(drop=True))
+
+
+def library_arrays(lib: pd.DataFrame) -> dict:
+    """Arrays the canopy model reads from a table of WOFOST runs (rows in order)."""
+    from ..cropmodel import brown_lai
+
+    L = np.array([len(v) for v in lib["lai"]])
+    green = np.zeros((len(lib), L.max() + 2))
+    for i, v in enumerate(lib["lai"]):
+        green[i, :len(v)] = v
+    by_year: dict[int, list[int]] = {}
+    for i, y in enumerate(lib["weather_year"]):
+        by_year.setdefault(int(y), []).append(i)
+    from ..cropmodel import EMERGENCE_OFFSETS
+
+    off = lib["emergence_offset_d"].to_numpy(dtype=float)
+    off_range = EMERGENCE_OFFSETS[str(lib["crop"].iloc[0])]
+    return dict(green=green, brown=brown_lai(green), length=L.astype(float),
+                laimax=green.max(axis=1),
+                **{"yield": lib["yield_t_ha"].to_numpy(dtype=float)},
+                mean_yield=float(lib["yield_t_ha"].mean()),
+                by_year={k: np.array(v) for k, v in by_year.items()},
+                offset=off, offset_range=off_range,
+                soil=lib["soil"].to_numpy(dtype=object),
+                n=lib["n_kg_ha"].to_numpy(dtype=float),
+                irrigations=lib["irrigations"].to_numpy(dtype=int))
+
+
+def wofost_timing(crop: str, lib: dict, run: np.ndarray, lo_d: float, hi_d: float,
+                  march1: float, rng, *, prev_harvest=None, gap=None) -> dict:
+    """Calendar of crop-model seasons (days since a start date): sowing inside the window
+    ``[lo_d, hi_d]`` at the run's relative emergence date, the warp of the run onto the
+    calendar (``t_a`` = calendar day of the run's day 0, ``wscale``), harvest 2-6 days after
+    the warped maturity; wheat also gets ``greenup`` (around ``march1``) and ``tu_aut``."""
+    m = len(run)
+    off_lo, off_hi = lib["offset_range"]
+    frac = (lib["offset"][run] - off_lo) / max(off_hi - off_lo, 1e-9)
+    t_sow = lo_d + frac * (hi_d - lo_d) + rng.uniform(-1, 1, m)
+    if prev_harvest is not None:
+        t_sow = np.where(np.isnan(prev_harvest), t_sow, np.fmax(t_sow, prev_harvest + gap))
+    t_sow = np.floor(t_sow)
+    out = {"t_sow": t_sow}
+    lo_len, hi_len = _WARP_DAYS[crop]
+    skip = _WHEAT_WINTER_DAYS if crop == "winter_wheat" else 0.0
+    wscale = rng.uniform(lo_len, hi_len, m) / (lib["length"][run] - skip)
+    if crop == "winter_wheat":
+        out["greenup"] = march1 + rng.normal(0, 2, m)
+        # the run's day 90 (1 April on the Wageningen calendar: spring growth starts) lands
+        # on the field's green-up; the run's winter (LAI ~0.1-0.3) falls before it
+        out["t_a"] = out["greenup"] - skip * wscale
+        out["wscale"] = wscale
+        out["tu_aut"] = t_sow + 32 + rng.normal(0, 3, m)
+    else:
+        out["t_a"] = t_sow + 7.0
+        out["wscale"] = wscale
+        out["greenup"] = np.full(m, np.nan)
+        out["tu_aut"] = np.full(m, np.nan)
+    out["t_harvest"] = np.floor(out["t_a"] + lib["length"][run] * out["wscale"]
+                                + rng.uniform(2, 6, m))
+    return out
 
 
 def _e_pow_uniform(a: float, b: float, p: float) -> float:
@@ -152,6 +265,9 @@ def assign_management(parcels, config: WorldConfig):
     ublocks = np.unique(blocks)
     bidx = np.searchsorted(ublocks, blocks)
     event = ev_rng.random((len(ublocks), len(crop_list))) < _P_EVENT
+    # crop-model weather: each village block gets one of the library's weather years
+    block_year = rng_for(config.seed, "weather_years").choice(
+        np.array(_wofost_years()), size=len(ublocks))
     prev_harv = np.full(n, np.nan)
     frames = []
     n_seasons = max(len(v[1]) for v in SYSTEMS.values())
@@ -201,15 +317,43 @@ def assign_management(parcels, config: WorldConfig):
             y = (p["ymean"] / (_E_STRESS * _E_PEST * _E_Q)) * q[idx] ** 0.8 * stress ** _SP \
                 * hi_f * pest * noise * sowf
             t_harvest = np.floor(t_harv)
+            wof = dict(run=np.full(m, -1), t_a=np.full(m, np.nan), wscale=np.full(m, np.nan),
+                       weather_year=np.full(m, -1), soil=np.full(m, "", dtype=object),
+                       n_kg_ha=np.full(m, np.nan), irrigations=np.full(m, -1))
+            if crop in WOFOST_WORLD:
+                # crop-model seasons (module docstring): one WOFOST run per field from the
+                # shipped library; weather year shared by a block, the run (soil, N,
+                # irrigation, emergence date) drawn among that year's runs; yield, canopy and
+                # sowing date all come from the same run
+                lib = _wofost_library(WOFOST_WORLD[crop])
+                wy = block_year[bidx[idx]]
+                run = np.array([lib["by_year"][y_][int(ev_rng.integers(len(lib["by_year"][y_])))]
+                                for y_ in wy])
+                tm = wofost_timing(crop, lib, run, lo_d, hi_d,
+                                   float((_doy_date(config, "03-01") - start).days), ev_rng,
+                                   prev_harvest=ph, gap=gap)
+                t_sow, t_a, wscale, t_harvest = tm["t_sow"], tm["t_a"], tm["wscale"], \
+                    tm["t_harvest"]
+                if crop == "winter_wheat":
+                    greenup, tu_aut = tm["greenup"], tm["tu_aut"]
+                lmax = lib["laimax"][run]
+                y = lib["yield"][run] * (p["ymean"] / lib["mean_yield"])
+                stress = np.ones(m)
+                hi_f = np.ones(m)
+                pest = np.ones(m)
+                wof = dict(run=run, t_a=t_a, wscale=wscale, weather_year=wy,
+                           soil=lib["soil"][run], n_kg_ha=lib["n"][run],
+                           irrigations=lib["irrigations"][run])
             prev_harv[idx] = t_harvest
             frames.append(pd.DataFrame(dict(
                 parcel=idx, season=s, crop=crop, variety=var.astype(str), t_sow=t_sow, t_tu=tu,
                 t_td=td, t_harvest=t_harvest, tu_aut=tu_aut, greenup=greenup, lmax=lmax,
                 k=p["k"], ru=p["ru"], rd=p["rd"], stress=stress, hi_factor=hi_f, pest=pest,
-                yield_t_ha=y, basis=p["basis"])))
+                yield_t_ha=y, basis=p["basis"], **wof)))
     cols = ["parcel", "season", "crop", "variety", "t_sow", "t_tu", "t_td", "t_harvest",
             "tu_aut", "greenup", "lmax", "k", "ru", "rd", "stress", "hi_factor", "pest",
-            "yield_t_ha", "basis"]
+            "yield_t_ha", "basis", "run", "t_a", "wscale", "weather_year", "soil", "n_kg_ha",
+            "irrigations"]
     seasons = (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols))
     seasons = seasons.sort_values(["parcel", "season"]).reset_index(drop=True)
     seasons["shape_peak"] = _shape_peak(seasons)
@@ -272,7 +416,7 @@ def weather_wetness(config: WorldConfig) -> np.ndarray:
 
 
 def canopy_state(seasons: pd.DataFrame, parcel_ids: np.ndarray, t: np.ndarray, *,
-                 lai_scale: float = 1.0) -> dict[str, np.ndarray]:
+                 lai_scale: float = 1.0, wofost_library=None) -> dict[str, np.ndarray]:
     """Canopy state of parcels on days ``t`` (days since the world's start).
 
     Returns arrays of shape ``(len(parcel_ids), len(t))``: ``lai_green``, ``lai_brown``,
@@ -307,6 +451,11 @@ def canopy_state(seasons: pd.DataFrame, parcel_ids: np.ndarray, t: np.ndarray, *
     total = c["lmax"] * lai_scale * shape / peak
     green = total * (1 - winter)
     brown = c["lmax"] * lai_scale * up * (1 - down) * 0.6 + total * winter
+    if "run" in sub and (sub["run"].to_numpy() >= 0).any():
+        g_w, b_w = _wofost_lai(sub, t, is_wheat, winter, lai_scale, wofost_library)
+        w = (sub["run"].to_numpy() >= 0)[:, None]
+        green = np.where(w, g_w, green)
+        brown = np.where(w, b_w, brown)
     green = np.where(in_season, green, 0.0)
     brown = np.where(in_season, brown, 0.0)
     after = t - c["t_harvest"]
@@ -328,6 +477,50 @@ def canopy_state(seasons: pd.DataFrame, parcel_ids: np.ndarray, t: np.ndarray, *
     res = np.minimum(res, 0.5)
     return dict(lai_green=lg, lai_brown=lb, residue=res, flood=flood, season=season,
                 crop_idx=crop_idx)
+
+
+def _wofost_lai(sub: pd.DataFrame, t: np.ndarray, is_wheat, winter, lai_scale, libs=None):
+    """Green and brown LAI of crop-model seasons on days ``t`` (rows of ``sub``).
+
+    The run's daily LAI is read at WOFOST day ``(t - t_a) / wscale`` (linear interpolation);
+    wheat adds its autumn tillers (20 % of the run's peak LAI, browned in winter, fading as
+    spring growth starts) before the run's own spring canopy. LAI is scaled by
+    :func:`lai_gain`.
+    """
+    green = np.zeros((len(sub), t.shape[-1]))
+    brown = np.zeros_like(green)
+    runs = sub["run"].to_numpy()
+    for crop in sub.loc[runs >= 0, "crop"].unique():
+        rows = np.flatnonzero((runs >= 0) & (sub["crop"].to_numpy() == crop))
+        lib = (libs or {}).get(WOFOST_WORLD[crop]) or _wofost_library(WOFOST_WORLD[crop])
+        r = runs[rows]
+        u = (t - sub["t_a"].to_numpy()[rows, None]) / sub["wscale"].to_numpy()[rows, None]
+        Lr = lib["length"][r][:, None]
+        inside = (u >= 0) & (u <= Lr - 1)
+        uc = np.clip(u, 0, Lr - 1)
+        i0 = np.floor(uc).astype(int)
+        f = uc - i0
+        i1 = np.minimum(i0 + 1, lib["green"].shape[1] - 1)
+        rr = r[:, None]
+        g = (1 - f) * lib["green"][rr, i0] + f * lib["green"][rr, i1]
+        b = (1 - f) * lib["brown"][rr, i0] + f * lib["brown"][rr, i1]
+        gain = lai_gain(crop)
+        g = np.where(inside, g, 0.0) * gain
+        b = np.where(inside, b, np.where(u > Lr - 1, lib["brown"][r, lib["length"][r].astype(int)
+                                                                   - 1][:, None], 0.0)) * gain
+        if crop == "winter_wheat":
+            tsow = sub["t_sow"].to_numpy()[rows, None]
+            aut = _logistic(0.12 * (t - np.nan_to_num(sub["tu_aut"].to_numpy()[rows, None])))
+            emerged = _logistic((t - tsow - 7.0) * 0.8)
+            fade = _logistic(-(t - np.nan_to_num(sub["greenup"].to_numpy()[rows, None])
+                               - 25.0) * 0.15)
+            a = 0.2 * gain * lib["laimax"][r][:, None] * aut * emerged * fade
+            wi = winter[rows] if np.ndim(winter) else 0.0
+            g = g + a * (1 - wi)
+            b = b + a * wi
+        green[rows] = g * lai_scale
+        brown[rows] = b * lai_scale
+    return green, brown
 
 
 CROP_IDS = tuple(CROPS)

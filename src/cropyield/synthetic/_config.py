@@ -25,7 +25,7 @@ BASELINE_04_START = pd.Timestamp("2022-01-25")
 
 _COMPONENTS = {
     "fields": 1, "crops": 2, "seasons": 3, "clouds": 4, "obs": 5, "scenes": 6, "texture": 7,
-    "background": 8, "weather": 9, "noise": 10,
+    "background": 8, "weather": 9, "noise": 10, "weather_years": 11,
 }
 
 
@@ -210,9 +210,13 @@ class WorldConfig:
         return cls(**d)
 
     def key(self) -> str:
-        """Stable hash of the configuration and library version, for caching worlds."""
+        """Stable hash of the configuration, library version and crop-model library (its
+        content digest), for caching worlds."""
+        from ..cropmodel import library_digest
+
         payload = json.dumps({"config": self.to_dict(), "version": __version__,
-                              "generator": "cropyield.synthetic/1"}, sort_keys=True)
+                              "generator": "cropyield.synthetic/2",
+                              "crop_library": library_digest()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ geometry

@@ -15,7 +15,7 @@ from ._fields import landscape
 
 __all__ = ["make_fields", "true_canopy", "true_seasons", "simulate_observations"]
 
-TRUTH_INDICES = ("ndvi", "evi2", "ndre", "ndmi")
+TRUTH_INDICES = ("ndvi", "evi2", "gcvi", "ndre", "ndmi")
 _CHUNK = 2000   # fields per block of daily canopy arrays (bounds memory on county worlds)
 
 
@@ -166,8 +166,13 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
         ``true_yield_t_ha`` (at the reporting basis in ``yield_basis``: ``grain@12.5%``
         wheat, ``grain@14%`` maize, ``grain@14.5%`` rice, ``grain@13%`` soybean,
         ``pods@10%`` peanut, ``lint`` cotton, ``fresh`` vegetables), ``area_ha``,
-        ``true_production_t`` (t), and the hidden drivers ``stress`` (post-peak stress
-        factor, 1 = none), ``hi_factor`` (variety harvest-index factor), ``pest`` (1 = none).
+        ``true_production_t`` (t), ``yield_source`` (``"wofost"``: yield and canopy from one
+        WOFOST run of :mod:`cropyield.cropmodel` - winter wheat, summer and spring maize;
+        ``"parametric"``: the hand-made process), the crop-model drivers ``weather_year``
+        (-1 when parametric), ``soil`` (rooting-depth class), ``n_kg_ha`` (nitrogen supply),
+        ``irrigations``, and the drivers of the parametric process ``stress`` (post-peak
+        stress factor, 1 = none), ``hi_factor`` (variety harvest-index factor), ``pest``
+        (1 = none); all three are 1 on crop-model seasons.
     """
     config = _cfg(config)
     ls, p = _registered(config)
@@ -219,6 +224,9 @@ def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:
     sos = np.argmax(up_ok, axis=1)
     dn_ok = right_win & (nd >= (right + 0.2 * (peak - right))[:, None])
     eos = D - 1 - np.argmax(dn_ok[:, ::-1], axis=1)
+    # a failed crop (tiny amplitude) can stay "above" the post-harvest soil noise: the season
+    # ends at harvest at the latest
+    eos = np.minimum(eos, b)
     peak_lai = np.where(win, st["lai_green"][i], -np.inf).max(axis=1)
     day = lambda x: (start + pd.to_timedelta(np.asarray(x, dtype=float), unit="D")  # noqa: E731
                      ).as_unit("ns")
@@ -232,7 +240,11 @@ def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:
         harvest_date=day(r["t_harvest"]), peak_ndvi=peak, peak_lai=peak_lai,
         true_yield_t_ha=y, yield_basis=r["basis"].to_numpy(), area_ha=ar,
         true_production_t=y * ar, stress=r["stress"].to_numpy(),
-        hi_factor=r["hi_factor"].to_numpy(), pest=r["pest"].to_numpy()))
+        hi_factor=r["hi_factor"].to_numpy(), pest=r["pest"].to_numpy(),
+        yield_source=np.where(r["run"].to_numpy() >= 0, "wofost", "parametric"),
+        weather_year=r["weather_year"].to_numpy().astype(int), soil=r["soil"].to_numpy(),
+        n_kg_ha=r["n_kg_ha"].to_numpy(dtype=float),
+        irrigations=r["irrigations"].to_numpy().astype(int)))
 
 
 def _field_cells(config, p):

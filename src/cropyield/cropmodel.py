@@ -1,0 +1,549 @@
+"""Crop-model seasons: PCSE/WOFOST runs turned into Sentinel-2-like index series.
+
+SCYM-style training data (Lobell et al. 2015, Remote Sens. Environ. 164:324-333): a process
+crop model simulates many field-seasons over weather years, soils, sowing dates and
+management; the simulated canopy becomes index series through the library's own canopy
+reflectance model (:mod:`cropyield.synthetic`) and a cloud/noise model; yields come from the
+same runs. Used by ``fit_yield_model(method="simulation")``, by the synthetic world (its
+wheat and maize yields and canopies) and by ``examples/wofost_validation.py``.
+
+The crop model is PCSE/WOFOST 7.2 (de Wit et al. 2019, Agric. Syst. 168:154-167; water-limited
+``Wofost72_WLP_CWB``), optional extra ``[pcse]``. It runs offline on data shipped in the PCSE
+wheel: crop parameters of the demo database (crop 1 "WINTER WHEAT" and crop 2 "GRAIN MAIZE",
+varieties of grid 31031) and the Wageningen weather files ``NL1.977``-``NL1.999`` (1990 and
+1991 have gaps and are skipped). Documented choices (not WOFOST's own):
+
+* **wheat** uses the Wageningen weather as is, emergence around 1 January (the demo crop
+  calendar) +-20 days;
+* **maize** uses a warm analogue of the same years: +6 degC on daily minimum and maximum
+  temperature and rain x1.5 (North China Plain summers are about 8-10 degC warmer and wetter
+  than Wageningen's), and a short-season variety (TSUM1/TSUM2 x0.75 of the demo variety, as
+  summer maize of the North China Plain matures in 100-120 days); emergence 1-25 June;
+* **soil**: the demo soil of grid 31031 with maximum rooting depth RDMSOL 40, 70 or 120 cm;
+* **irrigation**: 0-3 applications of 50 mm (70 % efficiency) every 15 days from 30 days
+  after emergence (maize) or 100 days after emergence (wheat: spring, stem elongation to
+  grain fill) (PCSE timed events);
+* **nitrogen** (the management yield gap): WOFOST 7.2 has no nitrogen module and the PCSE
+  wheel ships no N-crop parameters, so N supply ``n_kg_ha`` (0-300) scales the maximum leaf
+  photosynthesis AMAXTB by ``f_N = 1 - 0.5 exp(-N/90)`` and specific leaf area SLATB by
+  ``f_N ** 0.5`` (nitrogen deficiency lowers leaf photosynthesis and leaf expansion, e.g.
+  Sinclair & Horie 1989, Crop Sci. 29:90-98; Lemaire & Gastal 1997). The yield gap therefore
+  shows in the canopy, as it does in real fields.
+
+Yield at reporting basis = TWSO (kg DM/ha) / 1000 / (1 - moisture), moisture 0.125 (wheat),
+0.14 (maize). The cached library (``cropyield/data/crop_library.parquet``) is built by
+``scripts/build_crop_library.py`` (seeded); :func:`simulate_seasons` samples it when PCSE is
+not installed, so neither the demo nor the tests run WOFOST.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["EMERGENCE_OFFSETS", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
+           "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
+           "nitrogen_factor"]
+
+#: World crop id -> WOFOST crop of the library.
+WOFOST_CROPS = {"winter_wheat": "wheat", "summer_maize": "maize", "spring_maize": "maize",
+                "wheat": "wheat", "maize": "maize"}
+#: Maximum rooting depth (RDMSOL, cm) of the soil classes.
+SOILS = {"shallow": 40.0, "medium": 70.0, "deep": 120.0}
+#: Indices of the simulated observations.
+INDICES = ("ndvi", "evi2", "gcvi", "ndre", "ndmi")
+#: Range of emergence offsets (days after 1 January wheat, 1 June maize) of the library.
+EMERGENCE_OFFSETS = {"wheat": (-20.0, 20.0), "maize": (0.0, 24.0)}
+_MOISTURE = {"wheat": 0.125, "maize": 0.14}
+# first irrigation, days after emergence: wheat in spring (stem elongation, ~10 April on the
+# Wageningen calendar), maize a month after emergence
+_IRRIGATION_START = {"wheat": 100, "maize": 30}
+_CROP_NO = {"wheat": 1, "maize": 2}
+_YEARS = tuple(y for y in range(1977, 2000) if y not in (1990, 1991))
+_MAIZE_DT, _MAIZE_RAIN, _MAIZE_TSUM = 6.0, 1.5, 0.75
+_K = {"wheat": 0.50, "maize": 0.55}          # canopy extinction (as the synthetic world)
+LIBRARY_FILE = "crop_library.parquet"
+LIBRARY_VERSION = 1
+
+
+def nitrogen_factor(n_kg_ha) -> np.ndarray:
+    """Nitrogen factor on leaf photosynthesis, ``1 - 0.5 exp(-N / 90)`` (N in kg/ha)."""
+    return 1.0 - 0.5 * np.exp(-np.asarray(n_kg_ha, dtype=float) / 90.0)
+
+
+# --------------------------------------------------------------------------------- WOFOST
+def _pcse():
+    if "PCSE_USER_HOME" not in os.environ and not os.environ.get("_CROPYIELD_PCSE_HOME"):
+        # PCSE builds its demo database under $HOME/.pcse on first import: keep it out of
+        # the user's home
+        os.environ["_CROPYIELD_PCSE_HOME"] = "1"
+        os.environ["HOME"] = tempfile.mkdtemp(prefix="cropyield_pcse_")
+    from ._extras import require
+
+    return require("pcse", "pcse", "crop-model seasons (cropyield.cropmodel)")
+
+
+@lru_cache(maxsize=1)
+def _wofost_inputs():
+    """(site, soil, crop params per crop, weather providers per crop) from the PCSE wheel."""
+    import logging
+    import sqlite3
+
+    pcse = _pcse()
+    logging.getLogger("pcse").setLevel(logging.ERROR)
+    from pcse.input import CABOWeatherDataProvider
+    from pcse.settings import settings
+    from pcse.start_wofost import namedtuple_factory
+    from pcse.tests.db_input import fetch_cropdata, fetch_sitedata, fetch_soildata
+
+    db = sqlite3.connect(os.path.join(settings.PCSE_USER_HOME, "pcse.db"))
+    db.row_factory = namedtuple_factory
+    site = fetch_sitedata(db, 31031, 2000)
+    soil = fetch_soildata(db, 31031)
+    crops = {c: fetch_cropdata(db, 31031, 2000, n) for c, n in _CROP_NO.items()}
+    db.close()
+    src = os.path.join(os.path.dirname(pcse.__file__), "tests", "test_data")
+    warm = tempfile.mkdtemp(prefix="cropyield_wx_")
+    for y in _YEARS:
+        _warm_cabo(os.path.join(src, f"NL1.{y % 1000:03d}"),
+                   os.path.join(warm, f"NLW.{y % 1000:03d}"))
+    weather = {"wheat": CABOWeatherDataProvider("NL1", fpath=src),
+               "maize": CABOWeatherDataProvider("NLW", fpath=warm)}
+    return site, soil, crops, weather
+
+
+def _warm_cabo(src: str, dst: str) -> None:
+    """Write the warm analogue of a CABO weather file (+6 degC, rain x1.5)."""
+    out, header = [], True
+    with open(src, encoding="latin-1") as fh:
+        for ln in fh.read().splitlines():
+            p = ln.split()
+            if ln.startswith("*") or header or len(p) < 9:
+                out.append(ln)
+                if not ln.startswith("*") and len(p):
+                    header = False
+                continue
+            tmin, tmax, rain = float(p[4]), float(p[5]), float(p[8])
+            p[4] = f"{tmin + _MAIZE_DT:.1f}" if tmin > -90 else p[4]
+            p[5] = f"{tmax + _MAIZE_DT:.1f}" if tmax > -90 else p[5]
+            p[8] = f"{rain * _MAIZE_RAIN:.1f}" if rain > -90 else p[8]
+            out.append(" ".join(p))
+    with open(dst, "w", encoding="latin-1") as fh:
+        fh.write("\n".join(out) + "\n")
+
+
+def _emergence(crop: str, year: int, offset_d: float) -> dt.date:
+    base = dt.date(year, 1, 1) if crop == "wheat" else dt.date(year, 6, 1)
+    return base + dt.timedelta(days=int(round(offset_d)))
+
+
+def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
+               soil: str = "medium", n_kg_ha: float = 180.0, irrigations: int = 0) -> dict:
+    """One water-limited WOFOST 7.2 season (needs the ``[pcse]`` extra).
+
+    Parameters
+    ----------
+    crop : str
+        ``"wheat"``/``"winter_wheat"`` or ``"maize"``/``"summer_maize"``/``"spring_maize"``.
+    weather_year : int
+        1977-1999 except 1990 and 1991 (Wageningen files shipped with PCSE).
+    emergence_offset_d : float
+        Days after the base emergence date (1 January wheat, 1 June maize).
+    soil : str
+        ``"shallow"``, ``"medium"`` or ``"deep"`` (maximum rooting depth, :data:`SOILS`).
+    n_kg_ha : float
+        Nitrogen supply, kg N/ha (module docstring: the nitrogen factor).
+    irrigations : int
+        Number of 50 mm irrigations.
+
+    Returns
+    -------
+    dict
+        ``emergence``, ``maturity`` (dates; maturity None when the crop did not mature),
+        ``twso_kg_ha``, ``yield_t_ha`` (reporting basis), ``laimax``, ``lai`` (daily green
+        LAI from emergence, m2/m2, numpy array), ``tagp_kg_ha``.
+    """
+    import yaml
+
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no WOFOST parameters for crop {crop!r}; choose from "
+                          f"{sorted(WOFOST_CROPS)}")
+    if weather_year not in _YEARS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"weather_year {weather_year} not in the shipped weather {_YEARS}")
+    if soil not in SOILS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"soil {soil!r} not in {sorted(SOILS)}")
+    _pcse()
+    from pcse.base import ParameterProvider
+    from pcse.models import Wofost72_WLP_CWB
+
+    site, soil0, crops, weather = _wofost_inputs()
+    emerg = _emergence(c, weather_year, emergence_offset_d)
+    first = _IRRIGATION_START[c]
+    irr = "null" if irrigations <= 0 else (
+        "\n        - event_signal: irrigate\n          name: irrigation\n"
+        "          comment: management\n          events_table:\n" + "".join(
+            f"            - {emerg + dt.timedelta(days=first + 15 * k)}: "
+            "{amount: 5.0, efficiency: 0.7}\n" for k in range(int(irrigations))))
+    agro = yaml.safe_load(f"""
+- {emerg - dt.timedelta(days=10)}:
+    CropCalendar:
+        crop_name: '{c}'
+        variety_name: 'demo'
+        crop_start_date: {emerg}
+        crop_start_type: emergence
+        crop_end_date: null
+        crop_end_type: maturity
+        max_duration: {300 if c == "wheat" else 200}
+    TimedEvents: {irr}
+    StateEvents: null
+""")
+    cd = dict(crops[c])
+    fn = float(nitrogen_factor(n_kg_ha))
+    cd["AMAXTB"] = [v * fn if i % 2 else v for i, v in enumerate(cd["AMAXTB"])]
+    cd["SLATB"] = [v * fn ** 0.5 if i % 2 else v for i, v in enumerate(cd["SLATB"])]
+    if c == "maize":
+        cd["TSUM1"] = cd["TSUM1"] * _MAIZE_TSUM
+        cd["TSUM2"] = cd["TSUM2"] * _MAIZE_TSUM
+    params = ParameterProvider(cropdata=cd, sitedata=site,
+                               soildata=dict(soil0, RDMSOL=SOILS[soil]))
+    model = Wofost72_WLP_CWB(params, weather[c], agro)
+    model.run_till_terminate()
+    out = pd.DataFrame(model.get_output())
+    summ = model.get_summary_output()[0]
+    out = out[pd.to_datetime(out["day"]) >= pd.Timestamp(emerg)]
+    lai = np.nan_to_num(out["LAI"].to_numpy(dtype=float), nan=0.0)
+    twso = float(summ.get("TWSO") or 0.0)
+    return {"emergence": emerg, "maturity": summ.get("DOM"), "twso_kg_ha": twso,
+            "yield_t_ha": twso / 1000.0 / (1.0 - _MOISTURE[c]),
+            "laimax": float(summ.get("LAIMAX") or 0.0),
+            "tagp_kg_ha": float(summ.get("TAGP") or 0.0), "lai": lai}
+
+
+def library_runs(seed: int = 0, runs_per_year: int = 16) -> pd.DataFrame:
+    """The scenario design of the library: per crop and weather year, ``runs_per_year`` draws
+    of emergence offset, soil, nitrogen and irrigations (seeded)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in ("wheat", "maize"):
+        # wheat emerging before 1 January needs the previous year's weather
+        years = [y for y in _YEARS if c == "maize" or (y - 1) in _YEARS or y == 1977]
+        for y in years:
+            for _ in range(runs_per_year):
+                rows.append(dict(
+                    crop=c, weather_year=y,
+                    emergence_offset_d=float(rng.integers(EMERGENCE_OFFSETS[c][0],
+                                                          EMERGENCE_OFFSETS[c][1] + 1)),
+                    soil=str(rng.choice(list(SOILS))),
+                    # smallholder N supply: lognormal around 150 kg/ha, 0-300
+                    n_kg_ha=float(np.clip(np.round(rng.lognormal(math.log(130), 0.6)), 0, 300)),
+                    irrigations=int(rng.choice([0, 1, 2, 3], p=[0.35, 0.3, 0.2, 0.15]))))
+    return pd.DataFrame(rows)
+
+
+def build_library(seed: int = 0, runs_per_year: int = 16, *, progress=None,
+                  part: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+    """Run WOFOST over :func:`library_runs`; one row per run with its daily LAI as a list.
+
+    Runs that do not mature within the season (``max_duration``) are kept with their yield
+    (a crop cut at the end of the season), flagged ``matured=False``. ``part=(i, n)`` runs
+    every n-th scenario from the i-th (to build the library in n processes).
+    """
+    design = library_runs(seed, runs_per_year)
+    design = design.iloc[part[0]::part[1]]
+    rows = []
+    for i, r in zip(design.index, design.itertuples(index=False)):
+        res = run_wofost(r.crop, r.weather_year, emergence_offset_d=r.emergence_offset_d,
+                         soil=r.soil, n_kg_ha=r.n_kg_ha, irrigations=r.irrigations)
+        lai = np.round(res["lai"], 3).astype(np.float32)
+        mat = res["maturity"]
+        rows.append(dict(
+            run_id=f"{r.crop[0]}{i:04d}", **r._asdict(),
+            emergence=pd.Timestamp(res["emergence"]),
+            maturity=pd.Timestamp(mat) if mat is not None
+            else pd.Timestamp(res["emergence"]) + pd.Timedelta(days=len(lai) - 1),
+            matured=mat is not None, twso_kg_ha=round(res["twso_kg_ha"], 1),
+            yield_t_ha=round(res["yield_t_ha"], 4), laimax=round(res["laimax"], 3),
+            lai=lai))
+        if progress is not None:
+            progress(i + 1, len(design))
+    df = pd.DataFrame(rows)
+    df.attrs["seed"] = seed
+    return df
+
+
+def load_library() -> pd.DataFrame:
+    """The shipped library of WOFOST runs (one row per run, ``lai`` a daily array).
+
+    ``$CROPYIELD_CROP_LIBRARY`` (a Parquet file written by ``scripts/build_crop_library.py``)
+    replaces the shipped file.
+
+    Columns: ``run_id, crop`` (``wheat``/``maize``), ``weather_year, emergence_offset_d,
+    soil, n_kg_ha, irrigations, emergence, maturity, matured, twso_kg_ha, yield_t_ha``
+    (reporting basis), ``laimax``, ``lai`` (green LAI per day from emergence).
+    """
+    return _load_library().copy()
+
+
+def _library_path():
+    from pathlib import Path
+
+    alt = os.environ.get("CROPYIELD_CROP_LIBRARY")
+    return Path(alt) if alt else resources.files("cropyield") / "data" / LIBRARY_FILE
+
+
+@lru_cache(maxsize=4)
+def _digest(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()[:16]
+
+
+def library_digest() -> str:
+    """Content digest of the crop-model library in use (part of the synthetic world's key)."""
+    with resources.as_file(_library_path()) as p:
+        return _digest(str(p))
+
+
+@lru_cache(maxsize=1)
+def _load_library() -> pd.DataFrame:
+    with resources.as_file(_library_path()) as p:
+        df = pd.read_parquet(p)
+    df["lai"] = [np.asarray(v, dtype=float) for v in df["lai"]]
+    return df
+
+
+# ------------------------------------------------------------------ canopy -> observations
+@dataclass(frozen=True)
+class SimulatedSeasons:
+    """Crop-model seasons seen like Sentinel-2 fields.
+
+    Attributes
+    ----------
+    observations : pandas.DataFrame
+        Observations-like table for :func:`cropyield.series.smooth_series`: ``field_id, time``
+        (tz-aware UTC), ``ndvi, evi2, gcvi, ndre, ndmi``, ``valid_fraction``, ``coverage``
+        (pixels), ``flags``. Cloudy dates are dropped or left partly valid (haze biases low).
+    truth : pandas.DataFrame
+        One row per field: ``field_id, crop, season`` (1), ``yield_t_ha`` (reporting basis),
+        ``weather_year`` (use as CV group), ``soil, sowing_date, emergence, maturity,
+        n_kg_ha, irrigations, run_id, sos, eos`` (true, 20 % of the NDVI amplitude).
+    canopy : pandas.DataFrame
+        Noise-free daily truth: ``field_id, time`` (tz-naive), ``lai, ndvi, evi2, gcvi, ndre,
+        ndmi``.
+    seed : int
+    """
+
+    observations: pd.DataFrame
+    truth: pd.DataFrame
+    canopy: pd.DataFrame
+    seed: int
+
+
+def brown_lai(lai: np.ndarray) -> np.ndarray:
+    """Senesced (brown) leaf area still standing: 0.6 x (running max of green LAI - LAI)."""
+    lai = np.asarray(lai, dtype=float)
+    return 0.6 * (np.maximum.accumulate(lai, axis=-1) - lai)
+
+
+def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
+             cloud_fraction=0.35, names=INDICES):
+    """Sentinel-2-like sampling of daily reflectance ``refl (n, D, bands)`` on the day axes
+    ``days_of[i]`` (one DatetimeIndex of length D per field).
+
+    Same noise model as :func:`cropyield.synthetic.simulate_observations`: per-date cloud
+    cover (cloudy dates ``cloud_fraction``; on them 20-100 % of a field masked), undetected
+    haze mixing the CLOUD end-member into the valid part (biases indices low), atmospheric
+    noise 0.004 per band and date, pixel noise 0.012/sqrt(valid pixels).
+    """
+    from .synthetic._canopy import BANDS, CLOUD, compute_indices
+
+    n, D, _ = refl.shape
+    frames = []
+    npx = rng.uniform(15, 120, n)            # field size in 10 m pixels (0.15-1.2 ha)
+    for i in range(n):
+        days = days_of[i]
+        phase = int(rng.integers(revisit))
+        idx = np.arange(phase, D, revisit)
+        m = len(idx)
+        cloudy = rng.random(m) < cloud_fraction
+        vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m), 1.0 - rng.uniform(0, 0.04, m))
+        haze = np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
+        r = refl[i, idx] * (1 - haze[:, None]) + haze[:, None] * CLOUD
+        r = r + rng.normal(0, 0.004, (m, len(BANDS)))
+        r = r + rng.normal(0, 1, (m, len(BANDS))) * 0.012 / np.sqrt(
+            np.maximum(vf * npx[i], 0.5))[:, None]
+        vals = compute_indices(r, names)
+        ok = vf > 0.05
+        frames.append(pd.DataFrame({
+            "field_id": fids[i], "time": days[idx][ok].tz_localize("UTC"),
+            **{k: v[ok] for k, v in vals.items()},
+            "valid_fraction": vf[ok], "coverage": npx[i], "flags": ""}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _sos_eos(ndvi: np.ndarray, days: pd.DatetimeIndex):
+    """True SOS/EOS of one daily NDVI curve at 20 % of the amplitude."""
+    ip = int(np.argmax(ndvi))
+    pk = ndvi[ip]
+    left, right = ndvi[: ip + 1].min(), ndvi[ip:].min()
+    up = np.flatnonzero(ndvi[: ip + 1] >= left + 0.2 * (pk - left))
+    dn = np.flatnonzero(ndvi[ip:] >= right + 0.2 * (pk - right))
+    return days[up[0]], days[ip + dn[-1]]
+
+
+def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
+                     fresh: bool = False, revisit: int = 5,
+                     cloud_fraction: float = 0.35) -> SimulatedSeasons:
+    """Simulate ``n`` field-seasons of ``crop`` from WOFOST and observe them like Sentinel-2.
+
+    Parameters
+    ----------
+    crop : str
+        ``winter_wheat``, ``summer_maize``, ``spring_maize`` (or ``wheat``/``maize``).
+    n : int
+        Number of field-seasons.
+    seed : int
+        Seed of the sampling, management draws, clouds and noise.
+    weather_years : sequence of int, optional
+        Restrict to these weather years (1977-1999).
+    fresh : bool
+        Run WOFOST now (needs the ``[pcse]`` extra) with freshly drawn management instead of
+        sampling the shipped library (default: the library; no PCSE needed).
+    revisit, cloud_fraction : int, float
+        Sampling: days between acquisitions, share of cloudy acquisitions.
+
+    Returns
+    -------
+    SimulatedSeasons
+    """
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no crop-model seasons for {crop!r}; choose from "
+                          f"{sorted(WOFOST_CROPS)}")
+    if n < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    if fresh:
+        design = library_runs(seed, 1)
+        design = design[design["crop"] == c]
+        if weather_years is not None:
+            design = design[design["weather_year"].isin(list(weather_years))]
+        pick = design.sample(n=n, replace=True, random_state=seed).reset_index(drop=True)
+        # fresh management per field
+        pick["n_kg_ha"] = np.clip(np.round(rng.lognormal(math.log(130), 0.6, n)), 0, 300)
+        lo, hi = EMERGENCE_OFFSETS[c]
+        pick["emergence_offset_d"] = rng.integers(lo, hi + 1, n).astype(float)
+        runs = []
+        for i, r in enumerate(pick.itertuples(index=False)):
+            res = run_wofost(c, r.weather_year, emergence_offset_d=r.emergence_offset_d,
+                             soil=r.soil, n_kg_ha=r.n_kg_ha, irrigations=r.irrigations)
+            mat = res["maturity"]
+            runs.append(dict(run_id=f"fresh{i:05d}", **r._asdict(),
+                             emergence=pd.Timestamp(res["emergence"]),
+                             maturity=pd.Timestamp(mat) if mat else
+                             pd.Timestamp(res["emergence"])
+                             + pd.Timedelta(days=len(res["lai"]) - 1),
+                             yield_t_ha=res["yield_t_ha"], lai=res["lai"]))
+        lib = pd.DataFrame(runs)
+    else:
+        lib = _load_library()
+        lib = lib[lib["crop"] == c]
+        if weather_years is not None:
+            lib = lib[lib["weather_year"].isin(list(weather_years))]
+        if not len(lib):
+            from .errors import ConfigError
+
+            raise ConfigError(f"no library runs for {crop!r} in weather years {weather_years}")
+        lib = lib.iloc[rng.choice(len(lib), size=n, replace=n > len(lib))].reset_index(drop=True)
+    lib = lib.reset_index(drop=True)
+    if "crop" not in lib:
+        lib["crop"] = c
+    fids = [f"S{seed:03d}{i:05d}" for i in range(n)]
+    wc = _WORLD_CROP[crop]
+    can, refl, t, starts, sea = _season_canopy(wc, lib, rng)
+    D = len(t)
+    canopy, truth, day_axes = [], [], []
+    for i in range(n):
+        days = pd.DatetimeIndex(starts[i] + pd.to_timedelta(t, unit="D"))
+        day_axes.append(days)
+        canopy.append(pd.DataFrame({"field_id": fids[i], "time": days, "lai": can["lai"][i],
+                                    **{nm: can[nm][i] for nm in INDICES}}))
+        a, b = int(sea["t_sow"][i] - t[0]), min(int(sea["t_harvest"][i] - t[0]) + 10, D - 1)
+        sos, eos = _sos_eos(can["ndvi"][i][a:b + 1], days[a:b + 1])
+        r = lib.iloc[i]
+        day = lambda x, i=i: starts[i] + pd.Timedelta(days=float(x))  # noqa: E731
+        truth.append(dict(
+            field_id=fids[i], crop=crop, season=1, yield_t_ha=float(r["yield_t_ha"]),
+            weather_year=int(r["weather_year"]), soil=r["soil"],
+            sowing_date=day(sea["t_sow"][i]), emergence=day(sea["t_sow"][i] + 7),
+            maturity=day(sea["t_a"][i] + len(r["lai"]) * sea["wscale"][i]),
+            harvest_date=day(sea["t_harvest"][i]), n_kg_ha=float(r["n_kg_ha"]),
+            irrigations=int(r["irrigations"]), run_id=r["run_id"], sos=sos, eos=eos))
+    observations = _observe(refl, day_axes, fids, rng, revisit=revisit,
+                            cloud_fraction=cloud_fraction)
+    observations["time"] = observations["time"].astype("datetime64[ns, UTC]")
+    return SimulatedSeasons(observations=observations, truth=pd.DataFrame(truth),
+                            canopy=pd.concat(canopy, ignore_index=True), seed=seed)
+
+
+#: Crop of the simulated seasons' calendar and canopy (``wheat``/``maize`` as the world's
+#: winter wheat and summer maize).
+_WORLD_CROP = {"winter_wheat": "winter_wheat", "summer_maize": "summer_maize",
+               "spring_maize": "spring_maize", "wheat": "winter_wheat", "maize": "summer_maize"}
+
+
+def _season_canopy(wc: str, lib: pd.DataFrame, rng):
+    """Daily canopy of runs ``lib`` placed on the North China Plain calendar exactly as the
+    synthetic world places its fields (:func:`cropyield.synthetic._canopy.wofost_timing`,
+    :func:`~cropyield.synthetic._canopy.canopy_state`), so that simulated seasons and world
+    fields share one canopy process. Day 0 = 1 September of the year before harvest (wheat),
+    1 April (maize)."""
+    from .synthetic._canopy import (CROPS, canopy_state, compute_indices, library_arrays,
+                                    reflectance_from_state, wofost_timing)
+
+    n = len(lib)
+    arrays = library_arrays(lib)
+    p = CROPS[wc]
+    wheat = wc == "winter_wheat"
+    ref = pd.Timestamp("2001-09-01") if wheat else pd.Timestamp("2002-04-01")
+    spec = p["sow"][0] if isinstance(p["sow"], list) else p["sow"]
+    yr = lambda mmdd: ref.year if (not wheat or int(mmdd[:2]) >= 9) else ref.year + 1  # noqa
+    lo_d = float((pd.Timestamp(f"{yr(spec[0])}-{spec[0]}") - ref).days)
+    hi_d = float((pd.Timestamp(f"{yr(spec[1])}-{spec[1]}") - ref).days)
+    march1 = float((pd.Timestamp(f"{ref.year + 1 if wheat else ref.year}-03-01") - ref).days)
+    run = np.arange(n)
+    tm = wofost_timing(wc, arrays, run, lo_d, hi_d, march1, rng)
+    t = np.arange(0.0, float(np.max(tm["t_harvest"])) + 45.0)
+    seasons = pd.DataFrame(dict(
+        parcel=run, season=1, crop=wc, t_sow=tm["t_sow"], t_tu=tm["t_a"],
+        t_td=tm["t_harvest"], t_harvest=tm["t_harvest"], tu_aut=tm["tu_aut"],
+        greenup=tm["greenup"], lmax=arrays["laimax"], ru=0.1, rd=0.1, shape_peak=1.0,
+        run=run, t_a=tm["t_a"], wscale=tm["wscale"]))
+    st = canopy_state(seasons, run, t, wofost_library={WOFOST_CROPS[wc]: arrays})
+    sb = rng.uniform(0.9, 1.1, n)
+    refl, _ = reflectance_from_state(st, k=p["k"], soil_brightness=sb, wetness=1.0)
+    can = compute_indices(refl, INDICES)
+    can["lai"] = st["lai_green"]
+    years = lib["weather_year"].to_numpy(dtype=int)
+    starts = [pd.Timestamp(f"{y - 1 if wheat else y}-{ref.month:02d}-01") for y in years]
+    return can, refl, t, starts, tm

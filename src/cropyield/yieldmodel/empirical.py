@@ -1,0 +1,208 @@
+"""Empirical yield model (:class:`EmpiricalModel`): a regularised regression of log yield
+on season features, fitted to observed yields by :func:`cropyield.yieldmodel.fit_yield_model`.
+
+Features: phenological-window features of every index present
+(:func:`cropyield.yieldmodel.windows.window_features`: green-up, peak, three grain-fill
+windows, senescence slope, integrals, timing) and ``log_apar`` / ``log_apar_post`` (log
+Σ fAPAR × PAR over the season and after the peak, :func:`season_features`). The learner
+(standardised ridge or elastic net, :mod:`cropyield.yieldmodel.learners`) is chosen by grouped
+CV; its coefficients are stored in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .base import YieldModel, _jsonable, _registry_from
+from .features import season_features
+from .windows import WINDOW_SUFFIXES, window_features
+from .intervals import _prior_quantiles
+
+__all__ = ["DEFAULT_FEATURES", "SEASON_FEATURES", "EmpiricalModel", "ridge_fit",
+           "model_features"]
+
+
+#: Features of the pre-window empirical model (schema 1); still used for models that name them.
+DEFAULT_FEATURES = ("log_apar", "peak", "small_integral", "large_integral", "length_days",
+                    "pos_days")
+#: Season-level features added to the window features by default.
+SEASON_FEATURES = ("log_apar", "log_apar_post")
+
+
+def _design(feats: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    cols = []
+    for n in names:
+        if n in ("log_apar", "log_apar_post"):
+            v = feats["apar_mj_m2" if n == "log_apar" else "apar_post_mj_m2"].to_numpy(float)
+            cols.append(np.log(np.where(v > 0, v, np.nan)))
+        elif n in feats.columns:
+            cols.append(pd.to_numeric(feats[n], errors="coerce").to_numpy(float))
+        else:
+            cols.append(np.full(len(feats), np.nan))
+    return np.column_stack(cols) if cols else np.zeros((len(feats), 0))
+
+
+def ridge_fit(X: np.ndarray, y: np.ndarray, alpha: float = 1.0):
+    """Ridge regression on standardised columns; returns ``(coef, intercept, mean, scale)``.
+
+    Solves ``(Zᵀ Z + α I) β = Zᵀ (y − ȳ)`` with ``Z = (X − mean) / scale`` by least squares.
+    """
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    Z = (X - mean) / scale
+    yc = y - y.mean()
+    A = np.vstack([Z, math.sqrt(alpha) * np.eye(Z.shape[1])])
+    b = np.concatenate([yc, np.zeros(Z.shape[1])])
+    beta, *_ = np.linalg.lstsq(A, b, rcond=None)
+    return beta, float(y.mean()), mean, scale
+
+
+def _uses_windows(names: Sequence[str]) -> bool:
+    return any(n.rsplit("_", 1)[-1] in WINDOW_SUFFIXES or n in ("pos_doy", "green_days",
+                                                                "sen_days") for n in names)
+
+
+def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indices=None,
+                   windows: bool = True, **kwargs) -> pd.DataFrame:
+    """:func:`season_features` (``kwargs``: registry, crop, region, lat, radiation, fapar,
+    climatology) joined with :func:`~cropyield.yieldmodel.windows.window_features` of
+    ``indices`` (default: every index present) on ``field_id, season``."""
+    feats = season_features(series, seasons, index=index, **kwargs)
+    if not windows:
+        return feats
+    w = window_features(series, feats[["field_id", "season", "sos", "eos"]], indices=indices)
+    dup = [c for c in w.columns if c in feats.columns and c not in ("field_id", "season")]
+    w = w.drop(columns=dup)
+    return feats.merge(w.drop_duplicates(["field_id", "season"]), on=["field_id", "season"],
+                       how="left")
+
+
+class EmpiricalModel(YieldModel):
+    """Regularised linear regression of log yield on season features for one crop.
+
+    ``log ŷ = intercept + ((x − mean) / scale) · coef``; ``x`` are the named features
+    (:func:`model_features`). Parameters are usually set by :func:`fit_yield_model`
+    (``method="empirical"``); all of them are plain numbers stored in JSON.
+
+    Parameters
+    ----------
+    crop : str
+        Crop id the model predicts; seasons of other crops get ``NO_MODEL``.
+    feature_names : sequence of str
+        Feature columns in the order of ``coef``.
+    coef, intercept, mean, scale
+        Coefficients on standardised features, intercept (log t/ha), column means and scales.
+    alpha : float
+        Penalty of the chosen learner (kept for the schema-1 layout).
+    index : str
+        Index used for fAPAR features (``log_apar``).
+    indices : sequence of str, optional
+        Index columns of the window features (None: the pre-window model of schema 1).
+    learner : mapping, optional
+        Learner record: ``name``, ``params``, grouped-CV MSE per candidate.
+    region, residuals, overrides, training_range
+        Default region; interval quantiles (normalised log residuals); crop-registry
+        overrides; per-feature training range (predictions beyond 25 % outside are
+        ``EXTRAPOLATED`` and NaN).
+    """
+
+    kind = "empirical"
+
+    def __init__(self, *, crop: str, feature_names: Sequence[str], coef: Sequence[float],
+                 intercept: float, mean: Sequence[float], scale: Sequence[float],
+                 alpha: float = 1.0, index: str = "ndvi", region: str = "north_china_plain",
+                 residuals: Mapping[str, Any] | None = None, overrides=None,
+                 training_range: Mapping[str, Sequence[float]] | None = None,
+                 indices: Sequence[str] | None = None,
+                 learner: Mapping[str, Any] | None = None):
+        self.crop = crop
+        self.feature_names = list(feature_names)
+        self.coef = np.asarray(coef, dtype=float)
+        self.intercept = float(intercept)
+        self.mean = np.asarray(mean, dtype=float)
+        self.scale = np.asarray(scale, dtype=float)
+        self.alpha = float(alpha)
+        self.index = index
+        self.indices = list(indices) if indices is not None else None
+        self.learner = dict(learner) if learner else None
+        self.region = region
+        self.residuals = dict(residuals) if residuals else None
+        self.registry, self.overrides = _registry_from(overrides)
+        self.training_range = {k: list(v) for k, v in (training_range or {}).items()}
+        self.cv_ = None
+
+    def _params(self) -> dict[str, Any]:
+        d = {"crop": self.crop, "feature_names": self.feature_names,
+             "coef": self.coef, "intercept": self.intercept, "mean": self.mean,
+             "scale": self.scale, "alpha": self.alpha, "index": self.index,
+             "region": self.region, "residuals": self.residuals,
+             "overrides": self.overrides, "training_range": self.training_range}
+        if self.indices is not None:
+            d["indices"] = self.indices
+        if self.learner is not None:
+            d["learner"] = self.learner
+        return _jsonable(d)
+
+    def _predict_log(self, feats: pd.DataFrame) -> np.ndarray:
+        X = _design(feats, self.feature_names)
+        Z = (X - self.mean) / self.scale
+        return self.intercept + Z @ self.coef
+
+    def features(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
+                 radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
+        """Feature table of the model (:func:`model_features`) for ``seasons``."""
+        return model_features(series, seasons, index=self.index, indices=self.indices,
+                              windows=_uses_windows(self.feature_names),
+                              registry=self.registry, crop=crop or self.crop,
+                              region=region or self.region, lat=lat, radiation=radiation,
+                              climatology=climatology)
+
+    def _calibration_record(self, q: Mapping[str, Any]) -> dict[str, Any]:
+        return {"kind": self.kind, "crop": self.crop, "features": len(self.feature_names),
+                "indices": self.indices, "learner": (self.learner or {}).get("name", "ridge"),
+                "n_train": (self.residuals or {}).get("n", 0),
+                "interval": q.get("method", "conformal")}
+
+    def predict(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
+                radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
+        """Yield P10/P50/P90 per (field_id, season); seasons of another crop get ``NO_MODEL``.
+
+        Feature values far outside the training range (beyond 25 % of the range on either
+        side) are flagged ``EXTRAPOLATED`` and give NaN.
+        """
+        feats = self.features(series, seasons, lat=lat, region=region, radiation=radiation,
+                              crop=crop, climatology=climatology)
+        yp = self.registry[self.crop].yield_params if self.crop in self.registry else None
+        logy = self._predict_log(feats)
+        X = _design(feats, self.feature_names)
+        n = len(feats)
+        p50 = np.exp(logy)
+        q = self.residuals or _prior_quantiles(yp.prior_sigma if yp else 0.3)
+        lo_hi = np.array([self.training_range.get(k, (-math.inf, math.inf))
+                          for k in self.feature_names], dtype=float).reshape(-1, 2)
+        width = lo_hi[:, 1] - lo_hi[:, 0]
+        pad = np.where(np.isfinite(width), 0.25 * width, 0.0)
+        with np.errstate(invalid="ignore"):
+            outside = np.isfinite(X) & ((X < lo_hi[:, 0] - pad) | (X > lo_hi[:, 1] + pad))
+        rec = json.dumps(_jsonable(self._calibration_record(q)), ensure_ascii=False)
+        quant, basis, calib, extra, sanity = [], [], [], [], []
+        for i in range(n):
+            fl: list[str] = []
+            if feats["crop"].iloc[i] != self.crop:
+                fl.append("NO_MODEL")
+            if not np.all(np.isfinite(X[i])):
+                fl.append("NO_DATA")
+            if outside[i].any():
+                fl.append("EXTRAPOLATED")
+            extra.append(fl)
+            quant.append(q)
+            basis.append(yp.yield_basis if yp else "")
+            sanity.append(tuple(yp.sanity_t_ha) if yp else (0.0, math.inf))
+            calib.append(rec)
+        return self._finish(feats, p50, quant, basis, calib, extra, sanity)

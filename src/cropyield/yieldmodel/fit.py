@@ -1,0 +1,318 @@
+"""Fitting and grouped cross-validation: :func:`fit_yield_model`."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .._log import logger
+from ..errors import ModelError
+from .base import YieldModel
+from .empirical import SEASON_FEATURES, EmpiricalModel, _design, _uses_windows, model_features
+from .features import _seasons_frame
+from .intervals import conformal_quantiles, quality_scale
+from .lue import LUEModel
+from .learners import fit_learner, predict_linear, select_learner
+from .skill import _group_folds, _metrics
+from .windows import INDICES, window_feature_names
+
+__all__ = ["fit_yield_model"]
+
+
+def _join_observed(feats: pd.DataFrame, observed: pd.DataFrame, crop: str) -> pd.DataFrame:
+    obs = observed.copy()
+    if "yield_t_ha" not in obs.columns or "field_id" not in obs.columns:
+        raise ModelError("observed yields need 'field_id' and 'yield_t_ha' columns (t/ha at "
+                         "the crop's reporting basis)")
+    keys = ["field_id", "season"] if "season" in obs.columns else ["field_id"]
+    f = feats[feats["crop"] == crop] if "crop" in feats.columns else feats
+    if keys == ["field_id"] and f["field_id"].duplicated().any():
+        raise ModelError(f"fields have several {crop} seasons; give observed a 'season' column")
+    cols = [c for c in obs.columns if c not in f.columns or c in keys]
+    m = f.merge(obs[cols], on=keys, how="inner")
+    bad = ~np.isfinite(m["yield_t_ha"].to_numpy(float)) | (m["yield_t_ha"].to_numpy(float) <= 0)
+    if bad.any():
+        logger.warning("dropping %d observed yields that are missing or <= 0", int(bad.sum()))
+        m = m[~bad]
+    return m.reset_index(drop=True)
+
+
+def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = "lue",
+                    groups=None, seasons=None, region: str = "north_china_plain",
+                    index: str = "ndvi", lat=None, radiation=None, n_splits: int = 5,
+                    seed: int = 0, alpha: float | None = None,
+                    features: Sequence[str] | None = None, overrides=None,
+                    base_model: LUEModel | None = None, climatology=None,
+                    indices: Sequence[str] | None = None, simulated=None,
+                    county_mean_t_ha: float | None = None,
+                    level_prior_sd: float | None = None,
+                    n_simulated: int = 400) -> YieldModel:
+    """Fit a yield model for ``crop`` to observed yields and cross-validate it.
+
+    Parameters
+    ----------
+    series : DataFrame
+        Daily series (``field_id, time, <index>`` + ``gap_days``, ``flags``...).
+    observed : DataFrame or mapping
+        Field yields (``field_id[, season], yield_t_ha`` - crop cuts, t/ha at the crop's
+        reporting basis) or aggregate statistics ``{"region": ..., "mean_yield_t_ha": ...}``
+        (area-weighted mean over the given seasons; weights from an ``area_ha`` column of
+        ``seasons`` when present). Aggregates can only calibrate the LUE factor.
+    crop : str
+        Crop id of the registry.
+        With ``method="simulation"``: crop cuts that set the level (any number, 0 included:
+        ``None`` or an empty table).
+    crop : str
+        Crop id of the registry.
+    method : {"lue", "empirical", "simulation"}
+        ``"lue"`` fits the calibration factor (geometric-mean ratio of observed to raw LUE
+        yield); ``"empirical"`` regresses log yield on the phenological-window features of
+        every index present (:mod:`cropyield.yieldmodel.windows`) plus log APAR, with a
+        regularised learner (ridge / elastic net, scikit-learn) chosen by grouped CV inside
+        each training fold; ``"simulation"`` trains the same regression on crop-model
+        simulations (``simulated``) and calibrates its level to ``county_mean_t_ha`` and/or
+        the crop cuts in ``observed`` (:func:`cropyield.yieldmodel.simulation.fit_simulation`).
+    groups : array-like, str or None
+        Group label per observed row (or the name of an ``observed`` column), e.g. weather
+        year, region or village, for grouped K-fold cross-validation and the learner choice;
+        default: each field its own group. (Simulation: the groups of the simulations are
+        their ``weather_year``.)
+    seasons : DataFrame, optional
+        Seasons table (``field_id, season, sos, eos``; default: ``cropyield.phenology``).
+    region, index, lat, radiation, climatology
+        As in :meth:`LUEModel.predict`.
+    n_splits, seed : int
+        Folds of the grouped cross-validation and the seed of the fold assignment.
+    alpha : float, optional
+        Fix the learner to a ridge with this penalty on standardised features instead of
+        choosing among :data:`cropyield.yieldmodel.learners.CANDIDATES` by grouped CV.
+    features : sequence of str, optional
+        Empirical features (default: ``log_apar, log_apar_post`` and the window features of
+        ``indices``; the pre-window set :data:`DEFAULT_FEATURES` still works).
+    overrides : dict or path, optional
+        Crop-registry overrides.
+    base_model : LUEModel, optional
+        LUE model to calibrate (default: a new one with ``overrides`` and ``index``).
+    indices : sequence of str, optional
+        Index columns for the window features (default: every one of NDVI, EVI2, GCVI, NDRE,
+        NDMI present in ``series``).
+    simulated : SimulatedSeasons, optional
+        ``method="simulation"``: crop-model seasons to train on
+        (:class:`cropyield.cropmodel.SimulatedSeasons`); default: built with
+        ``cropyield.cropmodel.simulate_seasons(crop, n_simulated, seed=seed)``; or an
+        :class:`EmpiricalModel` from
+        :func:`cropyield.yieldmodel.simulation.train_on_simulations` (trained once, levelled
+        here).
+    county_mean_t_ha : float, optional
+        ``method="simulation"``: official mean yield (t/ha, the crop's reporting basis) of
+        the fields in ``series``/``seasons`` (area-weighted with an ``area_ha`` column),
+        e.g. the county statistic of that year.
+    level_prior_sd : float, optional
+        ``method="simulation"``: prior standard deviation of the log level before crop cuts
+        (default 0.05 with ``county_mean_t_ha`` - the error of a county statistic - else 0.3,
+        the spread of crop-model level errors); crop cuts shrink towards the prior.
+    n_simulated : int
+        Seasons to simulate when ``simulated`` is not given.
+
+    Returns
+    -------
+    YieldModel
+        With ``cv_`` (R², RMSE t/ha and %, bias, out-of-fold P10-P90 coverage, n, folds,
+        seed) and interval quantiles from out-of-fold normalised log residuals
+        (cross-conformal); see :meth:`YieldModel.report`.
+
+    Raises
+    ------
+    ModelError
+        Unknown method, too few matched observations (< 5 for field yields), an empirical fit
+        to aggregates, or no usable seasons.
+    """
+    if method not in ("lue", "empirical", "simulation"):
+        raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
+    if seasons is None:
+        try:
+            from ..seasons import phenology as _phen
+        except ImportError as exc:  # pragma: no cover - phenology is part of the package
+            raise ModelError("pass seasons= (phenology is not available)") from exc
+        seasons = _phen(series, index=index)
+    seasons = _seasons_frame(seasons)
+    if "crop" not in seasons.columns:
+        seasons = seasons.assign(crop=crop)
+    if method == "simulation":
+        from .simulation import fit_simulation
+        return fit_simulation(series, observed, crop=crop, seasons=seasons, simulated=simulated,
+                              county_mean_t_ha=county_mean_t_ha,
+                              level_prior_sd=level_prior_sd, region=region, index=index,
+                              lat=lat, radiation=radiation, n_splits=n_splits, seed=seed,
+                              alpha=alpha, features=features, overrides=overrides,
+                              climatology=climatology, indices=indices,
+                              n_simulated=n_simulated)
+    lue = base_model or LUEModel(overrides=overrides, index=index, region=region)
+    if method == "empirical":
+        feats = model_features(series, seasons, index=index, indices=indices,
+                               windows=not features or _uses_windows(features),
+                               registry=lue.registry, crop=crop, region=region, lat=lat,
+                               radiation=radiation, climatology=climatology)
+    else:
+        feats = lue.features(series, seasons, lat=lat, region=region, radiation=radiation,
+                             crop=crop, climatology=climatology)
+    feats = feats.merge(seasons[[c for c in seasons.columns if c in ("field_id", "season",
+                                                                      "area_ha")]],
+                        on=["field_id", "season"], how="left")
+    rg_key = region
+    # ---- aggregate statistics
+    if isinstance(observed, Mapping) or (isinstance(observed, pd.DataFrame)
+                                         and "mean_yield_t_ha" in observed.columns):
+        if method != "lue":
+            raise ModelError("aggregate statistics can only calibrate the LUE factor; use "
+                             "method='lue' or give field yields (field_id, yield_t_ha)")
+        recs = [dict(observed)] if isinstance(observed, Mapping) else observed.to_dict("records")
+        model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
+                         region=region, calibration=lue.calibration, residuals=lue.residuals)
+        for rec in recs:
+            rg = rec.get("region", region)
+            f = feats[(feats["crop"] == crop)]
+            if "region" in f.columns and (f["region"] == rg).any():
+                f = f[f["region"] == rg]
+            raw = lue.raw_yield(f)
+            w = f["area_ha"].to_numpy(float) if "area_ha" in f.columns else np.ones(len(f))
+            w = np.where(np.isfinite(w), w, 0.0)
+            ok = np.isfinite(raw) & (w > 0)
+            if ok.sum() == 0:
+                raise ModelError(f"no usable {crop} seasons to calibrate against the aggregate")
+            mean_raw = float(np.sum(raw[ok] * w[ok]) / np.sum(w[ok]))
+            fac = float(rec["mean_yield_t_ha"]) / mean_raw
+            src = rec.get("source", "user aggregate")
+            model.calibration.setdefault(crop, {})[rg] = {
+                "factor": fac, "source": f"fitted: aggregate mean {rec['mean_yield_t_ha']} t/ha"
+                f" ({src}), n={int(ok.sum())} seasons area-weighted", "kind": "fitted_aggregate",
+                "n": int(ok.sum())}
+        model.cv_ = None
+        return model
+    # ---- field yields
+    obs = pd.DataFrame(observed)
+    obs = obs.assign(_group=_groups_column(obs, groups))
+    m = _join_observed(feats, obs, crop)
+    y = m["yield_t_ha"].to_numpy(float)
+    raw = lue.raw_yield(m)
+    s = quality_scale(m["n_obs"].to_numpy(float), m["max_gap_days"].to_numpy(float))
+    if method == "lue":
+        usable = np.isfinite(raw) & (raw > 0)
+    else:
+        names = list(features) if features else default_feature_names(m)
+        X = _design(m, names)
+        usable = np.all(np.isfinite(X), axis=1)
+    m, y, raw, s = m[usable].reset_index(drop=True), y[usable], raw[usable], s[usable]
+    if len(m) < 5:
+        raise ModelError(f"only {len(m)} usable observed {crop} seasons; need at least 5 to fit "
+                         "and cross-validate (or calibrate to an aggregate mean instead)")
+    g = m["_group"].to_numpy()
+    folds = _group_folds(g, n_splits, seed)
+    oof = np.full(len(m), np.nan)
+    if method == "empirical":
+        X = _design(m, names)
+
+    def fit_pred(tr, te):
+        if method == "lue":
+            fac = float(np.exp(np.mean(np.log(y[tr] / raw[tr]))))
+            return raw[te] * fac, fac
+        fit = _fit_linear(X[tr], np.log(y[tr]), g[tr], alpha=alpha, n_splits=n_splits)
+        return np.exp(predict_linear(fit, X[te])), fit
+
+    for te in folds:
+        tr = np.setdiff1d(np.arange(len(m)), te)
+        if len(tr) < 2:
+            continue
+        oof[te], _ = fit_pred(tr, te)
+    q, cv = _cross_conformal(y, oof, s, folds, seed=seed, method=method,
+                             n_groups=int(len(pd.unique(g))))
+    all_idx = np.arange(len(m))
+    if method == "lue":
+        _, fac = fit_pred(all_idx, all_idx)
+        cal = {c: dict(v) for c, v in lue.calibration.items()}
+        cal.setdefault(crop, {})[rg_key] = {
+            "factor": fac, "kind": "fitted",
+            "source": f"fitted: field yields n={len(m)} ({cv['n_groups']} groups), "
+                      f"geometric-mean ratio", "n": int(len(m))}
+        res = dict(lue.residuals)
+        res[crop] = q
+        model: YieldModel = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
+                                     region=region, calibration=cal, residuals=res)
+    else:
+        model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
+                                index=index, region=region, residuals=q,
+                                overrides=lue.overrides, indices=_indices_of(names))
+    model.cv_ = cv
+    logger.info("fitted %s yield model for %s: %s", method, crop,
+                {k: cv[k] for k in ("n", "r2", "rmse_t_ha", "coverage_p10_p90")})
+    return model
+
+
+def _groups_column(obs: pd.DataFrame, groups) -> np.ndarray:
+    if isinstance(groups, str):
+        if groups not in obs.columns:
+            raise ModelError(f"groups column {groups!r} not in observed")
+        return obs[groups].to_numpy()
+    if groups is not None:
+        g = np.asarray(groups)
+        if len(g) != len(obs):
+            raise ModelError("groups must have one label per observed row")
+        return g
+    return obs["field_id"].to_numpy() if "field_id" in obs.columns else np.arange(len(obs))
+
+
+def default_feature_names(feats: pd.DataFrame) -> list[str]:
+    """Default empirical features present (finite somewhere) in a feature table."""
+    idx = [c[:-4] for c in feats.columns if c.endswith("_max") and c[:-4] in INDICES]
+    names = list(SEASON_FEATURES) + window_feature_names(idx)
+    X = _design(feats, names)
+    return [n for j, n in enumerate(names) if np.isfinite(X[:, j]).any()]
+
+
+def _indices_of(names: Sequence[str]) -> list[str] | None:
+    idx = [n[:-4] for n in names if n.endswith("_max") and n[:-4] in INDICES]
+    return idx or None
+
+
+def _fit_linear(X, logy, groups, *, alpha, n_splits):
+    if alpha is not None:
+        return fit_learner(X, logy, "ridge", {"alpha": float(alpha)})
+    return select_learner(X, logy, groups, n_splits=n_splits)
+
+
+def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, residuals,
+                    overrides, indices, cls=EmpiricalModel, **extra) -> EmpiricalModel:
+    fit = _fit_linear(X, np.log(y), g, alpha=alpha, n_splits=n_splits)
+    rng_ = {n_: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j, n_ in enumerate(names)}
+    learner = {"name": fit["name"], "params": fit["params"],
+               "cv_mse": fit.get("cv_mse"), "n_splits": fit.get("n_splits"),
+               "library": "scikit-learn"}
+    return cls(crop=crop, feature_names=names, coef=fit["coef"], intercept=fit["intercept"],
+               mean=fit["mean"], scale=fit["scale"],
+               alpha=float(fit["params"].get("alpha", 1.0)), index=index, region=region,
+               residuals=residuals, overrides=overrides, training_range=rng_,
+               indices=indices, learner=learner, **extra)
+
+
+def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups):
+    """Interval quantiles from out-of-fold normalised log residuals and a nested coverage
+    estimate (quantiles from the other folds' scores applied to each fold)."""
+    z = np.log(y / oof) / s
+    q = conformal_quantiles(z)
+    q["method"] = (f"cross-conformal: out-of-fold log residuals / quality scale, n={q['n']}, "
+                   f"{len(folds)} grouped folds, seed={seed}")
+    cover = []
+    for te in folds:
+        rest = np.setdiff1d(np.arange(len(y)), te)
+        rest = rest[np.isfinite(z[rest])]
+        if len(rest) < 5:
+            continue
+        qq = conformal_quantiles(z[rest])
+        zt = z[te][np.isfinite(z[te])]
+        cover.append((zt >= qq["q10"]) & (zt <= qq["q90"]))
+    cv = {"n": int(len(y)), "n_groups": n_groups, "n_splits": len(folds), "seed": seed,
+          "method": method, **_metrics(y, oof),
+          "coverage_p10_p90": float(np.mean(np.concatenate(cover))) if cover else None}
+    return q, cv

@@ -1,0 +1,205 @@
+"""Skill of yield estimates against truth, and the canopy ceiling to judge it by.
+
+Entry points:
+
+* :func:`yield_skill` - per crop R², RMSE, bias and P10-P90 coverage of predictions
+  (an estimates table) against observed yields.
+* :func:`canopy_ceiling` - grouped-CV R² of the same regression (phenological-window features,
+  learner chosen by grouped CV) fitted to the *noise-free daily canopy* of the same seasons:
+  what the imagery could reveal at best. A model is judged as ``r2 / ceiling``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ModelError
+
+__all__ = ["yield_skill", "canopy_ceiling"]
+
+
+def _group_folds(groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    uniq = pd.unique(groups)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(uniq))
+    k = min(n_splits, len(uniq))
+    fold_of_group = {uniq[g]: i % k for i, g in enumerate(perm)}
+    f = np.array([fold_of_group[g] for g in groups])
+    return [np.flatnonzero(f == i) for i in range(k)]
+
+
+def _metrics(y: np.ndarray, yhat: np.ndarray) -> dict[str, float]:
+    ok = np.isfinite(y) & np.isfinite(yhat)
+    y, yhat = y[ok], yhat[ok]
+    if len(y) == 0:
+        return {"r2": float("nan"), "rmse_t_ha": float("nan"), "rmse_pct": float("nan"),
+                "bias_t_ha": float("nan"), "mae_t_ha": float("nan")}
+    sse = float(np.sum((y - yhat) ** 2))
+    sst = float(np.sum((y - y.mean()) ** 2))
+    rmse = math.sqrt(sse / len(y))
+    return {"r2": 1.0 - sse / sst if sst > 0 else float("nan"), "rmse_t_ha": rmse,
+            "rmse_pct": 100.0 * rmse / float(np.mean(y)), "bias_t_ha": float(np.mean(yhat - y)),
+            "mae_t_ha": float(np.mean(np.abs(yhat - y)))}
+
+
+def _keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    if "field_id" not in a.columns or "field_id" not in b.columns:
+        raise ModelError("both tables need a 'field_id' column")
+    return ["field_id", "season"] if "season" in a.columns and "season" in b.columns \
+        else ["field_id"]
+
+
+def yield_skill(observed: pd.DataFrame, predicted: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Skill of predicted yields per crop.
+
+    Parameters
+    ----------
+    observed : DataFrame
+        ``field_id[, season], yield_t_ha`` (t/ha, truth or crop cuts) and optionally ``crop``.
+    predicted : DataFrame
+        ``field_id[, season], yield_t_ha_p50`` (or ``yield_t_ha``) and optionally
+        ``yield_t_ha_p10``, ``yield_t_ha_p90`` and ``crop`` (e.g. ``estimate_yield`` output
+        or ``YieldModel.predict``). Joined on ``field_id`` (+ ``season`` when both have it).
+
+    Returns
+    -------
+    dict
+        ``{crop: {"r2", "rmse" (t/ha), "bias" (t/ha, predicted − observed),
+        "coverage_p10_p90" (share of observed yields inside [P10, P90]; None without
+        intervals), "n" (pairs with both numbers), "n_missing" (observed seasons without a
+        prediction)}}``; crop ``"all"`` when neither table has a ``crop`` column.
+    """
+    obs, pred = pd.DataFrame(observed), pd.DataFrame(predicted)
+    if "yield_t_ha" not in obs.columns:
+        raise ModelError("observed needs a 'yield_t_ha' column (t/ha)")
+    pcol = "yield_t_ha_p50" if "yield_t_ha_p50" in pred.columns else "yield_t_ha"
+    if pcol not in pred.columns:
+        raise ModelError("predicted needs 'yield_t_ha_p50' (or 'yield_t_ha')")
+    keys = _keys(obs, pred)
+    pcols = keys + [c for c in ("yield_t_ha_p10", "yield_t_ha_p90") if c in pred.columns]
+    pcols.append(pcol)
+    if "crop" in pred.columns and "crop" not in obs.columns:
+        pcols.append("crop")
+    p = pred[pcols].rename(columns={pcol: "_pred"})
+    m = obs.merge(p, on=keys, how="left")
+    crop = m["crop"].astype(str) if "crop" in m.columns else pd.Series("all", index=m.index)
+    out: dict[str, dict[str, Any]] = {}
+    for c in sorted(crop.unique()):
+        g = m[crop == c]
+        y = g["yield_t_ha"].to_numpy(float)
+        yh = g["_pred"].to_numpy(float)
+        ok = np.isfinite(y) & np.isfinite(yh)
+        met = _metrics(y, yh)
+        cov = None
+        if "yield_t_ha_p10" in g.columns and "yield_t_ha_p90" in g.columns and ok.any():
+            lo = g["yield_t_ha_p10"].to_numpy(float)[ok]
+            hi = g["yield_t_ha_p90"].to_numpy(float)[ok]
+            cov = float(np.mean((y[ok] >= lo) & (y[ok] <= hi)))
+        out[c] = {"r2": met["r2"], "rmse": met["rmse_t_ha"], "bias": met["bias_t_ha"],
+                  "coverage_p10_p90": cov, "n": int(ok.sum()),
+                  "n_missing": int(np.isfinite(y).sum() - ok.sum())}
+    return out
+
+
+def _groups_of(obs: pd.DataFrame, groups) -> np.ndarray:
+    if groups is None:
+        return obs["field_id"].to_numpy()
+    if isinstance(groups, str):
+        if groups not in obs.columns:
+            raise ModelError(f"groups column {groups!r} not in observed")
+        return obs[groups].to_numpy()
+    g = np.asarray(groups)
+    if len(g) != len(obs):
+        raise ModelError("groups must have one label per observed row")
+    return g
+
+
+def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None, indices=None,
+                   n_splits: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Canopy ceiling: grouped-CV skill of a regression on the noise-free daily canopy.
+
+    The canopy of each season is described by the phenological-window features of
+    :func:`cropyield.yieldmodel.windows.window_features` (every index present); log yield is
+    regressed on them with the learner :func:`~cropyield.yieldmodel.learners.select_learner`
+    chooses by grouped CV inside each training fold; the out-of-fold predictions are scored
+    against ``observed``. The folds are those :func:`cropyield.yieldmodel.fit_yield_model`
+    uses for the same ``groups``, ``n_splits`` and ``seed``, so ``model.cv_["r2"] /
+    ceiling["r2"]`` compares like with like.
+
+    Parameters
+    ----------
+    canopy : DataFrame
+        Daily noise-free truth ``field_id, time`` + index columns (``ndvi, evi2, gcvi, ndre,
+        ndmi``; ``lai`` is ignored) and optionally ``season`` (0 = no crop).
+        ``SimulatedSeasons.canopy`` or :func:`cropyield.synthetic.true_canopy`.
+    observed : DataFrame
+        ``field_id[, season], yield_t_ha`` (t/ha) and optionally ``crop``; with several
+        crops each is scored on its own.
+    groups : array-like, str or None
+        Group per observed row or the name of an ``observed`` column (e.g. ``weather_year``);
+        default: each field its own group.
+    indices : sequence of str, optional
+        Index columns to use (default: all of NDVI, EVI2, GCVI, NDRE, NDMI present).
+    n_splits, seed : int
+        Grouped folds and the seed of their assignment.
+
+    Returns
+    -------
+    dict
+        ``{"r2", "rmse" (t/ha), "n"}``; with several crops also ``"per_crop": {crop: {...}}``
+        and the top-level numbers are the n-weighted mean R² and the pooled RMSE.
+
+    Raises
+    ------
+    ModelError
+        Fewer than 10 seasons with both canopy and yield, or fewer than 2 groups.
+    """
+    from .learners import predict_linear, select_learner
+    from .windows import window_feature_names, window_features
+
+    obs = pd.DataFrame(observed).copy()
+    if "yield_t_ha" not in obs.columns:
+        raise ModelError("observed needs a 'yield_t_ha' column (t/ha)")
+    obs["_group"] = _groups_of(obs, groups)
+    cols = [c for c in canopy.columns if c not in ("lai",)]
+    feats = window_features(canopy[cols], indices=indices)
+    idx = [c.rsplit("_", 1)[0] for c in feats.columns if c.endswith("_max")]
+    names = window_feature_names(idx)
+    keys = ["field_id", "season"] if "season" in obs.columns and "season" in canopy.columns \
+        else ["field_id"]
+    if keys == ["field_id"]:
+        feats = feats.drop(columns="season")
+    m = obs.merge(feats, on=keys, how="inner")
+    X = m[names].to_numpy(float)
+    y = m["yield_t_ha"].to_numpy(float)
+    ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y) & (y > 0)
+    m, X, y = m[ok].reset_index(drop=True), X[ok], y[ok]
+    crop = m["crop"].astype(str) if "crop" in m.columns else pd.Series("all", index=m.index)
+    per: dict[str, dict[str, Any]] = {}
+    for c in sorted(crop.unique()):
+        sel = np.flatnonzero(crop.to_numpy() == c)
+        if len(sel) < 10:
+            raise ModelError(f"only {len(sel)} {c} seasons have both canopy and yield; the "
+                             "ceiling needs at least 10")
+        g = m["_group"].to_numpy()[sel]
+        folds = _group_folds(g, n_splits, seed)
+        if len(folds) < 2:
+            raise ModelError("the canopy ceiling needs at least 2 groups")
+        oof = np.full(len(sel), np.nan)
+        Xs, ys = X[sel], np.log(y[sel])
+        for te in folds:
+            tr = np.setdiff1d(np.arange(len(sel)), te)
+            fit = select_learner(Xs[tr], ys[tr], g[tr], n_splits=n_splits)
+            oof[te] = np.exp(predict_linear(fit, Xs[te]))
+        met = _metrics(y[sel], oof)
+        per[c] = {"r2": met["r2"], "rmse": met["rmse_t_ha"], "n": int(len(sel))}
+    if len(per) == 1:
+        return dict(next(iter(per.values())))
+    n = sum(v["n"] for v in per.values())
+    return {"r2": float(sum(v["r2"] * v["n"] for v in per.values()) / n),
+            "rmse": float(math.sqrt(sum(v["rmse"] ** 2 * v["n"] for v in per.values()) / n)),
+            "n": int(n), "per_crop": per}

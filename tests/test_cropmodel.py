@@ -1,0 +1,117 @@
+"""Tests of the crop-model seasons (cropyield.cropmodel): the shipped WOFOST library, the
+simulated observations, and WOFOST itself where PCSE is installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cropyield import cropmodel as cm
+from cropyield.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return cm.load_library()
+
+
+def test_library_loads_and_covers_the_design(lib):
+    assert {"run_id", "crop", "weather_year", "emergence_offset_d", "soil", "n_kg_ha",
+            "irrigations", "emergence", "maturity", "yield_t_ha", "laimax", "lai"} <= set(lib)
+    assert set(lib["crop"]) == {"wheat", "maize"}
+    assert lib["run_id"].is_unique
+    design = cm.library_runs(0)
+    assert len(lib) == len(design)        # every scenario of the seeded design ran
+    for c, g in lib.groupby("crop"):
+        assert g["weather_year"].nunique() >= 20, c
+        assert set(g["soil"]) == set(cm.SOILS)
+        assert g["n_kg_ha"].between(0, 300).all() and g["n_kg_ha"].std() > 30
+        lengths = g["lai"].map(len)
+        assert (lengths > 90).all() and (lengths < 301).all()
+        # the stored LAI is the run's: its maximum is the summary LAIMAX
+        assert np.allclose(g["lai"].map(np.max), g["laimax"], atol=0.01)
+        assert g["yield_t_ha"].between(0, 16).all()
+
+
+def test_yield_responds_to_nitrogen_and_weather(lib):
+    for c, g in lib.groupby("crop"):
+        low = g.loc[g["n_kg_ha"] < 70, "yield_t_ha"].mean()
+        high = g.loc[g["n_kg_ha"] > 180, "yield_t_ha"].mean()
+        assert high > 1.3 * low, (c, low, high)
+        # nitrogen shows in the canopy too (leaf photosynthesis and expansion)
+        assert np.corrcoef(np.log1p(g["n_kg_ha"]), g["laimax"])[0, 1] > 0.3
+        # weather years differ: between-year share of the yield variance is material
+        yr = g.groupby("weather_year")["yield_t_ha"].transform("mean")
+        assert yr.var() / g["yield_t_ha"].var() > 0.1, c
+    # irrigation lifts rainfed maize in dry years on the warm analogue
+    m = lib[lib["crop"] == "maize"]
+    assert m.loc[m["irrigations"] >= 2, "yield_t_ha"].mean() > \
+        m.loc[m["irrigations"] == 0, "yield_t_ha"].mean()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return cm.simulate_seasons("winter_wheat", 24, seed=5)
+
+
+def test_simulate_seasons_contract(sim):
+    assert isinstance(sim, cm.SimulatedSeasons) and sim.seed == 5
+    obs, truth, can = sim.observations, sim.truth, sim.canopy
+    assert {"field_id", "time", "ndvi", "evi2", "gcvi", "ndre", "ndmi", "valid_fraction",
+            "coverage", "flags"} <= set(obs)
+    assert str(obs["time"].dt.tz) == "UTC"
+    assert {"field_id", "crop", "season", "yield_t_ha", "weather_year", "soil", "sowing_date",
+            "n_kg_ha", "sos", "eos"} <= set(truth)
+    assert {"field_id", "time", "lai", "ndvi", "evi2", "gcvi", "ndre", "ndmi"} <= set(can)
+    assert truth["field_id"].is_unique and len(truth) == 24
+    assert set(obs["field_id"]) == set(truth["field_id"]) == set(can["field_id"])
+    assert (truth["sos"] < truth["eos"]).all()
+    assert obs["valid_fraction"].between(0, 1).all()
+    # ~5-day revisit: 40-80 acquisitions a season, clouds drop some
+    n = obs.groupby("field_id").size()
+    assert n.between(30, 80).all()
+    # truth is the library's: same yields
+    lib = cm.load_library().set_index("run_id")
+    assert np.allclose(truth["yield_t_ha"], lib.loc[truth["run_id"], "yield_t_ha"])
+    # the noise-free canopy follows LAI; the observations scatter around it, biased low
+    # by haze
+    m = obs.assign(day=obs["time"].dt.tz_localize(None)).merge(
+        can, left_on=["field_id", "day"], right_on=["field_id", "time"], suffixes=("", "_true"))
+    d = m["ndvi"] - m["ndvi_true"]
+    assert abs(d.median()) < 0.03 and d.mean() < 0
+    assert np.corrcoef(m["ndvi"], m["ndvi_true"])[0, 1] > 0.9
+
+
+def test_simulate_seasons_deterministic(sim):
+    again = cm.simulate_seasons("winter_wheat", 24, seed=5)
+    pd.testing.assert_frame_equal(sim.observations, again.observations)
+    pd.testing.assert_frame_equal(sim.truth, again.truth)
+    other = cm.simulate_seasons("winter_wheat", 24, seed=6)
+    assert not other.truth["run_id"].equals(sim.truth["run_id"])
+
+
+def test_simulate_seasons_filters_and_errors():
+    s = cm.simulate_seasons("summer_maize", 12, seed=1, weather_years=[1980, 1981])
+    assert set(s.truth["weather_year"]) <= {1980, 1981}
+    assert (s.truth["crop"] == "summer_maize").all()
+    with pytest.raises(ConfigError, match="no crop-model seasons"):
+        cm.simulate_seasons("cotton", 5)
+    with pytest.raises(ConfigError, match="weather years"):
+        cm.simulate_seasons("wheat", 5, weather_years=[1850])
+
+
+def test_wofost_reproduces_the_library_and_responds_as_wofost_says(lib, monkeypatch):
+    pytest.importorskip("pcse")
+    row = lib[lib["crop"] == "maize"].iloc[3]
+    res = cm.run_wofost("maize", int(row["weather_year"]),
+                        emergence_offset_d=row["emergence_offset_d"], soil=row["soil"],
+                        n_kg_ha=row["n_kg_ha"], irrigations=int(row["irrigations"]))
+    assert res["yield_t_ha"] == pytest.approx(row["yield_t_ha"], rel=1e-3)
+    assert np.allclose(res["lai"], row["lai"], atol=2e-3)
+    # more nitrogen, more yield and more leaf area, same weather and soil
+    lo = cm.run_wofost("maize", 1984, soil="deep", n_kg_ha=20, irrigations=2)
+    hi = cm.run_wofost("maize", 1984, soil="deep", n_kg_ha=250, irrigations=2)
+    assert hi["yield_t_ha"] > 1.2 * lo["yield_t_ha"] and hi["laimax"] > lo["laimax"]
+    with pytest.raises(ConfigError):
+        cm.run_wofost("maize", 1990)
