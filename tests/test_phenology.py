@@ -359,3 +359,17 @@ def test_weak_peak_kernel_matches_its_numpy_twin():
         out = np.empty(n, np.int64)
         k = _find_peaks(y, *args, out)
         np.testing.assert_array_equal(out[:k], _find_peaks_ref(y, *args))
+
+
+def test_field_causes_reach_the_phenology_table():
+    """A field with an invalid geometry has no season, and the table says why (issue 18)."""
+    days = pd.date_range("2024-03-01", periods=40, freq="5D")
+    doy = np.arange(len(days)) * 5.0
+    rows = [{"field_id": "good", "time": t, "ndvi": 0.2 + 0.6 * np.exp(-((d - 100) / 30) ** 2),
+             "valid_fraction": 1.0, "flags": ""} for t, d in zip(days, doy)]
+    rows += [{"field_id": "bowtie", "time": t, "ndvi": np.nan, "valid_fraction": 0.0,
+              "flags": "INVALID_GEOMETRY"} for t in days]
+    ph = phenology(smooth_series(pd.DataFrame(rows), index="ndvi"))
+    bad = ph.loc[ph.field_id == "bowtie", "flags"].iloc[0]
+    assert {"NO_SEASON", "NO_DATA", "INVALID_GEOMETRY"} <= set(bad.split(","))
+    assert "INVALID_GEOMETRY" not in ",".join(ph.loc[ph.field_id == "good", "flags"])

@@ -27,7 +27,7 @@ import pandas as pd
 from ._jit import njit
 from ._log import logger
 from .errors import CropYieldError, join_flags, split_flags
-from .series import _factorize_ids
+from .series import FIELD_CAUSE_FLAGS, FIELD_NOTE_FLAGS, _factorize_ids
 
 __all__ = ["phenology", "season_stage", "STAGES", "PhenologyError"]
 
@@ -735,10 +735,11 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         ))
     df["stage"] = stages
     df["flags"] = flags
-    # series-level NO_DATA / LOW_OBS flags travel on
+    # series-level NO_DATA / LOW_OBS flags and the field-level causes (why a field has no
+    # data, or that its geometry was repaired) travel on
     if "flags" in series.columns:
         codes, uniq = pd.factorize(series["flags"], use_na_sentinel=False)
-        for code in ("NO_DATA", "LOW_OBS"):
+        for code in ("NO_DATA", "LOW_OBS", *FIELD_CAUSE_FLAGS, *FIELD_NOTE_FLAGS):
             hit = np.array([isinstance(u, str) and code in split_flags(u) for u in uniq],
                            dtype=bool)
             if not hit.any():
