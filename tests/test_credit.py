@@ -226,12 +226,15 @@ def three_field_farmer(**over3):
     )
 
 
-@pytest.mark.parametrize("over", [
-    {"crop_prob": 0.45},                                   # LOW_CROP_CONFIDENCE
-    {"declared_crop": "soybean", "crop_prob": 0.95},       # confident mismatch, not main field
-    {"declared_crop": "soybean", "crop_prob": 0.55, "flags": "LOW_OBS"},  # both + its flag
+@pytest.mark.parametrize("over, why", [
+    ({"crop_prob": 0.45}, "FIELD_EXCLUDED_CROP_DOUBT"),              # LOW_CROP_CONFIDENCE
+    ({"declared_crop": "soybean", "crop_prob": 0.95},                # confident mismatch,
+     "FIELD_EXCLUDED_CROP_DOUBT"),                                   # not the main field
+    ({"declared_crop": "soybean", "crop_prob": 0.55, "flags": "LOW_OBS"},  # both + a flag
+     "FIELD_EXCLUDED_CROP_DOUBT"),
+    ({"quality": 0.3, "flags": "FIELD_TOO_SMALL"}, "FIELD_EXCLUDED_LOW_QUALITY"),
 ])
-def test_v11_doubtful_field_left_out_of_limit(over):
+def test_v11_doubtful_field_left_out_of_limit(over, why):
     df = three_field_farmer(**over)
     assert one(credit.assess(df, as_of=AS_OF)).decision == "refer"  # policy 1.0.0
     p = one(credit.assess(df, as_of=AS_OF, policy=V11))
@@ -244,7 +247,8 @@ def test_v11_doubtful_field_left_out_of_limit(over):
     assert p.downside_value_cny_p10 == pytest.approx(12660.0)
     assert p.total_area_mu == pytest.approx(18.0)  # every claimed field is still listed
     assert [e.field_id for e in p.fields] == ["F1", "F2", "F3"]
-    ex = [r for r in p.reasons if r.code == "FIELD_EXCLUDED_CROP_DOUBT"]
+    ex = [r for r in p.reasons if r.code.startswith("FIELD_EXCLUDED_")]
+    assert [r.code for r in ex] == [why]
     assert [(r.field_id, r.effect) for r in ex] == [("F3", "info")]
     assert ex[0].factor == pytest.approx(3.0)  # its area, mu
     assert not [r for r in p.reasons if r.field_id == "F3" and r.effect != "info"]
@@ -294,7 +298,8 @@ def test_v11_main_field_confident_mismatch_refers():
 @pytest.mark.parametrize("over, code", [
     ({"crop_prob": 0.45, "value_cny_p10": np.nan}, "MISSING_DATA"),
     ({"crop_prob": 0.45, "flags": "NO_PRICE"}, "NO_PRICE"),
-    ({"crop_prob": 0.45, "quality": 0.3}, "LOW_QUALITY"),
+    ({"crop_prob": 0.45, "value_cny_p10": 1e6}, "INCONSISTENT_INTERVAL"),
+    ({"quality": 0.3, "harvest_date": pd.NaT}, "MISSING_DATA"),
     ({"crop_prob": 0.45, "last_obs_date": pd.Timestamp("2025-01-05")}, "STALE_DATA"),
     ({"value_cny_p50": -5.0}, "INVALID_ESTIMATE"),
 ])

@@ -763,11 +763,12 @@ class Policy(_Record):
         """The library's default policy of ``version`` (see :data:`POLICY_PRESETS`).
 
         ``"1.0.0"``: any doubtful field refers the whole farmer (``Policy()``).
-        ``"1.1.0"``: a field whose crop identity is in doubt (``CROP_MISMATCH``,
-        ``LOW_CROP_CONFIDENCE``) is left out of the limit and named
-        (``FIELD_EXCLUDED_CROP_DOUBT``); the farmer is still referred when such fields
-        are more than ``max_excluded_share`` of the cropped area or the main field is a
-        confident mismatch. ``overrides`` replace any field.
+        ``"1.1.0"``: a field whose crop identity or estimate is in doubt (only
+        ``CROP_MISMATCH``, ``LOW_CROP_CONFIDENCE``, ``LOW_QUALITY``) is left out of the
+        limit and named (``FIELD_EXCLUDED_CROP_DOUBT``, ``FIELD_EXCLUDED_LOW_QUALITY``);
+        the farmer is still referred when such fields are more than
+        ``max_excluded_share`` of the cropped area or the main field is a confident
+        mismatch. ``overrides`` replace any field.
         """
         if version not in POLICY_PRESETS:
             raise ConfigError(f"no policy preset {version!r}; known: {sorted(POLICY_PRESETS)}")
@@ -790,6 +791,6 @@ def _known_flag_text(code: str) -> str:
 #: Settings of each library policy version that differ from ``Policy()`` (1.0.0).
 POLICY_PRESETS: dict[str, dict[str, Any]] = {
     "1.0.0": {},
-    "1.1.0": {"exclude_codes": ("CROP_MISMATCH", "LOW_CROP_CONFIDENCE"),
+    "1.1.0": {"exclude_codes": ("CROP_MISMATCH", "LOW_CROP_CONFIDENCE", "LOW_QUALITY"),
               "max_excluded_share": 0.5, "main_field_mismatch_prob": 0.8},
 }
