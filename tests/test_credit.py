@@ -727,3 +727,39 @@ def test_monitor_not_sown_from_crop_calendar():
     late = credit.monitor(series[series["field_id"] == "M"], m, as_of="2025-05-20",
                           registry=reg_m)
     assert late.empty  # doy 140: still before the window (ends doy 200)
+
+
+@st.composite
+def doubtful_tables(draw, max_fields=5):
+    """Farmer A with fields of random crop probability, some missing a value."""
+    n = draw(st.integers(1, max_fields))
+    rows = []
+    for i in range(n):
+        ha = draw(st.floats(0.1, 1.5))
+        over = {"crop_prob": draw(st.sampled_from([0.3, 0.55, 0.7, 0.95]))}
+        if draw(st.integers(0, 9)) == 0:
+            over["value_cny_p10"] = np.nan
+        rows.append(est_row(f"F{i}", "A", draw(st.sampled_from(CROPS)), ha, 5.0, 6.0, 7.0,
+                            **over))
+    return table(*rows)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=doubtful_tables())
+def test_property_v11_limit_rests_only_on_confident_fields(df):
+    p = one(credit.assess(df, as_of=AS_OF, policy=V11))
+    doubtful = set(df.loc[df["crop_prob"] < V11.min_crop_prob, "field_id"])
+    # a field with missing data is not excluded: it refers
+    missing = set(df.loc[df["value_cny_p10"].isna(), "field_id"])
+    assert set(p.excluded_fields) == doubtful - missing
+    if df["value_cny_p10"].isna().any():  # missing data is never excluded, never approved
+        assert p.decision == "refer" and "MISSING_DATA" in codes(p, "refer")
+    if p.decision == "approve":
+        kept = df[~df["field_id"].isin(doubtful)]
+        assert doubtful != set(df["field_id"])
+        assert df.loc[df["field_id"].isin(doubtful), "area_mu"].sum() \
+            <= V11.max_excluded_share * df["area_mu"].sum() + 1e-9
+        assert p.suggested_limit_cny <= V11.ltv * kept["value_cny_p10"].sum() + 1e-6
+        assert p.factors.downside_value_cny == pytest.approx(kept["value_cny_p10"].sum())
+    else:
+        assert p.suggested_limit_cny is None
