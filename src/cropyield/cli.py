@@ -47,6 +47,12 @@ def _print_summary(summary: dict, out: str) -> None:
            or "none"),
         f"    over-lending share {fmt(summary.get('over_lending_share'), '.3f')} (approved "
         "limits above 80 % of the TRUE output value; target 0)",
+        f"    credit policy {summary.get('credit_policy_version')}: "
+        f"{summary.get('excluded_fields_n', 0)} doubtful field(s) left out of the limits of "
+        f"{summary.get('farmers_with_excluded_fields', 0)} farmer(s); wrong crop declarations "
+        f"(truth): {summary.get('wrong_declaration_farmers', 0)} farmer(s), "
+        f"{summary.get('wrong_declaration_approved', 0)} approved on their other fields, "
+        f"{summary.get('wrong_declaration_in_limit', 0)} limit(s) resting on one (target 0)",
         f"  in-season alerts on {summary.get('alerts_as_of')}  "
         + ("  ".join(f"{k}: {v}" for k, v in sorted(summary.get("alerts", {}).items())) or "none"),
         "  stage timings (s)  " + "  ".join(f"{k} {v:.1f}" for k, v in t.items()),
