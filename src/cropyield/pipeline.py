@@ -65,7 +65,7 @@ class PipelineResult:
         import hashlib
         import json
 
-        from ._io import atomic_write, atomic_write_path
+        from ._io import atomic_write, atomic_write_path, with_small_attrs
         from ._version import __version__
 
         out = Path(out)
@@ -78,6 +78,7 @@ class PipelineResult:
                   if getattr(self, name) is not None}   # None: left in the store
         tables["scenes"] = self.scenes.to_dataframe()
         for name, df in tables.items():
+            df = with_small_attrs(df)
             paths[name] = atomic_write_path(out / f"{name}.parquet",
                                             lambda tmp, df=df: df.to_parquet(tmp, index=False))
         p = out / "credit_profiles.json"

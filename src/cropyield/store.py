@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._io import with_small_attrs
 from .errors import ConfigError
 
 __all__ = ["ResultStore", "StoreMismatchError", "MANIFEST", "fingerprint"]
@@ -110,9 +111,9 @@ class ResultStore:
         """Write a DataFrame (GeoParquet when it is a GeoDataFrame) atomically."""
         buf = io.BytesIO()
         if hasattr(df, "geometry") and "geometry" in df.columns:
-            df.to_parquet(buf, index=False)
+            with_small_attrs(df).to_parquet(buf, index=False)
         else:
-            pd.DataFrame(df).to_parquet(buf, index=False)
+            with_small_attrs(pd.DataFrame(df)).to_parquet(buf, index=False)
         return self.write_bytes(relpath, buf.getvalue())
 
     def write_json(self, relpath: str, obj: Any) -> str:
