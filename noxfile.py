@@ -6,6 +6,8 @@ tests), ``lint`` (ruff).
     nox -s bench -- zonal   # only benchmarks/bench_zonal.py (issue 4 item 7)
     nox -s bench -- http    # only benchmarks/bench_http.py (issue 3 item 7)
     nox -s bench -- jit     # only benchmarks/bench_jit.py (first-call compilation)
+    nox -s bench -- scale   # only benchmarks/bench_scale.py --size reduced (issue 19 item 7)
+    nox -s bench_scale -- --size county   # the county-sized run (>= 100 000 fields)
     nox -s docs             # Sphinx HTML in docs/_build/html, warnings are errors
     nox -s typecheck        # mypy on the public API
 """
@@ -38,6 +40,16 @@ def bench(session: nox.Session) -> None:
         session.run("python", "benchmarks/bench_http.py")
     if "jit" in which:
         session.run("python", "benchmarks/bench_jit.py", "--repeat", "3")
+    if "scale" in which:
+        session.run("python", "benchmarks/bench_scale.py", "--size", "reduced")
+
+
+@nox.session(python=PYTHON)
+def bench_scale(session: nox.Session) -> None:
+    """Scaling benchmark on a dask LocalCluster (1 and 2 workers, 50 ms COG latency);
+    ``-- --size county`` for the county-sized world (docs/scaling.md)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/bench_scale.py", *(session.posargs or ["--size", "reduced"]))
 
 
 @nox.session(python=PYTHON)

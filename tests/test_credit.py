@@ -95,7 +95,7 @@ def test_golden_two_fields_ltv_binds():
     assert p.total_area_mu == pytest.approx(15.0) and p.total_area_ha == pytest.approx(1.0)
     assert p.repayment_start == "2025-06-10" and p.repayment_end == "2025-10-31"
     assert "CAP_LTV" in codes(p, "cap") and "APPROVED" in codes(p)
-    assert p.as_of == AS_OF and p.currency == "CNY" and p.schema_version == "1.0.0"
+    assert p.as_of == AS_OF and p.currency == "CNY" and p.schema_version == "1.1.0"
 
 
 @pytest.mark.parametrize("policy, limit, binding", [
@@ -211,6 +211,114 @@ def test_declared_crop_checks():
                             "declared_crop": ["winter_wheat", "soybean"]})
     p = one(credit.assess(two_field_farmer(), farmers=farmers, as_of=AS_OF))
     assert [r.field_id for r in p.reasons if r.code == "CROP_MISMATCH"] == ["F2"]
+
+
+# --------------------------------------------------------------------------- policy 1.1.0
+V11 = Policy.preset("1.1.0")
+
+
+def three_field_farmer(**over3):
+    """Farmer A: 9 mu wheat (F1), 6 mu maize (F2), 3 mu maize (F3, the one in doubt)."""
+    return table(
+        est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0),
+        est_row("F2", "A", "summer_maize", 0.4, 6.0, 7.5, 9.0),
+        est_row("F3", "A", "summer_maize", 0.2, 6.0, 7.5, 9.0, **over3),
+    )
+
+
+@pytest.mark.parametrize("over, why", [
+    ({"crop_prob": 0.45}, "FIELD_EXCLUDED_CROP_DOUBT"),              # LOW_CROP_CONFIDENCE
+    ({"declared_crop": "soybean", "crop_prob": 0.95},                # confident mismatch,
+     "FIELD_EXCLUDED_CROP_DOUBT"),                                   # not the main field
+    ({"declared_crop": "soybean", "crop_prob": 0.55, "flags": "LOW_OBS"},  # both + a flag
+     "FIELD_EXCLUDED_CROP_DOUBT"),
+    ({"quality": 0.3, "flags": "FIELD_TOO_SMALL"}, "FIELD_EXCLUDED_LOW_QUALITY"),
+])
+def test_v11_doubtful_field_left_out_of_limit(over, why):
+    df = three_field_farmer(**over)
+    assert one(credit.assess(df, as_of=AS_OF)).decision == "refer"  # policy 1.0.0
+    p = one(credit.assess(df, as_of=AS_OF, policy=V11))
+    # limit from F1 + F2 only: Σ P10 = 0.6*5*2380 + 0.4*6*2300 = 12660; LTV 6330 binds
+    # (stage cost 500 * 15 = 7500; insurance 0.8 * 15468 = 12374.4); F3's LOW_OBS unused
+    assert p.decision == "approve" and p.suggested_limit_cny == 6300
+    assert p.policy_version == "1.1.0" and p.excluded_fields == ("F3",)
+    assert p.factors.downside_value_cny == pytest.approx(12660.0)
+    assert p.factors.area_mu == pytest.approx(15.0) and p.factors.haircut == 1.0
+    assert p.downside_value_cny_p10 == pytest.approx(12660.0)
+    assert p.total_area_mu == pytest.approx(18.0)  # every claimed field is still listed
+    assert [e.field_id for e in p.fields] == ["F1", "F2", "F3"]
+    ex = [r for r in p.reasons if r.code.startswith("FIELD_EXCLUDED_")]
+    assert [r.code for r in ex] == [why]
+    assert [(r.field_id, r.effect) for r in ex] == [("F3", "info")]
+    assert ex[0].factor == pytest.approx(3.0)  # its area, mu
+    assert not [r for r in p.reasons if r.field_id == "F3" and r.effect != "info"]
+    assert CreditProfile.from_json(p.to_json()) == p
+
+
+def test_v11_only_doubtful_fields_refers():
+    df = table(est_row("F1", "A", "winter_wheat", 0.6, crop_prob=0.5),
+               est_row("F2", "A", "summer_maize", 0.4, declared_crop="soybean"))
+    p = one(credit.assess(df, as_of=AS_OF, policy=V11))
+    assert p.decision == "refer" and p.suggested_limit_cny is None
+    assert "MOSTLY_EXCLUDED" in codes(p, "refer") and p.excluded_fields == ("F1", "F2")
+
+
+def test_v11_mostly_doubtful_refers_and_share_is_area_weighted():
+    # doubtful F1 (9 mu) is 60 % of 15 mu > 50 %: refer; doubtful F2 (6 mu, 40 %): approve
+    df = two_field_farmer().assign(crop_prob=[0.5, 0.93])
+    p = one(credit.assess(df, as_of=AS_OF, policy=V11))
+    r = next(r for r in p.reasons if r.code == "MOSTLY_EXCLUDED")
+    assert p.decision == "refer" and r.factor == pytest.approx(0.6)
+    p = one(credit.assess(df.assign(crop_prob=[0.93, 0.5]), as_of=AS_OF, policy=V11))
+    assert p.decision == "approve" and p.excluded_fields == ("F2",)
+    # 0.6 ha wheat: 0.5 * 0.6 * 5 * 2380 = 3570 -> 3500
+    assert p.suggested_limit_cny == 3500
+    p = one(credit.assess(df, as_of=AS_OF, policy=Policy.preset("1.1.0",
+                                                                 max_excluded_share=0.7)))
+    assert p.decision == "approve" and p.suggested_limit_cny == 2700  # 0.5 * 5520 -> 2700
+
+
+def test_v11_main_field_confident_mismatch_refers():
+    # F1 (9 mu, the largest) declared soybean, imagery says wheat with p 0.93 >= 0.8
+    farmers = pd.DataFrame({"field_id": ["F1", "F2", "F3"], "farmer_id": ["A"] * 3,
+                            "declared_crop": ["soybean", "maize", "maize"]})
+    df = three_field_farmer()
+    df.loc[0, "area_ha"], df.loc[0, "area_mu"] = 0.5, 7.5  # 7.5 of 16.5 mu: < 50 %
+    p = one(credit.assess(df, farmers=farmers.assign(declared_area_mu=[7.5, 6.0, 3.0]),
+                          as_of=AS_OF, policy=V11))
+    assert p.decision == "refer" and codes(p, "refer") == {"MAIN_FIELD_MISMATCH"}
+    assert p.excluded_fields == ("F1",)
+    # the same mismatch read with p 0.7 (< 0.8) is doubt, not evidence: excluded only
+    df.loc[0, "crop_prob"] = 0.7
+    p = one(credit.assess(df, farmers=farmers.assign(declared_area_mu=[7.5, 6.0, 3.0]),
+                          as_of=AS_OF, policy=V11))
+    assert p.decision == "approve" and p.excluded_fields == ("F1",)
+
+
+@pytest.mark.parametrize("over, code", [
+    ({"crop_prob": 0.45, "value_cny_p10": np.nan}, "MISSING_DATA"),
+    ({"crop_prob": 0.45, "flags": "NO_PRICE"}, "NO_PRICE"),
+    ({"crop_prob": 0.45, "value_cny_p10": 1e6}, "INCONSISTENT_INTERVAL"),
+    ({"quality": 0.3, "harvest_date": pd.NaT}, "MISSING_DATA"),
+    ({"crop_prob": 0.45, "last_obs_date": pd.Timestamp("2025-01-05")}, "STALE_DATA"),
+    ({"value_cny_p50": -5.0}, "INVALID_ESTIMATE"),
+])
+def test_v11_fail_closed_missing_or_invalid_data_still_refers(over, code):
+    """Only crop-identity doubt leaves a field out; anything else on it refers the farmer."""
+    p = one(credit.assess(three_field_farmer(**over), as_of=AS_OF, policy=V11))
+    assert p.decision == "refer" and p.suggested_limit_cny is None
+    assert code in codes(p, "refer") and p.excluded_fields == ()
+
+
+def test_v11_policy_rejects_excluding_missing_data():
+    from cropyield.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot leave a field out"):
+        Policy(exclude_codes=("MISSING_DATA",))
+    with pytest.raises(ConfigError, match="no policy preset"):
+        Policy.preset("9.9.9")
+    assert Policy().exclude_codes == () and Policy.preset("1.0.0") == Policy()
+    assert set(credit.EXCLUDABLE_CODES.values()) <= set(credit.REASON_CODES)
 
 
 def test_duplicate_claim_refers_both_farmers():
@@ -619,3 +727,39 @@ def test_monitor_not_sown_from_crop_calendar():
     late = credit.monitor(series[series["field_id"] == "M"], m, as_of="2025-05-20",
                           registry=reg_m)
     assert late.empty  # doy 140: still before the window (ends doy 200)
+
+
+@st.composite
+def doubtful_tables(draw, max_fields=5):
+    """Farmer A with fields of random crop probability, some missing a value."""
+    n = draw(st.integers(1, max_fields))
+    rows = []
+    for i in range(n):
+        ha = draw(st.floats(0.1, 1.5))
+        over = {"crop_prob": draw(st.sampled_from([0.3, 0.55, 0.7, 0.95]))}
+        if draw(st.integers(0, 9)) == 0:
+            over["value_cny_p10"] = np.nan
+        rows.append(est_row(f"F{i}", "A", draw(st.sampled_from(CROPS)), ha, 5.0, 6.0, 7.0,
+                            **over))
+    return table(*rows)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(df=doubtful_tables())
+def test_property_v11_limit_rests_only_on_confident_fields(df):
+    p = one(credit.assess(df, as_of=AS_OF, policy=V11))
+    doubtful = set(df.loc[df["crop_prob"] < V11.min_crop_prob, "field_id"])
+    # a field with missing data is not excluded: it refers
+    missing = set(df.loc[df["value_cny_p10"].isna(), "field_id"])
+    assert set(p.excluded_fields) == doubtful - missing
+    if df["value_cny_p10"].isna().any():  # missing data is never excluded, never approved
+        assert p.decision == "refer" and "MISSING_DATA" in codes(p, "refer")
+    if p.decision == "approve":
+        kept = df[~df["field_id"].isin(doubtful)]
+        assert doubtful != set(df["field_id"])
+        assert df.loc[df["field_id"].isin(doubtful), "area_mu"].sum() \
+            <= V11.max_excluded_share * df["area_mu"].sum() + 1e-9
+        assert p.suggested_limit_cny <= V11.ltv * kept["value_cny_p10"].sum() + 1e-6
+        assert p.factors.downside_value_cny == pytest.approx(kept["value_cny_p10"].sum())
+    else:
+        assert p.suggested_limit_cny is None

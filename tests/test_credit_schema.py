@@ -259,7 +259,7 @@ def test_older_minor_version_accepted(monkeypatch):
     assert p.suggested_limit_cny == d["suggested_limit_cny"]
     assert Reason13._from_mapping(d["reasons"][0], "r", (1, 0, 0)).confidence is None
     with pytest.raises(CreditSchemaError, match="missing key 'overdue_days'"):
-        Profile13.from_dict({**d, "schema_version": "1.3.0"})
+        Profile13.from_dict({**d, "excluded_fields": [], "schema_version": "1.3.0"})
     with pytest.raises(CreditSchemaError, match="missing key 'confidence'"):
         Reason13._from_mapping(d["reasons"][0], "r", (1, 3, 0))
     # v1.0 fields stay required in a v1.0 record
@@ -271,26 +271,85 @@ def test_older_minor_version_accepted(monkeypatch):
 
 
 # --------------------------------------------------------------------------- golden files
+GOLDEN_11 = DATA / "profiles_v1.1.0.json"
+
+
+def _upgraded(d, version=None):
+    """What a v1.0.0 record reads as today: current schema_version everywhere, the fields
+    added in 1.1.0 with their defaults."""
+    version = version or credit.SCHEMA_VERSION
+    if isinstance(d, list):
+        return [_upgraded(x, version) for x in d]
+    if not isinstance(d, dict):
+        return d
+    out = {k: _upgraded(v, version) for k, v in d.items()}
+    if "schema_version" in out:
+        out["schema_version"] = version
+    if "decision" in out:
+        out.setdefault("excluded_fields", [])
+    if "refer_flags" in out:
+        for k, v in Policy().to_dict().items():
+            out.setdefault(k, v)
+    return out
+
+
+def _profiles_v11():
+    """The v1.0.0 golden inputs plus farmers with doubtful fields, under policy 1.1.0."""
+    df = pd.concat([
+        two_field_farmer(),
+        table(est_row("F3", "B", "summer_maize", 1.2, flags="LOW_OBS", declared_area_mu=14.0)),
+        table(est_row("F4", "C", "winter_wheat", 0.3, value_cny_p10=np.nan, flags="NO_PRICE")),
+        table(est_row("F5", "D", "winter_wheat", 0.05)),
+        # E: one doubtful field (crop probability 0.45) among two confident ones
+        table(est_row("F6", "E", "winter_wheat", 0.6), est_row("F7", "E", "summer_maize", 0.5),
+              est_row("F8", "E", "summer_maize", 0.2, crop_prob=0.45)),
+        # G: its only field is doubtful
+        table(est_row("F9", "G", "winter_wheat", 0.6, crop_prob=0.5)),
+    ], ignore_index=True)
+    return credit.assess(df, as_of=AS_OF, policy=Policy.preset("1.1.0"))
+
+
 def test_golden_v1_profiles_still_load_exactly():
+    """v1.0.0 records (an older minor version) load; they read as their 1.1.0 upgrade."""
     golden = json.loads(GOLDEN.read_text())
     assert {d["decision"] for d in golden} == {"approve", "refer", "decline"}
     for d in golden:
         assert d["schema_version"] == "1.0.0"
         validate(d, credit.json_schema())
-        assert CreditProfile.from_dict(d).to_dict() == d
+        assert CreditProfile.from_dict(d).to_dict() == _upgraded(d)
     pol = json.loads((DATA / "policy_v1.0.0.json").read_text())
-    assert Policy.from_dict(pol).to_dict() == pol
+    p = Policy.from_dict(pol)
+    assert p.to_dict() == _upgraded(pol)
+    assert p.exclude_codes == ()  # a stored 1.0.0 policy keeps referring doubtful fields
 
 
 def test_golden_v1_profiles_reproduced_by_assess():
     """Same inputs, same profiles: a diff here is a behaviour change (regenerate on purpose
-    and bump the policy/schema version as appropriate)."""
+    and bump the policy/schema version as appropriate). Policy() is still policy 1.0.0."""
     golden = json.loads(GOLDEN.read_text())
     now = [p.to_dict() for p in _profiles()]
+    for g, n in zip(_upgraded(golden), now, strict=True):
+        g, n = dict(g), dict(n)
+        g.pop("library_version"), n.pop("library_version")
+        assert n == g
+
+
+def test_golden_v11_profiles_load_and_reproduce():
+    golden = json.loads(GOLDEN_11.read_text())
+    for d in golden:
+        assert d["schema_version"] == "1.1.0" and d["policy_version"] == "1.1.0"
+        validate(d, credit.json_schema())
+        assert CreditProfile.from_dict(d).to_dict() == d
+    now = [p.to_dict() for p in _profiles_v11()]
     for g, n in zip(golden, now, strict=True):
         g, n = dict(g), dict(n)
         g.pop("library_version"), n.pop("library_version")
         assert n == g
+    by = {d["farmer_id"]: d for d in golden}
+    assert by["E"]["decision"] == "approve" and by["E"]["excluded_fields"] == ["F8"]
+    assert by["G"]["decision"] == "refer" and by["G"]["suggested_limit_cny"] is None
+    pol = json.loads((DATA / "policy_v1.1.0.json").read_text())
+    assert Policy.from_dict(pol).to_dict() == pol == Policy.preset("1.1.0").to_dict()
 
 
 def test_published_schema_is_up_to_date():

@@ -11,6 +11,18 @@ from cropyield import cropmodel as cm
 from cropyield.errors import ConfigError
 
 
+def _need_pcse():
+    """Skip without PCSE; import it the way the library does (cropmodel._pcse), because a
+    bare ``import pcse`` reconfigures the process's logging for every later test."""
+    import importlib.util
+
+    if importlib.util.find_spec("pcse") is None:
+        pytest.skip("PCSE not installed (extra [pcse])")
+    from cropyield.cropmodel import _pcse
+
+    _pcse()
+
+
 @pytest.fixture(scope="module")
 def lib():
     return cm.load_library()
@@ -102,7 +114,7 @@ def test_simulate_seasons_filters_and_errors():
 
 
 def test_wofost_reproduces_the_library_and_responds_as_wofost_says(lib, monkeypatch):
-    pytest.importorskip("pcse")
+    _need_pcse()
     row = lib[lib["crop"] == "maize"].iloc[3]
     res = cm.run_wofost("maize", int(row["weather_year"]),
                         emergence_offset_d=row["emergence_offset_d"], soil=row["soil"],
@@ -115,3 +127,21 @@ def test_wofost_reproduces_the_library_and_responds_as_wofost_says(lib, monkeypa
     assert hi["yield_t_ha"] > 1.2 * lo["yield_t_ha"] and hi["laimax"] > lo["laimax"]
     with pytest.raises(ConfigError):
         cm.run_wofost("maize", 1990)
+
+
+def test_importing_pcse_leaves_home_and_our_logger_alone(caplog):
+    """PCSE's import reconfigures logging (disable_existing_loggers) and writes under $HOME:
+    neither may leak into the process that uses cropyield."""
+    import logging
+    import os
+
+    _need_pcse()
+    from cropyield._log import logger
+    from cropyield.cropmodel import _pcse
+
+    home = os.environ.get("HOME")
+    _pcse()
+    assert os.environ.get("HOME") == home
+    with caplog.at_level(logging.DEBUG, logger="cropyield"):
+        logger.warning("retrying %s", "https://h/B04.tif?sig=topsecret")
+    assert "REDACTED" in caplog.text and "topsecret" not in caplog.text

@@ -52,6 +52,12 @@ def test_demo_writes_results(demo_runs):
     profiles = json.loads((out / "credit_profiles.json").read_text())
     assert profiles and {"farmer_id", "decision", "schema_version"} <= set(profiles[0])
     assert {p["decision"] for p in profiles} <= {"approve", "refer", "decline"}
+    for p in profiles:  # excluded fields are named, listed among the fields and explained
+        assert set(p["excluded_fields"]) <= {f["field_id"] for f in p["fields"]}
+        why = {r["field_id"] for r in p["reasons"] if r["code"].startswith("FIELD_EXCLUDED_")}
+        assert why == set(p["excluded_fields"])
+        assert not [r for r in p["reasons"]
+                    if r["field_id"] in why and r["effect"] in ("refer", "haircut")]
     assert summary["n_scenes"] > 10 and summary["requests"] > 0
     alerts = pd.read_parquet(out / "alerts.parquet")
     assert {"field_id", "farmer_id", "as_of", "code", "severity", "message"} <= set(alerts.columns)

@@ -121,3 +121,19 @@ def test_stale_building_folders_are_cleaned(tmp_path, monkeypatch):
     assert not [d for d in worlds.iterdir() if d.name.startswith(".building-") and d != live]
     # the helper itself: nothing stale left, the live folder kept
     assert clean_stale_dirs(worlds, ".building-") == [] and live.exists()
+
+
+def test_parquet_files_carry_no_oversized_attrs(tmp_path):
+    """pandas writes DataFrame.attrs into every Parquet file; large entries (per-scene lists)
+    stay out of the files, small ones (the smoothing λ) are kept (issue 20)."""
+    import pyarrow.parquet as pq
+
+    from cropyield._io import MAX_ATTR_BYTES, with_small_attrs
+
+    df = pd.DataFrame({"field_id": ["a", "b"], "ndvi": [0.5, 0.6]})
+    df.attrs = {"lam": 200.0, "scenes": [f"S2A_49SGU_2024{i:04d}" for i in range(5000)]}
+    slim = with_small_attrs(df)
+    assert slim.attrs == {"lam": 200.0} and "scenes" in df.attrs   # the input is untouched
+    slim.to_parquet(tmp_path / "t.parquet")
+    meta = pq.read_schema(tmp_path / "t.parquet").metadata
+    assert sum(len(v) for v in meta.values()) < 4 * MAX_ATTR_BYTES

@@ -13,7 +13,8 @@ The pipeline, one module per stage (imports flow down this list only)::
     yieldmodel LUEModel, EmpiricalModel, fit_yield_model
     value      estimate_yield (area, production, output value)
     credit     FieldEvidence, CreditProfile, Policy, assess, monitor
-    pipeline   estimate (the whole chain)
+    pipeline   estimate (the whole chain; partitioned, resumable, local or dask.distributed)
+    store      ResultStore (partitioned results, manifest, atomic writes)
 
 Public names are imported lazily so that ``import cropyield`` stays fast.
 """
@@ -64,7 +65,7 @@ _LAZY: dict[str, str] = {
     "estimate": "pipeline",
     "show_versions": "_versions",
 }
-_SUBMODULES = ("credit", "synthetic", "servers", "radiation", "plot", "errors")
+_SUBMODULES = ("credit", "synthetic", "servers", "radiation", "plot", "errors", "store")
 
 __all__ = [
     "__version__",

@@ -220,3 +220,23 @@ def clean_stale_dirs(parent: str | os.PathLike, prefix: str, *,
             if not d.exists():
                 removed.append(d)
     return removed
+
+
+#: Largest JSON size (bytes) of one ``DataFrame.attrs`` entry written into a Parquet file's
+#: metadata; larger entries (per-scene lists, read-failure logs) stay in memory only.
+MAX_ATTR_BYTES = 2048
+
+
+def with_small_attrs(df):
+    """``df`` (a shallow copy) keeping only the ``attrs`` entries small enough for Parquet
+    metadata (pandas writes all of ``attrs`` into every file otherwise)."""
+    keep = {}
+    for k, v in df.attrs.items():
+        try:
+            if len(json.dumps(v, default=str)) <= MAX_ATTR_BYTES:
+                keep[k] = v
+        except (TypeError, ValueError):
+            continue
+    out = df.copy(deep=False)
+    out.attrs = keep
+    return out

@@ -81,14 +81,37 @@ def nitrogen_factor(n_kg_ha) -> np.ndarray:
 
 # --------------------------------------------------------------------------------- WOFOST
 def _pcse():
-    if "PCSE_USER_HOME" not in os.environ and not os.environ.get("_CROPYIELD_PCSE_HOME"):
-        # PCSE builds its demo database under $HOME/.pcse on first import: keep it out of
-        # the user's home
-        os.environ["_CROPYIELD_PCSE_HOME"] = "1"
-        os.environ["HOME"] = tempfile.mkdtemp(prefix="cropyield_pcse_")
+    """Import PCSE without side effects on the process.
+
+    On first import PCSE builds its demo database and log folder under ``$HOME/.pcse``
+    (pointed at a temporary folder for that import only, then ``HOME`` is restored) and
+    reconfigures logging with ``disable_existing_loggers=True`` and its own root handlers
+    (the root logger's handlers and level are restored and the ``cropyield`` loggers
+    re-enabled, so the application's logging and our redaction keep working).
+    """
+    import logging
+    import sys
+
     from ._extras import require
 
-    return require("pcse", "pcse", "crop-model seasons (cropyield.cropmodel)")
+    if "pcse" in sys.modules:
+        return sys.modules["pcse"]
+    home = os.environ.get("HOME")
+    root = logging.getLogger()
+    root_state = (list(root.handlers), root.level)
+    os.environ["HOME"] = tempfile.mkdtemp(prefix="cropyield_pcse_")
+    try:
+        return require("pcse", "pcse", "crop-model seasons (cropyield.cropmodel)")
+    finally:
+        if home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = home
+        root.handlers[:], root.level = root_state[0], root_state[1]
+        for name, lg in list(logging.root.manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger) and (name == "cropyield"
+                                                   or name.startswith("cropyield.")):
+                lg.disabled = False
 
 
 @lru_cache(maxsize=1)

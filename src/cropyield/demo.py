@@ -26,8 +26,8 @@ from ._io import clean_stale_dirs, work_dir_prefix
 from ._log import logger
 from ._version import __version__
 
-__all__ = ["run_demo", "cache_dir", "demo_world", "simulation_core", "accuracy_report", "over_lending",
-           "referral_drivers", "DEMO_SIZES"]
+__all__ = ["run_demo", "cache_dir", "demo_world", "simulation_core", "accuracy_report",
+           "over_lending", "referral_drivers", "declaration_check", "DEMO_SIZES"]
 
 #: Named demo sizes → synthetic-world overrides. "small" is the default (< 3 min on 2 cores).
 DEMO_SIZES: dict[str, dict[str, Any]] = {
@@ -47,6 +47,12 @@ MIN_COVERAGE_FRAC = 0.5
 
 #: Prior odds the demo gives to declared crops (see ``identify_crops``).
 DECLARED_PRIOR_ODDS = 10.0
+
+
+#: Credit policy version the demo assesses with (``Policy.preset``): 1.1.0 leaves a field
+#: whose crop identity is in doubt out of the limit instead of referring the farmer
+#: (docs/credit.md, "Excluded fields").
+CREDIT_POLICY_VERSION = "1.1.0"
 
 
 #: Crops whose yield model is trained on crop-model simulations (the crops whose truth the
@@ -230,6 +236,28 @@ def over_lending(profiles, world, estimates: pd.DataFrame, *, share: float = 0.8
             "over_lending_threshold": share}
 
 
+def declaration_check(profiles, world) -> dict[str, Any]:
+    """Wrong crop declarations against the credit decisions (the world knows the truth).
+
+    A field's declaration is wrong when its declared crop system differs from the true
+    one. Returns how many farmers hold one, how many of them were approved, and how many
+    approved limits rest on a wrongly declared field (must be 0: such a field is either
+    referred or excluded from the limit), plus the number of excluded fields.
+    """
+    f = world.fields
+    wrong = set(f.loc[f["crop"].astype(str) != f["true_crop"].astype(str), "field_id"])
+    holders = set(f.loc[f["field_id"].isin(wrong), "farmer_id"])
+    approved = [p for p in profiles if p.decision == "approve"]
+    in_limit = [p.farmer_id for p in approved
+                if ({e.field_id for e in p.fields} - set(p.excluded_fields)) & wrong]
+    return {"wrong_declaration_farmers": len(holders),
+            "wrong_declaration_approved": sum(p.farmer_id in holders for p in approved),
+            "wrong_declaration_in_limit": len(in_limit),
+            "excluded_fields_n": sum(len(p.excluded_fields) for p in profiles),
+            "farmers_with_excluded_fields": sum(bool(p.excluded_fields) for p in profiles),
+            "credit_policy_version": profiles[0].policy_version if profiles else None}
+
+
 def referral_drivers(profiles) -> dict[str, Any]:
     """Referral rate and what drives it: per reason code, the farmers it referred (a farmer
     counts once per code) and the farmers for whom it was the only referring code."""
@@ -384,7 +412,8 @@ def run_demo(
         # (summer soybean vs maize); strong contrary evidence still flags CROP_MISMATCH
         result = estimate(fields, start, end, scenes=scenes, progress=stage,
                           read_progress=True, declared_prior_odds=DECLARED_PRIOR_ODDS,
-                          min_coverage_frac=MIN_COVERAGE_FRAC)
+                          min_coverage_frac=MIN_COVERAGE_FRAC,
+                          policy=credit.Policy.preset(CREDIT_POLICY_VERSION))
     # Calibrate the yield model on a crop-cut sample (what a bank's field staff measure),
     # then re-estimate: intervals become conformal on those residuals.
     calib_ids: list[str] = []
@@ -456,13 +485,16 @@ def run_demo(
                 models.setdefault(c, default)
             result.estimates = estimate_yield(result.series, fields, model=models,
                                               phenology=result.phenology, crops=result.crops)
-            result.profiles = credit.assess(result.estimates)
+            result.profiles = credit.assess(
+                result.estimates, policy=credit.Policy.preset(CREDIT_POLICY_VERSION))
     alerts = in_season_alerts(result.observations, fields, MONITOR_AS_OF)
     acc = accuracy_report(result, world, calibration_fields=calib_ids)
     paths = result.write(out)
     alerts.to_parquet(out / "alerts.parquet", index=False)
     paths["alerts"] = out / "alerts.parquet"
-    est_geo = fields[["field_id", "geometry"]].merge(result.estimates, on="field_id", how="right")
+    est_geo = fields[["field_id", "geometry"]].merge(
+        pd.DataFrame(result.estimates).drop(columns="geometry", errors="ignore"),
+        on="field_id", how="right")
     est_geo.to_parquet(out / "estimates.parquet", index=False)
     try:
         from .plot import demo_figure
@@ -489,6 +521,7 @@ def run_demo(
         "accuracy": acc,
         **over_lending(result.profiles, world, result.estimates),
         **referral_drivers(result.profiles),
+        **declaration_check(result.profiles, world),
         "timings_s": {"world": round(t_world, 2), **result.timings_s,
                       "total": round(time.perf_counter() - t0, 2)},
         "outputs": {k: str(v) for k, v in paths.items()},

@@ -8,25 +8,25 @@ distance outside it; crop priors (regional area weights) and rotation context (a
 usually follows the previous season's crop, e.g. summer maize after winter wheat) are added,
 and a softmax gives probabilities.
 
-:class:`CropClassifier` is for users with labelled parcels: a multinomial logistic regression
-(NumPy, no extra dependency) on fixed-bin means of one or several daily index series plus
-phenology metrics; JSON save/load; grouped cross-validation.
+:class:`CropClassifier` (defined in :mod:`cropyield.classify`, re-exported here) is for users
+with labelled parcels: LightGBM on cloud-, cadence- and year-robust features with calibrated
+probabilities; JSON save/load; grouped cross-validation. Its probabilities can feed
+:func:`identify_crops` (``classifier=``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
-from ._io import loads_json
 from ._log import logger
+from .classify import CropClassifier
 from .crops import CropRegistry, load_registry
-from .errors import CropYieldError, ModelError, join_flags, split_flags
+from .errors import CropYieldError, join_flags, split_flags
 
 __all__ = ["identify_crops", "CropClassifier", "IdentifyError"]
 
@@ -110,6 +110,9 @@ def identify_crops(
     min_fit_loglik: float = -8.0,
     declared_prior_odds: float = 1.0,
     id_col: str = "field_id",
+    classifier: CropClassifier | None = None,
+    crop_proba: pd.DataFrame | None = None,
+    min_classifier_prob: float = 1e-3,
 ) -> pd.DataFrame:
     """Most likely crops per field-season from calendar and phenology knowledge.
 
@@ -158,6 +161,22 @@ def identify_crops(
         (summer soybean vs summer maize share a calendar), while strong contrary evidence
         still wins and is flagged. Accuracy measured this way is no longer image-only.
 
+    classifier : CropClassifier, optional
+        A fitted classifier whose calibrated probabilities join the calendar evidence
+        (needs a daily series as the first argument; same as passing
+        ``crop_proba=classifier.predict_proba(series)``).
+    crop_proba : DataFrame, optional
+        Per-field class probabilities (index ``field_id``, one column per class, e.g.
+        :meth:`CropClassifier.predict_proba`). A class may be a rotation
+        (``"winter_wheat+summer_maize"``): each of its crops receives its probability.
+        Every season of the field adds ``log max(p(crop), min_classifier_prob)`` to each
+        candidate's log-likelihood, so the classifier's calibrated probabilities drive
+        ``crop_prob``, ``CROP_UNCERTAIN`` and the ``CROP_MISMATCH`` likelihood ratio
+        together with the calendar; fields missing from it keep the calendar alone.
+    min_classifier_prob : float
+        Floor of a classifier probability (keeps one confident classifier from vetoing
+        a crop outright).
+
     Returns
     -------
     DataFrame
@@ -174,6 +193,13 @@ def identify_crops(
     """
     reg = registry if registry is not None else load_registry()
     phen = series_or_phenology
+    if classifier is not None:
+        if crop_proba is not None:
+            raise IdentifyError("pass classifier or crop_proba, not both")
+        if "pos" in phen.columns:
+            raise IdentifyError("classifier= needs the daily series (smooth_series output), "
+                                "not a phenology table; or pass crop_proba=")
+        crop_proba = classifier.predict_proba(phen)
     if "pos" not in phen.columns or "season" not in phen.columns:
         from .seasons import phenology
         phen = phenology(phen, index=index, id_col=id_col)
@@ -220,6 +246,9 @@ def identify_crops(
             d = _range_outside(base_l, *rng_)
             ll[:, j] += np.where(np.isfinite(d), -0.5 * (d / sigma_base) ** 2, 0.0)
     log_prior = np.log(np.array([max(c.prior, 1e-6) for c in cals]))
+    if crop_proba is not None:
+        ll += _classifier_loglik(crop_proba, phen[id_col].to_numpy(), names,
+                                 min_classifier_prob)
 
     flags_in = phen["flags"].astype(str).to_numpy()
     no_season = np.array(["NO_SEASON" in f for f in flags_in])
@@ -357,352 +386,36 @@ def identify_crops(
     return out
 
 
+def _classifier_loglik(proba: pd.DataFrame, fids: np.ndarray, names: list[str],
+                       floor: float) -> np.ndarray:
+    """Rows × candidates log-probabilities from per-field class probabilities (0 if unknown)."""
+    if not isinstance(proba, pd.DataFrame):
+        raise IdentifyError("crop_proba must be a DataFrame indexed by field_id with one "
+                            "column per class (CropClassifier.predict_proba output)")
+    if not 0 < floor < 1:
+        raise IdentifyError(f"min_classifier_prob must be in (0, 1), got {floor}")
+    P = np.zeros((len(proba), len(names)))
+    name_ix = {c: j for j, c in enumerate(names)}
+    hit = False
+    for col in proba.columns:
+        v = proba[col].to_numpy(dtype=float, na_value=np.nan)
+        for crop in {c.strip() for c in str(col).split("+")}:
+            if crop in name_ix:
+                P[:, name_ix[crop]] += np.nan_to_num(v)
+                hit = True
+    if not hit:
+        raise IdentifyError(f"no class of crop_proba ({list(proba.columns)[:6]}) is a "
+                            f"candidate crop of this region ({names[:6]} ...)")
+    L = np.log(np.maximum(np.minimum(P, 1.0), floor))
+    pos = proba.index.get_indexer(fids)
+    out = np.where((pos >= 0)[:, None], L[np.maximum(pos, 0)], 0.0)
+    return out
+
+
 def _r(x, nd: int = 0):
     if x is None or not np.isfinite(x):
         return None
     return round(float(x), nd) if nd else int(round(float(x)))
 
 
-# --------------------------------------------------------------------------- classifier
-
-
-class CropClassifier:
-    """Crop classifier trained on labelled parcels (multinomial logistic regression).
-
-    Features per field: the mean of each index in fixed day-of-year bins of ``bin_days``
-    days counted from ``year_start`` (month-day; e.g. ``"09-01"`` to keep winter crops in
-    one season-year), plus phenology metrics of the first index (number of seasons; SOS,
-    peak and EOS day offsets, peak, amplitude, length and small integral of the two largest
-    seasons). Missing features are filled with training means; features are standardised.
-    The model is a softmax regression with L2 penalty fitted by full-batch Adam in NumPy:
-    deterministic, dependency-free and exportable to plain JSON (no pickle).
-
-    Parameters
-    ----------
-    indices : sequence of str
-        Index columns of the daily series to use (e.g. ``("ndvi", "ndre", "ndmi")``).
-    bin_days : int
-        Width of the time bins, days.
-    year_start : str
-        ``"MM-DD"`` where the season-year starts. A series longer than a year is folded
-        (bins average over years); pass one season-year per field for clean features.
-    phenology_features : bool
-        Add phenology metrics of the first index.
-    l2 : float
-        L2 penalty on the coefficients (per sample).
-    max_iter : int, learning_rate : float
-        Optimiser settings.
-    seed : int
-        Recorded; the optimiser itself is deterministic.
-    """
-
-    FORMAT = "cropyield.CropClassifier"
-    VERSION = 1
-
-    def __init__(self, indices: Sequence[str] = ("ndvi",), *, bin_days: int = 10,
-                 year_start: str = "01-01", phenology_features: bool = True,
-                 l2: float = 1e-2, max_iter: int = 500, learning_rate: float = 0.05,
-                 seed: int = 0, id_col: str = "field_id"):
-        if isinstance(indices, str):
-            indices = (indices,)
-        if not indices:
-            raise ModelError("indices must name at least one index column")
-        if not 1 <= int(bin_days) <= 183:
-            raise ModelError(f"bin_days must be within 1..183, got {bin_days}")
-        try:
-            self._start_doy = pd.Timestamp(f"2001-{year_start}").day_of_year
-        except ValueError as exc:
-            raise ModelError(f"year_start must be 'MM-DD', got {year_start!r}") from exc
-        self.indices = tuple(indices)
-        self.bin_days = int(bin_days)
-        self.year_start = year_start
-        self.phenology_features = bool(phenology_features)
-        self.l2 = float(l2)
-        self.max_iter = int(max_iter)
-        self.learning_rate = float(learning_rate)
-        self.seed = int(seed)
-        self.id_col = id_col
-        self.classes_: list[str] | None = None
-        self.feature_names_: list[str] | None = None
-        self._fill = self._mean = self._scale = self._coef = self._intercept = None
-
-    # ---- features
-    @property
-    def n_bins(self) -> int:
-        return int(math.ceil(365 / self.bin_days))
-
-    def features(self, series: pd.DataFrame) -> pd.DataFrame:
-        """Feature table (one row per field, indexed by field id) from a daily series."""
-        idc = self.id_col
-        missing = [c for c in (idc, "time", *self.indices) if c not in series.columns]
-        if missing:
-            raise ModelError(f"series lacks columns {missing} needed by this classifier")
-        t = pd.to_datetime(series["time"])
-        if getattr(t.dt, "tz", None) is not None:
-            t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-        off = (t.dt.day_of_year.to_numpy() - self._start_doy) % 365
-        b = np.minimum(off // self.bin_days, self.n_bins - 1)
-        parts = []
-        for ix in self.indices:
-            df = pd.DataFrame({idc: series[idc].to_numpy(), "bin": b,
-                               "v": series[ix].to_numpy(dtype=float, na_value=np.nan)})
-            w = df.groupby([idc, "bin"])["v"].mean().unstack("bin")
-            w = w.reindex(columns=range(self.n_bins))
-            w.columns = [f"{ix}_b{int(c):02d}" for c in w.columns]
-            parts.append(w)
-        feat = pd.concat(parts, axis=1)
-        if self.phenology_features:
-            feat = feat.join(self._phen_features(series), how="left")
-        return feat
-
-    def _phen_features(self, series: pd.DataFrame) -> pd.DataFrame:
-        from .seasons import phenology
-
-        ix = self.indices[0]
-        ph = phenology(series, index=ix, id_col=self.id_col)
-        ph = ph[ph["pos"].notna() | ph["sos"].notna()].copy()
-        rows = {}
-        for fid, g in ph.groupby(self.id_col, sort=False):
-            g = g.sort_values("amplitude", ascending=False).head(2).sort_values("season")
-            rec = {"n_seasons": float(len(g))}
-            for s, (_, r) in enumerate(g.iterrows()):
-                for c in ("sos", "pos", "eos"):
-                    v = r[c]
-                    rec[f"s{s}_{c}"] = (((pd.Timestamp(v).day_of_year - self._start_doy) % 365)
-                                        if pd.notna(v) else np.nan)
-                for c in ("peak", "amplitude", "length_days", "small_integral"):
-                    rec[f"s{s}_{c}"] = float(r[c]) if pd.notna(r[c]) else np.nan
-            rows[fid] = rec
-        cols = ["n_seasons"] + [f"s{s}_{c}" for s in range(2) for c in
-                                ("sos", "pos", "eos", "peak", "amplitude", "length_days",
-                                 "small_integral")]
-        out = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=cols)
-        ids = pd.unique(series[self.id_col])
-        out = out.reindex(ids)
-        out["n_seasons"] = out["n_seasons"].fillna(0.0)
-        return out
-
-    # ---- model
-    def _matrix(self, feat: pd.DataFrame) -> np.ndarray:
-        X = feat.reindex(columns=self.feature_names_).to_numpy(dtype=float)
-        X = np.where(np.isfinite(X), X, self._fill[None, :])
-        return (X - self._mean) / self._scale
-
-    def fit(self, series: pd.DataFrame, labels, groups=None) -> "CropClassifier":
-        """Fit on a daily series and per-field labels.
-
-        Parameters
-        ----------
-        series : DataFrame
-            Daily series (``field_id, time, <indices>``), e.g. from :func:`smooth_series`.
-        labels : Series or mapping
-            ``field_id`` → class label (crop id or any string, e.g. a rotation
-            ``"winter_wheat+summer_maize"``). Fields without a label are ignored.
-        groups : ignored
-            Accepted for symmetry with :meth:`cross_validate`.
-        """
-        feat = self.features(series)
-        y = pd.Series(labels)
-        y = y[y.notna()].astype(str)
-        common = feat.index.intersection(y.index)
-        if len(common) < 2:
-            raise ModelError("fewer than two labelled fields have series data; check that "
-                             "labels are indexed by field_id")
-        feat = feat.loc[common]
-        y = y.loc[common]
-        return self._fit_matrix(feat, y.to_numpy())
-
-    def _fit_matrix(self, feat: pd.DataFrame, y: np.ndarray) -> "CropClassifier":
-        classes = sorted(set(y))
-        if len(classes) < 2:
-            raise ModelError(f"need at least two classes to fit, got {classes}")
-        self.classes_ = classes
-        self.feature_names_ = list(feat.columns)
-        X = feat.to_numpy(dtype=float)
-        ok = np.isfinite(X)
-        cnt = ok.sum(axis=0)
-        fill = np.where(cnt > 0, np.where(ok, X, 0).sum(axis=0) / np.maximum(cnt, 1), 0.0)
-        self._fill = fill
-        X = np.where(ok, X, fill[None, :])
-        self._mean = X.mean(axis=0)
-        sc = X.std(axis=0)
-        self._scale = np.where(sc > 1e-12, sc, 1.0)
-        Xs = (X - self._mean) / self._scale
-        cix = {c: i for i, c in enumerate(classes)}
-        Yi = np.array([cix[v] for v in y])
-        n, d = Xs.shape
-        K = len(classes)
-        Y = np.zeros((n, K))
-        Y[np.arange(n), Yi] = 1.0
-        W = np.zeros((d, K))
-        b = np.log(Y.mean(axis=0) + 1e-9)
-        mW = np.zeros_like(W)
-        vW = np.zeros_like(W)
-        mb = np.zeros_like(b)
-        vb = np.zeros_like(b)
-        lr, b1, b2, eps = self.learning_rate, 0.9, 0.999, 1e-8
-        prev = np.inf
-        for it in range(1, self.max_iter + 1):
-            Z = Xs @ W + b
-            Z -= Z.max(axis=1, keepdims=True)
-            P = np.exp(Z)
-            P /= P.sum(axis=1, keepdims=True)
-            loss = -np.mean(np.log(P[np.arange(n), Yi] + 1e-12)) + 0.5 * self.l2 * np.sum(W * W)
-            G = (P - Y) / n
-            gW = Xs.T @ G + self.l2 * W
-            gb = G.sum(axis=0)
-            mW = b1 * mW + (1 - b1) * gW
-            vW = b2 * vW + (1 - b2) * gW * gW
-            mb = b1 * mb + (1 - b1) * gb
-            vb = b2 * vb + (1 - b2) * gb * gb
-            c1, c2 = 1 - b1 ** it, 1 - b2 ** it
-            W -= lr * (mW / c1) / (np.sqrt(vW / c2) + eps)
-            b -= lr * (mb / c1) / (np.sqrt(vb / c2) + eps)
-            if abs(prev - loss) < 1e-8:
-                break
-            prev = loss
-        self._coef, self._intercept = W, b
-        self.training_ = {"n_fields": int(n), "n_features": int(d), "iterations": it,
-                          "loss": float(loss), "seed": self.seed}
-        return self
-
-    def _check(self):
-        if self._coef is None:
-            raise ModelError("the classifier is not fitted; call fit() or load() first")
-
-    def predict_proba(self, series: pd.DataFrame) -> pd.DataFrame:
-        """Class probabilities, one row per field (index: field id, columns: classes)."""
-        self._check()
-        feat = self.features(series)
-        Z = self._matrix(feat) @ self._coef + self._intercept
-        Z -= Z.max(axis=1, keepdims=True)
-        P = np.exp(Z)
-        P /= P.sum(axis=1, keepdims=True)
-        return pd.DataFrame(P, index=feat.index, columns=self.classes_)
-
-    def predict(self, series: pd.DataFrame) -> pd.Series:
-        """Most likely class per field (Series indexed by field id)."""
-        P = self.predict_proba(series)
-        return pd.Series(np.asarray(self.classes_, dtype=object)[P.to_numpy().argmax(axis=1)],
-                         index=P.index, name="crop")
-
-    # ---- persistence
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON representation of the fitted model."""
-        self._check()
-        return {
-            "format": self.FORMAT, "version": self.VERSION,
-            "config": {"indices": list(self.indices), "bin_days": self.bin_days,
-                       "year_start": self.year_start,
-                       "phenology_features": self.phenology_features, "l2": self.l2,
-                       "max_iter": self.max_iter, "learning_rate": self.learning_rate,
-                       "seed": self.seed, "id_col": self.id_col},
-            "classes": list(self.classes_), "feature_names": list(self.feature_names_),
-            "fill": self._fill.tolist(), "mean": self._mean.tolist(),
-            "scale": self._scale.tolist(), "coef": self._coef.tolist(),
-            "intercept": self._intercept.tolist(), "training": self.training_,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CropClassifier":
-        if d.get("format") != cls.FORMAT or d.get("version") != cls.VERSION:
-            raise ModelError(f"not a {cls.FORMAT} v{cls.VERSION} document "
-                             f"(format={d.get('format')!r}, version={d.get('version')!r})")
-        try:
-            m = cls(**d["config"])
-            m.classes_ = list(d["classes"])
-            m.feature_names_ = list(d["feature_names"])
-            m._fill = np.asarray(d["fill"], dtype=float)
-            m._mean = np.asarray(d["mean"], dtype=float)
-            m._scale = np.asarray(d["scale"], dtype=float)
-            m._coef = np.asarray(d["coef"], dtype=float)
-            m._intercept = np.asarray(d["intercept"], dtype=float)
-            m.training_ = dict(d.get("training", {}))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"corrupt classifier document: {exc}") from exc
-        nf, nc = len(m.feature_names_), len(m.classes_)
-        if m._coef.shape != (nf, nc) or m._intercept.shape != (nc,) or \
-                not (m._fill.shape == m._mean.shape == m._scale.shape == (nf,)):
-            raise ModelError("corrupt classifier document: array shapes do not match "
-                             f"{nf} features × {nc} classes")
-        return m
-
-    def save(self, path: str | Path) -> None:
-        """Write the model as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "CropClassifier":
-        """Read a model written by :meth:`save`."""
-        try:
-            d = loads_json(Path(path).read_text(encoding="utf-8"),
-                           what=f"crop classifier file {path}", error=ModelError)
-        except ModelError:
-            raise
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelError(f"cannot read classifier from {path}: {exc}") from exc
-        return cls.from_dict(d)
-
-    # ---- validation
-    def cross_validate(self, series: pd.DataFrame, labels, groups, *, n_splits: int = 5,
-                       seed: int | None = None) -> pd.DataFrame:
-        """Grouped k-fold cross-validation (all fields of a group share a fold).
-
-        Parameters
-        ----------
-        series, labels : as in :meth:`fit`
-        groups : Series or mapping
-            ``field_id`` → group (farmer or village), so that no group is in both the
-            training and the test part.
-        n_splits : int
-        seed : int, optional
-            Shuffles groups into folds (default: the classifier's seed).
-
-        Returns
-        -------
-        DataFrame
-            Out-of-fold predictions: ``field_id, group, fold, label, predicted, prob``;
-            ``attrs["accuracy"]`` (overall), ``attrs["fold_accuracy"]`` (list), ``attrs["seed"]``.
-        """
-        feat = self.features(series)
-        y = pd.Series(labels)
-        y = y[y.notna()].astype(str)
-        g = pd.Series(groups)
-        common = feat.index.intersection(y.index).intersection(g.index)
-        if len(common) < n_splits:
-            raise ModelError(f"need at least n_splits={n_splits} labelled fields with groups")
-        feat, y, g = feat.loc[common], y.loc[common], g.loc[common]
-        ug = pd.unique(g.to_numpy())
-        if len(ug) < n_splits:
-            raise ModelError(f"only {len(ug)} groups for {n_splits} folds")
-        rng = np.random.default_rng(self.seed if seed is None else seed)
-        perm = rng.permutation(len(ug))
-        fold_of = {ug[p]: i % n_splits for i, p in enumerate(perm)}
-        folds = g.map(fold_of).to_numpy()
-        rows = []
-        accs = []
-        for f in range(n_splits):
-            te = folds == f
-            tr = ~te
-            if te.sum() == 0 or len(set(y[tr])) < 2:
-                continue
-            m = CropClassifier(self.indices, bin_days=self.bin_days, year_start=self.year_start,
-                               phenology_features=self.phenology_features, l2=self.l2,
-                               max_iter=self.max_iter, learning_rate=self.learning_rate,
-                               seed=self.seed, id_col=self.id_col)
-            m._fit_matrix(feat[tr], y[tr].to_numpy())
-            Z = m._matrix(feat[te]) @ m._coef + m._intercept
-            Z -= Z.max(axis=1, keepdims=True)
-            P = np.exp(Z)
-            P /= P.sum(axis=1, keepdims=True)
-            pred = np.asarray(m.classes_, dtype=object)[P.argmax(axis=1)]
-            accs.append(float(np.mean(pred == y[te].to_numpy())))
-            for fid, grp, lab, pr, pp in zip(feat.index[te], g[te], y[te], pred, P.max(axis=1)):
-                rows.append({self.id_col: fid, "group": grp, "fold": f, "label": lab,
-                             "predicted": pr, "prob": float(pp)})
-        out = pd.DataFrame(rows)
-        out.attrs["accuracy"] = float((out["label"] == out["predicted"]).mean()) if len(out) \
-            else float("nan")
-        out.attrs["fold_accuracy"] = accs
-        out.attrs["seed"] = self.seed if seed is None else seed
-        return out
+# CropClassifier lives in cropyield.classify (features + learner); re-exported here.

@@ -8,8 +8,10 @@ the credit decision relied on is hidden.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pandas as pd
 from ._geo import validate_fields
 from ._log import logger
 
-__all__ = ["estimate", "PipelineResult"]
+__all__ = ["estimate", "PipelineResult", "partition_fields", "DEFAULT_PARTITION_FIELDS"]
 
 #: Indices computed by default: NDVI drives series and yield; NDRE and NDMI feed crop
 #: identification (red-edge and moisture separate crops with similar NDVI calendars).
@@ -38,6 +40,12 @@ class PipelineResult:
     estimates: pd.DataFrame
     profiles: list
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: the :class:`cropyield.store.ResultStore` of a stored run (None otherwise)
+    store: Any = None
+    #: partitions a resumed run found complete and did not redo
+    skipped: list = field(default_factory=list)
+    #: run summary of a partitioned run (what ``summary.json`` holds)
+    summary: dict = field(default_factory=dict)
 
     def write(self, out: str | Path) -> dict[str, Path]:
         """Write all tables (Parquet/GeoParquet) and the credit profiles (JSON) to ``out``.
@@ -57,7 +65,7 @@ class PipelineResult:
         import hashlib
         import json
 
-        from ._io import atomic_write, atomic_write_path
+        from ._io import atomic_write, atomic_write_path, with_small_attrs
         from ._version import __version__
 
         out = Path(out)
@@ -66,9 +74,11 @@ class PipelineResult:
         manifest_path.unlink(missing_ok=True)  # no manifest while files are being replaced
         paths: dict[str, Path] = {}
         tables = {name: getattr(self, name) for name in
-                  ("observations", "series", "phenology", "crops", "estimates")}
+                  ("observations", "series", "phenology", "crops", "estimates")
+                  if getattr(self, name) is not None}   # None: left in the store
         tables["scenes"] = self.scenes.to_dataframe()
         for name, df in tables.items():
+            df = with_small_attrs(df)
             paths[name] = atomic_write_path(out / f"{name}.parquet",
                                             lambda tmp, df=df: df.to_parquet(tmp, index=False))
         p = out / "credit_profiles.json"
@@ -107,6 +117,16 @@ class _Stages:
         return out
 
 
+#: Fields per partition when the work is split (a spatial block of fields is one dask task;
+#: its memory is that of reading and reducing these fields' pixels for every scene).
+DEFAULT_PARTITION_FIELDS = 2000
+
+#: Testing hook (``after:N`` or ``before:N``): pause for ever after the N-th partition is
+#: committed to the store, or after its files are written but before its commit, so that a
+#: test can kill the process at a known point (SIGKILL) instead of racing a timer.
+_PAUSE_ENV = "CROPYIELD_TEST_PAUSE"
+
+
 def estimate(
     fields,
     start,
@@ -128,6 +148,14 @@ def estimate(
     id_col: str = "field_id",
     progress: Callable[[int, int, str], None] | None = None,
     read_progress: Any = None,
+    client: Any = None,
+    store: Any = None,
+    partition_size: int | None = None,
+    restart: bool = False,
+    collect: bool = True,
+    env: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress_bar: bool | None = None,
 ) -> PipelineResult:
     """Run the whole chain for ``fields`` between ``start`` and ``end``.
 
@@ -156,12 +184,64 @@ def estimate(
         Leave pixels covered by less than this fraction out of the field means (see
         :func:`cropyield.field_observations`; 0 = exact area weighting).
     progress : callable, optional
-        Called as ``progress(step, n_steps, stage_name)`` before each stage.
+        Called as ``progress(step, n_steps, stage_name)`` before each stage (one step per
+        partition when the work is partitioned).
+    client : distributed.Client, optional
+        Run the partitions as tasks on this dask cluster (``[distributed]`` extra). GDAL
+        options (``env``) are pushed to the workers with a worker plugin and numba uses as
+        many threads as the worker has. Results are identical to a local run.
+    store : path, fsspec URL or :class:`cropyield.store.ResultStore`, optional
+        Write each partition's tables there as it completes (see :mod:`cropyield.store`)
+        and, at the end, the consolidated tables (``estimates.parquet`` as GeoParquet,
+        ``observations``, ``series``, ``phenology``, ``crops``, ``scenes``),
+        ``credit_profiles.json`` and ``summary.json``. Calling again with the same inputs
+        resumes: completed partitions are skipped (``result.skipped``).
+    partition_size : int, optional
+        Most fields per partition (default :data:`DEFAULT_PARTITION_FIELDS` when ``client``
+        or ``store`` is given). Partitions are spatial blocks (quadtree cells of the fields'
+        representative points); each field is in exactly one partition, and each partition
+        reads every scene of every acquisition for its fields, so a field on a tile border
+        is merged once, as in a single run.
+    restart : bool
+        With ``store``: discard what the store holds and start over.
+    collect : bool
+        Load every stage table into the result (default). With ``False`` and a store, only
+        ``estimates`` and ``profiles`` are loaded; the other tables stay in the store
+        (their result attributes are None), so memory does not grow with the county.
+    env : dict, optional
+        Extra GDAL options for reads (see :func:`cropyield.read.gdal_env`), set on the
+        workers too (credentials, e.g. ``AWS_NO_SIGN_REQUEST``, go here).
+    storage_options : dict, optional
+        fsspec options for a ``store`` URL.
+    progress_bar : bool, optional
+        Show a tqdm bar on stderr (fields done, field-scene rows, MB read, ETA). Default:
+        only when stderr is a terminal.
 
     Returns
     -------
     PipelineResult
+        ``estimates`` is a GeoDataFrame: one row per (field, season) with the field's
+        geometry in the CRS of ``fields``.
+
+    Raises
+    ------
+    cropyield.store.StoreMismatchError
+        ``store`` holds a run with other inputs (pass ``restart=True``).
     """
+    fields = validate_fields(fields, id_col=id_col)
+    if "ndvi" not in indices:
+        raise ValueError("indices must include 'ndvi' (it drives the series and the yield model)")
+    opts = _Options(indices=tuple(indices), region=region, model=model, prices=prices,
+                    as_of=as_of, on_error=on_error, declared_prior_odds=declared_prior_odds,
+                    min_coverage_frac=min_coverage_frac, id_col=id_col,
+                    env=dict(env or {}), window=(str(start), str(end)))
+    if client is not None or store is not None or partition_size is not None:
+        return _estimate_partitioned(
+            fields, start, end, opts, catalog=catalog, collection=collection, scenes=scenes,
+            max_cloud=max_cloud, policy=policy, progress=progress, client=client, store=store,
+            partition_size=partition_size or DEFAULT_PARTITION_FIELDS, restart=restart,
+            collect=collect, storage_options=storage_options, progress_bar=progress_bar)
+
     from . import credit
     from .catalogs import search_scenes
     from .identify import identify_crops
@@ -170,34 +250,480 @@ def estimate(
     from .series import smooth_series
     from .value import estimate_yield
 
-    fields = validate_fields(fields, id_col=id_col)
-    if "ndvi" not in indices:
-        raise ValueError("indices must include 'ndvi' (it drives the series and the yield model)")
     stages = _Stages(
         ["search", "observations", "series", "phenology", "crops", "yield", "credit"], progress
     )
     if scenes is None:
         scenes = stages.run("search", search_scenes, fields, start, end, catalog=catalog,
                             collection=collection, max_cloud=max_cloud)
-    obs = stages.run("observations", field_observations, scenes, fields, indices=tuple(indices),
-                     on_error=on_error, id_col=id_col, progress=read_progress,
-                     min_coverage_frac=min_coverage_frac)
+    bar = None
+    if read_progress is None and _want_bar(progress_bar):
+        bar = _tqdm(total=len(scenes), unit="scene", desc="cropyield")
+        read_progress = bar
+    try:
+        obs = stages.run("observations", field_observations, scenes, fields,
+                         indices=tuple(indices), on_error=on_error, id_col=id_col,
+                         progress=read_progress, min_coverage_frac=min_coverage_frac,
+                         env=opts.env or None)
+    finally:
+        if bar is not None:
+            bar.close()
     series = stages.run("series", _smooth_all, smooth_series, obs, indices)
     phen = stages.run("phenology", phenology, series, index="ndvi", as_of=as_of)
     declared = fields.set_index(id_col)["crop"] if "crop" in fields.columns else None
     crops = stages.run("crops", identify_crops, phen, region=region, declared=declared,
                        declared_prior_odds=declared_prior_odds)
     estimates = stages.run("yield", estimate_yield, series, fields, model=model, prices=prices,
-                           phenology=phen, crops=crops, region=region, as_of=as_of)
+                           phenology=phen, crops=crops, region=region, as_of=as_of,
+                           id_col=id_col)
+    estimates = _with_geometry(estimates, fields, id_col)
     profiles = stages.run("credit", credit.assess, estimates, policy=policy, as_of=as_of)
     return PipelineResult(scenes, obs, series, phen, crops, estimates, profiles, stages.timings)
 
 
-def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str]) -> pd.DataFrame:
-    """Smooth every index and join them into one daily table keyed by (field_id, time)."""
+@dataclass(frozen=True)
+class _Options:
+    """What every partition needs besides its fields and the scenes."""
+
+    indices: tuple
+    region: str
+    model: Any
+    prices: Any
+    as_of: Any
+    on_error: str
+    declared_prior_odds: float
+    min_coverage_frac: float
+    id_col: str
+    env: dict
+    window: tuple | None = None
+
+
+def _want_bar(progress_bar: bool | None) -> bool:
+    if progress_bar is None:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(progress_bar)
+
+
+def _tqdm(**kwargs):
+    from tqdm.auto import tqdm
+
+    try:
+        cols = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        cols = 0
+    if cols <= 0:  # a terminal that does not say its size (some ptys): fixed width
+        return tqdm(file=sys.stderr, ncols=100, nrows=50, **kwargs)
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def _with_geometry(estimates: pd.DataFrame, fields, id_col: str):
+    """``estimates`` as a GeoDataFrame with each field's geometry in the fields' CRS."""
+    import geopandas as gpd
+
+    est = pd.DataFrame(estimates)
+    est = est.drop(columns=[c for c in ("geometry",) if c in est.columns])
+    geom = fields.set_index(id_col).geometry
+    key = "field_id" if "field_id" in est.columns else id_col
+    out = gpd.GeoDataFrame(est, geometry=geom.reindex(est[key].to_numpy()).to_numpy(),
+                           crs=fields.crs)
+    out.attrs = dict(getattr(estimates, "attrs", {}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Partitions: spatial blocks of fields
+
+
+def partition_fields(fields, *, max_fields: int = DEFAULT_PARTITION_FIELDS,
+                     id_col: str = "field_id") -> pd.Series:
+    """Assign each field to one spatial block of at most ``max_fields`` fields.
+
+    Blocks are cells of a quadtree over longitude/latitude (the whole globe, so a field's
+    block does not depend on which other fields are in the run beyond its cell's count):
+    a cell with more than ``max_fields`` fields is split into four, down to ~5 m cells.
+    A field belongs to the cell of its representative point (a point inside the polygon),
+    so it is in exactly one partition even when it straddles a block or tile border.
+
+    Parameters
+    ----------
+    fields : GeoDataFrame
+        Fields with a CRS.
+    max_fields : int
+        Most fields per block (more only where >= ``max_fields`` points share a ~5 m cell).
+
+    Returns
+    -------
+    pandas.Series
+        Partition id (a string like ``"q0312"``, the quadtree path) per field, indexed like
+        ``fields``.
+    """
+    import numpy as np
+
+    if max_fields < 1:
+        raise ValueError("max_fields must be >= 1")
+    pts = fields.geometry.representative_point().to_crs(4326)
+    levels = 22
+    n = 1 << levels
+    x = np.clip(((pts.x.to_numpy() + 180.0) / 360.0 * n).astype(np.int64), 0, n - 1)
+    y = np.clip(((pts.y.to_numpy() + 90.0) / 180.0 * n).astype(np.int64), 0, n - 1)
+    key = np.zeros(len(x), dtype=np.uint64)
+    for b in range(levels):  # Morton (Z-order) interleave: a cell is a contiguous key range
+        key |= ((x >> b) & 1).astype(np.uint64) << np.uint64(2 * b)
+        key |= ((y >> b) & 1).astype(np.uint64) << np.uint64(2 * b + 1)
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    out = np.empty(len(x), dtype=object)
+
+    def split(lo: int, hi: int, level: int, path: str) -> None:
+        if hi - lo <= max_fields or level == levels:
+            out[order[lo:hi]] = "q" + path
+            return
+        shift = np.uint64(2 * (levels - level - 1))
+        cells = (skey[lo:hi] >> shift) & np.uint64(3)
+        bounds = np.searchsorted(cells, np.arange(5, dtype=np.uint64))
+        for q in range(4):
+            a, b = lo + int(bounds[q]), lo + int(bounds[q + 1])
+            if b > a:
+                split(a, b, level + 1, path + str(q))
+
+    if len(x):
+        split(0, len(x), 0, "")
+    return pd.Series(out, index=fields.index, name="partition")
+
+
+def _fields_fingerprint(fields, id_col: str) -> str:
+    import hashlib
+
+    import shapely
+
+    h = hashlib.sha256()
+    h.update(str(fields.crs.to_string() if fields.crs else None).encode())
+    h.update("\x00".join(map(str, fields[id_col])).encode())
+    for wkb in shapely.to_wkb(fields.geometry.to_numpy(), hex=False):
+        h.update(wkb)
+    cols = [c for c in ("farmer_id", "crop", "declared_area_mu") if c in fields.columns]
+    if cols:
+        h.update(pd.util.hash_pandas_object(pd.DataFrame(fields[cols]), index=False)
+                 .to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _describe(x: Any) -> Any:
+    """A JSON-able description of an option, for the run fingerprint."""
+    import hashlib
+
+    if x is None or isinstance(x, (bool, int, float)):
+        return x
+    if isinstance(x, (str, Path)):
+        p = Path(x)
+        try:
+            if p.is_file():
+                return {"file": str(x), "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        except OSError:
+            pass
+        return str(x)
+    if isinstance(x, Mapping):
+        return {str(k): _describe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_describe(v) for v in x]
+    to_dict = getattr(x, "to_dict", None)
+    if callable(to_dict):
+        try:
+            return {"type": type(x).__name__, "value": to_dict()}
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    url = getattr(x, "url", None) or getattr(getattr(x, "self_href", None), "__str__", None)
+    return {"type": type(x).__name__, "url": str(url) if url else None}
+
+
+def _run_partition(pid: str, scenes, fields, opts: _Options, store) -> dict[str, Any]:
+    """One partition: observations → series → phenology → crops → yield (on a worker or
+    locally). Writes its tables to ``store`` (when given) or returns them."""
+    _worker_setup()
+    tables, info = _partition_tables(scenes, fields, opts)
+    info["partition"] = pid
+    info["n_fields"] = int(len(fields))
+    if store is not None:
+        info["rows"] = store.write_partition(pid, tables)
+    else:
+        info["tables"] = tables
+    return info
+
+
+def _worker_setup() -> None:
+    """On a dask worker: numba uses as many threads as the worker runs tasks (no
+    oversubscription); GDAL options come from the worker plugin (``configure_rio``)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    n = getattr(worker, "nthreads", None) or getattr(getattr(worker, "state", None),
+                                                     "nthreads", 1)
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    except Exception:  # noqa: BLE001 - numba threading is an optimisation only
+        pass
+
+
+def _partition_tables(scenes, fields, o: _Options) -> tuple[dict[str, pd.DataFrame], dict]:
+    from .identify import identify_crops
+    from .observations import field_observations
+    from .seasons import phenology
+    from .series import smooth_series
+    from .value import estimate_yield
+
+    stages = _Stages(["observations", "series", "phenology", "crops", "yield"], None)
+    obs = stages.run("observations", field_observations, scenes, fields, indices=o.indices,
+                     on_error=o.on_error, id_col=o.id_col,
+                     min_coverage_frac=o.min_coverage_frac, env=o.env or None)
+    read = {k: int(obs.attrs.get(k, 0) or 0)
+            for k in ("requests", "bytes_read", "blocks_read", "retries")}
+    read["read_failures"] = list(obs.attrs.get("read_failures", []) or [])
+    series = stages.run("series", _smooth_all, smooth_series, obs, o.indices, o.window)
+    phen = stages.run("phenology", phenology, series, index="ndvi", as_of=o.as_of)
+    declared = fields.set_index(o.id_col)["crop"] if "crop" in fields.columns else None
+    crops = stages.run("crops", identify_crops, phen, region=o.region, declared=declared,
+                       declared_prior_odds=o.declared_prior_odds)
+    est = stages.run("yield", estimate_yield, series, fields, model=o.model, prices=o.prices,
+                     phenology=phen, crops=crops, region=o.region, as_of=o.as_of,
+                     id_col=o.id_col)
+    est = _with_geometry(est, fields, o.id_col)
+    tables = {"observations": obs, "series": series, "phenology": phen, "crops": crops,
+              "estimates": est}
+    for name, df in tables.items():  # attrs are run-level: they are summed by the driver
+        df = df.copy(deep=False)
+        df.attrs = {}
+        tables[name] = df
+    return tables, {"timings_s": stages.timings, "read": read,
+                    "n_observations": int(len(obs))}
+
+
+def _pause_hook(when: str, n: int) -> None:
+    spec = os.environ.get(_PAUSE_ENV, "")
+    if spec and spec == f"{when}:{n}":
+        sys.stderr.write(f"cropyield: test pause {spec}\n")
+        sys.stderr.flush()
+        while True:  # pragma: no cover - killed by the test
+            time.sleep(60)
+
+
+def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collection, scenes,
+                          max_cloud, policy, progress, client, store, partition_size, restart,
+                          collect, storage_options, progress_bar) -> PipelineResult:
+    from . import credit
+    from ._version import __version__
+    from .catalogs import Scenes, search_scenes
+    from .store import ResultStore, fingerprint
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    st = None
+    if store is not None:
+        st = store if isinstance(store, ResultStore) else ResultStore(
+            store, storage_options=storage_options)
+    parts = partition_fields(fields, max_fields=partition_size, id_col=o.id_col)
+    pids = sorted(set(parts))
+    run = {
+        "cropyield_version": __version__,
+        "fields": _fields_fingerprint(fields, o.id_col), "n_fields": int(len(fields)),
+        "start": str(start), "end": str(end),
+        "catalog": _describe(catalog), "collection": collection, "max_cloud": max_cloud,
+        "scenes": None if scenes is None else sorted(s.id for s in scenes),
+        "indices": list(o.indices), "region": o.region, "model": _describe(o.model),
+        "prices": _describe(o.prices), "policy": _describe(policy), "as_of": str(o.as_of),
+        "on_error": o.on_error, "declared_prior_odds": o.declared_prior_odds,
+        "min_coverage_frac": o.min_coverage_frac, "id_col": o.id_col,
+        "partition_size": int(partition_size), "n_partitions": len(pids),
+    }
+    run["fingerprint"] = fingerprint(run)
+    done: dict[str, Any] = st.begin(run, restart=restart) if st is not None else {}
+    done = {k: v for k, v in done.items() if k in set(pids)}
+    if done:
+        n_done_fields = sum(int(v.get("n_fields", 0)) for v in done.values())
+        logger.info("resuming %s: skipping %d of %d partitions already complete "
+                       "(%d of %d fields)", st.url, len(done), len(pids), n_done_fields,
+                       len(fields))
+
+    t0 = time.perf_counter()
+    if scenes is None and st is not None and st.exists("scenes.json"):
+        from .catalogs import PlanetaryComputerSigner
+
+        items = st.read_json("scenes.json")
+        signer = PlanetaryComputerSigner() if "planetary" in str(catalog) else None
+        scenes = Scenes.from_items(items, signer=signer)
+    elif scenes is None:
+        scenes = search_scenes(fields, start, end, catalog=catalog, collection=collection,
+                               max_cloud=max_cloud)
+    if st is not None and not st.exists("scenes.json"):
+        st.write_json("scenes.json", [_item_dict(s) for s in scenes])
+    timings["search"] = round(time.perf_counter() - t0, 3)
+
+    from .read import configure_rio
+
+    if o.env:
+        configure_rio(client=client, **o.env)
+    elif client is not None:
+        configure_rio(client=client)
+
+    todo = [p for p in pids if p not in done]
+    groups = {pid: g for pid, g in fields.groupby(parts, sort=True)}
+    bar = None
+    if _want_bar(progress_bar):
+        bar = _tqdm(total=len(fields), unit="field", desc="cropyield",
+                    initial=sum(int(v.get("n_fields", 0)) for v in done.values()))
+    infos: dict[str, dict] = dict(done)
+    stats = {"requests": 0, "bytes_read": 0, "blocks_read": 0, "retries": 0, "obs": 0}
+    n_committed = 0
+
+    def finished(info: dict) -> None:
+        nonlocal n_committed
+        pid = info["partition"]
+        tables = info.pop("tables", None)
+        if tables is not None:
+            infos[pid] = {**info, "tables": tables}
+        else:
+            infos[pid] = info
+        _pause_hook("before", n_committed + 1)
+        if st is not None:
+            st.commit(pid, {k: v for k, v in info.items() if k != "tables"})
+        n_committed += 1
+        for k in ("requests", "bytes_read", "blocks_read", "retries"):
+            stats[k] += info["read"][k]
+        stats["obs"] += info["n_observations"]
+        if progress is not None:
+            progress(len(infos), len(pids), f"partition {pid}")
+        if bar is not None:
+            bar.set_postfix_str(f"parts {len(infos)}/{len(pids)} field-scenes {stats['obs']} "
+                                f"read {stats['bytes_read'] / 1e6:.0f} MB", refresh=False)
+            bar.update(info["n_fields"])
+        _pause_hook("after", n_committed)
+
+    t0 = time.perf_counter()
+    try:
+        if client is None:
+            for pid in todo:
+                finished(_run_partition(pid, scenes, groups[pid], o, st))
+        else:
+            from distributed import as_completed
+
+            [scen] = client.scatter([scenes], broadcast=True)
+            futs = [client.submit(_run_partition, pid, scen, groups[pid], o, st,
+                                  key=f"cropyield-partition-{pid}-{run['fingerprint']}",
+                                  pure=False, retries=1)
+                    for pid in todo]
+            for fut in as_completed(futs):
+                finished(fut.result())
+                fut.release()
+    finally:
+        if bar is not None:
+            bar.close()
+    timings["partitions"] = round(time.perf_counter() - t0, 3)
+
+    # ---------------------------------------------------------------- gather and finish
+    t0 = time.perf_counter()
+    names = ("observations", "series", "phenology", "crops", "estimates")
+    if st is not None:
+        if collect:
+            tables = {n: st.read(n) for n in names}
+        else:
+            tables = {n: None for n in names}
+            tables["estimates"] = st.read("estimates")
+    else:
+        from .store import _concat
+
+        tables = {n: _concat([infos[p]["tables"][n] for p in pids]) for n in names}
+    est = tables["estimates"]
+    if not len(est.columns):
+        est = _with_geometry(pd.DataFrame({"field_id": []}), fields, o.id_col)
+    profiles = credit.assess(pd.DataFrame(est).drop(columns="geometry", errors="ignore"),
+                             policy=policy, as_of=o.as_of)
+    timings["credit"] = round(time.perf_counter() - t0, 3)
+    stage_t: dict[str, float] = {}
+    for info in infos.values():
+        for k, v in info.get("timings_s", {}).items():
+            stage_t[k] = round(stage_t.get(k, 0.0) + v, 3)
+    read_totals = {k: sum(int(i.get("read", {}).get(k, 0)) for i in infos.values())
+                   for k in ("requests", "bytes_read", "blocks_read", "retries")}
+    failures = [f for i in infos.values() for f in i.get("read", {}).get("read_failures", [])]
+    obs = tables["observations"]
+    if obs is not None:
+        obs.attrs.update(read_totals, read_failures=failures, indices=list(o.indices),
+                         scene_ids=[s.id for s in scenes])
+    if tables["series"] is not None and obs is not None:
+        valid = obs[obs["valid_fraction"].fillna(0) > 0] if "valid_fraction" in obs else obs
+        tables["series"].attrs["scene_ids"] = {
+            fid: sorted(set(g)) for fid, g in valid.groupby("field_id")["scene_id"]}
+    skipped = sorted(done)
+    result = PipelineResult(scenes, obs, tables["series"], tables["phenology"],
+                            tables["crops"], est, profiles,
+                            {**timings, **{f"{k} (sum over partitions)": v
+                                           for k, v in stage_t.items()}})
+    result.store = st
+    result.skipped = skipped
+    result.summary = {
+        "cropyield_version": __version__,
+        "run": run,
+        "n_fields": int(len(fields)),
+        "n_farmers": int(fields["farmer_id"].nunique()) if "farmer_id" in fields else None,
+        "n_scenes": len(scenes),
+        "n_partitions": len(pids),
+        "partitions_skipped": skipped,
+        "n_partitions_skipped": len(skipped),
+        "n_fields_skipped": sum(int(done[p].get("n_fields", 0)) for p in skipped),
+        "n_observations": sum(int(i.get("n_observations", 0)) for i in infos.values()),
+        **read_totals,
+        "read_failures": len(failures),
+        "n_estimates": int(len(est)),
+        "decisions": pd.Series([p.decision for p in profiles], dtype=object)
+        .value_counts().to_dict(),
+        "timings_s": result.timings_s,
+    }
+    if st is not None:
+        t0 = time.perf_counter()
+        _write_outputs(st, result, pids)
+        result.timings_s["write"] = round(time.perf_counter() - t0, 3)
+        result.summary["timings_s"] = result.timings_s
+        result.summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+        st.write_json("summary.json", result.summary)
+    return result
+
+
+def _item_dict(scene) -> dict:
+    item = getattr(scene, "item", None)
+    if item is None:
+        raise ValueError(f"scene {scene.id} carries no STAC item; cannot store it for resume")
+    return item if isinstance(item, dict) else item.to_dict()
+
+
+def _write_outputs(st, result: PipelineResult, pids: Sequence[str]) -> None:
+    """The consolidated tables (streamed, one partition in memory at a time), the scenes,
+    the credit profiles."""
+    import io
+    import json
+
+    for name in ("observations", "series", "phenology", "crops", "estimates"):
+        st.consolidate(name, partitions=pids)
+    buf = io.BytesIO()
+    result.scenes.to_dataframe().to_parquet(buf, index=False)
+    st.write_bytes("scenes.parquet", buf.getvalue())
+    st.write_bytes("credit_profiles.json", json.dumps(
+        [p.to_dict() for p in result.profiles], indent=1, sort_keys=True).encode())
+
+
+def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str],
+                window: tuple | None = None) -> pd.DataFrame:
+    """Smooth every index and join them into one daily table keyed by (field_id, time).
+
+    ``window`` (start, end) is used only when ``obs`` is empty (a partition whose fields no
+    scene covers): an empty series, so that those fields get flagged estimate rows."""
     out = None
+    span = {} if len(obs) or window is None else {"start": window[0], "end": window[1]}
     for ix in indices:
-        s = smooth_series(obs, index=ix)
+        s = smooth_series(obs, index=ix, **span)
         if out is None:
             out = s
         else:

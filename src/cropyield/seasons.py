@@ -5,7 +5,9 @@ deep enough: a trough splits two seasons only if it drops at least ``min_amplitu
 units below *both* neighbouring peaks and at least ``min_trough_depth`` × the amplitude of
 the larger neighbour (above the field's lowest value). This keeps winter wheat's pre-winter
 tillering bump and dormancy dip in one season, while wheat → maize double cropping (the
-curve falls to bare soil at the June harvest) gives two, and three crops a year give three.
+curve falls to bare soil at the June harvest) gives two, and three crops a year give three. A weaker rule (``weak_*`` options of
+:func:`phenology`) also keeps small second crops and catch crops that smoothing has partly
+merged into the main season.
 
 Metrics per season follow TIMESAT (Jönsson & Eklundh 2002, 2004): SOS is the first day after
 the left minimum on which the curve reaches ``base + f × (peak − base)`` and EOS the last day
@@ -25,7 +27,7 @@ import pandas as pd
 from ._jit import njit
 from ._log import logger
 from .errors import CropYieldError, join_flags, split_flags
-from .series import _factorize_ids
+from .series import FIELD_CAUSE_FLAGS, FIELD_NOTE_FLAGS, _factorize_ids
 
 __all__ = ["phenology", "season_stage", "STAGES", "PhenologyError"]
 
@@ -74,7 +76,62 @@ def _fill_nan(y, out):
 
 
 @njit(nogil=True)
-def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
+def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, weak_days):
+    """Whether the lower peak beside trough ``k`` is a small season of its own.
+
+    The lower neighbour peak must rise at least ``weak_amp`` above its outer base (the
+    lowest point between it and the next surviving peak on its far side, or the series
+    end), the trough must drop at least ``weak_rel`` of that rise, and the peak must stay
+    above the trough's level plus half the drop for at least ``weak_days`` days. A small
+    peak before the larger one also needs the trough within 25 % of its rise above its
+    outer base.
+    """
+    n = y.shape[0]
+    if y[ext[lft]] < y[ext[rgt]]:
+        w = lft
+        step = -1
+    else:
+        w = rgt
+        step = 1
+    # outer base: lowest point from the weak peak to the next alive peak on the far side
+    j = w + step
+    while 0 <= j < m and not (alive[j] and typ[j] == 1):
+        j += step
+    if j < 0:
+        lo, hi = 0, ext[w]
+    elif j >= m:
+        lo, hi = ext[w], n - 1
+    elif step < 0:
+        lo, hi = ext[j], ext[w]
+    else:
+        lo, hi = ext[w], ext[j]
+    ob = y[ext[w]]
+    for i in range(lo, hi + 1):
+        if y[i] < ob:
+            ob = y[i]
+    yt = y[ext[k]]
+    rise = y[ext[w]] - ob
+    if rise < weak_amp or drop < weak_rel * rise:
+        return False
+    if step < 0 and yt - ob > 0.25 * rise:
+        # a small peak *before* a larger one (e.g. winter wheat's pre-winter tillering before
+        # its spring peak) counts only when the trough falls back near its own base (a catch
+        # crop terminated before sowing); after a larger season (second crop after harvest)
+        # the rules above suffice
+        return False
+    level = yt + 0.5 * drop
+    a = ext[w]
+    while a > 0 and y[a - 1] >= level:
+        a -= 1
+    b = ext[w]
+    while b < n - 1 and y[b + 1] >= level:
+        b += 1
+    return (b - a) >= weak_days
+
+
+@njit(nogil=True)
+def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, weak_days,
+                peaks_out):
     """Season peaks of a curve without NaN. Returns the number written to ``peaks_out``."""
     n = y.shape[0]
     if n < 3:
@@ -134,7 +191,11 @@ def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
             drop = min(yl, yr) - yt
             big = max(yl, yr) - gmin
             rel = drop / big if big > 0 else 0.0
-            if drop < min_amp or rel < min_depth:
+            weak = False
+            if weak_rel > 0 and drop >= weak_drop and (drop < min_amp or rel < min_depth):
+                weak = _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel,
+                                    weak_amp, weak_days)
+            if (drop < min_amp or rel < min_depth) and not weak:
                 score = rel
                 if score < best:
                     best = score
@@ -175,6 +236,91 @@ def _find_peaks(y, min_amp, min_depth, min_peak, peaks_out):
     return kept
 
 
+def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.25,
+                    weak_amp=0.2, weak_days=30.0):
+    """NumPy/Python reference twin of :func:`_find_peaks` (returns the peak indices)."""
+    y = np.asarray(y, dtype=float)
+    n = len(y)
+    if n < 3:
+        return np.zeros(0, dtype=np.int64)
+    d = np.sign(np.diff(y))
+    nz = np.flatnonzero(d)
+    if len(nz) == 0:
+        return np.zeros(0, dtype=np.int64)
+    # extremes: index 0, every direction change (last index of a run), n - 1
+    ext = [(0, -1 if d[nz[0]] > 0 else 1)]
+    cur = d[nz[0]]
+    for i in range(nz[0] + 1, n - 1):
+        if d[i] != 0 and d[i] != cur:
+            ext.append((i, 1 if cur > 0 else -1))
+            cur = d[i]
+    ext.append((n - 1, 1 if cur > 0 else -1))
+    gmin = y.min()
+    alive = list(range(len(ext)))      # positions into ext still alive, in order
+
+    def weak(pos):
+        k = alive[pos]
+        lft, rgt = alive[pos - 1], alive[pos + 1]
+        yl, yr, yt = y[ext[lft][0]], y[ext[rgt][0]], y[ext[k][0]]
+        drop = min(yl, yr) - yt
+        before = yl < yr
+        w = lft if before else rgt
+        peaks_far = [e for e in alive if ext[e][1] == 1 and (e < w if before else e > w)]
+        if before:
+            lo = ext[peaks_far[-1]][0] if peaks_far else 0
+            seg = y[lo:ext[w][0] + 1]
+        else:
+            hi = ext[peaks_far[0]][0] if peaks_far else n - 1
+            seg = y[ext[w][0]:hi + 1]
+        ob = seg.min()
+        rise = y[ext[w][0]] - ob
+        if rise < weak_amp or drop < weak_rel * rise:
+            return False
+        if before and yt - ob > 0.25 * rise:
+            return False
+        above = y >= yt + 0.5 * drop
+        p = ext[w][0]
+        a = p
+        while a > 0 and above[a - 1]:
+            a -= 1
+        b = p
+        while b < n - 1 and above[b + 1]:
+            b += 1
+        return (b - a) >= weak_days
+
+    while True:
+        best, bpos = np.inf, -1
+        for pos in range(1, len(alive) - 1):
+            k = alive[pos]
+            if ext[k][1] != -1:
+                continue
+            yl, yr = y[ext[alive[pos - 1]][0]], y[ext[alive[pos + 1]][0]]
+            yt = y[ext[k][0]]
+            drop = min(yl, yr) - yt
+            big = max(yl, yr) - gmin
+            rel = drop / big if big > 0 else 0.0
+            if drop < min_amp or rel < min_depth:
+                if weak_rel > 0 and drop >= weak_drop and weak(pos):
+                    continue
+                if rel < best:
+                    best, bpos = rel, pos
+        if bpos < 0:
+            break
+        yl = y[ext[alive[bpos - 1]][0]]
+        yr = y[ext[alive[bpos + 1]][0]]
+        drop_pos = bpos - 1 if yl < yr else bpos + 1
+        for q in sorted((bpos, drop_pos), reverse=True):
+            del alive[q]
+    cand = [ext[e][0] for e in alive if ext[e][1] == 1]
+    out = []
+    for j, p in enumerate(cand):
+        a = cand[j - 1] if j > 0 else 0
+        b = cand[j + 1] if j + 1 < len(cand) else n - 1
+        if y[p] - min(y[a:p + 1].min(), y[p:b + 1].min()) >= min_amp and y[p] >= min_peak:
+            out.append(p)
+    return np.asarray(out, dtype=np.int64)
+
+
 @njit(nogil=True)
 def _cross_up(y, lo, p, level):
     """Fractional index where y first reaches ``level`` going forward from ``lo`` to ``p``."""
@@ -200,8 +346,8 @@ def _cross_down(y, p, hi, level):
 
 
 @njit(nogil=True)
-def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, f_lo, f_hi, min_obs, cloudy_gap,
-                   extrap_gap,
+def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
+                   weak_days, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap,
                    out_f, out_i, n_seasons, n_cut):
     """Seasons and metrics for every field.
 
@@ -217,7 +363,8 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, f_lo, f_hi, min_obs, c
         if nv == 0:
             n_seasons[f] = -1
             continue
-        k = _find_peaks(y, min_amp, min_depth, min_peak, peaks)
+        k = _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
+                        weak_days, peaks)
         if k > out_f.shape[1]:
             n_cut[0] += 1
             k = out_f.shape[1]
@@ -374,6 +521,8 @@ def season_stage(as_of_day: float, sos: float, sos50: float, pos: float, eos50: 
 def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
               min_amplitude: float = 0.1, min_trough_depth: float = 0.3,
               min_peak: float | None = None,
+              weak_amplitude: float = 0.2, weak_relative_drop: float = 0.25,
+              weak_drop: float = 0.05, weak_min_days: float = 30.0,
               sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
               cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
               id_col: str = "field_id") -> pd.DataFrame:
@@ -404,6 +553,18 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         A trough separates two seasons only if its drop below the lower neighbouring peak
         is at least this fraction of the larger neighbour's height above the field's
         lowest value (0.3 keeps winter wheat's winter dormancy inside one season).
+    weak_amplitude, weak_relative_drop, weak_drop, weak_min_days
+        Weak (small) seasons: a trough that fails the two rules above still separates two
+        seasons when the lower neighbouring peak rises at least ``weak_amplitude`` above its
+        own outer base (the lowest point on its far side), the trough drops at least
+        ``weak_relative_drop`` × that rise and at least ``weak_drop`` (index units), and
+        the smaller peak stays above the trough plus half the drop for ``weak_min_days``
+        days or more. A small peak *before* a larger one also needs the trough to come
+        back within 25 % of its rise (so winter wheat's pre-winter tillering and winter
+        dormancy stay inside one season). This finds second crops and catch crops whose
+        true amplitude is ≥ 0.25 above the local base and that last ≥ 60 days, which the
+        smoother shrinks to ~0.15-0.2 with a partly filled trough
+        (``docs/validation_crops.md``). ``weak_relative_drop=0`` turns the rule off.
     sos_fraction : float
         Fraction of the amplitude for ``sos``/``eos`` (TIMESAT's 20 %).
     rate_fraction : float
@@ -446,6 +607,9 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         raise PhenologyError("need 0 < sos_fraction < 0.5 < rate_fraction < 1")
     if min_amplitude <= 0 or not 0 <= min_trough_depth < 1:
         raise PhenologyError("need min_amplitude > 0 and 0 <= min_trough_depth < 1")
+    if weak_relative_drop < 0 or weak_amplitude < 0 or weak_drop < 0 or weak_min_days < 0:
+        raise PhenologyError("weak-season settings must be >= 0 (weak_relative_drop=0 "
+                             "turns the rule off)")
     cols = ["season", "sos", "sos50", "pos", "eos50", "eos", "peak", "base", "base_left",
             "base_right", "amplitude", "length_days", "greenup_rate", "senescence_rate",
             "large_integral", "small_integral", "n_obs", "min_support", "complete", "mean_value",
@@ -499,7 +663,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     if min_peak is None:
         min_peak = _DEFAULT_MIN_PEAK.get(index, -np.inf)
     _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(min_peak),
-                   float(sos_fraction),
+                   float(weak_drop), float(weak_relative_drop), float(weak_amplitude),
+                   float(weak_min_days), float(sos_fraction),
                    float(rate_fraction), int(min_obs), float(cloudy_gap_days),
                    float(extrapolated_gap_days), out_f, out_i, n_seasons, n_cut)
     if n_cut[0]:
@@ -570,10 +735,11 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         ))
     df["stage"] = stages
     df["flags"] = flags
-    # series-level NO_DATA / LOW_OBS flags travel on
+    # series-level NO_DATA / LOW_OBS flags and the field-level causes (why a field has no
+    # data, or that its geometry was repaired) travel on
     if "flags" in series.columns:
         codes, uniq = pd.factorize(series["flags"], use_na_sentinel=False)
-        for code in ("NO_DATA", "LOW_OBS"):
+        for code in ("NO_DATA", "LOW_OBS", *FIELD_CAUSE_FLAGS, *FIELD_NOTE_FLAGS):
             hit = np.array([isinstance(u, str) and code in split_flags(u) for u in uniq],
                            dtype=bool)
             if not hit.any():
@@ -584,6 +750,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
                 df.loc[m, "flags"] = [join_flags(x, code) for x in df.loc[m, "flags"]]
     df.attrs.update(index=index, as_of=None if a is None else str(a.date()),
                     min_amplitude=min_amplitude, min_trough_depth=min_trough_depth,
+                    weak_amplitude=weak_amplitude, weak_relative_drop=weak_relative_drop,
+                    weak_drop=weak_drop, weak_min_days=weak_min_days,
                     min_peak=float(min_peak),
                     sos_fraction=sos_fraction)
     n_none = int((n_seasons <= 0).sum())

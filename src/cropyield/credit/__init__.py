@@ -24,6 +24,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._records import (
+    EXCLUDABLE_CODES,
+    POLICY_PRESETS,
     SCHEMA_VERSION,
     CreditProfile,
     Factors,
@@ -43,6 +45,8 @@ __all__ = [
     "Factors",
     "FieldEvidence",
     "Policy",
+    "EXCLUDABLE_CODES",
+    "POLICY_PRESETS",
     "PriceRecord",
     "Reason",
     "json_schema",

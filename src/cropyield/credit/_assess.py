@@ -17,6 +17,7 @@ from .._log import logger
 from .._version import __version__
 from ..errors import FLAGS, CreditInputError, split_flags
 from ._records import (
+    EXCLUDABLE_CODES,
     CreditProfile,
     Factors,
     FieldEvidence,
@@ -53,6 +54,17 @@ REASON_CODES: dict[str, str] = {
     "CAP_INSURANCE": "the limit is bound by the insurable share of expected value",
     "CAP_MAX_LIMIT": "the limit is bound by the policy maximum",
     "APPROVED": "every field passed; limit computed",
+    "FIELD_EXCLUDED_CROP_DOUBT": "the field's crop identity is in doubt (CROP_MISMATCH or "
+                                 "LOW_CROP_CONFIDENCE): it is left out of the limit "
+                                 "(policy exclude_codes)",
+    "FIELD_EXCLUDED_LOW_QUALITY": "the field's data quality is below the minimum: it is left "
+                                  "out of the limit (policy exclude_codes)",
+    "FIELD_EXCLUDED_AREA_DOUBT": "the field's declared area is far off the measured one: it "
+                                 "is left out of the limit (policy exclude_codes)",
+    "MOSTLY_EXCLUDED": "excluded fields make up more than max_excluded_share of the cropped "
+                       "area (or all of it): the farmer is referred",
+    "MAIN_FIELD_MISMATCH": "the largest cropped field is a confident crop mismatch: the "
+                           "declaration itself is in doubt, the farmer is referred",
     "INVALID_ESTIMATE": "a number in the estimates is outside its valid range (negative yield, "
                         "value, price or area; probability or quality outside [0, 1]) or not "
                         "a number; it is dropped from the evidence",
@@ -451,6 +463,73 @@ def _field_reasons(e: FieldEvidence, policy: Policy, as_of: _dt.date) -> tuple[
     return rs, haircuts
 
 
+def _exclusions(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
+                policy: Policy) -> set[str]:
+    """Fields left out of the limit under ``policy.exclude_codes`` (edits ``reasons``).
+
+    A field is excluded when every ``refer`` reason about it (any season) has a code in
+    ``policy.exclude_codes``; its refer and haircut reasons become ``info`` and a
+    ``FIELD_EXCLUDED_*`` reason names it. Fail-closed: any other refer reason on the field
+    (missing or invalid data, stale imagery, a refer flag, a duplicate claim...) keeps
+    referring the farmer. The farmer is still referred (``MOSTLY_EXCLUDED``) when the
+    excluded fields exceed ``max_excluded_share`` of the cropped measured area (or its
+    area is unknown), and (``MAIN_FIELD_MISMATCH``) when the largest cropped field is
+    excluded for a ``CROP_MISMATCH`` read with crop probability >= ``main_field_mismatch_prob``.
+    """
+    allowed = set(policy.exclude_codes)
+    if not allowed or not ev:
+        return set()
+    refer_codes: dict[str, set[str]] = defaultdict(set)
+    for r in reasons:
+        if r.effect == "refer" and r.field_id is not None:
+            refer_codes[r.field_id].add(r.code)
+    excluded = {fid for fid, codes in refer_codes.items() if codes and codes <= allowed}
+    if not excluded:
+        return set()
+    why: dict[str, list[str]] = {fid: sorted(refer_codes[fid]) for fid in excluded}
+    for i, r in enumerate(reasons):
+        if r.field_id in excluded and r.effect in ("refer", "haircut"):
+            reasons[i] = Reason(r.code, r.message + " (field left out of the limit)", "info",
+                                r.field_id, r.factor)
+    # measured area of each cropped (or excluded) field; None when any season lacks it
+    seasons: dict[str, list[FieldEvidence]] = defaultdict(list)
+    for e in ev:
+        if e.crop != _FALLOW or e.field_id in excluded:
+            seasons[e.field_id].append(e)
+    area: dict[str, float | None] = {
+        fid: None if any(e.area_mu is None for e in es) else max(e.area_mu for e in es)
+        for fid, es in seasons.items()}
+    prob = {fid: max((e.crop_prob for e in es if e.crop_prob is not None), default=0.0)
+            for fid, es in seasons.items()}
+    for fid in sorted(excluded):
+        out_code = sorted({EXCLUDABLE_CODES[c] for c in why[fid]})
+        for code in out_code:
+            reasons.append(Reason(code, f"field {fid}: {', '.join(why[fid])}; left out of the "
+                                  "limit (its value, cost need and flags are not used)", "info",
+                                  fid, area.get(fid)))
+    known = [a for a in area.values() if a is not None]
+    total = float(math.fsum(known)) if len(known) == len(area) else None
+    ex_area = float(math.fsum(area.get(fid) or 0.0 for fid in excluded))
+    if total is None or total <= 0.0 or ex_area / total > policy.max_excluded_share \
+            or excluded >= set(area):
+        share = f"{ex_area / total:.0%}" if total else "an unknown share"
+        reasons.append(Reason("MOSTLY_EXCLUDED", f"farmer {farmer_id}: excluded fields "
+                              f"{', '.join(sorted(excluded))} are {share} of the cropped area "
+                              f"(> {policy.max_excluded_share:.0%}); too little confident "
+                              "evidence left", "refer", None,
+                              ex_area / total if total else None))
+    elif area:
+        main = max(sorted(area), key=lambda f: area[f] or 0.0)
+        if main in excluded and "CROP_MISMATCH" in why[main] \
+                and prob[main] >= policy.main_field_mismatch_prob:
+            reasons.append(Reason("MAIN_FIELD_MISMATCH", f"field {main} (the largest) is "
+                                  f"declared as another crop than the imagery shows with "
+                                  f"probability {prob[main]:.2f} >= "
+                                  f"{policy.main_field_mismatch_prob:.2f}", "refer", main,
+                                  prob[main]))
+    return excluded
+
+
 def _next_harvest(harvest: _dt.date, as_of: _dt.date) -> _dt.date:
     """The first anniversary of ``harvest`` on or after ``as_of`` (29 Feb -> 28 Feb)."""
     year = harvest.year
@@ -472,13 +551,19 @@ def _sort_reasons(rs: Iterable[Reason]) -> tuple[Reason, ...]:
 
 def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
              policy: Policy, as_of: _dt.date) -> CreditProfile:
-    haircuts: dict[str, float] = {}
+    field_hc: list[tuple[FieldEvidence, dict[str, float]]] = []
     for e in ev:
         rs, hc = _field_reasons(e, policy, as_of)
         reasons.extend(rs)
+        field_hc.append((e, hc))
+    excluded = _exclusions(farmer_id, ev, reasons, policy)
+    haircuts: dict[str, float] = {}
+    for e, hc in field_hc:
+        if e.field_id in excluded:
+            continue
         for k, v in hc.items():
             haircuts[k] = min(v, haircuts.get(k, 1.0))
-    cropped = [e for e in ev if e.crop != _FALLOW]
+    cropped = [e for e in ev if e.crop != _FALLOW and e.field_id not in excluded]
 
     def total(vals: list[float | None]) -> float | None:
         return None if any(v is None for v in vals) else float(math.fsum(vals))
@@ -581,7 +666,7 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
         repayment_start=_iso(rep_start), repayment_end=_iso(rep_end), factors=factors,
         reasons=_sort_reasons(reasons),
         fields=tuple(sorted(ev, key=lambda e: (e.field_id, e.season or ""))),
-        library_version=__version__,
+        library_version=__version__, excluded_fields=tuple(sorted(excluded)),
     )
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "Factors",
     "CreditProfile",
     "Policy",
+    "EXCLUDABLE_CODES",
+    "POLICY_PRESETS",
     "json_schema",
     "schema_document",
     "schema_text",
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 #: Version of every credit record's layout (semver, see module docstring).
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 _SCHEMA_ID = "https://cropyield.invalid/schemas/credit/{version}/credit_schema.json"
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -577,6 +579,9 @@ class CreditProfile(_Record):
     reasons: tuple[Reason, ...] = _f("reason codes, most severe first")
     fields: tuple[FieldEvidence, ...] = _f("evidence per field and season")
     library_version: str = _f("cropyield version that produced the profile", default="")
+    excluded_fields: tuple[str, ...] = _f(
+        "fields left out of the limit (policy exclude_codes; the FIELD_EXCLUDED_* reasons say "
+        "why), sorted", default=(), since="1.1.0")
     schema_version: str = _f("record layout version", default=SCHEMA_VERSION)
 
     _versioned: ClassVar[bool] = True
@@ -609,6 +614,15 @@ _DEFAULT_HAIRCUTS = {
 _DEFAULT_REFER = ("ALL_MASKED", "AUTH_EXPIRED", "CROP_MISMATCH", "FIT_FAILED", "INVALID_GEOMETRY",
                   "INVALID_INDEX", "NO_DATA", "NO_MODEL", "NO_OVERLAP", "NO_PRICE", "NO_SEASON",
                   "OUT_OF_RANGE", "READ_FAILED", "SEASON_INCOMPLETE", "SUBPIXEL_FIELD")
+#: Field-level referral codes a policy may turn into "leave the field out of the limit"
+#: (``Policy.exclude_codes``), with the reason code that then names the excluded field.
+#: Doubt about *what* or *how much* is grown on one field; never missing or invalid data.
+EXCLUDABLE_CODES: dict[str, str] = {
+    "CROP_MISMATCH": "FIELD_EXCLUDED_CROP_DOUBT",
+    "LOW_CROP_CONFIDENCE": "FIELD_EXCLUDED_CROP_DOUBT",
+    "LOW_QUALITY": "FIELD_EXCLUDED_LOW_QUALITY",
+    "AREA_MISMATCH": "FIELD_EXCLUDED_AREA_DOUBT",
+}
 # Stage cost need per mu and season (seed, fertiliser, pesticide, machinery, services):
 # ~500 CNY/mu/season, [Hengfeng] bank case (docs/references.md). Replace with the
 # NDRC cost-benefit compendium figures for a province when available. Fallow needs nothing.
@@ -674,6 +688,18 @@ class Policy(_Record):
                                    default=300)
     require_imagery_date: bool = _f("refer a field whose imagery date is unknown (no "
                                     "last_obs_date, no dated scene id)", default=True)
+    exclude_codes: tuple[str, ...] = _f(
+        "field-level referral codes that leave the field out of the limit instead of "
+        "referring the farmer (empty: every such field refers the farmer, policy 1.0.0); only "
+        "codes of EXCLUDABLE_CODES are allowed (missing or invalid data always refers)",
+        default=(), since="1.1.0")
+    max_excluded_share: float = _f(
+        "refer the farmer when the excluded fields make up more than this share of the "
+        "cropped measured area", minimum=0.0, maximum=1.0, default=0.5, since="1.1.0")
+    main_field_mismatch_prob: float = _f(
+        "refer the farmer when the largest cropped field is excluded for CROP_MISMATCH and "
+        "its identified crop has at least this probability (a confident contrary reading "
+        "of the main declaration)", minimum=0.0, maximum=1.0, default=0.8, since="1.1.0")
     schema_version: str = _f("record layout version", default=SCHEMA_VERSION)
 
     _versioned: ClassVar[bool] = True
@@ -694,8 +720,14 @@ class Policy(_Record):
                     raise ConfigError(f"Policy.{name}[{k!r}] = {v} is outside [{lo}, {hi}]")
             object.__setattr__(self, name, pairs)
         object.__setattr__(self, "refer_flags", tuple(sorted(set(self.refer_flags))))
+        object.__setattr__(self, "exclude_codes", tuple(sorted(set(self.exclude_codes))))
+        bad = set(self.exclude_codes) - set(EXCLUDABLE_CODES)
+        if bad:
+            raise ConfigError(f"Policy.exclude_codes {sorted(bad)} cannot leave a field out "
+                              f"of the limit (allowed: {sorted(EXCLUDABLE_CODES)}); missing "
+                              "or invalid data always refers the farmer")
         for name in ("ltv", "insurance_fraction", "min_quality", "min_crop_prob",
-                     "default_flag_haircut"):
+                     "default_flag_haircut", "max_excluded_share", "main_field_mismatch_prob"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise ConfigError(f"Policy.{name} must be a number in [0, 1], got {v!r}")
@@ -726,6 +758,22 @@ class Policy(_Record):
             raise ConfigError(f"Policy: flags {sorted(overlap)} are both refer_flags and "
                               "flag_haircuts; keep each flag in one of them")
 
+    @classmethod
+    def preset(cls, version: str = "1.1.0", **overrides: Any) -> "Policy":
+        """The library's default policy of ``version`` (see :data:`POLICY_PRESETS`).
+
+        ``"1.0.0"``: any doubtful field refers the whole farmer (``Policy()``).
+        ``"1.1.0"``: a field whose crop identity or estimate is in doubt (only
+        ``CROP_MISMATCH``, ``LOW_CROP_CONFIDENCE``, ``LOW_QUALITY``) is left out of the
+        limit and named (``FIELD_EXCLUDED_CROP_DOUBT``, ``FIELD_EXCLUDED_LOW_QUALITY``);
+        the farmer is still referred when such fields are more than
+        ``max_excluded_share`` of the cropped area or the main field is a confident
+        mismatch. ``overrides`` replace any field.
+        """
+        if version not in POLICY_PRESETS:
+            raise ConfigError(f"no policy preset {version!r}; known: {sorted(POLICY_PRESETS)}")
+        return cls(**{**POLICY_PRESETS[version], "policy_version": version, **overrides})
+
     # convenience look-ups
     def stage_cost(self, crop: str) -> float:
         """Stage cost need of ``crop`` (CNY/mu/season)."""
@@ -738,3 +786,11 @@ class Policy(_Record):
 
 def _known_flag_text(code: str) -> str:
     return FLAGS.get(code, "flag not described in cropyield.errors.FLAGS")
+
+
+#: Settings of each library policy version that differ from ``Policy()`` (1.0.0).
+POLICY_PRESETS: dict[str, dict[str, Any]] = {
+    "1.0.0": {},
+    "1.1.0": {"exclude_codes": ("CROP_MISMATCH", "LOW_CROP_CONFIDENCE", "LOW_QUALITY"),
+              "max_excluded_share": 0.5, "main_field_mismatch_prob": 0.8},
+}

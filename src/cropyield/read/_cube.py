@@ -30,7 +30,7 @@ __all__ = ["load_cube", "pd_times"]
 def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
               resampling: str = "nearest", scl_classes=None, dilate: int = 0,
               groupby: str = "solar_day", threads: int = 2, env: Mapping[str, Any] | None = None,
-              dtype: str = "float32") -> Any:
+              dtype: str = "float32", chunks: Mapping[str, int] | None = None) -> Any:
     """Load scenes over ``aoi`` into an ``xarray.Dataset`` (time, y, x) of reflectance.
 
     Every band is warped (``rasterio.warp.reproject``, reading only the source window that
@@ -58,6 +58,13 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         ``rasterio.enums.Resampling`` name for reflectance bands (SCL is always nearest).
     groupby : {"solar_day", "time"}
         Merge same-acquisition scenes (``solar_day``) or keep one slice per scene datetime.
+    chunks : dict, optional
+        ``{"time": nt, "y": ny, "x": nx}`` (pixels; -1 or absent = the whole dimension):
+        return a lazy, dask-backed Dataset, as ``odc.stac.load(chunks=)`` and
+        ``stackstac.stack(chunksize=)`` do. Nothing is read until a chunk is computed; each
+        chunk reads only its window (plus ``dilate`` pixels of halo, so that ``valid`` is
+        identical to the eager result) of its acquisitions. Read counters are then not in
+        ``attrs`` (they happen at compute time). Default: load eagerly.
 
     Returns
     -------
@@ -65,13 +72,10 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         One float32 variable per reflectance band (``SCL`` stays uint8), ``valid`` (uint8),
         coordinates ``time`` (UTC, tz-naive), ``y``, ``x`` (pixel centres) and ``spatial_ref``.
     """
-    import rasterio
     import rioxarray  # noqa: F401,I001  (registers the .rio accessor)
-    import xarray as xr
     from pyproj import CRS
-    from rasterio.enums import Resampling
     from rasterio.transform import from_origin
-    from rasterio.warp import reproject, transform_geom
+    from rasterio.warp import transform_geom
 
     scene_list = _as_scene_list(scenes)
     if not scene_list:
@@ -108,56 +112,21 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         env_d["GDAL_HTTP_MULTIRANGE"] = "PARALLEL"
     if scl_classes is None:
         from ..masks import DEFAULT_SCL_INVALID as scl_classes  # noqa: N811
-    reader = BlockReader(threads=threads, env=env_d)
+    if chunks is not None:
+        return _lazy_cube(chunks, keys, groups, bands, height, width, x0, y1, res, crs,
+                          resampling, scl_classes, dilate, threads, env_d, dtype)
+    data, scl_out, valid, stats = _load_window(
+        keys, groups, bands, 0, height, 0, width, height, width, x0, y1, res, crs, resampling,
+        scl_classes, dilate, threads, env_d, dtype)
+    return _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, res,
+                     crs, resampling, stats, dst_transform)
 
-    def warp(scene, bname):
-        band = scene.bands.get(bname)
-        if band is None:
-            raise CropYieldError(f"scene {scene.id} has no band {bname!r}; "
-                                 f"available: {sorted(scene.bands)}")
-        is_scl = bname == "SCL"
-        dst = np.zeros((height, width), dtype=np.uint16 if not is_scl else np.uint8)
-        nod = band.nodata if band.nodata is not None else 0
 
-        def fn(ds):
-            reproject(rasterio.band(ds, 1), dst, src_nodata=nod, dst_nodata=0,
-                      dst_transform=dst_transform, dst_crs=crs,
-                      resampling=Resampling.nearest if is_scl else Resampling[resampling])
-            return dst
+def _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, res, crs,
+              resampling, stats, dst_transform):
+    import rioxarray  # noqa: F401,I001  (registers the .rio accessor)
+    import xarray as xr
 
-        arr = reader._attempt(band.href, fn)
-        if is_scl:
-            return arr, band
-        return arr, band
-
-    try:
-        data = {b: np.full((len(keys), height, width), np.nan, dtype=dtype) for b in bands
-                if b != "SCL"}
-        scl_out = np.zeros((len(keys), height, width), np.uint8)
-        need_scl = True
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for t, k in enumerate(keys):
-                for s in sorted(groups[k], key=lambda s: (s.tile, s.id)):
-                    names = [b for b in bands if b != "SCL"] + (["SCL"] if need_scl and
-                                                                 "SCL" in s.bands else [])
-                    futs = {b: pool.submit(warp, s, b) for b in names}
-                    for b, f in futs.items():
-                        arr, band = f.result()
-                        if b == "SCL":
-                            sel = (scl_out[t] == 0) & (arr != 0)
-                            scl_out[t][sel] = arr[sel]
-                            continue
-                        refl = arr.astype(np.float64) * band.scale + band.offset
-                        # saturated DN / outside the physical range: NaN, like no-data
-                        phys = (refl >= _REFL_MIN) & (refl <= _REFL_MAX)
-                        hole = np.isnan(data[b][t]) & (arr != 0) & phys
-                        data[b][t][hole] = refl[hole].astype(dtype)
-    finally:
-        reader.close()
-    from ..masks import invalid_mask
-
-    valid = np.stack([~np.asarray(invalid_mask(scl_out[t], scl_classes, dilate)) for t in
-                      range(len(keys))]).astype(np.uint8) if len(keys) else scl_out
     xs = x0 + (np.arange(width) + 0.5) * res
     ys = y1 - (np.arange(height) + 0.5) * res
     times = pd_times([min(s.datetime for s in groups[k]) for k in keys])
@@ -172,9 +141,120 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         ds[b].attrs.update(units="1", long_name=f"{b} surface reflectance")
     ds["valid"].attrs.update(long_name="1 = clear pixel (SCL not in the invalid classes)")
     ds = ds.rio.write_crs(crs.to_wkt()).rio.write_transform(dst_transform)
-    ds.attrs.update(reader.stats.as_dict() | {"resampling": resampling, "resolution": res})
+    ds.attrs.update((stats or {}) | {"resampling": resampling, "resolution": res})
     ds.attrs.pop("read_failures", None)
     return ds
+
+
+def _load_window(keys, groups, bands, r0, r1, c0, c1, height, width, x0, y1, res, crs,
+                 resampling, scl_classes, dilate, threads, env_d, dtype):
+    """Read and mosaic output rows ``r0:r1``, columns ``c0:c1`` of the acquisitions ``keys``
+    (plus a halo of ``dilate`` pixels for the SCL dilation, cropped again)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+    from rasterio.warp import reproject
+
+    from ..masks import invalid_mask
+
+    halo = int(dilate)
+    rr0, rr1 = max(0, r0 - halo), min(height, r1 + halo)
+    cc0, cc1 = max(0, c0 - halo), min(width, c1 + halo)
+    h, w = rr1 - rr0, cc1 - cc0
+    win_transform = from_origin(x0 + cc0 * res, y1 - rr0 * res, res, res)
+    reader = BlockReader(threads=threads, env=env_d)
+
+    def warp(scene, bname):
+        band = scene.bands.get(bname)
+        if band is None:
+            raise CropYieldError(f"scene {scene.id} has no band {bname!r}; "
+                                 f"available: {sorted(scene.bands)}")
+        is_scl = bname == "SCL"
+        dst = np.zeros((h, w), dtype=np.uint16 if not is_scl else np.uint8)
+        nod = band.nodata if band.nodata is not None else 0
+
+        def fn(ds):
+            reproject(rasterio.band(ds, 1), dst, src_nodata=nod, dst_nodata=0,
+                      dst_transform=win_transform, dst_crs=crs,
+                      resampling=Resampling.nearest if is_scl else Resampling[resampling])
+            return dst
+
+        return reader._attempt(band.href, fn), band
+
+    try:
+        data = {b: np.full((len(keys), h, w), np.nan, dtype=dtype) for b in bands
+                if b != "SCL"}
+        scl_out = np.zeros((len(keys), h, w), np.uint8)
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for t, k in enumerate(keys):
+                for s in sorted(groups[k], key=lambda s: (s.tile, s.id)):
+                    names = [b for b in bands if b != "SCL"] + (["SCL"] if "SCL" in s.bands
+                                                                 else [])
+                    futs = {b: pool.submit(warp, s, b) for b in names}
+                    for b, f in futs.items():
+                        arr, band = f.result()
+                        if b == "SCL":
+                            sel = (scl_out[t] == 0) & (arr != 0)
+                            scl_out[t][sel] = arr[sel]
+                            continue
+                        refl = arr.astype(np.float64) * band.scale + band.offset
+                        # saturated DN / outside the physical range: NaN, like no-data
+                        phys = (refl >= _REFL_MIN) & (refl <= _REFL_MAX)
+                        hole = np.isnan(data[b][t]) & (arr != 0) & phys
+                        data[b][t][hole] = refl[hole].astype(dtype)
+    finally:
+        reader.close()
+    valid = np.stack([~np.asarray(invalid_mask(scl_out[t], scl_classes, dilate)) for t in
+                      range(len(keys))]).astype(np.uint8) if len(keys) else scl_out
+    crop = (slice(None), slice(r0 - rr0, r0 - rr0 + (r1 - r0)),
+            slice(c0 - cc0, c0 - cc0 + (c1 - c0)))
+    data = {b: v[crop] for b, v in data.items()}
+    return data, scl_out[crop], valid[crop], reader.stats.as_dict()
+
+
+def _splits(n: int, size) -> list[tuple[int, int]]:
+    size = n if size in (None, -1) or int(size) <= 0 else int(size)
+    return [(a, min(a + size, n)) for a in range(0, n, max(size, 1))] or [(0, 0)]
+
+
+def _lazy_cube(chunks, keys, groups, bands, height, width, x0, y1, res, crs, resampling,
+               scl_classes, dilate, threads, env_d, dtype):
+    """The same Dataset as the eager path, each (time, y, x) chunk a dask task."""
+    import dask
+    import dask.array as da
+    from rasterio.transform import from_origin
+
+    unknown = set(chunks) - {"time", "y", "x"}
+    if unknown:
+        raise ValueError(f"chunks keys must be 'time', 'y', 'x'; got {sorted(unknown)}")
+    ts = _splits(len(keys), chunks.get("time"))
+    ys = _splits(height, chunks.get("y"))
+    xs = _splits(width, chunks.get("x"))
+    refl = [b for b in bands if b != "SCL"]
+    names = refl + ["SCL", "valid"]
+    grid: dict[str, list] = {n: [] for n in names}
+    for t0, t1 in ts:
+        tk = keys[t0:t1]
+        rows = {n: [] for n in names}
+        for r0, r1 in ys:
+            cols = {n: [] for n in names}
+            for c0, c1 in xs:
+                piece = dask.delayed(_load_window, pure=True, nout=4)(
+                    tk, {k: groups[k] for k in tk}, bands, r0, r1, c0, c1, height, width, x0,
+                    y1, res, crs, resampling, scl_classes, dilate, threads, env_d, dtype)
+                shape = (t1 - t0, r1 - r0, c1 - c0)
+                for b in refl:
+                    cols[b].append(da.from_delayed(piece[0][b], shape, dtype=dtype))
+                cols["SCL"].append(da.from_delayed(piece[1], shape, dtype=np.uint8))
+                cols["valid"].append(da.from_delayed(piece[2], shape, dtype=np.uint8))
+            for n in names:
+                rows[n].append(cols[n])
+        for n in names:
+            grid[n].append(rows[n])
+    data = {b: da.block(grid[b]) for b in refl}
+    return _assemble(data, da.block(grid["SCL"]), da.block(grid["valid"]), keys, groups,
+                     bands, height, width, x0, y1, res, crs, resampling, None,
+                     from_origin(x0, y1, res, res))
 
 
 def _aoi_geometry(aoi):

@@ -1,0 +1,248 @@
+"""Tests of the trained CropClassifier (cropyield.classify): features, LightGBM learner,
+calibration, safe JSON model files, monthly composites and the real WorldCereal parcels."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cropyield
+from cropyield.classify import CropClassifier, brier_score, reliability_curve
+from cropyield.errors import ModelError
+from cropyield.series import smooth_series
+
+D = pd.Timestamp
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "worldcereal"
+
+
+def observations(n_per=25, seed=0, step=5, cloud=0.4, flip=0.0, year=2022):
+    """Per-scene observations of three crops with different timing (ndvi, ndre, ndmi).
+
+    ``step`` days between scenes (5: Sentinel-2 revisits; 30: monthly composites),
+    ``cloud`` fraction of scenes lost, ``flip`` fraction of labels swapped at random.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.arange(0, 365, step, dtype=float)
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    rows, labels, groups = [], {}, {}
+    classes = {"early": (90, 170), "mid": (140, 230), "late": (200, 300)}
+    k = 0
+    for cls, (a, b) in classes.items():
+        for i in range(n_per):
+            fid = f"{cls}{i}"
+            sh = rng.normal(0, 8)
+            amp = rng.uniform(0.45, 0.75)
+            y = 0.15 + amp * (sig(0.08 * (t - a - sh)) - sig(0.08 * (t - b - sh)))
+            ok = rng.random(len(t)) > cloud
+            rows.append(pd.DataFrame({
+                "field_id": fid, "time": D(f"{year}-01-01") + pd.to_timedelta(t[ok] + 14 * (step >= 30), "D"),
+                "ndvi": y[ok] + rng.normal(0, 0.02, ok.sum()),
+                "ndre": 0.55 * y[ok] + rng.normal(0, 0.02, ok.sum()),
+                "ndmi": 0.3 * y[ok] - 0.05 + rng.normal(0, 0.02, ok.sum()),
+                "valid_fraction": 1.0}))
+            labels[fid] = cls if rng.random() >= flip else rng.choice(list(classes))
+            groups[fid] = f"farmer{k // 3}"
+            k += 1
+    return pd.concat(rows, ignore_index=True), pd.Series(labels), pd.Series(groups)
+
+
+def series_of(obs):
+    return smooth_series(obs, index=("ndvi", "ndre", "ndmi"), min_obs=3)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    obs, y, g = observations(n_per=20, seed=1)
+    s = series_of(obs)
+    train, test = y.index[::2], y.index[1::2]
+    clf = CropClassifier(max_iter=60).fit(s[s.field_id.isin(train)], y[train])
+    return clf, s[s.field_id.isin(test)], y[test]
+
+
+def test_public_names_and_default_uses_every_index(fitted):
+    clf, s_test, y_test = fitted
+    assert cropyield.CropClassifier is CropClassifier
+    from cropyield.identify import CropClassifier as C2
+    assert C2 is CropClassifier
+    assert clf.indices_ == ("ndvi", "ndre", "ndmi")
+    for ix in clf.indices_:
+        assert any(f.startswith(f"{ix}_") for f in clf.feature_names_)
+    pred = clf.predict(s_test)
+    assert (pred == y_test[pred.index]).mean() >= 0.9
+    P = clf.predict_proba(s_test)
+    assert list(P.columns) == ["early", "late", "mid"]
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    # explicit indices still work (public keyword)
+    one = CropClassifier(("ndvi",), max_iter=30, calibrate=False).fit(s_test, y_test)
+    assert one.indices_ == ("ndvi",) and not any(f.startswith("ndre") for f in one.feature_names_)
+
+
+def test_save_load_round_trip_gives_identical_probabilities(fitted, tmp_path):
+    clf, s_test, _ = fitted
+    path = tmp_path / "clf.json"
+    clf.save(path)
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "cropyield.CropClassifier" and doc["version"] == 2
+    assert doc["learner"] == "lightgbm" and isinstance(doc["model"], str)
+    assert doc["classes"] == ["early", "late", "mid"] and doc["versions"]["lightgbm"]
+    clf2 = CropClassifier.load(path)
+    pd.testing.assert_frame_equal(clf2.predict_proba(s_test), clf.predict_proba(s_test))
+
+
+def test_loading_never_runs_code(fitted, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "model.pkl"
+    bad.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ModelError, match="never reads pickle"):
+        CropClassifier.load(bad)
+    assert not marker.exists()
+    clf, _, _ = fitted
+    d = clf.to_dict()
+    d["model"] = "tree\nnum_class=abc\n__import__('os')"
+    with pytest.raises(ModelError, match="corrupt"):
+        CropClassifier.from_dict(d)
+    d = clf.to_dict()
+    d["feature_names"] = d["feature_names"][:-1]
+    with pytest.raises(ModelError, match="shapes"):
+        CropClassifier.from_dict(d)
+    d = clf.to_dict()
+    d["config"]["__class__"] = "x"
+    with pytest.raises(ModelError, match="corrupt"):
+        CropClassifier.from_dict(d)
+
+
+def test_old_version_1_file_gives_a_refit_message(tmp_path):
+    old = {"format": "cropyield.CropClassifier", "version": 1, "config": {"indices": ["ndvi"]},
+           "classes": ["a", "b"], "feature_names": ["ndvi_b00"], "fill": [0], "mean": [0],
+           "scale": [1], "coef": [[0, 0]], "intercept": [0, 0]}
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(old))
+    with pytest.raises(ModelError, match=r"refit .*CropClassifier\(\)\.fit\(series, labels\)"):
+        CropClassifier.load(p)
+
+
+def test_errors():
+    obs, y, g = observations(n_per=3)
+    s = series_of(obs)
+    with pytest.raises(ModelError, match="not fitted"):
+        CropClassifier().predict(s)
+    with pytest.raises(ModelError, match="two classes"):
+        CropClassifier().fit(s, y.map(lambda v: "x"))
+    with pytest.raises(ModelError, match="lacks columns"):
+        CropClassifier(("gcvi",)).fit(s, y)
+    with pytest.raises(ModelError, match="no index column"):
+        CropClassifier().fit(s[["field_id", "time"]], y)
+    with pytest.raises(ModelError, match="not a cropyield"):
+        CropClassifier.from_dict({"format": "pickle"})
+
+
+def test_monthly_composites_and_next_year():
+    """Monthly composites (12 values a year, 40 % missing) train a model that also
+    classifies the next year's fields, sown a little later (time-shift augmentation)."""
+    obs, y, _ = observations(n_per=20, seed=2, step=30, cloud=0.3)
+    s = series_of(obs)
+    clf = CropClassifier(max_iter=80).fit(s, y)
+    obs2, y2, _ = observations(n_per=10, seed=3, step=30, cloud=0.3, year=2023)
+    obs2["time"] = obs2["time"] + pd.Timedelta(days=7)
+    pred = clf.predict(series_of(obs2))
+    assert (pred == y2[pred.index]).mean() >= 0.9
+
+
+def test_calibration_improves_brier_on_held_out_fields():
+    obs, y, _ = observations(n_per=40, seed=4, flip=0.25)
+    s = series_of(obs)
+    tr, te = y.index[::2], y.index[1::2]
+    clf = CropClassifier(max_iter=100).fit(s[s.field_id.isin(tr)], y[tr])
+    assert clf.temperature_ > 1.0          # noisy labels: raw boosting is overconfident
+    P = clf.predict_proba(s[s.field_id.isin(te)])
+    yi = np.array([clf.classes_.index(v) for v in y[P.index]])
+    T = clf.temperature_
+    clf.temperature_ = 1.0
+    raw = clf.predict_proba(s[s.field_id.isin(te)])
+    clf.temperature_ = T
+    assert brier_score(P.to_numpy(), yi) < brier_score(raw.to_numpy(), yi)
+    rc = reliability_curve(P.max(axis=1).to_numpy(), P.to_numpy().argmax(1) == yi, n_bins=5)
+    rc_raw = reliability_curve(raw.max(axis=1).to_numpy(), raw.to_numpy().argmax(1) == yi,
+                               n_bins=5)
+    assert rc["n"].sum() == len(yi) and rc.attrs["ece"] < rc_raw.attrs["ece"]
+
+
+def test_grouped_cross_validation_keeps_groups_together():
+    obs, y, g = observations(n_per=12, seed=5)
+    cv = CropClassifier(max_iter=40, augment_days=()).cross_validate(series_of(obs), y, g,
+                                                                      n_splits=3)
+    assert len(cv) == len(y)
+    assert (cv.groupby("group")["fold"].nunique() == 1).all()
+    assert cv.attrs["accuracy"] >= 0.85 and 0 <= cv.attrs["brier"] < 0.35
+    with pytest.raises(ModelError, match="groups"):
+        CropClassifier().cross_validate(series_of(obs), y, g.map(lambda v: "one"), n_splits=3)
+
+
+def _validate_module():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_crops.py"
+    spec = importlib.util.spec_from_file_location("validate_crops", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_real_worldcereal_parcels_flanders():
+    """Real LPIS parcels (monthly composites, 65535 = no data) go through smooth_series and
+    the classifier; grassland vs maize in Flanders 2021, 4-fold."""
+    if not (SHARED / "month_2021_BEL_Flanders.parquet").exists():
+        pytest.skip("../shared/data/worldcereal not present")
+    v = _validate_module()
+    obs, codes = v.load_region(SHARED, "flanders")
+    assert obs["ndvi"].between(-1, 1).all() or obs["ndvi"].isna().any()
+    assert (obs["valid_fraction"] == 0).any()          # no-data months are kept as NaN
+    s = smooth_series(obs, index=v.INDICES, min_obs=3)
+    y = codes.map(v.group_code)
+    y = y[y.isin(["grassland", "maize"])]
+    cv = CropClassifier(year_start="09-01", max_iter=60).cross_validate(
+        s, y, pd.Series(y.index, index=y.index), n_splits=4)
+    assert set(CropClassifier().fit(s, y).indices_) == set(v.INDICES)
+    assert cv.attrs["accuracy"] >= 0.85    # 28 meadows vs 12 maize
+
+
+def test_calibrated_probabilities_feed_identify_crops():
+    """Summer maize and soybean share a calendar: the calendar alone cannot tell them apart
+    or flag a wrong declaration; the classifier's probabilities can."""
+    from cropyield.identify import IdentifyError, identify_crops
+
+    phen = pd.DataFrame({
+        "field_id": ["a", "b"], "season": [1, 1],
+        "sos": [D("2022-06-25")] * 2, "pos": [D("2022-08-15")] * 2,
+        "eos": [D("2022-10-01")] * 2, "peak": [0.82, 0.82], "base_left": [0.18, 0.18],
+        "flags": ["", ""], "mean_value": [0.4, 0.4]})
+    declared = {"a": "soybean", "b": "soybean"}
+    plain = identify_crops(phen, region="north_china_plain", declared=declared)
+    assert not plain["flags"].str.contains("CROP_MISMATCH").any()
+    proba = pd.DataFrame({"summer_maize": [0.995, 0.02], "soybean": [0.005, 0.98]},
+                         index=pd.Index(["a", "b"], name="field_id"))
+    out = identify_crops(phen, region="north_china_plain", declared=declared,
+                         crop_proba=proba).set_index("field_id")
+    assert out.loc["a", "crop"] == "summer_maize" and "CROP_MISMATCH" in out.loc["a", "flags"]
+    pb = plain.set_index("field_id").loc["b"]
+    p_plain = pb["crop_prob"] if pb["crop"] == "soybean" else pb["crop_2_prob"] \
+        if pb["crop_2"] == "soybean" else 0.0
+    assert out.loc["b", "crop"] == "soybean" and out.loc["b", "crop_prob"] > p_plain + 0.2
+    assert "CROP_MISMATCH" not in out.loc["b", "flags"]
+    # a rotation class gives its probability to each of its crops
+    rot = pd.DataFrame({"winter_wheat+summer_maize": [0.99], "winter_wheat+soybean": [0.01]},
+                       index=pd.Index(["a"], name="field_id"))
+    got = identify_crops(phen.iloc[:1], region="north_china_plain", crop_proba=rot)
+    assert got["crop"].item() == "summer_maize"
+    with pytest.raises(IdentifyError, match="no class"):
+        identify_crops(phen, region="north_china_plain",
+                       crop_proba=pd.DataFrame({"teff": [1.0]}, index=["a"]))
