@@ -633,8 +633,8 @@ def test_schema1_model_still_loads():
 
 def test_empirical_extrapolation_is_bounded_and_flagged():
     """A season whose feature lies far outside the training range keeps a bounded number
-    (the regression on the clamped feature), is flagged EXTRAPOLATED and gets a wider
-    interval; inside the padded range nothing is flagged."""
+    (the regression on the feature clamped to the range ± 25 %), is flagged EXTRAPOLATED
+    and gets a wider interval; inside the padded range nothing changes."""
     q = {"q10": -0.2, "q50": 0.0, "q90": 0.2, "n": 50}
     m = EmpiricalModel(crop="summer_maize", feature_names=["peak"], coef=[2.0],
                        intercept=1.8, mean=[0.7], scale=[0.05], residuals=q,
@@ -646,9 +646,9 @@ def test_empirical_extrapolation_is_bounded_and_flagged():
                      _const_series("edge", "2024-06-01", "2024-09-30", 0.82, obs_every=5),
                      _const_series("far", "2024-06-01", "2024-09-30", 3.0, obs_every=5)])
     p = m.predict(ser, seasons).set_index("field_id")
-    top = math.exp(1.8 + 2.0 * (0.8 - 0.7) / 0.05)          # the clamped peak 0.8
+    top = math.exp(1.8 + 2.0 * (0.85 - 0.7) / 0.05)         # clamped at 0.8 + 25 % of 0.2
     assert p.loc["in", "yield_t_ha_p50"] == pytest.approx(math.exp(1.8 + 2.0), rel=1e-9)
-    assert p.loc["edge", "yield_t_ha_p50"] == pytest.approx(top, rel=1e-9)
+    assert p.loc["edge", "yield_t_ha_p50"] == pytest.approx(math.exp(1.8 + 4.8), rel=1e-9)
     assert p.loc["far", "yield_t_ha_p50"] == pytest.approx(top, rel=1e-9)   # not exp(46)
     assert "EXTRAPOLATED" in split_flags(p.loc["far", "flags"])
     assert "EXTRAPOLATED" not in split_flags(p.loc["edge", "flags"])

@@ -108,8 +108,8 @@ class EmpiricalModel(YieldModel):
         Learner record: ``name``, ``params``, grouped-CV MSE per candidate.
     region, residuals, overrides, training_range
         Default region; interval quantiles (normalised log residuals); crop-registry
-        overrides; per-feature training range (features are clamped to it; beyond 25 %
-        outside, the season is flagged ``EXTRAPOLATED`` with a widened interval).
+        overrides; per-feature training range (features are clamped to it ± 25 % of its
+        width; beyond, the season is flagged ``EXTRAPOLATED`` with a widened interval).
     """
 
     kind = "empirical"
@@ -178,9 +178,9 @@ class EmpiricalModel(YieldModel):
                 radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
         """Yield P10/P50/P90 per (field_id, season); seasons of another crop get ``NO_MODEL``.
 
-        Features are clamped to their training range before the regression is applied, so
-        a season unlike every training season cannot blow the log-linear prediction up.
-        Seasons with a feature beyond 25 % of the range outside it on either side are
+        Features are clamped to their training range widened by 25 % of its width on each
+        side before the regression is applied, so a season unlike every training season
+        cannot blow the log-linear prediction up. Seasons with a feature beyond that are
         flagged ``EXTRAPOLATED``: they keep the clamped (bounded) number, and their P10-P90
         interval is widened by :attr:`extrapolation_widening` (a factor on the log-residual
         quantiles).
@@ -197,7 +197,7 @@ class EmpiricalModel(YieldModel):
         pad = np.where(np.isfinite(width), 0.25 * width, 0.0)
         with np.errstate(invalid="ignore"):
             outside = np.isfinite(X) & ((X < lo_hi[:, 0] - pad) | (X > lo_hi[:, 1] + pad))
-        p50 = np.exp(self._log_from_design(np.clip(X, lo_hi[:, 0], lo_hi[:, 1])))
+        p50 = np.exp(self._log_from_design(np.clip(X, lo_hi[:, 0] - pad, lo_hi[:, 1] + pad)))
         wq = dict(q)
         for k in ("q10", "q90"):
             if k in wq:
