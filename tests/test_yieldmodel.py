@@ -677,3 +677,26 @@ def test_ceiling_on_given_seasons_and_detected_training_seasons(curves):
     assert det.cv_["n"] == len(tr) and det.cv_["r2"] > 0.8
     with pytest.raises(ModelError, match="season_source"):
         train_on_simulations(sim, crop="summer_maize", season_source="phenology")
+
+
+def test_simulation_level_kept_with_many_cuts(curves):
+    """With >= 10 crop cuts the intervals come from the cuts, but the P50 keeps the level set
+    on the simulations' median score: a county mean is still met (the cuts' own residual
+    median does not undo it)."""
+    from types import SimpleNamespace
+
+    from cropyield.yieldmodel.simulation import train_on_simulations
+    obs, truth, can = _curve_world(n=120, seed=2)
+    core = train_on_simulations(SimpleNamespace(observations=obs, truth=truth),
+                                crop="summer_maize", indices=["ndvi", "evi2", "ndre"])
+    ser, tr, _ = curves
+    target = tr.assign(yield_t_ha=tr["yield_t_ha"] * 0.7)
+    county = float(np.average(target["yield_t_ha"], weights=target["area_ha"]))
+    cuts = target.iloc[::8][["field_id", "season", "yield_t_ha"]]
+    m = fit_yield_model(ser, cuts, crop="summer_maize", method="simulation", simulated=core,
+                        seasons=target, county_mean_t_ha=county, level_prior_sd=1e-4)
+    assert m.level["n_cuts"] >= 10 and "split-conformal" in m.residuals["method"]
+    assert m.residuals["q50"] == pytest.approx(core.residuals["q50"])
+    p = m.predict(ser, target)
+    assert np.average(p["yield_t_ha_p50"], weights=target["area_ha"]) == pytest.approx(
+        county, rel=1e-3)

@@ -328,8 +328,14 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
             z[i] = (r[i] - sh_i) / s_cut[i]
             loo[i] = sh_i
         q = conformal_quantiles(z)
+        # the level was set on P50s formed with the simulations' median score (``pred``
+        # above); keep that median so the county statistic / cut level is not undone by
+        # the cuts' own residual median (the shrunk level leaves it off zero)
+        d50 = float(q_sim["q50"]) - float(q["q50"])
+        for k in [k for k in q if k[:1] == "q" and k[1:].isdigit()]:
+            q[k] = float(q[k]) + d50
         q["method"] = (f"split-conformal on {len(r)} crop cuts (leave-one-out level), "
-                       "normalised log residuals")
+                       "normalised log residuals, median at the simulations' median")
         yhat_loo = y_cut / np.exp(r) * np.exp(loo)
         level["loo_rmse_t_ha"] = float(np.sqrt(np.mean((yhat_loo - y_cut) ** 2)))
     else:
