@@ -39,6 +39,15 @@ def test_demo_writes_results(demo_runs):
                  "phenology.parquet", "credit_profiles.json", "alerts.parquet", "summary.json",
                  "demo.png"):
         assert (out / name).is_file(), name
+    # the manifest (written last) describes the GeoParquet estimates that are on disk
+    import hashlib
+
+    import geopandas as gpd
+
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["files"]["estimates"]["sha256"] == hashlib.sha256(
+        (out / "estimates.parquet").read_bytes()).hexdigest()
+    assert gpd.read_parquet(out / "estimates.parquet").crs is not None
     est = pd.read_parquet(out / "estimates.parquet")
     assert {"field_id", "season", "crop", "yield_t_ha_p10", "yield_t_ha_p50", "yield_t_ha_p90",
             "value_cny_p50", "flags"} <= set(est.columns)

@@ -307,7 +307,7 @@ def reliability_curve(confidence: np.ndarray, correct: np.ndarray,
     """Reliability of top-class probabilities: per confidence bin, mean confidence vs accuracy.
 
     Returns a DataFrame ``bin_lo, bin_hi, n, confidence, accuracy``; ``attrs["ece"]`` is the
-    expected calibration error (count-weighted mean |accuracy − confidence|).
+    expected calibration error (count-weighted mean absolute difference of accuracy and confidence).
     """
     conf = np.asarray(confidence, dtype=float)
     ok = np.asarray(correct, dtype=float)

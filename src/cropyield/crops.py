@@ -79,15 +79,23 @@ class YieldParams:
 
     Attributes
     ----------
-    rue_g_mj : radiation-use efficiency, g above-ground dry matter per MJ absorbed PAR.
-    harvest_index : harvestable dry matter / above-ground dry matter (dimensionless).
-    moisture : moisture fraction of the reported yield (e.g. 0.14 for maize grain).
-    yield_basis : ``"grain"``, ``"lint"``, ``"pods"``, ``"fresh"``, ``"seed"``, ``"value_only"``.
-    product_fraction : fraction of the harvested dry product that is reported (lint of seed
-        cotton, 1.0 otherwise).
-    fapar : fAPAR relation, e.g. ``{"index": "ndvi", "slope": 1.1638, "intercept": -0.1426}``.
-    sanity_t_ha : plausible field-level yield range at reporting basis, t/ha (flag, never clip).
-    calibration : default calibration factor per region, with its source.
+    rue_g_mj : float
+        Radiation-use efficiency, g above-ground dry matter per MJ absorbed PAR.
+    harvest_index : float
+        Harvestable dry matter / above-ground dry matter (dimensionless).
+    moisture : float
+        Moisture fraction of the reported yield (e.g. 0.14 for maize grain).
+    yield_basis : str
+        One of ``"grain"``, ``"lint"``, ``"pods"``, ``"fresh"``, ``"seed"``, ``"value_only"``.
+    product_fraction : float
+        Fraction of the harvested dry product that is reported (lint of seed cotton; 1.0
+        otherwise).
+    fapar : mapping
+        fAPAR relation, e.g. ``{"index": "ndvi", "slope": 1.1638, "intercept": -0.1426}``.
+    sanity_t_ha : tuple of float
+        Plausible field-level yield range at reporting basis, t/ha (flag, never clip).
+    calibration : mapping
+        Default calibration factor per region, with its source.
     """
 
     rue_g_mj: float

@@ -489,13 +489,18 @@ def run_demo(
                 result.estimates, policy=credit.Policy.preset(CREDIT_POLICY_VERSION))
     alerts = in_season_alerts(result.observations, fields, MONITOR_AS_OF)
     acc = accuracy_report(result, world, calibration_fields=calib_ids)
-    paths = result.write(out)
+    # estimates.parquet is GeoParquet with the fields' geometry; it goes through
+    # result.write so the manifest (written last) describes the file that is on disk
+    est_plain = result.estimates
+    result.estimates = fields[["field_id", "geometry"]].merge(
+        pd.DataFrame(est_plain).drop(columns="geometry", errors="ignore"),
+        on="field_id", how="right")
+    try:
+        paths = result.write(out)
+    finally:
+        result.estimates = est_plain
     alerts.to_parquet(out / "alerts.parquet", index=False)
     paths["alerts"] = out / "alerts.parquet"
-    est_geo = fields[["field_id", "geometry"]].merge(
-        pd.DataFrame(result.estimates).drop(columns="geometry", errors="ignore"),
-        on="field_id", how="right")
-    est_geo.to_parquet(out / "estimates.parquet", index=False)
     try:
         from .plot import demo_figure
 
