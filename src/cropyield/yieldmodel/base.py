@@ -25,7 +25,7 @@ from .intervals import quality_scale
 __all__ = ["SCHEMA_VERSION", "YieldModel"]
 
 #: Version of the JSON layout written by :meth:`YieldModel.to_json`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: model kind -> class, filled as subclasses are defined (used by ``from_dict``).
 _KINDS: dict[str, type] = {}
 
@@ -79,7 +79,8 @@ class YieldModel:
     def from_json(text_or_path: str | Path) -> "YieldModel":
         """Load a model written by :meth:`to_json` (a JSON string or a path).
 
-        Files of schema 1 (before the window features) and 2 load; a newer schema, another
+        Files of schema 1 (before the window features), 2 (before the linear target) and 3
+        load; a newer schema, another
         layout or unknown parameters raise :class:`~cropyield.errors.ModelError` saying so.
         """
         p = Path(str(text_or_path)) if not str(text_or_path).lstrip().startswith("{") else None
@@ -104,7 +105,7 @@ class YieldModel:
         if cls is None:
             raise ModelError(f"unknown model kind {d['kind']!r}")
         if int(d.get("schema_version", -1)) < 1 or not isinstance(d.get("params"), Mapping):
-            raise ModelError("not a cropyield yield model JSON (schema_version 1 or 2 with "
+            raise ModelError("not a cropyield yield model JSON (schema_version 1 to 3 with "
                              "'params' expected); refit the model with fit_yield_model")
         try:
             m = cls(**d["params"])

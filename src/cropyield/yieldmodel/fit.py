@@ -14,9 +14,9 @@ from .empirical import SEASON_FEATURES, EmpiricalModel, _design, _uses_windows, 
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale
 from .lue import LUEModel
-from .learners import fit_learner, predict_linear, select_learner
+from .learners import fit_learner, predict_yield, select_model
 from .skill import _group_folds, _metrics
-from .windows import INDICES, window_feature_names
+from .windows import INDICES, feature_column_sets, window_feature_names
 
 __all__ = ["fit_yield_model"]
 
@@ -218,8 +218,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         if method == "lue":
             fac = float(np.exp(np.mean(np.log(y[tr] / raw[tr]))))
             return raw[te] * fac, fac
-        fit = _fit_linear(X[tr], np.log(y[tr]), g[tr], alpha=alpha, n_splits=n_splits)
-        return np.exp(predict_linear(fit, X[te])), fit
+        fit = _fit_select(X[tr], y[tr], names, g[tr], alpha=alpha, n_splits=n_splits)
+        return predict_yield(fit, X[te])[0], fit
 
     for te in folds:
         tr = np.setdiff1d(np.arange(len(m)), te)
@@ -276,24 +276,34 @@ def _indices_of(names: Sequence[str]) -> list[str] | None:
     return idx or None
 
 
-def _fit_linear(X, logy, groups, *, alpha, n_splits):
+def _fit_select(X, y, names, groups, *, alpha, n_splits):
+    """A fixed ``alpha``: ridge on log yield and every column (the schema-1 behaviour);
+    ``alpha=None``: feature set, target and learner chosen by grouped CV
+    (:func:`~cropyield.yieldmodel.learners.select_model`)."""
     if alpha is not None:
-        return fit_learner(X, logy, "ridge", {"alpha": float(alpha)})
-    return select_learner(X, logy, groups, n_splits=n_splits)
+        fit = fit_learner(X, np.log(y), "ridge", {"alpha": float(alpha)})
+        fit.update(columns=list(range(X.shape[1])), column_set="full", target="log",
+                   floor=0.0)
+        return fit
+    return select_model(X, y, groups, n_splits=n_splits,
+                        column_sets=feature_column_sets(names))
 
 
 def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, residuals,
                     overrides, indices, cls=EmpiricalModel, **extra) -> EmpiricalModel:
-    fit = _fit_linear(X, np.log(y), g, alpha=alpha, n_splits=n_splits)
-    rng_ = {n_: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j, n_ in enumerate(names)}
-    learner = {"name": fit["name"], "params": fit["params"],
-               "cv_mse": fit.get("cv_mse"), "n_splits": fit.get("n_splits"),
-               "library": "scikit-learn"}
-    return cls(crop=crop, feature_names=names, coef=fit["coef"], intercept=fit["intercept"],
+    fit = _fit_select(X, y, names, g, alpha=alpha, n_splits=n_splits)
+    cols = fit["columns"]
+    used = [names[j] for j in cols]
+    rng_ = {names[j]: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j in cols}
+    learner = {"name": fit["name"], "params": fit["params"], "target": fit["target"],
+               "column_set": fit["column_set"], "cv_mse": fit.get("cv_mse"),
+               "n_splits": fit.get("n_splits"), "library": "scikit-learn"}
+    return cls(crop=crop, feature_names=used, coef=fit["coef"], intercept=fit["intercept"],
                mean=fit["mean"], scale=fit["scale"],
                alpha=float(fit["params"].get("alpha", 1.0)), index=index, region=region,
                residuals=residuals, overrides=overrides, training_range=rng_,
-               indices=indices, learner=learner, **extra)
+               indices=indices, learner=learner, target=fit["target"],
+               floor_t_ha=fit["floor"], **extra)
 
 
 def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups):

@@ -50,7 +50,8 @@ class SimulationModel(EmpiricalModel):
 
     ``level`` records how the level was set: ``{"kind": "county" | "cuts" | "county+cuts" |
     "uncalibrated", "shift_log", "factor", "n_cuts", "county_mean_t_ha", "prior_sd",
-    "posterior_sd", "weight", "source"}``; the shift is already in ``intercept``.
+    "posterior_sd", "weight", "source"}``; the shift is already in the parameters (the
+    intercept; with a linear target also the coefficients and the floor).
     """
 
     kind = "simulation"
@@ -345,8 +346,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         q["q90"] = q["q50"] + math.hypot(q["q90"] - q["q50"], d)
         q["method"] = (f"cross-conformal on simulations ({q_sim.get('n')} seasons) widened by "
                        f"the level's posterior sd {post_sd:.3f}")
-    p = {k: v for k, v in core._params().items() if k not in ("residuals", "intercept")}
-    model = SimulationModel(level=level, intercept=core.intercept + shift, residuals=q, **p)
+    p = {k: v for k, v in core._params().items() if k != "residuals"}
+    p.update(core.level_scaled(shift))
+    model = SimulationModel(level=level, residuals=q, **p)
     model.cv_ = {**(core.cv_ or {}), "level": level}
     logger.info("simulation yield model for %s: level %s x%.3f", crop, level["kind"],
                 level["factor"])
