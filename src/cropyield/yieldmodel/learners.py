@@ -153,6 +153,23 @@ def _target(y: np.ndarray, target: str) -> tuple[np.ndarray, float]:
     return y / sd, sd
 
 
+def _best_with_reference(tried: list[dict[str, Any]], reference: str) -> dict[str, Any]:
+    """Lowest-MSE candidate of the reference column set, replaced by another set's best only
+    when that is better by more than one standard error of the paired per-fold MSE
+    difference."""
+    ref = min((r for r in tried if r["column_set"] == reference), key=lambda r: r["mse"])
+    best = ref
+    for name in dict.fromkeys(r["column_set"] for r in tried):
+        if name == reference:
+            continue
+        alt = min((r for r in tried if r["column_set"] == name), key=lambda r: r["mse"])
+        d = np.asarray(ref["fold_mse"]) - np.asarray(alt["fold_mse"])
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        if float(np.mean(d)) > se and alt["mse"] < best["mse"]:
+            best = alt
+    return best
+
+
 def select_model(X: np.ndarray, y: np.ndarray, groups, *, n_splits: int = 5,
                  column_sets: dict[str, Any] | None = None,
                  targets: tuple[str, ...] = TARGETS,
@@ -171,7 +188,11 @@ def select_model(X: np.ndarray, y: np.ndarray, groups, *, n_splits: int = 5,
         Folds (with fewer than 2 groups: the first learner on the first column set, log
         target).
     column_sets : dict of str to sequence of int, optional
-        Named column subsets to try (default ``{"all": every column}``).
+        Named column subsets to try (default ``{"all": every column}``). The first is the
+        reference: another set replaces it only when its best candidate beats the
+        reference's best by more than one standard error of their paired per-fold MSE
+        difference (a near-tie keeps the reference; with few training seasons the CV error
+        of the two sets is noisy and a chance win does not transfer).
     targets : tuple of str
         Subset of :data:`TARGETS`.
     candidates : sequence of (name, params)
@@ -205,6 +226,9 @@ def select_model(X: np.ndarray, y: np.ndarray, groups, *, n_splits: int = 5,
                 "params": dict(candidates[0][1])}
     else:
         cv = GroupKFold(n_splits=k)
+        fold = np.empty(len(y), int)
+        for i, (_, te) in enumerate(cv.split(X, y, g)):
+            fold[te] = i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             for set_name, cols in sets.items():
@@ -214,10 +238,13 @@ def select_model(X: np.ndarray, y: np.ndarray, groups, *, n_splits: int = 5,
                         p = cross_val_predict(_estimator(name, params), X[:, cols], t,
                                               groups=g, cv=cv)
                         yh = np.exp(p) if target == "log" else np.maximum(p * back, floor)
+                        se = (yh - y) ** 2
                         tried.append({"column_set": set_name, "target": target,
                                       "name": name, "params": dict(params),
-                                      "mse": float(np.mean((yh - y) ** 2))})
-        best = min(tried, key=lambda r: r["mse"])
+                                      "mse": float(np.mean(se)),
+                                      "fold_mse": [float(np.mean(se[fold == f]))
+                                                   for f in range(k)]})
+        best = _best_with_reference(tried, next(iter(sets)))
     cols = sets[best["column_set"]]
     t, back = _target(y, best["target"])
     out = fit_learner(X[:, cols], t, best["name"], best["params"])
