@@ -559,6 +559,28 @@ def test_select_model_picks_target_and_feature_set():
     assert fl[0] and yl[0] == pytest.approx(0.5 * y_lin.min())
 
 
+def test_oof_predictions_match_scikit_learn_cross_val_predict():
+    """The shared-SVD ridge and warm-started elastic net out-of-fold predictions equal
+    scikit-learn's cross_val_predict of the same standardised pipelines (ridge exactly,
+    elastic net to its convergence tolerance), on collinear columns."""
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from cropyield.yieldmodel.learners import CANDIDATES, _estimator, _oof_predictions
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 30))
+    X[:, 5] = 0.9 * X[:, 4] + 0.1 * X[:, 5]
+    t = X[:, :3].sum(axis=1) + rng.normal(0, 0.5, 200)
+    g = rng.integers(0, 10, 200)
+    cv = GroupKFold(5)
+    fold = np.empty(200, int)
+    for i, (_, te) in enumerate(cv.split(X, t, g)):
+        fold[te] = i
+    fast = _oof_predictions(X, {"y": t}, fold, 5, CANDIDATES)
+    for name, params in CANDIDATES:
+        ref = cross_val_predict(_estimator(name, params), X, t, groups=g, cv=cv)
+        got = fast[("y", name, tuple(sorted(params.items())))]
+        assert np.allclose(got, ref, atol=1e-9 if name == "ridge" else 2e-3), (name, params)
+
+
 def test_linear_target_model_floor_and_level_scaling():
     """A linear-target EmpiricalModel: P50 = intercept + z·coef, floored (EXTRAPOLATED);
     ``level_scaled`` multiplies every prediction by the level factor; JSON round trip."""
