@@ -760,6 +760,24 @@ def test_ceiling_on_given_seasons_and_detected_training_seasons(curves):
         train_on_simulations(sim, crop="summer_maize", season_source="phenology")
 
 
+def test_level_shift_uses_the_cuts_ratio_of_means():
+    """Crop cuts scattered around a mean-unbiased P50 (y = 0.8 ŷ × lognormal noise with
+    mean 1): the cuts' level is log(Σy / Σŷ) = log 0.8 up to sampling, while the mean log
+    ratio sits σ²/2 lower; without ``cuts_level`` the old mean-log estimate is kept."""
+    from cropyield.yieldmodel.simulation import level_shift
+    rng = np.random.default_rng(7)
+    yh = rng.uniform(3, 9, 4000)
+    sig = 0.4
+    y = 0.8 * yh * np.exp(rng.normal(0, sig, 4000) - sig ** 2 / 2)
+    r = np.log(y / yh)
+    ratio = np.log(y.sum() / yh.sum())
+    sh, _, w = level_shift(r, prior_mean=0.0, prior_sd=10.0, sigma2=sig ** 2,
+                           cuts_level=ratio)
+    assert w > 0.99 and sh == pytest.approx(np.log(0.8), abs=0.02)
+    old, _, _ = level_shift(r, prior_mean=0.0, prior_sd=10.0, sigma2=sig ** 2)
+    assert old == pytest.approx(np.log(0.8) - sig ** 2 / 2, abs=0.02)
+
+
 def test_simulation_level_kept_with_many_cuts(curves):
     """With >= 10 crop cuts the intervals come from the cuts, but the P50 keeps the level set
     on the simulations' median score: a county mean is still met (the cuts' own residual
