@@ -120,6 +120,23 @@ def _int(v: Any) -> int | None:
     return None if x is None else int(round(x))
 
 
+def _season(v: Any, field_id: Any = None) -> int | None:
+    """The integer season of an estimates row (an int, an integral float or digits)."""
+    if _is_missing(v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        pass
+    elif isinstance(v, (int, np.integer)):
+        return int(v)
+    elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    elif isinstance(v, str) and v.strip().isdigit():
+        return int(v.strip())
+    raise CreditInputError(
+        f"field {field_id}: season {str(v)[:40]!r} is not an integer; the estimates table's "
+        "season column holds the integer season (cropyield.value.estimate_yield output)")
+
+
 def _in_range(x: float | None, col: str) -> float | None:
     """``x`` when inside :data:`ESTIMATE_RANGES` of ``col`` (or unknown column), else None."""
     if x is None or col not in ESTIMATE_RANGES:
@@ -288,7 +305,7 @@ def field_evidence(row: Mapping[str, Any], *, farmer_id: str | None = None,
     return FieldEvidence(
         field_id=str(_str(row.get("field_id"))),
         farmer_id=farmer_id if farmer_id is not None else _str(row.get("farmer_id")),
-        season=_str(row.get("season")),
+        season=_season(row.get("season"), row.get("field_id")),
         crop=_str(row.get("crop")),
         crop_prob=_rnum(row, "crop_prob"),
         declared_crop=declared_crop,
@@ -665,7 +682,7 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
         expected_value_cny_p50=v50, downside_value_cny_p10=v10,
         repayment_start=_iso(rep_start), repayment_end=_iso(rep_end), factors=factors,
         reasons=_sort_reasons(reasons),
-        fields=tuple(sorted(ev, key=lambda e: (e.field_id, e.season or ""))),
+        fields=tuple(sorted(ev, key=lambda e: (e.field_id, -1 if e.season is None else e.season))),
         library_version=__version__, excluded_fields=tuple(sorted(excluded)),
     )
 
@@ -780,7 +797,7 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
                                               f"by {', '.join(others)}", "refer", fid,
                                               float(len(who))))
     for farmer, ev in evidence.items():
-        seen: dict[tuple[str, str | None], int] = defaultdict(int)
+        seen: dict[tuple[str, int | None], int] = defaultdict(int)
         for e in ev:
             seen[(e.field_id, e.season)] += 1
         for (fid, s), n in seen.items():
