@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -93,6 +93,8 @@ _FALLOW_EXPECTED = frozenset({"NO_MODEL", "NO_PRICE", "NO_SEASON", "SEASON_INCOM
 
 
 # --------------------------------------------------------------------------- boundary
+_Cap = Literal["stage_cost", "ltv", "insurance", "max_limit"]  # Factors.binding_cap
+
 def _is_missing(v: Any) -> bool:
     if v is None or v is pd.NA or v is pd.NaT:
         return True
@@ -135,6 +137,12 @@ def _season(v: Any, field_id: Any = None) -> int | None:
     raise CreditInputError(
         f"field {field_id}: season {str(v)[:40]!r} is not an integer; the estimates table's "
         "season column holds the integer season (cropyield.value.estimate_yield output)")
+
+
+def _max_or_none(vals: list[float | None]) -> float | None:
+    """The largest value, or None when any is None."""
+    known = [v for v in vals if v is not None]
+    return None if len(known) < len(vals) else max(known)
 
 
 def _in_range(x: float | None, col: str) -> float | None:
@@ -238,11 +246,11 @@ def _price_record(row: Mapping[str, Any]) -> PriceRecord | None:
     price = _rnum(row, "price_cny_per_t")  # the column the value was computed with
     if price is None:
         price = _in_range(_num(rec.get("price_cny_per_t")), "price_cny_per_t")
-    if price is None and _num(rec.get("price")) is not None:
+    rec_price = _num(rec.get("price"))
+    if price is None and rec_price is not None:
         unit = str(rec.get("unit", "CNY/t")).replace(" ", "")
         scale = {"CNY/t": 1.0, "CNY/kg": 1000.0, "CNY/50kg": 20.0}.get(unit)
-        price = None if scale is None else _in_range(_num(rec["price"]) * scale,
-                                                     "price_cny_per_t")
+        price = None if scale is None else _in_range(rec_price * scale, "price_cny_per_t")
     if not rec and price is None:
         return None
     taken = {"price_cny_per_t", "crop", "region", "type", "price_type", "valid_from", "source"}
@@ -253,8 +261,7 @@ def _price_record(row: Mapping[str, Any]) -> PriceRecord | None:
     parts = subs or [rec]
 
     def joined(key: str) -> str | None:
-        vals = [_str(r.get(key)) for r in parts]
-        vals = list(dict.fromkeys(v for v in vals if v))
+        vals = list(dict.fromkeys(v for v in (_str(r.get(key)) for r in parts) if v))
         return "+".join(vals) if key != "source" else "; ".join(vals) if vals else None
 
     valid = [d for d in (_date(r.get("valid_from")) for r in parts) if d is not None]
@@ -513,9 +520,8 @@ def _exclusions(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
     for e in ev:
         if e.crop != _FALLOW or e.field_id in excluded:
             seasons[e.field_id].append(e)
-    area: dict[str, float | None] = {
-        fid: None if any(e.area_mu is None for e in es) else max(e.area_mu for e in es)
-        for fid, es in seasons.items()}
+    area: dict[str, float | None] = {fid: _max_or_none([e.area_mu for e in es])
+                                     for fid, es in seasons.items()}
     prob = {fid: max((e.crop_prob for e in es if e.crop_prob is not None), default=0.0)
             for fid, es in seasons.items()}
     for fid in sorted(excluded):
@@ -570,20 +576,21 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
              policy: Policy, as_of: _dt.date) -> CreditProfile:
     field_hc: list[tuple[FieldEvidence, dict[str, float]]] = []
     for e in ev:
-        rs, hc = _field_reasons(e, policy, as_of)
+        rs, fhc = _field_reasons(e, policy, as_of)
         reasons.extend(rs)
-        field_hc.append((e, hc))
+        field_hc.append((e, fhc))
     excluded = _exclusions(farmer_id, ev, reasons, policy)
     haircuts: dict[str, float] = {}
-    for e, hc in field_hc:
+    for e, field_haircuts in field_hc:
         if e.field_id in excluded:
             continue
-        for k, v in hc.items():
+        for k, v in field_haircuts.items():
             haircuts[k] = min(v, haircuts.get(k, 1.0))
     cropped = [e for e in ev if e.crop != _FALLOW and e.field_id not in excluded]
 
     def total(vals: list[float | None]) -> float | None:
-        return None if any(v is None for v in vals) else float(math.fsum(vals))
+        known = [v for v in vals if v is not None]
+        return None if len(known) < len(vals) else float(math.fsum(known))
 
     by_field: dict[str, FieldEvidence] = {}
     for e in ev:
@@ -612,14 +619,17 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
     areas = [None if e.area_mu is None else
              (min(e.area_mu, e.declared_area_mu) if e.declared_area_mu is not None else e.area_mu)
              for e in cropped]
-    if v10 is not None and v50 is not None and all(a is not None for a in areas) \
-            and all(e.crop for e in cropped):
-        area = float(math.fsum(areas))
-        stage = float(math.fsum(policy.stage_cost(e.crop) * a for e, a in
-                                 zip(cropped, areas, strict=True)))
+    known_areas = [a for a in areas if a is not None]
+    crops = [e.crop for e in cropped if e.crop]
+    if v10 is not None and v50 is not None and len(known_areas) == len(areas) \
+            and len(crops) == len(cropped):
+        area = float(math.fsum(known_areas))
+        stage = float(math.fsum(policy.stage_cost(c) * a for c, a in
+                                 zip(crops, known_areas, strict=True)))
         ltv_cap = policy.ltv * v10
         ins_cap = policy.insurance_fraction * v50
-        caps = {"stage_cost": stage, "ltv": ltv_cap, "insurance": ins_cap}
+        caps: dict[_Cap, float] = {"stage_cost": stage, "ltv": ltv_cap, "insurance": ins_cap}
+        binding: _Cap
         binding = min(caps, key=lambda k: caps[k])  # dict order breaks ties
         hflag = min(sorted(haircuts), key=lambda k: haircuts[k]) if haircuts else None
         hc = haircuts[hflag] if hflag else 1.0
@@ -634,7 +644,8 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
                           insurance_cap_cny=ins_cap, binding_cap=binding, haircut=hc,
                           haircut_flag=hflag, max_limit_cny=float(policy.max_limit_cny),
                           limit_before_rounding_cny=raw, limit_step_cny=policy.limit_step_cny)
-    decision, limit = "refer", None
+    decision: Literal["approve", "refer", "decline"] = "refer"
+    limit: int | None = None
     if not ev:
         reasons.append(Reason("MISSING_ESTIMATE", f"farmer {farmer_id}: no field evidence",
                               "refer"))

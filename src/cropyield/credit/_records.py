@@ -34,7 +34,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Mapping
 
 from .._io import loads_json
@@ -181,7 +181,7 @@ def _value_in(tp, value: Any, md: Mapping[str, Any], where: str,
             raise CreditSchemaError(f"{where}: expected an array, got {type(value).__name__}")
         return tuple(_value_in(item_tp, v, {}, f"{where}[{i}]", ver)
                      for i, v in enumerate(value))
-    if is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, _Record):
         if not isinstance(value, Mapping):
             raise CreditSchemaError(f"{where}: expected an object, got {type(value).__name__}")
         return tp._from_mapping(value, where, ver)
@@ -228,7 +228,7 @@ def _value_out(tp, value: Any, md: Mapping[str, Any]) -> Any:
     if origin is tuple:
         item_tp = args[0]
         return [_value_out(item_tp, v, {}) for v in value]
-    if is_dataclass(value):
+    if isinstance(value, _Record):
         return value.to_dict()
     return value
 
@@ -249,7 +249,7 @@ def _schema_of(tp, md: Mapping[str, Any], defs: dict[str, Any]) -> dict[str, Any
         s = {"type": "string", "enum": list(typing.get_args(inner))}
     elif typing.get_origin(inner) is tuple:
         s = {"type": "array", "items": _schema_of(typing.get_args(inner)[0], {}, defs)}
-    elif is_dataclass(inner):
+    elif isinstance(inner, type) and issubclass(inner, _Record):
         inner._register_schema(defs)
         s = {"$ref": f"#/$defs/{inner.__name__}"}
     else:
@@ -281,6 +281,8 @@ class _Record:
 
     _versioned: ClassVar[bool] = False  # records carrying a top-level schema_version
     _doc: ClassVar[str] = ""
+    if typing.TYPE_CHECKING:  # every subclass is a dataclass (dataclasses.fields applies)
+        __dataclass_fields__: ClassVar[dict[str, Any]]
 
     def __post_init__(self) -> None:
         # canonical forms, so that equal content means equal records (exact round-trip)
