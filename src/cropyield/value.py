@@ -391,27 +391,28 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     rank = phen.groupby("field_id").cumcount().to_numpy()
     for i, r in phen.iterrows():
         fl = []
-        c, p = None, np.nan
+        crop_i: Any = None  # crop id from ``crops`` (may be a NaN from a table), else declared
+        p = np.nan
         if cmap is not None:
             row = cmap.get((r["field_id"], r["season"])) or cmap.get((r["field_id"],))
             if row is not None:
-                c = row.get("crop")
+                crop_i = row.get("crop")
                 p = float(row.get("crop_prob", np.nan)) if row.get("crop_prob") is not None \
                     else np.nan
                 fl += split_flags(row.get("flags"))
                 if np.isfinite(p) and p < min_crop_prob:
                     fl.append("CROP_UNCERTAIN")
-        if c is None or (isinstance(c, float) and math.isnan(c)):
+        if crop_i is None or (isinstance(crop_i, float) and math.isnan(crop_i)):
             decl = _split_declared(r.get("crop"))
-            c = _declared_crop_for(decl, int(rank[i]), int(n_seasons[i]), r.get("pos"),
+            crop_i = _declared_crop_for(decl, int(rank[i]), int(n_seasons[i]), r.get("pos"),
                                    r["region"], reg)
-            if c is not None:
+            if crop_i is not None:
                 fl.append("CROP_DECLARED")
             elif decl:
                 fl.append("CROP_UNCERTAIN")
-        if c == "fallow":
+        if crop_i == "fallow":
             fl.append("NO_MODEL")
-        crop_col.append(c)
+        crop_col.append(crop_i)
         prob_col.append(p)
         crop_flags.append(fl)
     phen["crop_id"] = crop_col
@@ -436,6 +437,7 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     models = dict(model) if isinstance(model, Mapping) else None
     pred_parts = []
     if models is None:
+        assert not isinstance(model, Mapping)
         pred_parts.append(model.predict(series, seasons_in))
     else:
         for c, g in seasons_in.groupby(seasons_in["crop"].fillna("<none>"), sort=False):
