@@ -273,6 +273,18 @@ def _declared_crop_for(decl: list[str], season_rank: int, n_seasons: int, pos, r
     return None
 
 
+def _count(*values: Any) -> Any:
+    """The first of ``values`` that is a known count, as an int; ``pd.NA`` when none is.
+
+    The yield model's count (``n_obs_pred``) equals phenology's ``n_obs`` where both exist;
+    phenology's fills in for seasons no model saw.
+    """
+    for v in values:
+        if v is not None and not isinstance(v, str) and pd.notna(v):
+            return int(v)
+    return pd.NA
+
+
 def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[str, YieldModel]
                    | None = None, prices=None, season=None, phenology: pd.DataFrame | None = None,
                    crops: pd.DataFrame | None = None, region: str = "north_china_plain",
@@ -528,12 +540,14 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
             "price_record": json.dumps(price_rec, ensure_ascii=False) if price_rec else "",
             "value_cny_p10": val[0], "value_cny_p50": val[1], "value_cny_p90": val[2],
             "sos": r.get("sos"), "pos": r.get("pos"), "eos": eos, "harvest_date": harvest,
-            "n_obs": r.get("n_obs_pred", r.get("n_obs", np.nan)), "quality": q,
+            "n_obs": _count(r.get("n_obs_pred"), r.get("n_obs")), "quality": q,
             "model_version": r.get("model_version") if pd.notna(r.get("model_version")) else "",
             "calibration": r.get("calibration") if pd.notna(r.get("calibration")) else "",
             "flags": join_flags(fl), "scene_ids": sids,
         })
     res = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS)
+    # a count: integer dtype (pandas nullable Int64, <NA> only when nothing counted it)
+    res["n_obs"] = pd.array(res["n_obs"].tolist(), dtype="Int64")
     for c in ("sos", "pos", "eos", "harvest_date"):
         res[c] = pd.to_datetime(res[c])
     logger.info("estimate_yield: %d field-seasons, %d with a yield", len(res),
