@@ -86,7 +86,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         counts: dict[str, int] = {}
         for s in scene_list:
             counts[s.crs.to_wkt()] = counts.get(s.crs.to_wkt(), 0) + 1
-        crs = CRS.from_wkt(max(counts, key=counts.get))
+        crs = CRS.from_wkt(max(counts, key=lambda wkt: counts[wkt]))
     crs = CRS.from_user_input(crs)
     import shapely
 
