@@ -366,6 +366,20 @@ class CropClassifier:
         Reweight classes inversely to their frequency.
     num_threads : int
         LightGBM threads.
+
+    Examples
+    --------
+    ``series``: daily series of labelled parcels (:func:`cropyield.smooth_series`);
+    ``labels``: a Series field id -> crop id.
+
+    >>> import cropyield as cy
+    >>> from cropyield import CropClassifier
+    >>> clf = CropClassifier(year_start="09-01").fit(series, labels)  # doctest: +SKIP
+    >>> clf.predict_proba(new_series).round(2).head()  # doctest: +SKIP
+    >>> clf.save("crop_classifier.json")   # JSON with the LightGBM text model  # doctest: +SKIP
+    >>> clf = CropClassifier.load("crop_classifier.json")  # doctest: +SKIP
+    >>> crops = cy.identify_crops(series, region="north_china_plain",
+    ...                           classifier=clf)  # doctest: +SKIP
     """
 
     FORMAT = "cropyield.CropClassifier"

@@ -190,6 +190,15 @@ def identify_crops(
     ------
     IdentifyError
         Unknown region (no crop has a calendar there) or missing columns.
+
+    Examples
+    --------
+    ``ph`` from :func:`cropyield.phenology` (a daily series works too):
+
+    >>> import cropyield as cy
+    >>> crops = cy.identify_crops(ph, region="north_china_plain",
+    ...                           declared={"F1": "winter_wheat"})  # doctest: +SKIP
+    >>> crops[["field_id", "season", "crop", "crop_prob", "flags"]]  # doctest: +SKIP
     """
     reg = registry if registry is not None else load_registry()
     phen = series_or_phenology

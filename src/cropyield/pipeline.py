@@ -228,6 +228,21 @@ def estimate(
     ------
     cropyield.store.StoreMismatchError
         ``store`` holds a run with other inputs (pass ``restart=True``).
+
+    Examples
+    --------
+    The whole chain for the fields of a file (needs the internet); results go to a
+    resumable store:
+
+    >>> import geopandas as gpd
+    >>> import cropyield as cy
+    >>> fields = gpd.read_file("fields.gpkg")  # doctest: +SKIP
+    >>> result = cy.estimate(fields, "2024-10-01", "2025-06-30", catalog="earth-search",
+    ...                      store="results/")  # doctest: +SKIP
+    >>> result.estimates[["field_id", "season", "crop", "yield_t_ha_p50",
+    ...                   "value_cny_p50"]].head()  # doctest: +SKIP
+    >>> [p.decision for p in result.profiles][:5]  # doctest: +SKIP
+    >>> result.write("out/")   # Parquet tables, credit JSON, manifest  # doctest: +SKIP
     """
     fields = validate_fields(fields, id_col=id_col)
     if "ndvi" not in indices:

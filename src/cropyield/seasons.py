@@ -597,6 +597,17 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     ------
     PhenologyError
         Missing columns or invalid options.
+
+    Examples
+    --------
+    ``series`` as in the example of :func:`cropyield.smooth_series` (one green-up, peak in
+    late April):
+
+    >>> import cropyield as cy
+    >>> ph = cy.phenology(series)  # doctest: +SKIP
+    >>> ph[["field_id", "season", "sos", "pos", "eos", "n_obs"]]  # doctest: +SKIP
+      field_id  season        sos        pos        eos  n_obs
+    0       F1       1 2025-03-25 2025-04-30 2025-06-05     15
     """
     need = [id_col, "time", index]
     missing = [c for c in need if c not in series.columns]

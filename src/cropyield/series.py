@@ -475,6 +475,22 @@ def smooth_series(
     ------
     SeriesError
         Missing columns, an empty grid (``end`` before ``start``) or invalid options.
+
+    Examples
+    --------
+    Twenty-four five-day observations of one field become a daily series:
+
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> import cropyield as cy
+    >>> t = pd.date_range("2025-03-01", periods=24, freq="5D", tz="UTC")
+    >>> ndvi = 0.2 + 0.6 * np.exp(-0.5 * ((np.arange(24) - 12) / 4.0) ** 2)
+    >>> obs = pd.DataFrame({"field_id": "F1", "time": t, "ndvi": ndvi})
+    >>> series = cy.smooth_series(obs, index="ndvi")
+    >>> series.columns.tolist()
+    ['field_id', 'time', 'ndvi', 'support', 'gap_days', 'lam', 'flags']
+    >>> len(series)   # days from the first to the last observation
+    116
     """
     indices = [index] if isinstance(index, str) else list(index)
     if not indices:

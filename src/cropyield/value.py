@@ -112,6 +112,14 @@ class PriceTable:
         (when there is neither MSP nor market) are used as is.
     market_haircut : float
         Factor on the market price in the conservative rule (default 0.9).
+
+    Examples
+    --------
+    >>> import cropyield as cy
+    >>> prices = cy.PriceTable(conservative=True)   # the packaged data/prices.toml
+    >>> p = prices.lookup("winter_wheat", "henan", "2025-06-15")
+    >>> p["price_cny_per_t"], p["rule"]
+    (2380.0, 'conservative: minimum_purchase only')
     """
 
     def __init__(self, records: Iterable[PriceRecord | Mapping[str, Any]] | None = None, *,
@@ -346,6 +354,21 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     ------
     MissingCRSError, InvalidFieldsError
         Fields without CRS, duplicated ids or missing geometries.
+
+    Examples
+    --------
+    Offline, on the synthetic world (a few seconds):
+
+    >>> import cropyield as cy
+    >>> from cropyield import synthetic as syn
+    >>> cfg = syn.WorldConfig(n_fields=20, seed=1)
+    >>> fields = syn.make_fields(cfg)
+    >>> series = cy.smooth_series(syn.simulate_observations(fields, cfg), index="ndvi")
+    >>> est = cy.estimate_yield(series, fields, model=cy.LUEModel())
+    >>> est[["field_id", "season", "crop", "yield_t_ha_p50", "value_cny_p50",
+    ...      "flags"]].head()  # doctest: +SKIP
+    >>> est["season"].dtype, est["n_obs"].dtype
+    (dtype('int64'), Int64Dtype())
     """
     if id_col != "field_id":
         fields = fields.rename(columns={id_col: "field_id"})

@@ -749,6 +749,18 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
       ``min_downside_value_cny``, or a rounded limit below ``min_limit_cny``.
     * **Repayment window**: earliest expected harvest to latest + ``repayment_grace_days``;
       a harvest before ``as_of`` rolls forward by whole years (``PAST_SEASON``).
+
+    Examples
+    --------
+    ``est`` as in the example of :func:`cropyield.value.estimate_yield` (synthetic fields
+    carry a ``farmer_id``):
+
+    >>> from cropyield import credit
+    >>> profiles = credit.assess(est, as_of="2022-05-01",
+    ...                          policy=credit.Policy.preset("1.1.0"))  # doctest: +SKIP
+    >>> p = profiles[0]  # doctest: +SKIP
+    >>> p.decision, p.suggested_limit_cny, [r.code for r in p.reasons]  # doctest: +SKIP
+    >>> p.to_json()   # schema: docs/credit_schema.json  # doctest: +SKIP
     """
     if not isinstance(estimates, pd.DataFrame):
         raise CreditInputError(f"estimates must be a pandas DataFrame, got "

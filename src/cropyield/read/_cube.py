@@ -71,6 +71,16 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
     xarray.Dataset
         One float32 variable per reflectance band (``SCL`` stays uint8), ``valid`` (uint8),
         coordinates ``time`` (UTC, tz-naive), ``y``, ``x`` (pixel centres) and ``spatial_ref``.
+
+    Examples
+    --------
+    ``scenes`` from :func:`cropyield.search_scenes`; the reads need the internet.
+
+    >>> import cropyield as cy
+    >>> cube = cy.load_cube(scenes, fields, bands=["B04", "B08", "SCL"],
+    ...                     resolution=10)  # doctest: +SKIP
+    >>> ndvi = (cube["B08"] - cube["B04"]) / (cube["B08"] + cube["B04"])  # doctest: +SKIP
+    >>> ndvi.where(cube["valid"] == 1).median("time")  # doctest: +SKIP
     """
     import rioxarray  # noqa: F401,I001  (registers the .rio accessor)
     from pyproj import CRS
