@@ -162,6 +162,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                                                                       "area_ha")]],
                         on=["field_id", "season"], how="left")
     rg_key = region
+    model: YieldModel
     # ---- aggregate statistics
     if isinstance(observed, Mapping) or (isinstance(observed, pd.DataFrame)
                                          and "mean_yield_t_ha" in observed.columns):
@@ -238,8 +239,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                       f"geometric-mean ratio", "n": int(len(m))}
         res = dict(lue.residuals)
         res[crop] = q
-        model: YieldModel = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                                     region=region, calibration=cal, residuals=res)
+        model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
+                         region=region, calibration=cal, residuals=res)
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
