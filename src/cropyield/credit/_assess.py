@@ -90,11 +90,10 @@ _FALLOW = "fallow"
 #: Flags that a fallow field is expected to carry (nothing grows, nothing is valued).
 _FALLOW_EXPECTED = frozenset({"NO_MODEL", "NO_PRICE", "NO_SEASON", "SEASON_INCOMPLETE",
                               "OUT_OF_RANGE"})
+_Cap = Literal["stage_cost", "ltv", "insurance", "max_limit"]  # Factors.binding_cap
 
 
 # --------------------------------------------------------------------------- boundary
-_Cap = Literal["stage_cost", "ltv", "insurance", "max_limit"]  # Factors.binding_cap
-
 def _is_missing(v: Any) -> bool:
     if v is None or v is pd.NA or v is pd.NaT:
         return True
@@ -126,13 +125,11 @@ def _season(v: Any, field_id: Any = None) -> int | None:
     """The integer season of an estimates row (an int, an integral float or digits)."""
     if _is_missing(v):
         return None
-    if isinstance(v, (bool, np.bool_)):
-        pass
-    elif isinstance(v, (int, np.integer)):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v)
-    elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return int(v)
-    elif isinstance(v, str) and v.strip().isdigit():
+    if isinstance(v, str) and re.fullmatch(r"[0-9]+", v.strip()):
         return int(v.strip())
     raise CreditInputError(
         f"field {field_id}: season {str(v)[:40]!r} is not an integer; the estimates table's "
@@ -629,8 +626,7 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
         ltv_cap = policy.ltv * v10
         ins_cap = policy.insurance_fraction * v50
         caps: dict[_Cap, float] = {"stage_cost": stage, "ltv": ltv_cap, "insurance": ins_cap}
-        binding: _Cap
-        binding = min(caps, key=lambda k: caps[k])  # dict order breaks ties
+        binding: _Cap = min(caps, key=lambda k: caps[k])  # dict order breaks ties
         hflag = min(sorted(haircuts), key=lambda k: haircuts[k]) if haircuts else None
         hc = haircuts[hflag] if hflag else 1.0
         if hc >= 1.0:
