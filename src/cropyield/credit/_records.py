@@ -507,7 +507,7 @@ class FieldEvidence(_Record):
 
     field_id: str = _f("field identifier")
     farmer_id: str | None = _f("farmer (applicant) identifier", default=None)
-    season: int | None = _f("season of the estimate: the integer ``season`` column of the "
+    season: int | None = _f("season of the estimate: the integer season column of the "
                             "estimates table (a string label before schema 2.0.0)",
                             default=None)
     crop: str | None = _f("identified crop id (registry id)", default=None)
