@@ -128,6 +128,19 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     ModelError
         Unknown method, too few matched observations (< 5 for field yields), an empirical fit
         to aggregates, or no usable seasons.
+
+    Examples
+    --------
+    ``series``: daily series of the surveyed fields (:func:`cropyield.smooth_series`);
+    ``cuts``: their crop cuts, a table ``field_id, yield_t_ha``.
+
+    >>> import cropyield as cy
+    >>> model = cy.fit_yield_model(series, cuts, crop="winter_wheat")  # doctest: +SKIP
+    >>> model.cv_["rmse_t_ha"], model.cv_["coverage_p10_p90"]  # doctest: +SKIP
+    >>> model.to_json("wheat_model.json")  # doctest: +SKIP
+    >>> model = cy.YieldModel.from_json("wheat_model.json")  # doctest: +SKIP
+    >>> county = {"region": "north_china_plain", "mean_yield_t_ha": 6.2}
+    >>> lue = cy.fit_yield_model(series, county, crop="winter_wheat")  # doctest: +SKIP
     """
     if method not in ("lue", "empirical", "simulation"):
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
