@@ -37,6 +37,7 @@ accumulated as NumPy arrays and one DataFrame is built at the end.
 
 from __future__ import annotations
 
+import time as _time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -228,12 +229,14 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                                     scene_list[i].id))
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
     field_ids = np.asarray(fields[id_col].to_numpy())
-    pre_failed = (_verify_checksums(scene_list, bands_needed, on_error, signer)
+    t_end = None if read_deadline is None else _time.monotonic() + read_deadline
+    pre_failed = (_verify_checksums(scene_list, bands_needed, on_error, signer, t_end)
                   if verify_checksums else {})
     results, stats, state = _run_acquisitions(
         scene_list, fields, ref_grids, groups, order, specs, bands_needed, classes,
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
-        progress, threads, env, signer, max_attempts, read_deadline, pre_failed,
+        progress, threads, env, signer, max_attempts,
+        None if t_end is None else max(t_end - _time.monotonic(), 1e-3), pre_failed,
         bool(repair_geometry))
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
                      dilate, fields=fields, acquisitions=[groups[k][0] for k in order],
@@ -254,9 +257,11 @@ def _asset_checksum(scene, band) -> str | None:
     return str(value) if value else None
 
 
-def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[int, Any]:
+def _verify_checksums(scene_list, bands_needed, on_error: str, signer,
+                      t_end: float | None = None) -> dict[int, Any]:
     """Verify the ``file:checksum`` of every needed asset; ``{scene position: (band,
-    error)}`` of the failures (``on_error="flag"``), else raise the first."""
+    error)}`` of the failures (``on_error="flag"``), else raise the first. ``t_end``: the
+    read deadline (a ``time.monotonic()`` value) that bounds every download."""
     from ..errors import AssetReadError
     from ..read import verify_checksum
 
@@ -268,7 +273,8 @@ def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[i
             if cs is None:
                 continue
             try:
-                verify_checksum(band.href, cs, signer=signer or getattr(s, "signer", None))
+                verify_checksum(band.href, cs, signer=signer or getattr(s, "signer", None),
+                                deadline=None if t_end is None else t_end - _time.monotonic())
             except AssetReadError as exc:
                 if on_error == "raise":
                     raise
