@@ -433,3 +433,26 @@ def test_reads_in_flight_at_the_deadline_are_abandoned_and_their_values_dropped(
     assert calls == []                         # ... and never consumed
     assert not alive
     assert rd.stats.failures and rd.stats.failures[0]["reason"] == "deadline"
+
+
+def test_load_cube_read_deadline_holds_against_a_stalled_server(tmp_path):
+    """load_cube had no deadline: a COG server stalling every request cost ~90 s per band
+    read at the default GDAL timeouts (more with retries). read_deadline ends it."""
+    from cropyield.errors import ConfigError
+    from cropyield.read import load_cube
+
+    with RangeServer(tmp_path, faults={"*/S1/B08.tif": ["sleep:60"] * 50}) as srv:
+        sc = _scene(tmp_path, srv.url, "S1", "2024-06-01T03:00")
+        aoi = _fields().to_crs(4326)
+        t0 = time.monotonic()
+        with pytest.raises(AssetReadError) as ei:
+            load_cube([sc], aoi, bands=["B04", "B08"], read_deadline=3)
+        took = time.monotonic() - t0
+        for t in _reader_threads():
+            t.join(10)
+        alive = _reader_threads()
+    assert ei.value.reason == "deadline"
+    assert took < 3 + 10, f"load_cube took {took:.1f} s with read_deadline=3"
+    assert not alive
+    with pytest.raises(ConfigError, match="read_deadline"):
+        load_cube([sc], aoi, bands=["B04"], read_deadline=0)

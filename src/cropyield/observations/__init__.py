@@ -46,14 +46,13 @@ import pandas as pd
 
 from ..errors import ConfigError, CropYieldError
 from ..read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
+# read_deadline="auto": _AUTO_DEADLINE_BASE s + _AUTO_DEADLINE_PER_SCENE s per scene
+from ..read._blocks import _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE
 from ._run import _baseline, _run_acquisitions
 from ._table import OBSERVATION_COLUMNS, _assemble, merge_observations, observations_to_xarray
 
 __all__ = ["field_observations", "observations_to_xarray", "merge_observations",
            "OBSERVATION_COLUMNS"]
-
-#: read_deadline="auto": this many seconds plus _AUTO_DEADLINE_PER_SCENE per scene
-_AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
 
 
 def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
@@ -110,15 +109,18 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     max_attempts : int
         Attempts per block read for transient failures.
     read_deadline : float, "auto" or None
-        Total seconds for all reads of this call (counted from its start). After it no read
-        is started or retried: with ``on_error="raise"`` the next read raises
-        :class:`~cropyield.errors.AssetReadError` (``reason="deadline"``); with ``"flag"``
-        the rows of every scene not read by then get NaN values and ``READ_FAILED``, and
-        ``attrs["read_failures"]`` lists them with ``reason="deadline"``. A request in
-        flight still ends by its GDAL timeout (``GDAL_HTTP_TIMEOUT``, 30 s by default,
-        per GDAL retry). ``"auto"`` (default): 600 s + 120 s per scene, ample for healthy
-        servers (a scene's blocks under the fields take seconds) yet a stalled server costs
-        minutes, not ~20 minutes per scene. None: no deadline.
+        Total seconds for all reads of this call (counted from its start; the downloads of
+        ``verify_checksums`` included). After it no read is started or retried: with
+        ``on_error="raise"`` the next read raises :class:`~cropyield.errors.AssetReadError`
+        (``reason="deadline"``); with ``"flag"`` the rows of every scene not read by then
+        get NaN values and ``READ_FAILED``, and ``attrs["read_failures"]`` lists them with
+        ``reason="deadline"``. The deadline is strict within 1 s
+        (:data:`cropyield.read._blocks.DEADLINE_SLACK`), also when a server stalls a request
+        in flight: handles opened near it get GDAL timeouts cut to the time left, and a read
+        still in flight 1 s after it is abandoned (it ends in the background; its values are
+        dropped, never used). ``"auto"`` (default): 600 s + 120 s per scene, ample for
+        healthy servers (a scene's blocks under the fields take seconds) yet a stalled server
+        costs minutes, not ~20 minutes per scene. None: no deadline.
     repair_geometry : bool
         Repair invalid polygons (e.g. self-intersecting "bow-ties") with
         :func:`shapely.make_valid`, keeping their polygonal parts, and flag their rows

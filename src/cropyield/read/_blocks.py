@@ -51,6 +51,10 @@ _REQUESTS_PER_READ = 3
 #: Shortest per-request GDAL timeout set near a deadline (seconds).
 _MIN_REQUEST_TIMEOUT = 0.25
 
+#: read_deadline="auto" (field_observations, load_cube): this many seconds plus
+#: _AUTO_DEADLINE_PER_SCENE per scene
+_AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
+
 
 @dataclass
 class ReadStats:
