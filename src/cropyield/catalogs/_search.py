@@ -219,7 +219,7 @@ def _open_client(url: str, *, timeout: float, retries: int, backoff_factor: floa
     t_deadline = None if deadline is None else time.monotonic() + float(deadline)
     stac_io = _deadline_io_class()(max_retries=_retry(retries, backoff_factor, max_retry_after,
                                                       t_deadline))
-    if t_deadline is not None:
+    if deadline is not None and t_deadline is not None:  # both set, or neither
         stac_io.deadline_s = float(deadline if deadline_s is None else deadline_s)
         stac_io.deadline = t_deadline
     # timeout must go to Client.open: it resets the StacApiIO's own timeout (offline-stac.md §5)
