@@ -75,7 +75,8 @@ class ResultStore:
     >>> import tempfile
     >>> import pandas as pd
     >>> from cropyield.store import ResultStore
-    >>> st = ResultStore(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> st = ResultStore(tmp.name)
     >>> st.write_partition("p0000", {"estimates": pd.DataFrame({"field_id": ["F1"],
     ...                                                         "season": [1]})})
     {'estimates': 1}
@@ -84,6 +85,7 @@ class ResultStore:
     ['p0000']
     >>> st.read("estimates")["season"].tolist()
     [1]
+    >>> tmp.cleanup()
     """
 
     def __init__(self, root, *, storage_options: Mapping[str, Any] | None = None):
