@@ -1,12 +1,14 @@
-"""Empirical yield model (:class:`EmpiricalModel`): a regularised regression of log yield
-on season features, fitted to observed yields by :func:`cropyield.yieldmodel.fit_yield_model`.
+"""Empirical yield model (:class:`EmpiricalModel`): a regularised regression of yield or log
+yield on season features, fitted to observed yields by
+:func:`cropyield.yieldmodel.fit_yield_model`.
 
 Features: phenological-window features of every index present
 (:func:`cropyield.yieldmodel.windows.window_features`: green-up, peak, three grain-fill
 windows, senescence slope, integrals, timing) and ``log_apar`` / ``log_apar_post`` (log
-Σ fAPAR × PAR over the season and after the peak, :func:`season_features`). The learner
-(standardised ridge or elastic net, :mod:`cropyield.yieldmodel.learners`) is chosen by grouped
-CV; its coefficients are stored in JSON.
+Σ fAPAR × PAR over the season and after the peak, :func:`season_features`). The target (yield
+or log yield), the feature set (all or the compact subset) and the learner (standardised ridge
+or elastic net) are chosen by grouped CV (:func:`cropyield.yieldmodel.learners.select_model`);
+its coefficients are stored in JSON.
 """
 
 from __future__ import annotations

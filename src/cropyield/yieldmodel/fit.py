@@ -68,10 +68,12 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         Crop id of the registry.
     method : {"lue", "empirical", "simulation"}
         ``"lue"`` fits the calibration factor (geometric-mean ratio of observed to raw LUE
-        yield); ``"empirical"`` regresses log yield on the phenological-window features of
-        every index present (:mod:`cropyield.yieldmodel.windows`) plus log APAR, with a
-        regularised learner (ridge / elastic net, scikit-learn) chosen by grouped CV inside
-        each training fold; ``"simulation"`` trains the same regression on crop-model
+        yield); ``"empirical"`` regresses yield or log yield on the phenological-window
+        features of every index present (:mod:`cropyield.yieldmodel.windows`) plus log APAR,
+        or on their compact subset, with a regularised learner (ridge / elastic net,
+        scikit-learn) - target, feature set and learner chosen by grouped CV on the error
+        in t/ha inside each training fold
+        (:func:`cropyield.yieldmodel.learners.select_model`); ``"simulation"`` trains the same regression on crop-model
         simulations (``simulated``) and calibrates its level to ``county_mean_t_ha`` and/or
         the crop cuts in ``observed`` (:func:`cropyield.yieldmodel.simulation.fit_simulation`).
     groups : array-like, str or None
