@@ -198,10 +198,14 @@ def estimate(
         resumes: completed partitions are skipped (``result.skipped``).
     partition_size : int, optional
         Most fields per partition (default :data:`DEFAULT_PARTITION_FIELDS` when ``client``
-        or ``store`` is given). Partitions are spatial blocks (quadtree cells of the fields'
-        representative points); each field is in exactly one partition, and each partition
-        reads every scene of every acquisition for its fields, so a field on a tile border
-        is merged once, as in a single run.
+        or ``store`` is given). Partitions are spatial blocks that follow the COG block grid
+        of the scenes' tiles (read from one header per tile; longitude/latitude quadtree
+        cells when it cannot be read), see :func:`partition_fields`; each field is in
+        exactly one partition, and each partition reads every scene of every acquisition for
+        its fields, so a field on a tile border is merged once, as in a single run. A COG
+        block holding more fields than this is read again by each partition that holds
+        some of them: keep it at or above the fields per block (a 1 024 px block at 10 m is
+        about 105 km²).
     restart : bool
         With ``store``: discard what the store holds and start over.
     collect : bool
@@ -638,7 +642,6 @@ def _pause_hook(when: str, n: int) -> None:
 def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collection, scenes,
                           max_cloud, policy, progress, client, store, partition_size, restart,
                           collect, storage_options, progress_bar) -> PipelineResult:
-    from . import credit
     from ._version import __version__
     from .catalogs import Scenes, search_scenes
     from .store import ResultStore, fingerprint
@@ -771,8 +774,8 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
     est = tables["estimates"]
     if not len(est.columns):
         est = _with_geometry(pd.DataFrame({"field_id": []}), fields, o.id_col)
-    profiles = credit.assess(pd.DataFrame(est).drop(columns="geometry", errors="ignore"),
-                             policy=policy, as_of=o.as_of)
+    profiles = _assess(pd.DataFrame(est).drop(columns="geometry", errors="ignore"),
+                       policy=policy, as_of=o.as_of, client=client)
     timings["credit"] = round(time.perf_counter() - t0, 3)
     stage_t: dict[str, float] = {}
     for info in infos.values():
@@ -822,6 +825,92 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
         result.summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
         st.write_json("summary.json", result.summary)
     return result
+
+
+#: Fewest estimate rows per credit task on a cluster (below: one call on the driver).
+_CREDIT_CHUNK_ROWS = 2000
+
+
+def _assess(est: pd.DataFrame, *, policy, as_of, client) -> list:
+    """``credit.assess`` on all estimates; on a cluster, farmer by farmer on the workers.
+
+    ``assess`` is farmer-level (pure Python, ~5 ms per field: minutes for a county on the
+    driver alone, after every partition). With a client and enough rows, the farmers are
+    cut into contiguous chunks (in ``farmer_id`` order, so concatenating the chunks'
+    profiles keeps ``assess``'s order) that run as tasks. The one input shared by all
+    farmers, the assessment date when ``as_of`` is None (the latest imagery date over all
+    evidence, else the latest harvest), is first resolved from every chunk's dates exactly
+    as ``assess`` resolves it, and then passed to every chunk. Tables where a field is
+    claimed by more than one farmer (duplicate claims are checked across farmers) run in
+    one call."""
+    from . import credit
+
+    if (client is None or len(est) < 2 * _CREDIT_CHUNK_ROWS or "farmer_id" not in est.columns
+            or est.groupby("field_id")["farmer_id"].nunique(dropna=True).gt(1).any()):
+        return credit.assess(est, policy=policy, as_of=as_of)
+    from .credit._assess import _str
+
+    import numpy as np
+
+    farmer = pd.Series([_str(v) for v in est["farmer_id"]], index=est.index)
+    order = sorted(set(farmer.dropna()))
+    if len(order) < 2:
+        return credit.assess(est, policy=policy, as_of=as_of)
+    n_chunks = min(len(order), max(2, -(-len(est) // _CREDIT_CHUNK_ROWS)))
+    rank = {f: i for i, f in enumerate(order)}
+    # rows without a farmer go with the first chunk (assess logs and skips them)
+    chunk_of = np.array([0 if f is None else rank[f] * n_chunks // len(order)
+                         for f in farmer])
+    chunks = [est[chunk_of == k] for k in range(n_chunks) if (chunk_of == k).any()]
+    logger.info("credit: %d farmers in %d chunks on the cluster", len(order), len(chunks))
+    futs = client.scatter(chunks)
+    if as_of is None:
+        dates = client.gather([client.submit(_evidence_dates, f, pure=False) for f in futs])
+        last = [d for d, _ in dates if d is not None]
+        harvest = [h for _, h in dates if h is not None]
+        if last:
+            as_of = max(last)
+        elif harvest:
+            logger.warning("assess: as_of not given and no imagery date known; using the "
+                           "latest expected harvest %s (pass as_of= explicitly)", max(harvest))
+            as_of = max(harvest)
+        else:
+            return credit.assess(est, policy=policy, as_of=None)   # raises its own error
+    parts = client.gather([client.submit(credit.assess, f, policy=policy, as_of=as_of,
+                                         pure=False) for f in futs])
+    return [p for part in parts for p in part]
+
+
+def _evidence_dates(est: pd.DataFrame):
+    """Latest imagery date and latest harvest date of the evidence ``credit.assess``
+    builds from ``est`` (what it resolves ``as_of`` from)."""
+    import logging
+
+    from .credit._assess import _claims, field_evidence
+
+    claims = _claims(est, None)
+    rows = {}
+    for rec in est.assign(field_id=[str(v) for v in est["field_id"]]).to_dict("records"):
+        rows.setdefault(rec["field_id"], []).append(rec)
+    last, harvest = None, None
+    lg = logging.getLogger("cropyield")
+    level = lg.level
+    lg.setLevel(logging.ERROR)          # field_evidence's warnings come again in assess
+    try:
+        for c in claims.to_dict("records"):
+            for r in rows.get(c["field_id"], []):
+                if str(r.get("farmer_id")) != str(c["farmer_id"]):
+                    continue
+                e = field_evidence(r, farmer_id=c["farmer_id"])
+                if e.last_obs_date:
+                    d = pd.Timestamp(e.last_obs_date).date()
+                    last = d if last is None else max(last, d)
+                if e.harvest_date:
+                    h = pd.Timestamp(e.harvest_date).date()
+                    harvest = h if harvest is None else max(harvest, h)
+    finally:
+        lg.setLevel(level)
+    return last, harvest
 
 
 def _block_grids(scenes, o: _Options) -> tuple[list | None, tuple[int, int] | None]:
