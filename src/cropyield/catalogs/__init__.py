@@ -98,8 +98,12 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
     deadline : float or None
         Seconds for the whole search -- landing page, every result page, retries and the
         restart -- after which it fails with :class:`~cropyield.errors.CatalogError` (no
-        partial result). Default 300 s; ``None`` for no limit. With a user ``client=`` it is
-        checked between pages only (that client's own timeouts bound each request).
+        partial result). Strict: each request runs in a daemon thread that is waited for
+        until the deadline only, and retries stop at it, so a server that never answers or
+        stalls in mid-body ends the search by the deadline (+ about 0.1 s); the abandoned
+        request ends in the background by its socket timeout. Default 300 s; ``None`` for
+        no limit. With a user ``client=`` it is checked between pages only (that client's
+        own timeouts bound each request).
 
     Returns
     -------
@@ -123,6 +127,15 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
         The collection's band layout is not supported.
     ConfigError
         Invalid arguments (bbox out of range, start after end, unknown catalog name).
+
+    Examples
+    --------
+    Needs the internet (Earth Search); ``cropyield serve`` gives an offline catalog.
+
+    >>> import cropyield as cy
+    >>> scenes = cy.search_scenes((115.5, 34.3, 115.8, 34.6), "2024-10-01", "2025-06-30",
+    ...                           max_cloud=60)  # doctest: +SKIP
+    >>> len(scenes), scenes.lineage["n_matched"]  # doctest: +SKIP
     """
     from pystac_client.exceptions import APIError
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,9 @@ class YieldModel:
     cloudy_gap_days: float = 40  # longer gap -> CLOUDY_SEASON flag, wider interval
     max_extrapolated_days: int = 20  # more extrapolated days in the window -> NaN + EXTRAPOLATED
 
-    def predict(self, series: pd.DataFrame, seasons, **kwargs) -> pd.DataFrame:  # pragma: no cover
+    def predict(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
+                radiation=None, crop: str | None = None,
+                climatology=None) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
 
     # -- serialisation
@@ -137,9 +139,10 @@ class YieldModel:
         return "\n".join(lines)
 
     # -- shared post-processing
-    def _finish(self, feats: pd.DataFrame, p50: np.ndarray, quant: list[dict[str, Any]],
-                basis: list[str], calib: list[str], extra_flags: list[list[str]],
-                sanity: list[tuple[float, float]]) -> pd.DataFrame:
+    def _finish(self, feats: pd.DataFrame, p50: np.ndarray,
+                quant: Sequence[Mapping[str, Any] | None], basis: list[str], calib: list[str],
+                extra_flags: list[list[str]],
+                sanity: Sequence[tuple[float, ...]]) -> pd.DataFrame:
         n = len(feats)
         n_obs = feats["n_obs"].to_numpy(float)
         gap = feats["max_gap_days"].to_numpy(float)

@@ -128,6 +128,19 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     ModelError
         Unknown method, too few matched observations (< 5 for field yields), an empirical fit
         to aggregates, or no usable seasons.
+
+    Examples
+    --------
+    ``series``: daily series of the surveyed fields (:func:`cropyield.smooth_series`);
+    ``cuts``: their crop cuts, a table ``field_id, yield_t_ha``.
+
+    >>> import cropyield as cy
+    >>> model = cy.fit_yield_model(series, cuts, crop="winter_wheat")  # doctest: +SKIP
+    >>> model.cv_["rmse_t_ha"], model.cv_["coverage_p10_p90"]  # doctest: +SKIP
+    >>> model.to_json("wheat_model.json")  # doctest: +SKIP
+    >>> model = cy.YieldModel.from_json("wheat_model.json")  # doctest: +SKIP
+    >>> county = {"region": "north_china_plain", "mean_yield_t_ha": 6.2}
+    >>> lue = cy.fit_yield_model(series, county, crop="winter_wheat")  # doctest: +SKIP
     """
     if method not in ("lue", "empirical", "simulation"):
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
@@ -162,6 +175,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                                                                       "area_ha")]],
                         on=["field_id", "season"], how="left")
     rg_key = region
+    model: YieldModel
     # ---- aggregate statistics
     if isinstance(observed, Mapping) or (isinstance(observed, pd.DataFrame)
                                          and "mean_yield_t_ha" in observed.columns):
@@ -238,8 +252,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                       f"geometric-mean ratio", "n": int(len(m))}
         res = dict(lue.residuals)
         res[crop] = q
-        model: YieldModel = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                                     region=region, calibration=cal, residuals=res)
+        model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
+                         region=region, calibration=cal, residuals=res)
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,

@@ -31,7 +31,7 @@ Entry point: :func:`fit_simulation` (what ``fit_yield_model(..., method="simulat
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -163,11 +163,12 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
             seasons = _detected_seasons(ser, seasons, "ndvi" if "ndvi" in idx else idx[0])
             truth = truth.merge(seasons[["field_id", "season"]], on=["field_id", "season"])
     groups = truth["weather_year"].to_numpy() if "weather_year" in truth.columns else None
-    model = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
-                            method="empirical", groups=groups, seasons=seasons, region=region,
-                            index=index, n_splits=n_splits, seed=seed, alpha=alpha,
-                            features=features, overrides=overrides, climatology=climatology,
-                            indices=idx)
+    fitted = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
+                             method="empirical", groups=groups, seasons=seasons, region=region,
+                             index=index, n_splits=n_splits, seed=seed, alpha=alpha,
+                             features=features, overrides=overrides, climatology=climatology,
+                             indices=idx)
+    model = cast(EmpiricalModel, fitted)  # method="empirical" fits an EmpiricalModel
     model.cv_ = {**(model.cv_ or {}), "data": "simulated",
                  "n_weather_years": int(truth["weather_year"].nunique())
                  if "weather_year" in truth.columns else None}
@@ -307,6 +308,8 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
             kind.append("cuts")
             src.append(f"{len(r)} crop cuts")
     q_sim = core.residuals
+    if not q_sim:  # pragma: no cover - checked above for simulated=, set by training
+        raise ModelError("the simulation model has no interval residuals")
     sigma2 = _sigma2_from_quantiles(q_sim)
     if len(r) >= 3:
         sigma2 = max(sigma2, float(np.var(r, ddof=1)))
@@ -327,7 +330,7 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
             sh_i, _, _ = level_shift(rest, prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2)
             z[i] = (r[i] - sh_i) / s_cut[i]
             loo[i] = sh_i
-        q = conformal_quantiles(z)
+        q: dict[str, Any] = conformal_quantiles(z)
         # the level was set on P50s formed with the simulations' median score (``pred``
         # above); keep that median so the county statistic / cut level is not undone by
         # the cuts' own residual median (the shrunk level leaves it off zero)

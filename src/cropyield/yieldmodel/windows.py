@@ -31,7 +31,7 @@ a model and its ceiling see the same windows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -151,16 +151,17 @@ def window_features(series: pd.DataFrame, seasons=None, *, indices=None,
         days = np.arange(sos_a[i], eos_a[i] + np.timedelta64(1, "D"))
         pos_in = np.searchsorted(t, days)
         hit = (pos_in < len(t)) & (t[np.minimum(pos_in, len(t) - 1)] == days)
-        curves = {}
+        curves: dict[Any, np.ndarray] = {}
+        too_few = False
         for k in idx:
             x = np.full(len(days), np.nan)
             x[hit] = arrs[k][g][pos_in[hit]]
             ok = np.isfinite(x)
             if ok.sum() < 5:
-                curves = None
+                too_few = True
                 break
             curves[k] = np.interp(np.arange(len(x)), np.flatnonzero(ok), x[ok])
-        if curves is None:
+        if too_few:
             continue
         up, kp, dn = _curve_windows(curves[primary])
         row = []
