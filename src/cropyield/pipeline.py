@@ -407,8 +407,11 @@ def partition_fields(fields, *, max_fields: int = DEFAULT_PARTITION_FIELDS,
         return pd.Series(out, index=fields.index, name="partition")
     rest = np.ones(len(fields), bool)
     if grids:
-        bh, bw = (block_px, block_px) if np.isscalar(block_px) else block_px
-        if int(bh) < 1 or int(bw) < 1:
+        if isinstance(block_px, (int, np.integer)):
+            bh = bw = int(block_px)
+        else:
+            bh, bw = (int(v) for v in block_px)
+        if bh < 1 or bw < 1:
             raise ValueError("block_px must be >= 1")
         pts_native = fields.geometry.representative_point()
         ordered = sorted(set(grids), key=lambda g: (g.crs.to_string(), g.transform.c,
@@ -699,7 +702,7 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
         "on_error": o.on_error, "declared_prior_odds": o.declared_prior_odds,
         "min_coverage_frac": o.min_coverage_frac, "id_col": o.id_col,
         "partition_size": int(partition_size), "n_partitions": len(pids),
-        "partition_block_px": None if grids is None else list(block),
+        "partition_block_px": None if block is None else list(block),
     }
     run["fingerprint"] = fingerprint(run)
     done: dict[str, Any] = st.begin(run, restart=restart) if st is not None else {}
@@ -867,9 +870,9 @@ def _assess(est: pd.DataFrame, *, policy, as_of, client) -> list:
     if (client is None or len(est) < 2 * _CREDIT_CHUNK_ROWS or "farmer_id" not in est.columns
             or est.groupby("field_id")["farmer_id"].nunique(dropna=True).gt(1).any()):
         return credit.assess(est, policy=policy, as_of=as_of)
-    from .credit._assess import _str
-
     import numpy as np
+
+    from .credit._assess import _str
 
     farmer = pd.Series([_str(v) for v in est["farmer_id"]], index=est.index)
     order = sorted(set(farmer.dropna()))
@@ -900,35 +903,30 @@ def _assess(est: pd.DataFrame, *, policy, as_of, client) -> list:
     return [p for part in parts for p in part]
 
 
-def _evidence_dates(est: pd.DataFrame):
-    """Latest imagery date and latest harvest date of the evidence ``credit.assess``
-    builds from ``est`` (what it resolves ``as_of`` from)."""
-    import logging
+def _evidence_dates(est: pd.DataFrame) -> tuple[Any, Any]:
+    """Latest imagery date and latest harvest date over the evidence ``credit.assess``
+    builds from ``est`` (rows with a farmer; dates taken as ``field_evidence`` takes them):
+    what it resolves ``as_of`` from."""
+    from .credit._assess import _date, _scene_date, _str
 
-    from .credit._assess import _claims, field_evidence
-
-    claims = _claims(est, None)
-    rows = {}
-    for rec in est.assign(field_id=[str(v) for v in est["field_id"]]).to_dict("records"):
-        rows.setdefault(rec["field_id"], []).append(rec)
     last, harvest = None, None
-    lg = logging.getLogger("cropyield")
-    level = lg.level
-    lg.setLevel(logging.ERROR)          # field_evidence's warnings come again in assess
-    try:
-        for c in claims.to_dict("records"):
-            for r in rows.get(c["field_id"], []):
-                if str(r.get("farmer_id")) != str(c["farmer_id"]):
-                    continue
-                e = field_evidence(r, farmer_id=c["farmer_id"])
-                if e.last_obs_date:
-                    d = pd.Timestamp(e.last_obs_date).date()
-                    last = d if last is None else max(last, d)
-                if e.harvest_date:
-                    h = pd.Timestamp(e.harvest_date).date()
-                    harvest = h if harvest is None else max(harvest, h)
-    finally:
-        lg.setLevel(level)
+    has_last = "last_obs_date" in est.columns
+    has_ids = "scene_ids" in est.columns
+    has_h = "harvest_date" in est.columns
+    for rec in est.to_dict("records"):
+        if _str(rec.get("farmer_id")) is None:
+            continue
+        d = _date(rec.get("last_obs_date")) if has_last else None
+        if d is None and has_ids:
+            ids = {x.strip() for x in (_str(rec.get("scene_ids")) or "").split(",")
+                   if x.strip()}
+            dates = [v for v in map(_scene_date, ids) if v is not None]
+            d = max(dates) if dates else None
+        if d is not None:
+            last = d if last is None else max(last, d)
+        h = _date(rec.get("harvest_date")) if has_h else None
+        if h is not None:
+            harvest = h if harvest is None else max(harvest, h)
     return last, harvest
 
 
