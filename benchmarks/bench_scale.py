@@ -2,13 +2,17 @@
 workers, over a synthetic county served through a STAC API and a Range COG server that adds
 50 ms to every request (object storage is not localhost).
 
-Reports, per run: fields/s through the partitioned stages, speed-up of 2 workers over 1,
-peak RSS per worker process (``ru_maxrss``), and bytes read against the minimum (each
+Reports, per run: fields/s through the partitioned stages, speed-up of 2 workers over 1
+(median of ``--repeat`` side-by-side runs), peak RSS per worker process (``ru_maxrss``),
+HTTP requests and bytes as the COG server counted them against the minimum (each
 compressed COG block that a field's bounding box touches read once, per needed band and
-scene). Peak RSS is also measured with 10x fewer fields on 1 worker, to show that memory
-per worker is bounded by the partition, not by the county.
+scene), and CPU seconds per process (workers, driver, and the servers, which run in a
+separate process) with the share of the machine that was busy and the load average, since
+wall time on a shared machine says little. Peak RSS is also measured with 10x fewer fields
+on 1 worker, to show that memory per worker is bounded by the partition, not by the county.
 
-    python benchmarks/bench_scale.py --size reduced           # what docs/scaling.md shows
+    python benchmarks/bench_scale.py --size reduced --latency-ms 50 --partition-size 150 \
+        --workers 1,2 --repeat 3                           # what docs/scaling.md shows
     python benchmarks/bench_scale.py --size county            # >= 100 000 fields, 2 real tiles
     nox -s bench -- scale
 
