@@ -8,6 +8,7 @@ STAC API and Range COG server on 127.0.0.1) and stop it with SIGTERM at the end.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -72,6 +73,111 @@ def test_partition_fields_same_block_whatever_the_crs():
     a = partition_fields(fields, max_fields=50)
     b = partition_fields(fields.to_crs(4326), max_fields=50)
     assert a.equals(b)
+
+
+def _tiles(n_tiles: int = 2, size_px: int = 3000, overlap_px: int = 300):
+    """Pixel grids of overlapping 10 m tiles side by side (as Sentinel-2 tiles are)."""
+    from affine import Affine
+
+    from cropyield._geo import Grid
+
+    return [Grid("EPSG:32650", Affine(10.0, 0, 400_000 + k * (size_px - overlap_px) * 10.0,
+                                      0, -10.0, 3_830_000), (size_px, size_px))
+            for k in range(n_tiles)]
+
+
+def _block_of(fields, grids, block_px):
+    """(grid, block row, block col) of each field's representative point: first grid
+    holding it, as partition_fields assigns them."""
+    pts = fields.geometry.representative_point()
+    out = np.full(len(fields), None, dtype=object)
+    for k, g in enumerate(grids):
+        c = np.floor((pts.x.to_numpy() - g.transform.c) / 10.0).astype(int)
+        r = np.floor((g.transform.f - pts.y.to_numpy()) / 10.0).astype(int)
+        ok = (c >= 0) & (c < g.shape[1]) & (r >= 0) & (r < g.shape[0])
+        for i in np.flatnonzero(ok & pd.isna(out)):
+            out[i] = (k, r[i] // block_px, c[i] // block_px)
+    return pd.Series(out, index=fields.index)
+
+
+def _blocks_read(fields, parts, grids, block_px):
+    """Blocks each partition reads (those its fields' bounding boxes touch, on every grid),
+    summed over the partitions: the partitions' block reads for one band of one date."""
+    b = fields.geometry.bounds.to_numpy()
+    total = 0
+    for pid in set(parts):
+        m = (parts == pid).to_numpy()
+        seen = set()
+        for k, g in enumerate(grids):
+            c0 = np.floor((b[m, 0] - g.transform.c) / 10.0).astype(int)
+            c1 = np.floor((b[m, 2] - g.transform.c) / 10.0).astype(int)
+            r0 = np.floor((g.transform.f - b[m, 3]) / 10.0).astype(int)
+            r1 = np.floor((g.transform.f - b[m, 1]) / 10.0).astype(int)
+            ok = (c1 >= 0) & (c0 < g.shape[1]) & (r1 >= 0) & (r0 < g.shape[0])
+            for a, bb, cc, dd in zip(r0[ok], c0[ok], r1[ok], c1[ok]):
+                for i in range(max(a, 0) // block_px, min(cc, g.shape[0] - 1) // block_px + 1):
+                    for j in range(max(bb, 0) // block_px,
+                                   min(dd, g.shape[1] - 1) // block_px + 1):
+                        seen.add((k, i, j))
+        total += len(seen)
+    return total
+
+
+@pytest.mark.parametrize("max_fields", [1, 40, 150, 700, 5000])
+def test_partition_fields_on_block_grid_each_field_once_and_bounded(max_fields):
+    fields = _grid_fields(2000)
+    grids = _tiles()
+    parts = partition_fields(fields, max_fields=max_fields, grids=grids, block_px=256)
+    assert parts.index.equals(fields.index) and parts.notna().all()
+    counts = parts.value_counts()
+    assert counts.max() <= max_fields and counts.sum() == len(fields)
+    # deterministic: neither the fields' order nor the grids' order changes a partition
+    again = partition_fields(fields.iloc[::-1], max_fields=max_fields, grids=grids[::-1],
+                             block_px=256)
+    assert parts.equals(again.loc[parts.index])
+    ids = sorted(counts.index)
+    assert not any(b.startswith(a) for a, b in zip(ids, ids[1:]))
+    # fields outside every grid keep the longitude/latitude quadtree
+    inside = _block_of(fields, sorted(grids, key=lambda g: g.transform.c), 256).notna()
+    assert parts[inside].str.startswith("g").all()
+    assert parts[~inside].str.startswith("q").all()
+
+
+def test_partition_fields_on_block_grid_never_split_a_block_needlessly():
+    """A block is in one partition unless it holds more than max_fields fields; then it is
+    cut into the fewest runs (ceil(n / max_fields)), so it is re-read as little as the
+    partition size allows."""
+    fields = _grid_fields(4000, seed=3)
+    grids = sorted(_tiles(), key=lambda g: g.transform.c)
+    for max_fields, block_px in ((150, 256), (1000, 512), (60, 256)):
+        parts = partition_fields(fields, max_fields=max_fields, grids=grids,
+                                 block_px=block_px)
+        blk = _block_of(fields, grids, block_px)
+        inside = blk.notna()
+        per_block = pd.DataFrame({"b": blk[inside], "p": parts[inside]}).groupby("b")
+        for _, g in per_block:
+            n_parts = g["p"].nunique()
+            assert n_parts == max(1, -(-len(g) // max_fields)), (max_fields, block_px)
+            if n_parts > 1:  # runs of one block: no other block's field among them
+                assert g["p"].str.contains("r").all()
+                assert parts.isin(set(g["p"])).sum() == len(g)
+
+
+def test_partition_fields_on_block_grid_read_fewer_blocks_than_lonlat_cells():
+    """Partitions smaller than a block re-read it: aligned to the block grid, the blocks
+    read (summed over partitions) are fewer than with cells over longitude/latitude."""
+    fields = _grid_fields(6000, seed=1)
+    grids = _tiles()
+    for max_fields, block_px in ((150, 256), (400, 512), (60, 1024), (2000, 512)):
+        aligned = partition_fields(fields, max_fields=max_fields, grids=grids,
+                                   block_px=block_px)
+        lonlat = partition_fields(fields, max_fields=max_fields)
+        a = _blocks_read(fields, aligned, grids, block_px)
+        b = _blocks_read(fields, lonlat, grids, block_px)
+        assert a <= b, (max_fields, block_px, a, b)
+        if max_fields < 2000:          # partitions smaller than a block's fields
+            assert a < 0.8 * b, (max_fields, block_px, a, b)
+        assert aligned.nunique() <= lonlat.nunique()
 
 
 # ------------------------------------------------------------------------------ store
@@ -291,9 +397,16 @@ def test_estimate_killed_with_sigkill_then_resumed(served, few_fields, tmp_path)
 
 
 @pytest.mark.slow
-def test_local_and_distributed_results_identical(served, few_fields, tmp_path):
+def test_local_and_distributed_results_identical(served, few_fields, tmp_path, monkeypatch,
+                                                 caplog):
     distributed = pytest.importorskip("distributed")
     import cropyield as cy
+    import cropyield.pipeline as pl
+
+    # credit profiles farmer chunk by farmer chunk on the workers (as_of resolved over all
+    # chunks first), at this size too: the profiles must equal one assess call's
+    monkeypatch.setattr(pl, "_CREDIT_CHUNK_ROWS", 2)
+    caplog.set_level(logging.INFO, logger="cropyield")
 
     fields, _ = few_fields
     scenes = cy.search_scenes(fields, served["start"], served["end"], catalog=served["url"])
@@ -311,6 +424,7 @@ def test_local_and_distributed_results_identical(served, few_fields, tmp_path):
         pd.testing.assert_frame_equal(pd.DataFrame(getattr(local, name)),
                                       pd.DataFrame(getattr(dist, name)), obj=name)
     assert [p.to_dict() for p in local.profiles] == [p.to_dict() for p in dist.profiles]
+    assert any("chunks on the cluster" in r.getMessage() for r in caplog.records)
     # each field in exactly one partition: one observation per (field, acquisition time)
     obs = dist.observations
     assert not obs.duplicated(["field_id", "scene_id"]).any()

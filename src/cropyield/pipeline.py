@@ -199,10 +199,14 @@ def estimate(
         resumes: completed partitions are skipped (``result.skipped``).
     partition_size : int, optional
         Most fields per partition (default :data:`DEFAULT_PARTITION_FIELDS` when ``client``
-        or ``store`` is given). Partitions are spatial blocks (quadtree cells of the fields'
-        representative points); each field is in exactly one partition, and each partition
-        reads every scene of every acquisition for its fields, so a field on a tile border
-        is merged once, as in a single run.
+        or ``store`` is given). Partitions are spatial blocks that follow the COG block grid
+        of the scenes' tiles (read from one header per tile; longitude/latitude quadtree
+        cells when it cannot be read), see :func:`partition_fields`; each field is in
+        exactly one partition, and each partition reads every scene of every acquisition for
+        its fields, so a field on a tile border is merged once, as in a single run. A COG
+        block holding more fields than this is read again by each partition that holds
+        some of them: keep it at or above the fields per block (a 1 024 px block at 10 m is
+        about 105 km²).
     restart : bool
         With ``store``: discard what the store holds and start over.
     collect : bool
@@ -351,14 +355,28 @@ def _with_geometry(estimates: pd.DataFrame, fields, id_col: str):
 
 
 def partition_fields(fields, *, max_fields: int = DEFAULT_PARTITION_FIELDS,
-                     id_col: str = "field_id") -> pd.Series:
+                     id_col: str = "field_id", grids: Sequence[Any] | None = None,
+                     block_px: int | tuple[int, int] = 1024) -> pd.Series:
     """Assign each field to one spatial block of at most ``max_fields`` fields.
 
-    Blocks are cells of a quadtree over longitude/latitude (the whole globe, so a field's
-    block does not depend on which other fields are in the run beyond its cell's count):
-    a cell with more than ``max_fields`` fields is split into four, down to ~5 m cells.
-    A field belongs to the cell of its representative point (a point inside the polygon),
-    so it is in exactly one partition even when it straddles a block or tile border.
+    Without ``grids``, blocks are cells of a quadtree over longitude/latitude (the whole
+    globe, so a field's block does not depend on which other fields are in the run beyond its
+    cell's count): a cell with more than ``max_fields`` fields is split into four, down to
+    ~5 m cells. A field belongs to the cell of its representative point (a point inside the
+    polygon), so it is in exactly one partition even when it straddles a block or tile border.
+
+    With ``grids`` (the pixel grids of the scenes' tiles) and ``block_px`` (their COG block
+    size), partitions follow the COG block grid instead, so that partitions do not read the
+    same blocks again: a field belongs to the first grid (in a fixed order) that holds its
+    representative point and to the block of that grid holding the point. A quadtree over
+    each grid's blocks is split where a cell holds more than ``max_fields`` fields; the
+    children of a split cell that hold at most ``max_fields`` fields are merged with their
+    neighbours in Z order while the total stays within ``max_fields``; a single block holding
+    more than ``max_fields`` fields is cut into ``ceil(n / max_fields)`` runs of equal size
+    along a Z-order curve (those runs read their block again: the fewest possible re-reads
+    at this partition size). Every partition is then a set of whole blocks, or one part of a
+    block, and only fields that straddle a partition border read blocks of another partition.
+    Fields outside every grid use the longitude/latitude quadtree.
 
     Parameters
     ----------
@@ -366,33 +384,97 @@ def partition_fields(fields, *, max_fields: int = DEFAULT_PARTITION_FIELDS,
         Fields with a CRS.
     max_fields : int
         Most fields per block (more only where >= ``max_fields`` points share a ~5 m cell).
+    id_col : str
+        Field id column (unused by the split; kept for a uniform signature).
+    grids : sequence of cropyield Grid, optional
+        Pixel grids to align the partitions with (see above).
+    block_px : int or (int, int)
+        COG block (tile) size in pixels of ``grids``, (rows, columns) or one number for both.
 
     Returns
     -------
     pandas.Series
-        Partition id (a string like ``"q0312"``, the quadtree path) per field, indexed like
-        ``fields``.
+        Partition id per field, indexed like ``fields``: a string like ``"q0312"`` (the
+        quadtree path over longitude/latitude) or, aligned to grid ``k``, ``"g<k>q<path>"``
+        followed by ``"m"`` (merged neighbour cells) or ``"r<i>"`` (the i-th run of a block).
     """
     import numpy as np
 
     if max_fields < 1:
         raise ValueError("max_fields must be >= 1")
-    pts = fields.geometry.representative_point().to_crs(4326)
-    levels = 22
-    n = 1 << levels
-    x = np.clip(((pts.x.to_numpy() + 180.0) / 360.0 * n).astype(np.int64), 0, n - 1)
-    y = np.clip(((pts.y.to_numpy() + 90.0) / 180.0 * n).astype(np.int64), 0, n - 1)
-    key = np.zeros(len(x), dtype=np.uint64)
-    for b in range(levels):  # Morton (Z-order) interleave: a cell is a contiguous key range
-        key |= ((x >> b) & 1).astype(np.uint64) << np.uint64(2 * b)
-        key |= ((y >> b) & 1).astype(np.uint64) << np.uint64(2 * b + 1)
+    out = np.empty(len(fields), dtype=object)
+    if not len(fields):
+        return pd.Series(out, index=fields.index, name="partition")
+    rest = np.ones(len(fields), bool)
+    if grids:
+        if isinstance(block_px, (int, np.integer)):
+            bh = bw = int(block_px)
+        else:
+            bh, bw = (int(v) for v in block_px)
+        if bh < 1 or bw < 1:
+            raise ValueError("block_px must be >= 1")
+        pts_native = fields.geometry.representative_point()
+        ordered = sorted(set(grids), key=lambda g: (g.crs.to_string(), g.transform.c,
+                                                     g.transform.f, g.transform.a, g.shape))
+        by_crs: dict = {}
+        for k, g in enumerate(ordered):
+            key = g.crs.to_string()
+            if key not in by_crs:
+                p = pts_native.to_crs(g.crs)
+                by_crs[key] = (p.x.to_numpy(), p.y.to_numpy())
+            x, y = by_crs[key]
+            t = g.transform
+            col = np.floor((x - t.c) / t.a)
+            row = np.floor((y - t.f) / t.e)
+            inside = rest & (col >= 0) & (col < g.shape[1]) & (row >= 0) & (row < g.shape[0])
+            if not inside.any():
+                continue
+            idx = np.flatnonzero(inside)
+            r, c = row[idx].astype(np.int64), col[idx].astype(np.int64)
+            nbr = -(-g.shape[0] // int(bh))
+            nbc = -(-g.shape[1] // int(bw))
+            lb = max(1, int(np.ceil(np.log2(max(nbr, nbc, 2)))))
+            lp = max(1, int(np.ceil(np.log2(max(int(bh), int(bw), 2)))))
+            bkey = _morton(r // int(bh), c // int(bw), lb)
+            pkey = _morton(r % int(bh), c % int(bw), lp)
+            ids = _split_aligned(bkey, pkey, lb, max_fields, f"g{k}q")
+            out[idx] = ids
+            rest[idx] = False
+    if rest.any():
+        idx = np.flatnonzero(rest)
+        pts = fields.geometry.iloc[idx].representative_point().to_crs(4326)
+        levels = 22
+        n = 1 << levels
+        x = np.clip(((pts.x.to_numpy() + 180.0) / 360.0 * n).astype(np.int64), 0, n - 1)
+        y = np.clip(((pts.y.to_numpy() + 90.0) / 180.0 * n).astype(np.int64), 0, n - 1)
+        out[idx] = _split_quadtree(_morton(y, x, levels), levels, max_fields, "q")
+    return pd.Series(out, index=fields.index, name="partition")
+
+
+def _morton(row, col, levels: int):
+    """Z-order (Morton) key interleaving ``levels`` bits of ``col`` (even) and ``row`` (odd)."""
+    import numpy as np
+
+    key = np.zeros(len(row), dtype=np.uint64)
+    row = np.asarray(row, np.int64)
+    col = np.asarray(col, np.int64)
+    for b in range(levels):  # a quadtree cell is a contiguous key range
+        key |= ((col >> b) & 1).astype(np.uint64) << np.uint64(2 * b)
+        key |= ((row >> b) & 1).astype(np.uint64) << np.uint64(2 * b + 1)
+    return key
+
+
+def _split_quadtree(key, levels: int, max_fields: int, prefix: str):
+    """Quadtree cells (path strings) of Morton keys: split while > ``max_fields``."""
+    import numpy as np
+
     order = np.argsort(key, kind="stable")
     skey = key[order]
-    out = np.empty(len(x), dtype=object)
+    out = np.empty(len(key), dtype=object)
 
     def split(lo: int, hi: int, level: int, path: str) -> None:
         if hi - lo <= max_fields or level == levels:
-            out[order[lo:hi]] = "q" + path
+            out[order[lo:hi]] = prefix + path
             return
         shift = np.uint64(2 * (levels - level - 1))
         cells = (skey[lo:hi] >> shift) & np.uint64(3)
@@ -402,9 +484,58 @@ def partition_fields(fields, *, max_fields: int = DEFAULT_PARTITION_FIELDS,
             if b > a:
                 split(a, b, level + 1, path + str(q))
 
-    if len(x):
-        split(0, len(x), 0, "")
-    return pd.Series(out, index=fields.index, name="partition")
+    split(0, len(key), 0, "")
+    return out
+
+
+def _split_aligned(bkey, pkey, levels: int, max_fields: int, prefix: str):
+    """Partition ids of fields keyed by block (``bkey``, Morton over ``levels`` bits per
+    axis) and by position inside the block (``pkey``); see :func:`partition_fields`."""
+    import numpy as np
+
+    order = np.lexsort((pkey, bkey))          # by block, then Z order inside the block
+    sb = bkey[order]
+    out = np.empty(len(bkey), dtype=object)
+
+    def split(lo: int, hi: int, level: int, path: str) -> None:
+        n = hi - lo
+        if n <= max_fields:
+            out[order[lo:hi]] = prefix + path
+            return
+        if level == levels:                   # one block: equal runs along the Z curve
+            k = -(-n // max_fields)
+            cuts = lo + (np.arange(k + 1) * n) // k
+            width = len(str(k - 1))
+            for i in range(k):
+                out[order[cuts[i]:cuts[i + 1]]] = f"{prefix}{path}r{i:0{width}d}"
+            return
+        shift = np.uint64(2 * (levels - level - 1))
+        cells = (sb[lo:hi] >> shift) & np.uint64(3)
+        bounds = lo + np.searchsorted(cells, np.arange(5, dtype=np.uint64))
+        group: list[int] = []                 # consecutive small children, merged
+
+        def flush() -> None:
+            if group:
+                a, b = int(bounds[group[0]]), int(bounds[group[-1] + 1])
+                tag = "" if len(group) == 1 else "m"
+                out[order[a:b]] = prefix + path + str(group[0]) + tag
+                group.clear()
+
+        for q in range(4):
+            a, b = int(bounds[q]), int(bounds[q + 1])
+            if b == a:
+                continue
+            if b - a > max_fields:
+                flush()
+                split(a, b, level + 1, path + str(q))
+                continue
+            if group and b - int(bounds[group[0]]) > max_fields:
+                flush()
+            group.append(q)
+        flush()
+
+    split(0, len(bkey), 0, "")
+    return out
 
 
 def _fields_fingerprint(fields, id_col: str) -> str:
@@ -533,7 +664,6 @@ def _pause_hook(when: str, n: int) -> None:
 def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collection, scenes,
                           max_cloud, policy, progress, client, store, partition_size, restart,
                           collect, storage_options, progress_bar) -> PipelineResult:
-    from . import credit
     from ._version import __version__
     from .catalogs import Scenes, search_scenes
     from .store import ResultStore, fingerprint
@@ -544,7 +674,22 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
     if store is not None:
         st = store if isinstance(store, ResultStore) else ResultStore(
             store, storage_options=storage_options)
-    parts = partition_fields(fields, max_fields=partition_size, id_col=o.id_col)
+    # the scenes come first: the partitions follow their tiles' COG block grid
+    t0 = time.perf_counter()
+    found = scenes
+    if found is None and st is not None and not restart and st.exists("scenes.json"):
+        from .catalogs import PlanetaryComputerSigner
+
+        items = st.read_json("scenes.json")
+        signer = PlanetaryComputerSigner() if "planetary" in str(catalog) else None
+        found = Scenes.from_items(items, signer=signer)
+    elif found is None:
+        found = search_scenes(fields, start, end, catalog=catalog, collection=collection,
+                              max_cloud=max_cloud)
+    timings["search"] = round(time.perf_counter() - t0, 3)
+    grids, block = _block_grids(found, o)
+    parts = partition_fields(fields, max_fields=partition_size, id_col=o.id_col,
+                             grids=grids, block_px=block or 1024)
     pids = sorted(set(parts))
     run = {
         "cropyield_version": __version__,
@@ -557,6 +702,7 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
         "on_error": o.on_error, "declared_prior_odds": o.declared_prior_odds,
         "min_coverage_frac": o.min_coverage_frac, "id_col": o.id_col,
         "partition_size": int(partition_size), "n_partitions": len(pids),
+        "partition_block_px": None if block is None else list(block),
     }
     run["fingerprint"] = fingerprint(run)
     done: dict[str, Any] = st.begin(run, restart=restart) if st is not None else {}
@@ -567,19 +713,9 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
                        "(%d of %d fields)", st.url, len(done), len(pids), n_done_fields,
                        len(fields))
 
-    t0 = time.perf_counter()
-    if scenes is None and st is not None and st.exists("scenes.json"):
-        from .catalogs import PlanetaryComputerSigner
-
-        items = st.read_json("scenes.json")
-        signer = PlanetaryComputerSigner() if "planetary" in str(catalog) else None
-        scenes = Scenes.from_items(items, signer=signer)
-    elif scenes is None:
-        scenes = search_scenes(fields, start, end, catalog=catalog, collection=collection,
-                               max_cloud=max_cloud)
+    scenes = found
     if st is not None and not st.exists("scenes.json"):
         st.write_json("scenes.json", [_item_dict(s) for s in scenes])
-    timings["search"] = round(time.perf_counter() - t0, 3)
 
     from .read import configure_rio
 
@@ -630,9 +766,11 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
             from distributed import as_completed
 
             [scen] = client.scatter([scenes], broadcast=True)
+            # largest partitions first, so that the last task to finish is a small one
+            # (the workers' busy times end close together)
             futs = [client.submit(_run_partition, pid, scen, groups[pid], o, st,
                                   key=f"cropyield-partition-{pid}-{run['fingerprint']}",
-                                  pure=False, retries=1)
+                                  pure=False, retries=1, priority=len(groups[pid]))
                     for pid in todo]
             for fut in as_completed(futs):
                 finished(fut.result())
@@ -658,8 +796,8 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
     est = tables["estimates"]
     if not len(est.columns):
         est = _with_geometry(pd.DataFrame({"field_id": []}), fields, o.id_col)
-    profiles = credit.assess(pd.DataFrame(est).drop(columns="geometry", errors="ignore"),
-                             policy=policy, as_of=o.as_of)
+    profiles = _assess(pd.DataFrame(est).drop(columns="geometry", errors="ignore"),
+                       policy=policy, as_of=o.as_of, client=client)
     timings["credit"] = round(time.perf_counter() - t0, 3)
     stage_t: dict[str, float] = {}
     for info in infos.values():
@@ -709,6 +847,117 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
         result.summary["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
         st.write_json("summary.json", result.summary)
     return result
+
+
+#: Fewest estimate rows per credit task on a cluster (below: one call on the driver).
+_CREDIT_CHUNK_ROWS = 2000
+
+
+def _assess(est: pd.DataFrame, *, policy, as_of, client) -> list:
+    """``credit.assess`` on all estimates; on a cluster, farmer by farmer on the workers.
+
+    ``assess`` is farmer-level (pure Python, ~5 ms per field: minutes for a county on the
+    driver alone, after every partition). With a client and enough rows, the farmers are
+    cut into contiguous chunks (in ``farmer_id`` order, so concatenating the chunks'
+    profiles keeps ``assess``'s order) that run as tasks. The one input shared by all
+    farmers, the assessment date when ``as_of`` is None (the latest imagery date over all
+    evidence, else the latest harvest), is first resolved from every chunk's dates exactly
+    as ``assess`` resolves it, and then passed to every chunk. Tables where a field is
+    claimed by more than one farmer (duplicate claims are checked across farmers) run in
+    one call."""
+    from . import credit
+
+    if (client is None or len(est) < 2 * _CREDIT_CHUNK_ROWS or "farmer_id" not in est.columns
+            or est.groupby("field_id")["farmer_id"].nunique(dropna=True).gt(1).any()):
+        return credit.assess(est, policy=policy, as_of=as_of)
+    import numpy as np
+
+    from .credit._assess import _str
+
+    farmer = pd.Series([_str(v) for v in est["farmer_id"]], index=est.index)
+    order = sorted(set(farmer.dropna()))
+    if len(order) < 2:
+        return credit.assess(est, policy=policy, as_of=as_of)
+    n_chunks = min(len(order), max(2, -(-len(est) // _CREDIT_CHUNK_ROWS)))
+    rank = {f: i for i, f in enumerate(order)}
+    # rows without a farmer go with the first chunk (assess logs and skips them)
+    chunk_of = np.array([0 if f is None else rank[f] * n_chunks // len(order)
+                         for f in farmer])
+    chunks = [est[chunk_of == k] for k in range(n_chunks) if (chunk_of == k).any()]
+    logger.info("credit: %d farmers in %d chunks on the cluster", len(order), len(chunks))
+    futs = client.scatter(chunks)
+    if as_of is None:
+        dates = client.gather([client.submit(_evidence_dates, f, pure=False) for f in futs])
+        last = [d for d, _ in dates if d is not None]
+        harvest = [h for _, h in dates if h is not None]
+        if last:
+            as_of = max(last)
+        elif harvest:
+            logger.warning("assess: as_of not given and no imagery date known; using the "
+                           "latest expected harvest %s (pass as_of= explicitly)", max(harvest))
+            as_of = max(harvest)
+        else:
+            return credit.assess(est, policy=policy, as_of=None)   # raises its own error
+    parts = client.gather([client.submit(credit.assess, f, policy=policy, as_of=as_of,
+                                         pure=False) for f in futs])
+    return [p for part in parts for p in part]
+
+
+def _evidence_dates(est: pd.DataFrame) -> tuple[Any, Any]:
+    """Latest imagery date and latest harvest date over the evidence ``credit.assess``
+    builds from ``est`` (rows with a farmer; dates taken as ``field_evidence`` takes them):
+    what it resolves ``as_of`` from."""
+    from .credit._assess import _date, _scene_date, _str
+
+    last, harvest = None, None
+    has_last = "last_obs_date" in est.columns
+    has_ids = "scene_ids" in est.columns
+    has_h = "harvest_date" in est.columns
+    for rec in est.to_dict("records"):
+        if _str(rec.get("farmer_id")) is None:
+            continue
+        d = _date(rec.get("last_obs_date")) if has_last else None
+        if d is None and has_ids:
+            ids = {x.strip() for x in (_str(rec.get("scene_ids")) or "").split(",")
+                   if x.strip()}
+            dates = [v for v in map(_scene_date, ids) if v is not None]
+            d = max(dates) if dates else None
+        if d is not None:
+            last = d if last is None else max(last, d)
+        h = _date(rec.get("harvest_date")) if has_h else None
+        if h is not None:
+            harvest = h if harvest is None else max(harvest, h)
+    return last, harvest
+
+
+def _block_grids(scenes, o: _Options) -> tuple[list | None, tuple[int, int] | None]:
+    """The reference pixel grids of the scenes' tiles (finest needed band, as the
+    observations use) and their COG block shape, read from one header per grid: what
+    :func:`partition_fields` aligns the partitions with. (None, None) when there are no
+    scenes or a header cannot be read (the partitions then follow longitude/latitude)."""
+    if not len(scenes):
+        return None, None
+    try:
+        from .indices import INDICES as REG
+        from .read import BlockReader
+
+        needed = sorted({b for ix in o.indices for b in REG[ix].bands})
+        firsts: dict = {}
+        for sc in scenes:
+            names = [b for b in needed + ["SCL"] if b in sc.bands]
+            band = min((sc.bands[b] for b in names), key=lambda b: b.grid.resolution)
+            firsts.setdefault(band.grid, (band.href, getattr(sc, "signer", None)))
+        shapes = set()
+        for href, signer in firsts.values():
+            with BlockReader(threads=1, env=o.env or None, signer=signer,
+                             max_attempts=2) as rd:
+                shapes.add(tuple(int(v) for v in rd.meta(href).block_shape))
+        bh, bw = max(h for h, _ in shapes), max(w for _, w in shapes)
+        return list(firsts), (bh, bw)
+    except Exception as exc:  # noqa: BLE001 - alignment is an optimisation only
+        logger.info("partitions follow longitude/latitude: COG block grid not read (%s)",
+                    type(exc).__name__)
+        return None, None
 
 
 def _item_dict(scene) -> dict:
