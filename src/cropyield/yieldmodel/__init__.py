@@ -13,8 +13,10 @@ JSON persistence, never pickle):
 
 * ``"lue"`` - :class:`LUEModel`, light-use efficiency; needs no yields (default factors from
   national statistics) or calibrates its factor to crop cuts or an aggregate mean.
-* ``"empirical"`` - :class:`EmpiricalModel`, a regularised scikit-learn regression of log
-  yield on phenological-window features of every index present, learner chosen by grouped CV.
+* ``"empirical"`` - :class:`EmpiricalModel`, a regularised scikit-learn regression of yield
+  or log yield on phenological-window features of every index present (or their compact
+  subset); target, feature set and learner chosen by grouped CV on the error in t/ha
+  (:func:`cropyield.yieldmodel.learners.select_model`).
 * ``"simulation"`` - :class:`SimulationModel`, the empirical regression trained on crop-model simulations
   (:class:`cropyield.cropmodel.SimulatedSeasons`, SCYM) and levelled to county statistics or
   a few crop cuts.
