@@ -249,7 +249,8 @@ def test_kernel_matches_its_pure_python_execution():
         of = np.full((4, 12, 15), np.nan)
         oi = np.zeros((4, 12, 2), dtype=np.int64)
         ns = np.zeros(4, dtype=np.int64)
-        fn(Y, G, S, 0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, 0.2, 0.8, 6, 10.0, 30.0, of, oi,
+        fn(Y, G, S, 0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, 0.2, 0.8, 6, 10.0, 30.0, 100.0,
+           np.array([0.0, 19.0, 0.0, 19.0]), of, oi,
            ns, np.zeros(1, dtype=np.int64))
         res.append((of, oi, ns))
     np.testing.assert_array_equal(res[0][2], [2, 1, -1, 0])

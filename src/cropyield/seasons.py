@@ -12,8 +12,9 @@ merged into the main season.
 Metrics per season follow TIMESAT (Jönsson & Eklundh 2002, 2004): SOS is the first day after
 the left minimum on which the curve reaches ``base + f × (peak − base)`` and EOS the last day
 before the right minimum on which it is still there, each side with its own base (the
-minimum between this peak and the previous/next season's peak), ``f`` = 0.2 (``sos``/``eos``)
-and 0.5
+minimum between this peak and the previous/next season's peak; for EOS at most
+``eos_base_days`` after the peak, and never in the smoother's one-sided edge zone at the
+series ends, see :func:`phenology`), ``f`` = 0.2 (``sos``/``eos``) and 0.5
 (``sos50``/``eos50``); base = mean of left and right base; amplitude = peak − base; rates
 between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 Σ max(curve − base, 0) over the days from SOS to EOS (index units × days).
@@ -113,12 +114,24 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
     rise = y[ext[w]] - ob
     if rise < weak_amp or drop < weak_rel * rise:
         return False
-    if step < 0 and yt - ob > 0.25 * rise:
+    if step < 0:
         # a small peak *before* a larger one (e.g. winter wheat's pre-winter tillering before
-        # its spring peak) counts only when the trough falls back near its own base (a catch
-        # crop terminated before sowing); after a larger season (second crop after harvest)
-        # the rules above suffice
-        return False
+        # its spring peak) counts only when the trough falls back near bare soil: within 25 %
+        # of the small peak's rise of the lower of its own outer base and the base after the
+        # larger season (a catch crop is terminated to bare soil before the main crop is
+        # sown, the level the field returns to after that crop's harvest; a dormancy dip
+        # deepened by cloud residue stays above it); after a larger season (second crop
+        # after harvest) the rules above suffice
+        j = rgt + 1
+        while j < m and not (alive[j] and typ[j] == 1):
+            j += 1
+        hi = ext[j] if j < m else n - 1
+        fb = ob
+        for i in range(ext[rgt], hi + 1):
+            if y[i] < fb:
+                fb = y[i]
+        if yt - fb > 0.25 * rise:
+            return False
     level = yt + 0.5 * drop
     a = ext[w]
     while a > 0 and y[a - 1] >= level:
@@ -276,8 +289,12 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
         rise = y[ext[w][0]] - ob
         if rise < weak_amp or drop < weak_rel * rise:
             return False
-        if before and yt - ob > 0.25 * rise:
-            return False
+        if before:
+            far = [e for e in alive if ext[e][1] == 1 and e > rgt]
+            hi = ext[far[0]][0] if far else n - 1
+            fb = min(ob, y[ext[rgt][0]:hi + 1].min())
+            if yt - fb > 0.25 * rise:
+                return False
         above = y >= yt + 0.5 * drop
         p = ext[w][0]
         a = p
@@ -347,7 +364,7 @@ def _cross_down(y, p, hi, level):
 
 @njit(nogil=True)
 def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
-                   weak_days, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap,
+                   weak_days, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap, base_r, E,
                    out_f, out_i, n_seasons, n_cut):
     """Seasons and metrics for every field.
 
@@ -386,13 +403,36 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
             for i in range(b, p - 1, -1):
                 if y[i] < y[rm]:
                     rm = i
-            bl = y[lm]
-            br = y[rm]
             flags = 0
             # a side is cut by the series limits when its base is the series end and the
             # curve there is still well above the field's lowest level
             part_l = (p == 0) or (lm == 0 and y[0] - gmin > f_lo * (pk - gmin))
             part_r = (p == n - 1) or (rm == n - 1 and y[n - 1] - gmin > f_lo * (pk - gmin))
+            # bases for the dates: the right one within ``base_r`` days after the peak, and
+            # neither inside the smoother's one-sided edge zone (``E[f]`` days at each
+            # series end); partial (cut) sides keep the plain minimum
+            if not part_l:
+                a2 = a
+                if a2 == 0 and E[f] > 0:
+                    a2 = min(int(E[f]), p)
+                if a2 > a:
+                    lm = p
+                    for i in range(a2, p + 1):
+                        if y[i] < y[lm]:
+                            lm = i
+            if not part_r:
+                b2 = b
+                if b2 - p > base_r:
+                    b2 = p + int(base_r)
+                if b2 == n - 1 and E[f] > 0:
+                    b2 = max(n - 1 - int(E[f]), p)
+                if b2 < b:
+                    rm = p
+                    for i in range(b2, p - 1, -1):
+                        if y[i] < y[rm]:
+                            rm = i
+            bl = y[lm]
+            br = y[rm]
             if part_l:
                 flags |= _F_PARTIAL_L
             if part_r:
@@ -486,6 +526,23 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
             out_i[f, s, 1] = flags
 
 
+def _edge_days(series: pd.DataFrame, fidx: np.ndarray, nf: int, G: np.ndarray) -> np.ndarray:
+    """Days at each series end where a Whittaker fit is one-sided, per field.
+
+    3 × the smoother's length scale ``(λ / ρ)^(1/4)`` days, λ from the series' ``lam``
+    column and ρ the fraction of days with a clear observation (``gap_days == 0``); 0 when
+    the series has no ``lam`` column (not a :func:`smooth_series` output).
+    """
+    if "lam" not in series.columns:
+        return np.zeros(nf)
+    lam = np.full(nf, np.nan)
+    lam[fidx] = series["lam"].to_numpy(dtype=np.float64, na_value=np.nan)
+    rho = (G == 0).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = 3.0 * (lam / rho) ** 0.25
+    return np.where(np.isfinite(e), e, 0.0)
+
+
 def _row_mean(a: np.ndarray) -> np.ndarray:
     ok = np.isfinite(a)
     cnt = ok.sum(axis=1)
@@ -525,7 +582,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
               weak_drop: float = 0.05, weak_min_days: float = 30.0,
               sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
               cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
-              id_col: str = "field_id") -> pd.DataFrame:
+              id_col: str = "field_id", eos_base_days: float = 100.0,
+              edge_days: float | None = None) -> pd.DataFrame:
     """Growing seasons and TIMESAT-style phenology metrics per field.
 
     Parameters
@@ -576,6 +634,24 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         from any clear observation (or the longest gap exceeds 4× this).
     extrapolated_gap_days : float
         ``EXTRAPOLATED`` when SOS, peak or EOS lies further than this from any observation.
+    id_col : str
+        Field identifier column.
+    eos_base_days : float
+        The right base (for EOS) is the lowest point within this many days after the peak
+        (or up to the next season's peak when that comes first). Crops are at stubble or
+        bare soil within about three months of peak greenness (wheat: heading to harvest
+        ≈ 60 days; maize: silking to harvest 60-90 days), so a dip long after harvest
+        (cloud residue in a long fallow, the smoother's edge effect) does not move EOS.
+        ``np.inf`` searches up to the next peak or the series end (natural vegetation with
+        longer dry-downs).
+    edge_days : float, optional
+        Days at each end of the series excluded from the search for a base (at the series
+        start for SOS, the end for EOS): a Whittaker fit is one-sided there and follows a
+        single low (cloud-darkened) date down. Default: 3 × the smoother's length scale
+        ``(λ / ρ)^(1/4)`` days per field, λ from the series' ``lam`` column and ρ the
+        fraction of days with a clear observation (≈ 19 days at λ = 200 and one clear date
+        in 8 days); 0 for a series without ``lam`` (not :func:`smooth_series` output).
+        A season cut by the series limits (``PARTIAL_SEASON``) keeps its bases.
 
     Returns
     -------
@@ -607,6 +683,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         raise PhenologyError("need 0 < sos_fraction < 0.5 < rate_fraction < 1")
     if min_amplitude <= 0 or not 0 <= min_trough_depth < 1:
         raise PhenologyError("need min_amplitude > 0 and 0 <= min_trough_depth < 1")
+    if not eos_base_days > 0 or (edge_days is not None and not edge_days >= 0):
+        raise PhenologyError("need eos_base_days > 0 and edge_days >= 0 (or None)")
     if weak_relative_drop < 0 or weak_amplitude < 0 or weak_drop < 0 or weak_min_days < 0:
         raise PhenologyError("weak-season settings must be >= 0 (weak_relative_drop=0 "
                              "turns the rule off)")
@@ -662,11 +740,16 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     n_cut = np.zeros(1, dtype=np.int64)
     if min_peak is None:
         min_peak = _DEFAULT_MIN_PEAK.get(index, -np.inf)
+    if edge_days is None:
+        E = _edge_days(series, fidx, nf, G)
+    else:
+        E = np.full(nf, float(edge_days))
     _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(min_peak),
                    float(weak_drop), float(weak_relative_drop), float(weak_amplitude),
                    float(weak_min_days), float(sos_fraction),
                    float(rate_fraction), int(min_obs), float(cloudy_gap_days),
-                   float(extrapolated_gap_days), out_f, out_i, n_seasons, n_cut)
+                   float(extrapolated_gap_days), float(eos_base_days), E,
+                   out_f, out_i, n_seasons, n_cut)
     if n_cut[0]:
         logger.warning("phenology: %d fields had more than %d seasons; later ones dropped",
                        int(n_cut[0]), maxs)
@@ -752,8 +835,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
                     min_amplitude=min_amplitude, min_trough_depth=min_trough_depth,
                     weak_amplitude=weak_amplitude, weak_relative_drop=weak_relative_drop,
                     weak_drop=weak_drop, weak_min_days=weak_min_days,
-                    min_peak=float(min_peak),
-                    sos_fraction=sos_fraction)
+                    min_peak=float(min_peak), eos_base_days=eos_base_days,
+                    edge_days=edge_days, sos_fraction=sos_fraction)
     n_none = int((n_seasons <= 0).sum())
     if n_none:
         logger.info("phenology: %d of %d fields without a season", n_none, nf)
