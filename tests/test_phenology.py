@@ -374,3 +374,83 @@ def test_field_causes_reach_the_phenology_table():
     bad = ph.loc[ph.field_id == "bowtie", "flags"].iloc[0]
     assert {"NO_SEASON", "NO_DATA", "INVALID_GEOMETRY"} <= set(bad.split(","))
     assert "INVALID_GEOMETRY" not in ",".join(ph.loc[ph.field_id == "good", "flags"])
+
+
+def test_dips_far_from_the_season_do_not_move_its_dates():
+    """A dip into the smoother's edge zone or long after harvest leaves SOS/EOS unchanged."""
+    n = 450
+    plain = trapezoid(n)                              # SOS 84, EOS 216, base 0.1
+    t = np.arange(n, dtype=float)
+    end_dip = plain.copy()
+    end_dip[n - 15:] = np.linspace(0.1, -0.15, 15)    # one dark last date, followed down
+    late_dip = plain - 0.2 * np.exp(-0.5 * ((t - 350) / 8.0) ** 2)   # 130 days after harvest
+    ph = phenology(series_df({"plain": plain, "end": end_dip, "late": late_dip}),
+                   edge_days=20.0).set_index("field_id")
+    for f in ("end", "late"):
+        for c in ("sos", "eos"):
+            assert ph.loc[f, c] == ph.loc["plain", c], (f, c)
+        for c in ("base_right", "amplitude"):
+            assert ph.loc[f, c] == pytest.approx(ph.loc["plain", c], abs=1e-6), (f, c)
+    assert days(ph.loc["plain", "eos"]) == 216
+    # the former rules (bases anywhere on the side) put EOS into the dips
+    old = phenology(series_df({"end": end_dip, "late": late_dip}), edge_days=0.0,
+                    eos_base_days=np.inf).set_index("field_id")
+    assert days(old.loc["end", "eos"]) > 400 and days(old.loc["late", "eos"]) > 300
+    with pytest.raises(PhenologyError):
+        phenology(series_df({"plain": plain}), eos_base_days=0)
+    with pytest.raises(PhenologyError):
+        phenology(series_df({"plain": plain}), edge_days=-1)
+
+
+def test_dark_last_and_first_dates_do_not_move_the_dates():
+    """Undetected cloud on the two first or last clear dates: the Whittaker fit follows them
+    down (it is one-sided there); the default edge zone (from λ and the revisit) keeps
+    SOS/EOS. A slow senescence (120 days from the plateau to bare soil) is not cut short by
+    ``eos_base_days``."""
+    d = np.arange(0, 400, 5)
+    truth = trapezoid(400, a=40, b=140, c=200, d=320)[d]     # slow green-up and senescence
+    rows = []
+    for fid, dark in (("clean", []), ("dark_end", [len(d) - 1, len(d) - 2]),
+                      ("dark_start", [0, 1])):
+        v = truth.copy()
+        v[dark] -= 0.3
+        rows.append(pd.DataFrame({"field_id": fid, "time": T0 + pd.to_timedelta(d, "D"),
+                                  "ndvi": v, "valid_fraction": 1.0}))
+    s = smooth_series(pd.concat(rows, ignore_index=True), index="ndvi")
+    ph = phenology(s).set_index("field_id")
+    old = phenology(s, edge_days=0.0, eos_base_days=np.inf).set_index("field_id")
+    assert ph.loc["clean", "eos"] == old.loc["clean", "eos"]
+    assert abs(days(ph.loc["clean", "eos"]) - 296) <= 3         # clean curve: 296
+    for f in ("dark_end", "dark_start"):
+        for c in ("sos", "eos"):
+            assert abs((ph.loc[f, c] - ph.loc["clean", c]).days) <= 3, (f, c)
+    # the former rules: EOS 90 days late, SOS 50 days early
+    assert (old.loc["dark_end", "eos"] - old.loc["clean", "eos"]).days > 30
+    assert (old.loc["clean", "sos"] - old.loc["dark_start", "sos"]).days > 30
+
+
+def _before_curve(trough, after_base):
+    """Small autumn bump (0.17 → 0.39), a trough, a main peak of 0.8, then ``after_base``."""
+    t = np.arange(400, dtype=float)
+    y = 0.17 + 0.22 * sig(0.15 * (t - 40)) - (0.39 - trough) * sig(0.15 * (t - 120)) \
+        + (0.8 - trough) * sig(0.1 * (t - 200)) - (0.8 - after_base) * sig(0.12 * (t - 290))
+    return y
+
+
+def test_weak_peak_before_a_larger_one_needs_bare_soil_on_both_sides():
+    """A catch crop terminated to bare soil before the main crop is its own season; a
+    pre-winter bump whose dip stays above the bare soil the field returns to after harvest
+    (winter wheat's dormancy, deepened by cloud residue) is not."""
+    from cropyield.seasons import _find_peaks, _find_peaks_ref
+
+    catch = _before_curve(trough=0.19, after_base=0.17)
+    dormancy = _before_curve(trough=0.21, after_base=0.1)
+    ph = phenology(series_df({"catch": catch, "dormancy": dormancy}))
+    n = ph[ph.pos.notna()].groupby("field_id").size()
+    assert n["catch"] == 2 and n["dormancy"] == 1
+    args = (0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0)
+    for y in (catch, dormancy):
+        out = np.empty(len(y), np.int64)
+        k = _find_peaks(y, *args, out)
+        np.testing.assert_array_equal(out[:k], _find_peaks_ref(y, *args))
+        assert k == len(_find_peaks_ref(y, *args))

@@ -385,8 +385,11 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
         if k > out_f.shape[1]:
             n_cut[0] += 1
             k = out_f.shape[1]
-        gmin = y[0]
-        for i in range(n):
+        # the field's lowest level, outside the smoother's edge zones (a fit that follows
+        # one dark first or last date down would make every season look cut)
+        e0 = min(int(E[f]), (n - 1) // 2)
+        gmin = y[e0]
+        for i in range(e0, n - e0):
             if y[i] < gmin:
                 gmin = y[i]
         n_seasons[f] = k
@@ -404,33 +407,53 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
                 if y[i] < y[rm]:
                     rm = i
             flags = 0
-            # a side is cut by the series limits when its base is the series end and the
-            # curve there is still well above the field's lowest level
-            part_l = (p == 0) or (lm == 0 and y[0] - gmin > f_lo * (pk - gmin))
-            part_r = (p == n - 1) or (rm == n - 1 and y[n - 1] - gmin > f_lo * (pk - gmin))
             # bases for the dates: the right one within ``base_r`` days after the peak, and
             # neither inside the smoother's one-sided edge zone (``E[f]`` days at each
-            # series end); partial (cut) sides keep the plain minimum
+            # series end)
+            a2 = a
+            if a2 == 0 and E[f] > 0:
+                a2 = min(int(E[f]), p)
+            lm2 = lm
+            if a2 > a:
+                lm2 = p
+                for i in range(a2, p + 1):
+                    if y[i] < y[lm2]:
+                        lm2 = i
+            b2 = b
+            cut = False
+            if b2 - p > base_r:
+                b2 = p + int(base_r)
+                cut = True
+            if b2 == n - 1 and E[f] > 0:
+                b2 = max(n - 1 - int(E[f]), p)
+            rm2 = rm
+            if b2 < b:
+                rm2 = p
+                for i in range(b2, p - 1, -1):
+                    if y[i] < y[rm2]:
+                        rm2 = i
+                # still senescing at the window's limit (falling by more than 5 % of the
+                # amplitude in its last 10 days): slow dry-down, the whole side counts
+                if cut and rm2 == b2 and b2 - 10 > p and \
+                        y[b2 - 10] - y[b2] > 0.05 * (pk - y[b2]):
+                    rm2 = rm
+                    if E[f] > 0 and b == n - 1:
+                        rm2 = p
+                        for i in range(max(n - 1 - int(E[f]), p), p - 1, -1):
+                            if y[i] < y[rm2]:
+                                rm2 = i
+            # a side is cut by the series limits when its base is the series end and the
+            # curve there is still well above the season's other base (the field's lowest
+            # level when that side reaches the series end too); cut sides keep the plain
+            # minimum
+            ref = y[rm2] if rm != n - 1 else gmin
+            part_l = (p == 0) or (lm == 0 and y[0] - ref > f_lo * (pk - ref))
+            ref = y[lm2] if lm != 0 else gmin
+            part_r = (p == n - 1) or (rm == n - 1 and y[n - 1] - ref > f_lo * (pk - ref))
             if not part_l:
-                a2 = a
-                if a2 == 0 and E[f] > 0:
-                    a2 = min(int(E[f]), p)
-                if a2 > a:
-                    lm = p
-                    for i in range(a2, p + 1):
-                        if y[i] < y[lm]:
-                            lm = i
+                lm = lm2
             if not part_r:
-                b2 = b
-                if b2 - p > base_r:
-                    b2 = p + int(base_r)
-                if b2 == n - 1 and E[f] > 0:
-                    b2 = max(n - 1 - int(E[f]), p)
-                if b2 < b:
-                    rm = p
-                    for i in range(b2, p - 1, -1):
-                        if y[i] < y[rm]:
-                            rm = i
+                rm = rm2
             bl = y[lm]
             br = y[rm]
             if part_l:
