@@ -88,9 +88,12 @@ def test_wheat_dormancy_does_not_split_but_double_cropping_does():
     assert wheat.sos < pd.Timestamp("2021-12-01")        # autumn emergence
     assert pd.Timestamp("2022-02-15") <= wheat.sos50 <= pd.Timestamp("2022-04-01")
     assert wheat.eos < maize.sos
-    # a deeper threshold would split the dormancy dip: the rule is what keeps it whole
+    # a deeper threshold would split the dormancy dip: the rules are what keep it whole
+    # (the depth rule, and the dip's staying above bare soil)
     assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
-                     min_amplitude=0.05).shape[0] == 3
+                     min_amplitude=0.05).shape[0] == 2
+    assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
+                     min_amplitude=0.05, bare_trough=False).shape[0] == 3
 
 
 def test_three_seasons_in_a_year():
@@ -249,7 +252,7 @@ def test_kernel_matches_its_pure_python_execution():
         of = np.full((4, 12, 15), np.nan)
         oi = np.zeros((4, 12, 2), dtype=np.int64)
         ns = np.zeros(4, dtype=np.int64)
-        fn(Y, G, S, 0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, 0.2, 0.8, 6, 10.0, 30.0, 100.0,
+        fn(Y, G, S, 0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, True, 0.2, 0.8, 6, 10.0, 30.0, 100.0,
            np.array([0.0, 19.0, 0.0, 19.0]), of, oi,
            ns, np.zeros(1, dtype=np.int64))
         res.append((of, oi, ns))
@@ -356,7 +359,8 @@ def test_weak_peak_kernel_matches_its_numpy_twin():
             y = 0.15 + sum(rng.uniform(0.1, 0.7) * np.exp(-0.5 * ((x - rng.uniform(0, n))
                                                                  / rng.uniform(5, 40)) ** 2)
                            for _ in range(3)) + rng.normal(0, 0.01, n)
-        args = (0.1, 0.3, 0.3 if t % 2 else -np.inf, 0.05, 0.25 if t % 4 else 0.0, 0.2, 30.0)
+        args = (0.1, 0.3, 0.3 if t % 2 else -np.inf, 0.05, 0.25 if t % 4 else 0.0, 0.2, 30.0,
+                t % 5 != 0)
         out = np.empty(n, np.int64)
         k = _find_peaks(y, *args, out)
         np.testing.assert_array_equal(out[:k], _find_peaks_ref(y, *args))
@@ -448,7 +452,7 @@ def test_weak_peak_before_a_larger_one_needs_bare_soil_on_both_sides():
     ph = phenology(series_df({"catch": catch, "dormancy": dormancy}))
     n = ph[ph.pos.notna()].groupby("field_id").size()
     assert n["catch"] == 2 and n["dormancy"] == 1
-    args = (0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0)
+    args = (0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, True)
     for y in (catch, dormancy):
         out = np.empty(len(y), np.int64)
         k = _find_peaks(y, *args, out)

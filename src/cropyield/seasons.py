@@ -77,6 +77,37 @@ def _fill_nan(y, out):
 
 
 @njit(nogil=True)
+def _bare_trough(y, ext, typ, alive, m, k, lft, rgt):
+    """Whether trough ``k`` after a smaller peak ``lft`` (before a larger ``rgt``) is bare soil.
+
+    True when the trough lies within 25 % of the small peak's rise (above its outer base,
+    the lowest point back to the previous surviving peak or the series start) of the lower
+    of that outer base and the base after the larger season (the lowest point up to the
+    next surviving peak or the series end). A catch crop or first crop ends at bare soil
+    before the next crop is sown, the level the field returns to after that crop's
+    harvest; winter wheat's dormancy dip, even deepened by cloud residue, stays above it.
+    """
+    n = y.shape[0]
+    j = lft - 1
+    while j >= 0 and not (alive[j] and typ[j] == 1):
+        j -= 1
+    lo = ext[j] if j >= 0 else 0
+    ob = y[ext[lft]]
+    for i in range(lo, ext[lft] + 1):
+        if y[i] < ob:
+            ob = y[i]
+    j = rgt + 1
+    while j < m and not (alive[j] and typ[j] == 1):
+        j += 1
+    hi = ext[j] if j < m else n - 1
+    fb = ob
+    for i in range(ext[rgt], hi + 1):
+        if y[i] < fb:
+            fb = y[i]
+    return y[ext[k]] - fb <= 0.25 * (y[ext[lft]] - ob)
+
+
+@njit(nogil=True)
 def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, weak_days):
     """Whether the lower peak beside trough ``k`` is a small season of its own.
 
@@ -84,8 +115,7 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
     lowest point between it and the next surviving peak on its far side, or the series
     end), the trough must drop at least ``weak_rel`` of that rise, and the peak must stay
     above the trough's level plus half the drop for at least ``weak_days`` days. A small
-    peak before the larger one also needs the trough within 25 % of its rise above its
-    outer base.
+    peak before the larger one also needs a bare-soil trough (:func:`_bare_trough`).
     """
     n = y.shape[0]
     if y[ext[lft]] < y[ext[rgt]]:
@@ -114,24 +144,11 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
     rise = y[ext[w]] - ob
     if rise < weak_amp or drop < weak_rel * rise:
         return False
-    if step < 0:
-        # a small peak *before* a larger one (e.g. winter wheat's pre-winter tillering before
-        # its spring peak) counts only when the trough falls back near bare soil: within 25 %
-        # of the small peak's rise of the lower of its own outer base and the base after the
-        # larger season (a catch crop is terminated to bare soil before the main crop is
-        # sown, the level the field returns to after that crop's harvest; a dormancy dip
-        # deepened by cloud residue stays above it); after a larger season (second crop
-        # after harvest) the rules above suffice
-        j = rgt + 1
-        while j < m and not (alive[j] and typ[j] == 1):
-            j += 1
-        hi = ext[j] if j < m else n - 1
-        fb = ob
-        for i in range(ext[rgt], hi + 1):
-            if y[i] < fb:
-                fb = y[i]
-        if yt - fb > 0.25 * rise:
-            return False
+    if step < 0 and not _bare_trough(y, ext, typ, alive, m, k, lft, rgt):
+        # a small peak *before* a larger one (winter wheat's pre-winter tillering before
+        # its spring peak) counts only when the trough falls back to bare soil; after a
+        # larger season (second crop after harvest) the rules above suffice
+        return False
     level = yt + 0.5 * drop
     a = ext[w]
     while a > 0 and y[a - 1] >= level:
@@ -144,7 +161,7 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
 
 @njit(nogil=True)
 def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, weak_days,
-                peaks_out):
+                bare_before, peaks_out):
     """Season peaks of a curve without NaN. Returns the number written to ``peaks_out``."""
     n = y.shape[0]
     if n < 3:
@@ -204,11 +221,15 @@ def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, 
             drop = min(yl, yr) - yt
             big = max(yl, yr) - gmin
             rel = drop / big if big > 0 else 0.0
+            shallow = drop < min_amp or rel < min_depth
+            if not shallow and yl < yr and bare_before:
+                # a smaller peak before a larger one: a season only on a bare-soil trough
+                shallow = not _bare_trough(y, ext, typ, alive, m, k, lft, rgt)
             weak = False
-            if weak_rel > 0 and drop >= weak_drop and (drop < min_amp or rel < min_depth):
+            if weak_rel > 0 and drop >= weak_drop and shallow:
                 weak = _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel,
                                     weak_amp, weak_days)
-            if (drop < min_amp or rel < min_depth) and not weak:
+            if shallow and not weak:
                 score = rel
                 if score < best:
                     best = score
@@ -250,7 +271,7 @@ def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, 
 
 
 def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.25,
-                    weak_amp=0.2, weak_days=30.0):
+                    weak_amp=0.2, weak_days=30.0, bare_before=True):
     """NumPy/Python reference twin of :func:`_find_peaks` (returns the peak indices)."""
     y = np.asarray(y, dtype=float)
     n = len(y)
@@ -271,6 +292,17 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
     gmin = y.min()
     alive = list(range(len(ext)))      # positions into ext still alive, in order
 
+    def bare(pos):
+        """The trough at alive[pos] after a smaller peak comes down to bare soil."""
+        k, lft, rgt = alive[pos], alive[pos - 1], alive[pos + 1]
+        prev = [e for e in alive if ext[e][1] == 1 and e < lft]
+        lo = ext[prev[-1]][0] if prev else 0
+        ob = y[lo:ext[lft][0] + 1].min()
+        far = [e for e in alive if ext[e][1] == 1 and e > rgt]
+        hi = ext[far[0]][0] if far else n - 1
+        fb = min(ob, y[ext[rgt][0]:hi + 1].min())
+        return y[ext[k][0]] - fb <= 0.25 * (y[ext[lft][0]] - ob)
+
     def weak(pos):
         k = alive[pos]
         lft, rgt = alive[pos - 1], alive[pos + 1]
@@ -289,12 +321,8 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
         rise = y[ext[w][0]] - ob
         if rise < weak_amp or drop < weak_rel * rise:
             return False
-        if before:
-            far = [e for e in alive if ext[e][1] == 1 and e > rgt]
-            hi = ext[far[0]][0] if far else n - 1
-            fb = min(ob, y[ext[rgt][0]:hi + 1].min())
-            if yt - fb > 0.25 * rise:
-                return False
+        if before and not bare(pos):
+            return False
         above = y >= yt + 0.5 * drop
         p = ext[w][0]
         a = p
@@ -316,7 +344,10 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
             drop = min(yl, yr) - yt
             big = max(yl, yr) - gmin
             rel = drop / big if big > 0 else 0.0
-            if drop < min_amp or rel < min_depth:
+            shallow = drop < min_amp or rel < min_depth
+            if not shallow and yl < yr and bare_before:
+                shallow = not bare(pos)
+            if shallow:
                 if weak_rel > 0 and drop >= weak_drop and weak(pos):
                     continue
                 if rel < best:
@@ -364,7 +395,7 @@ def _cross_down(y, p, hi, level):
 
 @njit(nogil=True)
 def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
-                   weak_days, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap, base_r, E,
+                   weak_days, bare_before, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap, base_r, E,
                    out_f, out_i, n_seasons, n_cut):
     """Seasons and metrics for every field.
 
@@ -381,7 +412,7 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
             n_seasons[f] = -1
             continue
         k = _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
-                        weak_days, peaks)
+                        weak_days, bare_before, peaks)
         if k > out_f.shape[1]:
             n_cut[0] += 1
             k = out_f.shape[1]
@@ -606,7 +637,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
               sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
               cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
               id_col: str = "field_id", eos_base_days: float = 100.0,
-              edge_days: float | None = None) -> pd.DataFrame:
+              edge_days: float | None = None, bare_trough: bool = True) -> pd.DataFrame:
     """Growing seasons and TIMESAT-style phenology metrics per field.
 
     Parameters
@@ -769,7 +800,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         E = np.full(nf, float(edge_days))
     _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(min_peak),
                    float(weak_drop), float(weak_relative_drop), float(weak_amplitude),
-                   float(weak_min_days), float(sos_fraction),
+                   float(weak_min_days), bool(bare_trough), float(sos_fraction),
                    float(rate_fraction), int(min_obs), float(cloudy_gap_days),
                    float(extrapolated_gap_days), float(eos_base_days), E,
                    out_f, out_i, n_seasons, n_cut)
