@@ -158,7 +158,8 @@ def test_imports_flow_down_the_layer_table(table):
 
 
 def test_layer_table_shape(table):
-    base = {f"{PKG}.{m}" for m in ("_geo", "_log", "_io", "_jit", "_extras", "_version", "errors")}
+    base = {f"{PKG}.{m}" for m in ("_geo", "_log", "_deadline", "_io", "_jit", "_extras",
+                                   "_version", "errors")}
     assert {table[m] for m in base} == {min(table.values())}, "the private helpers are the bottom layer"
     assert all(table[m] > min(table.values()) for m in table if m not in base)
     # the stages of the pipeline keep their order

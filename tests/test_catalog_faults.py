@@ -25,11 +25,15 @@ class ScriptedStac:
     ``next`` links between them (POST for the first page, GET for the rest); with
     ``trickle_s`` every /search body is sent one byte per ``trickle_s`` seconds, and the
     connection is dropped after ``trickle_max_s`` (so that a client without a total deadline
-    fails in bounded time instead of hanging the test run)."""
+    fails in bounded time instead of hanging the test run). ``stall="headers"`` makes every
+    /search request wait ``stall_s`` seconds before answering anything; ``stall="body"``
+    sends the headers and half the body, then waits ``stall_s`` seconds and closes; a stall
+    ends early when the server stops."""
 
     def __init__(self, pages, *, trickle_s: float | None = None, trickle_bytes: int = 40,
-                 trickle_max_s: float = 8.0):
+                 trickle_max_s: float = 8.0, stall: str | None = None, stall_s: float = 60.0):
         self.trickle_max_s = trickle_max_s
+        self.stall, self.stall_s = stall, stall_s
         self.pages = pages
         self.trickle_s = trickle_s
         self.trickle_bytes = trickle_bytes
@@ -100,8 +104,23 @@ class ScriptedStac:
             h.send_header("Content-Length", "0")
             h.end_headers()
             return
+        if path == "/search" and self.stall == "headers":
+            self._stop.wait(self.stall_s)
+            h.close_connection = True
+            return
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
+        if path == "/search" and self.stall == "body":
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            try:
+                h.wfile.write(body[:len(body) // 2])
+                h.wfile.flush()
+            except OSError:
+                return
+            self._stop.wait(self.stall_s)
+            h.close_connection = True
+            return
         if path == "/search" and self.trickle_s:
             body = body + b" " * self.trickle_bytes  # a valid body, just very slow
             h.send_header("Content-Length", str(len(body)))
@@ -182,6 +201,26 @@ def test_trickling_server_hits_the_total_deadline(items):
     with ScriptedStac([items[:1]], trickle_s=1.0) as srv:
         with pytest.raises(CatalogError, match=r"deadline of 2 s.*Raise deadline="):
             _search(srv.url, deadline=2)
+
+
+@pytest.mark.parametrize("stall", ["headers", "body"])
+def test_deadline_holds_against_a_stalled_server(stall):
+    """A server that never answers /search (or stops in mid-body) for 60 s, with the default
+    timeout (30 s per socket read) and retries (5): each urllib3 retry used to wait a full
+    read timeout again (~33 s for a 3 s deadline). The search now ends by the deadline (+
+    slack), and the abandoned request thread ends once the server goes away."""
+    import threading
+
+    with ScriptedStac([[]], stall=stall, stall_s=60) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(CatalogError, match=r"deadline of 3 s"):
+            search_scenes(BBOX, *PERIOD, catalog=srv.url, dedupe=False, deadline=3)
+        took = time.monotonic() - t0
+    for t in threading.enumerate():
+        if t.name.startswith("cropyield-stac"):
+            t.join(10)
+    assert took < 3 + 10, f"search_scenes took {took:.1f} s with deadline=3"
+    assert not [t for t in threading.enumerate() if t.name.startswith("cropyield-stac")]
 
 
 def test_deadline_must_be_positive(items):

@@ -366,6 +366,58 @@ def test_verify_checksum_over_http_and_malformed_checksums(tmp_path):
             verify_checksum(str(tmp_path / "a.bin"), bad)
 
 
+def test_verify_checksum_deadline_holds_against_a_stalled_server(tmp_path):
+    """The checksum download had only a per-socket-read timeout (60 s): a stalled server
+    held it that long (and a trickling one for ever). With ``deadline`` it ends by then."""
+    import time
+
+    from cropyield.errors import AssetReadError
+    from cropyield.read import verify_checksum
+    from cropyield.servers import RangeServer
+
+    (tmp_path / "a.bin").write_bytes(b"cropyield" * 1000)
+    good = _sha256_multihash(tmp_path / "a.bin")
+    with RangeServer(tmp_path, faults={"a.bin": ["sleep:60"]}) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(AssetReadError) as ei:
+            verify_checksum(srv.url_for("a.bin"), good, timeout=60, deadline=2)
+        took = time.monotonic() - t0
+        verify_checksum(srv.url_for("a.bin"), good, deadline=30)    # a healthy answer
+    assert ei.value.reason == "deadline" and "read_deadline" in str(ei.value)
+    assert took < 2 + 10
+
+
+def test_checksum_downloads_count_against_the_read_deadline(s2_world_dir, tmp_path):
+    """field_observations(verify_checksums=True) with a stalled asset server: the downloads
+    are bounded by read_deadline too, and the scene's rows come out flagged."""
+    import shutil
+    import time
+
+    from cropyield.catalogs import normalize_item
+    from cropyield.observations import field_observations
+    from cropyield.servers import RangeServer
+
+    it = _tiny_items(s2_world_dir, "20240506")[0]
+    fields = gpd.GeoDataFrame({"field_id": ["a"]},
+                              geometry=[shapely.box(701000, 3849000, 701100, 3849100)],
+                              crs="EPSG:32649")
+    with RangeServer(tmp_path, faults={"*.tif": ["sleep:60"] * 20}) as srv:
+        for a in it["assets"].values():
+            if a["href"].startswith("http"):
+                continue
+            src = s2_world_dir / a["href"].split(str(s2_world_dir) + "/", 1)[1]
+            shutil.copy(src, tmp_path / src.name)
+            a["href"] = srv.url_for(src.name)
+            a["file:checksum"] = _sha256_multihash(tmp_path / src.name)
+        t0 = time.monotonic()
+        df = field_observations([normalize_item(it)], fields, verify_checksums=True,
+                                on_error="flag", read_deadline=3)
+        took = time.monotonic() - t0
+    assert took < 3 + 10, f"field_observations took {took:.1f} s with read_deadline=3"
+    assert df["flags"].tolist() == ["READ_FAILED"] and df["ndvi"].isna().all()
+    assert df.attrs["read_failures"][0]["reason"] == "deadline"
+
+
 def test_load_cube_masks_saturated_pixels(tmp_path):
     from cropyield.read import load_cube
 

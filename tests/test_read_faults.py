@@ -357,3 +357,102 @@ def test_read_deadline_must_be_positive(tmp_path):
     for bad in (0, -1, "soon"):
         with pytest.raises(ConfigError, match="read_deadline"):
             field_observations([sc], _fields(), read_deadline=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# the read deadline is strict (issue 18): requests in flight do not outlast it
+
+
+def _reader_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("cropyield-read")]
+
+
+def test_read_deadline_holds_against_a_stall_longer_than_the_gdal_timeouts(tmp_path):
+    """A server that stalls 60 s on every request of one band: at the default GDAL timeouts
+    (30 s per request, 2 GDAL retries) a request in flight used to run ~90 s past a 3 s
+    deadline. Now handles opened near the deadline get timeouts cut to the time left, the
+    call returns by the deadline (+ slack), the stalled scene's rows are flagged, and no
+    reader thread outlives the call by more than that (none would hold interpreter exit)."""
+    from cropyield.observations import field_observations
+
+    with RangeServer(tmp_path, faults={"*/S2/B08.tif": ["sleep:60"] * 50}) as srv:
+        good = _scene(tmp_path, srv.url, "S1", "2024-06-01T03:00")
+        bad = _scene(tmp_path, srv.url, "S2", "2024-06-06T03:00")
+        field_observations([good], _fields())                # compile the kernels first
+        t0 = time.monotonic()
+        df = field_observations([good, bad], _fields(), on_error="flag", read_deadline=3)
+        took = time.monotonic() - t0
+        for t in _reader_threads():
+            t.join(10)
+        alive = _reader_threads()
+    # (the server's stop ended its stalled requests)
+    assert took < 3 + 10, f"field_observations took {took:.1f} s with read_deadline=3"
+    assert not alive, f"reader threads still running: {alive}"
+    assert len(df) == 4
+    s2 = df[df.scene_id == "S2"]
+    assert s2["flags"].eq("READ_FAILED").all() and s2["ndvi"].isna().all()
+    assert ("S2", "deadline") in {(f["scene_id"], f["reason"])
+                                  for f in df.attrs["read_failures"]}
+    assert df[df.scene_id == "S1"]["ndvi"].notna().all()
+
+
+def test_reads_in_flight_at_the_deadline_are_abandoned_and_their_values_dropped(
+        cog, monkeypatch):
+    """The safety net when a GDAL request outlasts even its cut timeout (here: timeouts not
+    cut at all): read_windows stops waiting 1 s (DEADLINE_SLACK) after the deadline and
+    raises reason="deadline"; the block that arrives later is never handed to ``consume``,
+    close() does not wait for it, and the abandoned thread ends when its request does."""
+    from cropyield.read import BlockReader
+
+    root, arr = cog
+    monkeypatch.setattr(BlockReader, "_capped_options",
+                        lambda self, left: ({}, self._request_budget()), raising=False)
+    calls = []
+    # HEAD + header GET answered; the first block request is answered after 6 s
+    with RangeServer(root, faults={"b.tif": ["ok", "ok", "sleep:6"]}) as srv:
+        url = srv.url_for("b.tif")
+        env = {"GDAL_HTTP_TIMEOUT": 30, "GDAL_HTTP_MAX_RETRY": 0}
+        t0 = time.monotonic()
+        rd = BlockReader(threads=1, env=env, deadline=2)
+        with rd:
+            rd.meta(url)
+            with pytest.raises(AssetReadError) as ei:
+                rd.read_windows([url], np.array([2]), np.array([2]), np.array([2]),
+                                lambda k, r0, c0, win: calls.append(k))
+        took = time.monotonic() - t0
+        for t in _reader_threads():
+            t.join(15)                   # the stalled answer comes at ~6 s
+        alive = _reader_threads()
+        srv.wait_idle(5)
+        served = [(r.action, r.status) for r in srv.requests]
+    assert ei.value.reason == "deadline" and "abandoned" in str(ei.value)
+    assert took < 2 + 1 + 10                   # deadline + DEADLINE_SLACK + generous
+    assert ("sleep:6", 206) in served          # the late block was delivered ...
+    assert calls == []                         # ... and never consumed
+    assert not alive
+    assert rd.stats.failures and rd.stats.failures[0]["reason"] == "deadline"
+
+
+def test_load_cube_read_deadline_holds_against_a_stalled_server(tmp_path):
+    """load_cube had no deadline: a COG server stalling every request cost ~90 s per band
+    read at the default GDAL timeouts (more with retries). read_deadline ends it."""
+    from cropyield.errors import ConfigError
+    from cropyield.read import load_cube
+
+    with RangeServer(tmp_path, faults={"*/S1/B08.tif": ["sleep:60"] * 50}) as srv:
+        sc = _scene(tmp_path, srv.url, "S1", "2024-06-01T03:00")
+        aoi = _fields().to_crs(4326)
+        t0 = time.monotonic()
+        with pytest.raises(AssetReadError) as ei:
+            load_cube([sc], aoi, bands=["B04", "B08"], read_deadline=3)
+        took = time.monotonic() - t0
+        for t in _reader_threads():
+            t.join(10)
+        alive = _reader_threads()
+    assert ei.value.reason == "deadline"
+    assert took < 3 + 10, f"load_cube took {took:.1f} s with read_deadline=3"
+    assert not alive
+    with pytest.raises(ConfigError, match="read_deadline"):
+        load_cube([sc], aoi, bands=["B04"], read_deadline=0)

@@ -321,6 +321,7 @@ class _BaseServer:
         self._thread: threading.Thread | None = None
         self._inflight = 0
         self._idle = threading.Condition(self._log_lock)
+        self._stopping = threading.Event()      # set by stop(): ends "sleep:" stalls
 
     # life cycle ------------------------------------------------------------------
     def start(self):
@@ -329,6 +330,7 @@ class _BaseServer:
             return self
         httpd = _Server((self.host, self._port), _Handler)
         httpd.owner = self
+        self._stopping.clear()
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"{type(self).__name__}-{self.port}", daemon=True)
@@ -341,6 +343,7 @@ class _BaseServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self._stopping.set()                    # stalled requests end now, unanswered
         self.wait_idle(1.0)
         httpd.shutdown()
         httpd.server_close()
@@ -415,7 +418,9 @@ class _BaseServer:
             action = self.faults.next(ex.path, ex.method)
             ex.action = action
             if action is not None and _SLEEP_RE.match(action):
-                time.sleep(float(action.split(":", 1)[1]))
+                if self._stopping.wait(float(action.split(":", 1)[1])):
+                    h.close_connection = True   # stopped while stalling: no answer
+                    return
                 action = None
             if action == "ok":
                 action = None

@@ -21,7 +21,8 @@ in the library imports this module. The same names stay importable from
 ``"429:1"`` (any ``NNN:seconds``)
     that status with ``Retry-After: seconds``.
 ``"sleep:2.0"``
-    stall that many seconds, then serve normally (clients with shorter timeouts give up).
+    stall that many seconds, then serve normally (clients with shorter timeouts give up);
+    stopping the server ends the stall at once, closing the connection unanswered.
 ``"truncate"``
     announce the full ``Content-Length`` but send only half of the body, then close.
 ``"short"``

@@ -98,8 +98,12 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
     deadline : float or None
         Seconds for the whole search -- landing page, every result page, retries and the
         restart -- after which it fails with :class:`~cropyield.errors.CatalogError` (no
-        partial result). Default 300 s; ``None`` for no limit. With a user ``client=`` it is
-        checked between pages only (that client's own timeouts bound each request).
+        partial result). Strict: each request runs in a daemon thread that is waited for
+        until the deadline only, and retries stop at it, so a server that never answers or
+        stalls in mid-body ends the search by the deadline (+ about 0.1 s); the abandoned
+        request ends in the background by its socket timeout. Default 300 s; ``None`` for
+        no limit. With a user ``client=`` it is checked between pages only (that client's
+        own timeouts bound each request).
 
     Returns
     -------

@@ -64,15 +64,30 @@ class PlanetaryComputerSigner:
 # --------------------------------------------------------------------------------------
 
 
-def _retry(total: int, backoff_factor: float, max_retry_after: float):
+def _retry(total: int, backoff_factor: float, max_retry_after: float,
+           deadline: float | None = None):
+    """urllib3 retries; ``deadline`` (a ``time.monotonic()`` value) ends them: no retry
+    starts after it and no wait (backoff, ``Retry-After``) runs past it."""
     from urllib3.util.retry import Retry
+
+    def left(value: float) -> float:
+        if deadline is None:
+            return value
+        return min(value, max(deadline - time.monotonic(), 0.0))
 
     class _CappedRetry(Retry):
         """urllib3 Retry whose Retry-After waits are capped (a server cannot stall us)."""
 
         def get_retry_after(self, response):
             value = super().get_retry_after(response)
-            return None if value is None else min(value, max_retry_after)
+            return None if value is None else left(min(value, max_retry_after))
+
+        def get_backoff_time(self) -> float:
+            return left(super().get_backoff_time())
+
+        def is_exhausted(self) -> bool:
+            return super().is_exhausted() or (deadline is not None
+                                              and time.monotonic() >= deadline)
 
     return _CappedRetry(
         total=total, connect=total, read=total, status=total, backoff_factor=backoff_factor,
@@ -89,33 +104,57 @@ def _deadline_io_class():
     """A pystac-client ``StacApiIO`` whose requests share one total deadline.
 
     ``requests``' timeout bounds each socket read only, so a server trickling one byte per
-    second never times out. This class streams each body in small chunks and checks the
-    deadline (``time.monotonic()`` value in :attr:`deadline`, ``None`` for none) between
-    them; the per-read timeout is also cut to the time left. An overrun raises
+    second never times out, and urllib3 retries each start a full timeout again. This
+    class streams each body in small chunks and checks the deadline (``time.monotonic()``
+    value in :attr:`deadline`, ``None`` for none) between them; the per-read timeout is
+    also cut to the time left, and the retries stop at the deadline (:func:`_retry`).
+    The request itself runs in a daemon thread that is waited for until the deadline
+    only (:func:`cropyield._deadline.call_with_deadline`), so neither a server that never
+    answers nor one that stalls in mid-body holds the search past it. An overrun raises
     :class:`_DeadlineExceeded` (a :class:`~cropyield.errors.CatalogError`).
     """
+    import threading
+
     from pystac_client.exceptions import APIError
     from pystac_client.stac_api_io import StacApiIO
     from requests import Request
+
+    from .._deadline import call_with_deadline
 
     class _DeadlineStacApiIO(StacApiIO):
         deadline: float | None = None
         deadline_s: float | None = None
 
-        def _left(self, href: str) -> float | None:
+        def _overrun(self, href: str) -> _DeadlineExceeded:
+            return _DeadlineExceeded(
+                f"the STAC search did not finish within its deadline of {self.deadline_s:g} s "
+                f"(while reading {redact(str(href))}); the server is too slow or stalled. "
+                "Raise deadline= (seconds for the whole search, None for no limit), narrow "
+                "the search (smaller AOI or date range), or try again later"
+            )
+
+        def _left(self, href: str, cancel: threading.Event | None = None) -> float | None:
             if self.deadline is None:
                 return None
             left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise _DeadlineExceeded(
-                    f"the STAC search did not finish within its deadline of {self.deadline_s:g} s "
-                    f"(while reading {redact(str(href))}); the server is too slow or stalled. "
-                    "Raise deadline= (seconds for the whole search, None for no limit), narrow "
-                    "the search (smaller AOI or date range), or try again later"
-                )
+            if left <= 0 or (cancel is not None and cancel.is_set()):
+                raise self._overrun(href)
             return left
 
         def request(self, href, method=None, headers=None, parameters=None) -> str:
+            left = self._left(href)
+            if left is None:
+                return self._request(href, method, headers, parameters)
+            cancel = threading.Event()
+            try:
+                return call_with_deadline(
+                    lambda: self._request(href, method, headers, parameters, cancel),
+                    left, name="cropyield-stac-request", cancel=cancel)
+            except TimeoutError:
+                raise self._overrun(href) from None
+
+        def _request(self, href, method=None, headers=None, parameters=None,
+                     cancel: threading.Event | None = None) -> str:
             method = (method or "GET").upper()
             if method in ("POST", "PUT", "PATCH"):
                 req = Request(method=method, url=href, headers=headers, json=parameters)
@@ -149,11 +188,11 @@ def _deadline_io_class():
                             if not chunk:
                                 break
                             chunks.append(chunk)
-                            self._left(href)
+                            self._left(href, cancel)
                     else:  # pragma: no cover - urllib3 1.x
                         for chunk in resp.iter_content(chunk_size=1 << 10):
                             chunks.append(chunk)
-                            self._left(href)
+                            self._left(href, cancel)
                 except CatalogError:
                     raise
                 except Exception as err:
@@ -175,10 +214,12 @@ def _open_client(url: str, *, timeout: float, retries: int, backoff_factor: floa
     search's total deadline (``deadline_s``, for messages)."""
     from pystac_client import Client
 
-    stac_io = _deadline_io_class()(max_retries=_retry(retries, backoff_factor, max_retry_after))
-    if deadline is not None:
+    t_deadline = None if deadline is None else time.monotonic() + float(deadline)
+    stac_io = _deadline_io_class()(max_retries=_retry(retries, backoff_factor, max_retry_after,
+                                                      t_deadline))
+    if t_deadline is not None:
         stac_io.deadline_s = float(deadline if deadline_s is None else deadline_s)
-        stac_io.deadline = time.monotonic() + float(deadline)
+        stac_io.deadline = t_deadline
     # timeout must go to Client.open: it resets the StacApiIO's own timeout (offline-stac.md §5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # NoConformsTo etc.: we check conformance ourselves

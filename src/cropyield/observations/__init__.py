@@ -37,6 +37,7 @@ accumulated as NumPy arrays and one DataFrame is built at the end.
 
 from __future__ import annotations
 
+import time as _time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,14 +46,13 @@ import pandas as pd
 
 from ..errors import ConfigError, CropYieldError
 from ..read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
+# read_deadline="auto": _AUTO_DEADLINE_BASE s + _AUTO_DEADLINE_PER_SCENE s per scene
+from ..read._blocks import _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE
 from ._run import _baseline, _run_acquisitions
 from ._table import OBSERVATION_COLUMNS, _assemble, merge_observations, observations_to_xarray
 
 __all__ = ["field_observations", "observations_to_xarray", "merge_observations",
            "OBSERVATION_COLUMNS"]
-
-#: read_deadline="auto": this many seconds plus _AUTO_DEADLINE_PER_SCENE per scene
-_AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
 
 
 def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
@@ -109,15 +109,18 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
     max_attempts : int
         Attempts per block read for transient failures.
     read_deadline : float, "auto" or None
-        Total seconds for all reads of this call (counted from its start). After it no read
-        is started or retried: with ``on_error="raise"`` the next read raises
-        :class:`~cropyield.errors.AssetReadError` (``reason="deadline"``); with ``"flag"``
-        the rows of every scene not read by then get NaN values and ``READ_FAILED``, and
-        ``attrs["read_failures"]`` lists them with ``reason="deadline"``. A request in
-        flight still ends by its GDAL timeout (``GDAL_HTTP_TIMEOUT``, 30 s by default,
-        per GDAL retry). ``"auto"`` (default): 600 s + 120 s per scene, ample for healthy
-        servers (a scene's blocks under the fields take seconds) yet a stalled server costs
-        minutes, not ~20 minutes per scene. None: no deadline.
+        Total seconds for all reads of this call (counted from its start; the downloads of
+        ``verify_checksums`` included). After it no read is started or retried: with
+        ``on_error="raise"`` the next read raises :class:`~cropyield.errors.AssetReadError`
+        (``reason="deadline"``); with ``"flag"`` the rows of every scene not read by then
+        get NaN values and ``READ_FAILED``, and ``attrs["read_failures"]`` lists them with
+        ``reason="deadline"``. The deadline is strict within 1 s
+        (:data:`cropyield.read._blocks.DEADLINE_SLACK`), also when a server stalls a request
+        in flight: handles opened near it get GDAL timeouts cut to the time left, and a read
+        still in flight 1 s after it is abandoned (it ends in the background; its values are
+        dropped, never used). ``"auto"`` (default): 600 s + 120 s per scene, ample for
+        healthy servers (a scene's blocks under the fields take seconds) yet a stalled server
+        costs minutes, not ~20 minutes per scene. None: no deadline.
     repair_geometry : bool
         Repair invalid polygons (e.g. self-intersecting "bow-ties") with
         :func:`shapely.make_valid`, keeping their polygonal parts, and flag their rows
@@ -228,12 +231,14 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
                                     scene_list[i].id))
     order = sorted(groups, key=lambda k: (k, min(scene_list[i].datetime for i in groups[k])))
     field_ids = np.asarray(fields[id_col].to_numpy())
-    pre_failed = (_verify_checksums(scene_list, bands_needed, on_error, signer)
+    t_end = None if read_deadline is None else _time.monotonic() + read_deadline
+    pre_failed = (_verify_checksums(scene_list, bands_needed, on_error, signer, t_end)
                   if verify_checksums else {})
     results, stats, state = _run_acquisitions(
         scene_list, fields, ref_grids, groups, order, specs, bands_needed, classes,
         int(dilate), float(min_valid_fraction), on_error, float(min_coverage_frac), id_col,
-        progress, threads, env, signer, max_attempts, read_deadline, pre_failed,
+        progress, threads, env, signer, max_attempts,
+        None if t_end is None else max(t_end - _time.monotonic(), 1e-3), pre_failed,
         bool(repair_geometry))
     return _assemble(results, scene_list, field_ids, indices, stats, state.failures, classes,
                      dilate, fields=fields, acquisitions=[groups[k][0] for k in order],
@@ -254,9 +259,11 @@ def _asset_checksum(scene, band) -> str | None:
     return str(value) if value else None
 
 
-def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[int, Any]:
+def _verify_checksums(scene_list, bands_needed, on_error: str, signer,
+                      t_end: float | None = None) -> dict[int, Any]:
     """Verify the ``file:checksum`` of every needed asset; ``{scene position: (band,
-    error)}`` of the failures (``on_error="flag"``), else raise the first."""
+    error)}`` of the failures (``on_error="flag"``), else raise the first. ``t_end``: the
+    read deadline (a ``time.monotonic()`` value) that bounds every download."""
     from ..errors import AssetReadError
     from ..read import verify_checksum
 
@@ -268,7 +275,8 @@ def _verify_checksums(scene_list, bands_needed, on_error: str, signer) -> dict[i
             if cs is None:
                 continue
             try:
-                verify_checksum(band.href, cs, signer=signer or getattr(s, "signer", None))
+                verify_checksum(band.href, cs, signer=signer or getattr(s, "signer", None),
+                                deadline=None if t_end is None else t_end - _time.monotonic())
             except AssetReadError as exc:
                 if on_error == "raise":
                     raise

@@ -46,6 +46,11 @@ the index kernels never see a full raster. It is built on rasterio/GDAL:
   ``signer`` (if any), then :class:`~cropyield.errors.AuthExpiredError`. A local file that
   cannot be decoded raises :class:`~cropyield.errors.CorruptAssetError` at once. Every href
   in messages is redacted. A failed block never becomes numbers.
+* **Deadline.** With ``deadline`` (``read_deadline=`` of ``field_observations`` and
+  ``load_cube``) no read starts or retries after it, handles opened near it get GDAL HTTP
+  timeouts cut to the time left (GDAL keeps a handle's options from its open), and callers
+  stop waiting for the reader threads ``DEADLINE_SLACK`` (1 s) after it: a stalled request
+  cannot hold a call longer, and its late values are dropped.
 """
 
 from ._blocks import BlockReader, ReadStats

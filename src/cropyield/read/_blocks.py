@@ -38,6 +38,23 @@ from ._plan import (BlockPlan, _as_int64, _block_bounds, _block_sort, _blocks_wa
 
 __all__ = ["ReadStats", "BlockReader"]
 
+#: Seconds past its deadline that a :class:`BlockReader` call still waits for requests in
+#: flight (their GDAL timeouts are cut to the time left, so they normally end by then);
+#: after it the call raises ``reason="deadline"`` and abandons them (see ``deadline``).
+DEADLINE_SLACK = 1.0
+
+#: Sequential HTTP requests GDAL 3.10 makes for one failing window read of a handle (it
+#: tries the range again through its other read paths): the per-request timeout set near a
+#: deadline is the time left divided by this, so the whole read ends by the deadline.
+_REQUESTS_PER_READ = 3
+
+#: Shortest per-request GDAL timeout set near a deadline (seconds).
+_MIN_REQUEST_TIMEOUT = 0.25
+
+#: read_deadline="auto" (field_observations, load_cube): this many seconds plus
+#: _AUTO_DEADLINE_PER_SCENE per scene
+_AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
+
 
 @dataclass
 class ReadStats:
@@ -106,9 +123,18 @@ class BlockReader:
         Total seconds, counted from the reader's creation, after which no read is started
         or retried: every later attempt fails at once with an
         :class:`~cropyield.errors.AssetReadError` of reason ``"deadline"`` (a stalled
-        server cannot hold the reader longer). A request already in flight still ends by
-        its own GDAL timeouts (``GDAL_HTTP_TIMEOUT`` x (``GDAL_HTTP_MAX_RETRY`` + 1)),
-        so reads end at most that long after the deadline. None: no deadline.
+        server cannot hold the reader longer). The deadline is strict within
+        :data:`DEADLINE_SLACK` (1 s): once the time left is shorter than a request's GDAL
+        timeouts (``GDAL_HTTP_TIMEOUT`` x (``GDAL_HTTP_MAX_RETRY`` + 1) per request),
+        handles are (re)opened with ``GDAL_HTTP_TIMEOUT`` / ``GDAL_HTTP_CONNECTTIMEOUT``
+        cut to the time left and no GDAL-level retries, so requests in flight end by the
+        deadline; and every call (:meth:`read`, :meth:`read_windows`, :meth:`meta`...)
+        stops waiting for its reader threads :data:`DEADLINE_SLACK` after the deadline,
+        raising ``reason="deadline"``. A read still in flight then is abandoned: it ends
+        in the background by its cut timeouts, and its values are dropped (never written
+        to an output nor handed to a ``consume`` callback after the call gave up).
+        :meth:`close` does not wait for such reads; their threads close their own handles
+        when they end. None: no deadline.
     """
 
     def __init__(self, *, threads: int = 2, env: Mapping[str, Any] | None = None,
@@ -144,7 +170,8 @@ class BlockReader:
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cropyield-read",
                                         initializer=self._init_thread)
         self._local = threading.local()
-        self._all: set[Any] = set()
+        self._all: dict[Any, int] = {}          # open handle -> ident of its thread
+        self._reading: dict[int, str] = {}      # thread ident -> href of its read in flight
         self._by_href: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._meta: dict[str, _Meta] = {}
@@ -164,17 +191,23 @@ class BlockReader:
         self.close()
 
     def close(self) -> None:
-        """Shut the pool down and close every dataset handle."""
-        if self._closed:
-            return
-        self._closed = True
+        """Shut the pool down and close every dataset handle.
+
+        Reads abandoned at the deadline (still in flight) are not waited for: their
+        threads close their own handles when the reads end."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            busy = set(self._reading)
             ahead, self._meta_ahead = list(self._meta_ahead.values()), {}
         for f in ahead:
             f.cancel()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=not busy, cancel_futures=True)
         with self._lock:
-            handles, self._all = list(self._all), set()
+            handles = [ds for ds, owner in self._all.items() if owner not in busy]
+            for ds in handles:
+                del self._all[ds]
             self._by_href = {}
             self._sort_cache.clear()
         for ds in handles:
@@ -182,6 +215,74 @@ class BlockReader:
                 ds.close()
             except Exception:  # pragma: no cover - closing a broken handle
                 pass
+
+    def _close_own_handles(self) -> None:
+        """Close the calling thread's handles (a read that ended after :meth:`close`)."""
+        handles = self._handles()
+        while handles:
+            _, (ds, *_rest) = handles.popitem()
+            self._close_one(ds)
+
+    # -- deadline ----------------------------------------------------------------------------
+    def _left(self) -> float | None:
+        """Seconds left to the deadline (None: no deadline)."""
+        if self._deadline_at is None:
+            return None
+        return self._deadline_at - time.monotonic()
+
+    def _request_budget(self) -> float:
+        """Longest a read of a handle opened with this reader's GDAL options can take."""
+        def num(key: str, default: float) -> float:
+            try:
+                return float(self.env.get(key, default))
+            except (TypeError, ValueError):
+                return default
+        timeout = num("GDAL_HTTP_TIMEOUT", 30.0)
+        if timeout <= 0:                  # GDAL: 0 means no timeout
+            return float("inf")
+        retries = max(num("GDAL_HTTP_MAX_RETRY", 0.0), 0.0)
+        delay = max(num("GDAL_HTTP_RETRY_DELAY", 0.0), 0.0)
+        per_read = (timeout + max(num("GDAL_HTTP_CONNECTTIMEOUT", 0.0), 0.0)) * (retries + 1)
+        return _REQUESTS_PER_READ * per_read + delay * (2 ** retries - 1)
+
+    def _capped_options(self, left: float) -> tuple[dict[str, str], float]:
+        """GDAL options for a handle opened ``left`` seconds before the deadline, and the
+        longest a read of it then takes (the configured options when they fit)."""
+        budget = self._request_budget()
+        if left >= budget:
+            return {}, budget
+        t = max(left / _REQUESTS_PER_READ, _MIN_REQUEST_TIMEOUT)
+        return ({"GDAL_HTTP_TIMEOUT": f"{t:.3f}", "GDAL_HTTP_CONNECTTIMEOUT": f"{t:.3f}",
+                 "GDAL_HTTP_MAX_RETRY": "0"}, t * _REQUESTS_PER_READ)
+
+    def _submit(self, href: str, fn: Callable[..., Any], *args: Any) -> Future:
+        """Submit a task (reading ``href``) to the reader threads; past the deadline, raise
+        ``reason="deadline"`` instead."""
+        left = self._left()
+        if left is not None and left <= 0:
+            raise self._deadline_error(href, 0, None)
+        return self._pool.submit(fn, *args)
+
+    def _wait(self, futs: Sequence[Future], href: str) -> list[Future]:
+        """Wait for ``futs`` until :data:`DEADLINE_SLACK` past the deadline; then cancel
+        the rest, abandon those in flight and raise ``reason="deadline"``."""
+        if self._deadline_at is None:
+            futures_wait(futs)
+            return list(futs)
+        timeout = max(self._deadline_at + DEADLINE_SLACK - time.monotonic(), 0.0)
+        done, pending = futures_wait(futs, timeout=timeout)
+        if pending:
+            running = sum(not f.cancel() for f in pending)
+            logger.warning("read of %s not finished %.1f s past the read deadline; %d "
+                           "request(s) in flight abandoned", redact(href), DEADLINE_SLACK,
+                           running)
+            raise self._deadline_error(href, 0, None, in_flight=running > 0)
+        return list(futs)
+
+    def _late(self) -> bool:
+        """Whether the callers have stopped waiting (past deadline + slack)."""
+        return (self._deadline_at is not None
+                and time.monotonic() >= self._deadline_at + DEADLINE_SLACK)
 
     def _init_thread(self) -> None:
         """Enter the GDAL environment once per worker thread, for the thread's lifetime.
@@ -244,9 +345,12 @@ class BlockReader:
 
         handles = self._handles()
         gen, path = self._path(href)
+        left = self._left() if path.startswith("/vsicurl/") else None
         if not fresh and href in handles:
-            ds, g, has_georef = handles[href]
-            if g == gen and not ds.closed and (has_georef or not georef):
+            ds, g, has_georef, budget = handles[href]
+            # near the deadline a remote handle whose reads could outlast it is reopened
+            if (g == gen and not ds.closed and (has_georef or not georef)
+                    and (left is None or budget <= left + DEADLINE_SLACK)):
                 handles.move_to_end(href)
                 return ds, gen
         self._drop(href)
@@ -259,6 +363,10 @@ class BlockReader:
         extra = {}
         if fresh and path.startswith("/vsicurl/"):
             extra["CPL_VSIL_CURL_NON_CACHED"] = path.split("?", 1)[0]
+        # near the deadline: GDAL keeps a handle's HTTP options from its open, so the
+        # handle is opened with timeouts that end its reads by the deadline
+        capped, budget = self._capped_options(left) if left is not None else ({}, 0.0)
+        extra.update(capped)
         # GDAL reads VSI_CACHE when it opens the file
         vsi_cache = str(self.env.get("VSI_CACHE", "FALSE")) if path.startswith("/vsi") \
             else self._local_vsi_cache
@@ -271,12 +379,12 @@ class BlockReader:
         with self._env_ctx(extra):
             self.stats.add(requests=1, opens=1, bytes_read=HEADER_BYTES)
             ds = _open_plain(path) if plain else rasterio.open(path, sharing=False)
-        handles[href] = (ds, gen, not plain)
+        handles[href] = (ds, gen, not plain, budget)
         with self._lock:
-            self._all.add(ds)
+            self._all[ds] = threading.get_ident()
             self._by_href.setdefault(href, []).append(ds)
         while len(handles) > self.max_handles:
-            _, (old, _, _) = handles.popitem(last=False)
+            _, (old, *_rest) = handles.popitem(last=False)
             self._close_one(old)
         return ds, gen
 
@@ -290,15 +398,23 @@ class BlockReader:
         with self._lock:
             ahead = self._meta_ahead.pop(href, None)
         if ahead is not None:                   # a prefetch still opening it: let it finish
-            futures_wait([ahead])
+            try:
+                self._wait([ahead], href)
+            except AssetReadError:
+                pass                            # abandoned at the deadline
         with self._lock:
             items = self._by_href.pop(href, [])
+            # a read abandoned at the deadline may still use its handle: its thread
+            # closes it (LRU, close()) once the read ends
+            busy = {t for t, h in self._reading.items() if h == href}
+            keep = [ds for ds in items if self._all.get(ds) in busy]
         for ds in items:
-            self._close_one(ds)
+            if not any(ds is k for k in keep):
+                self._close_one(ds)
 
     def _close_one(self, ds) -> None:
         with self._lock:
-            self._all.discard(ds)
+            self._all.pop(ds, None)
         try:
             ds.close()
         except Exception:  # pragma: no cover
@@ -322,15 +438,23 @@ class BlockReader:
         last: BaseException | None = None
         kind = "transient"
         attempt, limit = 0, self.max_attempts
+        me = threading.get_ident()
         while attempt < limit:
             if self._deadline_at is not None and time.monotonic() >= self._deadline_at:
                 raise self._deadline_error(href, attempt, last)
             attempt += 1
             gen = self._path(href)[0]
+            with self._lock:
+                if self._closed:         # the reader gave up on this read (deadline)
+                    raise self._deadline_error(href, attempt - 1, last)
+                self._reading[me] = href
             try:
                 ds, gen = self._open(href, fresh=fresh, georef=georef)
                 with self._env_ctx():
-                    return fn(ds)
+                    result = fn(ds)
+                if self._late():         # the caller stopped waiting: drop the values
+                    raise self._deadline_error(href, attempt, None, in_flight=True)
+                return result
             except (RasterioError, OSError, RuntimeError, ValueError) as exc:
                 if isinstance(exc, CropYieldError):
                     raise
@@ -357,15 +481,29 @@ class BlockReader:
                     if self._deadline_at is not None:
                         delay = min(delay, max(self._deadline_at - time.monotonic(), 0.0))
                     time.sleep(delay)
+            finally:
+                with self._lock:
+                    self._reading.pop(me, None)
+                    closed = self._closed
+                if closed:               # close() left this thread's handles to it
+                    self._close_own_handles()
         raise self._error(href, kind, last, attempt)
 
-    def _deadline_error(self, href: str, attempts: int, last: BaseException | None):
+    def _deadline_error(self, href: str, attempts: int, last: BaseException | None, *,
+                        in_flight: bool = False):
         safe = redact(href)
         detail = f" Last error: {redact(str(last))}" if last is not None else ""
+        if in_flight:
+            how = (f" (a request was still in flight {DEADLINE_SLACK:g} s after it and was "
+                   "abandoned)")
+        elif attempts:
+            how = f" (after {attempts} attempts)"
+        else:
+            how = " (not started: earlier reads used the time)"
+        limit = f"{self.deadline:g} s" if self.deadline is not None else "(none: closed)"
         err = AssetReadError(
             f"reading {safe} was not finished within the read deadline of "
-            f"{self.deadline:g} s" + (f" (after {attempts} attempts)" if attempts else
-                                      " (not started: earlier reads used the time)")
+            f"{limit}" + how
             + "; the server is stalled or too slow. Retry later, or raise the deadline "
             f"(read_deadline=).{detail}",
             href=safe, reason="deadline", attempts=attempts)
@@ -412,9 +550,9 @@ class BlockReader:
             with self._lock:
                 ahead = fut = self._meta_ahead.pop(href, None)
             if fut is None:
-                fut = self._pool.submit(self._meta_task, href)
+                fut = self._submit(href, self._meta_task, href)
             try:
-                m = fut.result()
+                m = self._wait([fut], href)[0].result()
             except AssetReadError as exc:
                 record = getattr(exc, "record", None)
                 if ahead is not None and record is not None:   # a prefetch's failure counts
@@ -503,10 +641,10 @@ class BlockReader:
         if plan.n_runs == 0:
             return out if out is not None else np.full(len(rows), fill)
         chunks = self._chunks(plan.run_col1 - plan.run_col0 + 1)
-        futs = [self._pool.submit(self._read_runs, href, plan, runs, rows, cols, m, pad,
-                                  window_fn, out, mask) for runs in chunks]
+        futs = [self._submit(href, self._read_runs, href, plan, runs, rows, cols, m, pad,
+                             window_fn, out, mask) for runs in chunks]
         error = None
-        for f in futs:
+        for f in self._wait(futs, href):
             try:
                 for idx, vals in f.result():     # only when out could not be preallocated
                     if out is None:
@@ -649,10 +787,10 @@ class BlockReader:
         if n_runs == 0:
             return
         chunks = self._chunks(np.asarray(run_col1) - np.asarray(run_col0) + 1)
-        futs = [self._pool.submit(self._window_task, list(hrefs), m, runs, run_row, run_col0,
-                                  run_col1, consume) for runs in chunks]
+        futs = [self._submit(hrefs[0], self._window_task, list(hrefs), m, runs, run_row,
+                             run_col0, run_col1, consume) for runs in chunks]
         error = None
-        for f in futs:
+        for f in self._wait(futs, hrefs[0]):
             try:
                 f.result()
             except AssetReadError as exc:
@@ -683,10 +821,12 @@ class BlockReader:
 
                 nbytes = self._attempt(href, fn, georef=False)
                 self.stats.add(requests=1, runs=1, blocks_read=c1b - c0b + 1, bytes_read=nbytes)
+            if self._late():      # read_windows gave up on this run: never consume it
+                raise self._deadline_error(hrefs[0], 1, None, in_flight=True)
             consume(k, r0, c0, win)
 
     def block_bytes(self, href: str, blocks: list[tuple[int, int]]) -> int:
         """Sum of the TIFF tile byte counts of ``blocks`` (``(row, col)``) of band 1."""
         def fn(ds):
             return sum(int(ds.block_size(1, r, c)) for r, c in blocks)
-        return self._pool.submit(self._attempt, href, fn).result()
+        return self._wait([self._submit(href, self._attempt, href, fn)], href)[0].result()

@@ -10,8 +10,11 @@ whole file can be fetched and compared, at the cost of reading all of it
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Callable
 
+from .._deadline import call_with_deadline
 from .._log import redact
 from ..errors import AssetReadError, CorruptAssetError
 
@@ -57,16 +60,35 @@ def _hasher(name: str, size: int):
 
 
 def verify_checksum(href: str, checksum: str, *, signer: Callable[[str], str] | None = None,
-                    timeout: float = 60.0, chunk: int = 1 << 20) -> None:
+                    timeout: float = 60.0, chunk: int = 1 << 20,
+                    deadline: float | None = None) -> None:
     """Fetch the whole of ``href`` (local path or http(s) URL) and compare its digest with
     the multihash ``checksum``.
+
+    Parameters
+    ----------
+    href : str
+        Local path, ``file://`` URL or http(s) URL (unsigned).
+    checksum : str
+        Hex multihash (``file:checksum``).
+    signer : callable, optional
+        ``signer(href) -> signed href`` for http(s) URLs.
+    timeout : float
+        Seconds per socket operation (connect, each read).
+    chunk : int
+        Bytes read at a time.
+    deadline : float, optional
+        Total seconds for the download: a server that trickles or stalls cannot hold the
+        call longer (it returns within about 0.1 s of it; the abandoned download stops at
+        its next chunk or socket timeout, in a daemon thread). None: no limit.
 
     Raises
     ------
     CorruptAssetError
         The digest differs (``reason="checksum"``): the asset is damaged or stale.
     AssetReadError
-        The file could not be fetched, or the checksum is malformed (``reason`` says).
+        The file could not be fetched (``reason="transient"``), not within ``deadline``
+        (``reason="deadline"``), or the checksum is malformed (``reason="bad_checksum"``).
     """
     safe = redact(href)
     try:
@@ -76,24 +98,66 @@ def verify_checksum(href: str, checksum: str, *, signer: Callable[[str], str] | 
                              "fix the item or read without verify_checksums",
                              href=safe, reason="bad_checksum") from None
     h = _hasher(name, len(want))
+    overdue = False
     try:
         if href.startswith(("http://", "https://")):
-            import urllib.request
-
             url = signer(href) if signer is not None else href
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
-                while block := resp.read(chunk):
-                    h.update(block)
+            if deadline is None:
+                _fetch(url, h, timeout, chunk, None, None)
+            else:
+                t_end = time.monotonic() + float(deadline)
+                cancel = threading.Event()
+                try:
+                    call_with_deadline(lambda: _fetch(url, h, timeout, chunk, t_end, cancel),
+                                       float(deadline), name="cropyield-checksum",
+                                       cancel=cancel)
+                except (_Overdue, TimeoutError):
+                    # call_with_deadline gave up (cancel set), or a socket read cut to the
+                    # time left timed out; another socket timeout is a transient failure
+                    if not (cancel.is_set() or time.monotonic() >= t_end - 0.05):
+                        raise
+                    overdue = True
         else:
             path = href[7:] if href.startswith("file://") else href
             with open(path, "rb") as fh:
                 while block := fh.read(chunk):
                     h.update(block)
-    except OSError as exc:
+    except (OSError, _Overdue) as exc:
         raise AssetReadError(f"could not fetch {safe} to verify its checksum: "
                              f"{redact(str(exc))}", href=safe, reason="transient") from None
+    if overdue:
+        raise AssetReadError(f"fetching {safe} to verify its checksum did not finish within "
+                             f"the read deadline of {float(deadline):g} s; the server is "
+                             "stalled or too slow. Retry later, raise the deadline "
+                             "(read_deadline=) or read without verify_checksums",
+                             href=safe, reason="deadline")
     if h.digest() != want:
         raise CorruptAssetError(
             f"{safe} does not match its file:checksum ({name}); the asset is damaged or not "
             "the one the item describes: re-download it or exclude the scene",
             href=safe, reason="checksum")
+
+
+class _Overdue(Exception):
+    """The checksum download ran past its deadline."""
+
+
+def _fetch(url: str, h, timeout: float, chunk: int, t_end: float | None,
+           cancel: threading.Event | None) -> None:
+    """Stream ``url`` into the hasher ``h``; with ``t_end`` (a ``time.monotonic()`` value)
+    each socket read waits at most the time left, and the download stops (:class:`_Overdue`)
+    once it has passed or ``cancel`` is set."""
+    import urllib.request
+
+    def left() -> float:
+        if t_end is None:
+            return timeout
+        rest = t_end - time.monotonic()
+        if rest <= 0 or (cancel is not None and cancel.is_set()):
+            raise _Overdue("deadline passed")
+        return min(timeout, rest)
+
+    with urllib.request.urlopen(url, timeout=left()) as resp:  # noqa: S310
+        while block := resp.read1(chunk):
+            h.update(block)
+            left()

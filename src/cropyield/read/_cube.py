@@ -13,14 +13,13 @@ Public entry points
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..errors import CropYieldError
+from ..errors import ConfigError, CropYieldError
 from ..zonal import _REFL_MAX, _REFL_MIN
-from ._blocks import BlockReader
+from ._blocks import _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE, BlockReader
 from ._gdal import DEFAULT_GDAL_ENV, gdal_env
 from ._scenes import _as_scene_list, _solar_day
 
@@ -30,7 +29,8 @@ __all__ = ["load_cube", "pd_times"]
 def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
               resampling: str = "nearest", scl_classes=None, dilate: int = 0,
               groupby: str = "solar_day", threads: int = 2, env: Mapping[str, Any] | None = None,
-              dtype: str = "float32", chunks: Mapping[str, int] | None = None) -> Any:
+              dtype: str = "float32", chunks: Mapping[str, int] | None = None,
+              read_deadline: float | str | None = "auto") -> Any:
     """Load scenes over ``aoi`` into an ``xarray.Dataset`` (time, y, x) of reflectance.
 
     Every band is warped (``rasterio.warp.reproject``, reading only the source window that
@@ -65,6 +65,13 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         chunk reads only its window (plus ``dilate`` pixels of halo, so that ``valid`` is
         identical to the eager result) of its acquisitions. Read counters are then not in
         ``attrs`` (they happen at compute time). Default: load eagerly.
+    read_deadline : float, "auto" or None
+        Total seconds for the reads (per chunk with ``chunks=``), as in
+        :func:`cropyield.observations.field_observations`: after it no read is started or
+        retried and :class:`~cropyield.errors.AssetReadError` (``reason="deadline"``) is
+        raised, at most 1 s (:data:`cropyield.read._blocks.DEADLINE_SLACK`) after it even
+        when a server stalls a request (see :class:`~cropyield.read.BlockReader`).
+        ``"auto"`` (default): 600 s + 120 s per scene. None: no deadline.
 
     Returns
     -------
@@ -80,6 +87,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
     scene_list = _as_scene_list(scenes)
     if not scene_list:
         raise CropYieldError("load_cube got no scenes; search again with a wider date range")
+    deadline = _deadline_seconds(read_deadline, len(scene_list))
     bands = list(bands)
     geom, aoi_crs = _aoi_geometry(aoi)
     if crs is None:
@@ -114,12 +122,28 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         from ..masks import DEFAULT_SCL_INVALID as scl_classes  # noqa: N811
     if chunks is not None:
         return _lazy_cube(chunks, keys, groups, bands, height, width, x0, y1, res, crs,
-                          resampling, scl_classes, dilate, threads, env_d, dtype)
+                          resampling, scl_classes, dilate, threads, env_d, dtype, deadline)
     data, scl_out, valid, stats = _load_window(
         keys, groups, bands, 0, height, 0, width, height, width, x0, y1, res, crs, resampling,
-        scl_classes, dilate, threads, env_d, dtype)
+        scl_classes, dilate, threads, env_d, dtype, deadline)
     return _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, res,
                      crs, resampling, stats, dst_transform)
+
+
+def _deadline_seconds(read_deadline: float | str | None, n_scenes: int) -> float | None:
+    """Seconds of a ``read_deadline`` argument ("auto", seconds > 0 or None)."""
+    if read_deadline is None:
+        return None
+    if isinstance(read_deadline, str) and read_deadline == "auto":
+        return _AUTO_DEADLINE_BASE + _AUTO_DEADLINE_PER_SCENE * n_scenes
+    try:
+        value = float(read_deadline)
+    except (TypeError, ValueError):
+        raise ConfigError(f"read_deadline must be seconds, 'auto' or None, got "
+                          f"{read_deadline!r}") from None
+    if not value > 0:
+        raise ConfigError(f"read_deadline must be > 0 seconds, got {read_deadline!r}")
+    return value
 
 
 def _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, res, crs,
@@ -147,7 +171,7 @@ def _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, 
 
 
 def _load_window(keys, groups, bands, r0, r1, c0, c1, height, width, x0, y1, res, crs,
-                 resampling, scl_classes, dilate, threads, env_d, dtype):
+                 resampling, scl_classes, dilate, threads, env_d, dtype, deadline=None):
     """Read and mosaic output rows ``r0:r1``, columns ``c0:c1`` of the acquisitions ``keys``
     (plus a halo of ``dilate`` pixels for the SCL dilation, cropped again)."""
     import rasterio
@@ -162,7 +186,7 @@ def _load_window(keys, groups, bands, r0, r1, c0, c1, height, width, x0, y1, res
     cc0, cc1 = max(0, c0 - halo), min(width, c1 + halo)
     h, w = rr1 - rr0, cc1 - cc0
     win_transform = from_origin(x0 + cc0 * res, y1 - rr0 * res, res, res)
-    reader = BlockReader(threads=threads, env=env_d)
+    reader = BlockReader(threads=threads, env=env_d, deadline=deadline)
 
     def warp(scene, bname):
         band = scene.bands.get(bname)
@@ -185,23 +209,24 @@ def _load_window(keys, groups, bands, r0, r1, c0, c1, height, width, x0, y1, res
         data = {b: np.full((len(keys), h, w), np.nan, dtype=dtype) for b in bands
                 if b != "SCL"}
         scl_out = np.zeros((len(keys), h, w), np.uint8)
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            for t, k in enumerate(keys):
-                for s in sorted(groups[k], key=lambda s: (s.tile, s.id)):
-                    names = [b for b in bands if b != "SCL"] + (["SCL"] if "SCL" in s.bands
-                                                                 else [])
-                    futs = {b: pool.submit(warp, s, b) for b in names}
-                    for b, f in futs.items():
-                        arr, band = f.result()
-                        if b == "SCL":
-                            sel = (scl_out[t] == 0) & (arr != 0)
-                            scl_out[t][sel] = arr[sel]
-                            continue
-                        refl = arr.astype(np.float64) * band.scale + band.offset
-                        # saturated DN / outside the physical range: NaN, like no-data
-                        phys = (refl >= _REFL_MIN) & (refl <= _REFL_MAX)
-                        hole = np.isnan(data[b][t]) & (arr != 0) & phys
-                        data[b][t][hole] = refl[hole].astype(dtype)
+        # the warps run in the reader's threads, waited for until its deadline (+ slack)
+        for t, k in enumerate(keys):
+            for s in sorted(groups[k], key=lambda s: (s.tile, s.id)):
+                names = [b for b in bands if b != "SCL"] + (["SCL"] if "SCL" in s.bands
+                                                             else [])
+                hrefs = {b: s.bands[b].href if b in s.bands else "" for b in names}
+                futs = {b: reader._submit(hrefs[b], warp, s, b) for b in names}
+                for b, f in futs.items():
+                    arr, band = reader._wait([f], hrefs[b])[0].result()
+                    if b == "SCL":
+                        sel = (scl_out[t] == 0) & (arr != 0)
+                        scl_out[t][sel] = arr[sel]
+                        continue
+                    refl = arr.astype(np.float64) * band.scale + band.offset
+                    # saturated DN / outside the physical range: NaN, like no-data
+                    phys = (refl >= _REFL_MIN) & (refl <= _REFL_MAX)
+                    hole = np.isnan(data[b][t]) & (arr != 0) & phys
+                    data[b][t][hole] = refl[hole].astype(dtype)
     finally:
         reader.close()
     valid = np.stack([~np.asarray(invalid_mask(scl_out[t], scl_classes, dilate)) for t in
@@ -218,7 +243,7 @@ def _splits(n: int, size) -> list[tuple[int, int]]:
 
 
 def _lazy_cube(chunks, keys, groups, bands, height, width, x0, y1, res, crs, resampling,
-               scl_classes, dilate, threads, env_d, dtype):
+               scl_classes, dilate, threads, env_d, dtype, deadline=None):
     """The same Dataset as the eager path, each (time, y, x) chunk a dask task."""
     import dask
     import dask.array as da
@@ -241,7 +266,8 @@ def _lazy_cube(chunks, keys, groups, bands, height, width, x0, y1, res, crs, res
             for c0, c1 in xs:
                 piece = dask.delayed(_load_window, pure=True, nout=4)(
                     tk, {k: groups[k] for k in tk}, bands, r0, r1, c0, c1, height, width, x0,
-                    y1, res, crs, resampling, scl_classes, dilate, threads, env_d, dtype)
+                    y1, res, crs, resampling, scl_classes, dilate, threads, env_d, dtype,
+                    deadline)
                 shape = (t1 - t0, r1 - r0, c1 - c0)
                 for b in refl:
                     cols[b].append(da.from_delayed(piece[0][b], shape, dtype=dtype))
