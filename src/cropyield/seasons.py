@@ -899,7 +899,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
                     weak_amplitude=weak_amplitude, weak_relative_drop=weak_relative_drop,
                     weak_drop=weak_drop, weak_min_days=weak_min_days,
                     min_peak=float(min_peak), eos_base_days=eos_base_days,
-                    edge_days=edge_days, sos_fraction=sos_fraction)
+                    edge_days=edge_days, bare_trough=bool(bare_trough),
+                    sos_fraction=sos_fraction)
     n_none = int((n_seasons <= 0).sum())
     if n_none:
         logger.info("phenology: %d of %d fields without a season", n_none, nf)
