@@ -88,12 +88,12 @@ def test_wheat_dormancy_does_not_split_but_double_cropping_does():
     assert wheat.sos < pd.Timestamp("2021-12-01")        # autumn emergence
     assert pd.Timestamp("2022-02-15") <= wheat.sos50 <= pd.Timestamp("2022-04-01")
     assert wheat.eos < maize.sos
-    # a deeper threshold would split the dormancy dip: the rules are what keep it whole
-    # (the depth rule, and the dip's staying above bare soil)
+    # a deeper threshold would split the dormancy dip: the depth rule keeps it whole, and so
+    # does the bare-soil rule (the dip stays above bare soil)
     assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
-                     min_amplitude=0.05).shape[0] == 2
+                     min_amplitude=0.05).shape[0] == 3
     assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
-                     min_amplitude=0.05, bare_trough=False).shape[0] == 3
+                     min_amplitude=0.05, bare_trough=True).shape[0] == 2
 
 
 def test_three_seasons_in_a_year():

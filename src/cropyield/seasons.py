@@ -5,10 +5,11 @@ deep enough: a trough splits two seasons only if it drops at least ``min_amplitu
 units below *both* neighbouring peaks and at least ``min_trough_depth`` × the amplitude of
 the larger neighbour (above the field's lowest value). This keeps winter wheat's pre-winter
 tillering bump and dormancy dip in one season, while wheat → maize double cropping (the
-curve falls to bare soil at the June harvest) gives two, and three crops a year give three;
-a smaller peak before a larger one also needs the trough to reach bare soil
-(``bare_trough``). A weaker rule (``weak_*`` options of :func:`phenology`) also keeps small
-second crops and catch crops that smoothing has partly merged into the main season.
+curve falls to bare soil at the June harvest) gives two, and three crops a year give three.
+A weaker rule (``weak_*`` options of :func:`phenology`) also keeps small second crops and
+catch crops that smoothing has partly merged into the main season; a smaller peak *before*
+a larger one needs the trough to reach bare soil under it (under both rules with
+``bare_trough``).
 
 Metrics per season follow TIMESAT (Jönsson & Eklundh 2002, 2004): SOS is the first day after
 the left minimum on which the curve reaches ``base + f × (peak − base)`` and EOS the last day
@@ -638,7 +639,7 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
               sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
               cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
               id_col: str = "field_id", eos_base_days: float = 100.0,
-              edge_days: float | None = None, bare_trough: bool = True) -> pd.DataFrame:
+              edge_days: float | None = None, bare_trough: bool = False) -> pd.DataFrame:
     """Growing seasons and TIMESAT-style phenology metrics per field.
 
     Parameters
@@ -679,13 +680,15 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         smoother shrinks to ~0.15-0.2 with a partly filled trough
         (``docs/validation_crops.md``). ``weak_relative_drop=0`` turns the rule off.
     bare_trough : bool
-        A smaller peak *before* a larger one is a season of its own (under either rule) only
+        Also under the regular rule (``min_amplitude``/``min_trough_depth``; the weak rule
+        always asks it), a smaller peak *before* a larger one is a season of its own only
         when the trough between them comes down to bare soil: within 25 % of the small
         peak's rise of the lower of its own outer base and the base after the larger
         season. A catch crop or first crop ends at bare soil before the next crop is sown;
-        winter wheat's pre-winter tillering and dormancy dip, even deepened by undetected
-        cloud on a few winter dates, stay above it. ``False`` restores the former rules
-        (relay-intercropped systems whose first crop never leaves bare soil).
+        winter wheat's dormancy dip, deepened by undetected cloud on several winter dates,
+        stays above it. Halves the spurious seasons on cloudy winter-wheat fields
+        (``docs/validation_crops.md``) but also merges growth cycles of grassland and relay
+        crops that never reach bare soil, hence off by default.
     sos_fraction : float
         Fraction of the amplitude for ``sos``/``eos`` (TIMESAT's 20 %).
     rate_fraction : float
