@@ -27,7 +27,7 @@ def est_row(field_id, farmer_id, crop="winter_wheat", area_ha=0.6, y10=5.0, y50=
     """One realistic estimates row (columns of docs/contracts.md 'estimates')."""
     price = PRICE.get(crop, 2300.0)
     row = {
-        "field_id": field_id, "farmer_id": farmer_id, "season": "2025", "crop": crop,
+        "field_id": field_id, "farmer_id": farmer_id, "season": 2025, "crop": crop,
         "crop_prob": 0.93, "area_ha": area_ha, "area_mu": area_ha * 15.0,
         "declared_area_mu": round(area_ha * 15.0, 1),
         "yield_basis": "grain@12.5%" if crop == "winter_wheat" else "grain@14%",
@@ -95,7 +95,7 @@ def test_golden_two_fields_ltv_binds():
     assert p.total_area_mu == pytest.approx(15.0) and p.total_area_ha == pytest.approx(1.0)
     assert p.repayment_start == "2025-06-10" and p.repayment_end == "2025-10-31"
     assert "CAP_LTV" in codes(p, "cap") and "APPROVED" in codes(p)
-    assert p.as_of == AS_OF and p.currency == "CNY" and p.schema_version == "1.1.0"
+    assert p.as_of == AS_OF and p.currency == "CNY" and p.schema_version == "2.0.0"
 
 
 @pytest.mark.parametrize("policy, limit, binding", [
@@ -402,7 +402,8 @@ def test_no_numpy_or_pandas_types_leak():
     p = one(credit.assess(df, as_of=pd.Timestamp(AS_OF, tz="UTC")))
     assert _only_stdlib(p) and _only_json_types(p.to_dict())
     e = p.fields[0]
-    assert e.season == "2025" and e.n_obs == 18 and type(e.n_obs) is int
+    assert e.season == 2025 and type(e.season) is int
+    assert e.n_obs == 18 and type(e.n_obs) is int
     assert e.harvest_date == "2025-06-10" and e.last_obs_date == "2025-04-21"
     assert e.price.price_cny_per_t == 2380.0 and e.price.price_type == "MSP"
     assert e.price.valid_from == "2025-01-01"
@@ -567,7 +568,7 @@ def monitoring_world(seed=1):
         frames.append(pd.DataFrame({"field_id": fid, "time": days, "ndvi": ndvi,
                                     "support": 1.0, "gap_days": gap}))
         crop = "summer_maize" if fid == "M" else "winter_wheat"
-        est.append({"field_id": fid, "farmer_id": f"farmer_{fid}", "season": "2025",
+        est.append({"field_id": fid, "farmer_id": f"farmer_{fid}", "season": 2025,
                     "crop": crop, "region": "north_china_plain", "sos": s if s is not None
                     else pd.NaT, "eos": pd.Timestamp("2025-06-01") if s is not None else pd.NaT,
                     "harvest_date": pd.Timestamp(HARVEST[crop])})
@@ -657,16 +658,16 @@ def test_price_record_from_value_price_table_lookup():
 
 def test_one_crop_year_of_evidence_per_field():
     """Wheat 2024 and 2025 plus maize 2025 on F1: 2024 is history, not collateral."""
-    old = est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0, season="2024",
+    old = est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0, season=2024,
                   harvest_date=pd.Timestamp("2024-06-08"), flags="NO_PRICE")
     df = pd.concat([two_field_farmer(), table(old)], ignore_index=True)
     p = one(credit.assess(df, as_of=AS_OF))
     assert p.decision == "approve" and p.suggested_limit_cny == 6300  # as without 2024
     assert [r.field_id for r in p.reasons if r.code == "HISTORY_SEASON"] == ["F1"]
-    assert {e.season for e in p.fields} == {"2025"}
+    assert {e.season for e in p.fields} == {2025}
     # double cropping on one field: both seasons of the crop year count
-    dbl = table(est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0),
-                est_row("F1", "A", "summer_maize", 0.6, 6.0, 7.5, 9.0, season="2025b"))
+    dbl = table(est_row("F1", "A", "winter_wheat", 0.6, 5.0, 6.0, 7.0, season=1),
+                est_row("F1", "A", "summer_maize", 0.6, 6.0, 7.5, 9.0, season=2))
     p = one(credit.assess(dbl, as_of=AS_OF))
     assert len(p.fields) == 2 and p.total_area_mu == pytest.approx(9.0)
     assert p.factors.stage_cost_cap_cny == pytest.approx(500 * 9 * 2)  # two seasons' inputs
@@ -674,13 +675,26 @@ def test_one_crop_year_of_evidence_per_field():
 
 
 def test_season_filter():
-    df = pd.concat([two_field_farmer(), table(est_row("F1", "A", season="2024",
+    df = pd.concat([two_field_farmer(), table(est_row("F1", "A", season=2024,
                                                       flags="READ_FAILED"))],
                    ignore_index=True)
     p = one(credit.assess(df, as_of=AS_OF))  # the 2024 row (same harvest date) counts
     assert p.decision == "refer" and "READ_FAILED" in codes(p, "refer")
-    p = one(credit.assess(df, as_of=AS_OF, season="2025"))
-    assert p.decision == "approve" and {e.season for e in p.fields} == {"2025"}
+    p = one(credit.assess(df, as_of=AS_OF, season=2025))
+    assert p.decision == "approve" and {e.season for e in p.fields} == {2025}
+    assert one(credit.assess(df, as_of=AS_OF, season="2025")) == p  # a label of digits too
+
+
+def test_season_is_an_integer():
+    """Schema 2.0.0: the season is the estimates table's integer; digits and integral floats
+    read as that integer, any other label is refused with a message."""
+    for v in (2025, np.int64(2025), 2025.0, "2025", " 2025 "):
+        e = credit.field_evidence(est_row("F1", "A", season=v))
+        assert e.season == 2025 and type(e.season) is int
+    assert credit.field_evidence(est_row("F1", "A", season=np.nan)).season is None
+    for bad in ("2025b", 2025.5, "summer"):
+        with pytest.raises(CreditInputError, match="not an integer"):
+            credit.assess(table(est_row("F1", "A", season=bad)), as_of=AS_OF)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -218,7 +218,7 @@ def test_policy_validation():
 # --------------------------------------------------------------------------- versions
 def test_unknown_major_version_rejected():
     d = _profiles()[0].to_dict()
-    for v in ("2.0.0", "0.9.1"):
+    for v in ("3.0.0", "0.9.1"):
         with pytest.raises(CreditSchemaError, match="not supported"):
             CreditProfile.from_dict({**d, "schema_version": v})
     with pytest.raises(CreditSchemaError, match="MAJOR.MINOR.PATCH"):
@@ -231,26 +231,26 @@ def test_unknown_major_version_rejected():
 
 def test_newer_minor_version_accepted_unknown_keys_ignored():
     d = _profiles()[0].to_dict()
-    newer = {**copy.deepcopy(d), "schema_version": "1.7.0", "risk_score": 0.3}
+    newer = {**copy.deepcopy(d), "schema_version": "2.7.0", "risk_score": 0.3}
     newer["fields"][0]["soil_moisture"] = 0.2
     p = CreditProfile.from_dict(newer)
     assert p == CreditProfile.from_dict(d)
 
 
 def test_older_minor_version_accepted(monkeypatch):
-    """Pretend the library is at 1.3.0 with a field added in 1.2.0: v1.0.0 records load,
+    """Pretend the library is at 2.3.0 with a field added in 2.2.0: v1.0.0 records load,
     the new field takes its default; a 1.3.0 record must carry it."""
-    monkeypatch.setattr(_records, "SCHEMA_VERSION", "1.3.0")
+    monkeypatch.setattr(_records, "SCHEMA_VERSION", "2.3.0")
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
     class Reason13(Reason):
-        confidence: float | None = _records._f("added in 1.2.0", default=None,
-                                               since="1.2.0")
+        confidence: float | None = _records._f("added in 2.2.0", default=None,
+                                               since="2.2.0")
 
     @dataclass(frozen=True)
     class Profile13(CreditProfile):
-        overdue_days: int = _records._f("added in 1.2.0", default=0, since="1.2.0")
+        overdue_days: int = _records._f("added in 2.2.0", default=0, since="2.2.0")
 
     d = json.loads(GOLDEN.read_text())[0]
     assert d["schema_version"] == "1.0.0"
@@ -259,24 +259,25 @@ def test_older_minor_version_accepted(monkeypatch):
     assert p.suggested_limit_cny == d["suggested_limit_cny"]
     assert Reason13._from_mapping(d["reasons"][0], "r", (1, 0, 0)).confidence is None
     with pytest.raises(CreditSchemaError, match="missing key 'overdue_days'"):
-        Profile13.from_dict({**d, "excluded_fields": [], "schema_version": "1.3.0"})
+        Profile13.from_dict(_upgraded(d, "2.3.0"))
     with pytest.raises(CreditSchemaError, match="missing key 'confidence'"):
-        Reason13._from_mapping(d["reasons"][0], "r", (1, 3, 0))
+        Reason13._from_mapping(d["reasons"][0], "r", (2, 3, 0))
     # v1.0 fields stay required in a v1.0 record
     with pytest.raises(CreditSchemaError, match="missing key 'library_version'"):
         CreditProfile.from_dict({k: v for k, v in d.items() if k != "library_version"})
-    # and the schema marks only v1.0 fields as required
+    # and the schema marks only fields up to x.0 of the major version as required
     req = Profile13.json_schema()["$defs"]["Profile13"]["required"]
     assert "overdue_days" not in req and "decision" in req
 
 
 # --------------------------------------------------------------------------- golden files
 GOLDEN_11 = DATA / "profiles_v1.1.0.json"
+GOLDEN_20 = DATA / "profiles_v2.0.0.json"
 
 
 def _upgraded(d, version=None):
-    """What a v1.0.0 record reads as today: current schema_version everywhere, the fields
-    added in 1.1.0 with their defaults."""
+    """What a v1.x record reads as today: current schema_version everywhere, the fields
+    added in 1.1.0 with their defaults, season labels of digits as integers (2.0.0)."""
     version = version or credit.SCHEMA_VERSION
     if isinstance(d, list):
         return [_upgraded(x, version) for x in d]
@@ -285,6 +286,8 @@ def _upgraded(d, version=None):
     out = {k: _upgraded(v, version) for k, v in d.items()}
     if "schema_version" in out:
         out["schema_version"] = version
+    if isinstance(out.get("season"), str):
+        out["season"] = int(out["season"])
     if "decision" in out:
         out.setdefault("excluded_fields", [])
     if "refer_flags" in out:
@@ -315,7 +318,8 @@ def test_golden_v1_profiles_still_load_exactly():
     assert {d["decision"] for d in golden} == {"approve", "refer", "decline"}
     for d in golden:
         assert d["schema_version"] == "1.0.0"
-        validate(d, credit.json_schema())
+        assert isinstance(d["fields"][0]["season"], str)  # a 1.x label
+        validate(_upgraded(d), credit.json_schema())
         assert CreditProfile.from_dict(d).to_dict() == _upgraded(d)
     pol = json.loads((DATA / "policy_v1.0.0.json").read_text())
     p = Policy.from_dict(pol)
@@ -338,10 +342,10 @@ def test_golden_v11_profiles_load_and_reproduce():
     golden = json.loads(GOLDEN_11.read_text())
     for d in golden:
         assert d["schema_version"] == "1.1.0" and d["policy_version"] == "1.1.0"
-        validate(d, credit.json_schema())
-        assert CreditProfile.from_dict(d).to_dict() == d
+        validate(_upgraded(d), credit.json_schema())
+        assert CreditProfile.from_dict(d).to_dict() == _upgraded(d)
     now = [p.to_dict() for p in _profiles_v11()]
-    for g, n in zip(golden, now, strict=True):
+    for g, n in zip(_upgraded(golden), now, strict=True):
         g, n = dict(g), dict(n)
         g.pop("library_version"), n.pop("library_version")
         assert n == g
@@ -349,7 +353,36 @@ def test_golden_v11_profiles_load_and_reproduce():
     assert by["E"]["decision"] == "approve" and by["E"]["excluded_fields"] == ["F8"]
     assert by["G"]["decision"] == "refer" and by["G"]["suggested_limit_cny"] is None
     pol = json.loads((DATA / "policy_v1.1.0.json").read_text())
-    assert Policy.from_dict(pol).to_dict() == pol == Policy.preset("1.1.0").to_dict()
+    assert Policy.from_dict(pol).to_dict() == _upgraded(pol) == Policy.preset("1.1.0").to_dict()
+
+
+def test_golden_v20_profiles_load_and_reproduce():
+    """Schema 2.0.0: integer seasons; the file is what assess writes today."""
+    golden = json.loads(GOLDEN_20.read_text())
+    for d in golden:
+        assert d["schema_version"] == "2.0.0"
+        assert all(type(f["season"]) is int for f in d["fields"])
+        validate(d, credit.json_schema())
+        assert CreditProfile.from_dict(d).to_dict() == d
+    now = [p.to_dict() for p in _profiles_v11()]
+    for g, n in zip(golden, now, strict=True):
+        g, n = dict(g), dict(n)
+        g.pop("library_version"), n.pop("library_version")
+        assert n == g
+
+
+def test_v1_season_label_that_is_not_an_integer_is_refused():
+    d = json.loads(GOLDEN_11.read_text())[0]
+    d["fields"][0]["season"] = "2025b"
+    with pytest.raises(CreditSchemaError, match=r"season.*'2025b' is not an integer"):
+        CreditProfile.from_dict(d)
+    d["fields"][0]["season"] = "2025"
+    assert CreditProfile.from_dict(d).fields[0].season == 2025
+    # a 2.x record must carry the integer
+    d2 = CreditProfile.from_dict(d).to_dict()
+    d2["fields"][0]["season"] = "2025"
+    with pytest.raises(CreditSchemaError, match="season"):
+        CreditProfile.from_dict(d2)
 
 
 def test_published_schema_is_up_to_date():

@@ -264,7 +264,7 @@ def test_json_roundtrip_no_pickle(tmp_path):
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
-        assert d["schema_version"] == 2 and d["kind"] == method
+        assert d["schema_version"] == 3 and d["kind"] == method
         assert "pickle" not in text.lower() and isinstance(d["params"], dict)
         m2 = YieldModel.from_json(path)
         assert type(m2) is type(m) and m2.model_version == m.model_version
@@ -526,6 +526,85 @@ def test_select_learner_by_grouped_cv():
     assert (fitn["name"], fitn["params"]["alpha"]) == ("ridge", 100.0)
 
 
+def test_select_model_picks_target_and_feature_set():
+    """Grouped CV on yield picks the linear target when yield is linear in the feature, the
+    log target when log yield is, and the compact set when the full set adds group noise."""
+    from cropyield.yieldmodel.learners import predict_yield, select_model
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(12), 15)
+    x = rng.uniform(0, 1, (180, 1))
+    y_lin = 2.0 + 8.0 * x[:, 0] + rng.normal(0, 0.3, 180)          # t/ha, linear
+    fit = select_model(x, y_lin, g)
+    assert fit["target"] == "linear" and fit["columns"] == [0]
+    yh, floored = predict_yield(fit, x)
+    assert np.sqrt(np.mean((yh - y_lin) ** 2)) < 0.35 and not floored.any()
+    y_log = np.exp(0.5 + 2.5 * x[:, 0] + rng.normal(0, 0.05, 180))  # log-linear, 1.6-20 t/ha
+    assert select_model(x, y_log, g)["target"] == "log"
+    # columns 1..30: per-group values that are noise between groups; "compact" = column 0.
+    # Chosen by CV error, so by chance the full set can tie: most of 5 draws pick compact.
+    picks = []
+    for seed in range(5):
+        r = np.random.default_rng(seed)
+        gg = np.repeat(np.arange(30), 6)
+        xx = r.uniform(0, 1, (180, 1))
+        Xn = np.column_stack([xx, np.repeat(r.normal(size=(30, 30)), 6, axis=0)])
+        yn = 5.0 + 8.0 * xx[:, 0] + r.normal(0, 0.3, 180) + np.repeat(r.normal(0, 1, 30), 6)
+        fitn = select_model(Xn, yn, gg, column_sets={"full": range(31), "compact": [0]})
+        picks.append(fitn["column_set"])
+        if fitn["column_set"] == "compact":
+            assert fitn["columns"] == [0] and len(fitn["coef"]) == 1
+    assert picks.count("compact") >= 4, picks
+    # a linear prediction far below the training yields is floored (flagged by the model)
+    yl, fl = predict_yield(fit, np.array([[-5.0]]))
+    assert fl[0] and yl[0] == pytest.approx(0.5 * y_lin.min())
+
+
+def test_oof_predictions_match_scikit_learn_cross_val_predict():
+    """The shared-SVD ridge and warm-started elastic net out-of-fold predictions equal
+    scikit-learn's cross_val_predict of the same standardised pipelines (ridge exactly,
+    elastic net to its convergence tolerance), on collinear columns."""
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from cropyield.yieldmodel.learners import CANDIDATES, _estimator, _oof_predictions
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 30))
+    X[:, 5] = 0.9 * X[:, 4] + 0.1 * X[:, 5]
+    t = X[:, :3].sum(axis=1) + rng.normal(0, 0.5, 200)
+    g = rng.integers(0, 10, 200)
+    cv = GroupKFold(5)
+    fold = np.empty(200, int)
+    for i, (_, te) in enumerate(cv.split(X, t, g)):
+        fold[te] = i
+    fast = _oof_predictions(X, {"y": t}, fold, 5, CANDIDATES)
+    for name, params in CANDIDATES:
+        ref = cross_val_predict(_estimator(name, params), X, t, groups=g, cv=cv)
+        got = fast[("y", name, tuple(sorted(params.items())))]
+        assert np.allclose(got, ref, atol=1e-9 if name == "ridge" else 2e-3), (name, params)
+
+
+def test_linear_target_model_floor_and_level_scaling():
+    """A linear-target EmpiricalModel: P50 = intercept + z·coef, floored (EXTRAPOLATED);
+    ``level_scaled`` multiplies every prediction by the level factor; JSON round trip."""
+    q = {"q10": -0.2, "q50": 0.0, "q90": 0.2, "n": 50}
+    m = EmpiricalModel(crop="summer_maize", feature_names=["peak"], coef=[2.0],
+                       intercept=7.0, mean=[0.7], scale=[0.1], residuals=q,
+                       training_range={"peak": [0.3, 0.9]}, target="linear", floor_t_ha=1.0)
+    X = np.array([[0.7], [0.8], [0.35]])
+    yh, fl = m._yield_from_design(X)
+    assert np.allclose(yh, [7.0, 9.0, 1.0]) and fl.tolist() == [False, False, True]
+    m2 = EmpiricalModel(**{**m._params(), **m.level_scaled(np.log(0.8))})
+    assert np.allclose(m2._yield_from_design(X)[0], 0.8 * yh)
+    back = YieldModel.from_json(m.to_json())
+    assert back.target == "linear" and back.floor_t_ha == 1.0
+    ser = _const_series("a", "2024-06-01", "2024-09-30", obs_every=5)
+    seasons = pd.DataFrame({"field_id": ["a"], "season": [1], "crop": ["summer_maize"],
+                            "sos": [pd.Timestamp("2024-06-10")],
+                            "eos": [pd.Timestamp("2024-09-20")]})
+    with pytest.raises(ValueError, match="target"):
+        EmpiricalModel(crop="summer_maize", feature_names=["peak"], coef=[1.0], intercept=1.0,
+                       mean=[0.0], scale=[1.0], target="sqrt")
+    assert np.isfinite(back.predict(ser, seasons, lat=36.0)["yield_t_ha_p50"].iloc[0])
+
+
 def test_empirical_all_indices_near_ceiling_with_coverage(curves):
     """Grouped by year: the window-feature model reaches the canopy ceiling on curves whose
     yield the canopy determines, and its held-out P10-P90 covers ~80 %."""
@@ -536,7 +615,9 @@ def test_empirical_all_indices_near_ceiling_with_coverage(curves):
     m = fit_yield_model(ser, tr[["field_id", "season", "yield_t_ha"]], crop="summer_maize",
                         method="empirical", seasons=tr, groups=tr["weather_year"].to_numpy())
     assert m.indices == ["ndvi", "evi2", "ndre"]
-    assert m.learner["library"] == "scikit-learn" and len(m.learner["cv_mse"]) == 8
+    # 2 feature sets (full, compact) x 2 targets (log, linear) x 8 learners
+    assert m.learner["library"] == "scikit-learn" and len(m.learner["cv_mse"]) == 32
+    assert m.learner["target"] in ("log", "linear") and m.target == m.learner["target"]
     assert any(n.startswith("ndre_") for n in m.feature_names)
     ceil = canopy_ceiling(can, truth, groups="weather_year")
     assert ceil["n"] == len(truth) and ceil["r2"] > 0.9
@@ -628,7 +709,7 @@ def test_schema1_model_still_loads():
     with pytest.raises(ModelError, match="refit"):
         YieldModel.from_dict({**d, "params": {**d["params"], "colour": 1}})
     with pytest.raises(ModelError, match="newer"):
-        YieldModel.from_dict({**d, "schema_version": 3})
+        YieldModel.from_dict({**d, "schema_version": 4})
 
 
 def test_empirical_extrapolation_is_bounded_and_flagged():
@@ -677,6 +758,24 @@ def test_ceiling_on_given_seasons_and_detected_training_seasons(curves):
     assert det.cv_["n"] == len(tr) and det.cv_["r2"] > 0.8
     with pytest.raises(ModelError, match="season_source"):
         train_on_simulations(sim, crop="summer_maize", season_source="phenology")
+
+
+def test_level_shift_uses_the_cuts_ratio_of_means():
+    """Crop cuts scattered around a mean-unbiased P50 (y = 0.8 ŷ × lognormal noise with
+    mean 1): the cuts' level is log(Σy / Σŷ) = log 0.8 up to sampling, while the mean log
+    ratio sits σ²/2 lower; without ``cuts_level`` the old mean-log estimate is kept."""
+    from cropyield.yieldmodel.simulation import level_shift
+    rng = np.random.default_rng(7)
+    yh = rng.uniform(3, 9, 4000)
+    sig = 0.4
+    y = 0.8 * yh * np.exp(rng.normal(0, sig, 4000) - sig ** 2 / 2)
+    r = np.log(y / yh)
+    ratio = np.log(y.sum() / yh.sum())
+    sh, _, w = level_shift(r, prior_mean=0.0, prior_sd=10.0, sigma2=sig ** 2,
+                           cuts_level=ratio)
+    assert w > 0.99 and sh == pytest.approx(np.log(0.8), abs=0.02)
+    old, _, _ = level_shift(r, prior_mean=0.0, prior_sd=10.0, sigma2=sig ** 2)
+    assert old == pytest.approx(np.log(0.8) - sig ** 2 / 2, abs=0.02)
 
 
 def test_simulation_level_kept_with_many_cuts(curves):

@@ -490,6 +490,9 @@ class FaultProxy(_BaseServer):
             ex.simple(502, "FaultProxy has no upstream_url\n")
             return
         up = urlsplit(self.upstream_url)
+        if not up.hostname:
+            ex.simple(502, "FaultProxy upstream_url has no host\n")
+            return
         target = (up.path.rstrip("/") + ex.path) + (f"?{ex.query}" if ex.query else "")
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
         conn = http.client.HTTPConnection(up.hostname, up.port or 80, timeout=self.timeout)

@@ -10,6 +10,8 @@ functions of this module (see :mod:`cropyield._jit`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 
@@ -123,30 +125,34 @@ def _np_mtci(b6, b5, b4):
 def _make_kernel(f, nargs: int, lo: float, hi: float):
     lo = float(lo)
     hi = float(hi)
+    k: Callable[..., np.ndarray]
     if nargs == 1:
-        def k(a):
+        def k1(a):
             n = a.size
             out = np.empty(n)
             for i in range(n):
                 v = f(a[i])
                 out[i] = v if (v >= lo and v <= hi) else _nan
             return out
+        k = k1
     elif nargs == 2:
-        def k(a, b):
+        def k2(a, b):
             n = a.size
             out = np.empty(n)
             for i in range(n):
                 v = f(a[i], b[i])
                 out[i] = v if (v >= lo and v <= hi) else _nan
             return out
+        k = k2
     elif nargs == 3:
-        def k(a, b, c):
+        def k3(a, b, c):
             n = a.size
             out = np.empty(n)
             for i in range(n):
                 v = f(a[i], b[i], c[i])
                 out[i] = v if (v >= lo and v <= hi) else _nan
             return out
+        k = k3
     else:  # pragma: no cover - built-ins use 1..3 bands
         raise ValueError(nargs)
     return numba.njit(nogil=True)(k)

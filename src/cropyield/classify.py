@@ -39,7 +39,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,9 @@ import pandas as pd
 from ._io import loads_json
 from ._version import __version__
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    import lightgbm
 
 __all__ = ["CropClassifier", "series_features", "default_indices", "brier_score",
            "reliability_curve"]
@@ -363,6 +366,20 @@ class CropClassifier:
         Reweight classes inversely to their frequency.
     num_threads : int
         LightGBM threads.
+
+    Examples
+    --------
+    ``series``: daily series of labelled parcels (:func:`cropyield.smooth_series`);
+    ``labels``: a Series field id -> crop id.
+
+    >>> import cropyield as cy
+    >>> from cropyield import CropClassifier
+    >>> clf = CropClassifier(year_start="09-01").fit(series, labels)  # doctest: +SKIP
+    >>> clf.predict_proba(new_series).round(2).head()  # doctest: +SKIP
+    >>> clf.save("crop_classifier.json")   # JSON with the LightGBM text model  # doctest: +SKIP
+    >>> clf = CropClassifier.load("crop_classifier.json")  # doctest: +SKIP
+    >>> crops = cy.identify_crops(series, region="north_china_plain",
+    ...                           classifier=clf)  # doctest: +SKIP
     """
 
     FORMAT = "cropyield.CropClassifier"
@@ -409,7 +426,7 @@ class CropClassifier:
         self.indices_: tuple[str, ...] | None = self.indices
         self.temperature_: float = 1.0
         self.training_: dict[str, Any] = {}
-        self._booster = None
+        self._booster: lightgbm.Booster | None = None
 
     def _config(self) -> dict[str, Any]:
         return {"indices": None if self.indices is None else list(self.indices),
@@ -561,13 +578,15 @@ class CropClassifier:
             Z[te] = bst.predict(Xt, raw_score=True).reshape(-1, K)
         return Z
 
-    def _check(self):
+    def _check(self) -> lightgbm.Booster:
+        """The fitted booster (ModelError when the classifier is not fitted)."""
         if self._booster is None:
             raise ModelError("the classifier is not fitted; call fit() or load() first")
+        return self._booster
 
     def _proba_matrix(self, feat: pd.DataFrame) -> np.ndarray:
         X = feat.reindex(columns=self.feature_names_).to_numpy(dtype=float)
-        Z = np.asarray(self._booster.predict(X, raw_score=True)).reshape(len(X), -1)
+        Z = np.asarray(self._check().predict(X, raw_score=True)).reshape(len(X), -1)
         return _softmax(Z / self.temperature_)
 
     def predict_proba(self, series: pd.DataFrame) -> pd.DataFrame:
@@ -585,17 +604,18 @@ class CropClassifier:
     # ---- persistence
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON representation of the fitted model (LightGBM text model inside)."""
-        self._check()
+        booster = self._check()
         import lightgbm
 
         return {
             "format": self.FORMAT, "version": self.VERSION, "learner": self.LEARNER,
             "versions": {"cropyield": __version__, "lightgbm": lightgbm.__version__},
-            "config": self._config(), "indices": list(self.indices_),
-            "classes": list(self.classes_), "feature_names": list(self.feature_names_),
+            "config": self._config(), "indices": list(self.indices_ or ()),
+            "classes": list(self.classes_ or []),
+            "feature_names": list(self.feature_names_ or []),
             "calibration": {"method": "temperature", "temperature": self.temperature_},
             "training": self.training_,
-            "model": self._booster.model_to_string(),
+            "model": booster.model_to_string(),
         }
 
     @classmethod
@@ -717,7 +737,7 @@ class CropClassifier:
             accs.append(float(np.mean(pred == y[te].to_numpy())))
             known = y[te].isin(m.classes_).to_numpy()
             if known.any():
-                ci = {c: i for i, c in enumerate(m.classes_)}
+                ci = {c: i for i, c in enumerate(m.classes_ or [])}
                 briers.append((brier_score(P[known], np.array([ci[v] for v in y[te][known]])),
                                int(known.sum())))
             for fid, grp, lab, pr, pp in zip(common[te], g[te], y[te], pred, P.max(axis=1)):

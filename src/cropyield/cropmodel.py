@@ -269,8 +269,8 @@ def library_runs(seed: int = 0, runs_per_year: int = 16) -> pd.DataFrame:
             for _ in range(runs_per_year):
                 rows.append(dict(
                     crop=c, weather_year=y,
-                    emergence_offset_d=float(rng.integers(EMERGENCE_OFFSETS[c][0],
-                                                          EMERGENCE_OFFSETS[c][1] + 1)),
+                    emergence_offset_d=float(rng.integers(int(EMERGENCE_OFFSETS[c][0]),
+                                                          int(EMERGENCE_OFFSETS[c][1]) + 1)),
                     soil=str(rng.choice(list(SOILS))),
                     # smallholder N supply: lognormal around 150 kg/ha, 0-300
                     n_kg_ha=float(np.clip(np.round(rng.lognormal(math.log(130), 0.6)), 0, 300)),
@@ -475,7 +475,7 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         # fresh management per field
         pick["n_kg_ha"] = np.clip(np.round(rng.lognormal(math.log(130), 0.6, n)), 0, 300)
         lo, hi = EMERGENCE_OFFSETS[c]
-        pick["emergence_offset_d"] = rng.integers(lo, hi + 1, n).astype(float)
+        pick["emergence_offset_d"] = rng.integers(int(lo), int(hi) + 1, n).astype(float)
         runs = []
         for i, r in enumerate(pick.itertuples(index=False)):
             res = run_wofost(c, r.weather_year, emergence_offset_d=r.emergence_offset_d,

@@ -7,6 +7,8 @@ outputs as flag codes (see :data:`FLAGS`), because warnings do not travel.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CropYieldError",
     "MissingCRSError",
@@ -59,6 +61,9 @@ class UnknownCollectionError(CatalogError, ValueError):
 
 class AssetReadError(CropYieldError, OSError):
     """A raster asset could not be read (after retries). The href is redacted."""
+
+    #: the read-failure record (href, error, reason, attempts) once the reader has logged it
+    record: dict[str, Any]
 
     def __init__(self, message: str, *, href: str | None = None, reason: str = "read_failed",
                  attempts: int = 1):

@@ -190,6 +190,15 @@ def identify_crops(
     ------
     IdentifyError
         Unknown region (no crop has a calendar there) or missing columns.
+
+    Examples
+    --------
+    ``ph`` from :func:`cropyield.phenology` (a daily series works too):
+
+    >>> import cropyield as cy
+    >>> crops = cy.identify_crops(ph, region="north_china_plain",
+    ...                           declared={"F1": "winter_wheat"})  # doctest: +SKIP
+    >>> crops[["field_id", "season", "crop", "crop_prob", "flags"]]  # doctest: +SKIP
     """
     reg = registry if registry is not None else load_registry()
     phen = series_or_phenology
@@ -219,7 +228,7 @@ def identify_crops(
         phen = phen.loc[keep].reset_index(drop=True)
     n = len(phen)
     names = [c.id for c in cands]
-    cals = [c.calendar(region) for c in cands]
+    cals = [cal for c in cands if (cal := c.calendar(region)) is not None]  # all of cands
     k = len(cands)
 
     sos_d, pos_d, eos_d = _doy(phen["sos"]), _doy(phen["pos"]), _doy(phen["eos"])
@@ -301,17 +310,17 @@ def identify_crops(
     mean_v = (phen["mean_value"].to_numpy(dtype=float, na_value=np.nan)
               if "mean_value" in phen.columns else np.full(n, np.nan))
     per = [c for c in cands if c.group == "perennial" and f"{index}_base" in c.index_ranges]
+    cal_of = {c.id: cal for c, cal in zip(cands, cals, strict=True)}
     fallow_rng = reg["fallow"].index_ranges.get(f"{index}_base", (0.0, 0.35)) \
         if "fallow" in reg else (0.0, 0.35)
-    for r in np.flatnonzero(no_season):
+    for r in map(int, np.flatnonzero(no_season)):
         if no_data[r]:
             crop_out[r] = None
             continue
         nm = ["fallow"] + [c.id for c in per]
         s = np.array([-0.5 * (_range_outside(mean_v[r], *fallow_rng) / sigma_value) ** 2]
                      + [-0.5 * (_range_outside(mean_v[r], *c.index_ranges[f"{index}_base"])
-                                / sigma_value) ** 2 + math.log(max(c.calendar(region).prior,
-                                                                    1e-6))
+                                / sigma_value) ** 2 + math.log(max(cal_of[c.id].prior, 1e-6))
                         for c in per])
         s = np.nan_to_num(s, nan=0.0)
         pr = np.exp(s - s.max())
@@ -356,22 +365,22 @@ def identify_crops(
             ev["loglik"] = round(max(best_ll, -99.0), 1)
             if best_ll < min_fit_loglik:
                 fl.append("CROP_UNCERTAIN")
-        d = decl.get(fids[r])
-        declared_col.append("+".join(sorted(d)) if d else None)
-        if d and not no_data[r]:
+        dset = decl.get(fids[r])
+        declared_col.append("+".join(sorted(dset)) if dset else None)
+        if dset and not no_data[r]:
             if no_season[r]:
-                p_decl = float(p1[r]) if crop_out[r] in d else 0.0
-                if "fallow" not in d and crop_out[r] == "fallow" and p1[r] >= min_prob:
+                p_decl = float(p1[r]) if crop_out[r] in dset else 0.0
+                if "fallow" not in dset and crop_out[r] == "fallow" and p1[r] >= min_prob:
                     fl.append("CROP_MISMATCH")
-                    ev["declared"] = sorted(d)
+                    ev["declared"] = sorted(dset)
             else:
-                p_decl = float(sum(probs_all[r, name_ix[c]] for c in d if c in name_ix))
-                lld = max((ll[r, name_ix[c]] for c in d if c in name_ix), default=-np.inf)
+                p_decl = float(sum(probs_all[r, name_ix[c]] for c in dset if c in name_ix))
+                lld = max((ll[r, name_ix[c]] for c in dset if c in name_ix), default=-np.inf)
                 llr = ll[r, name_ix[crop_out[r]]] - lld
-                if crop_out[r] not in d and p1[r] >= min_prob and llr >= mismatch_llr \
-                        and any(c in reg for c in d):
+                if crop_out[r] not in dset and p1[r] >= min_prob and llr >= mismatch_llr \
+                        and any(c in reg for c in dset):
                     fl.append("CROP_MISMATCH")
-                    ev["declared"] = sorted(d)
+                    ev["declared"] = sorted(dset)
                     ev["declared_prob"] = round(p_decl, 3)
                     ev["llr"] = round(float(min(llr, 99.0)), 1)
         flags.append(join_flags(fl))

@@ -538,11 +538,11 @@ def _numpy_eval(node, arrays: dict[str, np.ndarray]):
     if isinstance(node, ast.UnaryOp):
         v = _numpy_eval(node.operand, arrays)
         return -v if isinstance(node.op, ast.USub) else v
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
         return float(node.value)
     if isinstance(node, ast.Name):
         return arrays[canonical_band(node.id)]
-    if isinstance(node, ast.Call):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         args = [np.asarray(_numpy_eval(a, arrays), dtype=float) for a in node.args]
         fn = node.func.id
         if fn == "sqrt":

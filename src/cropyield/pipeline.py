@@ -104,7 +104,8 @@ class _Stages:
     """Times each stage and reports progress as ``(step, n_steps, label)``."""
 
     def __init__(self, names: Sequence[str], progress: Callable | None):
-        self.names, self.progress, self.timings = list(names), progress, {}
+        self.names, self.progress = list(names), progress
+        self.timings: dict[str, float] = {}
 
     def run(self, name: str, fn: Callable, *args, **kwargs):
         i = self.names.index(name) + 1
@@ -227,6 +228,21 @@ def estimate(
     ------
     cropyield.store.StoreMismatchError
         ``store`` holds a run with other inputs (pass ``restart=True``).
+
+    Examples
+    --------
+    The whole chain for the fields of a file (needs the internet); results go to a
+    resumable store:
+
+    >>> import geopandas as gpd
+    >>> import cropyield as cy
+    >>> fields = gpd.read_file("fields.gpkg")  # doctest: +SKIP
+    >>> result = cy.estimate(fields, "2024-10-01", "2025-06-30", catalog="earth-search",
+    ...                      store="results/")  # doctest: +SKIP
+    >>> result.estimates[["field_id", "season", "crop", "yield_t_ha_p50",
+    ...                   "value_cny_p50"]].head()  # doctest: +SKIP
+    >>> [p.decision for p in result.profiles][:5]  # doctest: +SKIP
+    >>> result.write("out/")   # Parquet tables, credit JSON, manifest  # doctest: +SKIP
     """
     fields = validate_fields(fields, id_col=id_col)
     if "ndvi" not in indices:
@@ -461,10 +477,13 @@ def _worker_setup() -> None:
         return
     n = getattr(worker, "nthreads", None) or getattr(getattr(worker, "state", None),
                                                      "nthreads", 1)
+    if n is None:
+        return
     try:
         import numba
 
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+        limit = int(getattr(numba.config, "NUMBA_NUM_THREADS"))  # set at import from the env
+        numba.set_num_threads(max(1, min(int(n), limit)))
     except Exception:  # noqa: BLE001 - numba threading is an optimisation only
         pass
 
@@ -480,8 +499,8 @@ def _partition_tables(scenes, fields, o: _Options) -> tuple[dict[str, pd.DataFra
     obs = stages.run("observations", field_observations, scenes, fields, indices=o.indices,
                      on_error=o.on_error, id_col=o.id_col,
                      min_coverage_frac=o.min_coverage_frac, env=o.env or None)
-    read = {k: int(obs.attrs.get(k, 0) or 0)
-            for k in ("requests", "bytes_read", "blocks_read", "retries")}
+    read: dict[str, Any] = {k: int(obs.attrs.get(k, 0) or 0)
+                            for k in ("requests", "bytes_read", "blocks_read", "retries")}
     read["read_failures"] = list(obs.attrs.get("read_failures", []) or [])
     series = stages.run("series", _smooth_all, smooth_series, obs, o.indices, o.window)
     phen = stages.run("phenology", phenology, series, index="ndvi", as_of=o.as_of)
@@ -542,7 +561,7 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
     run["fingerprint"] = fingerprint(run)
     done: dict[str, Any] = st.begin(run, restart=restart) if st is not None else {}
     done = {k: v for k, v in done.items() if k in set(pids)}
-    if done:
+    if done and st is not None:
         n_done_fields = sum(int(v.get("n_fields", 0)) for v in done.values())
         logger.info("resuming %s: skipping %d of %d partitions already complete "
                        "(%d of %d fields)", st.url, len(done), len(pids), n_done_fields,
@@ -720,7 +739,7 @@ def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str],
 
     ``window`` (start, end) is used only when ``obs`` is empty (a partition whose fields no
     scene covers): an empty series, so that those fields get flagged estimate rows."""
-    out = None
+    out: pd.DataFrame | None = None
     span = {} if len(obs) or window is None else {"start": window[0], "end": window[1]}
     for ix in indices:
         s = smooth_series(obs, index=ix, **span)
@@ -729,6 +748,8 @@ def _smooth_all(smooth_series, obs: pd.DataFrame, indices: Sequence[str],
         else:
             keep = [c for c in s.columns if c not in out.columns or c in ("field_id", "time")]
             out = out.merge(s[keep], on=["field_id", "time"], how="left")
+    if out is None:
+        raise ValueError("no index to smooth: indices is empty")
     # lineage: the scenes that gave each field a valid observation travel with the series,
     # so estimates and credit profiles can name (and date) the imagery they rest on
     valid = obs[obs["valid_fraction"].fillna(0) > 0] if "valid_fraction" in obs else obs

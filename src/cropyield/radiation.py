@@ -227,6 +227,7 @@ def daily_par(dates, lat_deg, *, region: str | None = "north_china_plain", rs=No
         clim = solar_radiation(lat_deg, doy, sunshine_fraction=sunshine_fraction(
             region, month, climatology=climatology))
     if rs is None:
+        assert clim is not None  # computed above whenever rs is missing
         return PAR_FRACTION * clim, f"climatological:{region}"
     obs = np.asarray(rs, dtype=float)
     if obs.shape != doy.shape:

@@ -739,6 +739,17 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     ------
     PhenologyError
         Missing columns or invalid options.
+
+    Examples
+    --------
+    ``series`` as in the example of :func:`cropyield.smooth_series` (one green-up, peak in
+    late April):
+
+    >>> import cropyield as cy
+    >>> ph = cy.phenology(series)  # doctest: +SKIP
+    >>> ph[["field_id", "season", "sos", "pos", "eos", "n_obs"]]  # doctest: +SKIP
+      field_id  season        sos        pos        eos  n_obs
+    0       F1       1 2025-03-25 2025-04-30 2025-06-05     15
     """
     need = [id_col, "time", index]
     missing = [c for c in need if c not in series.columns]
@@ -783,15 +794,15 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     nf = len(ids)
     di = ((t - t0) / pd.Timedelta(days=1)).to_numpy().astype(np.int64)
     flat = fidx.astype(np.int64) * n + di
-    Y = np.full(nf * n, np.nan)
+    Y: np.ndarray = np.full(nf * n, np.nan)
     Y[flat] = series[index].to_numpy(dtype=np.float64, na_value=np.nan)
-    G = np.full(nf * n, 1e9)
+    G: np.ndarray = np.full(nf * n, 1e9)
     if "gap_days" in series.columns:
         G[flat] = np.nan_to_num(series["gap_days"].to_numpy(dtype=np.float64, na_value=np.nan),
                                 nan=1e9)
     else:
         G[flat] = 0.0
-    S = np.zeros(nf * n)
+    S: np.ndarray = np.zeros(nf * n)
     if "support" in series.columns:
         S[flat] = np.nan_to_num(series["support"].to_numpy(dtype=np.float64, na_value=np.nan))
     else:

@@ -475,6 +475,22 @@ def smooth_series(
     ------
     SeriesError
         Missing columns, an empty grid (``end`` before ``start``) or invalid options.
+
+    Examples
+    --------
+    Twenty-four five-day observations of one field become a daily series:
+
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> import cropyield as cy
+    >>> t = pd.date_range("2025-03-01", periods=24, freq="5D", tz="UTC")
+    >>> ndvi = 0.2 + 0.6 * np.exp(-0.5 * ((np.arange(24) - 12) / 4.0) ** 2)
+    >>> obs = pd.DataFrame({"field_id": "F1", "time": t, "ndvi": ndvi})
+    >>> series = cy.smooth_series(obs, index="ndvi")
+    >>> series.columns.tolist()
+    ['field_id', 'time', 'ndvi', 'support', 'gap_days', 'lam', 'flags']
+    >>> len(series)   # days from the first to the last observation
+    116
     """
     indices = [index] if isinstance(index, str) else list(index)
     if not indices:
@@ -487,7 +503,9 @@ def smooth_series(
     if isinstance(lam, str) and lam != "vcurve":
         raise SeriesError(f"lam must be a positive number, 'vcurve' or None, not {lam!r}")
     vcurve = lam is None or lam == "vcurve"
-    if not vcurve and not (float(lam) > 0):
+    # the fixed smoothing parameter (a placeholder for the kernel when vcurve chooses per field)
+    lam_fixed = 1000.0 if lam is None or isinstance(lam, str) else float(lam)
+    if not vcurve and not (lam_fixed > 0):
         raise SeriesError(f"lam must be > 0, got {lam}")
     lo_b, hi_b = (float(lam_bounds[0]), float(lam_bounds[1]))
     if not (0 < lo_b < hi_b):
@@ -524,8 +542,8 @@ def smooth_series(
 
     size = n_fields * n_days
     results: dict[str, np.ndarray] = {}
-    W_first = None
-    lam_first = None
+    W_first: np.ndarray | None = None
+    lam_first: np.ndarray | None = None
     for k, ix in enumerate(indices):
         vals = obs[ix].to_numpy(dtype=np.float64, na_value=np.nan)
         w = _obs_weights(obs, vals, weights, flag_weights)
@@ -546,7 +564,7 @@ def smooth_series(
         lams = np.geomspace(lo_b, hi_b, 13) if vcurve else np.empty(0)
         Z = np.empty((n_fields, n_days))
         lam_out = np.empty(n_fields)
-        _smooth_all(Y, Wm, float(lam) if not vcurve else 1000.0, lams, int(envelope_iterations),
+        _smooth_all(Y, Wm, lam_fixed, lams, int(envelope_iterations),
                     float(envelope_threshold), float(envelope_weight), bool(envelope_keep_runs),
                     Z, lam_out)
         results[ix] = Z.reshape(-1)
@@ -554,6 +572,8 @@ def smooth_series(
             W_first = Wm
             lam_first = lam_out
 
+    if W_first is None or lam_first is None:  # pragma: no cover - indices is never empty
+        raise SeriesError("index must name at least one column")
     S = np.empty((n_fields, n_days))
     G = np.empty((n_fields, n_days), dtype=np.int64)
     _support_gap(W_first, float(support_sigma_days), S, G)
@@ -594,7 +614,7 @@ def smooth_series(
     out["gap_days"] = gap.reshape(-1)
     out["lam"] = np.repeat(lam_first, n_days)
     out["flags"] = flags
-    out.attrs["lam"] = "vcurve" if vcurve else float(lam)
+    out.attrs["lam"] = "vcurve" if vcurve else lam_fixed
     out.attrs["lam_bounds"] = (lo_b, hi_b)
     out.attrs["index"] = indices
     n_nodata = int((n_valid == 0).sum())

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qsl, unquote
 
 # FaultScript, FaultProxy and RequestRecord are re-exported here, their earlier home; their
@@ -351,7 +351,7 @@ class RangeServer(_BaseServer):
         flags = dict(truncate=action == "truncate", corrupt=action == "corrupt",
                      short=action == "short")
         ranges = None if action == "ignore_range" else _parse_ranges(ex.range, size)
-        if ranges == "unsatisfiable":
+        if isinstance(ranges, str):  # "unsatisfiable"
             ex.send(416, {**base, "Content-Range": f"bytes */{size}",
                           "Content-Type": "text/plain"}, [b"range not satisfiable\n"])
             return
@@ -469,7 +469,7 @@ class StacApiServer:
         self.startup_timeout = float(startup_timeout)
         self.stop_timeout = float(stop_timeout)
         self.proc: subprocess.Popen | None = None
-        self._logfile = None
+        self._logfile: IO[bytes] | None = None
         self.bind_port: int | None = None
 
     @property

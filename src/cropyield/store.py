@@ -66,6 +66,26 @@ class ResultStore:
     -----
     Only the process that drives a run (the dask client, not the workers) writes the
     manifest, so there is a single writer; partition files may be written by workers.
+
+    Examples
+    --------
+    :func:`cropyield.estimate` with ``store=`` writes one; read it back (a local folder
+    here, any fsspec URL works):
+
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> from cropyield.store import ResultStore
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> st = ResultStore(tmp.name)
+    >>> st.write_partition("p0000", {"estimates": pd.DataFrame({"field_id": ["F1"],
+    ...                                                         "season": [1]})})
+    {'estimates': 1}
+    >>> st.commit("p0000", {"n_fields": 1})
+    >>> st.completed()
+    ['p0000']
+    >>> st.read("estimates")["season"].tolist()
+    [1]
+    >>> tmp.cleanup()
     """
 
     def __init__(self, root, *, storage_options: Mapping[str, Any] | None = None):

@@ -112,6 +112,14 @@ class PriceTable:
         (when there is neither MSP nor market) are used as is.
     market_haircut : float
         Factor on the market price in the conservative rule (default 0.9).
+
+    Examples
+    --------
+    >>> import cropyield as cy
+    >>> prices = cy.PriceTable(conservative=True)   # the packaged data/prices.toml
+    >>> p = prices.lookup("winter_wheat", "henan", "2025-06-15")
+    >>> p["price_cny_per_t"], p["rule"]
+    (2380.0, 'conservative: minimum_purchase only')
     """
 
     def __init__(self, records: Iterable[PriceRecord | Mapping[str, Any]] | None = None, *,
@@ -273,6 +281,18 @@ def _declared_crop_for(decl: list[str], season_rank: int, n_seasons: int, pos, r
     return None
 
 
+def _count(*values: Any) -> Any:
+    """The first of ``values`` that is a known count, as an int; ``pd.NA`` when none is.
+
+    The yield model's count (``n_obs_pred``) equals phenology's ``n_obs`` where both exist;
+    phenology's fills in for seasons no model saw.
+    """
+    for v in values:
+        if v is not None and not isinstance(v, str) and pd.notna(v):
+            return int(v)
+    return pd.NA
+
+
 def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[str, YieldModel]
                    | None = None, prices=None, season=None, phenology: pd.DataFrame | None = None,
                    crops: pd.DataFrame | None = None, region: str = "north_china_plain",
@@ -334,6 +354,21 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     ------
     MissingCRSError, InvalidFieldsError
         Fields without CRS, duplicated ids or missing geometries.
+
+    Examples
+    --------
+    Offline, on the synthetic world (a few seconds):
+
+    >>> import cropyield as cy
+    >>> from cropyield import synthetic as syn
+    >>> cfg = syn.WorldConfig(n_fields=20, seed=1)
+    >>> fields = syn.make_fields(cfg)
+    >>> series = cy.smooth_series(syn.simulate_observations(fields, cfg), index="ndvi")
+    >>> est = cy.estimate_yield(series, fields, model=cy.LUEModel())
+    >>> est[["field_id", "season", "crop", "yield_t_ha_p50", "value_cny_p50",
+    ...      "flags"]].head()  # doctest: +SKIP
+    >>> est["season"].dtype, est["n_obs"].dtype
+    (dtype('int64'), Int64Dtype())
     """
     if id_col != "field_id":
         fields = fields.rename(columns={id_col: "field_id"})
@@ -391,27 +426,28 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     rank = phen.groupby("field_id").cumcount().to_numpy()
     for i, r in phen.iterrows():
         fl = []
-        c, p = None, np.nan
+        crop_i: Any = None  # crop id from ``crops`` (may be a NaN from a table), else declared
+        p = np.nan
         if cmap is not None:
             row = cmap.get((r["field_id"], r["season"])) or cmap.get((r["field_id"],))
             if row is not None:
-                c = row.get("crop")
+                crop_i = row.get("crop")
                 p = float(row.get("crop_prob", np.nan)) if row.get("crop_prob") is not None \
                     else np.nan
                 fl += split_flags(row.get("flags"))
                 if np.isfinite(p) and p < min_crop_prob:
                     fl.append("CROP_UNCERTAIN")
-        if c is None or (isinstance(c, float) and math.isnan(c)):
+        if crop_i is None or (isinstance(crop_i, float) and math.isnan(crop_i)):
             decl = _split_declared(r.get("crop"))
-            c = _declared_crop_for(decl, int(rank[i]), int(n_seasons[i]), r.get("pos"),
+            crop_i = _declared_crop_for(decl, int(rank[i]), int(n_seasons[i]), r.get("pos"),
                                    r["region"], reg)
-            if c is not None:
+            if crop_i is not None:
                 fl.append("CROP_DECLARED")
             elif decl:
                 fl.append("CROP_UNCERTAIN")
-        if c == "fallow":
+        if crop_i == "fallow":
             fl.append("NO_MODEL")
-        crop_col.append(c)
+        crop_col.append(crop_i)
         prob_col.append(p)
         crop_flags.append(fl)
     phen["crop_id"] = crop_col
@@ -436,6 +472,7 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     models = dict(model) if isinstance(model, Mapping) else None
     pred_parts = []
     if models is None:
+        assert not isinstance(model, Mapping)
         pred_parts.append(model.predict(series, seasons_in))
     else:
         for c, g in seasons_in.groupby(seasons_in["crop"].fillna("<none>"), sort=False):
@@ -526,12 +563,14 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
             "price_record": json.dumps(price_rec, ensure_ascii=False) if price_rec else "",
             "value_cny_p10": val[0], "value_cny_p50": val[1], "value_cny_p90": val[2],
             "sos": r.get("sos"), "pos": r.get("pos"), "eos": eos, "harvest_date": harvest,
-            "n_obs": r.get("n_obs_pred", r.get("n_obs", np.nan)), "quality": q,
+            "n_obs": _count(r.get("n_obs_pred"), r.get("n_obs")), "quality": q,
             "model_version": r.get("model_version") if pd.notna(r.get("model_version")) else "",
             "calibration": r.get("calibration") if pd.notna(r.get("calibration")) else "",
             "flags": join_flags(fl), "scene_ids": sids,
         })
     res = pd.DataFrame(rows, columns=ESTIMATE_COLUMNS)
+    # a count: integer dtype (pandas nullable Int64, <NA> only when nothing counted it)
+    res["n_obs"] = pd.array(res["n_obs"].tolist(), dtype="Int64")
     for c in ("sos", "pos", "eos", "harvest_date"):
         res[c] = pd.to_datetime(res[c])
     logger.info("estimate_yield: %d field-seasons, %d with a yield", len(res),

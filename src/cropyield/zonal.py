@@ -112,6 +112,25 @@ def zonal_stats(bands: Mapping[str, np.ndarray], grid, fields, *,
         (``NO_OVERLAP``, ``ALL_MASKED``, ``LOW_VALID_FRACTION``, ``INVALID_INDEX``,
         ``SUBPIXEL_FIELD``, ``FIELD_TOO_SMALL``, ``INVALID_GEOMETRY``). Weights are coverage
         fraction x validity; a NaN always comes with a flag.
+
+    Examples
+    --------
+    One field over 2 x 2 pixels of a 4 x 4 grid (DN with the L2A scale and +1000 offset):
+
+    >>> import geopandas as gpd
+    >>> import numpy as np
+    >>> from affine import Affine
+    >>> from shapely.geometry import box
+    >>> import cropyield as cy
+    >>> grid = cy.Grid("EPSG:32650", Affine(10, 0, 500000, 0, -10, 3800000), (4, 4))
+    >>> fields = gpd.GeoDataFrame({"field_id": ["F1"]},
+    ...                           geometry=[box(500000, 3799960, 500020, 3799980)],
+    ...                           crs="EPSG:32650")
+    >>> bands = {"B04": np.full((4, 4), 1500, np.uint16),
+    ...          "B08": np.full((4, 4), 4500, np.uint16)}
+    >>> z = cy.zonal_stats(bands, grid, fields, scales=0.0001, offsets=-0.1)
+    >>> float(z["ndvi"].iloc[0]), int(z["n_pixels"].iloc[0])
+    (0.75, 4)
     """
     indices = list(indices)
     specs = [get_index(i) for i in indices]

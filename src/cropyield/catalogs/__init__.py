@@ -127,6 +127,15 @@ def search_scenes(aoi, start, end, *, catalog="earth-search", collection: str | 
         The collection's band layout is not supported.
     ConfigError
         Invalid arguments (bbox out of range, start after end, unknown catalog name).
+
+    Examples
+    --------
+    Needs the internet (Earth Search); ``cropyield serve`` gives an offline catalog.
+
+    >>> import cropyield as cy
+    >>> scenes = cy.search_scenes((115.5, 34.3, 115.8, 34.6), "2024-10-01", "2025-06-30",
+    ...                           max_cloud=60)  # doctest: +SKIP
+    >>> len(scenes), scenes.lineage["n_matched"]  # doctest: +SKIP
     """
     from pystac_client.exceptions import APIError
 

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import pandas as pd
+from affine import Affine
 from pyproj import CRS
 
 from .._geo import Grid
@@ -317,7 +318,7 @@ def _num(value, item_id, what: str) -> float:
     return out
 
 
-def _is_signed(href: str) -> bool:
+def _is_signed(href: object) -> bool:
     return isinstance(href, str) and _strip_secrets(href) != href
 
 
@@ -410,8 +411,8 @@ def _epsg_int(epsg, item_id) -> int:
         return epsg
     elif isinstance(epsg, float) and math.isfinite(epsg) and epsg.is_integer():
         return int(epsg)
-    elif isinstance(epsg, str) and _EPSG_RE.match(epsg):
-        return int(_EPSG_RE.match(epsg).group(1))
+    elif isinstance(epsg, str) and (m := _EPSG_RE.match(epsg)):
+        return int(m.group(1))
     raise CatalogError(
         f"item {item_id!r}: proj:epsg is {epsg!r}, not an EPSG code (an integer such as 32650); "
         "fix the item's projection metadata (proj:epsg or proj:code 'EPSG:32650')"
@@ -483,14 +484,14 @@ def _grid_of(asset: Mapping[str, Any], props: Mapping[str, Any], band: str,
     transform = asset.get("proj:transform")
     shape = asset.get("proj:shape")
     if crs is not None and transform is not None and shape is not None:
-        return Grid(crs, _numbers(transform, 6, item_id, f"{band} proj:transform"),
+        return Grid(crs, Affine(*_numbers(transform, 6, item_id, f"{band} proj:transform")),
                     tuple(_numbers(shape, 2, item_id, f"{band} proj:shape", ints=True)))
     res = resolution or asset.get("gsd") or _NATIVE_RES.get(band)
     bbox = asset.get("proj:bbox") or props.get("proj:bbox")
     if crs is not None and bbox is not None and res:
         left, bottom, right, top = _numbers(bbox, 4, item_id, f"{band} proj:bbox")
         h, w = round((top - bottom) / res), round((right - left) / res)
-        return Grid(crs, [res, 0.0, left, 0.0, -res, top], (h, w))
+        return Grid(crs, Affine(res, 0.0, left, 0.0, -res, top), (h, w))
     item_t, item_s = props.get("proj:transform"), props.get("proj:shape")
     if crs is not None and item_t is not None and item_s is not None and res:
         t = _numbers(item_t, 6, item_id, "proj:transform")
@@ -498,7 +499,7 @@ def _grid_of(asset: Mapping[str, Any], props: Mapping[str, Any], band: str,
         if t[0] == 0:
             raise CatalogError(f"item {item_id!r}: proj:transform has a zero pixel size")
         k = float(res) / float(t[0])
-        return Grid(crs, [t[0] * k, 0.0, t[2], 0.0, t[4] * k, t[5]],
+        return Grid(crs, Affine(t[0] * k, 0.0, t[2], 0.0, t[4] * k, t[5]),
                     (round(item_s[0] / k), round(item_s[1] / k)))
     if Path(href).is_file():  # a local file states its own grid
         import rasterio

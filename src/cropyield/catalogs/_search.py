@@ -15,7 +15,7 @@ import json
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -51,8 +51,9 @@ class PlanetaryComputerSigner:
         pc = require("planetary_computer", "pc", "signing Planetary Computer asset URLs")
         if refresh:
             cache = getattr(getattr(pc, "sas", None), "TOKEN_CACHE", None)
-            if hasattr(cache, "clear"):
-                cache.clear()
+            clear = getattr(cache, "clear", None)
+            if callable(clear):
+                clear()
         return pc.sign(href)
 
     def __repr__(self) -> str:
@@ -164,13 +165,14 @@ def _deadline_io_class():
             left = self._left(href)
             timeout = self.timeout
             if left is not None:
-                per_read = (timeout if isinstance(timeout, (int, float)) else
-                            (max(timeout) if timeout else left))
+                per_read: float = (timeout if isinstance(timeout, (int, float)) else
+                                   (max(t for t in timeout if t is not None) if timeout
+                                    and any(t is not None for t in timeout) else left))
                 timeout = max(0.05, min(float(per_read), left))
             try:
                 modified = self._req_modifier(req) if self._req_modifier else None
                 prepped = self.session.prepare_request(modified or req)
-                kw = self.session.merge_environment_settings(prepped.url, proxies={},
+                kw = self.session.merge_environment_settings(prepped.url or href, proxies={},
                                                              stream=True, verify=True, cert=None)
                 kw["stream"] = True
                 resp = self.session.send(prepped, timeout=timeout, **kw)
@@ -217,7 +219,7 @@ def _open_client(url: str, *, timeout: float, retries: int, backoff_factor: floa
     t_deadline = None if deadline is None else time.monotonic() + float(deadline)
     stac_io = _deadline_io_class()(max_retries=_retry(retries, backoff_factor, max_retry_after,
                                                       t_deadline))
-    if t_deadline is not None:
+    if deadline is not None and t_deadline is not None:  # both set, or neither
         stac_io.deadline_s = float(deadline if deadline_s is None else deadline_s)
         stac_io.deadline = t_deadline
     # timeout must go to Client.open: it resets the StacApiIO's own timeout (offline-stac.md §5)
@@ -367,18 +369,19 @@ def _pages(search, deadline: float | None, deadline_s: float | None):
     if stac_io is None or not hasattr(stac_io, "read_json"):  # pragma: no cover - old clients
         yield from search.pages_as_dicts()
         return
+    modify: Callable[[Any, Any], Any] | None
     try:
-        from pystac_client._utils import call_modifier
+        from pystac_client._utils import call_modifier as modify
     except ImportError:  # pragma: no cover
-        def call_modifier(modifier, obj):
-            return None
+        modify = None
     params = search.get_parameters()
     page = stac_io.read_json(search.url, method=search.method, parameters=params)
     while True:
         if not isinstance(page, Mapping):
             raise CatalogError(f"the STAC search returned a {type(page).__name__} instead of a "
                                "FeatureCollection page; check the catalog URL")
-        call_modifier(getattr(search, "modifier", None), page)
+        if modify is not None:
+            modify(getattr(search, "modifier", None), page)
         yield page
         nxt = next((ln for ln in page.get("links", []) or []
                     if isinstance(ln, Mapping) and ln.get("rel") == "next"), None)

@@ -7,7 +7,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -90,6 +90,7 @@ _FALLOW = "fallow"
 #: Flags that a fallow field is expected to carry (nothing grows, nothing is valued).
 _FALLOW_EXPECTED = frozenset({"NO_MODEL", "NO_PRICE", "NO_SEASON", "SEASON_INCOMPLETE",
                               "OUT_OF_RANGE"})
+_Cap = Literal["stage_cost", "ltv", "insurance", "max_limit"]  # Factors.binding_cap
 
 
 # --------------------------------------------------------------------------- boundary
@@ -118,6 +119,27 @@ def _num(v: Any) -> float | None:
 def _int(v: Any) -> int | None:
     x = _num(v)
     return None if x is None else int(round(x))
+
+
+def _season(v: Any, field_id: Any = None) -> int | None:
+    """The integer season of an estimates row (an int, an integral float or digits)."""
+    if _is_missing(v):
+        return None
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    if isinstance(v, str) and re.fullmatch(r"[0-9]+", v.strip()):
+        return int(v.strip())
+    raise CreditInputError(
+        f"field {field_id}: season {str(v)[:40]!r} is not an integer; the estimates table's "
+        "season column holds the integer season (cropyield.value.estimate_yield output)")
+
+
+def _max_or_none(vals: list[float | None]) -> float | None:
+    """The largest value, or None when any is None."""
+    known = [v for v in vals if v is not None]
+    return None if len(known) < len(vals) else max(known)
 
 
 def _in_range(x: float | None, col: str) -> float | None:
@@ -221,11 +243,11 @@ def _price_record(row: Mapping[str, Any]) -> PriceRecord | None:
     price = _rnum(row, "price_cny_per_t")  # the column the value was computed with
     if price is None:
         price = _in_range(_num(rec.get("price_cny_per_t")), "price_cny_per_t")
-    if price is None and _num(rec.get("price")) is not None:
+    rec_price = _num(rec.get("price"))
+    if price is None and rec_price is not None:
         unit = str(rec.get("unit", "CNY/t")).replace(" ", "")
         scale = {"CNY/t": 1.0, "CNY/kg": 1000.0, "CNY/50kg": 20.0}.get(unit)
-        price = None if scale is None else _in_range(_num(rec["price"]) * scale,
-                                                     "price_cny_per_t")
+        price = None if scale is None else _in_range(rec_price * scale, "price_cny_per_t")
     if not rec and price is None:
         return None
     taken = {"price_cny_per_t", "crop", "region", "type", "price_type", "valid_from", "source"}
@@ -236,8 +258,7 @@ def _price_record(row: Mapping[str, Any]) -> PriceRecord | None:
     parts = subs or [rec]
 
     def joined(key: str) -> str | None:
-        vals = [_str(r.get(key)) for r in parts]
-        vals = list(dict.fromkeys(v for v in vals if v))
+        vals = list(dict.fromkeys(v for v in (_str(r.get(key)) for r in parts) if v))
         return "+".join(vals) if key != "source" else "; ".join(vals) if vals else None
 
     valid = [d for d in (_date(r.get("valid_from")) for r in parts) if d is not None]
@@ -288,7 +309,7 @@ def field_evidence(row: Mapping[str, Any], *, farmer_id: str | None = None,
     return FieldEvidence(
         field_id=str(_str(row.get("field_id"))),
         farmer_id=farmer_id if farmer_id is not None else _str(row.get("farmer_id")),
-        season=_str(row.get("season")),
+        season=_season(row.get("season"), row.get("field_id")),
         crop=_str(row.get("crop")),
         crop_prob=_rnum(row, "crop_prob"),
         declared_crop=declared_crop,
@@ -496,9 +517,8 @@ def _exclusions(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
     for e in ev:
         if e.crop != _FALLOW or e.field_id in excluded:
             seasons[e.field_id].append(e)
-    area: dict[str, float | None] = {
-        fid: None if any(e.area_mu is None for e in es) else max(e.area_mu for e in es)
-        for fid, es in seasons.items()}
+    area: dict[str, float | None] = {fid: _max_or_none([e.area_mu for e in es])
+                                     for fid, es in seasons.items()}
     prob = {fid: max((e.crop_prob for e in es if e.crop_prob is not None), default=0.0)
             for fid, es in seasons.items()}
     for fid in sorted(excluded):
@@ -553,20 +573,21 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
              policy: Policy, as_of: _dt.date) -> CreditProfile:
     field_hc: list[tuple[FieldEvidence, dict[str, float]]] = []
     for e in ev:
-        rs, hc = _field_reasons(e, policy, as_of)
+        rs, fhc = _field_reasons(e, policy, as_of)
         reasons.extend(rs)
-        field_hc.append((e, hc))
+        field_hc.append((e, fhc))
     excluded = _exclusions(farmer_id, ev, reasons, policy)
     haircuts: dict[str, float] = {}
-    for e, hc in field_hc:
+    for e, field_haircuts in field_hc:
         if e.field_id in excluded:
             continue
-        for k, v in hc.items():
+        for k, v in field_haircuts.items():
             haircuts[k] = min(v, haircuts.get(k, 1.0))
     cropped = [e for e in ev if e.crop != _FALLOW and e.field_id not in excluded]
 
     def total(vals: list[float | None]) -> float | None:
-        return None if any(v is None for v in vals) else float(math.fsum(vals))
+        known = [v for v in vals if v is not None]
+        return None if len(known) < len(vals) else float(math.fsum(known))
 
     by_field: dict[str, FieldEvidence] = {}
     for e in ev:
@@ -595,15 +616,17 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
     areas = [None if e.area_mu is None else
              (min(e.area_mu, e.declared_area_mu) if e.declared_area_mu is not None else e.area_mu)
              for e in cropped]
-    if v10 is not None and v50 is not None and all(a is not None for a in areas) \
-            and all(e.crop for e in cropped):
-        area = float(math.fsum(areas))
-        stage = float(math.fsum(policy.stage_cost(e.crop) * a for e, a in
-                                 zip(cropped, areas, strict=True)))
+    known_areas = [a for a in areas if a is not None]
+    crops = [e.crop for e in cropped if e.crop]
+    if v10 is not None and v50 is not None and len(known_areas) == len(areas) \
+            and len(crops) == len(cropped):
+        area = float(math.fsum(known_areas))
+        stage = float(math.fsum(policy.stage_cost(c) * a for c, a in
+                                 zip(crops, known_areas, strict=True)))
         ltv_cap = policy.ltv * v10
         ins_cap = policy.insurance_fraction * v50
-        caps = {"stage_cost": stage, "ltv": ltv_cap, "insurance": ins_cap}
-        binding = min(caps, key=lambda k: caps[k])  # dict order breaks ties
+        caps: dict[_Cap, float] = {"stage_cost": stage, "ltv": ltv_cap, "insurance": ins_cap}
+        binding: _Cap = min(caps, key=lambda k: caps[k])  # dict order breaks ties
         hflag = min(sorted(haircuts), key=lambda k: haircuts[k]) if haircuts else None
         hc = haircuts[hflag] if hflag else 1.0
         if hc >= 1.0:
@@ -617,7 +640,8 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
                           insurance_cap_cny=ins_cap, binding_cap=binding, haircut=hc,
                           haircut_flag=hflag, max_limit_cny=float(policy.max_limit_cny),
                           limit_before_rounding_cny=raw, limit_step_cny=policy.limit_step_cny)
-    decision, limit = "refer", None
+    decision: Literal["approve", "refer", "decline"] = "refer"
+    limit: int | None = None
     if not ev:
         reasons.append(Reason("MISSING_ESTIMATE", f"farmer {farmer_id}: no field evidence",
                               "refer"))
@@ -665,7 +689,7 @@ def _profile(farmer_id: str, ev: list[FieldEvidence], reasons: list[Reason],
         expected_value_cny_p50=v50, downside_value_cny_p10=v10,
         repayment_start=_iso(rep_start), repayment_end=_iso(rep_end), factors=factors,
         reasons=_sort_reasons(reasons),
-        fields=tuple(sorted(ev, key=lambda e: (e.field_id, e.season or ""))),
+        fields=tuple(sorted(ev, key=lambda e: (e.field_id, -1 if e.season is None else e.season))),
         library_version=__version__, excluded_fields=tuple(sorted(excluded)),
     )
 
@@ -721,6 +745,18 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
       ``min_downside_value_cny``, or a rounded limit below ``min_limit_cny``.
     * **Repayment window**: earliest expected harvest to latest + ``repayment_grace_days``;
       a harvest before ``as_of`` rolls forward by whole years (``PAST_SEASON``).
+
+    Examples
+    --------
+    ``est`` as in the example of :func:`cropyield.value.estimate_yield` (synthetic fields
+    carry a ``farmer_id``):
+
+    >>> from cropyield import credit
+    >>> profiles = credit.assess(est, as_of="2022-05-01",
+    ...                          policy=credit.Policy.preset("1.1.0"))  # doctest: +SKIP
+    >>> p = profiles[0]  # doctest: +SKIP
+    >>> p.decision, p.suggested_limit_cny, [r.code for r in p.reasons]  # doctest: +SKIP
+    >>> p.to_json()   # schema: docs/credit_schema.json  # doctest: +SKIP
     """
     if not isinstance(estimates, pd.DataFrame):
         raise CreditInputError(f"estimates must be a pandas DataFrame, got "
@@ -780,7 +816,7 @@ def assess(estimates: pd.DataFrame, *, farmers: Any = None, policy: Policy | Non
                                               f"by {', '.join(others)}", "refer", fid,
                                               float(len(who))))
     for farmer, ev in evidence.items():
-        seen: dict[tuple[str, str | None], int] = defaultdict(int)
+        seen: dict[tuple[str, int | None], int] = defaultdict(int)
         for e in ev:
             seen[(e.field_id, e.season)] += 1
         for (fid, s), n in seen.items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 import pandas as pd
@@ -315,7 +315,8 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
     alerts: list[dict[str, Any]] = []
     farmer = info["farmer_id"].to_numpy(object) if "farmer_id" in info else [None] * n
 
-    def add(i: int, code: str, severity: str, message: str, value: float, expected: float):
+    def add(i: int | np.integer, code: str, severity: str, message: str,
+            value: SupportsFloat, expected: SupportsFloat) -> None:
         alerts.append({"field_id": ids[i], "farmer_id": farmer[i], "as_of": t0, "code": code,
                        "severity": severity, "message": f"field {ids[i]}: {message}",
                        "value": float(value), "expected": float(expected)})
@@ -328,11 +329,12 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
             f"(> {rules.max_gap_days:g}); index values are extrapolated",
             gap if np.isfinite(gap) else np.nan, rules.max_gap_days)
 
-    keys = list(zip(info["crop"].fillna(""), info["region"].fillna(""), strict=True))
+    group_keys: list[tuple[str, str]] = list(zip(info["crop"].fillna(""),
+                                                 info["region"].fillna(""), strict=True))
     groups: dict[tuple[str, str], list[int]] = {}
-    for i, k in enumerate(keys):
-        if k[0] and k[0] != "fallow":
-            groups.setdefault(k, []).append(i)
+    for row, key in enumerate(group_keys):
+        if key[0] and key[0] != "fallow":
+            groups.setdefault(key, []).append(row)
     for (crop_g, region_g), members in sorted(groups.items()):
         rows = np.asarray(members, dtype=int)
         # ---- NOT_SOWN: fresh fields without a start of season
@@ -358,13 +360,13 @@ def monitor(series: pd.DataFrame, estimates: pd.DataFrame, *, as_of: Any,
         vd_cnt = np.zeros(len(rows), dtype=int)
         dos = day_of_season[rows]
         for dval in np.unique(dos[np.isfinite(dos)]):
-            col = sos_off[rows] + dval
-            okc = np.isfinite(col) & (col >= 0) & (col < n_days)
+            day_col = sos_off[rows] + dval
+            okc = np.isfinite(day_col) & (day_col >= 0) & (day_col < n_days)
             aligned = np.full(len(rows), np.nan)
-            aligned[okc] = sup[rows[okc], col[okc].astype(int)]
+            aligned[okc] = sup[rows[okc], day_col[okc].astype(int)]
             who = np.flatnonzero(dos == dval)
-            m, sp, c = _peer_stats(aligned, rules, only=who)
-            vd_med[who], vd_spr[who], vd_cnt[who] = m[who], sp[who], c[who]
+            med_d, spr_d, cnt_d = _peer_stats(aligned, rules, only=who)
+            vd_med[who], vd_spr[who], vd_cnt[who] = med_d[who], spr_d[who], cnt_d[who]
         for k, i in enumerate(rows):
             if not fresh[i]:
                 continue

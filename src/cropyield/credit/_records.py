@@ -11,8 +11,18 @@ Versioning rules (semver on :data:`SCHEMA_VERSION`)
 * minor: new *optional* fields (declared with ``since="1.x.0"`` and a default); older minor
   versions are accepted by :meth:`from_dict` and upgraded; records of a newer minor version
   are accepted too and keys unknown to this version are ignored (logged);
-* major: anything else; :meth:`from_dict` rejects an unknown major version with
+* major: anything else; :meth:`from_dict` reads the current major version and the ones in
+  :data:`_READABLE_MAJORS` (upgraded on reading, see below) and rejects any other with
   :class:`~cropyield.errors.CreditSchemaError`.
+
+History
+-------
+* 2.0.0: ``FieldEvidence.season`` is an integer (the ``season`` column of the estimates
+  table) instead of a string label. 1.x records are read and upgraded: a season label of
+  digits (``"2025"``, ``"1"``) becomes that integer; any other label is refused with
+  :class:`~cropyield.errors.CreditSchemaError`.
+* 1.1.0: ``CreditProfile.excluded_fields`` and the policy's exclusion settings.
+* 1.0.0: first layout.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Mapping
 
 from .._io import loads_json
@@ -48,7 +58,9 @@ __all__ = [
 ]
 
 #: Version of every credit record's layout (semver, see module docstring).
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "2.0.0"
+#: Older major versions that :meth:`_Record.from_dict` still reads (and upgrades).
+_READABLE_MAJORS = (1,)
 _SCHEMA_ID = "https://cropyield.invalid/schemas/credit/{version}/credit_schema.json"
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -169,7 +181,7 @@ def _value_in(tp, value: Any, md: Mapping[str, Any], where: str,
             raise CreditSchemaError(f"{where}: expected an array, got {type(value).__name__}")
         return tuple(_value_in(item_tp, v, {}, f"{where}[{i}]", ver)
                      for i, v in enumerate(value))
-    if is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, _Record):
         if not isinstance(value, Mapping):
             raise CreditSchemaError(f"{where}: expected an object, got {type(value).__name__}")
         return tp._from_mapping(value, where, ver)
@@ -216,7 +228,7 @@ def _value_out(tp, value: Any, md: Mapping[str, Any]) -> Any:
     if origin is tuple:
         item_tp = args[0]
         return [_value_out(item_tp, v, {}) for v in value]
-    if is_dataclass(value):
+    if isinstance(value, _Record):
         return value.to_dict()
     return value
 
@@ -237,7 +249,7 @@ def _schema_of(tp, md: Mapping[str, Any], defs: dict[str, Any]) -> dict[str, Any
         s = {"type": "string", "enum": list(typing.get_args(inner))}
     elif typing.get_origin(inner) is tuple:
         s = {"type": "array", "items": _schema_of(typing.get_args(inner)[0], {}, defs)}
-    elif is_dataclass(inner):
+    elif isinstance(inner, type) and issubclass(inner, _Record):
         inner._register_schema(defs)
         s = {"$ref": f"#/$defs/{inner.__name__}"}
     else:
@@ -269,6 +281,8 @@ class _Record:
 
     _versioned: ClassVar[bool] = False  # records carrying a top-level schema_version
     _doc: ClassVar[str] = ""
+    if typing.TYPE_CHECKING:  # every subclass is a dataclass (dataclasses.fields applies)
+        __dataclass_fields__: ClassVar[dict[str, Any]]
 
     def __post_init__(self) -> None:
         # canonical forms, so that equal content means equal records (exact round-trip)
@@ -326,17 +340,21 @@ class _Record:
         cur = _parse_version(SCHEMA_VERSION, "library")
         if "schema_version" in data:
             own = _parse_version(data["schema_version"], where)
-            if own[0] != cur[0]:
+            if own[0] != cur[0] and own[0] not in _READABLE_MAJORS:
                 raise CreditSchemaError(
                     f"{where}: schema_version {data['schema_version']} is not supported by "
-                    f"this cropyield (reads {cur[0]}.x.y records); convert the record or "
+                    f"this cropyield (reads "
+                    f"{' and '.join(f'{m}.x.y' for m in (*_READABLE_MAJORS, cur[0]))} "
+                    "records); convert the record or "
                     f"install a cropyield release that reads major version {own[0]}")
             ver = own if ver is None else max(ver, own)
         elif cls._versioned:
             raise CreditSchemaError(f"{where}: missing 'schema_version' (expected "
                                     f"{cur[0]}.x.y)")
         ver = ver or cur
-        newer = ver[:2] > cur[:2]
+        newer = ver[0] == cur[0] and ver[:2] > cur[:2]
+        if ver[0] < cur[0]:
+            data = cls._upgrade(data, ver, where)
         hints = _hints(cls)
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
@@ -366,6 +384,12 @@ class _Record:
                 raise
             raise CreditSchemaError(f"{where}: {exc}") from None
 
+    @classmethod
+    def _upgrade(cls, data: Mapping[str, Any], ver: tuple[int, int, int],
+                 where: str) -> Mapping[str, Any]:
+        """The keys of a record of an older major version ``ver``, as the current one."""
+        return data
+
     # ---- schema
     @classmethod
     def _register_schema(cls, defs: dict[str, Any]) -> None:
@@ -374,14 +398,16 @@ class _Record:
         defs[cls.__name__] = {}  # placeholder against recursion
         hints = _hints(cls)
         props = {f.name: _schema_of(hints[f.name], f.metadata, defs) for f in fields(cls)}
+        major = _parse_version(SCHEMA_VERSION, "library")[0]
         if "schema_version" in props:
             props["schema_version"] = {
-                "description": "semver of the record layout; readers accept the same major",
-                "type": "string", "pattern": r"^1\.\d+\.\d+$"}
-        major_minor0 = _parse_version(SCHEMA_VERSION, "library")[0]
+                "description": "semver of the record layout; readers accept the same major "
+                               "(and older majors they upgrade)",
+                "type": "string", "pattern": rf"^{major}\.\d+\.\d+$"}
+        # required: the fields every record of this major version carries (x.0 and older)
         required = [f.name for f in fields(cls)
                     if _parse_version(f.metadata.get("since", "1.0.0"), "since")[:2]
-                    == (major_minor0, 0)]
+                    <= (major, 0)]
         doc = " ".join((cls._doc or (cls.__doc__ or "").strip().split("\n\n")[0]).split())
         defs[cls.__name__] = {"type": "object", "description": doc, "properties": props,
                               "required": required, "additionalProperties": False,
@@ -481,7 +507,9 @@ class FieldEvidence(_Record):
 
     field_id: str = _f("field identifier")
     farmer_id: str | None = _f("farmer (applicant) identifier", default=None)
-    season: str | None = _f("season label of the estimate", default=None)
+    season: int | None = _f("season of the estimate: the integer season column of the "
+                            "estimates table (a string label before schema 2.0.0)",
+                            default=None)
     crop: str | None = _f("identified crop id (registry id)", default=None)
     crop_prob: float | None = _f("probability of the identified crop", minimum=0.0,
                                  maximum=1.0, default=None)
@@ -518,6 +546,20 @@ class FieldEvidence(_Record):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "flags", tuple(sorted(set(self.flags))))
+
+    @classmethod
+    def _upgrade(cls, data: Mapping[str, Any], ver: tuple[int, int, int],
+                 where: str) -> Mapping[str, Any]:
+        """1.x: ``season`` was a string label; digits become the integer (2.0.0)."""
+        season = data.get("season")
+        if ver[0] >= 2 or not isinstance(season, str):
+            return data
+        if not re.fullmatch(r"[0-9]{1,9}", season.strip()):
+            raise CreditSchemaError(
+                f"{where}.season: the {'.'.join(map(str, ver))} season label {season!r} is not "
+                "an integer; schema 2.0.0 stores the estimates table's integer season. Set "
+                "'season' to that integer (or null) and read the record again")
+        return {**data, "season": int(season.strip())}
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,16 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         With ``on_error="raise"``, when a read fails after retries, or when a file's shape,
         transform or CRS differs from its item's ``proj:`` metadata (reason
         ``grid_mismatch``: the fields would land on the wrong pixels).
+
+    Examples
+    --------
+    ``scenes`` from :func:`cropyield.search_scenes`; the reads need the internet.
+
+    >>> import geopandas as gpd
+    >>> import cropyield as cy
+    >>> fields = gpd.read_file("fields.gpkg")   # polygons with a field_id column  # doctest: +SKIP
+    >>> obs = cy.field_observations(scenes, fields, indices=("ndvi", "ndre"))  # doctest: +SKIP
+    >>> obs[["field_id", "time", "ndvi", "valid_fraction", "flags"]].head()  # doctest: +SKIP
     """
     from .. import indices as ix
     from .._geo import validate_fields

@@ -54,11 +54,11 @@ class _GridCtx:
     cov_sum: np.ndarray     # per field, in pixels
     area_px: np.ndarray
     coarse: dict
-    want_cand: np.ndarray = None    # unique pixels under fields with coverage > 0
+    want_cand: np.ndarray           # unique pixels under fields with coverage > 0
+    order: np.ndarray               # CSR entries in row-major pixel order (stable)
+    order_u: np.ndarray             # their unique pixel (inv[order], non-decreasing)
     lock: Any = field(default_factory=threading.Lock)          # coarse pixel maps
     stream_lock: Any = field(default_factory=threading.Lock)   # streaming orders
-    order: np.ndarray = None        # CSR entries in row-major pixel order (stable)
-    order_u: np.ndarray = None      # their unique pixel (inv[order], non-decreasing)
 
     def stream(self, shape: tuple[int, int], block_shape: tuple[int, int]) -> "_Stream":
         """Entries sorted by block for this block shape (built once, then cached)."""
@@ -148,7 +148,7 @@ def _build_stream(ctx: "_GridCtx", shape: tuple[int, int],
     n_fields = len(ctx.cov_sum)
     n = len(ctx.order)
     # the kernels stream these per date: 32-bit where it fits halves the memory traffic
-    dt = np.int32 if max(n, len(ctx.urows), n_fields, W, n_blocks) < 2**31 else np.int64
+    dt: type[np.signedinteger[Any]] = np.int32 if max(n, len(ctx.urows), n_fields, W, n_blocks) < 2**31 else np.int64
     ec, ef, ekey, eslot = (np.empty(n, dt) for _ in range(4))
     efr, row_start, slot_field = np.empty(n), np.zeros(H + 1, np.int64), np.empty(n, np.int64)
 

@@ -92,7 +92,7 @@ def _run_acquisitions(scene_list, fields, ref_grids, groups, order, specs, bands
         # of at most threads + 2 acquisitions)
         with ThreadPoolExecutor(threads + 2, thread_name_prefix="cropyield-obs") as coord:
             # build each grid's streaming order while the first SCL blocks are decoded
-            firsts = {}
+            firsts: dict[int, Any] = {}
             for i, g in enumerate(ref_grids):
                 firsts.setdefault(g, i)
             for i in firsts.values():
@@ -343,8 +343,10 @@ class _Run:
     def group(self, members: list[int]) -> list[dict]:
         ctxs = [self.ctxs[self.ref_grids[i]] for i in members]
         cand = [c.cov_sum > 0 for c in ctxs]
-        codes, fail_bits, score = [], [], []
-        out = []
+        codes: list[Any] = []
+        fail_bits: list[int] = []
+        score: list[Any] = []
+        out: list[Any] = []
         for i, ctx, cm in zip(members, ctxs, cand):
             if not cm.any():
                 # no field in this scene's grid: make sure that is not the item's metadata
@@ -516,7 +518,7 @@ class _Run:
                                          fi[empty])
         vfrac, sbits, codes = _stat_bits(ctx.cov, fi, vsum, fsum, isum, wsum, mean, std,
                                          self.min_vf, self.min_cf)
-        flags = bits_to_flags(sbits, codes)
+        flags: list[str] | np.ndarray = bits_to_flags(sbits, codes)
         flags = _masked_dn_flags(acc, st, fi, flags)
         if dark and _offset_missing(dark, fine):
             logger.warning("scene %s: its metadata say no radiometric offset but 1 %% of its "

@@ -94,10 +94,10 @@ def merge_observations(*frames: pd.DataFrame) -> pd.DataFrame:
     """
     from ..errors import split_flags
 
-    frames = [f for f in frames if f is not None]
-    if not frames:
+    tables = [f for f in frames if f is not None]
+    if not tables:
         raise ValueError("merge_observations needs at least one observations table")
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(tables, ignore_index=True)
     if df.empty:
         return df
     failed = df["flags"].map(lambda c: bool({"READ_FAILED", "AUTH_EXPIRED"}

@@ -654,7 +654,7 @@ class BlockReader:
                 error = error or exc
         if error is not None:
             raise error
-        return out
+        return out if out is not None else np.full(len(rows), fill)
 
     def _chunks(self, n_blocks: np.ndarray) -> list[list[int]]:
         """Consecutive runs grouped into tasks of about ``1 / (4 x threads)`` of the blocks:
@@ -683,15 +683,15 @@ class BlockReader:
                           or cols.max() >= m.shape[1]):
             raise ValueError(f"pixel indices outside the raster {m.shape} of {redact(href)}")
         if len(rows) < 4096:           # small reads are cheaper to re-sort than to cache
-            res = _block_sort(rows, cols, m.shape, m.block_shape)
-            return res + _block_bounds(res[1])
+            small = _block_sort(rows, cols, m.shape, m.block_shape)
+            return small + _block_bounds(small[1])
         with self._sort_lock:          # one thread sorts, the others wait for its result
             with self._lock:
                 hit = self._sort_cache.get(key)
             if hit is not None and hit[0] is rows and hit[1] is cols:
                 return hit[2]
-            res = _block_sort(rows, cols, m.shape, m.block_shape)
-            res = res + _block_bounds(res[1])
+            srt = _block_sort(rows, cols, m.shape, m.block_shape)
+            res = srt + _block_bounds(srt[1])
             with self._lock:
                 self._sort_cache[key] = (rows, cols, res)
                 while len(self._sort_cache) > 8:

@@ -125,7 +125,7 @@ def verify_checksum(href: str, checksum: str, *, signer: Callable[[str], str] | 
     except (OSError, _Overdue) as exc:
         raise AssetReadError(f"could not fetch {safe} to verify its checksum: "
                              f"{redact(str(exc))}", href=safe, reason="transient") from None
-    if overdue:
+    if overdue and deadline is not None:  # only a deadline makes a download overdue
         raise AssetReadError(f"fetching {safe} to verify its checksum did not finish within "
                              f"the read deadline of {float(deadline):g} s; the server is "
                              "stalled or too slow. Retry later, raise the deadline "

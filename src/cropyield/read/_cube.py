@@ -78,6 +78,16 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
     xarray.Dataset
         One float32 variable per reflectance band (``SCL`` stays uint8), ``valid`` (uint8),
         coordinates ``time`` (UTC, tz-naive), ``y``, ``x`` (pixel centres) and ``spatial_ref``.
+
+    Examples
+    --------
+    ``scenes`` from :func:`cropyield.search_scenes`; the reads need the internet.
+
+    >>> import cropyield as cy
+    >>> cube = cy.load_cube(scenes, fields, bands=["B04", "B08", "SCL"],
+    ...                     resolution=10)  # doctest: +SKIP
+    >>> ndvi = (cube["B08"] - cube["B04"]) / (cube["B08"] + cube["B04"])  # doctest: +SKIP
+    >>> ndvi.where(cube["valid"] == 1).median("time")  # doctest: +SKIP
     """
     import rioxarray  # noqa: F401,I001  (registers the .rio accessor)
     from pyproj import CRS
@@ -94,7 +104,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         counts: dict[str, int] = {}
         for s in scene_list:
             counts[s.crs.to_wkt()] = counts.get(s.crs.to_wkt(), 0) + 1
-        crs = CRS.from_wkt(max(counts, key=counts.get))
+        crs = CRS.from_wkt(max(counts, key=lambda wkt: counts[wkt]))
     crs = CRS.from_user_input(crs)
     import shapely
 

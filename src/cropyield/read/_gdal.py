@@ -115,7 +115,9 @@ def make_worker_plugin(**options: Any):
 
     distributed = require("distributed", "distributed", "pushing GDAL settings to dask workers")
 
-    class GDALEnvPlugin(distributed.WorkerPlugin):
+    plugin_base: Any = distributed.WorkerPlugin
+
+    class GDALEnvPlugin(plugin_base):
         """Apply cropyield's GDAL options on a dask worker (see :func:`configure_rio`)."""
 
         name = "cropyield-gdal-env"

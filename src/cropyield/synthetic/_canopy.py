@@ -305,7 +305,8 @@ def assign_management(parcels, config: WorldConfig):
             else:
                 tu = t_sow + p["up"] + ev_rng.normal(0, 3, m)
                 td = t_sow + p["dn"] + ev_rng.normal(0, 4, m) - (1 - stress) * 16
-                t_harv = t_sow + ev_rng.uniform(*p["harvest"], m)
+                h_lo, h_hi = p["harvest"]
+                t_harv = t_sow + ev_rng.uniform(h_lo, h_hi, m)
                 if crop == "vegetables":
                     td = t_harv + 40
                 tu_aut = np.full(m, np.nan)

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import typing
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -193,11 +194,16 @@ class WorldConfig:
                   blocksize=512)
         return cls(**{**kw, **overrides})
 
+    @property
+    def _size_wh(self) -> tuple[float, float]:
+        """``size_m`` as ``(width, height)``, the form ``__post_init__`` stores."""
+        return typing.cast(tuple[float, float], self.size_m)
+
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:
         """Plain-JSON view of the configuration."""
         d = dataclasses.asdict(self)
-        d["size_m"] = list(self.size_m)
+        d["size_m"] = list(self._size_wh)
         d["center_lonlat"] = list(self.center_lonlat)
         return d
 
@@ -265,7 +271,7 @@ class WorldConfig:
         """Bounds of the farmed area (inside the world grid), UTM metres."""
         x0, y0, w, h, _, _ = self._layout
         cx, cy = x0 + w * 5.0, y0 - h * 5.0
-        fw, fh = self.size_m
+        fw, fh = self._size_wh
         return (cx - fw / 2, cy - fh / 2, cx + fw / 2, cy + fh / 2)
 
     @cached_property

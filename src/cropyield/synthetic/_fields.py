@@ -230,10 +230,10 @@ def landscape(config: WorldConfig) -> Landscape:
         _, i0 = max(e)
         p0, p1 = rect[i0], rect[(i0 + 1) % 4]
         d = (p1 - p0) / np.linalg.norm(p1 - p0)
-        n = np.array([-d[1], d[0]])
-        if np.dot(rect[(i0 + 2) % 4] - p0, n) < 0:
-            n = -n
-        strip = Polygon([p0, p1, p1 + 5.0 * n, p0 + 5.0 * n])
+        nrm = np.array([-d[1], d[0]])
+        if np.dot(rect[(i0 + 2) % 4] - p0, nrm) < 0:
+            nrm = -nrm
+        strip = Polygon([p0, p1, p1 + 5.0 * nrm, p0 + 5.0 * nrm])
         sliver = _largest_polygon(g.intersection(strip))
         rest = _largest_polygon(g.difference(strip.buffer(0.5)))
         parcels.loc[parcels.index[k], "geometry"] = rest
@@ -270,13 +270,13 @@ def landscape(config: WorldConfig) -> Landscape:
     if config.n_fields is None:
         registered = eligible.copy()
     else:
-        farmers = rng.permutation(np.unique(parcels["farmer"].to_numpy()[eligible]))
+        shuffled = rng.permutation(np.unique(parcels["farmer"].to_numpy()[eligible]))
         # the farmers of the edge cases and of one straddling parcel come first
         first = list(parcels.loc[parcels["edge_case"] != "", "farmer"].unique())
         st = np.flatnonzero(crosses & eligible)
         if len(st):
             first.append(int(parcels["farmer"].iloc[int(st[rng.integers(len(st))])]))
-        farmers = list(dict.fromkeys([*first, *farmers]))
+        farmers = list(dict.fromkeys([*first, *shuffled]))
         count = 0
         farr = parcels["farmer"].to_numpy()
         for f in farmers:

@@ -38,13 +38,13 @@ class TileMixer:
     parcels: np.ndarray      # landscape parcel ids of labels n_bg..
     texture: np.ndarray      # (H, W) 0-1 within-field vigour texture
     noise_bank: np.ndarray   # standard normal float32, 2 x pixels
-    pure_pix: np.ndarray = None
-    pure_lab: np.ndarray = None
-    mix_pix: np.ndarray = None
-    mix_lab: np.ndarray = None
-    mix_frac: np.ndarray = None
-    mix_starts: np.ndarray = None
-    mix_target: np.ndarray = None
+    pure_pix: np.ndarray
+    pure_lab: np.ndarray
+    mix_pix: np.ndarray
+    mix_lab: np.ndarray
+    mix_frac: np.ndarray
+    mix_starts: np.ndarray
+    mix_target: np.ndarray
 
     @classmethod
     def build(cls, config: WorldConfig, ls: Landscape, tile: TileSpec) -> "TileMixer":
@@ -133,7 +133,7 @@ def parcel_reflectance(config: WorldConfig, ls: Landscape, parcels: np.ndarray, 
     return refl
 
 
-def _blur(a: np.ndarray, w: float = 0.12) -> np.ndarray:
+def _blur(a: np.ndarray, w: float | np.floating = 0.12) -> np.ndarray:
     """Separable 3-tap sensor PSF over the last two axes (edge pixels replicate)."""
     w = np.float32(w)
     c = np.float32(1) - 2 * w

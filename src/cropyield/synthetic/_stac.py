@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,7 @@ def make_item(config: WorldConfig, scene: SceneSpec, hrefs: dict[str, str], stat
     assets = {}
     for key, (fname, title, common, cw, fwhm, res) in ASSETS.items():
         t = tile.transform(res)
-        a = {"href": hrefs[fname], "type": COG_TYPE, "title": title}
+        a: dict[str, Any] = {"href": hrefs[fname], "type": COG_TYPE, "title": title}
         if common is not None:
             a["eo:bands"] = [{"name": key, "common_name": common,
                               "description": title.split(" - ")[0],
@@ -161,7 +162,8 @@ def make_collection(config: WorldConfig, items: list[dict]) -> dict:
     times = sorted(it["properties"]["datetime"] for it in items)
     item_assets = {}
     for key, (fname, title, common, cw, fwhm, res) in ASSETS.items():
-        ia = {"type": COG_TYPE, "title": title, "roles": ["data", "reflectance"]}
+        ia: dict[str, Any] = {"type": COG_TYPE, "title": title,
+                              "roles": ["data", "reflectance"]}
         if common is not None:
             ia["eo:bands"] = [{"name": key, "common_name": common,
                                "center_wavelength": cw, "full_width_half_max": fwhm}]

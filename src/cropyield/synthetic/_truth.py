@@ -328,8 +328,9 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
     for tl in tiles:
         inter = shapely.intersection(geoms, shapely.box(*tl.bounds))
         cov_tile[tl.name] = shapely.area(inter) / 100.0
-        r0, c0, s = tl.row0 // 2, tl.col0 // 2, tl.size_px // 2
-        in_tile[tl.name] = (crow >= r0) & (crow < r0 + s) & (ccol >= c0) & (ccol < c0 + s)
+        r0, c0, side = tl.row0 // 2, tl.col0 // 2, tl.size_px // 2
+        in_tile[tl.name] = ((crow >= r0) & (crow < r0 + side) & (ccol >= c0)
+                            & (ccol < c0 + side))
     dates = config.dates
     t = np.asarray((dates - pd.Timestamp(config.start)).days, dtype=float)
     road = np.array([0.12, 0.14, 0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.25, 0.23])
@@ -398,11 +399,11 @@ def simulate_observations(fields=None, config: WorldConfig | None = None, *,
                 fr.insert(3, "tile", s.tile.name)
                 frames.append(fr)
     if not frames:
-        cols = ["field_id", "time", "scene_id", "tile", "coverage", "valid_fraction",
+        names = ["field_id", "time", "scene_id", "tile", "coverage", "valid_fraction",
                 *[c for nm in indices for c in (nm, f"{nm}_std")], "flags"]
         frames = [pd.DataFrame({c: pd.Series(dtype=object if c in ("field_id", "scene_id",
                                                                       "tile", "flags")
-                                             else float) for c in cols})]
+                                             else float) for c in names})]
     df = pd.concat(frames, ignore_index=True)
     df["time"] = pd.to_datetime(df["time"], utc=True).astype("datetime64[ns, UTC]")
     df = df.sort_values(["field_id", "time", "scene_id"]).reset_index(drop=True)

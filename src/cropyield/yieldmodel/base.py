@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from .intervals import quality_scale
 __all__ = ["SCHEMA_VERSION", "YieldModel"]
 
 #: Version of the JSON layout written by :meth:`YieldModel.to_json`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: model kind -> class, filled as subclasses are defined (used by ``from_dict``).
 _KINDS: dict[str, type] = {}
 
@@ -55,7 +55,9 @@ class YieldModel:
     cloudy_gap_days: float = 40  # longer gap -> CLOUDY_SEASON flag, wider interval
     max_extrapolated_days: int = 20  # more extrapolated days in the window -> NaN + EXTRAPOLATED
 
-    def predict(self, series: pd.DataFrame, seasons, **kwargs) -> pd.DataFrame:  # pragma: no cover
+    def predict(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
+                radiation=None, crop: str | None = None,
+                climatology=None) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
 
     # -- serialisation
@@ -79,7 +81,8 @@ class YieldModel:
     def from_json(text_or_path: str | Path) -> "YieldModel":
         """Load a model written by :meth:`to_json` (a JSON string or a path).
 
-        Files of schema 1 (before the window features) and 2 load; a newer schema, another
+        Files of schema 1 (before the window features), 2 (before the linear target) and 3
+        load; a newer schema, another
         layout or unknown parameters raise :class:`~cropyield.errors.ModelError` saying so.
         """
         p = Path(str(text_or_path)) if not str(text_or_path).lstrip().startswith("{") else None
@@ -104,7 +107,7 @@ class YieldModel:
         if cls is None:
             raise ModelError(f"unknown model kind {d['kind']!r}")
         if int(d.get("schema_version", -1)) < 1 or not isinstance(d.get("params"), Mapping):
-            raise ModelError("not a cropyield yield model JSON (schema_version 1 or 2 with "
+            raise ModelError("not a cropyield yield model JSON (schema_version 1 to 3 with "
                              "'params' expected); refit the model with fit_yield_model")
         try:
             m = cls(**d["params"])
@@ -137,9 +140,10 @@ class YieldModel:
         return "\n".join(lines)
 
     # -- shared post-processing
-    def _finish(self, feats: pd.DataFrame, p50: np.ndarray, quant: list[dict[str, Any]],
-                basis: list[str], calib: list[str], extra_flags: list[list[str]],
-                sanity: list[tuple[float, float]]) -> pd.DataFrame:
+    def _finish(self, feats: pd.DataFrame, p50: np.ndarray,
+                quant: Sequence[Mapping[str, Any] | None], basis: list[str], calib: list[str],
+                extra_flags: list[list[str]],
+                sanity: Sequence[tuple[float, ...]]) -> pd.DataFrame:
         n = len(feats)
         n_obs = feats["n_obs"].to_numpy(float)
         gap = feats["max_gap_days"].to_numpy(float)

@@ -1,12 +1,14 @@
-"""Empirical yield model (:class:`EmpiricalModel`): a regularised regression of log yield
-on season features, fitted to observed yields by :func:`cropyield.yieldmodel.fit_yield_model`.
+"""Empirical yield model (:class:`EmpiricalModel`): a regularised regression of yield or log
+yield on season features, fitted to observed yields by
+:func:`cropyield.yieldmodel.fit_yield_model`.
 
 Features: phenological-window features of every index present
 (:func:`cropyield.yieldmodel.windows.window_features`: green-up, peak, three grain-fill
 windows, senescence slope, integrals, timing) and ``log_apar`` / ``log_apar_post`` (log
-Σ fAPAR × PAR over the season and after the peak, :func:`season_features`). The learner
-(standardised ridge or elastic net, :mod:`cropyield.yieldmodel.learners`) is chosen by grouped
-CV; its coefficients are stored in JSON.
+Σ fAPAR × PAR over the season and after the peak, :func:`season_features`). The target (yield
+or log yield), the feature set (all or the compact subset) and the learner (standardised ridge
+or elastic net) are chosen by grouped CV (:func:`cropyield.yieldmodel.learners.select_model`);
+its coefficients are stored in JSON.
 """
 
 from __future__ import annotations
@@ -84,9 +86,11 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
 
 
 class EmpiricalModel(YieldModel):
-    """Regularised linear regression of log yield on season features for one crop.
+    """Regularised linear regression of yield or log yield on season features for one crop.
 
-    ``log ŷ = intercept + ((x − mean) / scale) · coef``; ``x`` are the named features
+    ``log ŷ = intercept + ((x − mean) / scale) · coef`` (``target="log"``) or
+    ``ŷ = max(intercept + ((x − mean) / scale) · coef, floor_t_ha)`` (``target="linear"``);
+    ``x`` are the named features
     (:func:`model_features`). Parameters are usually set by :func:`fit_yield_model`
     (``method="empirical"``); all of them are plain numbers stored in JSON.
 
@@ -97,7 +101,14 @@ class EmpiricalModel(YieldModel):
     feature_names : sequence of str
         Feature columns in the order of ``coef``.
     coef, intercept, mean, scale
-        Coefficients on standardised features, intercept (log t/ha), column means and scales.
+        Coefficients on standardised features, intercept (log t/ha or t/ha, as ``target``),
+        column means and scales.
+    target : {"log", "linear"}
+        What the regression predicts (chosen by grouped CV in :func:`fit_yield_model`; files
+        written before it existed are ``"log"``).
+    floor_t_ha : float
+        Linear target: the smallest P50 given (t/ha); a prediction raised to it is flagged
+        ``EXTRAPOLATED``.
     alpha : float
         Penalty of the chosen learner (kept for the schema-1 layout).
     index : str
@@ -120,8 +131,13 @@ class EmpiricalModel(YieldModel):
                  residuals: Mapping[str, Any] | None = None, overrides=None,
                  training_range: Mapping[str, Sequence[float]] | None = None,
                  indices: Sequence[str] | None = None,
-                 learner: Mapping[str, Any] | None = None):
+                 learner: Mapping[str, Any] | None = None, target: str = "log",
+                 floor_t_ha: float = 0.0):
+        if target not in ("log", "linear"):
+            raise ValueError(f"target must be 'log' or 'linear', got {target!r}")
         self.crop = crop
+        self.target = target
+        self.floor_t_ha = float(floor_t_ha)
         self.feature_names = list(feature_names)
         self.coef = np.asarray(coef, dtype=float)
         self.intercept = float(intercept)
@@ -147,17 +163,34 @@ class EmpiricalModel(YieldModel):
             d["indices"] = self.indices
         if self.learner is not None:
             d["learner"] = self.learner
+        if self.target != "log":
+            d["target"] = self.target
+            d["floor_t_ha"] = self.floor_t_ha
         return _jsonable(d)
 
     #: Factor on the log-residual P10/P90 quantiles of ``EXTRAPOLATED`` seasons.
     extrapolation_widening: float = 1.5
 
-    def _log_from_design(self, X: np.ndarray) -> np.ndarray:
-        Z = (X - self.mean) / self.scale
-        return self.intercept + Z @ self.coef
+    def _yield_from_design(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(P50 t/ha, floored)`` from the design matrix (floored: raised to the floor)."""
+        from .learners import predict_yield
+
+        return predict_yield({"intercept": self.intercept, "coef": self.coef,
+                              "mean": self.mean, "scale": self.scale, "target": self.target,
+                              "floor": self.floor_t_ha}, X)
 
     def _predict_log(self, feats: pd.DataFrame) -> np.ndarray:
-        return self._log_from_design(_design(feats, self.feature_names))
+        return np.log(self._yield_from_design(_design(feats, self.feature_names))[0])
+
+    def level_scaled(self, shift_log: float) -> dict[str, Any]:
+        """Parameters that multiply every prediction by ``exp(shift_log)``: the intercept
+        moves by the shift (log target), or intercept, coefficients and floor scale by the
+        factor (linear target)."""
+        if self.target == "log":
+            return {"intercept": self.intercept + shift_log}
+        f = math.exp(shift_log)
+        return {"intercept": self.intercept * f, "coef": self.coef * f,
+                "floor_t_ha": self.floor_t_ha * f}
 
     def features(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
                  radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
@@ -197,7 +230,8 @@ class EmpiricalModel(YieldModel):
         pad = np.where(np.isfinite(width), 0.25 * width, 0.0)
         with np.errstate(invalid="ignore"):
             outside = np.isfinite(X) & ((X < lo_hi[:, 0] - pad) | (X > lo_hi[:, 1] + pad))
-        p50 = np.exp(self._log_from_design(np.clip(X, lo_hi[:, 0] - pad, lo_hi[:, 1] + pad)))
+        p50, floored = self._yield_from_design(np.clip(X, lo_hi[:, 0] - pad, lo_hi[:, 1] + pad))
+        outside = outside | floored[:, None]
         wq = dict(q)
         for k in ("q10", "q90"):
             if k in wq:

@@ -219,7 +219,7 @@ def season_features(series: pd.DataFrame, seasons, *, index: str = "ndvi",
         # observation days in the whole season (sos..eos) and gaps in the active window
         smask = (t >= np.datetime64(sos.date())) & (t <= np.datetime64(eos.date()))
         xs = xarr[idx][smask]
-        if has_gap:
+        if garr is not None:  # has_gap
             obs_days = t[smask][garr[idx][smask] == 0]
         else:
             obs_days = t[smask][np.isfinite(xs)]

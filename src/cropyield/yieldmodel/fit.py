@@ -14,9 +14,9 @@ from .empirical import SEASON_FEATURES, EmpiricalModel, _design, _uses_windows, 
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale
 from .lue import LUEModel
-from .learners import fit_learner, predict_linear, select_learner
+from .learners import fit_learner, predict_yield, select_model
 from .skill import _group_folds, _metrics
-from .windows import INDICES, window_feature_names
+from .windows import INDICES, feature_column_sets, window_feature_names
 
 __all__ = ["fit_yield_model"]
 
@@ -68,10 +68,12 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         Crop id of the registry.
     method : {"lue", "empirical", "simulation"}
         ``"lue"`` fits the calibration factor (geometric-mean ratio of observed to raw LUE
-        yield); ``"empirical"`` regresses log yield on the phenological-window features of
-        every index present (:mod:`cropyield.yieldmodel.windows`) plus log APAR, with a
-        regularised learner (ridge / elastic net, scikit-learn) chosen by grouped CV inside
-        each training fold; ``"simulation"`` trains the same regression on crop-model
+        yield); ``"empirical"`` regresses yield or log yield on the phenological-window
+        features of every index present (:mod:`cropyield.yieldmodel.windows`) plus log APAR,
+        or on their compact subset, with a regularised learner (ridge / elastic net,
+        scikit-learn) - target, feature set and learner chosen by grouped CV on the error
+        in t/ha inside each training fold
+        (:func:`cropyield.yieldmodel.learners.select_model`); ``"simulation"`` trains the same regression on crop-model
         simulations (``simulated``) and calibrates its level to ``county_mean_t_ha`` and/or
         the crop cuts in ``observed`` (:func:`cropyield.yieldmodel.simulation.fit_simulation`).
     groups : array-like, str or None
@@ -128,6 +130,19 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     ModelError
         Unknown method, too few matched observations (< 5 for field yields), an empirical fit
         to aggregates, or no usable seasons.
+
+    Examples
+    --------
+    ``series``: daily series of the surveyed fields (:func:`cropyield.smooth_series`);
+    ``cuts``: their crop cuts, a table ``field_id, yield_t_ha``.
+
+    >>> import cropyield as cy
+    >>> model = cy.fit_yield_model(series, cuts, crop="winter_wheat")  # doctest: +SKIP
+    >>> model.cv_["rmse_t_ha"], model.cv_["coverage_p10_p90"]  # doctest: +SKIP
+    >>> model.to_json("wheat_model.json")  # doctest: +SKIP
+    >>> model = cy.YieldModel.from_json("wheat_model.json")  # doctest: +SKIP
+    >>> county = {"region": "north_china_plain", "mean_yield_t_ha": 6.2}
+    >>> lue = cy.fit_yield_model(series, county, crop="winter_wheat")  # doctest: +SKIP
     """
     if method not in ("lue", "empirical", "simulation"):
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
@@ -162,6 +177,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                                                                       "area_ha")]],
                         on=["field_id", "season"], how="left")
     rg_key = region
+    model: YieldModel
     # ---- aggregate statistics
     if isinstance(observed, Mapping) or (isinstance(observed, pd.DataFrame)
                                          and "mean_yield_t_ha" in observed.columns):
@@ -218,8 +234,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         if method == "lue":
             fac = float(np.exp(np.mean(np.log(y[tr] / raw[tr]))))
             return raw[te] * fac, fac
-        fit = _fit_linear(X[tr], np.log(y[tr]), g[tr], alpha=alpha, n_splits=n_splits)
-        return np.exp(predict_linear(fit, X[te])), fit
+        fit = _fit_select(X[tr], y[tr], names, g[tr], alpha=alpha, n_splits=n_splits)
+        return predict_yield(fit, X[te])[0], fit
 
     for te in folds:
         tr = np.setdiff1d(np.arange(len(m)), te)
@@ -238,8 +254,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                       f"geometric-mean ratio", "n": int(len(m))}
         res = dict(lue.residuals)
         res[crop] = q
-        model: YieldModel = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                                     region=region, calibration=cal, residuals=res)
+        model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
+                         region=region, calibration=cal, residuals=res)
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
@@ -276,24 +292,34 @@ def _indices_of(names: Sequence[str]) -> list[str] | None:
     return idx or None
 
 
-def _fit_linear(X, logy, groups, *, alpha, n_splits):
+def _fit_select(X, y, names, groups, *, alpha, n_splits):
+    """A fixed ``alpha``: ridge on log yield and every column (the schema-1 behaviour);
+    ``alpha=None``: feature set, target and learner chosen by grouped CV
+    (:func:`~cropyield.yieldmodel.learners.select_model`)."""
     if alpha is not None:
-        return fit_learner(X, logy, "ridge", {"alpha": float(alpha)})
-    return select_learner(X, logy, groups, n_splits=n_splits)
+        fit = fit_learner(X, np.log(y), "ridge", {"alpha": float(alpha)})
+        fit.update(columns=list(range(X.shape[1])), column_set="full", target="log",
+                   floor=0.0)
+        return fit
+    return select_model(X, y, groups, n_splits=n_splits,
+                        column_sets=feature_column_sets(names))
 
 
 def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, residuals,
                     overrides, indices, cls=EmpiricalModel, **extra) -> EmpiricalModel:
-    fit = _fit_linear(X, np.log(y), g, alpha=alpha, n_splits=n_splits)
-    rng_ = {n_: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j, n_ in enumerate(names)}
-    learner = {"name": fit["name"], "params": fit["params"],
-               "cv_mse": fit.get("cv_mse"), "n_splits": fit.get("n_splits"),
-               "library": "scikit-learn"}
-    return cls(crop=crop, feature_names=names, coef=fit["coef"], intercept=fit["intercept"],
+    fit = _fit_select(X, y, names, g, alpha=alpha, n_splits=n_splits)
+    cols = fit["columns"]
+    used = [names[j] for j in cols]
+    rng_ = {names[j]: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j in cols}
+    learner = {"name": fit["name"], "params": fit["params"], "target": fit["target"],
+               "column_set": fit["column_set"], "cv_mse": fit.get("cv_mse"),
+               "n_splits": fit.get("n_splits"), "library": "scikit-learn"}
+    return cls(crop=crop, feature_names=used, coef=fit["coef"], intercept=fit["intercept"],
                mean=fit["mean"], scale=fit["scale"],
                alpha=float(fit["params"].get("alpha", 1.0)), index=index, region=region,
                residuals=residuals, overrides=overrides, training_range=rng_,
-               indices=indices, learner=learner, **extra)
+               indices=indices, learner=learner, target=fit["target"],
+               floor_t_ha=fit["floor"], **extra)
 
 
 def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups):

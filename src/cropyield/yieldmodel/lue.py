@@ -142,7 +142,9 @@ class LUEModel(YieldModel):
         raw = self.raw_yield(feats)
         n = len(feats)
         p50 = np.full(n, np.nan)
-        quant, basis, calib, extra, sanity = [], [], [], [], []
+        quant: list[Mapping[str, Any] | None] = []
+        basis, calib, extra = [], [], []
+        sanity: list[tuple[float, ...]] = []
         # vigour reference for value-only crops
         vig_ref: dict[str, float] = {}
         for c, g in feats.groupby("crop"):

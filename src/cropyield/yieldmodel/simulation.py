@@ -16,7 +16,8 @@ Entry point: :func:`fit_simulation` (what ``fit_yield_model(..., method="simulat
    * ``county_mean_t_ha``: ``δ_c = log(county mean / area-weighted mean prediction)`` over
      the target seasons, and/or
    * ``n`` crop cuts with log ratios ``r_i = log(y_i / ŷ_i)``: a normal-normal shrinkage
-     ``δ = δ_0 + w (r̄ − δ_0)``, ``w = n / (n + σ² / τ²)``, where ``δ_0`` is ``δ_c`` (or 0),
+     ``δ = δ_0 + w (r̄ − δ_0)``, ``w = n / (n + σ² / τ²)``, where ``r̄ = log(Σ y_i / Σ ŷ_i)``
+     (the ratio estimator, like the county level), ``δ_0`` is ``δ_c`` (or 0),
      ``τ`` the prior sd of the level (``level_prior_sd``: 0.05 with a county statistic, 0.3
      without) and ``σ²`` the per-field log-residual variance (the larger of the cuts' own and
      the simulations' out-of-fold variance).
@@ -31,7 +32,7 @@ Entry point: :func:`fit_simulation` (what ``fit_yield_model(..., method="simulat
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,8 @@ class SimulationModel(EmpiricalModel):
 
     ``level`` records how the level was set: ``{"kind": "county" | "cuts" | "county+cuts" |
     "uncalibrated", "shift_log", "factor", "n_cuts", "county_mean_t_ha", "prior_sd",
-    "posterior_sd", "weight", "source"}``; the shift is already in ``intercept``.
+    "posterior_sd", "weight", "source"}``; the shift is already in the parameters (the
+    intercept; with a linear target also the coefficients and the floor).
     """
 
     kind = "simulation"
@@ -163,11 +165,12 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
             seasons = _detected_seasons(ser, seasons, "ndvi" if "ndvi" in idx else idx[0])
             truth = truth.merge(seasons[["field_id", "season"]], on=["field_id", "season"])
     groups = truth["weather_year"].to_numpy() if "weather_year" in truth.columns else None
-    model = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
-                            method="empirical", groups=groups, seasons=seasons, region=region,
-                            index=index, n_splits=n_splits, seed=seed, alpha=alpha,
-                            features=features, overrides=overrides, climatology=climatology,
-                            indices=idx)
+    fitted = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
+                             method="empirical", groups=groups, seasons=seasons, region=region,
+                             index=index, n_splits=n_splits, seed=seed, alpha=alpha,
+                             features=features, overrides=overrides, climatology=climatology,
+                             indices=idx)
+    model = cast(EmpiricalModel, fitted)  # method="empirical" fits an EmpiricalModel
     model.cv_ = {**(model.cv_ or {}), "data": "simulated",
                  "n_weather_years": int(truth["weather_year"].nunique())
                  if "weather_year" in truth.columns else None}
@@ -205,12 +208,13 @@ def _sigma2_from_quantiles(q: Mapping[str, Any]) -> float:
 
 
 def level_shift(r: np.ndarray, *, prior_mean: float, prior_sd: float,
-                sigma2: float) -> tuple[float, float, float]:
+                sigma2: float, cuts_level: float | None = None) -> tuple[float, float, float]:
     """Shrinkage estimate of the log level from crop-cut log ratios ``r``.
 
     Returns ``(shift, posterior_sd, weight)`` with ``weight = n / (n + sigma2 / prior_sd²)``
-    and ``shift = prior_mean + weight (mean(r) − prior_mean)`` (``prior_mean`` when
-    ``r`` is empty).
+    and ``shift = prior_mean + weight (r̄ − prior_mean)`` (``prior_mean`` when ``r`` is
+    empty). ``r̄`` is ``cuts_level`` when given (:func:`fit_simulation` passes the log ratio
+    of the cuts' mean yield to their mean prediction), else ``mean(r)``.
     """
     r = np.asarray(r, dtype=float)
     r = r[np.isfinite(r)]
@@ -220,7 +224,8 @@ def level_shift(r: np.ndarray, *, prior_mean: float, prior_sd: float,
         return float(prior_mean), math.sqrt(tau2), 0.0
     w = n / (n + sigma2 / tau2)
     post = math.sqrt(1.0 / (1.0 / tau2 + n / sigma2))
-    return float(prior_mean + w * (np.mean(r) - prior_mean)), post, float(w)
+    rbar = float(np.mean(r)) if cuts_level is None else float(cuts_level)
+    return float(prior_mean + w * (rbar - prior_mean)), post, float(w)
 
 
 def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.DataFrame,
@@ -307,10 +312,23 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
             kind.append("cuts")
             src.append(f"{len(r)} crop cuts")
     q_sim = core.residuals
+    if not q_sim:  # pragma: no cover - checked above for simulated=, set by training
+        raise ModelError("the simulation model has no interval residuals")
     sigma2 = _sigma2_from_quantiles(q_sim)
     if len(r) >= 3:
         sigma2 = max(sigma2, float(np.var(r, ddof=1)))
-    shift, post_sd, weight = level_shift(r, prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2)
+    # the cuts' level is the log ratio of their mean yield to their mean prediction (the
+    # ratio estimator, as for the county statistic): the mean of log ratios sits about
+    # sigma²/2 below it when the P50 is a mean (a linear-target regression), which pulled
+    # the demo's wheat level 7 % low
+    yh_cut = y_cut / np.exp(r) if len(r) else np.zeros(0)
+
+    def cuts_level(sel):
+        return math.log(float(np.sum(y_cut[sel])) / float(np.sum(yh_cut[sel])))
+
+    every = np.ones(len(r), bool)
+    shift, post_sd, weight = level_shift(r, prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2,
+                                         cuts_level=cuts_level(every) if len(r) else None)
     level: dict[str, Any] = {
         "kind": "+".join(kind) if kind else "uncalibrated", "shift_log": shift,
         "factor": math.exp(shift), "n_cuts": int(len(r)),
@@ -324,10 +342,13 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         loo = np.empty(len(r))
         for i in range(len(r)):
             rest = np.delete(r, i)
-            sh_i, _, _ = level_shift(rest, prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2)
+            others = every.copy()
+            others[i] = False
+            sh_i, _, _ = level_shift(rest, prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2,
+                                     cuts_level=cuts_level(others))
             z[i] = (r[i] - sh_i) / s_cut[i]
             loo[i] = sh_i
-        q = conformal_quantiles(z)
+        q: dict[str, Any] = conformal_quantiles(z)
         # the level was set on P50s formed with the simulations' median score (``pred``
         # above); keep that median so the county statistic / cut level is not undone by
         # the cuts' own residual median (the shrunk level leaves it off zero)
@@ -345,8 +366,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         q["q90"] = q["q50"] + math.hypot(q["q90"] - q["q50"], d)
         q["method"] = (f"cross-conformal on simulations ({q_sim.get('n')} seasons) widened by "
                        f"the level's posterior sd {post_sd:.3f}")
-    p = {k: v for k, v in core._params().items() if k not in ("residuals", "intercept")}
-    model = SimulationModel(level=level, intercept=core.intercept + shift, residuals=q, **p)
+    p = {k: v for k, v in core._params().items() if k != "residuals"}
+    p.update(core.level_scaled(shift))
+    model = SimulationModel(level=level, residuals=q, **p)
     model.cv_ = {**(core.cv_ or {}), "level": level}
     logger.info("simulation yield model for %s: level %s x%.3f", crop, level["kind"],
                 level["factor"])

@@ -123,9 +123,10 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
     """Canopy ceiling: grouped-CV skill of a regression on the noise-free daily canopy.
 
     The canopy of each season is described by the phenological-window features of
-    :func:`cropyield.yieldmodel.windows.window_features` (every index present); log yield is
-    regressed on them with the learner :func:`~cropyield.yieldmodel.learners.select_learner`
-    chooses by grouped CV inside each training fold; the out-of-fold predictions are scored
+    :func:`cropyield.yieldmodel.windows.window_features` (every index present); yield is
+    regressed on them with the feature set, target (yield or log yield) and learner that
+    :func:`~cropyield.yieldmodel.learners.select_model` chooses by grouped CV inside each
+    training fold - the empirical model's own choice; the out-of-fold predictions are scored
     against ``observed``. The folds are those :func:`cropyield.yieldmodel.fit_yield_model`
     uses for the same ``groups``, ``n_splits`` and ``seed``, so ``model.cv_["r2"] /
     ceiling["r2"]`` compares like with like.
@@ -163,8 +164,8 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
     ModelError
         Fewer than 10 seasons with both canopy and yield, or fewer than 2 groups.
     """
-    from .learners import predict_linear, select_learner
-    from .windows import window_feature_names, window_features
+    from .learners import predict_yield, select_model
+    from .windows import feature_column_sets, window_feature_names, window_features
 
     obs = pd.DataFrame(observed).copy()
     if "yield_t_ha" not in obs.columns:
@@ -201,11 +202,12 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         if len(folds) < 2:
             raise ModelError("the canopy ceiling needs at least 2 groups")
         oof = np.full(len(sel), np.nan)
-        Xs, ys = X[sel], np.log(y[sel])
+        Xs, ys = X[sel], y[sel]
+        sets = feature_column_sets(names)
         for te in folds:
             tr = np.setdiff1d(np.arange(len(sel)), te)
-            fit = select_learner(Xs[tr], ys[tr], g[tr], n_splits=n_splits)
-            oof[te] = np.exp(predict_linear(fit, Xs[te]))
+            fit = select_model(Xs[tr], ys[tr], g[tr], n_splits=n_splits, column_sets=sets)
+            oof[te] = predict_yield(fit, Xs[te])[0]
         met = _metrics(y[sel], oof)
         per[c] = {"r2": met["r2"], "rmse": met["rmse_t_ha"], "n": int(len(sel))}
     if len(per) == 1:

@@ -17,7 +17,15 @@ suffix     window (days, relative to the primary index's peak ``pos``)
            half the amplitude (senescence rate; ≤ 0)
 ``int``    Σ (index − season base) over the half-amplitude span (index × days)
 ``intpost````Σ (index − season base)`` from ``pos`` to the half-amplitude down-crossing
+``sum``    Σ index over the whole season ``sos .. eos`` (index × days: level and duration)
+``pre30``  mean over the 30 days up to the index's *own* peak
+``post30`` mean over the 30 days from the index's *own* peak
 ========== =================================================================================
+
+The last three form the compact set (:data:`COMPACT_SUFFIXES`, with ``max``): a few robust
+levels per index that do not depend on the primary curve's half-amplitude crossings, which
+:func:`cropyield.yieldmodel.learners.select_model` can choose instead of the full set when
+grouped CV prefers fewer, steadier features.
 
 plus timing of the primary curve: ``pos_doy`` (day of year of the peak), ``green_days``
 (half-amplitude up-crossing to peak) and ``sen_days`` (peak to half-amplitude down-crossing).
@@ -31,20 +39,24 @@ a model and its ceiling see the same windows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ModelError
 
-__all__ = ["INDICES", "WINDOW_SUFFIXES", "window_features", "window_feature_names"]
+__all__ = ["INDICES", "WINDOW_SUFFIXES", "COMPACT_SUFFIXES", "window_features",
+           "window_feature_names"]
 
 #: Index columns used by default (those present in the series).
 INDICES = ("ndvi", "evi2", "gcvi", "ndre", "ndmi")
 #: Per-index window feature suffixes (see the module docstring).
 WINDOW_SUFFIXES = ("max", "green", "atpeak", "fill1", "fill2", "fill3", "slope", "int",
-                   "intpost")
+                   "intpost", "sum", "pre30", "post30")
+#: Suffixes of the compact feature set (season maximum, season sum, 30 days either side of
+#: each index's own peak).
+COMPACT_SUFFIXES = ("max", "sum", "pre30", "post30")
 TIMING = ("pos_doy", "green_days", "sen_days")
 _FILL = ((8, 23), (23, 38), (38, 53))
 
@@ -151,16 +163,17 @@ def window_features(series: pd.DataFrame, seasons=None, *, indices=None,
         days = np.arange(sos_a[i], eos_a[i] + np.timedelta64(1, "D"))
         pos_in = np.searchsorted(t, days)
         hit = (pos_in < len(t)) & (t[np.minimum(pos_in, len(t) - 1)] == days)
-        curves = {}
+        curves: dict[Any, np.ndarray] = {}
+        too_few = False
         for k in idx:
             x = np.full(len(days), np.nan)
             x[hit] = arrs[k][g][pos_in[hit]]
             ok = np.isfinite(x)
             if ok.sum() < 5:
-                curves = None
+                too_few = True
                 break
             curves[k] = np.interp(np.arange(len(x)), np.flatnonzero(ok), x[ok])
-        if curves is None:
+        if too_few:
             continue
         up, kp, dn = _curve_windows(curves[primary])
         row = []
@@ -172,6 +185,8 @@ def window_features(series: pd.DataFrame, seasons=None, *, indices=None,
             row += [float(np.max(x)), _mean(x, up, kp + 1), _mean(x, kp - 7, kp + 8)]
             row += [_mean(x, kp + a, kp + b) for a, b in _FILL]
             row += [slope, float(np.sum(x[up:dn + 1] - base)), float(np.sum(seg - base))]
+            ko = int(np.argmax(x))
+            row += [float(np.sum(x)), _mean(x, ko - 29, ko + 1), _mean(x, ko, ko + 30)]
         pos_day = pd.Timestamp(days[kp])
         row += [float(pos_day.day_of_year), float(kp - up), float(dn - kp)]
         out[i] = row
@@ -179,3 +194,17 @@ def window_features(series: pd.DataFrame, seasons=None, *, indices=None,
     df.insert(0, "season", s["season"].to_numpy())
     df.insert(0, "field_id", s["field_id"].to_numpy())
     return df
+
+
+def feature_column_sets(names: Sequence[str]) -> dict[str, list[int]]:
+    """Named feature subsets the empirical learner chooses among by grouped CV.
+
+    ``"full"``: every column of ``names``; ``"compact"``: the :data:`COMPACT_SUFFIXES`
+    columns of each index (only when there are some and they are fewer than all).
+    """
+    full = list(range(len(names)))
+    compact = [j for j, n in enumerate(names) if n.rsplit("_", 1)[-1] in COMPACT_SUFFIXES]
+    sets = {"full": full}
+    if compact and len(compact) < len(full):
+        sets["compact"] = compact
+    return sets
