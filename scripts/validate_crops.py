@@ -15,7 +15,7 @@ the classes they share; nothing is tuned on a test region (all settings are the 
 Usage::
 
     PYTHONPATH=src .venv/bin/python scripts/validate_crops.py [--data ../shared/data/worldcereal]
-        [--synthetic-fields 1200] [--skip-synthetic] [--seed 0]
+        [--synthetic-fields 1200] [--skip-synthetic] [--seed 0] [--bare-trough]
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def score_weak(ph: pd.DataFrame, truth, t0, clean: pd.DataFrame) -> dict:
             "date_median": float(np.median(err)) if len(err) else float("nan")}
 
 
-def weak_season_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
+def weak_season_rows(n: int, seed: int, **phkw) -> list[tuple[str, str, str]]:
     from cropyield.seasons import phenology
 
     out = []
@@ -271,7 +271,7 @@ def weak_season_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
             "ndvi": np.concatenate([y for _, y in truth])}))
         for label, kw in (("weak rule (default)", {}), ("weak rule off",
                                                          {"weak_relative_drop": 0.0})):
-            r = score_weak(phenology(s, **kw), truth, t0, clean)
+            r = score_weak(phenology(s, **phkw, **kw), truth, t0, clean)
             what = ("wheat + weak second crop" if second else "wheat only (dormancy dip)")
             out.append((f"phenology, {what}, {label}",
                         (f"found {r['found']:.3f}, " if second else "")
@@ -301,6 +301,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--weak-fields", type=int, default=400,
                     help="fields per weak-season world (0: skip)")
+    ap.add_argument("--bare-trough", action="store_true",
+                    help="phenology(bare_trough=True) in the weak-season worlds")
     a = ap.parse_args(argv)
     print("command: PYTHONPATH=src python scripts/validate_crops.py "
           + " ".join(sys.argv[1:] if argv is None else argv))
@@ -392,7 +394,8 @@ def main(argv=None) -> int:
                               f"{r.confidence:.2f} acc {r.accuracy:.2f}"
                               for r in rc.itertuples() if r.n)))
     if a.weak_fields:
-        for row in weak_season_rows(a.weak_fields, a.seed + 11):
+        for row in weak_season_rows(a.weak_fields, a.seed + 11,
+                                    **({"bare_trough": True} if a.bare_trough else {})):
             res.append(row)
     if not a.skip_synthetic:
         from cropyield import synthetic

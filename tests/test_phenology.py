@@ -88,9 +88,12 @@ def test_wheat_dormancy_does_not_split_but_double_cropping_does():
     assert wheat.sos < pd.Timestamp("2021-12-01")        # autumn emergence
     assert pd.Timestamp("2022-02-15") <= wheat.sos50 <= pd.Timestamp("2022-04-01")
     assert wheat.eos < maize.sos
-    # a deeper threshold would split the dormancy dip: the rule is what keeps it whole
+    # a deeper threshold would split the dormancy dip: the depth rule keeps it whole, and so
+    # does the bare-soil rule (the dip stays above bare soil)
     assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
                      min_amplitude=0.05).shape[0] == 3
+    assert phenology(series_df({"a": wheat_maize(t)}), min_trough_depth=0.05,
+                     min_amplitude=0.05, bare_trough=True).shape[0] == 2
 
 
 def test_three_seasons_in_a_year():
@@ -249,7 +252,8 @@ def test_kernel_matches_its_pure_python_execution():
         of = np.full((4, 12, 15), np.nan)
         oi = np.zeros((4, 12, 2), dtype=np.int64)
         ns = np.zeros(4, dtype=np.int64)
-        fn(Y, G, S, 0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, 0.2, 0.8, 6, 10.0, 30.0, of, oi,
+        fn(Y, G, S, 0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, True, 0.2, 0.8, 6, 10.0, 30.0, 100.0,
+           np.array([0.0, 19.0, 0.0, 19.0]), of, oi,
            ns, np.zeros(1, dtype=np.int64))
         res.append((of, oi, ns))
     np.testing.assert_array_equal(res[0][2], [2, 1, -1, 0])
@@ -355,7 +359,8 @@ def test_weak_peak_kernel_matches_its_numpy_twin():
             y = 0.15 + sum(rng.uniform(0.1, 0.7) * np.exp(-0.5 * ((x - rng.uniform(0, n))
                                                                  / rng.uniform(5, 40)) ** 2)
                            for _ in range(3)) + rng.normal(0, 0.01, n)
-        args = (0.1, 0.3, 0.3 if t % 2 else -np.inf, 0.05, 0.25 if t % 4 else 0.0, 0.2, 30.0)
+        args = (0.1, 0.3, 0.3 if t % 2 else -np.inf, 0.05, 0.25 if t % 4 else 0.0, 0.2, 30.0,
+                t % 5 != 0)
         out = np.empty(n, np.int64)
         k = _find_peaks(y, *args, out)
         np.testing.assert_array_equal(out[:k], _find_peaks_ref(y, *args))
@@ -373,3 +378,83 @@ def test_field_causes_reach_the_phenology_table():
     bad = ph.loc[ph.field_id == "bowtie", "flags"].iloc[0]
     assert {"NO_SEASON", "NO_DATA", "INVALID_GEOMETRY"} <= set(bad.split(","))
     assert "INVALID_GEOMETRY" not in ",".join(ph.loc[ph.field_id == "good", "flags"])
+
+
+def test_dips_far_from_the_season_do_not_move_its_dates():
+    """A dip into the smoother's edge zone or long after harvest leaves SOS/EOS unchanged."""
+    n = 450
+    plain = trapezoid(n)                              # SOS 84, EOS 216, base 0.1
+    t = np.arange(n, dtype=float)
+    end_dip = plain.copy()
+    end_dip[n - 15:] = np.linspace(0.1, -0.15, 15)    # one dark last date, followed down
+    late_dip = plain - 0.2 * np.exp(-0.5 * ((t - 350) / 8.0) ** 2)   # 130 days after harvest
+    ph = phenology(series_df({"plain": plain, "end": end_dip, "late": late_dip}),
+                   edge_days=20.0).set_index("field_id")
+    for f in ("end", "late"):
+        for c in ("sos", "eos"):
+            assert ph.loc[f, c] == ph.loc["plain", c], (f, c)
+        for c in ("base_right", "amplitude"):
+            assert ph.loc[f, c] == pytest.approx(ph.loc["plain", c], abs=1e-6), (f, c)
+    assert days(ph.loc["plain", "eos"]) == 216
+    # the former rules (bases anywhere on the side) put EOS into the dips
+    old = phenology(series_df({"end": end_dip, "late": late_dip}), edge_days=0.0,
+                    eos_base_days=np.inf).set_index("field_id")
+    assert days(old.loc["end", "eos"]) > 400 and days(old.loc["late", "eos"]) > 300
+    with pytest.raises(PhenologyError):
+        phenology(series_df({"plain": plain}), eos_base_days=0)
+    with pytest.raises(PhenologyError):
+        phenology(series_df({"plain": plain}), edge_days=-1)
+
+
+def test_dark_last_and_first_dates_do_not_move_the_dates():
+    """Undetected cloud on the two first or last clear dates: the Whittaker fit follows them
+    down (it is one-sided there); the default edge zone (from λ and the revisit) keeps
+    SOS/EOS. A slow senescence (120 days from the plateau to bare soil) is not cut short by
+    ``eos_base_days``."""
+    d = np.arange(0, 400, 5)
+    truth = trapezoid(400, a=40, b=140, c=200, d=320)[d]     # slow green-up and senescence
+    rows = []
+    for fid, dark in (("clean", []), ("dark_end", [len(d) - 1, len(d) - 2]),
+                      ("dark_start", [0, 1])):
+        v = truth.copy()
+        v[dark] -= 0.3
+        rows.append(pd.DataFrame({"field_id": fid, "time": T0 + pd.to_timedelta(d, "D"),
+                                  "ndvi": v, "valid_fraction": 1.0}))
+    s = smooth_series(pd.concat(rows, ignore_index=True), index="ndvi")
+    ph = phenology(s).set_index("field_id")
+    old = phenology(s, edge_days=0.0, eos_base_days=np.inf).set_index("field_id")
+    assert ph.loc["clean", "eos"] == old.loc["clean", "eos"]
+    assert abs(days(ph.loc["clean", "eos"]) - 296) <= 3         # clean curve: 296
+    for f in ("dark_end", "dark_start"):
+        for c in ("sos", "eos"):
+            assert abs((ph.loc[f, c] - ph.loc["clean", c]).days) <= 3, (f, c)
+    # the former rules: EOS 90 days late, SOS 50 days early
+    assert (old.loc["dark_end", "eos"] - old.loc["clean", "eos"]).days > 30
+    assert (old.loc["clean", "sos"] - old.loc["dark_start", "sos"]).days > 30
+
+
+def _before_curve(trough, after_base):
+    """Small autumn bump (0.17 → 0.39), a trough, a main peak of 0.8, then ``after_base``."""
+    t = np.arange(400, dtype=float)
+    y = 0.17 + 0.22 * sig(0.15 * (t - 40)) - (0.39 - trough) * sig(0.15 * (t - 120)) \
+        + (0.8 - trough) * sig(0.1 * (t - 200)) - (0.8 - after_base) * sig(0.12 * (t - 290))
+    return y
+
+
+def test_weak_peak_before_a_larger_one_needs_bare_soil_on_both_sides():
+    """A catch crop terminated to bare soil before the main crop is its own season; a
+    pre-winter bump whose dip stays above the bare soil the field returns to after harvest
+    (winter wheat's dormancy, deepened by cloud residue) is not."""
+    from cropyield.seasons import _find_peaks, _find_peaks_ref
+
+    catch = _before_curve(trough=0.19, after_base=0.17)
+    dormancy = _before_curve(trough=0.21, after_base=0.1)
+    ph = phenology(series_df({"catch": catch, "dormancy": dormancy}))
+    n = ph[ph.pos.notna()].groupby("field_id").size()
+    assert n["catch"] == 2 and n["dormancy"] == 1
+    args = (0.1, 0.3, 0.3, 0.05, 0.25, 0.2, 30.0, True)
+    for y in (catch, dormancy):
+        out = np.empty(len(y), np.int64)
+        k = _find_peaks(y, *args, out)
+        np.testing.assert_array_equal(out[:k], _find_peaks_ref(y, *args))
+        assert k == len(_find_peaks_ref(y, *args))

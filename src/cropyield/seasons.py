@@ -5,15 +5,18 @@ deep enough: a trough splits two seasons only if it drops at least ``min_amplitu
 units below *both* neighbouring peaks and at least ``min_trough_depth`` × the amplitude of
 the larger neighbour (above the field's lowest value). This keeps winter wheat's pre-winter
 tillering bump and dormancy dip in one season, while wheat → maize double cropping (the
-curve falls to bare soil at the June harvest) gives two, and three crops a year give three. A weaker rule (``weak_*`` options of
-:func:`phenology`) also keeps small second crops and catch crops that smoothing has partly
-merged into the main season.
+curve falls to bare soil at the June harvest) gives two, and three crops a year give three.
+A weaker rule (``weak_*`` options of :func:`phenology`) also keeps small second crops and
+catch crops that smoothing has partly merged into the main season; a smaller peak *before*
+a larger one needs the trough to reach bare soil under it (under both rules with
+``bare_trough``).
 
 Metrics per season follow TIMESAT (Jönsson & Eklundh 2002, 2004): SOS is the first day after
 the left minimum on which the curve reaches ``base + f × (peak − base)`` and EOS the last day
 before the right minimum on which it is still there, each side with its own base (the
-minimum between this peak and the previous/next season's peak), ``f`` = 0.2 (``sos``/``eos``)
-and 0.5
+minimum between this peak and the previous/next season's peak; for EOS at most
+``eos_base_days`` after the peak, and never in the smoother's one-sided edge zone at the
+series ends, see :func:`phenology`), ``f`` = 0.2 (``sos``/``eos``) and 0.5
 (``sos50``/``eos50``); base = mean of left and right base; amplitude = peak − base; rates
 between the 20 % and 80 % levels; large integral = Σ curve and small integral =
 Σ max(curve − base, 0) over the days from SOS to EOS (index units × days).
@@ -76,6 +79,37 @@ def _fill_nan(y, out):
 
 
 @njit(nogil=True)
+def _bare_trough(y, ext, typ, alive, m, k, lft, rgt):
+    """Whether trough ``k`` after a smaller peak ``lft`` (before a larger ``rgt``) is bare soil.
+
+    True when the trough lies within 25 % of the small peak's rise (above its outer base,
+    the lowest point back to the previous surviving peak or the series start) of the lower
+    of that outer base and the base after the larger season (the lowest point up to the
+    next surviving peak or the series end). A catch crop or first crop ends at bare soil
+    before the next crop is sown, the level the field returns to after that crop's
+    harvest; winter wheat's dormancy dip, even deepened by cloud residue, stays above it.
+    """
+    n = y.shape[0]
+    j = lft - 1
+    while j >= 0 and not (alive[j] and typ[j] == 1):
+        j -= 1
+    lo = ext[j] if j >= 0 else 0
+    ob = y[ext[lft]]
+    for i in range(lo, ext[lft] + 1):
+        if y[i] < ob:
+            ob = y[i]
+    j = rgt + 1
+    while j < m and not (alive[j] and typ[j] == 1):
+        j += 1
+    hi = ext[j] if j < m else n - 1
+    fb = ob
+    for i in range(ext[rgt], hi + 1):
+        if y[i] < fb:
+            fb = y[i]
+    return y[ext[k]] - fb <= 0.25 * (y[ext[lft]] - ob)
+
+
+@njit(nogil=True)
 def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, weak_days):
     """Whether the lower peak beside trough ``k`` is a small season of its own.
 
@@ -83,8 +117,7 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
     lowest point between it and the next surviving peak on its far side, or the series
     end), the trough must drop at least ``weak_rel`` of that rise, and the peak must stay
     above the trough's level plus half the drop for at least ``weak_days`` days. A small
-    peak before the larger one also needs the trough within 25 % of its rise above its
-    outer base.
+    peak before the larger one also needs a bare-soil trough (:func:`_bare_trough`).
     """
     n = y.shape[0]
     if y[ext[lft]] < y[ext[rgt]]:
@@ -113,11 +146,10 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
     rise = y[ext[w]] - ob
     if rise < weak_amp or drop < weak_rel * rise:
         return False
-    if step < 0 and yt - ob > 0.25 * rise:
-        # a small peak *before* a larger one (e.g. winter wheat's pre-winter tillering before
-        # its spring peak) counts only when the trough falls back near its own base (a catch
-        # crop terminated before sowing); after a larger season (second crop after harvest)
-        # the rules above suffice
+    if step < 0 and not _bare_trough(y, ext, typ, alive, m, k, lft, rgt):
+        # a small peak *before* a larger one (winter wheat's pre-winter tillering before
+        # its spring peak) counts only when the trough falls back to bare soil; after a
+        # larger season (second crop after harvest) the rules above suffice
         return False
     level = yt + 0.5 * drop
     a = ext[w]
@@ -131,7 +163,7 @@ def _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel, weak_amp, w
 
 @njit(nogil=True)
 def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, weak_days,
-                peaks_out):
+                bare_before, peaks_out):
     """Season peaks of a curve without NaN. Returns the number written to ``peaks_out``."""
     n = y.shape[0]
     if n < 3:
@@ -191,11 +223,15 @@ def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, 
             drop = min(yl, yr) - yt
             big = max(yl, yr) - gmin
             rel = drop / big if big > 0 else 0.0
+            shallow = drop < min_amp or rel < min_depth
+            if not shallow and yl < yr and bare_before:
+                # a smaller peak before a larger one: a season only on a bare-soil trough
+                shallow = not _bare_trough(y, ext, typ, alive, m, k, lft, rgt)
             weak = False
-            if weak_rel > 0 and drop >= weak_drop and (drop < min_amp or rel < min_depth):
+            if weak_rel > 0 and drop >= weak_drop and shallow:
                 weak = _weak_season(y, ext, typ, alive, m, k, lft, rgt, drop, weak_rel,
                                     weak_amp, weak_days)
-            if (drop < min_amp or rel < min_depth) and not weak:
+            if shallow and not weak:
                 score = rel
                 if score < best:
                     best = score
@@ -237,7 +273,7 @@ def _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp, 
 
 
 def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.25,
-                    weak_amp=0.2, weak_days=30.0):
+                    weak_amp=0.2, weak_days=30.0, bare_before=True):
     """NumPy/Python reference twin of :func:`_find_peaks` (returns the peak indices)."""
     y = np.asarray(y, dtype=float)
     n = len(y)
@@ -258,6 +294,17 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
     gmin = y.min()
     alive = list(range(len(ext)))      # positions into ext still alive, in order
 
+    def bare(pos):
+        """The trough at alive[pos] after a smaller peak comes down to bare soil."""
+        k, lft, rgt = alive[pos], alive[pos - 1], alive[pos + 1]
+        prev = [e for e in alive if ext[e][1] == 1 and e < lft]
+        lo = ext[prev[-1]][0] if prev else 0
+        ob = y[lo:ext[lft][0] + 1].min()
+        far = [e for e in alive if ext[e][1] == 1 and e > rgt]
+        hi = ext[far[0]][0] if far else n - 1
+        fb = min(ob, y[ext[rgt][0]:hi + 1].min())
+        return y[ext[k][0]] - fb <= 0.25 * (y[ext[lft][0]] - ob)
+
     def weak(pos):
         k = alive[pos]
         lft, rgt = alive[pos - 1], alive[pos + 1]
@@ -276,7 +323,7 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
         rise = y[ext[w][0]] - ob
         if rise < weak_amp or drop < weak_rel * rise:
             return False
-        if before and yt - ob > 0.25 * rise:
+        if before and not bare(pos):
             return False
         above = y >= yt + 0.5 * drop
         p = ext[w][0]
@@ -299,7 +346,10 @@ def _find_peaks_ref(y, min_amp, min_depth, min_peak, weak_drop=0.05, weak_rel=0.
             drop = min(yl, yr) - yt
             big = max(yl, yr) - gmin
             rel = drop / big if big > 0 else 0.0
-            if drop < min_amp or rel < min_depth:
+            shallow = drop < min_amp or rel < min_depth
+            if not shallow and yl < yr and bare_before:
+                shallow = not bare(pos)
+            if shallow:
                 if weak_rel > 0 and drop >= weak_drop and weak(pos):
                     continue
                 if rel < best:
@@ -347,7 +397,7 @@ def _cross_down(y, p, hi, level):
 
 @njit(nogil=True)
 def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
-                   weak_days, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap,
+                   weak_days, bare_before, f_lo, f_hi, min_obs, cloudy_gap, extrap_gap, base_r, E,
                    out_f, out_i, n_seasons, n_cut):
     """Seasons and metrics for every field.
 
@@ -364,12 +414,15 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
             n_seasons[f] = -1
             continue
         k = _find_peaks(y, min_amp, min_depth, min_peak, weak_drop, weak_rel, weak_amp,
-                        weak_days, peaks)
+                        weak_days, bare_before, peaks)
         if k > out_f.shape[1]:
             n_cut[0] += 1
             k = out_f.shape[1]
-        gmin = y[0]
-        for i in range(n):
+        # the field's lowest level, outside the smoother's edge zones (a fit that follows
+        # one dark first or last date down would make every season look cut)
+        e0 = min(int(E[f]), (n - 1) // 2)
+        gmin = y[e0]
+        for i in range(e0, n - e0):
             if y[i] < gmin:
                 gmin = y[i]
         n_seasons[f] = k
@@ -386,13 +439,56 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
             for i in range(b, p - 1, -1):
                 if y[i] < y[rm]:
                     rm = i
+            flags = 0
+            # bases for the dates: the right one within ``base_r`` days after the peak, and
+            # neither inside the smoother's one-sided edge zone (``E[f]`` days at each
+            # series end)
+            a2 = a
+            if a2 == 0 and E[f] > 0:
+                a2 = min(int(E[f]), p)
+            lm2 = lm
+            if a2 > a:
+                lm2 = p
+                for i in range(a2, p + 1):
+                    if y[i] < y[lm2]:
+                        lm2 = i
+            b2 = b
+            cut = False
+            if b2 - p > base_r:
+                b2 = p + int(base_r)
+                cut = True
+            if b2 == n - 1 and E[f] > 0:
+                b2 = max(n - 1 - int(E[f]), p)
+            rm2 = rm
+            if b2 < b:
+                rm2 = p
+                for i in range(b2, p - 1, -1):
+                    if y[i] < y[rm2]:
+                        rm2 = i
+                # still senescing at the window's limit (falling by more than 5 % of the
+                # amplitude in its last 10 days): slow dry-down, the whole side counts
+                if cut and rm2 == b2 and b2 - 10 > p and \
+                        y[b2 - 10] - y[b2] > 0.05 * (pk - y[b2]):
+                    rm2 = rm
+                    if E[f] > 0 and b == n - 1:
+                        rm2 = p
+                        for i in range(max(n - 1 - int(E[f]), p), p - 1, -1):
+                            if y[i] < y[rm2]:
+                                rm2 = i
+            # a side is cut by the series limits when its base is the series end and the
+            # curve there is still well above the season's other base (the field's lowest
+            # level when that side reaches the series end too); cut sides keep the plain
+            # minimum
+            ref = y[rm2] if rm != n - 1 else gmin
+            part_l = (p == 0) or (lm == 0 and y[0] - ref > f_lo * (pk - ref))
+            ref = y[lm2] if lm != 0 else gmin
+            part_r = (p == n - 1) or (rm == n - 1 and y[n - 1] - ref > f_lo * (pk - ref))
+            if not part_l:
+                lm = lm2
+            if not part_r:
+                rm = rm2
             bl = y[lm]
             br = y[rm]
-            flags = 0
-            # a side is cut by the series limits when its base is the series end and the
-            # curve there is still well above the field's lowest level
-            part_l = (p == 0) or (lm == 0 and y[0] - gmin > f_lo * (pk - gmin))
-            part_r = (p == n - 1) or (rm == n - 1 and y[n - 1] - gmin > f_lo * (pk - gmin))
             if part_l:
                 flags |= _F_PARTIAL_L
             if part_r:
@@ -486,6 +582,23 @@ def _phenology_all(Y, G, S, min_amp, min_depth, min_peak, weak_drop, weak_rel, w
             out_i[f, s, 1] = flags
 
 
+def _edge_days(series: pd.DataFrame, fidx: np.ndarray, nf: int, G: np.ndarray) -> np.ndarray:
+    """Days at each series end where a Whittaker fit is one-sided, per field.
+
+    3 × the smoother's length scale ``(λ / ρ)^(1/4)`` days, λ from the series' ``lam``
+    column and ρ the fraction of days with a clear observation (``gap_days == 0``); 0 when
+    the series has no ``lam`` column (not a :func:`smooth_series` output).
+    """
+    if "lam" not in series.columns:
+        return np.zeros(nf)
+    lam = np.full(nf, np.nan)
+    lam[fidx] = series["lam"].to_numpy(dtype=np.float64, na_value=np.nan)
+    rho = (G == 0).mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = 3.0 * (lam / rho) ** 0.25
+    return np.where(np.isfinite(e), e, 0.0)
+
+
 def _row_mean(a: np.ndarray) -> np.ndarray:
     ok = np.isfinite(a)
     cnt = ok.sum(axis=1)
@@ -525,7 +638,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
               weak_drop: float = 0.05, weak_min_days: float = 30.0,
               sos_fraction: float = 0.2, rate_fraction: float = 0.8, min_obs: int = 6,
               cloudy_gap_days: float = 10.0, extrapolated_gap_days: float = 30.0,
-              id_col: str = "field_id") -> pd.DataFrame:
+              id_col: str = "field_id", eos_base_days: float = 100.0,
+              edge_days: float | None = None, bare_trough: bool = False) -> pd.DataFrame:
     """Growing seasons and TIMESAT-style phenology metrics per field.
 
     Parameters
@@ -565,6 +679,16 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         true amplitude is ≥ 0.25 above the local base and that last ≥ 60 days, which the
         smoother shrinks to ~0.15-0.2 with a partly filled trough
         (``docs/validation_crops.md``). ``weak_relative_drop=0`` turns the rule off.
+    bare_trough : bool
+        Also under the regular rule (``min_amplitude``/``min_trough_depth``; the weak rule
+        always asks it), a smaller peak *before* a larger one is a season of its own only
+        when the trough between them comes down to bare soil: within 25 % of the small
+        peak's rise of the lower of its own outer base and the base after the larger
+        season. A catch crop or first crop ends at bare soil before the next crop is sown;
+        winter wheat's dormancy dip, deepened by undetected cloud on several winter dates,
+        stays above it. Halves the spurious seasons on cloudy winter-wheat fields
+        (``docs/validation_crops.md``) but also merges growth cycles of grassland and relay
+        crops that never reach bare soil, hence off by default.
     sos_fraction : float
         Fraction of the amplitude for ``sos``/``eos`` (TIMESAT's 20 %).
     rate_fraction : float
@@ -576,6 +700,24 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         from any clear observation (or the longest gap exceeds 4× this).
     extrapolated_gap_days : float
         ``EXTRAPOLATED`` when SOS, peak or EOS lies further than this from any observation.
+    id_col : str
+        Field identifier column.
+    eos_base_days : float
+        The right base (for EOS) is the lowest point within this many days after the peak
+        (or up to the next season's peak when that comes first). Crops are at stubble or
+        bare soil within about three months of peak greenness (wheat: heading to harvest
+        ≈ 60 days; maize: silking to harvest 60-90 days), so a dip long after harvest
+        (cloud residue in a long fallow, the smoother's edge effect) does not move EOS.
+        ``np.inf`` searches up to the next peak or the series end (natural vegetation with
+        longer dry-downs).
+    edge_days : float, optional
+        Days at each end of the series excluded from the search for a base (at the series
+        start for SOS, the end for EOS): a Whittaker fit is one-sided there and follows a
+        single low (cloud-darkened) date down. Default: 3 × the smoother's length scale
+        ``(λ / ρ)^(1/4)`` days per field, λ from the series' ``lam`` column and ρ the
+        fraction of days with a clear observation (≈ 19 days at λ = 200 and one clear date
+        in 8 days); 0 for a series without ``lam`` (not :func:`smooth_series` output).
+        A season cut by the series limits (``PARTIAL_SEASON``) keeps its bases.
 
     Returns
     -------
@@ -618,6 +760,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
         raise PhenologyError("need 0 < sos_fraction < 0.5 < rate_fraction < 1")
     if min_amplitude <= 0 or not 0 <= min_trough_depth < 1:
         raise PhenologyError("need min_amplitude > 0 and 0 <= min_trough_depth < 1")
+    if not eos_base_days > 0 or (edge_days is not None and not edge_days >= 0):
+        raise PhenologyError("need eos_base_days > 0 and edge_days >= 0 (or None)")
     if weak_relative_drop < 0 or weak_amplitude < 0 or weak_drop < 0 or weak_min_days < 0:
         raise PhenologyError("weak-season settings must be >= 0 (weak_relative_drop=0 "
                              "turns the rule off)")
@@ -673,11 +817,16 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
     n_cut = np.zeros(1, dtype=np.int64)
     if min_peak is None:
         min_peak = _DEFAULT_MIN_PEAK.get(index, -np.inf)
+    if edge_days is None:
+        E = _edge_days(series, fidx, nf, G)
+    else:
+        E = np.full(nf, float(edge_days))
     _phenology_all(Y, G, S, float(min_amplitude), float(min_trough_depth), float(min_peak),
                    float(weak_drop), float(weak_relative_drop), float(weak_amplitude),
-                   float(weak_min_days), float(sos_fraction),
+                   float(weak_min_days), bool(bare_trough), float(sos_fraction),
                    float(rate_fraction), int(min_obs), float(cloudy_gap_days),
-                   float(extrapolated_gap_days), out_f, out_i, n_seasons, n_cut)
+                   float(extrapolated_gap_days), float(eos_base_days), E,
+                   out_f, out_i, n_seasons, n_cut)
     if n_cut[0]:
         logger.warning("phenology: %d fields had more than %d seasons; later ones dropped",
                        int(n_cut[0]), maxs)
@@ -763,7 +912,8 @@ def phenology(series: pd.DataFrame, *, index: str = "ndvi", as_of=None,
                     min_amplitude=min_amplitude, min_trough_depth=min_trough_depth,
                     weak_amplitude=weak_amplitude, weak_relative_drop=weak_relative_drop,
                     weak_drop=weak_drop, weak_min_days=weak_min_days,
-                    min_peak=float(min_peak),
+                    min_peak=float(min_peak), eos_base_days=eos_base_days,
+                    edge_days=edge_days, bare_trough=bool(bare_trough),
                     sos_fraction=sos_fraction)
     n_none = int((n_seasons <= 0).sum())
     if n_none:
