@@ -142,6 +142,17 @@ def served_s2_world(s2_world_dir):
         yield srv
 
 
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` (validation scripts are not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def load_stac_fixture(name: str) -> dict:
     """A real recorded STAC API response from ``tests/data/stac`` (see its README)."""
     return json.loads((DATA / "stac" / name).read_text())

@@ -3,7 +3,6 @@ calibration, safe JSON model files, monthly composites and the real WorldCereal 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import load_script
 
 import cropyield
 from cropyield.classify import CropClassifier, brier_score, reliability_curve
@@ -189,20 +189,12 @@ def test_grouped_cross_validation_keeps_groups_together():
         CropClassifier().cross_validate(series_of(obs), y, g.map(lambda v: "one"), n_splits=3)
 
 
-def _validate_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_crops.py"
-    spec = importlib.util.spec_from_file_location("validate_crops", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_real_worldcereal_parcels_flanders():
     """Real LPIS parcels (monthly composites, 65535 = no data) go through smooth_series and
     the classifier; grassland vs maize in Flanders 2021, 4-fold."""
     if not (SHARED / "month_2021_BEL_Flanders.parquet").exists():
         pytest.skip("../shared/data/worldcereal not present")
-    v = _validate_module()
+    v = load_script("validate_crops")
     obs, codes = v.load_region(SHARED, "flanders")
     assert obs["ndvi"].between(-1, 1).all() or obs["ndvi"].isna().any()
     assert (obs["valid_fraction"] == 0).any()          # no-data months are kept as NaN

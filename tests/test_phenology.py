@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import load_script
 
 from cropyield.errors import split_flags
 from cropyield.seasons import PhenologyError, phenology, season_stage
@@ -295,22 +296,11 @@ def test_multi_year_series_numbers_seasons_in_time_order():
 # ----------------------------------------------------------------------------- weak seasons
 
 
-def _validate_crops():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_crops.py"
-    spec = importlib.util.spec_from_file_location("validate_crops", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_weak_second_crop_after_wheat_is_a_season():
     """Wheat then a second crop 0.25-0.40 above the trough for 60-110 days, 5-day revisits,
     half the dates cloudy and undetected cloud residue: the weak rule finds the second crop
     without splitting wheat's dormancy dip (docs/validation_crops.md has the 400-field run)."""
-    v = _validate_crops()
+    v = load_script("validate_crops")
     obs, truth, t0 = v.weak_double_crops(40, seed=101)
     s = smooth_series(obs, index="ndvi")
     n = len(truth[0][1])
@@ -327,7 +317,7 @@ def test_weak_second_crop_after_wheat_is_a_season():
 
 def test_weak_rule_invents_no_seasons_from_noise_or_cloud_residue():
     rng = np.random.default_rng(3)
-    v = _validate_crops()
+    v = load_script("validate_crops")
     obs, truth, t0 = v.weak_double_crops(30, seed=102, second=False)
     ph = phenology(smooth_series(obs, index="ndvi"))
     n_seasons = ph[ph.pos.notna()].groupby("field_id").size()

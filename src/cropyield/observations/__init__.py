@@ -46,8 +46,7 @@ import pandas as pd
 
 from ..errors import ConfigError, CropYieldError
 from ..read import _as_scene_list, _solar_day  # noqa: F401  (re-exported helpers)
-# read_deadline="auto": _AUTO_DEADLINE_BASE s + _AUTO_DEADLINE_PER_SCENE s per scene
-from ..read._blocks import _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE
+from ..read._blocks import deadline_seconds
 from ._run import _baseline, _run_acquisitions
 from ._table import OBSERVATION_COLUMNS, _assemble, merge_observations, observations_to_xarray
 
@@ -209,16 +208,7 @@ def field_observations(scenes, fields, *, indices: Sequence[str] = ("ndvi",),
         raise ConfigError("min_coverage_frac must be within [0, 1]")
     fields = validate_fields(fields, id_col=id_col)
     scene_list = _as_scene_list(scenes)
-    if read_deadline == "auto":
-        read_deadline = _AUTO_DEADLINE_BASE + _AUTO_DEADLINE_PER_SCENE * len(scene_list)
-    elif read_deadline is not None:
-        try:
-            read_deadline = float(read_deadline)
-        except (TypeError, ValueError):
-            raise ConfigError(f"read_deadline must be seconds, 'auto' or None, got "
-                              f"{read_deadline!r}") from None
-        if not read_deadline > 0:
-            raise ConfigError(f"read_deadline must be > 0 seconds, got {read_deadline!r}")
+    read_deadline = deadline_seconds(read_deadline, len(scene_list))
     for s in scene_list:
         missing = [b for b in bands_needed if b not in s.bands]
         if missing:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .._log import logger, redact
-from ..errors import AssetReadError, AuthExpiredError, CorruptAssetError, CropYieldError
+from ..errors import (AssetReadError, AuthExpiredError, ConfigError, CorruptAssetError,
+                      CropYieldError)
 from ._gdal import (_RAW_BYTES_PER_TILE, HEADER_BYTES, _configured_options, _is_remote,
                     _open_plain, _redact_rasterio_logs, _vsi_path, classify_error,
                     clear_gdal_cache, gdal_env)
@@ -54,6 +55,22 @@ _MIN_REQUEST_TIMEOUT = 0.25
 #: read_deadline="auto" (field_observations, load_cube): this many seconds plus
 #: _AUTO_DEADLINE_PER_SCENE per scene
 _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE = 600.0, 120.0
+
+
+def deadline_seconds(read_deadline: float | str | None, n_scenes: int) -> float | None:
+    """Seconds of a ``read_deadline`` argument ("auto", seconds > 0 or None)."""
+    if read_deadline is None:
+        return None
+    if isinstance(read_deadline, str) and read_deadline == "auto":
+        return _AUTO_DEADLINE_BASE + _AUTO_DEADLINE_PER_SCENE * n_scenes
+    try:
+        value = float(read_deadline)
+    except (TypeError, ValueError):
+        raise ConfigError(f"read_deadline must be seconds, 'auto' or None, got "
+                          f"{read_deadline!r}") from None
+    if not value > 0:
+        raise ConfigError(f"read_deadline must be > 0 seconds, got {read_deadline!r}")
+    return value
 
 
 @dataclass

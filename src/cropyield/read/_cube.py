@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, CropYieldError
+from ..errors import CropYieldError
 from ..zonal import _REFL_MAX, _REFL_MIN
-from ._blocks import _AUTO_DEADLINE_BASE, _AUTO_DEADLINE_PER_SCENE, BlockReader
+from ._blocks import BlockReader, deadline_seconds
 from ._gdal import DEFAULT_GDAL_ENV, gdal_env
 from ._scenes import _as_scene_list, _solar_day
 
@@ -97,7 +97,7 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
     scene_list = _as_scene_list(scenes)
     if not scene_list:
         raise CropYieldError("load_cube got no scenes; search again with a wider date range")
-    deadline = _deadline_seconds(read_deadline, len(scene_list))
+    deadline = deadline_seconds(read_deadline, len(scene_list))
     bands = list(bands)
     geom, aoi_crs = _aoi_geometry(aoi)
     if crs is None:
@@ -138,22 +138,6 @@ def load_cube(scenes, aoi, *, bands, resolution: float = 10, crs=None,
         scl_classes, dilate, threads, env_d, dtype, deadline)
     return _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, res,
                      crs, resampling, stats, dst_transform)
-
-
-def _deadline_seconds(read_deadline: float | str | None, n_scenes: int) -> float | None:
-    """Seconds of a ``read_deadline`` argument ("auto", seconds > 0 or None)."""
-    if read_deadline is None:
-        return None
-    if isinstance(read_deadline, str) and read_deadline == "auto":
-        return _AUTO_DEADLINE_BASE + _AUTO_DEADLINE_PER_SCENE * n_scenes
-    try:
-        value = float(read_deadline)
-    except (TypeError, ValueError):
-        raise ConfigError(f"read_deadline must be seconds, 'auto' or None, got "
-                          f"{read_deadline!r}") from None
-    if not value > 0:
-        raise ConfigError(f"read_deadline must be > 0 seconds, got {read_deadline!r}")
-    return value
 
 
 def _assemble(data, scl_out, valid, keys, groups, bands, height, width, x0, y1, res, crs,
