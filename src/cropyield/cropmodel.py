@@ -51,7 +51,7 @@ import pandas as pd
 
 __all__ = ["EMERGENCE_OFFSETS", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
            "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
-           "nitrogen_factor"]
+           "nitrogen_factor", "load_weather", "warped_weather", "WEATHER_COLUMNS"]
 
 #: World crop id -> WOFOST crop of the library.
 WOFOST_CROPS = {"winter_wheat": "wheat", "summer_maize": "maize", "spring_maize": "maize",
@@ -72,6 +72,10 @@ _MAIZE_DT, _MAIZE_RAIN, _MAIZE_TSUM = 6.0, 1.5, 0.75
 _K = {"wheat": 0.50, "maize": 0.55}          # canopy extinction (as the synthetic world)
 LIBRARY_FILE = "crop_library.parquet"
 LIBRARY_VERSION = 1
+WEATHER_FILE = "crop_weather.parquet"
+#: Daily weather columns (units in the names): minimum and maximum air temperature (degC),
+#: global radiation (MJ m-2 d-1), rain (mm d-1).
+WEATHER_COLUMNS = ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm")
 
 
 def nitrogen_factor(n_kg_ha) -> np.ndarray:
@@ -351,6 +355,95 @@ def _load_library() -> pd.DataFrame:
     return df
 
 
+# ------------------------------------------------------------------------------ weather
+@lru_cache(maxsize=2)
+def _weather_table(c: str) -> pd.DataFrame:
+    with resources.as_file(resources.files("cropyield") / "data" / WEATHER_FILE) as p:
+        w = pd.read_parquet(p)
+    w = w.set_index(pd.DatetimeIndex(w.pop("date")).normalize())
+    # one row per day, no gaps: warped_weather looks days up by position
+    w = w[~w.index.duplicated(keep="last")].reindex(pd.date_range(w.index.min(), w.index.max()))
+    if c == "maize":     # the warm analogue the maize runs use (_warm_cabo, rounded as there)
+        for k in ("tmin_c", "tmax_c"):
+            w[k] = (w[k] + _MAIZE_DT).round(1)
+        w["rain_mm"] = (w["rain_mm"] * _MAIZE_RAIN).round(1)
+    return w[list(WEATHER_COLUMNS)]
+
+
+def load_weather(crop: str = "wheat") -> pd.DataFrame:
+    """Daily weather the crop-model library ran on (no PCSE needed).
+
+    The Wageningen (Haarweg) CABO files ``NL1.976``-``NL1.999`` shipped with PCSE, copied
+    into ``cropyield/data/crop_weather.parquet`` by ``scripts/build_crop_weather.py``; for
+    maize the warm analogue of the module docstring (+6 degC on minimum and maximum
+    temperature, rain x1.5).
+
+    Parameters
+    ----------
+    crop : str
+        ``wheat``/``winter_wheat`` or ``maize``/``summer_maize``/``spring_maize``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by date (tz-naive, daily), columns :data:`WEATHER_COLUMNS`: ``tmin_c``,
+        ``tmax_c`` (degC), ``radiation_mj_m2`` (MJ m-2 d-1), ``rain_mm`` (mm d-1); NaN on the
+        missing days of the files (1990-1991).
+    """
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no crop-model weather for crop {crop!r}; choose from "
+                          f"{sorted(WOFOST_CROPS)}")
+    return _weather_table(c).copy()
+
+
+def warped_weather(crop: str, emergence, t_a, wscale, t) -> dict[str, np.ndarray]:
+    """Weather of crop-model runs on the calendar they are placed on by the time warp.
+
+    A run is placed on a field's calendar by ``day = t_a + run_day * wscale``
+    (:func:`cropyield.synthetic._canopy.wofost_timing`); calendar day ``t`` therefore sees
+    the run's weather of run day ``u = (t - t_a) / wscale`` (nearest day), i.e. the weather
+    date ``emergence + u``. Before the run's day 0 (``t < t_a``: wheat's autumn and winter,
+    the days before maize emergence) the calendar is not warped: ``u = t - t_a``. Means of
+    daily weather over a window are kept by the warp; sums are not (use means, mm/d).
+
+    Parameters
+    ----------
+    crop : str
+        Crop of the runs (``wheat``/``maize`` or a world crop id).
+    emergence : sequence of datetime-like
+        Emergence date of each run on its weather calendar (library column ``emergence``).
+    t_a, wscale : array-like of float
+        Calendar day of each run's day 0 and the warp factor (days per run day).
+    t : ndarray
+        Calendar days (same origin as ``t_a``), shape ``(D,)`` or ``(n, D)``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        :data:`WEATHER_COLUMNS` arrays of shape ``(n, D)``; NaN where the weather files have
+        no day.
+    """
+    w = load_weather(crop)
+    t = np.asarray(t, dtype=float)
+    t_a = np.asarray(t_a, dtype=float)[:, None]
+    ws = np.asarray(wscale, dtype=float)[:, None]
+    d = t - t_a
+    u = np.where(d >= 0, d / ws, d)
+    em = pd.DatetimeIndex(pd.to_datetime(list(emergence))).normalize()
+    day0 = w.index[0]
+    off = ((em - day0).days.to_numpy(dtype=float))[:, None] + np.round(u)
+    k = np.nan_to_num(off, nan=-1.0).astype(np.int64)
+    ok = np.isfinite(off) & (k >= 0) & (k < len(w))
+    out = {}
+    for c in WEATHER_COLUMNS:
+        v = w[c].to_numpy(dtype=float)
+        out[c] = np.where(ok, v[np.clip(k, 0, len(v) - 1)], np.nan)
+    return out
+
+
 # ------------------------------------------------------------------ canopy -> observations
 @dataclass(frozen=True)
 class SimulatedSeasons:
@@ -370,12 +463,19 @@ class SimulatedSeasons:
         Noise-free daily truth: ``field_id, time`` (tz-naive), ``lai, ndvi, evi2, gcvi, ndre,
         ndmi``.
     seed : int
+    weather : pandas.DataFrame or None
+        Daily weather of each field on the same calendar as ``canopy`` (each run's weather
+        mapped through the run's time warp, :func:`warped_weather`): ``field_id, time``
+        (tz-naive), ``tmin_c, tmax_c`` (degC), ``radiation_mj_m2`` (MJ m-2 d-1), ``rain_mm``
+        (mm d-1). Input of :func:`cropyield.yieldmodel.weather_features` (``weather=`` of
+        ``fit_yield_model`` and ``train_on_simulations``).
     """
 
     observations: pd.DataFrame
     truth: pd.DataFrame
     canopy: pd.DataFrame
     seed: int
+    weather: pd.DataFrame | None = None
 
 
 def brown_lai(lai: np.ndarray) -> np.ndarray:
@@ -525,8 +625,14 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
     observations = _observe(refl, day_axes, fids, rng, revisit=revisit,
                             cloud_fraction=cloud_fraction)
     observations["time"] = observations["time"].astype("datetime64[ns, UTC]")
+    wx = warped_weather(c, lib["emergence"], sea["t_a"], sea["wscale"], t)
+    weather = pd.DataFrame({"field_id": np.repeat(fids, D),
+                            "time": pd.DatetimeIndex(np.concatenate(
+                                [d.to_numpy("datetime64[ns]") for d in day_axes])),
+                            **{k: v.ravel() for k, v in wx.items()}})
     return SimulatedSeasons(observations=observations, truth=pd.DataFrame(truth),
-                            canopy=pd.concat(canopy, ignore_index=True), seed=seed)
+                            canopy=pd.concat(canopy, ignore_index=True), seed=seed,
+                            weather=weather)
 
 
 #: Crop of the simulated seasons' calendar and canopy (``wheat``/``maize`` as the world's

@@ -116,7 +116,8 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                          n_splits: int = 5, seed: int = 0, alpha: float | None = None,
                          features=None, overrides=None, climatology=None,
                          smooth_kwargs: Mapping[str, Any] | None = None,
-                         season_source: str = "detected") -> EmpiricalModel:
+                         season_source: str = "detected", weather=None,
+                         weather_options: Mapping[str, Any] | None = None) -> EmpiricalModel:
     """Fit the empirical regression on crop-model seasons (step 1 of the module docstring).
 
     Parameters
@@ -138,6 +139,13 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         dropped) - the same detector that sets the target fields' seasons in the pipeline,
         so training and prediction windows agree. ``"truth"``: the truth's ``sos``/``eos``
         (for targets scored on true season dates).
+    weather : DataFrame or True, optional
+        Daily weather of the simulated fields (``field_id, time, tmin_c, tmax_c,
+        radiation_mj_m2, rain_mm``); ``True`` takes ``simulated.weather``
+        (:attr:`cropyield.cropmodel.SimulatedSeasons.weather`). Adds the weather covariates
+        as an extra candidate feature set (see ``fit_yield_model(weather=)``). Default: none.
+    weather_options : mapping, optional
+        ``fill_days``, ``hot_c`` of :func:`cropyield.yieldmodel.weather.weather_features`.
 
     Returns
     -------
@@ -165,11 +173,16 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
             seasons = _detected_seasons(ser, seasons, "ndvi" if "ndvi" in idx else idx[0])
             truth = truth.merge(seasons[["field_id", "season"]], on=["field_id", "season"])
     groups = truth["weather_year"].to_numpy() if "weather_year" in truth.columns else None
+    if weather is True:
+        weather = getattr(simulated, "weather", None)
+        if weather is None:
+            raise ModelError("weather=True needs simulated.weather (simulate_seasons output "
+                             "of this cropyield version); pass the daily weather table")
     fitted = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
                              method="empirical", groups=groups, seasons=seasons, region=region,
                              index=index, n_splits=n_splits, seed=seed, alpha=alpha,
                              features=features, overrides=overrides, climatology=climatology,
-                             indices=idx)
+                             indices=idx, weather=weather, weather_options=weather_options)
     model = cast(EmpiricalModel, fitted)  # method="empirical" fits an EmpiricalModel
     model.cv_ = {**(model.cv_ or {}), "data": "simulated",
                  "n_weather_years": int(truth["weather_year"].nunique())
@@ -234,13 +247,18 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                    index: str = "ndvi", lat=None, radiation=None, n_splits: int = 5,
                    seed: int = 0, alpha: float | None = None, features=None, overrides=None,
                    climatology=None, indices: Sequence[str] | None = None,
-                   n_simulated: int = 400) -> SimulationModel:
+                   n_simulated: int = 400, weather: pd.DataFrame | None = None,
+                   weather_options: Mapping[str, Any] | None = None) -> SimulationModel:
     """Crop-model-trained yield model levelled to statistics or crop cuts (module docstring).
 
     Parameters are those of :func:`cropyield.yieldmodel.fit_yield_model` (``simulated`` may
     also be an :class:`EmpiricalModel` returned by :func:`train_on_simulations`, to level one
     trained model several times); ``series`` and ``seasons`` are the *target* fields (the level is set on their predictions), ``observed``
     holds their crop cuts (``field_id[, season], yield_t_ha``; ``None`` or empty for none).
+    ``weather`` is the daily weather of the *target* fields: with it, simulations given as
+    :class:`~cropyield.cropmodel.SimulatedSeasons` are trained with their own ``weather``
+    (weather covariates as an extra candidate set), and a pre-trained model that uses
+    weather predicts with it.
 
     Returns
     -------
@@ -262,13 +280,21 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         sim = simulated if simulated is not None else _simulate(crop, n_simulated, seed)
         ser_idx = [k for k in (indices if indices is not None else INDICES)
                    if k in series.columns]
+        sim_wx = None
+        if weather is not None:
+            sim_wx = getattr(sim, "weather", None)
+            if sim_wx is None:
+                raise ModelError("weather= needs simulations with their weather "
+                                 "(SimulatedSeasons.weather); simulate them with "
+                                 "cropyield.cropmodel.simulate_seasons")
         core = train_on_simulations(sim, crop=crop, indices=ser_idx or None, index=index,
                                     region=region, n_splits=n_splits, seed=seed, alpha=alpha,
                                     features=features, overrides=overrides,
-                                    climatology=climatology)
+                                    climatology=climatology, weather=sim_wx,
+                                    weather_options=weather_options)
     tseas = seasons[seasons["crop"] == crop] if "crop" in seasons.columns else seasons
     pred = core.predict(series, tseas, lat=lat, region=region, radiation=radiation,
-                        climatology=climatology)
+                        climatology=climatology, weather=weather)
     p50 = pred["yield_t_ha_p50"].to_numpy(float)
     # county statistic -> prior mean of the level
     prior_mean, kind, src = 0.0, [], []
