@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropyield.errors import ConfigError, CropYieldError, ModelError, split_flags
-from cropyield.yieldmodel import (EmpiricalModel, LUEModel, YieldModel, conformal_quantiles,
+from cropyield.yieldmodel import (SCHEMA_VERSION, EmpiricalModel, LUEModel, YieldModel, conformal_quantiles,
                                   fapar_from_index, fit_yield_model, quality_scale,
                                   season_features)
 
@@ -264,7 +264,7 @@ def test_json_roundtrip_no_pickle(tmp_path):
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
-        assert d["schema_version"] == 3 and d["kind"] == method
+        assert d["schema_version"] == SCHEMA_VERSION == 4 and d["kind"] == method
         assert "pickle" not in text.lower() and isinstance(d["params"], dict)
         m2 = YieldModel.from_json(path)
         assert type(m2) is type(m) and m2.model_version == m.model_version
