@@ -190,3 +190,27 @@ def test_simulation_model_with_weather(wheat):
     with pytest.raises(ModelError, match="simulated.weather"):
         train_on_simulations(lib.__class__(lib.observations, lib.truth, lib.canopy, lib.seed),
                              crop="winter_wheat", weather=True)
+
+
+def test_world_field_weather_covers_crop_model_seasons():
+    from cropyield import synthetic as syn
+
+    cfg = syn.WorldConfig(n_fields=40, seed=1)
+    wx = syn.field_weather(config=cfg)
+    truth = syn.true_seasons(config=cfg)
+    wof = truth[truth["yield_source"] == "wofost"]
+    assert len(wof) and set(wx["field_id"]) == set(wof["field_id"])
+    assert not wx.duplicated(["field_id", "time"]).any()
+    assert wx[["tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm"]].notna().all().all()
+    for r in wof.itertuples():
+        w = wx[(wx["field_id"] == r.field_id)]
+        days = w["time"]
+        assert days.min() <= r.sow_date and days.max() >= r.harvest_date
+        assert (w.loc[(days >= r.sos) & (days <= r.eos), "weather_year"]
+                == r.weather_year).all()
+    # features over the seasons' own phenology are finite for every crop-model season
+    f = weather_features(wx, wof)
+    assert f[weather_feature_names(("fill",))].notna().all().all()
+    # wheat grain fill (May-June) is warmer than its winter, maize is warm throughout
+    wheat = f.merge(wof[["field_id", "season", "crop"]])
+    assert (wheat.loc[wheat["crop"] == "winter_wheat", "wx_fill_tmax_c"] > 12).all()
