@@ -199,15 +199,20 @@ def test_world_field_weather_covers_crop_model_seasons():
     wx = syn.field_weather(config=cfg)
     truth = syn.true_seasons(config=cfg)
     wof = truth[truth["yield_source"] == "wofost"]
-    assert len(wof) and set(wx["field_id"]) == set(wof["field_id"])
+    fields = syn.make_fields(cfg)
+    assert len(wof) and set(wx["field_id"]) == set(fields["field_id"])
     assert not wx.duplicated(["field_id", "time"]).any()
     assert wx[["tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm"]].notna().all().all()
+    # every field has the world's whole period, on one weather year: its block's, which is
+    # the weather year of its crop-model seasons
+    n_days = len(cfg.days) + 20
+    assert (wx.groupby("field_id").size() == n_days).all()
+    assert (wx.groupby("field_id")["weather_year"].nunique() == 1).all()
     for r in wof.itertuples():
         w = wx[(wx["field_id"] == r.field_id)]
         days = w["time"]
-        assert days.min() <= r.sow_date and days.max() >= r.harvest_date
-        assert (w.loc[(days >= r.sos) & (days <= r.eos), "weather_year"]
-                == r.weather_year).all()
+        inside = w[(days >= r.sow_date) & (days <= r.harvest_date)]
+        assert (inside["season"] > 0).all() and (w["weather_year"] == r.weather_year).all()
     # features over the seasons' own phenology are finite for every crop-model season
     f = weather_features(wx, wof)
     assert f[weather_feature_names(("fill",))].notna().all().all()

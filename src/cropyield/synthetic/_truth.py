@@ -209,8 +209,11 @@ def field_weather(fields=None, config: WorldConfig | None = None, *,
     station beside the field would have recorded on the world's dates, as far as the crop
     model is concerned. Weather is given from ``margin_days`` before sowing to
     ``margin_days`` after harvest; where two seasons of a field overlap there, the later
-    season's weather is kept. Fields and days without a crop-model season have no rows
-    (models with weather covariates flag such seasons ``NO_WEATHER``).
+    season's weather is kept. Every other day of the world's period (``margin_days`` more on
+    each side), and every day of fields without a crop-model season, gets the weather of the
+    field's village block's weather year on the same month and day, unwarped (the
+    Wageningen record as is: a weather station with no crop to follow), so that a season
+    found on a field of another crop still has weather.
 
     Parameters
     ----------
@@ -224,10 +227,11 @@ def field_weather(fields=None, config: WorldConfig | None = None, *,
     -------
     pandas.DataFrame
         ``field_id, time`` (tz-naive days), ``tmin_c, tmax_c`` (degC), ``radiation_mj_m2``
-        (MJ m-2 d-1), ``rain_mm`` (mm d-1), ``season``, ``weather_year``.
+        (MJ m-2 d-1), ``rain_mm`` (mm d-1), ``season`` (0 outside crop-model seasons),
+        ``weather_year``.
     """
-    from ..cropmodel import WEATHER_COLUMNS, _emergence, warped_weather
-    from ._canopy import WOFOST_WORLD, _wofost_library
+    from ..cropmodel import WEATHER_COLUMNS, _emergence, load_weather, warped_weather
+    from ._canopy import WOFOST_WORLD, _wofost_library, _wofost_years
 
     config = _cfg(config)
     ls, p = _registered(config)
@@ -257,6 +261,23 @@ def field_weather(fields=None, config: WorldConfig | None = None, *,
             **{v: wx[v][r, k] for v in WEATHER_COLUMNS},
             "season": g["season"].to_numpy(dtype=int)[r],
             "weather_year": g["weather_year"].to_numpy(dtype=int)[r]}))
+    # the block's weather year on the calendar, unwarped, for every other day (as
+    # assign_management draws it: one weather year per village block)
+    ublocks = np.unique(ls.parcels["block"].to_numpy())
+    block_year = dict(zip(ublocks, rng_for(config.seed, "weather_years").choice(
+        np.array(_wofost_years()), size=len(ublocks))))
+    days = pd.date_range(start - pd.Timedelta(days=margin_days),
+                         pd.Timestamp(config.end) + pd.Timedelta(days=margin_days))
+    crop_year = (start + pd.DateOffset(months=4)).year
+    w = load_weather("wheat")
+    for fid_, blk in zip(p["field_id"], p["block"]):
+        wy = int(block_year[blk])
+        shifted = days + pd.DateOffset(years=wy - crop_year)
+        v = w.reindex(shifted)
+        frames.insert(0, pd.DataFrame({
+            "field_id": fid_, "time": days.as_unit("ns"),
+            **{c: v[c].to_numpy(float) for c in WEATHER_COLUMNS},
+            "season": 0, "weather_year": wy}))
     if not frames:
         return pd.DataFrame(columns=cols)
     df = pd.concat(frames, ignore_index=True)
