@@ -28,8 +28,18 @@ scikit-learn's HistGradientBoosting by measurement (docs/validation_crops.md) an
 its model has a plain-text dump. Probabilities are calibrated by temperature scaling
 (Guo et al. 2017) fitted on out-of-fold scores of the training fields.
 
-Model files are JSON: an envelope with the feature specification, the classes, the
-calibration, the library versions and LightGBM's own text model. Nothing is unpickled or
+Two opt-in transfer modes for a whole region the model was not trained on
+(``predict_proba(series, align=True, adapt_priors=True)``): *region alignment* shifts every
+feature so that its median over the new region's fields equals its median over the
+training fields (the first-moment part of CORAL, Sun, Feng & Saenko 2016, AAAI), and *prior
+adaptation* re-estimates the class mix of the new fields by EM (Saerens, Latinne &
+Decaestecker 2002, Neural Computation 14:21-41). Measured on real parcels in
+docs/validation_crops.md; both are off by default because a prediction then depends on the
+other fields passed.
+
+Model files are JSON (format version 3; version-2 files still load): an envelope with the
+feature specification, the classes, the calibration, the training class priors and feature
+medians, the library versions and LightGBM's own text model. Nothing is unpickled or
 evaluated on load; LightGBM parses its text model.
 """
 
@@ -446,6 +456,8 @@ class CropClassifier:
     >>> from cropyield import CropClassifier
     >>> clf = CropClassifier(year_start="09-01").fit(series, labels)  # doctest: +SKIP
     >>> clf.predict_proba(new_series).round(2).head()  # doctest: +SKIP
+    >>> # a whole other region: align its feature medians on the training ones
+    >>> clf.predict(other_region_series, align=True)  # doctest: +SKIP
     >>> clf.save("crop_classifier.json")   # JSON with the LightGBM text model  # doctest: +SKIP
     >>> clf = CropClassifier.load("crop_classifier.json")  # doctest: +SKIP
     >>> crops = cy.identify_crops(series, region="north_china_plain",
