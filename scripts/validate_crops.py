@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,13 +136,14 @@ def stock_hgb(seed: int):
 
 
 def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int,
-            cross: bool = False) -> dict:
+            cross: pd.DataFrame | None = None) -> dict:
     """CropClassifier vs stock RF/HGB on the same features; accuracy, Brier.
 
-    With ``cross`` (a whole other region as the test set) also the opt-in transfer modes of
-    ``predict_proba``: ``align=True`` (feature medians of the test region shifted onto the
-    training ones), ``adapt_priors=True`` (EM class priors) and both, and stock RF given
-    the same alignment.
+    With ``cross`` (the features of EVERY parcel of the test region, labelled or not, as a
+    user would pass the whole region) also the opt-in transfer modes of ``predict_proba``:
+    ``align=True`` (feature medians of the region shifted onto the training ones),
+    ``adapt_priors=True`` (EM class priors) and both, each run on the whole region and
+    scored on the test parcels, and stock RF given the same alignment.
     """
     out = {}
     m = CropClassifier(**clf.get_params())
@@ -161,10 +163,11 @@ def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int,
     out["temperature"] = T
     out["conf"], out["correct"] = P.max(axis=1), pred == np.asarray(y_te)
     out["pred"] = pred
-    if cross:
+    if cross is not None:
+        pos = cross.index.get_indexer(te_ids)
         for key, kw in (("align", {"align": True}), ("em", {"adapt_priors": True}),
                         ("align_em", {"align": True, "adapt_priors": True})):
-            Pk = m._proba_matrix(fsets[0].loc[te_ids], **kw)
+            Pk = m._proba_matrix(cross, **kw)[pos]
             out[f"cc_{key}_acc"] = float(np.mean(
                 np.asarray(m.classes_, dtype=object)[Pk.argmax(axis=1)] == np.asarray(y_te)))
             out[f"cc_{key}_brier"] = brier_score(Pk, yi)
@@ -180,9 +183,11 @@ def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int,
     for name, est in (("rf", stock_rf(seed)), ("hgb", stock_hgb(seed))):
         est.fit(Xtr, np.asarray(y_tr))
         out[f"{name}_acc"] = float(np.mean(est.predict(Xte) == np.asarray(y_te)))
-        if cross and name == "rf":   # the same median alignment as align=True
-            with np.errstate(all="ignore"):
-                sh = np.nanmedian(Xte, axis=0) - np.nanmedian(Xtr, axis=0)
+        if cross is not None and name == "rf":   # the same median alignment as align=True
+            Xall = cross.reindex(columns=cols).to_numpy(float)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sh = np.nanmedian(Xall, axis=0) - np.nanmedian(Xtr, axis=0)
             Xal = Xte - np.where(np.isfinite(sh), sh, 0.0)
             out["rf_align_acc"] = float(np.mean(est.predict(Xal) == np.asarray(y_te)))
     # HGB with the same augmentation as CropClassifier (learner choice on equal footing)
@@ -368,7 +373,7 @@ def main(argv=None) -> int:
                                    clf.features(S[dst], shift_days=sh).loc[yte.index]])
                     for sh in fs[src][1]}
             r = compare(clf, both, ytr.index, ytr.to_numpy(), yte.index, yte.to_numpy(),
-                        a.seed, cross=True)
+                        a.seed, cross=clf.features(S[dst]))
             n = len(yte)
             for k in XKEYS:
                 tot[k] = tot.get(k, 0.0) + r[f"{k}_acc"] * n
