@@ -79,7 +79,19 @@ VARIANTS = {
     "centred+aug24": ({"augment_days": (-24, -12, 12, 24)}, centre, False),
     "centred+em": ({}, centre, True),
     "centred-no-bins": ({}, lambda F: centre(no_bins(F)), False),
+    "rf-blend": ({}, None, "blend"),
 }
+
+
+def lgb_forest(X: np.ndarray, yi: np.ndarray, n_class: int, seed: int):
+    """LightGBM in random-forest mode (a bagged, unboosted member for soft voting)."""
+    import lightgbm as lgb
+
+    params = {"objective": "multiclass", "num_class": n_class, "boosting": "rf",
+              "bagging_fraction": 0.632, "bagging_freq": 1, "feature_fraction": 0.3,
+              "num_leaves": 63, "min_data_in_leaf": 2, "verbose": -1, "seed": seed,
+              "deterministic": True, "num_threads": 1}
+    return lgb.train(params, lgb.Dataset(X, yi), num_boost_round=300)
 
 
 def main(argv=None) -> int:
@@ -118,7 +130,15 @@ def main(argv=None) -> int:
             m.indices_ = vc.INDICES
             m._fit_sets(fs, pd.Index(ytr.index), ytr.to_numpy())
             P = m._proba_matrix(fs[0].loc[yte.index])
-            if em:
+            if em == "blend":   # equal-weight soft vote with a LightGBM random forest
+                ci = {c: i for i, c in enumerate(m.classes_)}
+                X = np.vstack([fs[sh].loc[ytr.index, m.feature_names_].to_numpy(float)
+                               for sh in shifts])
+                forest = lgb_forest(X, np.tile(ytr.map(ci).to_numpy(), len(shifts)),
+                                    len(ci), a.seed)
+                P = 0.5 * P + 0.5 * forest.predict(
+                    fs[0].loc[yte.index, m.feature_names_].to_numpy(float))
+            elif em:
                 P, _ = adapt_class_priors(P, m.class_prior_)
             cls = np.asarray(m.classes_, dtype=object)
             cc = float(np.mean(cls[P.argmax(1)] == yte.to_numpy()))
