@@ -860,3 +860,21 @@ def test_simulation_intervals_remove_the_cut_error(curves):
     assert yield_skill(rest, pc)["summer_maize"]["coverage_p10_p90"] >= 0.8
     with pytest.raises(ModelError, match="cut_error_sd"):
         fit_yield_model(ser, cuts, cut_error_sd=-1.0, **kw)
+
+
+def test_empirical_intervals_remove_the_cut_error(curves):
+    """method="empirical": the cross-conformal scores are the observed yields' too; with
+    cut_error_sd they are shrunk about their median (every quantile moves by the same k),
+    the regression itself is unchanged."""
+    ser, truth, _ = curves
+    obs = truth[["field_id", "season", "yield_t_ha"]]
+    kw = dict(crop="summer_maize", method="empirical", seasons=truth, alpha=1.0,
+              groups=truth["weather_year"].to_numpy())
+    a = fit_yield_model(ser, obs, **kw)
+    b = fit_yield_model(ser, obs, cut_error_sd=0.03, **kw)
+    k = b.residuals["cut_error_shrink"]
+    assert 0 < k < 1 and "cut error sd 0.03 removed" in b.residuals["method"]
+    qa, qb = a.residuals, b.residuals
+    assert qb["q90"] - qb["q10"] == pytest.approx(k * (qa["q90"] - qa["q10"]), rel=1e-9)
+    assert b.coef == pytest.approx(a.coef) and b.cv_["r2"] == pytest.approx(a.cv_["r2"])
+    assert b.cv_["coverage_p10_p90"] <= a.cv_["coverage_p10_p90"]
