@@ -385,8 +385,7 @@ def brown_lai(lai: np.ndarray) -> np.ndarray:
 
 
 def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
-             cloud_fraction=0.35, names=INDICES, sky: str = "uniform", mix=None,
-             npx=None):
+             cloud_fraction=0.35, names=INDICES, sky: str = "uniform", npx=None):
     """Sentinel-2-like sampling of daily reflectance ``refl (n, D, bands)`` on the day axes
     ``days_of[i]`` (one DatetimeIndex of length D per field).
 
@@ -402,11 +401,11 @@ def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
     covering 20-100 % of the area, clear dates 0-4 %; clouds (km-scale) cover a smallholder
     field wholly, so a field is masked (SCL) with probability equal to the cover, and a
     clear field lies in the 6 %-of-the-area haze band next to the clouds with probability
-    ``0.06 / (1 - cover)`` (haze 0-0.25, undetected); edge pixels mix the field with its
-    surroundings (``mix``, share per field; the caller passes the landscape's reflectance
-    in ``refl``'s place through :func:`_season_canopy`).
+    ``0.06 / (1 - cover)`` (haze 0-0.25, undetected). The edge-pixel mixing with the
+    landscape is already in ``refl`` (:func:`simulate_seasons`, :func:`_field_sizes`).
 
-    Both: atmospheric noise 0.004 per band and date, pixel noise 0.012/sqrt(valid pixels).
+    Both: atmospheric noise 0.004 per band and date, pixel noise 0.012/sqrt(valid pixels);
+    ``npx`` the field sizes in 10 m pixels (default: uniform 15-120).
     """
     from .synthetic._canopy import BANDS, CLOUD, compute_indices
 
