@@ -25,7 +25,8 @@ Entry point: :func:`fit_simulation` (what ``fit_yield_model(..., method="simulat
    With neither, the simulated level is used and every estimate is flagged
    ``LEVEL_UNCALIBRATED``.
 3. **Intervals.** With ≥ 10 crop cuts: split-conformal quantiles of the cuts' leave-one-out
-   normalised residuals. Otherwise the simulations' cross-conformal quantiles widened by the
+   normalised residuals (with ``cut_error_sd`` the cuts' known measurement error is first
+   removed from them, :func:`~cropyield.yieldmodel.intervals.remove_cut_error`). Otherwise the simulations' cross-conformal quantiles widened by the
    level's posterior sd (``q ± 1.2816 sd`` added in quadrature).
 """
 
@@ -40,7 +41,7 @@ import pandas as pd
 from .._log import logger
 from ..errors import ModelError, join_flags
 from .empirical import EmpiricalModel
-from .intervals import _Z90, conformal_quantiles
+from .intervals import _Z90, conformal_quantiles, remove_cut_error
 from .windows import INDICES
 
 __all__ = ["SimulationModel", "fit_simulation", "train_on_simulations", "level_shift"]
@@ -247,7 +248,8 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                    index: str = "ndvi", lat=None, radiation=None, n_splits: int = 5,
                    seed: int = 0, alpha: float | None = None, features=None, overrides=None,
                    climatology=None, indices: Sequence[str] | None = None,
-                   n_simulated: int = 400, weather: pd.DataFrame | None = None,
+                   n_simulated: int = 400, cut_error_sd: float | None = None,
+                   weather: pd.DataFrame | None = None,
                    weather_options: Mapping[str, Any] | None = None) -> SimulationModel:
     """Crop-model-trained yield model levelled to statistics or crop cuts (module docstring).
 
@@ -255,6 +257,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
     also be an :class:`EmpiricalModel` returned by :func:`train_on_simulations`, to level one
     trained model several times); ``series`` and ``seasons`` are the *target* fields (the level is set on their predictions), ``observed``
     holds their crop cuts (``field_id[, season], yield_t_ha``; ``None`` or empty for none).
+    ``cut_error_sd`` (log-scale sd of the cuts' measurement error, e.g. 0.13): with ≥ 10
+    cuts their conformal scores are shrunk by :func:`~cropyield.yieldmodel.intervals.remove_cut_error`
+    so that the intervals cover true yields, not the cuts' noisy measurements of them.
     ``weather`` is the daily weather of the *target* fields: with it, simulations given as
     :class:`~cropyield.cropmodel.SimulatedSeasons` are trained with their own ``weather``
     (weather covariates as an extra candidate set), and a pre-trained model that uses
@@ -374,6 +379,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                                      cuts_level=cuts_level(others))
             z[i] = (r[i] - sh_i) / s_cut[i]
             loo[i] = sh_i
+        k_cut = 1.0
+        if cut_error_sd:
+            z, k_cut = remove_cut_error(z, cut_error_sd, s_cut)
         q: dict[str, Any] = conformal_quantiles(z)
         # the level was set on P50s formed with the simulations' median score (``pred``
         # above); keep that median so the county statistic / cut level is not undone by
@@ -382,7 +390,11 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         for k in [k for k in q if k[:1] == "q" and k[1:].isdigit()]:
             q[k] = float(q[k]) + d50
         q["method"] = (f"split-conformal on {len(r)} crop cuts (leave-one-out level), "
-                       "normalised log residuals, median at the simulations' median")
+                       "normalised log residuals, median at the simulations' median"
+                       + (f", cut error sd {float(cut_error_sd):g} removed (scores x"
+                          f"{k_cut:.3f})" if cut_error_sd else ""))
+        if cut_error_sd:
+            q["cut_error_sd"], q["cut_error_shrink"] = float(cut_error_sd), k_cut
         yhat_loo = y_cut / np.exp(r) * np.exp(loo)
         level["loo_rmse_t_ha"] = float(np.sqrt(np.mean((yhat_loo - y_cut) ** 2)))
     else:
