@@ -105,9 +105,13 @@ def test_demo_scores_yield_and_loans_against_truth(demo_runs):
     per_crop = s["accuracy"]["yield_per_crop"]
     assert per_crop
     for crop, v in per_crop.items():
-        assert {"n", "r2", "r2_ceiling", "rmse_t_ha", "bias_t_ha", "p10_p90_coverage"} <= set(v)
+        assert {"n", "r2", "r2_ceiling", "r2_ceiling_observed", "rmse_t_ha", "bias_t_ha",
+                "p10_p90_coverage"} <= set(v)
         if v["r2_ceiling"] is not None:
             assert -1.0 < v["r2_ceiling"] <= 1.0 and v["n_ceiling"] >= 10
+        # the oracle on the pipeline's own series: only for crops with >= 30 seasons
+        if v["r2_ceiling_observed"] is not None:
+            assert -1.0 < v["r2_ceiling_observed"] <= 1.0 and v["n"] >= 30
     # the crop-model crops always get a ceiling (their truth is WOFOST's)
     assert any(per_crop.get(c, {}).get("r2_ceiling") is not None
                for c in ("winter_wheat", "summer_maize"))

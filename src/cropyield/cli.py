@@ -33,7 +33,9 @@ def _print_summary(summary: dict, out: str) -> None:
         f"({fmt(acc.get('yield_rmse_pct'), '.1f')} %), bias {fmt(acc.get('yield_bias_t_ha'), '+.2f')} t/ha",
         f"    P10-P90 coverage         {fmt(acc.get('p10_p90_coverage'))}  (target 0.80)",
         *[f"      {c:<22} n={v['n']:<4} R2 {v['r2']:+.2f}  ceiling {fmt(v.get('r2_ceiling'), '+.2f')}"
-          f"  RMSE {v['rmse_t_ha']:.2f} t/ha  bias {fmt(v.get('bias_t_ha'), '+.2f')}"
+          + (f" (observed {v['r2_ceiling_observed']:+.2f})"
+             if v.get("r2_ceiling_observed") is not None else "")
+          + f"  RMSE {v['rmse_t_ha']:.2f} t/ha  bias {fmt(v.get('bias_t_ha'), '+.2f')}"
           f"  coverage {v['p10_p90_coverage']:.2f}"
           for c, v in sorted(acc.get("yield_per_crop", {}).items())],
         f"    field-seasons estimated  {acc.get('yield_n_estimated', 0)}, withheld (NaN + flags) "
