@@ -553,8 +553,8 @@ def smooth_series(
     envelope_iterations : int
         Upper-envelope re-weighting passes (cloud residues bias vegetation indices low): each
         pass re-fits with weights lowered for observations below the fit; stops early when
-        the weights are stable (default 10). Set 0 for
-        indices where that asymmetry does not hold.
+        the weights are stable (default 10). Set 0 for indices where that asymmetry does
+        not hold.
     envelope_rule : {None, "bisquare", "step"}
         ``"bisquare"`` (default): an observation whose residual ``r`` is negative keeps
         ``(1 − (r/envelope_scale)²)²`` of its weight, at least ``envelope_weight``, and
