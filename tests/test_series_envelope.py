@@ -31,7 +31,7 @@ def envelope_reference(y, w, lam, n_iter, studentize, bisquare, scale, low):
     for _ in range(n_iter):
         r = y - z
         if studentize:
-            r = r / np.sqrt(np.maximum(1.0 - h, 1e-12))
+            r = r / np.sqrt(np.maximum(1.0 - h, 0.25))
         if bisquare:
             m = np.where(r >= 0, 1.0, np.maximum((1 - (r / scale) ** 2) ** 2, low))
             m = np.where(r <= -scale, low, m)

@@ -48,6 +48,11 @@ DEFAULT_FLAG_WEIGHTS: dict[str, float] = {
 
 _NS_PER_DAY = 86_400_000_000_000
 
+#: Leverage cap of the studentised envelope residual (factor 1/√(1 − h) at most 2). Above
+#: it a date is nearly the fit's only local support (monthly composites, h ≈ 0.9-1): there
+#: is no neighbour to compare it with, and the uncapped test would lift real months.
+_MAX_LEVERAGE = 0.75
+
 
 # --------------------------------------------------------------------------- kernels
 
@@ -229,8 +234,9 @@ def _envelope_weights(y, w0, z, h, studentize, bisquare, scale, low, keep_runs, 
 
     The residual of each observation is ``r = y − z``, or with ``studentize`` the
     studentised residual ``r / √(1 − h)`` (``h`` the hat-matrix diagonal of the current
-    fit): a fit that leans on one date — at the series ends, next to a gap — follows that
-    date's dip, so its plain residual understates the dip by the factor ``1 − h``.
+    fit, capped at :data:`_MAX_LEVERAGE`): a fit that leans on one date — at the series
+    ends, next to a gap — follows that date's dip, so its plain residual understates the dip
+    by the factor ``1 − h``.
 
     ``bisquare``: asymmetric Tukey bisquare (Garcia 2010 for robust Whittaker smoothing,
     kept to one side as in Atzberger & Eilers 2011): ``r ≥ 0`` keeps ``w0``; ``r < 0`` gets
@@ -249,7 +255,7 @@ def _envelope_weights(y, w0, z, h, studentize, bisquare, scale, low, keep_runs, 
         r = y[i] - z[i]
         if studentize:
             q = 1.0 - h[i]
-            r = r / np.sqrt(q if q > 1e-12 else 1e-12)
+            r = r / np.sqrt(q if q > 1.0 - _MAX_LEVERAGE else 1.0 - _MAX_LEVERAGE)
         if bisquare:
             if r >= 0.0:
                 nw = w0[i]
@@ -568,7 +574,9 @@ def smooth_series(
         ``envelope_keep_runs`` is given, else ``"bisquare"``.
     envelope_residual : {"studentized", "plain"}
         ``"studentized"`` (default): the residual is ``(y − z)/√(1 − h)``, ``h`` the
-        hat-matrix diagonal of the current fit (how much the fit leans on the observation).
+        hat-matrix diagonal of the current fit (how much the fit leans on the observation),
+        capped at 0.75 (a date that is the fit's only local support, as in monthly
+        composites, has no neighbour to be compared with).
         At the first and last dates and beside gaps the fit follows a dark date and hides
         it from the plain residual ``y − z`` (by the factor ``1 − h``, up to 0.1 there);
         studentising restores the comparison with the neighbours. The former behaviour is
