@@ -94,7 +94,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 4]
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 5]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():
