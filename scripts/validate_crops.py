@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +135,16 @@ def stock_hgb(seed: int):
     return HistGradientBoostingClassifier(random_state=seed)
 
 
-def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int) -> dict:
-    """CropClassifier vs stock RF/HGB on the same features; accuracy, Brier."""
+def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int,
+            cross: pd.DataFrame | None = None) -> dict:
+    """CropClassifier vs stock RF/HGB on the same features; accuracy, Brier.
+
+    With ``cross`` (the features of EVERY parcel of the test region, labelled or not, as a
+    user would pass the whole region) also the opt-in transfer modes of ``predict_proba``:
+    ``align=True`` (feature medians of the region shifted onto the training ones),
+    ``adapt_priors=True`` (EM class priors) and both, each run on the whole region and
+    scored on the test parcels, and stock RF given the same alignment.
+    """
     out = {}
     m = CropClassifier(**clf.get_params())
     m.indices_ = clf.indices_
@@ -154,6 +163,18 @@ def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int) -
     out["temperature"] = T
     out["conf"], out["correct"] = P.max(axis=1), pred == np.asarray(y_te)
     out["pred"] = pred
+    if cross is not None:
+        pos = cross.index.get_indexer(te_ids)
+        for key, kw in (("align", {"align": True}), ("em", {"adapt_priors": True}),
+                        ("align_em", {"align": True, "adapt_priors": True})):
+            Pk = m._proba_matrix(cross, **kw)[pos]
+            out[f"cc_{key}_acc"] = float(np.mean(
+                np.asarray(m.classes_, dtype=object)[Pk.argmax(axis=1)] == np.asarray(y_te)))
+            out[f"cc_{key}_brier"] = brier_score(Pk, yi)
+            if key == "align":
+                out["conf_align"] = Pk.max(axis=1)
+                out["correct_align"] = (np.asarray(m.classes_, dtype=object)[Pk.argmax(axis=1)]
+                                        == np.asarray(y_te))
     # the same feature table; columns without any value in training are left out (they
     # carry nothing and scikit-learn's binning rejects all-NaN columns)
     cols = [c for c in m.feature_names_ if fsets[0].loc[tr_ids, c].notna().any()]
@@ -162,6 +183,13 @@ def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int) -
     for name, est in (("rf", stock_rf(seed)), ("hgb", stock_hgb(seed))):
         est.fit(Xtr, np.asarray(y_tr))
         out[f"{name}_acc"] = float(np.mean(est.predict(Xte) == np.asarray(y_te)))
+        if cross is not None and name == "rf":   # the same median alignment as align=True
+            Xall = cross.reindex(columns=cols).to_numpy(float)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                sh = np.nanmedian(Xall, axis=0) - np.nanmedian(Xtr, axis=0)
+            Xal = Xte - np.where(np.isfinite(sh), sh, 0.0)
+            out["rf_align_acc"] = float(np.mean(est.predict(Xal) == np.asarray(y_te)))
     # HGB with the same augmentation as CropClassifier (learner choice on equal footing)
     Xa = np.vstack([fsets[s].loc[tr_ids].reindex(columns=cols).to_numpy(float)
                     for s in fsets])
@@ -169,6 +197,9 @@ def compare(clf: CropClassifier, fsets, tr_ids, y_tr, te_ids, y_te, seed: int) -
     est = stock_hgb(seed).fit(Xa, ya)
     out["hgb_aug_acc"] = float(np.mean(est.predict(Xte) == np.asarray(y_te)))
     return out
+
+
+XKEYS = ("cc", "rf", "hgb", "hgb_aug", "cc_align", "cc_em", "cc_align_em", "rf_align")
 
 
 def _dl(t, sos, eos, r1, r2):
@@ -328,7 +359,8 @@ def main(argv=None) -> int:
             clf.indices_ = clf._resolve_indices(S[reg])
             fs[reg] = (clf, clf._feature_sets(S[reg]))
         # cross-region on shared classes (also across years: 2022 vs 2021)
-        tot = {"cc": 0, "rf": 0, "hgb": 0, "hgb_aug": 0, "n": 0}
+        tot = {"n": 0}
+        rel_align = []
         for src, dst in (("corsica", "flanders"), ("flanders", "corsica")):
             shared = sorted(set(Y[src]) & set(Y[dst]))
             shared = [c for c in shared if (Y[src] == c).sum() >= 3 and (Y[dst] == c).sum() >= 3]
@@ -341,21 +373,45 @@ def main(argv=None) -> int:
                                    clf.features(S[dst], shift_days=sh).loc[yte.index]])
                     for sh in fs[src][1]}
             r = compare(clf, both, ytr.index, ytr.to_numpy(), yte.index, yte.to_numpy(),
-                        a.seed)
+                        a.seed, cross=clf.features(S[dst]))
             n = len(yte)
-            for k in ("cc", "rf", "hgb", "hgb_aug"):
-                tot[k] += r[f"{k}_acc"] * n
+            for k in XKEYS:
+                tot[k] = tot.get(k, 0.0) + r[f"{k}_acc"] * n
+            for k in ("cc_brier", "cc_align_brier", "cc_em_brier", "cc_align_em_brier"):
+                tot[k] = tot.get(k, 0.0) + r[k] * n
             tot["n"] += n
             res.append((f"cross-region {src} → {dst} ({', '.join(shared)})",
                         f"CropClassifier {r['cc_acc']:.3f} vs RF {r['rf_acc']:.3f}",
                         f"train {len(ytr)}, test {n}; stock HGB {r['hgb_acc']:.3f}, "
                         f"HGB+augmentation {r['hgb_aug_acc']:.3f}; Brier {r['cc_brier']:.3f} "
                         f"(uncalibrated {r['cc_brier_raw']:.3f}, T = {r['temperature']:.2f})"))
+            res.append((f"cross-region {src} → {dst}, opt-in transfer modes",
+                        f"align=True {r['cc_align_acc']:.3f} vs RF {r['rf_acc']:.3f}",
+                        f"Brier {r['cc_align_brier']:.3f}; adapt_priors=True "
+                        f"{r['cc_em_acc']:.3f} (Brier {r['cc_em_brier']:.3f}); both "
+                        f"{r['cc_align_em_acc']:.3f} (Brier {r['cc_align_em_brier']:.3f}); "
+                        f"stock RF with the same alignment {r['rf_align_acc']:.3f}"))
             rel_rows.append((r["conf"], r["correct"]))
+            rel_align.append((r["conf_align"], r["correct_align"]))
+        N = tot["n"]
         res.append(("cross-region, both directions pooled",
-                    f"CropClassifier {tot['cc'] / tot['n']:.3f} vs RF {tot['rf'] / tot['n']:.3f}",
-                    f"{tot['n']} test parcels; HGB {tot['hgb'] / tot['n']:.3f}, "
-                    f"HGB+aug {tot['hgb_aug'] / tot['n']:.3f}; target CropClassifier ≥ RF + 0.03"))
+                    f"CropClassifier {tot['cc'] / N:.3f} vs RF {tot['rf'] / N:.3f}",
+                    f"{N} test parcels; HGB {tot['hgb'] / N:.3f}, "
+                    f"HGB+aug {tot['hgb_aug'] / N:.3f}; target CropClassifier ≥ RF + 0.03"))
+        res.append(("cross-region pooled, opt-in transfer modes",
+                    f"align=True {tot['cc_align'] / N:.3f} vs RF {tot['rf'] / N:.3f}",
+                    f"Brier {tot['cc_align_brier'] / N:.3f} (default "
+                    f"{tot['cc_brier'] / N:.3f}); adapt_priors=True {tot['cc_em'] / N:.3f} "
+                    f"(Brier {tot['cc_em_brier'] / N:.3f}); both {tot['cc_align_em'] / N:.3f} "
+                    f"(Brier {tot['cc_align_em_brier'] / N:.3f}); stock RF with the same "
+                    f"alignment {tot['rf_align'] / N:.3f}"))
+        rc = reliability_curve(np.concatenate([c for c, _ in rel_align]),
+                               np.concatenate([k for _, k in rel_align]), n_bins=5)
+        res.append(("reliability, cross-region with align=True (top class)",
+                    f"ECE {rc.attrs['ece']:.3f}",
+                    "; ".join(f"{r.bin_lo:.1f}-{r.bin_hi:.1f}: n={r.n} conf "
+                              f"{r.confidence:.2f} acc {r.accuracy:.2f}"
+                              for r in rc.itertuples() if r.n)))
         # random splits within each region: 3-fold stratified
         for reg in FILES:
             clf, fsets = fs[reg]

@@ -17,6 +17,11 @@ Per crop (winter wheat, summer maize):
   the library covers the held-out years' weather, as SCYM runs the crop model with the
   target year's weather, but none of their yields), beside the
   **canopy ceiling** (:func:`cropyield.yieldmodel.canopy_ceiling`, same folds).
+* **Weather covariates** (``--no-weather`` skips them) - the same empirical and simulation
+  models given the fields' daily weather (``SimulatedSeasons.weather``: each run's weather
+  on the simulated calendar): grain-fill weather means offered as an extra candidate feature
+  set (:func:`cropyield.yieldmodel.weather_features`), beside a "canopy + weather" ceiling
+  (the canopy ceiling stays canopy-only).
 * **Crop-cut curve** - as the number of crop cuts (drawn from the training years) falls
   through ``--cuts`` (default 100, 30, 10, 3, 0): empirical (needs ≥ 5) vs simulation levelled
   by the cuts alone, and by the cuts plus a county mean (the exact area mean of the held-out
@@ -84,7 +89,8 @@ def run_crop(crop: str, args) -> dict:
     library = SimpleNamespace(truth=lib.truth[keep].reset_index(drop=True),
                               observations=lib.observations[
                                   lib.observations["field_id"].isin(lib_ids)],
-                              canopy=None, seed=lib.seed)
+                              canopy=None, seed=lib.seed,
+                              weather=lib.weather[lib.weather["field_id"].isin(lib_ids)])
     truth = real.truth.assign(yield_t_ha=real.truth["yield_t_ha"] * args.gap,
                               crop=crop).reset_index(drop=True)
     idx = [k for k in INDICES if k in real.observations.columns]
@@ -101,17 +107,28 @@ def run_crop(crop: str, args) -> dict:
     _log(crop, t0, "smoothed")
     out["ceiling"] = canopy_ceiling(can, truth.assign(), groups=wy, n_splits=args.folds,
                                     seed=args.seed, seasons=seasons)
-    for name, kw in (("lue", dict(method="lue", seasons=seasons)),
-                     ("empirical", dict(method="empirical", seasons=seasons)),
-                     ("empirical_phenology", dict(method="empirical"))):
+    wx = real.weather
+    if not args.no_weather:
+        out["ceiling_weather"] = canopy_ceiling(can, truth.assign(), groups=wy,
+                                                n_splits=args.folds, seed=args.seed,
+                                                seasons=seasons, weather=wx)
+        _log(crop, t0, "ceilings")
+    runs = [("lue", dict(method="lue", seasons=seasons)),
+            ("empirical", dict(method="empirical", seasons=seasons)),
+            ("empirical_phenology", dict(method="empirical"))]
+    if not args.no_weather:
+        runs += [("empirical_weather", dict(method="empirical", seasons=seasons, weather=wx)),
+                 ("empirical_phenology_weather", dict(method="empirical", weather=wx))]
+    for name, kw in runs:
         try:
             m = fit_yield_model(ser, obs, crop=crop, groups=wy, n_splits=args.folds,
                                 seed=args.seed, **kw)
             cv = m.cv_
             out[name] = {"r2": cv["r2"], "rmse": cv["rmse_t_ha"], "bias": cv["bias_t_ha"],
                          "coverage": cv["coverage_p10_p90"], "n": cv["n"]}
-            if name == "empirical":
-                out[name]["learner"] = m.learner
+            if name.startswith("empirical"):
+                out[name]["learner"] = {k: m.learner.get(k) for k in
+                                        ("name", "params", "target", "column_set")}
         except Exception as exc:  # report, do not hide
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
         _log(crop, t0, name)
@@ -120,11 +137,19 @@ def run_crop(crop: str, args) -> dict:
                                 season_source="truth",
                                 seed=args.seed)
     _log(crop, t0, "library model")
+    core_wx = None
+    if not args.no_weather:
+        core_wx = train_on_simulations(library, crop=crop, indices=idx, n_splits=args.folds,
+                                       season_source="truth", seed=args.seed, weather=True)
+        out["library_cv_weather"] = {k: core_wx.cv_.get(k) for k in ("r2", "rmse_t_ha",
+                                                                      "coverage_p10_p90", "n")}
+        out["library_cv_weather"]["column_set"] = core_wx.learner.get("column_set")
+        _log(crop, t0, "library model with weather")
     out["library_cv"] = {k: core.cv_.get(k) for k in ("r2", "rmse_t_ha", "coverage_p10_p90",
                                                       "n", "n_weather_years")}
     rng = np.random.default_rng(args.seed)
     rows = []
-    sim_all = []
+    sim_all, sim_wx = [], []
     for fi, te in enumerate(folds):
         tr = np.setdiff1d(np.arange(len(truth)), te)
         te_seas = seasons.iloc[te]
@@ -132,6 +157,11 @@ def run_crop(crop: str, args) -> dict:
         m = fit_yield_model(ser, obs.iloc[tr], crop=crop, method="simulation",
                             simulated=core, seasons=seasons.iloc[tr])
         sim_all.append(_pred(m, ser, te_seas, te_truth))
+        if core_wx is not None:
+            mw = fit_yield_model(ser, obs.iloc[tr], crop=crop, method="simulation",
+                                 simulated=core_wx, seasons=seasons.iloc[tr], weather=wx)
+            sim_wx.append(mw.predict(ser, te_seas, weather=wx).merge(
+                te_truth[["field_id", "yield_t_ha"]], on="field_id"))
         county = float(te_truth["yield_t_ha"].mean())
         for n_cuts in args.cuts:
             for rep in range(args.repeats):
@@ -160,6 +190,10 @@ def run_crop(crop: str, args) -> dict:
     p = pd.concat(sim_all)
     out["simulation"] = score(p["yield_t_ha"], p["yield_t_ha_p10"], p["yield_t_ha_p50"],
                               p["yield_t_ha_p90"])
+    if sim_wx:
+        p = pd.concat(sim_wx)
+        out["simulation_weather"] = score(p["yield_t_ha"], p["yield_t_ha_p10"],
+                                          p["yield_t_ha_p50"], p["yield_t_ha_p90"])
     curve = {}
     for n_cuts in args.cuts:
         curve[n_cuts] = {}
@@ -192,7 +226,15 @@ def report(results: list[dict], cmd: str) -> str:
         c = r["ceiling"]["r2"]
         lines.append(f"| {r['crop']} | canopy ceiling | {_f(c)} | 1 | {_f(r['ceiling']['rmse'])}"
                      f" | – | – | {r['ceiling']['n']} |")
-        for name in ("lue", "empirical", "empirical_phenology", "simulation"):
+        if "ceiling_weather" in r:
+            cw = r["ceiling_weather"]
+            lines.append(f"| {r['crop']} | canopy + weather ceiling | {_f(cw['r2'])} | "
+                         f"{_f(cw['r2'] / c)} | {_f(cw['rmse'])} | – | – | {cw['n']} |")
+        for name in ("lue", "empirical", "empirical_phenology", "simulation",
+                     "empirical_weather", "empirical_phenology_weather",
+                     "simulation_weather"):
+            if name not in r:
+                continue
             s = r.get(name, {})
             if "error" in s:
                 lines.append(f"| {r['crop']} | {name} | error: {s['error'][:60]} |||||")
@@ -217,7 +259,10 @@ def report(results: list[dict], cmd: str) -> str:
                      f"({r['library_runs_dropped']} shared runs dropped), library CV "
                      f"{ {k: _f(v) if isinstance(v, float) else v for k, v in r['library_cv'].items()} }, "
                      f"empirical learner {r.get('empirical', {}).get('learner', {}).get('name')} "
-                     f"{r.get('empirical', {}).get('learner', {}).get('params')}, {r['seconds']} s")
+                     f"{r.get('empirical', {}).get('learner', {}).get('params')}, "
+                     f"feature sets chosen: "
+                     f"{ {k: r[k]['learner'].get('column_set') for k in r if k.startswith('empirical') and 'learner' in r[k]} }, "
+                     f"library with weather {r.get('library_cv_weather')}, {r['seconds']} s")
     return "\n".join(lines)
 
 
@@ -236,6 +281,8 @@ def main(argv=None) -> int:
                          "PCSE) or the shipped runs (those shared with the test seasons are "
                          "dropped)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-weather", action="store_true",
+                    help="skip the weather-covariate rows (cropyield.yieldmodel.weather)")
     args = ap.parse_args(argv)
     cmd = "PYTHONPATH=src python scripts/validate_yield.py " + " ".join(
         sys.argv[1:] if argv is None else argv)

@@ -88,7 +88,7 @@ def test_save_load_round_trip_gives_identical_probabilities(fitted, tmp_path):
     path = tmp_path / "clf.json"
     clf.save(path)
     doc = json.loads(path.read_text())
-    assert doc["format"] == "cropyield.CropClassifier" and doc["version"] == 2
+    assert doc["format"] == "cropyield.CropClassifier" and doc["version"] == 3
     assert doc["learner"] == "lightgbm" and isinstance(doc["model"], str)
     assert doc["classes"] == ["early", "late", "mid"] and doc["versions"]["lightgbm"]
     clf2 = CropClassifier.load(path)
@@ -238,3 +238,85 @@ def test_calibrated_probabilities_feed_identify_crops():
     with pytest.raises(IdentifyError, match="no class"):
         identify_crops(phen, region="north_china_plain",
                        crop_proba=pd.DataFrame({"teff": [1.0]}, index=["a"]))
+
+
+def test_em_prior_adaptation_recovers_known_priors():
+    """Saerens et al. (2002) EM on exact posteriors of a constructed mixture: three classes
+    with overlapping Gaussian NDVI peaks, posteriors learnt under equal priors, a new set of
+    fields drawn with priors 0.7 / 0.2 / 0.1 — the EM estimate finds them and the adapted
+    posteriors score better than the unadapted ones."""
+    from cropyield.classify import adapt_class_priors
+
+    rng = np.random.default_rng(7)
+    mu, sd = np.array([0.45, 0.6, 0.75]), 0.08       # peak NDVI of three crops
+    true = np.array([0.7, 0.2, 0.1])
+    y = rng.choice(3, 6000, p=true)
+    x = rng.normal(mu[y], sd)
+    lik = np.exp(-0.5 * ((x[:, None] - mu[None]) / sd) ** 2)
+    P = lik / lik.sum(axis=1, keepdims=True)        # Bayes posteriors under equal priors
+    W, pi = adapt_class_priors(P, np.full(3, 1 / 3))
+    np.testing.assert_allclose(pi, true, atol=0.03)
+    np.testing.assert_allclose(W.sum(axis=1), 1.0)
+    assert brier_score(W, y) < brier_score(P, y) - 0.02
+    assert (W.argmax(1) == y).mean() > (P.argmax(1) == y).mean() + 0.03
+    # unchanged mix: the priors stay put
+    y2 = rng.choice(3, 6000, p=[1 / 3] * 3)
+    x2 = rng.normal(mu[y2], sd)
+    l2 = np.exp(-0.5 * ((x2[:, None] - mu[None]) / sd) ** 2)
+    _, pi2 = adapt_class_priors(l2 / l2.sum(1, keepdims=True), np.full(3, 1 / 3))
+    np.testing.assert_allclose(pi2, 1 / 3, atol=0.04)
+    with pytest.raises(ModelError, match="one value per class"):
+        adapt_class_priors(P, np.full(2, 0.5))
+
+
+def test_predict_adapt_priors_on_a_new_class_mix(fitted):
+    """A fitted classifier on fields of a new mix (mostly 'late'): predict_proba with
+    adapt_priors=True estimates that mix from the unlabelled fields."""
+    clf, _, _ = fitted
+    np.testing.assert_allclose(clf.class_prior_, [1 / 3] * 3, atol=0.05)
+    obs, y, _ = observations(n_per=30, seed=11)
+    keep = pd.concat([y[y == "late"], y[y == "early"].iloc[:6], y[y == "mid"].iloc[:3]])
+    s = series_of(obs[obs.field_id.isin(keep.index)])
+    P = clf.predict_proba(s, adapt_priors=True)
+    pri = P.attrs["priors"]
+    assert set(pri) == set(clf.classes_)
+    assert pri["late"] == pytest.approx(30 / 39, abs=0.08)
+    assert pri["mid"] == pytest.approx(3 / 39, abs=0.08)
+    assert (clf.predict(s, adapt_priors=True) == keep[P.index]).mean() >= 0.9
+
+
+def test_align_recovers_a_region_with_another_calendar_and_level(fitted):
+    """Fields of another region: the same three crops sown 25 days later and 0.08 greener in
+    every index. Aligning the feature medians on the region's fields brings the accuracy
+    back; without align the shifted region is misread."""
+    clf, _, _ = fitted
+    obs, y, _ = observations(n_per=15, seed=12)
+    obs["time"] = obs["time"] + pd.Timedelta(days=25)
+    for ix in ("ndvi", "ndre", "ndmi"):
+        obs[ix] = obs[ix] + 0.08
+    s = series_of(obs)
+    plain = (clf.predict(s) == y[s.field_id.unique()]).mean()
+    aligned = clf.predict(s, align=True)
+    acc = (aligned == y[aligned.index]).mean()
+    assert acc >= 0.85 and acc > plain + 0.15
+    with pytest.raises(ModelError, match="at least 20 fields"):
+        clf.predict(s[s.field_id.isin(y.index[:5])], align=True)
+
+
+def test_version_2_files_still_load_and_predict(fitted, tmp_path):
+    clf, s_test, _ = fitted
+    d = clf.to_dict()
+    assert len(d["class_prior"]) == 3 and len(d["feature_median"]) == len(d["feature_names"])
+    d["version"] = 2
+    del d["class_prior"], d["feature_median"]
+    p = tmp_path / "v2.json"
+    p.write_text(json.dumps(d))
+    old = CropClassifier.load(p)
+    pd.testing.assert_frame_equal(old.predict_proba(s_test), clf.predict_proba(s_test))
+    for kw in ("align", "adapt_priors"):
+        with pytest.raises(ModelError, match="refit"):
+            old.predict_proba(s_test, **{kw: True})
+    rt = CropClassifier.from_dict(json.loads(json.dumps(clf.to_dict())))
+    np.testing.assert_array_equal(rt.feature_median_, clf.feature_median_)
+    pd.testing.assert_frame_equal(rt.predict_proba(s_test, align=True, adapt_priors=True),
+                                  clf.predict_proba(s_test, align=True, adapt_priors=True))

@@ -145,3 +145,35 @@ def test_importing_pcse_leaves_home_and_our_logger_alone(caplog):
     with caplog.at_level(logging.DEBUG, logger="cropyield"):
         logger.warning("retrying %s", "https://h/B04.tif?sig=topsecret")
     assert "REDACTED" in caplog.text and "topsecret" not in caplog.text
+
+
+def test_sentinel2_sky_observes_like_the_synthetic_world():
+    """sky="sentinel2": summer (monsoon) dates are cloudier than winter ones, clouds mask
+    whole fields (no partly valid rows), small fields carry their surroundings (edge mixing
+    pulls a dense canopy's NDVI down, more on small fields), the truth is the same runs'."""
+    kw = dict(seed=4)
+    mz_u = cm.simulate_seasons("summer_maize", 40, **kw)
+    mz = cm.simulate_seasons("summer_maize", 40, sky="sentinel2", **kw)
+    wh = cm.simulate_seasons("winter_wheat", 40, sky="sentinel2", **kw)
+    pd.testing.assert_frame_equal(mz.truth, mz_u.truth)
+    o = mz.observations
+    assert (o["valid_fraction"] == 1.0).all() and (mz_u.observations["valid_fraction"] < 1).any()
+    # usable acquisitions per 5-day slot: summer maize loses more than winter wheat
+    def kept(sim):
+        c = sim.canopy.groupby("field_id")["time"].agg(["min", "max"])
+        days = (c["max"] - c["min"]).dt.days + 1
+        return float((sim.observations.groupby("field_id").size() / (days / 5)).mean())
+    assert kept(mz) < kept(wh) and kept(mz) < kept(mz_u)
+    m = o.assign(day=o["time"].dt.tz_localize(None)).merge(
+        mz.canopy, left_on=["field_id", "day"], right_on=["field_id", "time"],
+        suffixes=("", "_true"))
+    dense = m[m["ndvi_true"] > 0.8]
+    d = dense["ndvi"] - dense["ndvi_true"]
+    assert d.median() < -0.01
+    small = dense["coverage"] < dense["coverage"].median()
+    assert d[small].mean() < d[~small].mean()
+    assert o["coverage"].median() < mz_u.observations["coverage"].median()
+    again = cm.simulate_seasons("summer_maize", 40, sky="sentinel2", **kw)
+    pd.testing.assert_frame_equal(again.observations, o)
+    with pytest.raises(ConfigError, match="sky"):
+        cm.simulate_seasons("summer_maize", 5, sky="landsat")

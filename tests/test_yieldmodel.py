@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropyield.errors import ConfigError, CropYieldError, ModelError, split_flags
-from cropyield.yieldmodel import (EmpiricalModel, LUEModel, YieldModel, conformal_quantiles,
+from cropyield.yieldmodel import (SCHEMA_VERSION, EmpiricalModel, LUEModel, YieldModel, conformal_quantiles,
                                   fapar_from_index, fit_yield_model, quality_scale,
                                   season_features)
 
@@ -264,7 +264,7 @@ def test_json_roundtrip_no_pickle(tmp_path):
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
-        assert d["schema_version"] == 3 and d["kind"] == method
+        assert d["schema_version"] == SCHEMA_VERSION == 4 and d["kind"] == method
         assert "pickle" not in text.lower() and isinstance(d["params"], dict)
         m2 = YieldModel.from_json(path)
         assert type(m2) is type(m) and m2.model_version == m.model_version
@@ -709,7 +709,7 @@ def test_schema1_model_still_loads():
     with pytest.raises(ModelError, match="refit"):
         YieldModel.from_dict({**d, "params": {**d["params"], "colour": 1}})
     with pytest.raises(ModelError, match="newer"):
-        YieldModel.from_dict({**d, "schema_version": 4})
+        YieldModel.from_dict({**d, "schema_version": SCHEMA_VERSION + 1})
 
 
 def test_empirical_extrapolation_is_bounded_and_flagged():
@@ -799,3 +799,82 @@ def test_simulation_level_kept_with_many_cuts(curves):
     p = m.predict(ser, target)
     assert np.average(p["yield_t_ha_p50"], weights=target["area_ha"]) == pytest.approx(
         county, rel=1e-3)
+
+
+def test_remove_cut_error_by_hand():
+    """Scores shrink about their median until their variance drops by the cut error's:
+    z = -2..2 has var 2.5 (ddof 1); removing sd 1 leaves 1.5, k = sqrt(0.6); with quality
+    scale 2 the error in score units is 0.5, k = sqrt(0.9); a cut error as wide as the
+    scores leaves the median (never a negative variance)."""
+    from cropyield.yieldmodel.intervals import remove_cut_error
+    z = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    out, k = remove_cut_error(z, 1.0)
+    assert k == pytest.approx(math.sqrt(0.6))
+    assert out == pytest.approx(z * math.sqrt(0.6))
+    assert np.var(out, ddof=1) == pytest.approx(2.5 - 1.0)
+    out2, k2 = remove_cut_error(z + 3.0, 1.0, np.full(5, 2.0))
+    assert k2 == pytest.approx(math.sqrt(0.9)) and out2 == pytest.approx(3.0 + z * k2)
+    flat, k0 = remove_cut_error([-0.5, 0.5, np.nan, 0.1], 1.0)
+    assert k0 == 0.0 and flat[[0, 1, 3]] == pytest.approx([0.1, 0.1, 0.1])
+    assert np.isnan(flat[2])
+    same, k1 = remove_cut_error(z, 0.0)
+    assert k1 == 1.0 and same == pytest.approx(z)
+    with pytest.raises(ModelError, match="cut_error_sd"):
+        remove_cut_error(z, -0.1)
+
+
+def test_simulation_intervals_remove_the_cut_error(curves):
+    """Crop cuts measured with a known lognormal error (sd 0.2): their conformal scores
+    carry it, so P10-P90 built on them are too wide for true yields; with cut_error_sd the
+    intervals narrow by the shrink the scores' variance implies and still cover >= 80 % of
+    the true yields of the other fields."""
+    from types import SimpleNamespace
+
+    from cropyield.yieldmodel import yield_skill
+    from cropyield.yieldmodel.simulation import train_on_simulations
+    obs, truth, can = _curve_world(n=120, seed=2)
+    core = train_on_simulations(SimpleNamespace(observations=obs, truth=truth),
+                                crop="summer_maize", indices=["ndvi", "evi2", "ndre"])
+    ser, tr, _ = curves
+    target = tr.assign(yield_t_ha=tr["yield_t_ha"] * 0.7)
+    sel = target.iloc[::4]
+    rng = np.random.default_rng(3)
+    sig = 0.2
+    cuts = sel[["field_id", "season", "yield_t_ha"]].assign(
+        yield_t_ha=sel["yield_t_ha"] * np.exp(rng.normal(0, sig, len(sel)) - sig ** 2 / 2))
+    rest = target[~target["field_id"].isin(sel["field_id"])]
+    kw = dict(crop="summer_maize", method="simulation", simulated=core, seasons=target)
+    noisy = fit_yield_model(ser, cuts, **kw)
+    clean = fit_yield_model(ser, cuts, cut_error_sd=sig, **kw)
+    k = clean.residuals["cut_error_shrink"]
+    assert 0 < k < 1 and clean.residuals["cut_error_sd"] == sig
+    assert "cut error sd 0.2 removed" in clean.residuals["method"]
+    assert clean.level == noisy.level                   # the level does not change
+    wn = noisy.residuals["q90"] - noisy.residuals["q10"]
+    wc = clean.residuals["q90"] - clean.residuals["q10"]
+    assert wc == pytest.approx(k * wn, rel=0.2)          # order statistics of shrunk scores
+    pn, pc = noisy.predict(ser, rest), clean.predict(ser, rest)
+    assert np.log(pc["yield_t_ha_p90"] / pc["yield_t_ha_p10"]).mean() < \
+        0.7 * np.log(pn["yield_t_ha_p90"] / pn["yield_t_ha_p10"]).mean()
+    pd.testing.assert_series_equal(pc["yield_t_ha_p50"], pn["yield_t_ha_p50"])
+    assert yield_skill(rest, pc)["summer_maize"]["coverage_p10_p90"] >= 0.8
+    with pytest.raises(ModelError, match="cut_error_sd"):
+        fit_yield_model(ser, cuts, cut_error_sd=-1.0, **kw)
+
+
+def test_empirical_intervals_remove_the_cut_error(curves):
+    """method="empirical": the cross-conformal scores are the observed yields' too; with
+    cut_error_sd they are shrunk about their median (every quantile moves by the same k),
+    the regression itself is unchanged."""
+    ser, truth, _ = curves
+    obs = truth[["field_id", "season", "yield_t_ha"]]
+    kw = dict(crop="summer_maize", method="empirical", seasons=truth, alpha=1.0,
+              groups=truth["weather_year"].to_numpy())
+    a = fit_yield_model(ser, obs, **kw)
+    b = fit_yield_model(ser, obs, cut_error_sd=0.03, **kw)
+    k = b.residuals["cut_error_shrink"]
+    assert 0 < k < 1 and "cut error sd 0.03 removed" in b.residuals["method"]
+    qa, qb = a.residuals, b.residuals
+    assert qb["q90"] - qb["q10"] == pytest.approx(k * (qa["q90"] - qa["q10"]), rel=1e-9)
+    assert b.coef == pytest.approx(a.coef) and b.cv_["r2"] == pytest.approx(a.cv_["r2"])
+    assert b.cv_["coverage_p10_p90"] <= a.cv_["coverage_p10_p90"]

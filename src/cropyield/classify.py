@@ -28,8 +28,18 @@ scikit-learn's HistGradientBoosting by measurement (docs/validation_crops.md) an
 its model has a plain-text dump. Probabilities are calibrated by temperature scaling
 (Guo et al. 2017) fitted on out-of-fold scores of the training fields.
 
-Model files are JSON: an envelope with the feature specification, the classes, the
-calibration, the library versions and LightGBM's own text model. Nothing is unpickled or
+Two opt-in transfer modes for a whole region the model was not trained on
+(``predict_proba(series, align=True, adapt_priors=True)``): *region alignment* shifts every
+feature so that its median over the new region's fields equals its median over the
+training fields (the first-moment part of CORAL, Sun, Feng & Saenko 2016, AAAI), and *prior
+adaptation* re-estimates the class mix of the new fields by EM (Saerens, Latinne &
+Decaestecker 2002, Neural Computation 14:21-41). Measured on real parcels in
+docs/validation_crops.md; both are off by default because a prediction then depends on the
+other fields passed.
+
+Model files are JSON (format version 3; version-2 files still load): an envelope with the
+feature specification, the classes, the calibration, the training class priors and feature
+medians, the library versions and LightGBM's own text model. Nothing is unpickled or
 evaluated on load; LightGBM parses its text model.
 """
 
@@ -52,7 +62,7 @@ if TYPE_CHECKING:
     import lightgbm
 
 __all__ = ["CropClassifier", "series_features", "default_indices", "brier_score",
-           "reliability_curve"]
+           "reliability_curve", "adapt_class_priors"]
 
 _PHEN_COLS = ("sos", "pos", "eos", "peak", "amplitude", "length_days", "small_integral",
               "greenup_rate", "senescence_rate")
@@ -269,6 +279,30 @@ def _phen_features(sub: pd.DataFrame, index: str, starts: pd.Series,
     return w.reindex(columns=cols)
 
 
+def _nanmedian_cols(X: np.ndarray) -> np.ndarray:
+    """Per-column median ignoring NaN (NaN for an all-NaN column), without warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(X, axis=0) if len(X) else np.full(X.shape[1], np.nan)
+
+
+def _list_or_none(a) -> list | None:
+    """JSON-safe list (NaN → None) of an array, or None."""
+    if a is None:
+        return None
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(a, dtype=float)]
+
+
+def _array_or_none(v, n: int) -> np.ndarray | None:
+    if v is None:
+        return None
+    a = np.array([np.nan if x is None else float(x) for x in v], dtype=float)
+    if a.shape != (n,):
+        raise ValueError(f"model shapes do not match: {a.shape[0]} values for {n} "
+                         "classes or features")
+    return a
+
+
 def _softmax(Z: np.ndarray) -> np.ndarray:
     Z = Z - Z.max(axis=1, keepdims=True)
     P = np.exp(Z)
@@ -303,6 +337,52 @@ def brier_score(proba: np.ndarray, yi: np.ndarray) -> float:
     Y = np.zeros_like(P)
     Y[np.arange(len(yi)), yi] = 1.0
     return float(np.mean(np.sum((P - Y) ** 2, axis=1)))
+
+
+def adapt_class_priors(proba: np.ndarray, train_prior: np.ndarray, *, max_iter: int = 1000,
+                       tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Re-estimate class priors on unlabelled fields and adjust their posteriors (EM).
+
+    Saerens, Latinne & Decaestecker (2002, Neural Computation 14:21-41): with calibrated
+    posteriors ``p(k | x)`` learnt under training priors ``π_s``, the priors ``π_t`` of a new
+    set of fields maximise its likelihood at the fixed point of
+    ``p_t(k | x) ∝ p(k | x) π_t,k / π_s,k`` and ``π_t = mean_x p_t(k | x)``. Valid under
+    label shift only (the class mix changes, each class looks the same); when the classes
+    themselves look different in the new set (another climate), the estimate can be far off.
+
+    Parameters
+    ----------
+    proba : array (fields × classes)
+        Calibrated posteriors under the training priors (rows sum to 1).
+    train_prior : array (classes,)
+        Class frequencies of the training fields (> 0, sum 1).
+    max_iter, tol : EM iterations and convergence tolerance on the priors.
+
+    Returns
+    -------
+    (adapted posteriors, estimated priors)
+    """
+    P = np.asarray(proba, dtype=float)
+    ps = np.asarray(train_prior, dtype=float)
+    if P.ndim != 2 or ps.shape != (P.shape[1],):
+        raise ModelError(f"proba must be fields × classes and train_prior one value per class; "
+                         f"got {P.shape} and {ps.shape}")
+    if not (np.all(ps > 0) and np.isfinite(P).all() and len(P)):
+        raise ModelError("adapt_class_priors needs finite posteriors for at least one field "
+                         "and training priors > 0 for every class")
+    ps = ps / ps.sum()
+    pt = ps.copy()
+    for _ in range(int(max_iter)):
+        W = P * (pt / ps)
+        W /= np.maximum(W.sum(axis=1, keepdims=True), 1e-300)
+        new = W.mean(axis=0)
+        done = np.abs(new - pt).max() < tol
+        pt = new
+        if done:
+            break
+    W = P * (pt / ps)
+    W /= np.maximum(W.sum(axis=1, keepdims=True), 1e-300)
+    return W, pt
 
 
 def reliability_curve(confidence: np.ndarray, correct: np.ndarray,
@@ -376,6 +456,8 @@ class CropClassifier:
     >>> from cropyield import CropClassifier
     >>> clf = CropClassifier(year_start="09-01").fit(series, labels)  # doctest: +SKIP
     >>> clf.predict_proba(new_series).round(2).head()  # doctest: +SKIP
+    >>> # a whole other region: align its feature medians on the training ones
+    >>> clf.predict(other_region_series, align=True)  # doctest: +SKIP
     >>> clf.save("crop_classifier.json")   # JSON with the LightGBM text model  # doctest: +SKIP
     >>> clf = CropClassifier.load("crop_classifier.json")  # doctest: +SKIP
     >>> crops = cy.identify_crops(series, region="north_china_plain",
@@ -383,8 +465,10 @@ class CropClassifier:
     """
 
     FORMAT = "cropyield.CropClassifier"
-    VERSION = 2
+    VERSION = 3
     LEARNER = "lightgbm"
+    #: fewest fields with features that ``align=True`` accepts (a region's median needs many)
+    MIN_ALIGN_FIELDS = 20
 
     def __init__(self, indices: Sequence[str] | None = None, *, bin_days: int = 15,
                  year_start: str = "01-01", phenology_features: bool = True,
@@ -425,6 +509,8 @@ class CropClassifier:
         self.feature_names_: list[str] | None = None
         self.indices_: tuple[str, ...] | None = self.indices
         self.temperature_: float = 1.0
+        self.class_prior_: np.ndarray | None = None
+        self.feature_median_: np.ndarray | None = None
         self.training_: dict[str, Any] = {}
         self._booster: lightgbm.Booster | None = None
 
@@ -534,6 +620,9 @@ class CropClassifier:
         X, Y = self._stack(fsets, ids, yi)
         self._booster = self._train(X, Y, K)
         self.temperature_ = 1.0
+        self.class_prior_ = np.bincount(yi, minlength=K) / len(yi)
+        self.feature_median_ = _nanmedian_cols(
+            fsets[0].reindex(index=ids, columns=self.feature_names_).to_numpy(dtype=float))
         info: dict[str, Any] = {"n_fields": int(len(ids)), "n_rows": int(len(X)),
                                 "n_features": int(X.shape[1]), "seed": self.seed}
         if self.calibrate and len(ids) >= 2 * self.calibration_folds:
@@ -584,20 +673,79 @@ class CropClassifier:
             raise ModelError("the classifier is not fitted; call fit() or load() first")
         return self._booster
 
-    def _proba_matrix(self, feat: pd.DataFrame) -> np.ndarray:
-        X = feat.reindex(columns=self.feature_names_).to_numpy(dtype=float)
-        Z = np.asarray(self._check().predict(X, raw_score=True)).reshape(len(X), -1)
-        return _softmax(Z / self.temperature_)
+    def _aligned(self, X: np.ndarray) -> np.ndarray:
+        """``X`` shifted so its per-feature medians equal the training fields' medians."""
+        if self.feature_median_ is None:
+            raise ModelError("align=True needs the training fields' feature medians, which "
+                             "this model (saved by an older cropyield) lacks; refit with "
+                             "CropClassifier().fit(series, labels) and save() again")
+        n = int(np.isfinite(X).any(axis=1).sum())
+        if n < self.MIN_ALIGN_FIELDS:
+            raise ModelError(f"align=True shifts features by the median over the fields "
+                             f"passed, which needs at least {self.MIN_ALIGN_FIELDS} fields "
+                             f"of one region; got {n}. Pass the whole region's series, or "
+                             "predict without align")
+        shift = _nanmedian_cols(X) - self.feature_median_
+        return X - np.where(np.isfinite(shift), shift, 0.0)
 
-    def predict_proba(self, series: pd.DataFrame) -> pd.DataFrame:
-        """Calibrated class probabilities, one row per field (index: field id)."""
+    def _proba_matrix(self, feat: pd.DataFrame, *, align: bool = False,
+                      adapt_priors: bool = False) -> np.ndarray:
+        X = feat.reindex(columns=self.feature_names_).to_numpy(dtype=float)
+        if align:
+            X = self._aligned(X)
+        Z = np.asarray(self._check().predict(X, raw_score=True)).reshape(len(X), -1)
+        P = _softmax(Z / self.temperature_)
+        if adapt_priors:
+            if self.class_prior_ is None:
+                raise ModelError("adapt_priors=True needs the training class priors, which "
+                                 "this model (saved by an older cropyield) lacks; refit with "
+                                 "CropClassifier().fit(series, labels) and save() again")
+            P, pt = adapt_class_priors(P, self.class_prior_)
+            self.adapted_priors_ = dict(zip(self.classes_ or [], (float(v) for v in pt)))
+        return P
+
+    def predict_proba(self, series: pd.DataFrame, *, align: bool = False,
+                      adapt_priors: bool = False) -> pd.DataFrame:
+        """Calibrated class probabilities, one row per field (index: field id).
+
+        Parameters
+        ----------
+        series : DataFrame
+            Daily series (``field_id, time, <indices>``) as passed to :meth:`fit`.
+        align : bool
+            Region alignment (opt-in; for a whole region the model was not trained on):
+            shift every feature so that its median over the fields passed equals its
+            median over the training fields (first-moment alignment, cf. CORAL, Sun, Feng
+            & Saenko 2016, AAAI). Measured to help across regions
+            (docs/validation_crops.md); it assumes the fields passed are many parcels of
+            one region with a class mix not wholly unlike the training one, and raises
+            ``ModelError`` for fewer than ``MIN_ALIGN_FIELDS`` fields. Predictions for a
+            field then depend on the other fields passed.
+        adapt_priors : bool
+            Re-estimate the class priors of the fields passed by EM and adjust the
+            probabilities (:func:`adapt_class_priors`, Saerens et al. 2002; opt-in). Sound
+            under pure label shift (same region, another class mix); measured to hurt
+            across regions, where classes look different. The estimated priors are in
+            ``attrs["priors"]`` of the result.
+
+        Returns
+        -------
+        DataFrame
+            One column per class (``classes_``), rows sum to 1.
+        """
         self._check()
         feat = self.features(series)
-        return pd.DataFrame(self._proba_matrix(feat), index=feat.index, columns=self.classes_)
+        P = pd.DataFrame(self._proba_matrix(feat, align=align, adapt_priors=adapt_priors),
+                         index=feat.index, columns=self.classes_)
+        if adapt_priors:
+            P.attrs["priors"] = dict(self.adapted_priors_)
+        return P
 
-    def predict(self, series: pd.DataFrame) -> pd.Series:
-        """Most likely class per field (Series indexed by field id)."""
-        P = self.predict_proba(series)
+    def predict(self, series: pd.DataFrame, *, align: bool = False,
+                adapt_priors: bool = False) -> pd.Series:
+        """Most likely class per field (Series indexed by field id); keywords as in
+        :meth:`predict_proba`."""
+        P = self.predict_proba(series, align=align, adapt_priors=adapt_priors)
         return pd.Series(np.asarray(self.classes_, dtype=object)[P.to_numpy().argmax(axis=1)],
                          index=P.index, name="crop")
 
@@ -614,6 +762,8 @@ class CropClassifier:
             "classes": list(self.classes_ or []),
             "feature_names": list(self.feature_names_ or []),
             "calibration": {"method": "temperature", "temperature": self.temperature_},
+            "class_prior": _list_or_none(self.class_prior_),
+            "feature_median": _list_or_none(self.feature_median_),
             "training": self.training_,
             "model": booster.model_to_string(),
         }
@@ -629,10 +779,10 @@ class CropClassifier:
                 "this file holds a version-1 CropClassifier (the former NumPy softmax "
                 "regression), which this cropyield no longer reads; refit on your labelled "
                 "parcels with CropClassifier().fit(series, labels) and save() again")
-        if d.get("version") != cls.VERSION or d.get("learner") != cls.LEARNER:
+        if d.get("version") not in (2, cls.VERSION) or d.get("learner") != cls.LEARNER:
             raise ModelError(f"unsupported {cls.FORMAT} version={d.get('version')!r} "
-                             f"learner={d.get('learner')!r}; this cropyield reads version "
-                             f"{cls.VERSION} ({cls.LEARNER})")
+                             f"learner={d.get('learner')!r}; this cropyield reads versions "
+                             f"2 and {cls.VERSION} ({cls.LEARNER})")
         import lightgbm as lgb
 
         try:
@@ -642,6 +792,11 @@ class CropClassifier:
             m.feature_names_ = [str(c) for c in d["feature_names"]]
             m.temperature_ = float(d["calibration"]["temperature"])
             m.training_ = dict(d.get("training", {}))
+            # version 3 adds the training priors and feature medians (align/adapt_priors);
+            # version-2 files load without them and predict as before
+            m.class_prior_ = _array_or_none(d.get("class_prior"), len(m.classes_))
+            m.feature_median_ = _array_or_none(d.get("feature_median"),
+                                               len(m.feature_names_))
             text = d["model"]
             if not isinstance(text, str):
                 raise TypeError("model is not a string")

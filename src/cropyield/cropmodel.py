@@ -51,7 +51,7 @@ import pandas as pd
 
 __all__ = ["EMERGENCE_OFFSETS", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
            "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
-           "nitrogen_factor"]
+           "nitrogen_factor", "load_weather", "warped_weather", "WEATHER_COLUMNS"]
 
 #: World crop id -> WOFOST crop of the library.
 WOFOST_CROPS = {"winter_wheat": "wheat", "summer_maize": "maize", "spring_maize": "maize",
@@ -72,6 +72,10 @@ _MAIZE_DT, _MAIZE_RAIN, _MAIZE_TSUM = 6.0, 1.5, 0.75
 _K = {"wheat": 0.50, "maize": 0.55}          # canopy extinction (as the synthetic world)
 LIBRARY_FILE = "crop_library.parquet"
 LIBRARY_VERSION = 1
+WEATHER_FILE = "crop_weather.parquet"
+#: Daily weather columns (units in the names): minimum and maximum air temperature (degC),
+#: global radiation (MJ m-2 d-1), rain (mm d-1).
+WEATHER_COLUMNS = ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm")
 
 
 def nitrogen_factor(n_kg_ha) -> np.ndarray:
@@ -351,6 +355,95 @@ def _load_library() -> pd.DataFrame:
     return df
 
 
+# ------------------------------------------------------------------------------ weather
+@lru_cache(maxsize=2)
+def _weather_table(c: str) -> pd.DataFrame:
+    with resources.as_file(resources.files("cropyield") / "data" / WEATHER_FILE) as p:
+        w = pd.read_parquet(p)
+    w = w.set_index(pd.DatetimeIndex(w.pop("date")).normalize())
+    # one row per day, no gaps: warped_weather looks days up by position
+    w = w[~w.index.duplicated(keep="last")].reindex(pd.date_range(w.index.min(), w.index.max()))
+    if c == "maize":     # the warm analogue the maize runs use (_warm_cabo, rounded as there)
+        for k in ("tmin_c", "tmax_c"):
+            w[k] = (w[k] + _MAIZE_DT).round(1)
+        w["rain_mm"] = (w["rain_mm"] * _MAIZE_RAIN).round(1)
+    return w[list(WEATHER_COLUMNS)]
+
+
+def load_weather(crop: str = "wheat") -> pd.DataFrame:
+    """Daily weather the crop-model library ran on (no PCSE needed).
+
+    The Wageningen (Haarweg) CABO files ``NL1.976``-``NL1.999`` shipped with PCSE, copied
+    into ``cropyield/data/crop_weather.parquet`` by ``scripts/build_crop_weather.py``; for
+    maize the warm analogue of the module docstring (+6 degC on minimum and maximum
+    temperature, rain x1.5).
+
+    Parameters
+    ----------
+    crop : str
+        ``wheat``/``winter_wheat`` or ``maize``/``summer_maize``/``spring_maize``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by date (tz-naive, daily), columns :data:`WEATHER_COLUMNS`: ``tmin_c``,
+        ``tmax_c`` (degC), ``radiation_mj_m2`` (MJ m-2 d-1), ``rain_mm`` (mm d-1); NaN on the
+        missing days of the files (1990-1991).
+    """
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no crop-model weather for crop {crop!r}; choose from "
+                          f"{sorted(WOFOST_CROPS)}")
+    return _weather_table(c).copy()
+
+
+def warped_weather(crop: str, emergence, t_a, wscale, t) -> dict[str, np.ndarray]:
+    """Weather of crop-model runs on the calendar they are placed on by the time warp.
+
+    A run is placed on a field's calendar by ``day = t_a + run_day * wscale``
+    (:func:`cropyield.synthetic._canopy.wofost_timing`); calendar day ``t`` therefore sees
+    the run's weather of run day ``u = (t - t_a) / wscale`` (nearest day), i.e. the weather
+    date ``emergence + u``. Before the run's day 0 (``t < t_a``: wheat's autumn and winter,
+    the days before maize emergence) the calendar is not warped: ``u = t - t_a``. Means of
+    daily weather over a window are kept by the warp; sums are not (use means, mm/d).
+
+    Parameters
+    ----------
+    crop : str
+        Crop of the runs (``wheat``/``maize`` or a world crop id).
+    emergence : sequence of datetime-like
+        Emergence date of each run on its weather calendar (library column ``emergence``).
+    t_a, wscale : array-like of float
+        Calendar day of each run's day 0 and the warp factor (days per run day).
+    t : ndarray
+        Calendar days (same origin as ``t_a``), shape ``(D,)`` or ``(n, D)``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        :data:`WEATHER_COLUMNS` arrays of shape ``(n, D)``; NaN where the weather files have
+        no day.
+    """
+    w = load_weather(crop)
+    t = np.asarray(t, dtype=float)
+    t_a = np.asarray(t_a, dtype=float)[:, None]
+    ws = np.asarray(wscale, dtype=float)[:, None]
+    d = t - t_a
+    u = np.where(d >= 0, d / ws, d)
+    em = pd.DatetimeIndex(pd.to_datetime(list(emergence))).normalize()
+    day0 = w.index[0]
+    off = ((em - day0).days.to_numpy(dtype=float))[:, None] + np.round(u)
+    k = np.nan_to_num(off, nan=-1.0).astype(np.int64)
+    ok = np.isfinite(off) & (k >= 0) & (k < len(w))
+    out = {}
+    for c in WEATHER_COLUMNS:
+        v = w[c].to_numpy(dtype=float)
+        out[c] = np.where(ok, v[np.clip(k, 0, len(v) - 1)], np.nan)
+    return out
+
+
 # ------------------------------------------------------------------ canopy -> observations
 @dataclass(frozen=True)
 class SimulatedSeasons:
@@ -370,12 +463,19 @@ class SimulatedSeasons:
         Noise-free daily truth: ``field_id, time`` (tz-naive), ``lai, ndvi, evi2, gcvi, ndre,
         ndmi``.
     seed : int
+    weather : pandas.DataFrame or None
+        Daily weather of each field on the same calendar as ``canopy`` (each run's weather
+        mapped through the run's time warp, :func:`warped_weather`): ``field_id, time``
+        (tz-naive), ``tmin_c, tmax_c`` (degC), ``radiation_mj_m2`` (MJ m-2 d-1), ``rain_mm``
+        (mm d-1). Input of :func:`cropyield.yieldmodel.weather_features` (``weather=`` of
+        ``fit_yield_model`` and ``train_on_simulations``).
     """
 
     observations: pd.DataFrame
     truth: pd.DataFrame
     canopy: pd.DataFrame
     seed: int
+    weather: pd.DataFrame | None = None
 
 
 def brown_lai(lai: np.ndarray) -> np.ndarray:
@@ -385,28 +485,54 @@ def brown_lai(lai: np.ndarray) -> np.ndarray:
 
 
 def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
-             cloud_fraction=0.35, names=INDICES):
+             cloud_fraction=0.35, names=INDICES, sky: str = "uniform", npx=None):
     """Sentinel-2-like sampling of daily reflectance ``refl (n, D, bands)`` on the day axes
     ``days_of[i]`` (one DatetimeIndex of length D per field).
 
-    Same noise model as :func:`cropyield.synthetic.simulate_observations`: per-date cloud
-    cover (cloudy dates ``cloud_fraction``; on them 20-100 % of a field masked), undetected
-    haze mixing the CLOUD end-member into the valid part (biases indices low), atmospheric
-    noise 0.004 per band and date, pixel noise 0.012/sqrt(valid pixels).
+    ``sky="uniform"`` (the original library model): a flat share ``cloud_fraction`` of
+    cloudy dates; on them 20-100 % of a field is masked and undetected haze (0-0.25 of the
+    CLOUD end-member) mixes into the whole valid part (biases indices low); clear dates
+    carry 0-0.02 haze. Field sizes 15-120 pixels.
+
+    ``sky="sentinel2"``: the synthetic world's documented observation process
+    (:func:`cropyield.synthetic._clouds.sky_plan`, :func:`~cropyield.synthetic._clouds.sky_on_date`,
+    :func:`cropyield.synthetic.simulate_observations`): cloudy dates with probability
+    ``cloud_fraction x (1 + 0.35 cos(2 pi (doy - 200) / 365))`` (monsoon summers cloudier)
+    covering 20-100 % of the area, clear dates 0-4 %; clouds (km-scale) cover a smallholder
+    field wholly, so a field is masked (SCL) with probability equal to the cover, and a
+    clear field lies in the 6 %-of-the-area haze band next to the clouds with probability
+    ``0.06 / (1 - cover)`` (haze 0-0.25, undetected). The edge-pixel mixing with the
+    landscape is already in ``refl`` (:func:`simulate_seasons`, :func:`_field_sizes`).
+
+    Both: atmospheric noise 0.004 per band and date, pixel noise 0.012/sqrt(valid pixels);
+    ``npx`` the field sizes in 10 m pixels (default: uniform 15-120).
     """
     from .synthetic._canopy import BANDS, CLOUD, compute_indices
 
     n, D, _ = refl.shape
     frames = []
-    npx = rng.uniform(15, 120, n)            # field size in 10 m pixels (0.15-1.2 ha)
+    if npx is None:
+        npx = rng.uniform(15, 120, n)        # field size in 10 m pixels (0.15-1.2 ha)
     for i in range(n):
         days = days_of[i]
         phase = int(rng.integers(revisit))
         idx = np.arange(phase, D, revisit)
         m = len(idx)
-        cloudy = rng.random(m) < cloud_fraction
-        vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m), 1.0 - rng.uniform(0, 0.04, m))
-        haze = np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
+        if sky == "sentinel2":
+            doy = days[idx].day_of_year.to_numpy()
+            p = np.clip(cloud_fraction * (1 + 0.35 * np.cos(2 * np.pi * (doy - 200) / 365.0)),
+                        0, 1)
+            cloudy = rng.random(m) < p
+            cover = np.where(cloudy, rng.uniform(0.2, 1.0, m), rng.uniform(0.0, 0.04, m))
+            masked = rng.random(m) < cover
+            vf = np.where(masked, 0.0, 1.0)
+            in_band = rng.random(m) < np.minimum(1.0, 0.06 / np.maximum(1 - cover, 1e-6))
+            haze = np.where(in_band & ~masked, rng.uniform(0, 0.25, m), 0.0)
+        else:
+            cloudy = rng.random(m) < cloud_fraction
+            vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m),
+                          1.0 - rng.uniform(0, 0.04, m))
+            haze = np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
         r = refl[i, idx] * (1 - haze[:, None]) + haze[:, None] * CLOUD
         r = r + rng.normal(0, 0.004, (m, len(BANDS)))
         r = r + rng.normal(0, 1, (m, len(BANDS))) * 0.012 / np.sqrt(
@@ -432,7 +558,8 @@ def _sos_eos(ndvi: np.ndarray, days: pd.DatetimeIndex):
 
 def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
                      fresh: bool = False, revisit: int = 5,
-                     cloud_fraction: float = 0.35) -> SimulatedSeasons:
+                     cloud_fraction: float | None = None,
+                     sky: str = "uniform") -> SimulatedSeasons:
     """Simulate ``n`` field-seasons of ``crop`` from WOFOST and observe them like Sentinel-2.
 
     Parameters
@@ -449,7 +576,15 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         Run WOFOST now (needs the ``[pcse]`` extra) with freshly drawn management instead of
         sampling the shipped library (default: the library; no PCSE needed).
     revisit, cloud_fraction : int, float
-        Sampling: days between acquisitions, share of cloudy acquisitions.
+        Sampling: days between acquisitions, share of cloudy acquisitions (default 0.35 with
+        ``sky="uniform"``, 0.5 - the synthetic world's default - with ``"sentinel2"``).
+    sky : {"uniform", "sentinel2"}
+        Observation model (:func:`_observe`). ``"uniform"`` (default, the original library
+        model): flat cloud share, haze over every cloudy date's valid part, fields of 15-120
+        pixels, dry soil. ``"sentinel2"``: the synthetic world's documented process - seasonal
+        cloud share, clouds masking whole smallholder fields, haze only next to clouds,
+        smallholder field sizes (lognormal, median 35 pixels) whose edge pixels mix with the
+        landscape, and the world's daily soil wetness process under the canopy.
 
     Returns
     -------
@@ -465,6 +600,12 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         from .errors import ConfigError
 
         raise ConfigError(f"n must be >= 1, got {n}")
+    if sky not in ("uniform", "sentinel2"):
+        from .errors import ConfigError
+
+        raise ConfigError(f"sky must be 'uniform' or 'sentinel2', got {sky!r}")
+    if cloud_fraction is None:
+        cloud_fraction = 0.5 if sky == "sentinel2" else 0.35
     rng = np.random.default_rng(seed)
     if fresh:
         design = library_runs(seed, 1)
@@ -503,7 +644,7 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         lib["crop"] = c
     fids = [f"S{seed:03d}{i:05d}" for i in range(n)]
     wc = _WORLD_CROP[crop]
-    can, refl, t, starts, sea = _season_canopy(wc, lib, rng)
+    can, refl, t, starts, sea = _season_canopy(wc, lib, rng, sky=sky)
     D = len(t)
     canopy, truth, day_axes = [], [], []
     for i in range(n):
@@ -522,11 +663,26 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
             maturity=day(sea["t_a"][i] + len(r["lai"]) * sea["wscale"][i]),
             harvest_date=day(sea["t_harvest"][i]), n_kg_ha=float(r["n_kg_ha"]),
             irrigations=int(r["irrigations"]), run_id=r["run_id"], sos=sos, eos=eos))
+    npx = mix = None
+    if sky == "sentinel2":
+        npx, mix = _field_sizes(rng, n)
+        # edge pixels see the landscape: the mean of the simulated fields on the same
+        # calendar day (80 %) and roads/tracks (20 %), as cropyield.synthetic does
+        from .synthetic._canopy import ROAD
+
+        land = 0.8 * refl.mean(axis=0, keepdims=True) + 0.2 * ROAD
+        refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land
     observations = _observe(refl, day_axes, fids, rng, revisit=revisit,
-                            cloud_fraction=cloud_fraction)
+                            cloud_fraction=cloud_fraction, sky=sky, npx=npx)
     observations["time"] = observations["time"].astype("datetime64[ns, UTC]")
+    wx = warped_weather(c, lib["emergence"], sea["t_a"], sea["wscale"], t)
+    weather = pd.DataFrame({"field_id": np.repeat(fids, D),
+                            "time": pd.DatetimeIndex(np.concatenate(
+                                [d.to_numpy("datetime64[ns]") for d in day_axes])),
+                            **{k: v.ravel() for k, v in wx.items()}})
     return SimulatedSeasons(observations=observations, truth=pd.DataFrame(truth),
-                            canopy=pd.concat(canopy, ignore_index=True), seed=seed)
+                            canopy=pd.concat(canopy, ignore_index=True), seed=seed,
+                            weather=weather)
 
 
 #: Crop of the simulated seasons' calendar and canopy (``wheat``/``maize`` as the world's
@@ -535,7 +691,37 @@ _WORLD_CROP = {"winter_wheat": "winter_wheat", "summer_maize": "summer_maize",
                "spring_maize": "spring_maize", "wheat": "winter_wheat", "maize": "summer_maize"}
 
 
-def _season_canopy(wc: str, lib: pd.DataFrame, rng):
+#: Outside share of a field's coverage-weighted mean per unit perimeter/area (m): the 10 m
+#: boundary strip contributes through the sensor PSF (3-tap, 0.12 per side: ~1.2 m) and the
+#: outside part of the partly covered edge pixels kept at min_coverage_frac 0.5 (~1 m).
+_EDGE_MIX_M = 2.2
+
+
+def _field_sizes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallholder field sizes (10 m pixels; lognormal, median 35, 4-400) and the share of
+    their mean that edge pixels take from the surroundings, ``clip(0.6 perimeter / area, 0,
+    0.4)`` for a 2:1 rectangle (as :func:`cropyield.synthetic.simulate_observations`)."""
+    npx = np.clip(rng.lognormal(math.log(35.0), 0.7, n), 4.0, 400.0)
+    short = np.sqrt(npx * 100.0 / 2.0)            # m
+    mix = np.clip(_EDGE_MIX_M * 3.0 / short, 0.0, 0.6)   # perimeter / area = 3 / short side
+    return npx, mix
+
+
+def _wetness(rng, days: pd.DatetimeIndex) -> np.ndarray:
+    """Daily soil darkening (0.7 wet .. 1 dry) from the synthetic world's seasonal rain
+    process (:func:`cropyield.synthetic._canopy.weather_wetness`) on ``days``."""
+    doy = days.day_of_year.to_numpy()
+    p_rain = 0.08 + 0.22 * np.exp(-0.5 * ((doy - 205) / 35.0) ** 2)
+    rain = np.flatnonzero(rng.random(len(days)) < p_rain)
+    i = np.arange(len(days))
+    last = np.full(len(days), -100)
+    if len(rain):
+        pos = np.searchsorted(rain, i, side="right") - 1
+        last = np.where(pos >= 0, rain[np.maximum(pos, 0)], -100)
+    return 1.0 - 0.3 * np.exp(-(i - last) / 3.0)
+
+
+def _season_canopy(wc: str, lib: pd.DataFrame, rng, *, sky: str = "uniform"):
     """Daily canopy of runs ``lib`` placed on the North China Plain calendar exactly as the
     synthetic world places its fields (:func:`cropyield.synthetic._canopy.wofost_timing`,
     :func:`~cropyield.synthetic._canopy.canopy_state`), so that simulated seasons and world
@@ -569,4 +755,9 @@ def _season_canopy(wc: str, lib: pd.DataFrame, rng):
     can["lai"] = st["lai_green"]
     years = lib["weather_year"].to_numpy(dtype=int)
     starts = [pd.Timestamp(f"{y - 1 if wheat else y}-{ref.month:02d}-01") for y in years]
+    if sky == "sentinel2":   # observed reflectance over wet soil; the truth stays dry
+        wet = np.stack([_wetness(rng, pd.DatetimeIndex(s0 + pd.to_timedelta(t, unit="D")))
+                        for s0 in starts])
+        refl, _ = reflectance_from_state(st, k=p["k"], soil_brightness=sb,
+                                         wetness=wet[:, :, None])
     return can, refl, t, starts, tm

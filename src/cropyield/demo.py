@@ -59,6 +59,11 @@ CREDIT_POLICY_VERSION = "1.1.0"
 #: synthetic world takes from WOFOST) and how many simulated seasons it trains on.
 SIMULATION_CROPS = ("winter_wheat", "summer_maize", "spring_maize")
 N_SIMULATED = 300
+#: Observation model of the simulated training seasons (``cropmodel.simulate_seasons(sky=)``):
+#: the Sentinel-2 process the synthetic world documents (seasonal clouds masking whole
+#: smallholder fields, haze next to clouds, edge pixels mixing with the landscape, wet soil);
+#: the flat "uniform" model saw cleaner, larger fields (docs/validation_yield.md, "Demo").
+SIMULATION_SKY = "sentinel2"
 
 #: Crop-cut measurement error (log-scale sigma; see ``run_demo``).
 CROP_CUT_SIGMA = 0.13
@@ -79,12 +84,15 @@ def cache_dir() -> Path:
     return path
 
 
-def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = True):
+def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = True,
+                    weather: bool = False):
     """The crop-model-trained regression of ``crop`` before levelling
     (:func:`cropyield.yieldmodel.simulation.train_on_simulations` on ``n`` seasons of the
-    shipped WOFOST library, default :data:`N_SIMULATED`), cached as JSON under
-    ``cache_dir()/models/`` by library digest, crop, size, seed, indices and package version;
-    a cached file that does not load is refitted, never trusted."""
+    shipped WOFOST library, default :data:`N_SIMULATED`, observed with
+    :data:`SIMULATION_SKY`; ``weather=True``: with the simulations' weather offered as
+    covariates), cached as JSON under ``cache_dir()/models/`` by library digest, crop, size,
+    seed, indices, sky, weather and package version; a cached file that does not load is
+    refitted, never trusted."""
     import hashlib
     import json
 
@@ -94,7 +102,8 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 5]
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 6,
+         SIMULATION_SKY, bool(weather)]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():
@@ -104,8 +113,9 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
             return core
         except Exception as exc:  # corrupt cache: refit
             logger.warning("cached simulation model %s unreadable (%s); refitting", path, exc)
-    core = train_on_simulations(simulate_seasons(crop, n, seed=seed), crop=crop,
-                                indices=list(indices), seed=seed)
+    core = train_on_simulations(simulate_seasons(crop, n, seed=seed, sky=SIMULATION_SKY),
+                                crop=crop, indices=list(indices), seed=seed,
+                                weather=bool(weather) or None)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -460,11 +470,15 @@ def run_demo(
                                          ["field_id", "season", "crop"]],
                         on=["field_id", "season"]).merge(
                         world_area, on="field_id", how="left")
-                    core = simulation_core(crop, indices=indices, seed=seed, cache=cache)
+                    # the fields' daily weather (each crop-model season's weather year on
+                    # the world calendar) offered as covariates, as SCYM uses them
+                    core = simulation_core(crop, indices=indices, seed=seed, cache=cache,
+                                           weather=True)
                     models[crop] = fit_yield_model(
                         result.series, obs, crop=crop, method="simulation",
                         seasons=cs, indices=indices, seed=seed, simulated=core,
-                        county_mean_t_ha=county_means.get(crop))
+                        county_mean_t_ha=county_means.get(crop),
+                        cut_error_sd=CROP_CUT_SIGMA, weather=world.weather)
                     continue
                 except ModelError as exc:
                     logger.warning("simulation model for %s failed (%s); LUE instead", crop, exc)
@@ -484,7 +498,8 @@ def run_demo(
             for c in load_registry():
                 models.setdefault(c, default)
             result.estimates = estimate_yield(result.series, fields, model=models,
-                                              phenology=result.phenology, crops=result.crops)
+                                              phenology=result.phenology, crops=result.crops,
+                                              weather=world.weather)
             result.profiles = credit.assess(
                 result.estimates, policy=credit.Policy.preset(CREDIT_POLICY_VERSION))
     alerts = in_season_alerts(result.observations, fields, MONITOR_AS_OF)

@@ -161,6 +161,9 @@ FLAGS: dict[str, str] = {
     "LEVEL_UNCALIBRATED": "crop-model-trained yield whose level no statistic or cut has set",
     "NO_PRICE": "no price record for this crop and region",
     "NO_MODEL": "no yield model for this crop",
+    "NO_WEATHER": "the yield model uses weather covariates and this season's weather is "
+                  "missing (no daily weather for the field, or under 80 % of a window's "
+                  "days); no yield given",
     "AREA_MISMATCH": "declared area differs from the measured area",
     "BENCHMARK_YIELD": "yield is a regional benchmark (x vigour), not modelled from light use",
     "CROP_DECLARED": "crop taken from the farmer's declaration, not identified from imagery",

@@ -293,13 +293,20 @@ def _count(*values: Any) -> Any:
     return pd.NA
 
 
+def _wx_kw(model, weather) -> dict:
+    """``weather=`` for models that take it (empirical / simulation), nothing for others."""
+    from .yieldmodel import EmpiricalModel
+
+    return {"weather": weather} if isinstance(model, EmpiricalModel) else {}
+
+
 def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[str, YieldModel]
                    | None = None, prices=None, season=None, phenology: pd.DataFrame | None = None,
                    crops: pd.DataFrame | None = None, region: str = "north_china_plain",
                    as_of=None, index: str = "ndvi", radiation=None, registry=None,
                    min_area_ha: float = 0.1, min_pixels: float = 10.0,
                    area_tolerance: float = 0.15, min_crop_prob: float = 0.6,
-                   id_col: str = "field_id") -> pd.DataFrame:
+                   id_col: str = "field_id", weather: pd.DataFrame | None = None) -> pd.DataFrame:
     """Yield, production and output value per (field, season).
 
     Parameters
@@ -342,6 +349,14 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         Relative difference beyond which a declared area gets ``AREA_MISMATCH``.
     min_crop_prob : float
         ``CROP_UNCERTAIN`` below this crop probability.
+    id_col : str
+        Name of the field id column of ``fields``.
+    weather : DataFrame, optional
+        Daily weather per field (``field_id, time, tmin_c, tmax_c`` degC,
+        ``radiation_mj_m2`` MJ m-2 d-1, ``rain_mm`` mm/d) for yield models fitted with
+        weather covariates (``fit_yield_model(..., weather=)``); such a model without it
+        raises :class:`~cropyield.errors.ModelError` saying so, and seasons whose weather
+        is missing get NaN and ``NO_WEATHER``. Ignored by models without weather.
 
     Returns
     -------
@@ -473,13 +488,14 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     pred_parts = []
     if models is None:
         assert not isinstance(model, Mapping)
-        pred_parts.append(model.predict(series, seasons_in))
+        pred_parts.append(model.predict(series, seasons_in, **_wx_kw(model, weather)))
     else:
         for c, g in seasons_in.groupby(seasons_in["crop"].fillna("<none>"), sort=False):
             m = models.get(c)
             if m is None:
                 continue
-            pred_parts.append(m.predict(series, g.reset_index(drop=True)))
+            pred_parts.append(m.predict(series, g.reset_index(drop=True),
+                                        **_wx_kw(m, weather)))
     pred = pd.concat(pred_parts, ignore_index=True) if pred_parts else pd.DataFrame(
         columns=["field_id", "season"])
     pred = pred.drop(columns=[c for c in ("crop", "sos", "pos", "eos") if c in pred.columns])

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from ._canopy import BANDS, CROPS, SYSTEMS
 from ._config import SceneSpec, TileSpec, WorldConfig
-from ._truth import make_fields, simulate_observations, true_canopy, true_seasons
+from ._truth import (field_weather, make_fields, simulate_observations, true_canopy,
+                     true_seasons)
 from ._world import World, make_world
 
 __all__ = [
     "WorldConfig", "TileSpec", "SceneSpec", "SYSTEMS", "CROPS", "BANDS",
-    "make_fields", "true_canopy", "true_seasons", "simulate_observations",
+    "make_fields", "true_canopy", "true_seasons", "simulate_observations", "field_weather",
     "World", "make_world",
 ]

@@ -13,7 +13,8 @@ from ._clouds import sky_on_date
 from ._config import WorldConfig, rng_for
 from ._fields import landscape
 
-__all__ = ["make_fields", "true_canopy", "true_seasons", "simulate_observations"]
+__all__ = ["make_fields", "true_canopy", "true_seasons", "simulate_observations",
+           "field_weather"]
 
 TRUTH_INDICES = ("ndvi", "evi2", "gcvi", "ndre", "ndmi")
 _CHUNK = 2000   # fields per block of daily canopy arrays (bounds memory on county worlds)
@@ -194,6 +195,95 @@ def true_seasons(fields=None, config: WorldConfig | None = None) -> pd.DataFrame
         df = df.sort_values(["field_id", "season"]).reset_index(drop=True)
     df.attrs["seed"] = config.seed
     return df
+
+
+def field_weather(fields=None, config: WorldConfig | None = None, *,
+                  margin_days: int = 10) -> pd.DataFrame:
+    """Daily weather of the crop-model seasons of the world's fields, on the world calendar.
+
+    Every winter wheat, summer maize and spring maize season of the world is one WOFOST run
+    of the shipped library (:mod:`cropyield.cropmodel`) on one weather year (shared by a
+    village block), placed on the world's calendar by a time warp
+    (:func:`cropyield.synthetic._canopy.wofost_timing`). This is that run's weather mapped
+    through the same warp (:func:`cropyield.cropmodel.warped_weather`): what a weather
+    station beside the field would have recorded on the world's dates, as far as the crop
+    model is concerned. Weather is given from ``margin_days`` before sowing to
+    ``margin_days`` after harvest; where two seasons of a field overlap there, the later
+    season's weather is kept. Every other day of the world's period (``margin_days`` more on
+    each side), and every day of fields without a crop-model season, gets the weather of the
+    field's village block's weather year on the same month and day, unwarped (the
+    Wageningen record as is: a weather station with no crop to follow), so that a season
+    found on a field of another crop still has weather.
+
+    Parameters
+    ----------
+    fields : GeoDataFrame, optional
+        Restrict to these ``field_id`` (default: every registered field).
+    config : WorldConfig, optional
+    margin_days : int
+        Days of weather before sowing and after harvest.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``field_id, time`` (tz-naive days), ``tmin_c, tmax_c`` (degC), ``radiation_mj_m2``
+        (MJ m-2 d-1), ``rain_mm`` (mm d-1), ``season`` (0 outside crop-model seasons),
+        ``weather_year``.
+    """
+    from ..cropmodel import WEATHER_COLUMNS, _emergence, load_weather, warped_weather
+    from ._canopy import WOFOST_WORLD, _wofost_library, _wofost_years
+
+    config = _cfg(config)
+    ls, p = _registered(config)
+    if fields is not None:
+        p = p[p["field_id"].isin(set(fields["field_id"]))].reset_index(drop=True)
+    fid = dict(zip(p["parcel"], p["field_id"]))
+    sea = ls.seasons
+    sea = sea[sea["parcel"].isin(fid) & (sea["run"].to_numpy() >= 0)]
+    start = pd.Timestamp(config.start)
+    cols = ["field_id", "time", *WEATHER_COLUMNS, "season", "weather_year"]
+    frames = []
+    for crop, g in sea.groupby("crop", sort=True):
+        c = WOFOST_WORLD[crop]
+        lib = _wofost_library(c)
+        runs = g["run"].to_numpy(dtype=int)
+        em = [_emergence(c, int(y), float(o)) for y, o in
+              zip(g["weather_year"].to_numpy(), lib["offset"][runs])]
+        a = np.floor(g["t_sow"].to_numpy(float)) - margin_days
+        b = g["t_harvest"].to_numpy(float) + margin_days
+        t = np.arange(float(a.min()), float(b.max()) + 1.0)
+        wx = warped_weather(c, em, g["t_a"].to_numpy(float), g["wscale"].to_numpy(float), t)
+        keep = (t[None, :] >= a[:, None]) & (t[None, :] <= b[:, None])
+        r, k = np.nonzero(keep)
+        frames.append(pd.DataFrame({
+            "field_id": np.array([fid[q] for q in g["parcel"]], dtype=object)[r],
+            "time": (start + pd.to_timedelta(t[k], unit="D")).as_unit("ns"),
+            **{v: wx[v][r, k] for v in WEATHER_COLUMNS},
+            "season": g["season"].to_numpy(dtype=int)[r],
+            "weather_year": g["weather_year"].to_numpy(dtype=int)[r]}))
+    # the block's weather year on the calendar, unwarped, for every other day (as
+    # assign_management draws it: one weather year per village block)
+    ublocks = np.unique(ls.parcels["block"].to_numpy())
+    block_year = dict(zip(ublocks, rng_for(config.seed, "weather_years").choice(
+        np.array(_wofost_years()), size=len(ublocks))))
+    days = pd.date_range(start - pd.Timedelta(days=margin_days),
+                         pd.Timestamp(config.end) + pd.Timedelta(days=margin_days))
+    crop_year = (start + pd.DateOffset(months=4)).year
+    w = load_weather("wheat")
+    for fid_, blk in zip(p["field_id"], p["block"]):
+        wy = int(block_year[blk])
+        shifted = days + pd.DateOffset(years=wy - crop_year)
+        v = w.reindex(shifted)
+        frames.insert(0, pd.DataFrame({
+            "field_id": fid_, "time": days.as_unit("ns"),
+            **{c: v[c].to_numpy(float) for c in WEATHER_COLUMNS},
+            "season": 0, "weather_year": wy}))
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    df = pd.concat(frames, ignore_index=True)
+    df = df.sort_values(["field_id", "time", "season"], kind="stable")
+    df = df.drop_duplicates(["field_id", "time"], keep="last").reset_index(drop=True)
+    return df[cols]
 
 
 def _season_rows(config, ls, p, t, days, area, fid, start) -> pd.DataFrame:

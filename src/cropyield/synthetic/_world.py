@@ -84,6 +84,16 @@ class World:
         return self._cache["seasons"]
 
     @property
+    def weather(self) -> pd.DataFrame:
+        """Daily weather of the crop-model seasons per field on the world's calendar
+        (:func:`cropyield.synthetic.field_weather`; derived from the config, not stored)."""
+        if "weather" not in self._cache:
+            from ._truth import field_weather
+
+            self._cache["weather"] = field_weather(self.fields, self.config)
+        return self._cache["weather"]
+
+    @property
     def canopy(self) -> pd.DataFrame:
         """Daily true canopy (``truth/canopy.parquet``)."""
         if "canopy" not in self._cache:

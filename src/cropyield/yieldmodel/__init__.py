@@ -21,12 +21,17 @@ JSON persistence, never pickle):
   (:class:`cropyield.cropmodel.SimulatedSeasons`, SCYM) and levelled to county statistics or
   a few crop cuts.
 
+Weather covariates (SCYM uses them beside the imagery): :func:`weather_features` (means of
+daily weather over SOS-POS and POS-POS+35 d); ``fit_yield_model(..., weather=)`` offers them
+to the grouped-CV feature choice, and a model that chose them predicts with ``weather=``.
+
 Skill: :func:`yield_skill` (R², RMSE, bias, P10-P90 coverage per crop) and
 :func:`canopy_ceiling` (what a regression on the noise-free canopy reaches on the same seasons).
 
 Modules: :mod:`.features` (season features), :mod:`.intervals` (quality scale, conformal
 quantiles), :mod:`.base` (interface, JSON), :mod:`.lue`, :mod:`.empirical`, :mod:`.simulation`,
-:mod:`.fit` (fitting and grouped CV), :mod:`.skill` (skill and ceiling).
+:mod:`.fit` (fitting and grouped CV), :mod:`.skill` (skill and ceiling), :mod:`.weather`
+(weather covariates).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .intervals import conformal_quantiles, quality_scale
 from .lue import LUEModel
 from .simulation import SimulationModel
 from .skill import canopy_ceiling, yield_skill
+from .weather import weather_features
 from .windows import window_features
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "yield_skill",
     "canopy_ceiling",
     "window_features",
+    "weather_features",
     "YieldModel",
     "LUEModel",
     "EmpiricalModel",

@@ -25,7 +25,7 @@ from .intervals import quality_scale
 __all__ = ["SCHEMA_VERSION", "YieldModel"]
 
 #: Version of the JSON layout written by :meth:`YieldModel.to_json`.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: model kind -> class, filled as subclasses are defined (used by ``from_dict``).
 _KINDS: dict[str, type] = {}
 
@@ -81,8 +81,8 @@ class YieldModel:
     def from_json(text_or_path: str | Path) -> "YieldModel":
         """Load a model written by :meth:`to_json` (a JSON string or a path).
 
-        Files of schema 1 (before the window features), 2 (before the linear target) and 3
-        load; a newer schema, another
+        Files of schema 1 (before the window features), 2 (before the linear target), 3
+        (before weather covariates) and 4 load; a newer schema, another
         layout or unknown parameters raise :class:`~cropyield.errors.ModelError` saying so.
         """
         p = Path(str(text_or_path)) if not str(text_or_path).lstrip().startswith("{") else None
@@ -107,7 +107,7 @@ class YieldModel:
         if cls is None:
             raise ModelError(f"unknown model kind {d['kind']!r}")
         if int(d.get("schema_version", -1)) < 1 or not isinstance(d.get("params"), Mapping):
-            raise ModelError("not a cropyield yield model JSON (schema_version 1 to 3 with "
+            raise ModelError("not a cropyield yield model JSON (schema_version 1 to 4 with "
                              "'params' expected); refit the model with fit_yield_model")
         try:
             m = cls(**d["params"])
@@ -154,7 +154,7 @@ class YieldModel:
         for i in range(n):
             fl = list(extra_flags[i]) + [f for f in str(feats["feature_flags"].iloc[i]
                                                          ).split(",") if f and f != "nan"]
-            bad = any(f in ("NO_SEASON", "NO_DATA", "NO_MODEL", "SEASON_INCOMPLETE")
+            bad = any(f in ("NO_SEASON", "NO_DATA", "NO_MODEL", "SEASON_INCOMPLETE", "NO_WEATHER")
                       for f in fl)
             if np.isfinite(n_obs[i]):
                 if n_obs[i] < self.min_obs:

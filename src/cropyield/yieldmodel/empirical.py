@@ -71,18 +71,31 @@ def _uses_windows(names: Sequence[str]) -> bool:
 
 
 def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indices=None,
-                   windows: bool = True, **kwargs) -> pd.DataFrame:
+                   windows: bool = True, weather: pd.DataFrame | None = None,
+                   weather_options: Mapping[str, Any] | None = None,
+                   **kwargs) -> pd.DataFrame:
     """:func:`season_features` (``kwargs``: registry, crop, region, lat, radiation, fapar,
     climatology) joined with :func:`~cropyield.yieldmodel.windows.window_features` of
-    ``indices`` (default: every index present) on ``field_id, season``."""
+    ``indices`` (default: every index present) on ``field_id, season``, and with
+    :func:`~cropyield.yieldmodel.weather.weather_features` of ``weather`` (daily weather per
+    field; windows on each season's ``sos``/``pos``; ``weather_options``: ``fill_days``,
+    ``hot_c``) when given."""
     feats = season_features(series, seasons, index=index, **kwargs)
-    if not windows:
-        return feats
-    w = window_features(series, feats[["field_id", "season", "sos", "eos"]], indices=indices)
-    dup = [c for c in w.columns if c in feats.columns and c not in ("field_id", "season")]
-    w = w.drop(columns=dup)
-    return feats.merge(w.drop_duplicates(["field_id", "season"]), on=["field_id", "season"],
-                       how="left")
+    if windows:
+        w = window_features(series, feats[["field_id", "season", "sos", "eos"]],
+                            indices=indices)
+        dup = [c for c in w.columns if c in feats.columns and c not in ("field_id", "season")]
+        w = w.drop(columns=dup)
+        feats = feats.merge(w.drop_duplicates(["field_id", "season"]),
+                            on=["field_id", "season"], how="left")
+    if weather is not None:
+        from .weather import weather_features
+
+        wf = weather_features(weather, feats[["field_id", "season", "sos", "pos"]],
+                              **dict(weather_options or {}))
+        feats = feats.merge(wf.drop_duplicates(["field_id", "season"]),
+                            on=["field_id", "season"], how="left")
+    return feats
 
 
 class EmpiricalModel(YieldModel):
@@ -121,6 +134,10 @@ class EmpiricalModel(YieldModel):
         Default region; interval quantiles (normalised log residuals); crop-registry
         overrides; per-feature training range (features are clamped to it ± 25 % of its
         width; beyond, the season is flagged ``EXTRAPOLATED`` with a widened interval).
+    weather : mapping, optional
+        Options of the weather covariates (``fill_days``, ``hot_c``;
+        :func:`cropyield.yieldmodel.weather.weather_features`) when ``feature_names`` has
+        weather features (``wx_*``); such a model needs ``weather=`` in :meth:`predict`.
     """
 
     kind = "empirical"
@@ -132,7 +149,7 @@ class EmpiricalModel(YieldModel):
                  training_range: Mapping[str, Sequence[float]] | None = None,
                  indices: Sequence[str] | None = None,
                  learner: Mapping[str, Any] | None = None, target: str = "log",
-                 floor_t_ha: float = 0.0):
+                 floor_t_ha: float = 0.0, weather: Mapping[str, Any] | None = None):
         if target not in ("log", "linear"):
             raise ValueError(f"target must be 'log' or 'linear', got {target!r}")
         self.crop = crop
@@ -151,6 +168,11 @@ class EmpiricalModel(YieldModel):
         self.residuals = dict(residuals) if residuals else None
         self.registry, self.overrides = _registry_from(overrides)
         self.training_range = {k: list(v) for k, v in (training_range or {}).items()}
+        from .weather import is_weather_feature
+
+        self.weather_features = [n for n in self.feature_names if is_weather_feature(n)]
+        self.weather = (dict(weather) if weather else {"fill_days": 35, "hot_c": 30.0}) \
+            if self.weather_features else None
         self.cv_ = None
 
     def _params(self) -> dict[str, Any]:
@@ -166,6 +188,8 @@ class EmpiricalModel(YieldModel):
         if self.target != "log":
             d["target"] = self.target
             d["floor_t_ha"] = self.floor_t_ha
+        if self.weather is not None:
+            d["weather"] = self.weather
         return _jsonable(d)
 
     #: Factor on the log-residual P10/P90 quantiles of ``EXTRAPOLATED`` seasons.
@@ -193,13 +217,29 @@ class EmpiricalModel(YieldModel):
                 "floor_t_ha": self.floor_t_ha * f}
 
     def features(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
-                 radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
-        """Feature table of the model (:func:`model_features`) for ``seasons``."""
+                 radiation=None, crop: str | None = None, climatology=None,
+                 weather: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Feature table of the model (:func:`model_features`) for ``seasons``.
+
+        ``weather`` (daily weather per field, :func:`~cropyield.yieldmodel.weather_features`)
+        is required when the model uses weather covariates (:class:`ModelError` otherwise)
+        and ignored when it does not.
+        """
+        if self.weather_features and weather is None:
+            from ..errors import ModelError
+
+            raise ModelError(
+                f"this {self.crop} model uses weather covariates ({len(self.weather_features)}"
+                " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
+                "(daily field_id, time, tmin_c, tmax_c, radiation_mj_m2, rain_mm per field, "
+                "e.g. SimulatedSeasons.weather or cropyield.synthetic.field_weather)")
         return model_features(series, seasons, index=self.index, indices=self.indices,
                               windows=_uses_windows(self.feature_names),
                               registry=self.registry, crop=crop or self.crop,
                               region=region or self.region, lat=lat, radiation=radiation,
-                              climatology=climatology)
+                              climatology=climatology,
+                              weather=weather if self.weather_features else None,
+                              weather_options=self.weather)
 
     def _calibration_record(self, q: Mapping[str, Any]) -> dict[str, Any]:
         return {"kind": self.kind, "crop": self.crop, "features": len(self.feature_names),
@@ -208,7 +248,8 @@ class EmpiricalModel(YieldModel):
                 "interval": q.get("method", "conformal")}
 
     def predict(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
-                radiation=None, crop: str | None = None, climatology=None) -> pd.DataFrame:
+                radiation=None, crop: str | None = None, climatology=None,
+                weather: pd.DataFrame | None = None) -> pd.DataFrame:
         """Yield P10/P50/P90 per (field_id, season); seasons of another crop get ``NO_MODEL``.
 
         Features are clamped to their training range widened by 25 % of its width on each
@@ -217,9 +258,13 @@ class EmpiricalModel(YieldModel):
         flagged ``EXTRAPOLATED``: they keep the clamped (bounded) number, and their P10-P90
         interval is widened by :attr:`extrapolation_widening` (a factor on the log-residual
         quantiles).
+
+        A model with weather covariates needs ``weather`` (daily weather per field, see
+        :func:`~cropyield.yieldmodel.weather_features`; :class:`ModelError` without it);
+        seasons whose weather is missing get NaN and ``NO_WEATHER``.
         """
         feats = self.features(series, seasons, lat=lat, region=region, radiation=radiation,
-                              crop=crop, climatology=climatology)
+                              crop=crop, climatology=climatology, weather=weather)
         yp = self.registry[self.crop].yield_params if self.crop in self.registry else None
         X = _design(feats, self.feature_names)
         n = len(feats)
@@ -237,13 +282,16 @@ class EmpiricalModel(YieldModel):
             if k in wq:
                 wq[k] = float(wq[k]) * self.extrapolation_widening
         rec = json.dumps(_jsonable(self._calibration_record(q)), ensure_ascii=False)
+        wx_col = np.array([n in self.weather_features for n in self.feature_names], bool)
         quant, basis, calib, extra, sanity = [], [], [], [], []
         for i in range(n):
             fl: list[str] = []
             if feats["crop"].iloc[i] != self.crop:
                 fl.append("NO_MODEL")
             if not np.all(np.isfinite(X[i])):
-                fl.append("NO_DATA")
+                wx_bad = ~np.isfinite(X[i]) & wx_col
+                fl.append("NO_WEATHER" if wx_bad.any() and wx_bad.sum() ==
+                          (~np.isfinite(X[i])).sum() else "NO_DATA")
             if outside[i].any():
                 fl.append("EXTRAPOLATED")
             extra.append(fl)

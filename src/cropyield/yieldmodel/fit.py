@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,11 +12,12 @@ from ..errors import ModelError
 from .base import YieldModel
 from .empirical import SEASON_FEATURES, EmpiricalModel, _design, _uses_windows, model_features
 from .features import _seasons_frame
-from .intervals import conformal_quantiles, quality_scale
+from .intervals import conformal_quantiles, quality_scale, remove_cut_error
 from .lue import LUEModel
 from .learners import fit_learner, predict_yield, select_model
 from .skill import _group_folds, _metrics
-from .windows import INDICES, feature_column_sets, window_feature_names
+from .weather import MODEL_WINDOWS, column_sets, weather_columns, weather_feature_names
+from .windows import INDICES, window_feature_names
 
 __all__ = ["fit_yield_model"]
 
@@ -48,7 +49,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                     indices: Sequence[str] | None = None, simulated=None,
                     county_mean_t_ha: float | None = None,
                     level_prior_sd: float | None = None,
-                    n_simulated: int = 400) -> YieldModel:
+                    n_simulated: int = 400,
+                    cut_error_sd: float | None = None, weather: pd.DataFrame | None = None,
+                    weather_options: Mapping[str, Any] | None = None) -> YieldModel:
     """Fit a yield model for ``crop`` to observed yields and cross-validate it.
 
     Parameters
@@ -117,6 +120,29 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         the spread of crop-model level errors); crop cuts shrink towards the prior.
     n_simulated : int
         Seasons to simulate when ``simulated`` is not given.
+    cut_error_sd : float, optional
+        ``method="empirical"`` or ``"simulation"`` (≥ 10 cuts): known log-scale standard
+        deviation of the observed yields' measurement error (a crop cut: ~0.13). Removed
+        from the conformal scores (:func:`cropyield.yieldmodel.intervals.remove_cut_error`:
+        scores shrunk about their median until their variance drops by it, never below
+        zero; assumes the error is independent of the model's), so that P10-P90 aim at
+        80 % coverage of *true* yields. ``cv_["coverage_p10_p90"]`` stays measured on the
+        observed (noisy) yields and reads low by design.
+    weather : DataFrame, optional
+        Daily weather per field (``field_id, time, tmin_c, tmax_c`` degC,
+        ``radiation_mj_m2`` MJ m-2 d-1, ``rain_mm`` mm/d) of the fields in ``series``: adds
+        the grain-fill weather covariates of
+        :func:`cropyield.yieldmodel.weather.weather_features` (means over POS to POS + 35 d;
+        ``features=`` can name others) as an extra candidate feature set of the
+        grouped-CV choice - used only when better on held-out groups (``model.learner
+        ["column_set"]`` ends with ``+weather`` then, and the model needs ``weather=`` to
+        predict). ``method="empirical"`` and ``"simulation"`` (with ``simulated`` a
+        :class:`~cropyield.cropmodel.SimulatedSeasons`, trained on its own ``weather``;
+        ``weather`` here is the target fields'). Training seasons without weather are
+        dropped (logged). Default: no weather (the behaviour before this keyword).
+    weather_options : mapping, optional
+        ``fill_days`` (grain-fill window after the peak, days, default 35) and ``hot_c``
+        (hot-day threshold, degC, default 30) of the weather covariates.
 
     Returns
     -------
@@ -146,6 +172,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     """
     if method not in ("lue", "empirical", "simulation"):
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
+    if weather is not None and method == "lue":
+        raise ModelError("weather= applies to method='empirical' or 'simulation'; the LUE "
+                         "model takes measured radiation through radiation=")
     if seasons is None:
         try:
             from ..seasons import phenology as _phen
@@ -163,13 +192,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                               lat=lat, radiation=radiation, n_splits=n_splits, seed=seed,
                               alpha=alpha, features=features, overrides=overrides,
                               climatology=climatology, indices=indices,
-                              n_simulated=n_simulated)
+                              n_simulated=n_simulated, cut_error_sd=cut_error_sd,
+                              weather=weather, weather_options=weather_options)
     lue = base_model or LUEModel(overrides=overrides, index=index, region=region)
     if method == "empirical":
         feats = model_features(series, seasons, index=index, indices=indices,
                                windows=not features or _uses_windows(features),
                                registry=lue.registry, crop=crop, region=region, lat=lat,
-                               radiation=radiation, climatology=climatology)
+                               radiation=radiation, climatology=climatology,
+                               weather=weather, weather_options=weather_options)
     else:
         feats = lue.features(series, seasons, lat=lat, region=region, radiation=radiation,
                              crop=crop, climatology=climatology)
@@ -218,8 +249,16 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         usable = np.isfinite(raw) & (raw > 0)
     else:
         names = list(features) if features else default_feature_names(m)
+        if weather is not None and not features:
+            names += weather_feature_names(MODEL_WINDOWS)
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
+        if weather is not None:
+            wx_nan = ~np.all(np.isfinite(X[:, weather_columns(names)]), axis=1)
+            if (wx_nan & np.all(np.isfinite(X[:, [j for j in range(len(names)) if j not in
+                                                  weather_columns(names)]]), axis=1)).any():
+                logger.warning("%d observed %s seasons have no weather covariates "
+                               "(NO_WEATHER); not used", int(wx_nan.sum()), crop)
     m, y, raw, s = m[usable].reset_index(drop=True), y[usable], raw[usable], s[usable]
     if len(m) < 5:
         raise ModelError(f"only {len(m)} usable observed {crop} seasons; need at least 5 to fit "
@@ -243,7 +282,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
             continue
         oof[te], _ = fit_pred(tr, te)
     q, cv = _cross_conformal(y, oof, s, folds, seed=seed, method=method,
-                             n_groups=int(len(pd.unique(g))))
+                             n_groups=int(len(pd.unique(g))), cut_error_sd=cut_error_sd)
     all_idx = np.arange(len(m))
     if method == "lue":
         _, fac = fit_pred(all_idx, all_idx)
@@ -259,7 +298,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
-                                overrides=lue.overrides, indices=_indices_of(names))
+                                overrides=lue.overrides, indices=_indices_of(names),
+                                weather=dict(weather_options or {}) or None)
     model.cv_ = cv
     logger.info("fitted %s yield model for %s: %s", method, crop,
                 {k: cv[k] for k in ("n", "r2", "rmse_t_ha", "coverage_p10_p90")})
@@ -301,8 +341,7 @@ def _fit_select(X, y, names, groups, *, alpha, n_splits):
         fit.update(columns=list(range(X.shape[1])), column_set="full", target="log",
                    floor=0.0)
         return fit
-    return select_model(X, y, groups, n_splits=n_splits,
-                        column_sets=feature_column_sets(names))
+    return select_model(X, y, groups, n_splits=n_splits, column_sets=column_sets(names))
 
 
 def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, residuals,
@@ -322,20 +361,28 @@ def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, res
                floor_t_ha=fit["floor"], **extra)
 
 
-def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups):
+def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups, cut_error_sd=None):
     """Interval quantiles from out-of-fold normalised log residuals and a nested coverage
-    estimate (quantiles from the other folds' scores applied to each fold)."""
+    estimate (quantiles from the other folds' scores applied to each fold). With
+    ``cut_error_sd`` the quantiles come from scores with the measurement error removed
+    (:func:`remove_cut_error`); the nested coverage is still of the observed yields."""
     z = np.log(y / oof) / s
-    q = conformal_quantiles(z)
+    zq, k_cut = (remove_cut_error(z, cut_error_sd, s) if cut_error_sd else (z, 1.0))
+    q = conformal_quantiles(zq)
     q["method"] = (f"cross-conformal: out-of-fold log residuals / quality scale, n={q['n']}, "
-                   f"{len(folds)} grouped folds, seed={seed}")
+                   f"{len(folds)} grouped folds, seed={seed}"
+                   + (f", cut error sd {float(cut_error_sd):g} removed (scores x{k_cut:.3f})"
+                      if cut_error_sd else ""))
+    if cut_error_sd:
+        q["cut_error_sd"], q["cut_error_shrink"] = float(cut_error_sd), k_cut
     cover = []
     for te in folds:
         rest = np.setdiff1d(np.arange(len(y)), te)
         rest = rest[np.isfinite(z[rest])]
         if len(rest) < 5:
             continue
-        qq = conformal_quantiles(z[rest])
+        qq = conformal_quantiles(remove_cut_error(z[rest], cut_error_sd, np.broadcast_to(
+            s, z.shape)[rest])[0] if cut_error_sd else z[rest])
         zt = z[te][np.isfinite(z[te])]
         cover.append((zt >= qq["q10"]) & (zt <= qq["q90"]))
     cv = {"n": int(len(y)), "n_groups": n_groups, "n_splits": len(folds), "seed": seed,

@@ -25,7 +25,8 @@ Entry point: :func:`fit_simulation` (what ``fit_yield_model(..., method="simulat
    With neither, the simulated level is used and every estimate is flagged
    ``LEVEL_UNCALIBRATED``.
 3. **Intervals.** With ≥ 10 crop cuts: split-conformal quantiles of the cuts' leave-one-out
-   normalised residuals. Otherwise the simulations' cross-conformal quantiles widened by the
+   normalised residuals (with ``cut_error_sd`` the cuts' known measurement error is first
+   removed from them, :func:`~cropyield.yieldmodel.intervals.remove_cut_error`). Otherwise the simulations' cross-conformal quantiles widened by the
    level's posterior sd (``q ± 1.2816 sd`` added in quadrature).
 """
 
@@ -40,7 +41,7 @@ import pandas as pd
 from .._log import logger
 from ..errors import ModelError, join_flags
 from .empirical import EmpiricalModel
-from .intervals import _Z90, conformal_quantiles
+from .intervals import _Z90, conformal_quantiles, remove_cut_error
 from .windows import INDICES
 
 __all__ = ["SimulationModel", "fit_simulation", "train_on_simulations", "level_shift"]
@@ -116,7 +117,8 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                          n_splits: int = 5, seed: int = 0, alpha: float | None = None,
                          features=None, overrides=None, climatology=None,
                          smooth_kwargs: Mapping[str, Any] | None = None,
-                         season_source: str = "detected") -> EmpiricalModel:
+                         season_source: str = "detected", weather=None,
+                         weather_options: Mapping[str, Any] | None = None) -> EmpiricalModel:
     """Fit the empirical regression on crop-model seasons (step 1 of the module docstring).
 
     Parameters
@@ -138,6 +140,13 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         dropped) - the same detector that sets the target fields' seasons in the pipeline,
         so training and prediction windows agree. ``"truth"``: the truth's ``sos``/``eos``
         (for targets scored on true season dates).
+    weather : DataFrame or True, optional
+        Daily weather of the simulated fields (``field_id, time, tmin_c, tmax_c,
+        radiation_mj_m2, rain_mm``); ``True`` takes ``simulated.weather``
+        (:attr:`cropyield.cropmodel.SimulatedSeasons.weather`). Adds the weather covariates
+        as an extra candidate feature set (see ``fit_yield_model(weather=)``). Default: none.
+    weather_options : mapping, optional
+        ``fill_days``, ``hot_c`` of :func:`cropyield.yieldmodel.weather.weather_features`.
 
     Returns
     -------
@@ -165,11 +174,16 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
             seasons = _detected_seasons(ser, seasons, "ndvi" if "ndvi" in idx else idx[0])
             truth = truth.merge(seasons[["field_id", "season"]], on=["field_id", "season"])
     groups = truth["weather_year"].to_numpy() if "weather_year" in truth.columns else None
+    if weather is True:
+        weather = getattr(simulated, "weather", None)
+        if weather is None:
+            raise ModelError("weather=True needs simulated.weather (simulate_seasons output "
+                             "of this cropyield version); pass the daily weather table")
     fitted = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
                              method="empirical", groups=groups, seasons=seasons, region=region,
                              index=index, n_splits=n_splits, seed=seed, alpha=alpha,
                              features=features, overrides=overrides, climatology=climatology,
-                             indices=idx)
+                             indices=idx, weather=weather, weather_options=weather_options)
     model = cast(EmpiricalModel, fitted)  # method="empirical" fits an EmpiricalModel
     model.cv_ = {**(model.cv_ or {}), "data": "simulated",
                  "n_weather_years": int(truth["weather_year"].nunique())
@@ -234,13 +248,22 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                    index: str = "ndvi", lat=None, radiation=None, n_splits: int = 5,
                    seed: int = 0, alpha: float | None = None, features=None, overrides=None,
                    climatology=None, indices: Sequence[str] | None = None,
-                   n_simulated: int = 400) -> SimulationModel:
+                   n_simulated: int = 400, cut_error_sd: float | None = None,
+                   weather: pd.DataFrame | None = None,
+                   weather_options: Mapping[str, Any] | None = None) -> SimulationModel:
     """Crop-model-trained yield model levelled to statistics or crop cuts (module docstring).
 
     Parameters are those of :func:`cropyield.yieldmodel.fit_yield_model` (``simulated`` may
     also be an :class:`EmpiricalModel` returned by :func:`train_on_simulations`, to level one
     trained model several times); ``series`` and ``seasons`` are the *target* fields (the level is set on their predictions), ``observed``
     holds their crop cuts (``field_id[, season], yield_t_ha``; ``None`` or empty for none).
+    ``cut_error_sd`` (log-scale sd of the cuts' measurement error, e.g. 0.13): with ≥ 10
+    cuts their conformal scores are shrunk by :func:`~cropyield.yieldmodel.intervals.remove_cut_error`
+    so that the intervals cover true yields, not the cuts' noisy measurements of them.
+    ``weather`` is the daily weather of the *target* fields: with it, simulations given as
+    :class:`~cropyield.cropmodel.SimulatedSeasons` are trained with their own ``weather``
+    (weather covariates as an extra candidate set), and a pre-trained model that uses
+    weather predicts with it.
 
     Returns
     -------
@@ -262,13 +285,21 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         sim = simulated if simulated is not None else _simulate(crop, n_simulated, seed)
         ser_idx = [k for k in (indices if indices is not None else INDICES)
                    if k in series.columns]
+        sim_wx = None
+        if weather is not None:
+            sim_wx = getattr(sim, "weather", None)
+            if sim_wx is None:
+                raise ModelError("weather= needs simulations with their weather "
+                                 "(SimulatedSeasons.weather); simulate them with "
+                                 "cropyield.cropmodel.simulate_seasons")
         core = train_on_simulations(sim, crop=crop, indices=ser_idx or None, index=index,
                                     region=region, n_splits=n_splits, seed=seed, alpha=alpha,
                                     features=features, overrides=overrides,
-                                    climatology=climatology)
+                                    climatology=climatology, weather=sim_wx,
+                                    weather_options=weather_options)
     tseas = seasons[seasons["crop"] == crop] if "crop" in seasons.columns else seasons
     pred = core.predict(series, tseas, lat=lat, region=region, radiation=radiation,
-                        climatology=climatology)
+                        climatology=climatology, weather=weather)
     p50 = pred["yield_t_ha_p50"].to_numpy(float)
     # county statistic -> prior mean of the level
     prior_mean, kind, src = 0.0, [], []
@@ -348,6 +379,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                                      cuts_level=cuts_level(others))
             z[i] = (r[i] - sh_i) / s_cut[i]
             loo[i] = sh_i
+        k_cut = 1.0
+        if cut_error_sd:
+            z, k_cut = remove_cut_error(z, cut_error_sd, s_cut)
         q: dict[str, Any] = conformal_quantiles(z)
         # the level was set on P50s formed with the simulations' median score (``pred``
         # above); keep that median so the county statistic / cut level is not undone by
@@ -356,7 +390,11 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
         for k in [k for k in q if k[:1] == "q" and k[1:].isdigit()]:
             q[k] = float(q[k]) + d50
         q["method"] = (f"split-conformal on {len(r)} crop cuts (leave-one-out level), "
-                       "normalised log residuals, median at the simulations' median")
+                       "normalised log residuals, median at the simulations' median"
+                       + (f", cut error sd {float(cut_error_sd):g} removed (scores x"
+                          f"{k_cut:.3f})" if cut_error_sd else ""))
+        if cut_error_sd:
+            q["cut_error_sd"], q["cut_error_shrink"] = float(cut_error_sd), k_cut
         yhat_loo = y_cut / np.exp(r) * np.exp(loo)
         level["loo_rmse_t_ha"] = float(np.sqrt(np.mean((yhat_loo - y_cut) ** 2)))
     else:

@@ -119,7 +119,8 @@ def _groups_of(obs: pd.DataFrame, groups) -> np.ndarray:
 
 
 def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None, indices=None,
-                   n_splits: int = 5, seed: int = 0, seasons=None) -> dict[str, Any]:
+                   n_splits: int = 5, seed: int = 0, seasons=None,
+                   weather: pd.DataFrame | None = None) -> dict[str, Any]:
     """Canopy ceiling: grouped-CV skill of a regression on the noise-free daily canopy.
 
     The canopy of each season is described by the phenological-window features of
@@ -152,6 +153,11 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         truth's or the ``seasons=`` given to :func:`fit_yield_model`): the ceiling's windows
         then cover the same days as the model's. Default: each field's (or each
         ``season`` > 0) whole canopy record.
+    weather : DataFrame, optional
+        Daily weather per field (:func:`cropyield.yieldmodel.weather_features` input): adds
+        the grain-fill weather covariates (anchored on the noise-free NDVI peak) as an extra
+        candidate set, as ``fit_yield_model(weather=)`` does - a "canopy + weather" ceiling.
+        Default: the canopy-only ceiling.
 
     Returns
     -------
@@ -165,7 +171,8 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         Fewer than 10 seasons with both canopy and yield, or fewer than 2 groups.
     """
     from .learners import predict_yield, select_model
-    from .windows import feature_column_sets, window_feature_names, window_features
+    from .weather import column_sets
+    from .windows import window_feature_names, window_features
 
     obs = pd.DataFrame(observed).copy()
     if "yield_t_ha" not in obs.columns:
@@ -181,6 +188,12 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
     feats = window_features(canopy[cols], seasons, indices=indices)
     idx = [c.rsplit("_", 1)[0] for c in feats.columns if c.endswith("_max")]
     names = window_feature_names(idx)
+    if weather is not None:
+        from .weather import MODEL_WINDOWS, weather_feature_names, weather_features
+
+        feats = feats.merge(weather_features(weather, _canopy_peaks(canopy[cols], seasons)),
+                            on=["field_id", "season"], how="left")
+        names = names + weather_feature_names(MODEL_WINDOWS)
     keys = ["field_id", "season"] if "season" in obs.columns and (
         "season" in canopy.columns or seasons is not None) else ["field_id"]
     if keys == ["field_id"]:
@@ -203,7 +216,7 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
             raise ModelError("the canopy ceiling needs at least 2 groups")
         oof = np.full(len(sel), np.nan)
         Xs, ys = X[sel], y[sel]
-        sets = feature_column_sets(names)
+        sets = column_sets(names)
         for te in folds:
             tr = np.setdiff1d(np.arange(len(sel)), te)
             fit = select_model(Xs[tr], ys[tr], g[tr], n_splits=n_splits, column_sets=sets)
@@ -216,3 +229,29 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
     return {"r2": float(sum(v["r2"] * v["n"] for v in per.values()) / n),
             "rmse": float(math.sqrt(sum(v["rmse"] ** 2 * v["n"] for v in per.values()) / n)),
             "n": int(n), "per_crop": per}
+
+
+def _canopy_peaks(canopy: pd.DataFrame, seasons) -> pd.DataFrame:
+    """``field_id, season, sos, pos`` with ``pos`` the NDVI peak inside each season (the
+    whole record per field, or per ``season`` > 0, without ``seasons``)."""
+    c = canopy[["field_id", "time", "ndvi"] + (["season"] if "season" in canopy else [])].copy()
+    c["time"] = pd.to_datetime(c["time"])
+    if getattr(c["time"].dt, "tz", None) is not None:
+        c["time"] = c["time"].dt.tz_convert("UTC").dt.tz_localize(None)
+    if seasons is None:
+        if "season" not in c.columns:
+            c["season"] = 1
+        c = c[c["season"] > 0]
+        s = c.groupby(["field_id", "season"])["time"].min().rename("sos").reset_index()
+        m = c
+    else:
+        s = pd.DataFrame(seasons)[["field_id", "season", "sos", "eos"]].copy()
+        for k in ("sos", "eos"):
+            s[k] = pd.to_datetime(s[k])
+            if getattr(s[k].dt, "tz", None) is not None:
+                s[k] = s[k].dt.tz_convert("UTC").dt.tz_localize(None)
+        m = c.drop(columns=[k for k in ("season",) if k in c]).merge(s, on="field_id")
+        m = m[(m["time"] >= m["sos"]) & (m["time"] <= m["eos"])]
+    pk = m.loc[m.groupby(["field_id", "season"])["ndvi"].idxmax(),
+               ["field_id", "season", "time"]].rename(columns={"time": "pos"})
+    return s[["field_id", "season", "sos"]].merge(pk, on=["field_id", "season"], how="left")
