@@ -61,7 +61,7 @@ def test_hat_diagonal_matches_dense_inverse(n, lam, seed):
     S = np.linalg.inv(_system(w, lam))
     np.testing.assert_allclose(h, w * np.diag(S), rtol=1e-7, atol=1e-10)
     np.testing.assert_allclose(z, S @ (w * y), rtol=1e-7, atol=1e-9)
-    assert ((h >= -1e-12) & (h <= 1 + 1e-12)).all()
+    assert ((h >= -1e-7) & (h <= 1 + 1e-7)).all()   # a hat diagonal lies in [0, 1]
 
 
 @settings(max_examples=40, deadline=None)
