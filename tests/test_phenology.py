@@ -410,7 +410,11 @@ def test_dark_last_and_first_dates_do_not_move_the_dates():
         v[dark] -= 0.3
         rows.append(pd.DataFrame({"field_id": fid, "time": T0 + pd.to_timedelta(d, "D"),
                                   "ndvi": v, "valid_fraction": 1.0}))
-    s = smooth_series(pd.concat(rows, ignore_index=True), index="ndvi")
+    obs = pd.concat(rows, ignore_index=True)
+    # the former envelope (step rule on plain residuals) follows the dark end dates, so this
+    # checks phenology's own edge zone; the default envelope rejects most of the dips itself
+    s = smooth_series(obs, index="ndvi", envelope_rule="step", envelope_residual="plain",
+                      envelope_iterations=4)
     ph = phenology(s).set_index("field_id")
     old = phenology(s, edge_days=0.0, eos_base_days=np.inf).set_index("field_id")
     assert ph.loc["clean", "eos"] == old.loc["clean", "eos"]
@@ -421,6 +425,11 @@ def test_dark_last_and_first_dates_do_not_move_the_dates():
     # the former rules: EOS 90 days late, SOS 50 days early
     assert (old.loc["dark_end", "eos"] - old.loc["clean", "eos"]).days > 30
     assert (old.loc["clean", "sos"] - old.loc["dark_start", "sos"]).days > 30
+    # default smoother and phenology: dates kept too
+    ph = phenology(smooth_series(obs, index="ndvi")).set_index("field_id")
+    for f in ("dark_end", "dark_start"):
+        for c in ("sos", "eos"):
+            assert abs((ph.loc[f, c] - ph.loc["clean", c]).days) <= 3, (f, c)
 
 
 def _before_curve(trough, after_base):

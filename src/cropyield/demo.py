@@ -102,7 +102,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 5,
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 6,
          SIMULATION_SKY, bool(weather)]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"

@@ -6,7 +6,10 @@ observation weights (0 on days without a clear observation). The system is symme
 pentadiagonal; it is factorised as ``LDLᵀ`` in O(n) per field by a numba kernel
 (:func:`whittaker_banded`). Clouds that escape the mask bias vegetation indices *low*, so
 an iterative upper-envelope re-weighting down-weights observations that fall well below
-the current fit (Chen et al. 2004, RSE 91:332).
+the current fit (Chen et al. 2004, RSE 91:332): by default with asymmetric bisquare weights
+on studentised residuals, whose leverage term (the hat-matrix diagonal, computed in O(n) from
+the same factorisation) exposes dark dates that a one-sided fit at the series ends or beside
+a gap would follow (see :func:`smooth_series`).
 
 λ is fixed or chosen per field by the V-curve (Frasso & Eilers 2015) and always bounded,
 because unbounded automatic choices pick λ ≈ 0 on sparse irregular series.
@@ -45,8 +48,120 @@ DEFAULT_FLAG_WEIGHTS: dict[str, float] = {
 
 _NS_PER_DAY = 86_400_000_000_000
 
+#: Leverage cap of the studentised envelope residual (factor 1/√(1 − h) at most 2). Above
+#: it a date is nearly the fit's only local support (monthly composites, h ≈ 0.9-1): there
+#: is no neighbour to compare it with, and the uncapped test would lift real months.
+_MAX_LEVERAGE = 0.75
+
 
 # --------------------------------------------------------------------------- kernels
+
+
+@njit(nogil=True)
+def _ldl_banded(w, lam, d, l1, l2):
+    """``LDLᵀ`` factors of ``W + lam·DᵀD`` (pentadiagonal; ``n ≥ 3``) into ``d, l1, l2``.
+
+    ``L`` is unit lower triangular with ``L[i, i-1] = l1[i]`` and ``L[i, i-2] = l2[i]``.
+    Returns False when a pivot is not positive (singular system).
+    """
+    n = w.shape[0]
+    a0 = np.zeros(n)   # diagonal of D'D
+    b0 = np.zeros(n)   # b0[i] = (D'D)[i, i-1]
+    for k in range(n - 2):
+        a0[k] += 1.0
+        a0[k + 1] += 4.0
+        a0[k + 2] += 1.0
+        b0[k + 1] += -2.0
+        b0[k + 2] += -2.0
+    for i in range(n):
+        l1[i] = 0.0
+        l2[i] = 0.0
+    for i in range(n):
+        dd = w[i] + lam * a0[i]
+        if i >= 1:
+            tmp = lam * b0[i]
+            if i >= 2:
+                tmp -= l1[i - 1] * l2[i] * d[i - 2]
+            l1[i] = tmp / d[i - 1]
+            dd -= l1[i] * l1[i] * d[i - 1]
+        if i >= 2:
+            dd -= l2[i] * l2[i] * d[i - 2]
+        if not (dd > 1e-12 * (1.0 + lam)):
+            return False
+        d[i] = dd
+        if i + 2 < n:
+            l2[i + 2] = lam / dd  # (D'D)[i+2, i] = 1
+    return True
+
+
+@njit(nogil=True)
+def _whittaker_solve(y, w, lam, z, h):
+    """Whittaker fit into ``z``; with ``h`` of length n also the hat-matrix diagonal.
+
+    ``h[i] = w[i]·[(W + lam·DᵀD)⁻¹]ᵢᵢ`` (the fit's sensitivity to its own observation,
+    Eilers 2003), from the band of the inverse by the Takahashi/Hutchinson-de Hoog
+    recursion, O(n). Returns False (``z``, ``h`` NaN) when the system is singular.
+    """
+    n = y.shape[0]
+    want_h = h.shape[0] == n
+    if n == 0:
+        return True
+    if n < 3:
+        sw = 0.0
+        swy = 0.0
+        for i in range(n):
+            if w[i] > 0:
+                sw += w[i]
+                swy += w[i] * y[i]
+        for i in range(n):
+            z[i] = swy / sw if sw > 0 else np.nan
+            if want_h:
+                h[i] = w[i] / sw if sw > 0 else np.nan
+        return sw > 0
+    d = np.empty(n)
+    l1 = np.empty(n)   # L[i, i-1]
+    l2 = np.empty(n)   # L[i, i-2]
+    if not _ldl_banded(w, lam, d, l1, l2):
+        for k in range(n):
+            z[k] = np.nan
+            if want_h:
+                h[k] = np.nan
+        return False
+    # forward: L u = W y
+    for i in range(n):
+        v = w[i] * y[i] if w[i] > 0 else 0.0
+        if i >= 1:
+            v -= l1[i] * z[i - 1]
+        if i >= 2:
+            v -= l2[i] * z[i - 2]
+        z[i] = v
+    for i in range(n):
+        z[i] /= d[i]
+    # backward: L' x = u
+    for i in range(n - 1, -1, -1):
+        v = z[i]
+        if i + 1 < n:
+            v -= l1[i + 1] * z[i + 1]
+        if i + 2 < n:
+            v -= l2[i + 2] * z[i + 2]
+        z[i] = v
+    if want_h:
+        # band of S = A^-1 from S = D^-1 L^-1 + (I - L') S, last row first:
+        # s0[i] = S[i, i], s1[i] = S[i, i+1], s2[i] = S[i, i+2]
+        s0n1 = 0.0  # s0[i+1]
+        s0n2 = 0.0  # s0[i+2]
+        s1n1 = 0.0  # s1[i+1]
+        for i in range(n - 1, -1, -1):
+            a1 = l1[i + 1] if i + 1 < n else 0.0
+            a2 = l2[i + 2] if i + 2 < n else 0.0
+            s2 = -a1 * s1n1 - a2 * s0n2
+            s1 = -a1 * s0n1 - a2 * s1n1
+            s0 = 1.0 / d[i] - a1 * s1 - a2 * s2
+            h[i] = w[i] * s0
+            s0n2 = s0n1
+            s0n1 = s0
+            s1n1 = s1
+    return True
 
 
 @njit(nogil=True)
@@ -72,71 +187,7 @@ def whittaker_banded(y, w, lam, z):
         False when the system is singular (fewer than two distinct weighted days);
         ``z`` is then left filled with NaN.
     """
-    n = y.shape[0]
-    if n == 0:
-        return True
-    if n < 3:
-        sw = 0.0
-        swy = 0.0
-        for i in range(n):
-            if w[i] > 0:
-                sw += w[i]
-                swy += w[i] * y[i]
-        for i in range(n):
-            z[i] = swy / sw if sw > 0 else np.nan
-        return sw > 0
-    # A = W + lam * D'D, D the (n-2) x n second-difference matrix (rows [1, -2, 1])
-    a0 = np.zeros(n)   # diagonal of D'D
-    b0 = np.zeros(n)   # b0[i] = (D'D)[i, i-1]
-    for k in range(n - 2):
-        a0[k] += 1.0
-        a0[k + 1] += 4.0
-        a0[k + 2] += 1.0
-        b0[k + 1] += -2.0
-        b0[k + 2] += -2.0
-    d = np.empty(n)
-    l1 = np.zeros(n)   # L[i, i-1]
-    l2 = np.zeros(n)   # L[i, i-2]
-    rhs = np.empty(n)
-    for i in range(n):
-        wi = w[i]
-        rhs[i] = wi * y[i] if wi > 0 else 0.0
-    for i in range(n):
-        dd = w[i] + lam * a0[i]
-        if i >= 1:
-            tmp = lam * b0[i]
-            if i >= 2:
-                tmp -= l1[i - 1] * l2[i] * d[i - 2]
-            l1[i] = tmp / d[i - 1]
-            dd -= l1[i] * l1[i] * d[i - 1]
-        if i >= 2:
-            dd -= l2[i] * l2[i] * d[i - 2]
-        if not (dd > 1e-12 * (1.0 + lam)):
-            for k in range(n):
-                z[k] = np.nan
-            return False
-        d[i] = dd
-        if i + 2 < n:
-            l2[i + 2] = lam / dd  # (D'D)[i+2, i] = 1
-    # forward: L u = rhs
-    for i in range(n):
-        v = rhs[i]
-        if i >= 1:
-            v -= l1[i] * z[i - 1]
-        if i >= 2:
-            v -= l2[i] * z[i - 2]
-        z[i] = v
-    for i in range(n):
-        z[i] /= d[i]
-    # backward: L' x = u
-    for i in range(n - 1, -1, -1):
-        v = z[i]
-        if i + 1 < n:
-            v -= l1[i + 1] * z[i + 1]
-        if i + 2 < n:
-            v -= l2[i + 2] * z[i + 2]
-        z[i] = v
-    return True
+    return _whittaker_solve(y, w, lam, z, np.empty(0))
 
 
 @njit(nogil=True)
@@ -178,12 +229,21 @@ def _vcurve_lambda(y, w, lams, z):
 
 
 @njit(nogil=True)
-def _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
-    """Upper-envelope weights: obs more than ``thresh`` below the fit get ``low`` × weight.
+def _envelope_weights(y, w0, z, h, studentize, bisquare, scale, low, keep_runs, wk):
+    """One upper-envelope re-weighting pass; new weights into ``wk``.
 
-    With ``keep_runs``, two or more consecutive valid observations below the fit keep their
-    weight: cloud residues are isolated dates, a harvest or a real decline persists.
-    Returns whether any weight changed.
+    The residual of each observation is ``r = y − z``, or with ``studentize`` the
+    studentised residual ``r / √(1 − h)`` (``h`` the hat-matrix diagonal of the current
+    fit, capped at :data:`_MAX_LEVERAGE`): a fit that leans on one date — at the series
+    ends, next to a gap — follows that date's dip, so its plain residual understates the dip
+    by the factor ``1 − h``.
+
+    ``bisquare``: asymmetric Tukey bisquare (Garcia 2010 for robust Whittaker smoothing,
+    kept to one side as in Atzberger & Eilers 2011): ``r ≥ 0`` keeps ``w0``; ``r < 0`` gets
+    ``w0 · max((1 − (r/scale)²)², low)`` (``low`` from ``r ≤ −scale``). Otherwise the step
+    rule: ``r < −scale`` gets ``low · w0``; with ``keep_runs`` two or more consecutive low
+    observations keep their weight (a harvest persists, a residue is isolated).
+    Returns whether any weight changed by more than 0.1 % of its ``w0``.
     """
     n = y.shape[0]
     changed = False
@@ -192,52 +252,75 @@ def _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
     for i in range(n):
         if w0[i] <= 0:
             continue
-        is_low = y[i] < z[i] - thresh
-        nw = w0[i] * low if is_low else w0[i]
-        if keep_runs and is_low:
-            if prev_low:
+        r = y[i] - z[i]
+        if studentize:
+            q = 1.0 - h[i]
+            r = r / np.sqrt(q if q > 1.0 - _MAX_LEVERAGE else 1.0 - _MAX_LEVERAGE)
+        if bisquare:
+            if r >= 0.0:
                 nw = w0[i]
-                if prev_i >= 0 and wk[prev_i] != w0[prev_i]:
-                    wk[prev_i] = w0[prev_i]
-                    changed = True
-        if nw != wk[i]:
+            elif r <= -scale:
+                nw = w0[i] * low
+            else:
+                u = r / scale
+                m = (1.0 - u * u) ** 2
+                nw = w0[i] * (m if m > low else low)
+        else:
+            is_low = r < -scale
+            nw = w0[i] * low if is_low else w0[i]
+            if keep_runs and is_low:
+                if prev_low:
+                    nw = w0[i]
+                    if prev_i >= 0 and wk[prev_i] != w0[prev_i]:
+                        wk[prev_i] = w0[prev_i]
+                        changed = True
+            prev_low = is_low
+            prev_i = i
+        if abs(nw - wk[i]) > 1e-3 * w0[i]:
             changed = True
         wk[i] = nw
-        prev_low = is_low
-        prev_i = i
     return changed
 
 
 @njit(nogil=True)
-def _smooth_one(y, w0, lam, lams, n_iter, thresh, low, keep_runs, z, wk):
-    """Fit one field: optional V-curve, then upper-envelope iterations. Returns λ used."""
+def _envelope_fit(y, w0, lam, n_iter, studentize, bisquare, scale, low, keep_runs, z, wk, h):
+    """Whittaker fit at ``lam`` with up to ``n_iter`` re-weighting passes (stops when the
+    weights are stable); final weights in ``wk``. Returns False for a singular system."""
     n = y.shape[0]
+    hh = h if studentize else h[:0]
     for i in range(n):
         wk[i] = w0[i]
-    if lams.shape[0] > 0:
-        # λ from the V-curve on the weights of a first envelope pass at a mid λ
-        lam0 = np.sqrt(lams[0] * lams[-1])
-        for it in range(n_iter):
-            whittaker_banded(y, wk, lam0, z)
-            if not _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
-                break
-        lam = _vcurve_lambda(y, wk, lams, z)
-        for i in range(n):
-            wk[i] = w0[i]
-    ok = whittaker_banded(y, wk, lam, z)
+    ok = _whittaker_solve(y, wk, lam, z, hh)
     for it in range(n_iter):
         if not ok:
             break
-        if not _envelope_weights(y, w0, z, thresh, low, keep_runs, wk):
+        if not _envelope_weights(y, w0, z, h, studentize, bisquare, scale, low, keep_runs,
+                                 wk):
             break
-        ok = whittaker_banded(y, wk, lam, z)
+        ok = _whittaker_solve(y, wk, lam, z, hh)
+    return ok
+
+
+@njit(nogil=True)
+def _smooth_one(y, w0, lam, lams, n_iter, studentize, bisquare, scale, low, keep_runs,
+                z, wk, h):
+    """Fit one field: optional V-curve, then upper-envelope iterations. Returns λ used."""
+    if lams.shape[0] > 0:
+        # λ from the V-curve on the weights of a first envelope pass at a mid λ
+        lam0 = np.sqrt(lams[0] * lams[-1])
+        _envelope_fit(y, w0, lam0, n_iter, studentize, bisquare, scale, low, keep_runs,
+                      z, wk, h)
+        lam = _vcurve_lambda(y, wk, lams, z)
+    _envelope_fit(y, w0, lam, n_iter, studentize, bisquare, scale, low, keep_runs, z, wk, h)
     return lam
 
 
 @njit(nogil=True)
-def _smooth_all(Y, W, lam, lams, n_iter, thresh, low, keep_runs, Z, lam_out):
+def _smooth_all(Y, W, lam, lams, n_iter, studentize, bisquare, scale, low, keep_runs,
+                Z, lam_out):
     nf, n = Y.shape
     wk = np.empty(n)
+    h = np.empty(n)
     for f in range(nf):
         n_valid = 0
         first = -1
@@ -260,7 +343,8 @@ def _smooth_all(Y, W, lam, lams, n_iter, thresh, low, keep_runs, Z, lam_out):
                 Z[f, i] = swy / sw
             lam_out[f] = np.nan
             continue
-        lam_out[f] = _smooth_one(Y[f], W[f], lam, lams, n_iter, thresh, low, keep_runs, Z[f], wk)
+        lam_out[f] = _smooth_one(Y[f], W[f], lam, lams, n_iter, studentize, bisquare, scale,
+                                 low, keep_runs, Z[f], wk, h)
         # outside the observed period hold the edge value (a second-order penalty would
         # extrapolate the edge slope linearly, without bound)
         last = first
@@ -306,10 +390,11 @@ def _support_gap(W, sigma, S, G):
                 G[f, i] = d
 
 
-def whittaker_fit(y, w, lam: float = 200.0, *, envelope_iterations: int = 4,
-                  envelope_threshold: float = 0.05, envelope_weight: float = 0.05,
+def whittaker_fit(y, w, lam: float = 200.0, *, envelope_iterations: int = 10,
+                  envelope_threshold: float | None = None, envelope_weight: float = 0.05,
                   lam_bounds: tuple[float, float] | None = None, n_lambdas: int = 13,
-                  keep_runs: bool = False):
+                  keep_runs: bool = False, envelope_rule: str | None = None,
+                  envelope_residual: str = "studentized", envelope_scale: float = 0.13):
     """Smooth one regular series (NumPy arrays in, array and λ out).
 
     Parameters
@@ -318,10 +403,10 @@ def whittaker_fit(y, w, lam: float = 200.0, *, envelope_iterations: int = 4,
         Values on a regular grid and their weights (0 = missing; NaN values get weight 0).
     lam : float
         Fixed λ, used when ``lam_bounds`` is None.
-    envelope_iterations, envelope_threshold, envelope_weight
-        Upper-envelope re-weighting: observations more than ``envelope_threshold`` (index
-        units) below the fit get ``envelope_weight`` × their weight, repeated up to
-        ``envelope_iterations`` times.
+    envelope_iterations, envelope_threshold, envelope_weight, envelope_rule, \
+envelope_residual, envelope_scale, keep_runs
+        Upper-envelope re-weighting, as in :func:`smooth_series` (``keep_runs`` is its
+        ``envelope_keep_runs``).
     lam_bounds : (float, float), optional
         If given, λ is chosen by the V-curve on a log grid of ``n_lambdas`` values
         between the bounds.
@@ -331,7 +416,15 @@ def whittaker_fit(y, w, lam: float = 200.0, *, envelope_iterations: int = 4,
     z : ndarray of float64
     lam : float
         λ used (NaN when fewer than two weighted points).
+
+    Raises
+    ------
+    SeriesError
+        Invalid envelope options.
     """
+    stud, bisq, width = _envelope_options(envelope_rule, envelope_residual,
+                                          envelope_threshold, envelope_scale, keep_runs,
+                                          envelope_iterations, envelope_weight)
     y = np.asarray(y, dtype=np.float64)[None, :].copy()
     w = np.asarray(w, dtype=np.float64)[None, :].copy()
     bad = ~np.isfinite(y) | ~np.isfinite(w) | (w < 0)
@@ -341,13 +434,34 @@ def whittaker_fit(y, w, lam: float = 200.0, *, envelope_iterations: int = 4,
             else np.empty(0))
     z = np.empty_like(y)
     lam_out = np.empty(1)
-    _smooth_all(y, w, float(lam), lams, int(envelope_iterations), float(envelope_threshold),
+    _smooth_all(y, w, float(lam), lams, int(envelope_iterations), stud, bisq, width,
                 float(envelope_weight), bool(keep_runs), z, lam_out)
     return z[0], float(lam_out[0])
 
 
-# --------------------------------------------------------------------------- public API
+def _envelope_options(rule, residual, threshold, scale, keep_runs, iterations,
+                      weight) -> tuple[bool, bool, float]:
+    """Check the envelope keywords; returns (studentize, bisquare, width) for the kernel."""
+    if rule is None:
+        rule = "step" if (threshold is not None or keep_runs) else "bisquare"
+    if rule not in ("bisquare", "step"):
+        raise SeriesError(f"envelope_rule must be 'bisquare' or 'step', not {rule!r}")
+    if residual not in ("plain", "studentized"):
+        raise SeriesError("envelope_residual must be 'studentized' or 'plain', "
+                          f"not {residual!r}")
+    if keep_runs and rule == "bisquare":
+        raise SeriesError("envelope_keep_runs works with envelope_rule='step' only")
+    width = (float(scale) if rule == "bisquare"
+             else 0.05 if threshold is None else float(threshold))
+    if not width > 0:
+        raise SeriesError(f"envelope_{'scale' if rule == 'bisquare' else 'threshold'} "
+                          f"must be > 0, got {width}")
+    if iterations < 0 or not (0 <= weight <= 1):
+        raise SeriesError("envelope_iterations must be >= 0 and envelope_weight in [0, 1]")
+    return residual == "studentized", rule == "bisquare", width
 
+
+# --------------------------------------------------------------------------- public API
 
 def _to_days(t: pd.Series) -> pd.Series:
     t = pd.to_datetime(t)
@@ -402,10 +516,13 @@ def smooth_series(
     lam_bounds: tuple[float, float] = (10.0, 1e5),
     weights: str | Callable[[pd.DataFrame], Any] | np.ndarray | None = None,
     flag_weights: Mapping[str, float] | None = None,
-    envelope_iterations: int = 4,
-    envelope_threshold: float = 0.05,
+    envelope_iterations: int = 10,
+    envelope_threshold: float | None = None,
     envelope_weight: float = 0.05,
     envelope_keep_runs: bool = False,
+    envelope_rule: str | None = None,
+    envelope_residual: str = "studentized",
+    envelope_scale: float = 0.13,
     start=None,
     end=None,
     min_obs: int = 6,
@@ -439,13 +556,40 @@ def smooth_series(
     flag_weights : mapping, optional
         Flag code → weight multiplier (default :data:`DEFAULT_FLAG_WEIGHTS`; NaN values
         always get weight 0).
-    envelope_iterations, envelope_threshold, envelope_weight
-        Upper-envelope re-weighting: observations more than ``envelope_threshold`` index
-        units below the fit get ``envelope_weight`` × their weight (cloud residues bias
-        vegetation indices low). Set ``envelope_iterations=0`` for indices where that
-        asymmetry does not hold.
+    envelope_iterations : int
+        Upper-envelope re-weighting passes (cloud residues bias vegetation indices low): each
+        pass re-fits with weights lowered for observations below the fit; stops early when
+        the weights are stable (default 10). Set 0 for indices where that asymmetry does
+        not hold.
+    envelope_rule : {None, "bisquare", "step"}
+        ``"bisquare"`` (default): an observation whose residual ``r`` is negative keeps
+        ``(1 − (r/envelope_scale)²)²`` of its weight, at least ``envelope_weight``, and
+        ``envelope_weight`` from ``r ≤ −envelope_scale`` (Tukey's bisquare, kept to the low
+        side: robust Whittaker smoothing as in Garcia 2010, Comput. Stat. Data Anal.
+        54:1167, with the asymmetric weights of Atzberger & Eilers 2011, Int. J. Digital
+        Earth 4:365). A real trough or a fast harvest that the fit cannot follow keeps part
+        of its weight; a residue 0.1-0.35 below the curve loses nearly all. ``"step"``: the
+        former rule, observations more than ``envelope_threshold`` below the fit get
+        ``envelope_weight`` × their weight. None: ``"step"`` when ``envelope_threshold`` or
+        ``envelope_keep_runs`` is given, else ``"bisquare"``.
+    envelope_residual : {"studentized", "plain"}
+        ``"studentized"`` (default): the residual is ``(y − z)/√(1 − h)``, ``h`` the
+        hat-matrix diagonal of the current fit (how much the fit leans on the observation),
+        capped at 0.75 (a date that is the fit's only local support, as in monthly
+        composites, has no neighbour to be compared with).
+        At the first and last dates and beside gaps the fit follows a dark date and hides
+        it from the plain residual ``y − z`` (by the factor ``1 − h``, up to 0.1 there);
+        studentising restores the comparison with the neighbours. The former behaviour is
+        ``envelope_rule="step", envelope_residual="plain", envelope_iterations=4``.
+    envelope_scale : float
+        Bisquare width (index units; default 0.13, chosen on the weak-season validation,
+        docs/validation_crops.md): residuals beyond it get ``envelope_weight``.
+    envelope_threshold : float, optional
+        Step-rule threshold (index units; 0.05 when the step rule is asked for without one).
+    envelope_weight : float
+        Weight multiplier (0..1) for observations well below the fit.
     envelope_keep_runs : bool
-        If True, two or more consecutive valid observations below the fit keep their
+        Step rule only: two or more consecutive valid observations below the fit keep their
         weight (a real decline such as a harvest persists; cloud residues are isolated).
         Off by default: it helps on abrupt harvests but lets runs of residues through
         (docs/validation_series.md).
@@ -510,8 +654,10 @@ def smooth_series(
     lo_b, hi_b = (float(lam_bounds[0]), float(lam_bounds[1]))
     if not (0 < lo_b < hi_b):
         raise SeriesError(f"lam_bounds must satisfy 0 < low < high, got {lam_bounds}")
-    if envelope_iterations < 0 or not (0 <= envelope_weight <= 1):
-        raise SeriesError("envelope_iterations must be >= 0 and envelope_weight in [0, 1]")
+    stud, bisq, width = _envelope_options(envelope_rule, envelope_residual,
+                                          envelope_threshold, envelope_scale,
+                                          envelope_keep_runs, envelope_iterations,
+                                          envelope_weight)
     flag_weights = DEFAULT_FLAG_WEIGHTS if flag_weights is None else dict(flag_weights)
 
     obs = observations
@@ -564,8 +710,8 @@ def smooth_series(
         lams = np.geomspace(lo_b, hi_b, 13) if vcurve else np.empty(0)
         Z = np.empty((n_fields, n_days))
         lam_out = np.empty(n_fields)
-        _smooth_all(Y, Wm, lam_fixed, lams, int(envelope_iterations),
-                    float(envelope_threshold), float(envelope_weight), bool(envelope_keep_runs),
+        _smooth_all(Y, Wm, lam_fixed, lams, int(envelope_iterations), stud, bisq, width,
+                    float(envelope_weight), bool(envelope_keep_runs),
                     Z, lam_out)
         results[ix] = Z.reshape(-1)
         if k == 0:
