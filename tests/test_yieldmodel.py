@@ -255,6 +255,12 @@ def test_fit_empirical_and_errors():
     with pytest.raises(CropYieldError):
         fit_yield_model(ser, obs.drop(columns="yield_t_ha"), crop="summer_maize",
                         seasons=seasons)
+    # every cut in one group: no fold can hold a group out -> a clear error, not the
+    # intervals' "no finite residuals"
+    for method in ("empirical", "lue"):
+        with pytest.raises(ModelError, match="all in one group"):
+            fit_yield_model(ser, obs.assign(village="V1"), crop="summer_maize",
+                            seasons=seasons, method=method, groups="village")
 
 
 def test_json_roundtrip_no_pickle(tmp_path):

@@ -63,8 +63,6 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         reporting basis) or aggregate statistics ``{"region": ..., "mean_yield_t_ha": ...}``
         (area-weighted mean over the given seasons; weights from an ``area_ha`` column of
         ``seasons`` when present). Aggregates can only calibrate the LUE factor.
-    crop : str
-        Crop id of the registry.
         With ``method="simulation"``: crop cuts that set the level (any number, 0 included:
         ``None`` or an empty table).
     crop : str
@@ -264,6 +262,11 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         raise ModelError(f"only {len(m)} usable observed {crop} seasons; need at least 5 to fit "
                          "and cross-validate (or calibrate to an aggregate mean instead)")
     g = m["_group"].to_numpy()
+    if len(pd.unique(g)) < 2:
+        raise ModelError(f"the {len(m)} usable observed {crop} seasons are all in one group; "
+                         "cross-validation holds whole groups out, so groups= needs at least "
+                         "2 distinct values (5 or more for a useful check), or leave it None "
+                         "to hold out field by field")
     folds = _group_folds(g, n_splits, seed)
     oof = np.full(len(m), np.nan)
     if method == "empirical":
