@@ -695,14 +695,15 @@ class CropClassifier:
             X = self._aligned(X)
         Z = np.asarray(self._check().predict(X, raw_score=True)).reshape(len(X), -1)
         P = _softmax(Z / self.temperature_)
-        if adapt_priors:
-            if self.class_prior_ is None:
-                raise ModelError("adapt_priors=True needs the training class priors, which "
-                                 "this model (saved by an older cropyield) lacks; refit with "
-                                 "CropClassifier().fit(series, labels) and save() again")
-            P, pt = adapt_class_priors(P, self.class_prior_)
-            self.adapted_priors_ = dict(zip(self.classes_ or [], (float(v) for v in pt)))
-        return P
+        return self._adapted(P)[0] if adapt_priors else P
+
+    def _adapted(self, P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`adapt_class_priors` of ``P`` from the training class priors."""
+        if self.class_prior_ is None:
+            raise ModelError("adapt_priors=True needs the training class priors, which "
+                             "this model (saved by an older cropyield) lacks; refit with "
+                             "CropClassifier().fit(series, labels) and save() again")
+        return adapt_class_priors(P, self.class_prior_)
 
     def predict_proba(self, series: pd.DataFrame, *, align: bool = False,
                       adapt_priors: bool = False) -> pd.DataFrame:
@@ -735,11 +736,14 @@ class CropClassifier:
         """
         self._check()
         feat = self.features(series)
-        P = pd.DataFrame(self._proba_matrix(feat, align=align, adapt_priors=adapt_priors),
-                         index=feat.index, columns=self.classes_)
+        P = self._proba_matrix(feat, align=align)
+        priors = None
         if adapt_priors:
-            P.attrs["priors"] = dict(self.adapted_priors_)
-        return P
+            P, priors = self._adapted(P)
+        out = pd.DataFrame(P, index=feat.index, columns=self.classes_)
+        if priors is not None:
+            out.attrs["priors"] = dict(zip(self.classes_ or [], (float(v) for v in priors)))
+        return out
 
     def predict(self, series: pd.DataFrame, *, align: bool = False,
                 adapt_priors: bool = False) -> pd.Series:

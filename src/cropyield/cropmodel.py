@@ -699,26 +699,12 @@ _EDGE_MIX_M = 2.2
 
 def _field_sizes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Smallholder field sizes (10 m pixels; lognormal, median 35, 4-400) and the share of
-    their mean that edge pixels take from the surroundings, ``clip(0.6 perimeter / area, 0,
-    0.4)`` for a 2:1 rectangle (as :func:`cropyield.synthetic.simulate_observations`)."""
+    their mean that edge pixels take from the surroundings, ``clip(_EDGE_MIX_M ×
+    perimeter / area, 0, 0.6)`` for a 2:1 rectangle (perimeter / area = 3 / short side)."""
     npx = np.clip(rng.lognormal(math.log(35.0), 0.7, n), 4.0, 400.0)
     short = np.sqrt(npx * 100.0 / 2.0)            # m
     mix = np.clip(_EDGE_MIX_M * 3.0 / short, 0.0, 0.6)   # perimeter / area = 3 / short side
     return npx, mix
-
-
-def _wetness(rng, days: pd.DatetimeIndex) -> np.ndarray:
-    """Daily soil darkening (0.7 wet .. 1 dry) from the synthetic world's seasonal rain
-    process (:func:`cropyield.synthetic._canopy.weather_wetness`) on ``days``."""
-    doy = days.day_of_year.to_numpy()
-    p_rain = 0.08 + 0.22 * np.exp(-0.5 * ((doy - 205) / 35.0) ** 2)
-    rain = np.flatnonzero(rng.random(len(days)) < p_rain)
-    i = np.arange(len(days))
-    last = np.full(len(days), -100)
-    if len(rain):
-        pos = np.searchsorted(rain, i, side="right") - 1
-        last = np.where(pos >= 0, rain[np.maximum(pos, 0)], -100)
-    return 1.0 - 0.3 * np.exp(-(i - last) / 3.0)
 
 
 def _season_canopy(wc: str, lib: pd.DataFrame, rng, *, sky: str = "uniform"):
@@ -756,7 +742,9 @@ def _season_canopy(wc: str, lib: pd.DataFrame, rng, *, sky: str = "uniform"):
     years = lib["weather_year"].to_numpy(dtype=int)
     starts = [pd.Timestamp(f"{y - 1 if wheat else y}-{ref.month:02d}-01") for y in years]
     if sky == "sentinel2":   # observed reflectance over wet soil; the truth stays dry
-        wet = np.stack([_wetness(rng, pd.DatetimeIndex(s0 + pd.to_timedelta(t, unit="D")))
+        from .synthetic._canopy import rain_wetness
+
+        wet = np.stack([rain_wetness(rng, pd.DatetimeIndex(s0 + pd.to_timedelta(t, unit="D")))
                         for s0 in starts])
         refl, _ = reflectance_from_state(st, k=p["k"], soil_brightness=sb,
                                          wetness=wet[:, :, None])

@@ -145,6 +145,13 @@ def _wofost_years() -> tuple[int, ...]:
     return tuple(sorted(set.intersection(*years)))    # years every crop has runs for
 
 
+def block_weather_years(config: WorldConfig, ublocks: np.ndarray) -> np.ndarray:
+    """Weather year of the crop-model library drawn for each village block (``ublocks``:
+    the sorted unique block ids of the world's parcels)."""
+    return rng_for(config.seed, "weather_years").choice(np.array(_wofost_years()),
+                                                         size=len(ublocks))
+
+
 @lru_cache(maxsize=4)
 def _wofost_library(crop: str) -> dict:
     """Arrays of the library runs of a WOFOST crop (``wheat``/``maize``) for the world."""
@@ -266,8 +273,7 @@ def assign_management(parcels, config: WorldConfig):
     bidx = np.searchsorted(ublocks, blocks)
     event = ev_rng.random((len(ublocks), len(crop_list))) < _P_EVENT
     # crop-model weather: each village block gets one of the library's weather years
-    block_year = rng_for(config.seed, "weather_years").choice(
-        np.array(_wofost_years()), size=len(ublocks))
+    block_year = block_weather_years(config, ublocks)
     prev_harv = np.full(n, np.nan)
     frames = []
     n_seasons = max(len(v[1]) for v in SYSTEMS.values())
@@ -402,8 +408,12 @@ def _shape_peak(seasons: pd.DataFrame) -> np.ndarray:
 
 def weather_wetness(config: WorldConfig) -> np.ndarray:
     """Daily soil darkening factor (0.7 wet .. 1 dry) from a seasonal rain process."""
-    rng = rng_for(config.seed, "weather")
-    days = config.days
+    return rain_wetness(rng_for(config.seed, "weather"), config.days)
+
+
+def rain_wetness(rng: np.random.Generator, days: pd.DatetimeIndex) -> np.ndarray:
+    """Daily soil darkening factor (0.7 wet .. 1 dry) on ``days``: rain days drawn with a
+    monsoon-peaked probability, the soil drying with a 3-day e-folding time after each."""
     doy = days.day_of_year.to_numpy()
     p_rain = 0.08 + 0.22 * np.exp(-0.5 * ((doy - 205) / 35.0) ** 2)   # monsoon Jul-Aug
     rain = rng.random(len(days)) < p_rain

@@ -231,7 +231,7 @@ def field_weather(fields=None, config: WorldConfig | None = None, *,
         ``weather_year``.
     """
     from ..cropmodel import WEATHER_COLUMNS, _emergence, load_weather, warped_weather
-    from ._canopy import WOFOST_WORLD, _wofost_library, _wofost_years
+    from ._canopy import WOFOST_WORLD, _wofost_library, block_weather_years
 
     config = _cfg(config)
     ls, p = _registered(config)
@@ -264,19 +264,19 @@ def field_weather(fields=None, config: WorldConfig | None = None, *,
     # the block's weather year on the calendar, unwarped, for every other day (as
     # assign_management draws it: one weather year per village block)
     ublocks = np.unique(ls.parcels["block"].to_numpy())
-    block_year = dict(zip(ublocks, rng_for(config.seed, "weather_years").choice(
-        np.array(_wofost_years()), size=len(ublocks))))
+    block_year = dict(zip(ublocks, block_weather_years(config, ublocks)))
     days = pd.date_range(start - pd.Timedelta(days=margin_days),
                          pd.Timestamp(config.end) + pd.Timedelta(days=margin_days))
     crop_year = (start + pd.DateOffset(months=4)).year
     w = load_weather("wheat")
+    by_year: dict[int, dict[str, np.ndarray]] = {}   # one weather year serves many fields
     for fid_, blk in zip(p["field_id"], p["block"]):
         wy = int(block_year[blk])
-        shifted = days + pd.DateOffset(years=wy - crop_year)
-        v = w.reindex(shifted)
+        if wy not in by_year:
+            v = w.reindex(days + pd.DateOffset(years=wy - crop_year))
+            by_year[wy] = {c: v[c].to_numpy(float) for c in WEATHER_COLUMNS}
         frames.insert(0, pd.DataFrame({
-            "field_id": fid_, "time": days.as_unit("ns"),
-            **{c: v[c].to_numpy(float) for c in WEATHER_COLUMNS},
+            "field_id": fid_, "time": days.as_unit("ns"), **by_year[wy],
             "season": 0, "weather_year": wy}))
     if not frames:
         return pd.DataFrame(columns=cols)

@@ -252,11 +252,13 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
         if weather is not None:
-            wx_nan = ~np.all(np.isfinite(X[:, weather_columns(names)]), axis=1)
-            if (wx_nan & np.all(np.isfinite(X[:, [j for j in range(len(names)) if j not in
-                                                  weather_columns(names)]]), axis=1)).any():
+            wx = np.zeros(len(names), bool)
+            wx[weather_columns(names)] = True
+            finite = np.isfinite(X)
+            n_wx = int((~finite[:, wx].all(axis=1) & finite[:, ~wx].all(axis=1)).sum())
+            if n_wx:
                 logger.warning("%d observed %s seasons have no weather covariates "
-                               "(NO_WEATHER); not used", int(wx_nan.sum()), crop)
+                               "(NO_WEATHER); not used", n_wx, crop)
     m, y, raw, s = m[usable].reset_index(drop=True), y[usable], raw[usable], s[usable]
     if len(m) < 5:
         raise ModelError(f"only {len(m)} usable observed {crop} seasons; need at least 5 to fit "

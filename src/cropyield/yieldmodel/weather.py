@@ -27,13 +27,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..cropmodel import WEATHER_COLUMNS
 from ..errors import ModelError
 
 __all__ = ["WEATHER_VARIABLES", "WEATHER_WINDOWS", "weather_feature_names",
            "weather_features", "is_weather_feature"]
 
-#: Daily weather columns the features need (units in the names).
-WEATHER_VARIABLES = ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm")
+#: Daily weather columns the features need (units in the names; as the crop-model weather).
+WEATHER_VARIABLES = WEATHER_COLUMNS
 #: Windows (name, description) of :func:`weather_features`.
 WEATHER_WINDOWS = (("veg", "sos to pos"), ("fill", "pos to pos + fill_days"))
 _STATS = ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm_d", "hot_share")
