@@ -64,6 +64,17 @@ def no_bins(F):
     return {s: f.drop(columns=[c for c in f.columns if BINS.fullmatch(c)]) for s, f in F.items()}
 
 
+# Level augmentation sizes from the between-region differences of same-class index levels
+# (not from any accuracy): per index and class shared by Corsica and Flanders with >= 5
+# parcels in each, the least-squares gain and the mean offset mapping one region's class
+# median quantiles (min, q10, q50, q90, max) onto the other's; the median over the 15
+# (index, class) pairs is |log gain| 0.20 and |offset| 0.22 of the index's spread (median
+# q90 - q10). With Uganda/South Sudan pairs too (50 pairs; savanna "grassland" against
+# meadows): 0.37 and 0.46 ("level-wide", a sensitivity check). ``--level-sizes`` prints them.
+LEVEL = {"augment_gain": (float(np.exp(-0.2)), float(np.exp(0.2))), "augment_offset": 0.2}
+LEVEL_WIDE = {"augment_gain": (float(np.exp(-0.37)), float(np.exp(0.37))),
+              "augment_offset": 0.46}
+
 VARIANTS = {
     "default": ({}, None, False),
     "balanced": ({"class_weight": "balanced"}, None, False),
@@ -80,6 +91,16 @@ VARIANTS = {
     "centred+em": ({}, centre, True),
     "centred-no-bins": ({}, lambda F: centre(no_bins(F)), False),
     "rf-blend": ({}, None, "blend"),
+    # level augmentation (domain randomisation of index levels; sizes: LEVEL below)
+    "level": (LEVEL, None, False),
+    "level+2": ({**LEVEL, "augment_level_copies": 2}, None, False),
+    "level-shared": ({**LEVEL, "_level_shared": True}, None, False),
+    "level-shared+2": ({**LEVEL, "_level_shared": True, "augment_level_copies": 2}, None,
+                       False),
+    "level-wide": (LEVEL_WIDE, None, False),
+    "level+balanced": ({**LEVEL, "class_weight": "balanced"}, None, False),
+    "level+aug24": ({**LEVEL, "augment_days": (-24, -12, 12, 24)}, None, False),
+    "level+blend": (LEVEL, None, "blend"),
 }
 
 
@@ -94,17 +115,112 @@ def lgb_forest(X: np.ndarray, yi: np.ndarray, n_class: int, seed: int):
     return lgb.train(params, lgb.Dataset(X, yi), num_boost_round=300)
 
 
+def make(kw, **more) -> CropClassifier:
+    """CropClassifier with a variant's keywords (private ``_`` switches set afterwards)."""
+    m = CropClassifier(**{k: v for k, v in kw.items() if not k.startswith("_")}, **more)
+    for k, v in kw.items():
+        if k.startswith("_"):
+            setattr(m, k, v)
+    return m
+
+
+def level_sizes(F, Y) -> None:
+    """Between-region differences of same-class index levels (the basis of LEVEL)."""
+    import itertools
+
+    qs = ("min", "q10", "q50", "q90", "max")
+    rows = []
+    for ix in vc.INDICES:
+        spread = {r: float((F[r][0][f"{ix}_q90"] - F[r][0][f"{ix}_q10"]).median()) for r in F}
+        for c in sorted(set().union(*[set(Y[r]) for r in Y])):
+            med = {}
+            for r in F:
+                ids = Y[r][Y[r] == c].index.intersection(F[r][0].index)
+                if len(ids) >= 5:
+                    med[r] = np.array([F[r][0].loc[ids, f"{ix}_{q}"].median() for q in qs])
+            for r1, r2 in itertools.combinations(sorted(med), 2):
+                x, y = med[r1], med[r2]
+                g = np.polyfit(x, y, 1)[0]
+                o = abs(y.mean() - x.mean()) / ((spread[r1] + spread[r2]) / 2)
+                rows.append((ix, c, r1, r2, abs(np.log(g)), o))
+    d = pd.DataFrame(rows, columns=["index", "class", "a", "b", "abs_log_gain", "abs_offset"])
+    eu = d[(d["a"] == "corsica") & (d["b"] == "flanders")]
+    print(d.round(3).to_string())
+    print(f"Corsica-Flanders ({len(eu)} pairs): median |log gain| "
+          f"{eu['abs_log_gain'].median():.3f}, |offset|/spread {eu['abs_offset'].median():.3f}")
+    print(f"all region pairs ({len(d)}): median |log gain| {d['abs_log_gain'].median():.3f}, "
+          f"|offset|/spread {d['abs_offset'].median():.3f}")
+
+
+def within(name, kw, tf, feats, Y, seed) -> str:
+    """Random stratified 3-fold within each region (as scripts/validate_crops.py)."""
+    cells = []
+    for reg in ("corsica", "flanders", "uganda"):
+        F = feats[reg] if tf is None else tf(feats[reg])
+        y = Y[reg][Y[reg].map(Y[reg].value_counts()) >= 5]
+        shifts = (0,) + tuple(x for x in kw.get("augment_days", (-12, 12)) if x)
+        rng = np.random.default_rng(seed)
+        folds = np.empty(len(y), dtype=int)
+        for c in y.unique():
+            mm = np.flatnonzero(y.to_numpy() == c)
+            folds[rng.permutation(mm)] = np.arange(len(mm)) % 3
+        ok = np.zeros(2)
+        for f in range(3):
+            te = folds == f
+            tr_ids, te_ids = y.index[~te], y.index[te]
+            m = make(kw, year_start=vc.YEAR_START[reg], seed=seed)
+            m.indices_ = vc.INDICES
+            fs = {sh: F[sh] for sh in shifts}
+            m._fit_sets(fs, pd.Index(tr_ids), y.loc[tr_ids].to_numpy())
+            P = m._proba_matrix(F[0].loc[te_ids])
+            pred = np.asarray(m.classes_, dtype=object)[P.argmax(1)]
+            cols = [c for c in m.feature_names_ if F[0].loc[tr_ids, c].notna().any()]
+            rf = RandomForestClassifier(random_state=seed).fit(
+                F[0].loc[tr_ids, cols].to_numpy(float), y.loc[tr_ids].to_numpy())
+            ok += [np.sum(pred == y.loc[te_ids].to_numpy()),
+                   np.sum(rf.predict(F[0].loc[te_ids, cols].to_numpy(float))
+                          == y.loc[te_ids].to_numpy())]
+        cells.append(f"{ok[0] / len(y):.3f} / {ok[1] / len(y):.3f}")
+    return f"| {name} within | " + " | ".join(cells) + " |"
+
+
+def synthetic_cv(kw, n_fields: int, seed: int) -> str:
+    from cropyield import synthetic
+    from cropyield.series import smooth_series
+
+    cfg = synthetic.WorldConfig(seed=seed + 1, n_fields=n_fields)
+    f2 = synthetic.make_fields(cfg).set_index("field_id")
+    obs = synthetic.simulate_observations(f2.reset_index(), cfg,
+                                          indices=("ndvi", "ndre", "ndmi"))
+    s2 = smooth_series(obs, index=("ndvi", "ndre", "ndmi"), start=cfg.start, end=cfg.end)
+    cv = make(kw, year_start="10-01", seed=seed).cross_validate(
+        s2, f2["true_crop"], f2["farmer_id"], n_splits=5)
+    return (f"synthetic {n_fields} fields, 5-fold grouped: {cv.attrs['accuracy']:.3f} (folds "
+            f"{min(cv.attrs['fold_accuracy']):.3f}-{max(cv.attrs['fold_accuracy']):.3f}, "
+            f"Brier {cv.attrs['brier']:.3f})")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=vc.DEFAULT_DATA)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seed", type=int, default=0,
                     help="CropClassifier seed (the stock RF keeps random_state=0)")
+    ap.add_argument("--within", action="store_true",
+                    help="also random 3-fold within Corsica / Flanders / Uganda (CC / RF; "
+                         "the RF's random_state is --seed, as in validate_crops.py)")
+    ap.add_argument("--no-cross", action="store_true", help="skip the cross-region rows")
+    ap.add_argument("--synthetic-fields", type=int, default=0,
+                    help="also the synthetic world's 5-fold CV with each variant (0: skip)")
+    ap.add_argument("--level-sizes", action="store_true",
+                    help="print the between-region level differences behind LEVEL, then stop")
     a = ap.parse_args(argv)
     print("command: PYTHONPATH=src python scripts/transfer_experiments.py "
           + " ".join(sys.argv[1:] if argv is None else argv))
     S, Y = {}, {}
-    for reg in ("corsica", "flanders"):
+    regions = ("corsica", "flanders", "uganda") if (a.within or a.level_sizes) \
+        else ("corsica", "flanders")
+    for reg in regions:
         s, lab, _ = vc.region_series(a.data, reg)
         g = lab.map(vc.group_code)
         S[reg], Y[reg] = s, g[g.notna()]
@@ -113,12 +229,22 @@ def main(argv=None) -> int:
         m = CropClassifier(year_start=vc.YEAR_START[reg])
         m.indices_ = m._resolve_indices(S[reg])
         feats[reg] = {sh: m.features(S[reg], shift_days=sh) for sh in (0, -24, -12, 12, 24)}
+    if a.level_sizes:
+        level_sizes(feats, Y)
+        return 0
     print("| variant | Corsica → Flanders CC / RF | Flanders → Corsica CC / RF | pooled CC / RF |")
     print("|---|---|---|---|")
     for name in a.variants.split(","):
         kw, tf, em = VARIANTS[name]
         cells, tot = [], np.zeros(3)
-        for src, dst in (("corsica", "flanders"), ("flanders", "corsica")):
+        if a.within:
+            print(within(name, kw, tf, feats, Y, a.seed) + "  (Corsica | Flanders | Uganda)",
+                  flush=True)
+        if a.synthetic_fields:
+            print(f"| {name} | " + synthetic_cv(kw, a.synthetic_fields, a.seed) + " |",
+                  flush=True)
+        for src, dst in () if a.no_cross else (("corsica", "flanders"),
+                                               ("flanders", "corsica")):
             shared = [c for c in sorted(set(Y[src]) & set(Y[dst]))
                       if (Y[src] == c).sum() >= 3 and (Y[dst] == c).sum() >= 3]
             ytr, yte = Y[src][Y[src].isin(shared)], Y[dst][Y[dst].isin(shared)]
@@ -126,7 +252,7 @@ def main(argv=None) -> int:
             B = feats[dst] if tf is None else tf(feats[dst])
             shifts = (0,) + tuple(x for x in kw.get("augment_days", (-12, 12)) if x)
             fs = {sh: pd.concat([A[sh].loc[ytr.index], B[sh].loc[yte.index]]) for sh in shifts}
-            m = CropClassifier(year_start=vc.YEAR_START[src], seed=a.seed, **kw)
+            m = make(kw, year_start=vc.YEAR_START[src], seed=a.seed)
             m.indices_ = vc.INDICES
             m._fit_sets(fs, pd.Index(ytr.index), ytr.to_numpy())
             P = m._proba_matrix(fs[0].loc[yte.index])
@@ -149,6 +275,8 @@ def main(argv=None) -> int:
                                 == yte.to_numpy()))
             cells.append(f"{cc:.3f} / {rfa:.3f}")
             tot += np.array([cc, rfa, 1.0]) * len(yte)
+        if a.no_cross:
+            continue
         cells.append(f"{tot[0] / tot[2]:.3f} / {tot[1] / tot[2]:.3f}")
         print(f"| {name} {kw or ''} | " + " | ".join(cells) + " |", flush=True)
     return 0

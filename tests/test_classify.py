@@ -320,3 +320,102 @@ def test_version_2_files_still_load_and_predict(fitted, tmp_path):
     np.testing.assert_array_equal(rt.feature_median_, clf.feature_median_)
     pd.testing.assert_frame_equal(rt.predict_proba(s_test, align=True, adapt_priors=True),
                                   clf.predict_proba(s_test, align=True, adapt_priors=True))
+
+
+def _daily(obs):
+    """Daily series (linear interpolation of the observations; no smoothing)."""
+    out = []
+    for fid, g in obs.groupby("field_id"):
+        days = pd.date_range(g["time"].min(), g["time"].max(), freq="D")
+        d = g.set_index("time")[["ndvi", "ndre", "ndmi"]].reindex(
+            g["time"].tolist() + [t for t in days if t not in set(g["time"])]).sort_index()
+        d = d.interpolate(method="time").loc[days]
+        out.append(d.rename_axis("time").reset_index().assign(field_id=fid))
+    return pd.concat(out, ignore_index=True)
+
+
+def test_rescale_levels_equals_features_of_a_rescaled_series():
+    """Level augmentation works on features: a gain g and offset o on an index's values
+    must move its features exactly as recomputing them from the rescaled series does."""
+    from cropyield.classify import _level_feature_kinds, _rescale_levels, series_features
+
+    obs, _, _ = observations(n_per=4, seed=3, cloud=0.0)
+    s = _daily(obs)
+    ind = ("ndvi", "ndre", "ndmi")
+    F = series_features(s, indices=ind)
+    gain, off = np.array([1.18, 0.84, 1.05]), np.array([0.06, -0.04, 0.02])
+    s2 = s.copy()
+    for j, ix in enumerate(ind):
+        s2[ix] = gain[j] * s2[ix] + off[j]
+    F2 = series_features(s2, indices=ind).loc[F.index]
+    kinds = _level_feature_kinds(list(F.columns), ind)
+    moved = set(np.concatenate([np.concatenate(k) for k in kinds.values()]))
+    assert {F.columns.get_loc(c) for c in ("ndvi_b10", "ndre_o03", "ndmi_q90", "ndvi_h0",
+                                           "ndre_h2a", "ndmi_std", "s0_peak",
+                                           "s0_amplitude")} <= moved
+    assert not {F.columns.get_loc(c) for c in ("ndvi_argmax", "s0_sos", "s0_length_days",
+                                               "n_seasons")} & moved
+    R = _rescale_levels(F.to_numpy(), kinds, np.tile(gain, (len(F), 1)),
+                        np.tile(off, (len(F), 1)))
+    phen = [c for c in F.columns if c.startswith("s") and c[1].isdigit() or c == "n_seasons"]
+    other = [F.columns.get_loc(c) for c in F.columns if c not in phen]
+    np.testing.assert_allclose(R[:, other], F2.to_numpy()[:, other], rtol=1e-9, atol=1e-9)
+    # phenology (first index): peak and amplitude move with the index, dates do not
+    for c, tol in (("s0_peak", 1e-3), ("s0_amplitude", 1e-3), ("s0_sos", 1.0)):
+        i = F.columns.get_loc(c)
+        np.testing.assert_allclose(R[:, i], F2[c].to_numpy(), atol=tol)
+
+
+def test_level_augmented_copies_have_the_stated_gains_and_offsets(fitted):
+    """The extra training rows are the fields with a per-field, per-index gain within
+    ``augment_gain`` and an offset within ± ``augment_offset`` × the index's spread."""
+    from cropyield.classify import _level_feature_kinds
+
+    _, s_test, y_test = fitted
+    clf = CropClassifier(augment_days=(), augment_gain=(0.8, 1.25), augment_offset=0.2,
+                         augment_level_copies=2, max_iter=20, calibrate=False)
+    clf.indices_ = clf._resolve_indices(s_test)
+    fsets = clf._feature_sets(s_test)
+    ids = fsets[0].index
+    clf.feature_names_ = list(fsets[0].columns)
+    X, Y = clf._stack(fsets, ids, np.zeros(len(ids), dtype=int))
+    n = len(ids)
+    assert X.shape == (3 * n, len(clf.feature_names_)) and len(Y) == 3 * n
+    X0 = fsets[0].to_numpy(float)
+    np.testing.assert_array_equal(X[:n], X0)          # the fields themselves are untouched
+    kinds = _level_feature_kinds(clf.feature_names_, clf.indices_)
+    spread = clf._index_spread(X0, clf.indices_)
+    assert np.all(spread > 0.05)
+    gains, offs = [], []
+    for j, (lvl, scl) in enumerate(kinds.values()):
+        i_std, i_q10 = (clf.feature_names_.index(f"{clf.indices_[j]}_{c}") for c in ("std", "q10"))
+        for c in (1, 2):
+            Xc = X[c * n:(c + 1) * n]
+            g = Xc[:, i_std] / X0[:, i_std]
+            o = Xc[:, i_q10] - g * X0[:, i_q10]
+            assert np.all((g >= 0.8 - 1e-9) & (g <= 1.25 + 1e-9))
+            assert np.all(np.abs(o) <= 0.2 * spread[j] + 1e-9)
+            # one gain and one offset per field and index: every level / scale feature agrees
+            np.testing.assert_allclose(Xc[:, lvl], g[:, None] * X0[:, lvl] + o[:, None],
+                                       atol=1e-9)
+            np.testing.assert_allclose(Xc[:, scl], g[:, None] * X0[:, scl], atol=1e-9)
+            gains.append(g)
+            offs.append(o / spread[j])
+    g, o = np.concatenate(gains), np.concatenate(offs)
+    # the draws fill the stated ranges (log-uniform gains, uniform offsets)
+    assert g.min() < 0.85 and g.max() > 1.18 and abs(np.median(np.log(g))) < 0.05
+    assert o.min() < -0.15 and o.max() > 0.15
+    # the two copies are different draws, and a refit with the same seed is identical
+    assert not np.allclose(X[n:2 * n], X[2 * n:])
+    np.testing.assert_array_equal(clf._stack(fsets, ids, np.zeros(n, dtype=int))[0], X)
+    # no level augmentation: copies (time-shifted ones) are left as they are
+    plain = CropClassifier(augment_days=(12,), augment_gain=1.0, augment_offset=0.0)
+    plain.indices_, plain.feature_names_ = clf.indices_, clf.feature_names_
+    fs2 = plain._feature_sets(s_test)
+    Xp, _ = plain._stack(fs2, ids, np.zeros(n, dtype=int))
+    np.testing.assert_array_equal(Xp[n:], fs2[12].reindex(columns=clf.feature_names_)
+                                  .to_numpy(float))
+    with pytest.raises(ModelError, match="augment_gain"):
+        CropClassifier(augment_gain=(1.2, 0.9))
+    with pytest.raises(ModelError, match="augment_offset"):
+        CropClassifier(augment_offset=-0.1)

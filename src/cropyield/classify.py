@@ -286,6 +286,80 @@ def _nanmedian_cols(X: np.ndarray) -> np.ndarray:
         return np.nanmedian(X, axis=0) if len(X) else np.full(X.shape[1], np.nan)
 
 
+_LEVEL_STATS = ("min", "q10", "q50", "q90", "max", "mean", "h0")
+_SCALE_STATS = ("std",)
+_PHEN_LEVEL = ("peak",)
+_PHEN_SCALE = ("amplitude", "small_integral", "greenup_rate", "senescence_rate")
+
+
+def _level_feature_kinds(feature_names: Sequence[str], indices: Sequence[str]
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """How each feature of :func:`series_features` moves when an index is rescaled.
+
+    Under ``v → g·v + o`` of one index's values (a gain ``g > 0`` and an offset ``o``, index
+    units), its bin means, quantiles, mean, harmonic mean and (for the phenology index, the
+    first of ``indices``) season peaks become ``g·x + o`` ("level" features); its standard
+    deviation, harmonic cosine/sine/amplitude coefficients and season amplitudes,
+    integrals above the base and green-up/senescence rates become ``g·x`` ("scale"
+    features); days, lengths and season counts do not move.
+
+    Returns
+    -------
+    dict
+        index → (positions of its level features, positions of its scale features) in
+        ``feature_names``.
+    """
+    pos = {c: i for i, c in enumerate(feature_names)}
+    out = {}
+    for j, ix in enumerate(indices):
+        lvl, scl = [], []
+        for c, i in pos.items():
+            if not c.startswith(ix + "_"):
+                continue
+            rest = c[len(ix) + 1:]
+            if (len(rest) == 3 and rest[0] in "bo" and rest[1:].isdigit()) \
+                    or rest in _LEVEL_STATS:
+                lvl.append(i)
+            elif rest in _SCALE_STATS or (len(rest) == 3 and rest[0] == "h"
+                                          and rest[1].isdigit() and rest[2] in "csa"):
+                scl.append(i)
+        if j == 0:
+            for s in range(2):
+                lvl += [pos[f"s{s}_{c}"] for c in _PHEN_LEVEL if f"s{s}_{c}" in pos]
+                scl += [pos[f"s{s}_{c}"] for c in _PHEN_SCALE if f"s{s}_{c}" in pos]
+        out[ix] = (np.array(sorted(lvl), dtype=np.int64), np.array(sorted(scl), dtype=np.int64))
+    return out
+
+
+def _rescale_levels(X: np.ndarray, kinds: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                   gain: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Feature rows as if each row's index values had been ``gain · v + offset``.
+
+    Parameters
+    ----------
+    X : array (rows × features)
+        Features in the order :func:`_level_feature_kinds` was given.
+    kinds : mapping
+        :func:`_level_feature_kinds` output (index → level and scale feature positions).
+    gain, offset : arrays (rows × indices)
+        Per row and index (in the order of ``kinds``), the gain (> 0) and the offset
+        (index units).
+
+    Returns
+    -------
+    array
+        A rescaled copy of ``X`` (NaN stays NaN).
+    """
+    X = np.array(X, dtype=float, copy=True)
+    for j, (lvl, scl) in enumerate(kinds.values()):
+        g = gain[:, j:j + 1]
+        if len(lvl):
+            X[:, lvl] = X[:, lvl] * g + offset[:, j:j + 1]
+        if len(scl):
+            X[:, scl] = X[:, scl] * g
+    return X
+
+
 def _list_or_none(a) -> list | None:
     """JSON-safe list (NaN → None) of an array, or None."""
     if a is None:
@@ -477,7 +551,9 @@ class CropClassifier:
                  n_harmonics: int = 3, augment_days: Sequence[int] = (-12, 12),
                  calibrate: bool = True, calibration_folds: int = 3, num_leaves: int = 15,
                  min_child_samples: int = 5, feature_fraction: float = 0.5,
-                 class_weight: str | None = None, num_threads: int = 1):
+                 class_weight: str | None = None, num_threads: int = 1,
+                 augment_gain: Sequence[float] = (1.0, 1.0), augment_offset: float = 0.0,
+                 augment_level_copies: int = 0):
         if isinstance(indices, str):
             indices = (indices,)
         if indices is not None and not len(indices):
@@ -485,6 +561,16 @@ class CropClassifier:
         if not 1 <= int(bin_days) <= 183:
             raise ModelError(f"bin_days must be within 1..183, got {bin_days}")
         _start_doy(year_start)
+        gain = tuple(float(v) for v in np.atleast_1d(augment_gain))
+        if len(gain) == 1:
+            gain = (gain[0], gain[0])
+        if len(gain) != 2 or not (0 < gain[0] <= gain[1] < np.inf):
+            raise ModelError(f"augment_gain must be (low, high) with 0 < low <= high, got "
+                             f"{augment_gain!r}")
+        if not (0 <= float(augment_offset) < np.inf):
+            raise ModelError(f"augment_offset must be >= 0, got {augment_offset!r}")
+        if int(augment_level_copies) < 0:
+            raise ModelError(f"augment_level_copies must be >= 0, got {augment_level_copies!r}")
         if class_weight not in (None, "balanced"):
             raise ModelError(f"class_weight must be None or 'balanced', got {class_weight!r}")
         self.indices = tuple(indices) if indices is not None else None
@@ -505,6 +591,10 @@ class CropClassifier:
         self.feature_fraction = float(feature_fraction)
         self.class_weight = class_weight
         self.num_threads = int(num_threads)
+        self.augment_gain = gain
+        self.augment_offset = float(augment_offset)
+        self.augment_level_copies = int(augment_level_copies)
+        self._level_shared = False      # experiments: one gain/offset per row for all indices
         self.classes_: list[str] | None = None
         self.feature_names_: list[str] | None = None
         self.indices_: tuple[str, ...] | None = self.indices
@@ -524,7 +614,9 @@ class CropClassifier:
                 "calibration_folds": self.calibration_folds, "num_leaves": self.num_leaves,
                 "min_child_samples": self.min_child_samples,
                 "feature_fraction": self.feature_fraction, "class_weight": self.class_weight,
-                "num_threads": self.num_threads}
+                "num_threads": self.num_threads, "augment_gain": list(self.augment_gain),
+                "augment_offset": self.augment_offset,
+                "augment_level_copies": self.augment_level_copies}
 
     def get_params(self) -> dict[str, Any]:
         """Constructor settings (for cloning)."""
@@ -579,10 +671,55 @@ class CropClassifier:
                          params={"min_data_in_bin": 1, "max_bin": 63, "verbose": -1})
         return lgb.train(self._params(n_class), ds, num_boost_round=self.max_iter)
 
+    def _levels_on(self) -> bool:
+        return self.augment_gain != (1.0, 1.0) or self.augment_offset > 0
+
+    def _level_draws(self, rng: np.random.Generator, n: int, spread: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Gains (log-uniform in ``augment_gain``) and offsets (uniform within
+        ± ``augment_offset`` × ``spread``) for ``n`` rows × indices."""
+        k = 1 if self._level_shared else len(spread)
+        lo, hi = np.log(self.augment_gain)
+        g = np.exp(rng.uniform(lo, hi, size=(n, k)))
+        o = rng.uniform(-1.0, 1.0, size=(n, k)) * self.augment_offset
+        if self._level_shared:
+            g, o = np.repeat(g, len(spread), 1), np.repeat(o, len(spread), 1)
+        return g, o * spread[None, :]
+
     def _stack(self, fsets: Mapping[int, pd.DataFrame], ids, yi: np.ndarray):
+        """Training rows: the fields, their time-shifted copies and their level copies.
+
+        With level augmentation (``augment_gain`` / ``augment_offset``) every copy — the
+        time-shifted ones and ``augment_level_copies`` unshifted ones — has its index
+        values rescaled per field and index by a random gain and offset
+        (:func:`_rescale_levels`); the fields themselves stay as they are. Offsets are in
+        units of each index's spread: the median over the fields of its 90 % − 10 %
+        quantile range. Draws come from the classifier's seed, so fits are reproducible.
+        """
         X = [fsets[s].reindex(index=ids, columns=self.feature_names_).to_numpy(dtype=float)
              for s in fsets]
+        if self._levels_on() and (len(X) > 1 or self.augment_level_copies):
+            X += [X[0]] * self.augment_level_copies
+            ind = list(self.indices_ or ())
+            kinds = _level_feature_kinds(self.feature_names_ or [], ind)
+            spread = self._index_spread(X[0], ind)
+            rng = np.random.default_rng([self.seed, 16])
+            for i in range(1, len(X)):
+                g, o = self._level_draws(rng, len(X[i]), spread)
+                X[i] = _rescale_levels(X[i], kinds, g, o)
         return np.vstack(X), np.tile(yi, len(X))
+
+    def _index_spread(self, X0: np.ndarray, ind: Sequence[str]) -> np.ndarray:
+        """Per index, the median over fields of its 90 % − 10 % quantile range (index units;
+        0 where unknown)."""
+        pos = {c: i for i, c in enumerate(self.feature_names_ or [])}
+        out = np.zeros(len(ind))
+        for j, ix in enumerate(ind):
+            if f"{ix}_q90" in pos and f"{ix}_q10" in pos:
+                d = X0[:, pos[f"{ix}_q90"]] - X0[:, pos[f"{ix}_q10"]]
+                d = d[np.isfinite(d)]
+                out[j] = float(np.median(d)) if len(d) else 0.0
+        return out
 
     def fit(self, series: pd.DataFrame, labels, groups=None) -> "CropClassifier":
         """Fit on a daily series and per-field labels.
