@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
 
-from cropyield.classify import CropClassifier, adapt_class_priors
+from cropyield.classify import LEVEL_GAIN, LEVEL_OFFSET, CropClassifier, adapt_class_priors
 
 _spec = importlib.util.spec_from_file_location(
     "validate_crops", Path(__file__).resolve().parent / "validate_crops.py")
@@ -64,43 +64,48 @@ def no_bins(F):
     return {s: f.drop(columns=[c for c in f.columns if BINS.fullmatch(c)]) for s, f in F.items()}
 
 
-# Level augmentation sizes from the between-region differences of same-class index levels
-# (not from any accuracy): per index and class shared by Corsica and Flanders with >= 5
-# parcels in each, the least-squares gain and the mean offset mapping one region's class
-# median quantiles (min, q10, q50, q90, max) onto the other's; the median over the 15
+# Level augmentation (the default since issue 16's transfer work; sizes LEVEL_GAIN and
+# LEVEL_OFFSET of cropyield.classify) from the between-region differences of same-class
+# index levels (not from any accuracy): per index and class shared by Corsica and Flanders
+# with >= 5 parcels in each, the least-squares gain and the mean offset mapping one region's
+# class-median quantiles (min, q10, q50, q90, max) onto the other's; the median over the 15
 # (index, class) pairs is |log gain| 0.20 and |offset| 0.22 of the index's spread (median
-# q90 - q10). With Uganda/South Sudan pairs too (50 pairs; savanna "grassland" against
+# q90 - q10). With the Uganda/South Sudan pairs too (50 pairs; savanna "grassland" against
 # meadows): 0.37 and 0.46 ("level-wide", a sensitivity check). ``--level-sizes`` prints them.
-LEVEL = {"augment_gain": (float(np.exp(-0.2)), float(np.exp(0.2))), "augment_offset": 0.2}
+# FORMER = the defaults before level augmentation: the rows measured before it keep it.
+FORMER = {"augment_gain": (1.0, 1.0), "augment_offset": 0.0}
+LEVEL = {"augment_gain": LEVEL_GAIN, "augment_offset": LEVEL_OFFSET}
 LEVEL_WIDE = {"augment_gain": (float(np.exp(-0.37)), float(np.exp(0.37))),
               "augment_offset": 0.46}
+BAL = {"class_weight": "balanced"}
+AUG24 = {"augment_days": (-24, -12, 12, 24)}
 
 VARIANTS = {
     "default": ({}, None, False),
-    "balanced": ({"class_weight": "balanced"}, None, False),
-    "shallow": ({"num_leaves": 4, "min_child_samples": 20, "learning_rate": 0.05}, None, False),
-    "ff0.2": ({"feature_fraction": 0.2}, None, False),
-    "aug24": ({"augment_days": (-24, -12, 12, 24)}, None, False),
-    "em": ({}, None, True),
-    "shape+level": ({}, lambda F: shape(F, True), False),
-    "shape-only": ({}, lambda F: shape(F, False), False),
-    "centred": ({}, centre, False),
-    "standardised": ({}, standardise, False),
-    "centred+balanced": ({"class_weight": "balanced"}, centre, False),
-    "centred+aug24": ({"augment_days": (-24, -12, 12, 24)}, centre, False),
-    "centred+em": ({}, centre, True),
-    "centred-no-bins": ({}, lambda F: centre(no_bins(F)), False),
-    "rf-blend": ({}, None, "blend"),
-    # level augmentation (domain randomisation of index levels; sizes: LEVEL below)
-    "level": (LEVEL, None, False),
-    "level+2": ({**LEVEL, "augment_level_copies": 2}, None, False),
-    "level-shared": ({**LEVEL, "_level_shared": True}, None, False),
-    "level-shared+2": ({**LEVEL, "_level_shared": True, "augment_level_copies": 2}, None,
-                       False),
-    "level-wide": (LEVEL_WIDE, None, False),
-    "level+balanced": ({**LEVEL, "class_weight": "balanced"}, None, False),
-    "level+aug24": ({**LEVEL, "augment_days": (-24, -12, 12, 24)}, None, False),
-    "level+blend": (LEVEL, None, "blend"),
+    "former-default": (FORMER, None, False),
+    "balanced": ({**FORMER, **BAL}, None, False),
+    "shallow": ({**FORMER, "num_leaves": 4, "min_child_samples": 20, "learning_rate": 0.05},
+                None, False),
+    "ff0.2": ({**FORMER, "feature_fraction": 0.2}, None, False),
+    "aug24": ({**FORMER, **AUG24}, None, False),
+    "em": (FORMER, None, True),
+    "shape+level": (FORMER, lambda F: shape(F, True), False),
+    "shape-only": (FORMER, lambda F: shape(F, False), False),
+    "centred": (FORMER, centre, False),
+    "standardised": (FORMER, standardise, False),
+    "centred+balanced": ({**FORMER, **BAL}, centre, False),
+    "centred+aug24": ({**FORMER, **AUG24}, centre, False),
+    "centred+em": (FORMER, centre, True),
+    "centred-no-bins": (FORMER, lambda F: centre(no_bins(F)), False),
+    "rf-blend": (FORMER, None, "blend"),
+    # level augmentation: one gain/offset per field for every index (= the default) ...
+    "level-shared": (LEVEL, None, False),
+    "level-shared+2": ({**LEVEL, "augment_level_copies": 2}, None, False),
+    # ... or independent draws per index (private switch)
+    "level": ({**LEVEL, "_level_per_index": True}, None, False),
+    "level+2": ({**LEVEL, "_level_per_index": True, "augment_level_copies": 2}, None, False),
+    "level-wide": ({**LEVEL_WIDE, "_level_per_index": True}, None, False),
+    "level-shared+centred": (LEVEL, centre, False),
 }
 
 
@@ -278,7 +283,7 @@ def main(argv=None) -> int:
         if a.no_cross:
             continue
         cells.append(f"{tot[0] / tot[2]:.3f} / {tot[1] / tot[2]:.3f}")
-        print(f"| {name} {kw or ''} | " + " | ".join(cells) + " |", flush=True)
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

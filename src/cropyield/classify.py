@@ -286,6 +286,13 @@ def _nanmedian_cols(X: np.ndarray) -> np.ndarray:
         return np.nanmedian(X, axis=0) if len(X) else np.full(X.shape[1], np.nan)
 
 
+#: default level augmentation (``CropClassifier(augment_gain=, augment_offset=)``): gains
+#: log-uniform within exp(±0.2), offsets within ±0.2 of each index's spread — the median
+#: between-region difference of same-class index levels of the WorldCereal parcels
+#: (docs/validation_crops.md, ``scripts/transfer_experiments.py --level-sizes``)
+LEVEL_GAIN = (math.exp(-0.2), math.exp(0.2))
+LEVEL_OFFSET = 0.2
+
 _LEVEL_STATS = ("min", "q10", "q50", "q90", "max", "mean", "h0")
 _SCALE_STATS = ("std",)
 _PHEN_LEVEL = ("peak",)
@@ -539,7 +546,7 @@ class CropClassifier:
     """
 
     FORMAT = "cropyield.CropClassifier"
-    VERSION = 3
+    VERSION = 4
     LEARNER = "lightgbm"
     #: fewest fields with features that ``align=True`` accepts (a region's median needs many)
     MIN_ALIGN_FIELDS = 20
@@ -552,8 +559,8 @@ class CropClassifier:
                  calibrate: bool = True, calibration_folds: int = 3, num_leaves: int = 15,
                  min_child_samples: int = 5, feature_fraction: float = 0.5,
                  class_weight: str | None = None, num_threads: int = 1,
-                 augment_gain: Sequence[float] = (1.0, 1.0), augment_offset: float = 0.0,
-                 augment_level_copies: int = 0):
+                 augment_gain: Sequence[float] = LEVEL_GAIN,
+                 augment_offset: float = LEVEL_OFFSET, augment_level_copies: int = 0):
         if isinstance(indices, str):
             indices = (indices,)
         if indices is not None and not len(indices):
@@ -594,7 +601,8 @@ class CropClassifier:
         self.augment_gain = gain
         self.augment_offset = float(augment_offset)
         self.augment_level_copies = int(augment_level_copies)
-        self._level_shared = False      # experiments: one gain/offset per row for all indices
+        # experiments (scripts/transfer_experiments.py): independent draws per index
+        self._level_per_index = False
         self.classes_: list[str] | None = None
         self.feature_names_: list[str] | None = None
         self.indices_: tuple[str, ...] | None = self.indices
@@ -677,12 +685,13 @@ class CropClassifier:
     def _level_draws(self, rng: np.random.Generator, n: int, spread: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Gains (log-uniform in ``augment_gain``) and offsets (uniform within
-        ± ``augment_offset`` × ``spread``) for ``n`` rows × indices."""
-        k = 1 if self._level_shared else len(spread)
+        ± ``augment_offset`` × ``spread``) for ``n`` rows × indices: one gain and one
+        offset (in units of each index's spread) per row, shared by the indices."""
+        k = len(spread) if self._level_per_index else 1
         lo, hi = np.log(self.augment_gain)
         g = np.exp(rng.uniform(lo, hi, size=(n, k)))
         o = rng.uniform(-1.0, 1.0, size=(n, k)) * self.augment_offset
-        if self._level_shared:
+        if k == 1:      # one gain and one offset (in spreads) per row for every index
             g, o = np.repeat(g, len(spread), 1), np.repeat(o, len(spread), 1)
         return g, o * spread[None, :]
 
@@ -691,10 +700,11 @@ class CropClassifier:
 
         With level augmentation (``augment_gain`` / ``augment_offset``) every copy — the
         time-shifted ones and ``augment_level_copies`` unshifted ones — has its index
-        values rescaled per field and index by a random gain and offset
-        (:func:`_rescale_levels`); the fields themselves stay as they are. Offsets are in
-        units of each index's spread: the median over the fields of its 90 % − 10 %
-        quantile range. Draws come from the classifier's seed, so fits are reproducible.
+        values rescaled by a random gain and offset per field (:func:`_rescale_levels`),
+        the same for every index: a greener or browner region moves its indices together.
+        The fields themselves stay as they are. Offsets are in units of each index's
+        spread: the median over the training fields of its 90 % − 10 % quantile range.
+        Draws come from the classifier's seed, so fits are reproducible.
         """
         X = [fsets[s].reindex(index=ids, columns=self.feature_names_).to_numpy(dtype=float)
              for s in fsets]
@@ -920,14 +930,21 @@ class CropClassifier:
                 "this file holds a version-1 CropClassifier (the former NumPy softmax "
                 "regression), which this cropyield no longer reads; refit on your labelled "
                 "parcels with CropClassifier().fit(series, labels) and save() again")
-        if d.get("version") not in (2, cls.VERSION) or d.get("learner") != cls.LEARNER:
+        if d.get("version") not in (2, 3, cls.VERSION) or d.get("learner") != cls.LEARNER:
             raise ModelError(f"unsupported {cls.FORMAT} version={d.get('version')!r} "
                              f"learner={d.get('learner')!r}; this cropyield reads versions "
-                             f"2 and {cls.VERSION} ({cls.LEARNER})")
+                             f"2 to {cls.VERSION} ({cls.LEARNER})")
         import lightgbm as lgb
 
         try:
-            m = cls(**d["config"])
+            # version 4 adds the level-augmentation settings to the config; a version 2/3
+            # file was fitted without level augmentation (its config lacks them)
+            cfg = dict(d["config"])
+            if d.get("version") in (2, 3):
+                cfg.setdefault("augment_gain", [1.0, 1.0])
+                cfg.setdefault("augment_offset", 0.0)
+                cfg.setdefault("augment_level_copies", 0)
+            m = cls(**cfg)
             m.indices_ = tuple(str(x) for x in d["indices"])
             m.classes_ = [str(c) for c in d["classes"]]
             m.feature_names_ = [str(c) for c in d["feature_names"]]
