@@ -23,7 +23,12 @@ anniversary that covers most of the field's series):
 
 Time-shift augmentation (``augment_days``) adds copies of every training field with the
 series shifted by a few days, so a model fitted on one year tolerates the earlier or later
-sowing of the next. The learner is LightGBM gradient boosting (Ke et al. 2017), chosen over
+sowing of the next. Level augmentation (``augment_gain``, ``augment_offset``) rescales
+the index values of those copies by a random gain and offset per field, the same for every
+index (domain randomisation of levels: another region, sensor or year is greener or browner,
+and absolute levels were measured to be what transfers worst across regions), so the learner
+cannot lean on absolute levels alone; the features themselves do not change. The learner is
+LightGBM gradient boosting (Ke et al. 2017), chosen over
 scikit-learn's HistGradientBoosting by measurement (docs/validation_crops.md) and because
 its model has a plain-text dump. Probabilities are calibrated by temperature scaling
 (Guo et al. 2017) fitted on out-of-fold scores of the training fields.
@@ -37,7 +42,7 @@ Decaestecker 2002, Neural Computation 14:21-41). Measured on real parcels in
 docs/validation_crops.md; both are off by default because a prediction then depends on the
 other fields passed.
 
-Model files are JSON (format version 3; version-2 files still load): an envelope with the
+Model files are JSON (format version 4; versions 2 and 3 still load): an envelope with the
 feature specification, the classes, the calibration, the training class priors and feature
 medians, the library versions and LightGBM's own text model. Nothing is unpickled or
 evaluated on load; LightGBM parses its text model.
@@ -520,6 +525,20 @@ class CropClassifier:
         Annual harmonics per index (see :func:`series_features`).
     augment_days : sequence of int
         Time shifts (days) of the extra training copies; ``()`` for none.
+    augment_gain : (float, float)
+        Level augmentation: the index values of every extra training copy (time-shifted
+        or ``augment_level_copies``) are rescaled as ``g · v + o`` per field, the same for
+        every index, with ``g`` log-uniform within this range. Default exp(±0.2) =
+        (0.82, 1.22); ``(1, 1)`` with ``augment_offset=0`` turns level augmentation off.
+    augment_offset : float
+        Half-width of the uniform offset ``o``, in units of each index's spread (median
+        over the training fields of its 90 % − 10 % quantile range; NDVI of arable
+        parcels ≈ 0.3, so 0.2 ≈ ±0.06 NDVI). Default 0.2. Both defaults are the median
+        between-region difference of same-class index levels of the WorldCereal parcels
+        (docs/validation_crops.md).
+    augment_level_copies : int
+        Extra unshifted training copies with random levels (default 0: the time-shifted
+        copies carry the level augmentation).
     calibrate : bool
         Fit a temperature on out-of-fold scores (``calibration_folds`` folds).
     num_leaves, min_child_samples, feature_fraction : LightGBM tree settings.
