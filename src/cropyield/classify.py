@@ -1063,6 +1063,7 @@ class CropClassifier:
                 continue
             m = CropClassifier(**self._config())
             m.indices_ = self.indices_
+            m._level_per_index = self._level_per_index
             m._fit_sets(fsets, common[tr], y[tr].to_numpy(), g[tr])
             P = m._proba_matrix(fsets[0].loc[common[te]])
             pred = np.asarray(m.classes_, dtype=object)[P.argmax(axis=1)]
