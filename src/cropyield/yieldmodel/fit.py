@@ -16,7 +16,8 @@ from .intervals import conformal_quantiles, quality_scale, remove_cut_error
 from .lue import LUEModel
 from .learners import fit_learner, predict_yield, select_model
 from .skill import _group_folds, _metrics
-from .weather import MODEL_WINDOWS, column_sets, weather_columns, weather_feature_names
+from .weather import (MODEL_STATS, MODEL_WINDOWS, column_sets, weather_columns,
+                      weather_feature_names)
 from .windows import INDICES, window_feature_names
 
 __all__ = ["fit_yield_model"]
@@ -248,7 +249,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     else:
         names = list(features) if features else default_feature_names(m)
         if weather is not None and not features:
-            names += weather_feature_names(MODEL_WINDOWS)
+            names += weather_feature_names(MODEL_WINDOWS, MODEL_STATS)
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
         if weather is not None:
