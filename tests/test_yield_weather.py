@@ -129,7 +129,7 @@ def test_fit_with_weather_roundtrip_and_missing_weather(wheat, tmp_path):
     assert m.weather_features == wxn and m.weather == {"fill_days": 35, "hot_c": 30.0}
     path = tmp_path / "m.json"
     d = json.loads(m.to_json(path))
-    assert d["schema_version"] == 4 and d["params"]["weather"]["fill_days"] == 35
+    assert d["schema_version"] == 5 and d["params"]["weather"]["fill_days"] == 35
     assert set(wxn) <= set(d["params"]["feature_names"])
     m2 = YieldModel.from_json(path)
     p1 = m.predict(ser, seasons, weather=s.weather)

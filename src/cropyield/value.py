@@ -293,11 +293,17 @@ def _count(*values: Any) -> Any:
     return pd.NA
 
 
-def _wx_kw(model, weather) -> dict:
-    """``weather=`` for models that take it (empirical / simulation), nothing for others."""
+def _wx_kw(model, weather, pool_by=None) -> dict:
+    """``weather=`` for models that take it (empirical / simulation), nothing for others;
+    ``pool_by=`` for models with pooled group features."""
     from .yieldmodel import EmpiricalModel
 
-    return {"weather": weather} if isinstance(model, EmpiricalModel) else {}
+    if not isinstance(model, EmpiricalModel):
+        return {}
+    kw = {"weather": weather}
+    if getattr(model, "pooled_features", None):
+        kw["pool_by"] = pool_by
+    return kw
 
 
 def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[str, YieldModel]
@@ -306,7 +312,8 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
                    as_of=None, index: str = "ndvi", radiation=None, registry=None,
                    min_area_ha: float = 0.1, min_pixels: float = 10.0,
                    area_tolerance: float = 0.15, min_crop_prob: float = 0.6,
-                   id_col: str = "field_id", weather: pd.DataFrame | None = None) -> pd.DataFrame:
+                   id_col: str = "field_id", weather: pd.DataFrame | None = None,
+                   pool_by=None) -> pd.DataFrame:
     """Yield, production and output value per (field, season).
 
     Parameters
@@ -357,6 +364,11 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         weather covariates (``fit_yield_model(..., weather=)``); such a model without it
         raises :class:`~cropyield.errors.ModelError` saying so, and seasons whose weather
         is missing get NaN and ``NO_WEATHER``. Ignored by models without weather.
+    pool_by : mapping, Series or str, optional
+        For yield models fitted with ``pool_by=`` (pooled group features,
+        :mod:`cropyield.yieldmodel.pooled`): a group label (county and season) per field id,
+        or the name of a ``fields`` column. Each field's estimate then depends on the imagery
+        of the other fields of its group. Ignored by models without pooled features.
 
     Returns
     -------
@@ -484,18 +496,24 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         seasons_in["n_obs"] = phen["n_obs"]
     if "complete" in phen.columns:
         seasons_in["complete"] = phen["complete"]
+    if isinstance(pool_by, str):
+        if pool_by not in fields.columns:
+            from .errors import ModelError
+
+            raise ModelError(f"pool_by={pool_by!r} is not a column of fields")
+        pool_by = dict(zip(fields["field_id"].to_numpy(), fields[pool_by].to_numpy()))
     models = dict(model) if isinstance(model, Mapping) else None
     pred_parts = []
     if models is None:
         assert not isinstance(model, Mapping)
-        pred_parts.append(model.predict(series, seasons_in, **_wx_kw(model, weather)))
+        pred_parts.append(model.predict(series, seasons_in, **_wx_kw(model, weather, pool_by)))
     else:
         for c, g in seasons_in.groupby(seasons_in["crop"].fillna("<none>"), sort=False):
             m = models.get(c)
             if m is None:
                 continue
             pred_parts.append(m.predict(series, g.reset_index(drop=True),
-                                        **_wx_kw(m, weather)))
+                                        **_wx_kw(m, weather, pool_by)))
     pred = pd.concat(pred_parts, ignore_index=True) if pred_parts else pd.DataFrame(
         columns=["field_id", "season"])
     pred = pred.drop(columns=[c for c in ("crop", "sos", "pos", "eos") if c in pred.columns])

@@ -52,7 +52,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                     level_prior_sd: float | None = None,
                     n_simulated: int = 400,
                     cut_error_sd: float | None = None, weather: pd.DataFrame | None = None,
-                    weather_options: Mapping[str, Any] | None = None) -> YieldModel:
+                    weather_options: Mapping[str, Any] | None = None,
+                    pool_by=None) -> YieldModel:
     """Fit a yield model for ``crop`` to observed yields and cross-validate it.
 
     Parameters
@@ -142,6 +143,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     weather_options : mapping, optional
         ``fill_days`` (grain-fill window after the peak, days, default 35) and ``hot_c``
         (hot-day threshold, degC, default 30) of the weather covariates.
+    pool_by : mapping, Series or str, optional
+        Opt-in, ``method="empirical"`` only: a group label per ``field_id`` (mapping or
+        Series) or a ``seasons`` column naming the fields that share a county and season.
+        Adds the group means of the post-peak integrals of every index
+        (:mod:`cropyield.yieldmodel.pooled`: over every season of ``crop`` in ``series``
+        with that label, cut or not) as an extra candidate feature set. A model that chose
+        them (``learner["column_set"]`` contains ``+pooled``) needs ``pool_by=`` to predict,
+        and **one field's estimate then depends on the imagery of the other fields of its
+        group** (at least 5 seasons; fewer: NaN, flag ``FEW_POOLED``). Default: none.
 
     Returns
     -------
@@ -171,6 +181,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     """
     if method not in ("lue", "empirical", "simulation"):
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
+    if pool_by is not None and method != "empirical":
+        raise ModelError("pool_by= applies to method='empirical' only")
     if weather is not None and method == "lue":
         raise ModelError("weather= applies to method='empirical' or 'simulation'; the LUE "
                          "model takes measured radiation through radiation=")
@@ -206,6 +218,17 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     feats = feats.merge(seasons[[c for c in seasons.columns if c in ("field_id", "season",
                                                                       "area_ha")]],
                         on=["field_id", "season"], how="left")
+    pool = None
+    if pool_by is not None:
+        from .pooled import add_pooled_features, pool_labels, pool_options
+
+        tab = feats if not isinstance(pool_by, str) or pool_by in feats.columns else \
+            feats[["field_id", "season"]].merge(
+                seasons[[c for c in ("field_id", "season", pool_by) if c in seasons.columns]],
+                on=["field_id", "season"], how="left")
+        pidx = list(indices) if indices else (_indices_of(default_feature_names(feats)) or [])
+        pool = pool_options(pidx)
+        feats = add_pooled_features(feats, pool_labels(pool_by, tab), indices=pidx, crop=crop)
     rg_key = region
     model: YieldModel
     # ---- aggregate statistics
@@ -248,6 +271,10 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         usable = np.isfinite(raw) & (raw > 0)
     else:
         names = list(features) if features else default_feature_names(m)
+        if pool is not None and not features:
+            from .pooled import pooled_feature_names
+
+            names += pooled_feature_names(pool["indices"])
         if weather is not None and not features:
             names += weather_feature_names(MODEL_WINDOWS, MODEL_STATS)
         X = _design(m, names)
@@ -260,6 +287,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
             if n_wx:
                 logger.warning("%d observed %s seasons have no weather covariates "
                                "(NO_WEATHER); not used", n_wx, crop)
+        if pool is not None:
+            from .pooled import is_pooled_feature
+
+            pl = np.array([is_pooled_feature(n) for n in names], bool)
+            n_pl = int((~np.isfinite(X[:, pl]).all(axis=1)).sum()) if pl.any() else 0
+            if n_pl:
+                logger.warning("%d observed %s seasons have no pooled features (fewer than "
+                               "%d seasons in their pool_by group: FEW_POOLED); not used",
+                               n_pl, crop, pool["min_seasons"])
     m, y, raw, s = m[usable].reset_index(drop=True), y[usable], raw[usable], s[usable]
     if len(m) < 5:
         raise ModelError(f"only {len(m)} usable observed {crop} seasons; need at least 5 to fit "
@@ -305,7 +341,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
                                 overrides=lue.overrides, indices=_indices_of(names),
-                                weather=dict(weather_options or {}) or None)
+                                weather=dict(weather_options or {}) or None, pool=pool)
     model.cv_ = cv
     logger.info("fitted %s yield model for %s: %s", method, crop,
                 {k: cv[k] for k in ("n", "r2", "rmse_t_ha", "coverage_p10_p90")})

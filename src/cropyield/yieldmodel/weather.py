@@ -193,24 +193,38 @@ def weather_columns(names: Sequence[str]) -> list[int]:
 
 
 def column_sets(names: Sequence[str]) -> dict[str, list[int]]:
-    """Feature subsets for the learner choice with weather as an extra candidate.
+    """Feature subsets for the learner choice with weather (and pooled features) as extra
+    candidates.
 
-    The sets of :func:`cropyield.yieldmodel.windows.feature_column_sets` over the non-weather
-    features (``"full"`` first: the reference) and, when ``names`` has weather features,
-    each of them plus every weather feature (``"full+weather"``, ``"compact+weather"``). The
-    grouped-CV choice (:func:`cropyield.yieldmodel.learners.select_model`) keeps the
-    reference unless another set is better by more than one standard error, so weather is
-    used only where it pays on held-out groups.
+    The sets of :func:`cropyield.yieldmodel.windows.feature_column_sets` over the season
+    features of the field itself (``"full"`` first: the reference) and, when ``names`` has
+    weather features, each of them plus every weather feature (``"full+weather"``,
+    ``"compact+weather"``); when it has pooled group features
+    (:mod:`cropyield.yieldmodel.pooled`), instead each of them plus the pooled and the
+    weather features together (``"full+pooled+weather"``, ``"compact+pooled+weather"``;
+    ``"+pooled"`` without weather): both carry the same year-level signal, and fewer
+    candidates make the one-SE choice steadier with ~16 training years (offering the
+    weather-only sets too let one of five winter-wheat folds fall back to them: held-out
+    R² 0.45 instead of 0.49, docs/validation_yield.md section 9). The grouped-CV choice (:func:`cropyield.yieldmodel.learners.select_model`)
+    keeps the reference unless another set is better by more than one standard error, so
+    the extras are used only where they pay on held-out groups.
     """
+    from .pooled import is_pooled_feature
     from .windows import feature_column_sets
 
-    obs = [j for j, n in enumerate(names) if not is_weather_feature(n)]
     wx = weather_columns(names)
-    sets = {k: [obs[i] for i in v]
+    pl = [j for j, n in enumerate(names) if is_pooled_feature(n)]
+    obs = [j for j, n in enumerate(names) if not is_weather_feature(n)
+           and not is_pooled_feature(n)]
+    base = {k: [obs[i] for i in v]
             for k, v in feature_column_sets([names[j] for j in obs]).items()} if obs else {}
-    if wx:
-        for k in list(sets):
-            sets[f"{k}+weather"] = sets[k] + wx
-        if not sets:
-            sets["weather"] = wx
+    sets = dict(base)
+    if wx and not pl:
+        for k in base:
+            sets[f"{k}+weather"] = base[k] + wx
+    if pl:
+        for k in base:
+            sets[f"{k}+pooled" + ("+weather" if wx else "")] = base[k] + pl + wx
+    if not sets and (wx or pl):
+        sets["weather" if not pl else "pooled"] = pl + wx
     return sets
