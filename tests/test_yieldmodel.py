@@ -270,7 +270,7 @@ def test_json_roundtrip_no_pickle(tmp_path):
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
-        assert d["schema_version"] == SCHEMA_VERSION == 4 and d["kind"] == method
+        assert d["schema_version"] == SCHEMA_VERSION == 5 and d["kind"] == method
         assert "pickle" not in text.lower() and isinstance(d["params"], dict)
         m2 = YieldModel.from_json(path)
         assert type(m2) is type(m) and m2.model_version == m.model_version
