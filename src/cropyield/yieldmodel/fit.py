@@ -132,8 +132,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         Daily weather per field (``field_id, time, tmin_c, tmax_c`` degC,
         ``radiation_mj_m2`` MJ m-2 d-1, ``rain_mm`` mm/d) of the fields in ``series``: adds
         the grain-fill weather covariates of
-        :func:`cropyield.yieldmodel.weather.weather_features` (means over POS to POS + 35 d;
-        ``features=`` can name others) as an extra candidate feature set of the
+        :func:`cropyield.yieldmodel.weather.weather_features` (mean rain and Tmax over POS
+        to POS + 35 d, :data:`~cropyield.yieldmodel.weather.MODEL_STATS`; ``features=`` can
+        name others) as an extra candidate feature set of the
         grouped-CV choice - used only when better on held-out groups (``model.learner
         ["column_set"]`` ends with ``+weather`` then, and the model needs ``weather=`` to
         predict). ``method="empirical"`` and ``"simulation"`` (with ``simulated`` a
