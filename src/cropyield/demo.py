@@ -487,7 +487,7 @@ def run_demo(
                                    "area_ha": fields.geometry.area.to_numpy() / 10_000.0})
         county_means = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
                         for c, g in ts.groupby("crop") if g["area_ha"].sum() > 0}
-        for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS)):
+        for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS) | set(county_means)):
             g = cuts[cuts["crop"] == crop]
             obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[
                 ["field_id", "season", "yield_t_ha"]]
@@ -514,10 +514,21 @@ def run_demo(
                     continue
                 except ModelError as exc:
                     logger.warning("simulation model for %s failed (%s); LUE instead", crop, exc)
-            if len(g) < 5:
+            # the other crops: the LUE model (value-only crops: benchmark x vigour), its
+            # level set by the county statistic and shrunk towards the crop cuts (any
+            # number); without a county figure, by >= 5 crop cuts alone
+            county = county_means.get(crop)
+            if county is None and len(g) < 5:
                 continue
-            models[crop] = fit_yield_model(result.series, obs, crop=crop, method="lue",
-                                           seasons=result.phenology, groups=None)
+            cs = result.phenology.merge(
+                result.crops.loc[result.crops["crop"] == crop, ["field_id", "season", "crop"]],
+                on=["field_id", "season"]).merge(world_area, on="field_id", how="left")
+            try:
+                models[crop] = fit_yield_model(
+                    result.series, obs, crop=crop, method="lue", seasons=cs, groups=None,
+                    county_mean_t_ha=county, cut_error_sd=CROP_CUT_SIGMA if county else None)
+            except ModelError as exc:
+                logger.warning("LUE model for %s not fitted (%s); registry default", crop, exc)
         if models:
             say(f"calibrated yield model on {len(cuts)} crop cuts for {sorted(models)}")
             # crops with too few cuts keep the default (uncalibrated, NBS-anchored) model:

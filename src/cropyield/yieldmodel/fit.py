@@ -109,13 +109,19 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         :func:`cropyield.yieldmodel.simulation.train_on_simulations` (trained once, levelled
         here).
     county_mean_t_ha : float, optional
-        ``method="simulation"``: official mean yield (t/ha, the crop's reporting basis) of
-        the fields in ``series``/``seasons`` (area-weighted with an ``area_ha`` column),
-        e.g. the county statistic of that year.
+        ``method="simulation"`` or ``"lue"``: official mean yield (t/ha, the crop's
+        reporting basis) of the fields in ``series``/``seasons`` (area-weighted with an
+        ``area_ha`` column), e.g. the county statistic of that year. With ``"lue"`` it sets
+        the calibration factor (for ``value_only`` crops: the level of the benchmark yield),
+        shrunk towards the crop cuts in ``observed`` as the simulation model's level is
+        (any number of cuts, none included; the cuts of a ``value_only`` crop also update
+        its vigour elasticity from the registry's prior, so that a vigour ratio the cuts do
+        not support is damped rather than trusted).
     level_prior_sd : float, optional
-        ``method="simulation"``: prior standard deviation of the log level before crop cuts
-        (default 0.05 with ``county_mean_t_ha`` - the error of a county statistic - else 0.3,
-        the spread of crop-model level errors); crop cuts shrink towards the prior.
+        ``method="simulation"`` or ``"lue"`` with ``county_mean_t_ha``: prior standard
+        deviation of the log level before crop cuts (default 0.05 with
+        ``county_mean_t_ha`` - the error of a county statistic - else 0.3, the spread of
+        crop-model level errors); crop cuts shrink towards the prior.
     n_simulated : int
         Seasons to simulate when ``simulated`` is not given.
     cut_error_sd : float, optional
@@ -207,6 +213,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                         on=["field_id", "season"], how="left")
     rg_key = region
     model: YieldModel
+    if method == "lue":
+        # raw LUE yield, or benchmark x vigour ratio ** elasticity for value-only crops
+        # (vigour ratios against every given season of the crop, not the cuts alone)
+        feats = feats.assign(_base=lue._base_yield(feats))
+        if county_mean_t_ha is not None:
+            return _fit_lue_levelled(lue, feats, observed, crop=crop, region=region,
+                                     county_mean_t_ha=county_mean_t_ha,
+                                     level_prior_sd=level_prior_sd, groups=groups,
+                                     n_splits=n_splits, seed=seed, cut_error_sd=cut_error_sd)
     # ---- aggregate statistics
     if isinstance(observed, Mapping) or (isinstance(observed, pd.DataFrame)
                                          and "mean_yield_t_ha" in observed.columns):
@@ -215,13 +230,14 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                              "method='lue' or give field yields (field_id, yield_t_ha)")
         recs = [dict(observed)] if isinstance(observed, Mapping) else observed.to_dict("records")
         model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                         region=region, calibration=lue.calibration, residuals=lue.residuals)
+                         region=region, calibration=lue.calibration, residuals=lue.residuals,
+                         vigour=lue.vigour)
         for rec in recs:
             rg = rec.get("region", region)
             f = feats[(feats["crop"] == crop)]
             if "region" in f.columns and (f["region"] == rg).any():
                 f = f[f["region"] == rg]
-            raw = lue.raw_yield(f)
+            raw = f["_base"].to_numpy(float)
             w = f["area_ha"].to_numpy(float) if "area_ha" in f.columns else np.ones(len(f))
             w = np.where(np.isfinite(w), w, 0.0)
             ok = np.isfinite(raw) & (w > 0)
@@ -241,7 +257,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     obs = obs.assign(_group=_groups_column(obs, groups))
     m = _join_observed(feats, obs, crop)
     y = m["yield_t_ha"].to_numpy(float)
-    raw = lue.raw_yield(m)
+    raw = m["_base"].to_numpy(float) if "_base" in m.columns else np.full(len(m), np.nan)
     s = quality_scale(m["n_obs"].to_numpy(float), m["max_gap_days"].to_numpy(float))
     if method == "lue":
         usable = np.isfinite(raw) & (raw > 0)
@@ -299,7 +315,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         res = dict(lue.residuals)
         res[crop] = q
         model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                         region=region, calibration=cal, residuals=res)
+                         region=region, calibration=cal, residuals=res, vigour=lue.vigour)
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
@@ -394,3 +410,141 @@ def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups, cut_error_sd=N
           "method": method, **_metrics(y, oof),
           "coverage_p10_p90": float(np.mean(np.concatenate(cover))) if cover else None}
     return q, cv
+
+
+def _elasticity_posterior(r: np.ndarray, x: np.ndarray, *, prior: float, prior_sd: float,
+                          sigma2: float) -> tuple[float, float]:
+    """Normal-normal update of the vigour elasticity ``β`` in ``r = δ + β x + e``
+    (``r``: log of cut yield / benchmark, ``x``: log vigour ratio, ``e ~ N(0, sigma2)``),
+    both centred so that the level ``δ`` drops out. Returns ``(posterior mean, sd)``; the
+    prior when ``x`` does not vary."""
+    if len(r) < 3:
+        return float(prior), float(prior_sd)
+    xc, rc = x - np.mean(x), r - np.mean(r)
+    sxx = float(np.sum(xc ** 2))
+    if sxx <= 0:
+        return float(prior), float(prior_sd)
+    prec = 1.0 / prior_sd ** 2 + sxx / sigma2
+    beta = (prior / prior_sd ** 2 + float(np.sum(xc * rc)) / sigma2) / prec
+    return float(beta), float(1.0 / np.sqrt(prec))
+
+
+def _fit_lue_levelled(lue: LUEModel, feats: pd.DataFrame, observed, *, crop: str, region: str,
+                      county_mean_t_ha: float, level_prior_sd: float | None, groups,
+                      n_splits: int, seed: int, cut_error_sd: float | None) -> LUEModel:
+    """``method="lue"`` with a county statistic: the level (calibration factor) is the
+    county mean over the area-weighted mean base yield of the given seasons, shrunk towards
+    the crop cuts (any number, none included) as the simulation model's level is
+    (:func:`cropyield.yieldmodel.simulation.level_shift`, prior sd ``level_prior_sd``,
+    default 0.05 - the error of a county statistic). For ``value_only`` crops the cuts first
+    update the vigour elasticity from the registry's prior (:func:`_elasticity_posterior`):
+    with few cuts, or cuts whose vigour ratios hardly differ, it stays at the prior.
+    Intervals: cross-conformal on the cuts (>= 5, folds of ``groups``), else the crop's prior
+    sigma widened by the level's posterior sd."""
+    import math
+
+    from .intervals import _Z90, _prior_quantiles
+    from .simulation import level_shift
+
+    if not (county_mean_t_ha is not None and np.isfinite(county_mean_t_ha)
+            and county_mean_t_ha > 0):
+        raise ModelError(f"county_mean_t_ha must be a positive number (t/ha), got "
+                         f"{county_mean_t_ha!r}")
+    f = feats[feats["crop"] == crop].reset_index(drop=True)
+    yp = lue.yield_params(crop)
+    if yp is None:
+        raise ModelError(f"crop {crop!r} has no yield parameters in the registry")
+    value_only = yp.yield_basis == "value_only"
+    f = f.assign(_vr=lue.vigour_ratios(f))
+    bench = np.full(len(f), np.nan)
+    if value_only:
+        bt = dict(yp.benchmark_t_ha)
+        rg = f["region"] if "region" in f.columns else pd.Series([region] * len(f))
+        bench = np.array([float(bt.get(r_, bt.get("default", np.nan))) for r_ in rg])
+    f = f.assign(_bench=bench)
+    # crop cuts (optional)
+    if observed is not None and len(observed):
+        obs = pd.DataFrame(observed)
+        obs = obs.assign(_group=_groups_column(obs, groups))
+        m = _join_observed(f, obs, crop)
+        m = m[np.isfinite(m["_base"].to_numpy(float))].reset_index(drop=True)
+    else:
+        m = f.iloc[:0].assign(yield_t_ha=np.zeros(0), _group=np.zeros(0))
+    y = m["yield_t_ha"].to_numpy(float)
+    sigma2 = float(yp.prior_sigma) ** 2
+    vigour = {c: dict(v) for c, v in lue.vigour.items()}
+    if value_only:
+        ve = lue.vigour_elasticity(crop)
+        r0 = np.log(y / m["_bench"].to_numpy(float))
+        if len(y) >= 3:
+            sigma2 = max(sigma2, float(np.var(r0, ddof=1)))
+        beta, beta_sd = _elasticity_posterior(
+            r0, np.log(m["_vr"].to_numpy(float)), prior=float(ve["elasticity"]),
+            prior_sd=float(ve["sd"]), sigma2=sigma2)
+        vigour[crop] = {"elasticity": beta, "sd": beta_sd, "n_cuts": int(len(y)),
+                        "prior": float(ve["elasticity"]), "prior_sd": float(ve["sd"]),
+                        "source": (f"registry prior {float(ve['elasticity']):g} ± "
+                                   f"{float(ve['sd']):g} updated by {len(y)} crop cuts"
+                                   if len(y) >= 3 else "crop registry prior (< 3 crop cuts)")}
+        f = f.assign(_base=f["_bench"] * f["_vr"] ** beta)
+        m = m.assign(_base=m["_bench"] * m["_vr"] ** beta)
+    base = f["_base"].to_numpy(float)
+    w = f["area_ha"].to_numpy(float) if "area_ha" in f.columns else np.ones(len(f))
+    ok = np.isfinite(base) & (base > 0) & np.isfinite(w) & (w > 0)
+    if not ok.any():
+        raise ModelError(f"no usable {crop} season among the given seasons to compare with "
+                         "county_mean_t_ha; check seasons= (with an area_ha column) and the "
+                         "series")
+    prior_mean = math.log(float(county_mean_t_ha) / float(np.sum(base[ok] * w[ok])
+                                                          / np.sum(w[ok])))
+    tau = float(level_prior_sd) if level_prior_sd is not None else 0.05
+    yb = m["_base"].to_numpy(float)
+    r = np.log(y / yb)
+    if len(r) >= 3:
+        sigma2 = max(sigma2, float(np.var(r, ddof=1)))
+
+    def level(sel):
+        if not sel.any():
+            return level_shift(np.zeros(0), prior_mean=prior_mean, prior_sd=tau,
+                               sigma2=sigma2)
+        return level_shift(r[sel], prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2,
+                           cuts_level=math.log(float(np.sum(y[sel]) / np.sum(yb[sel]))))
+
+    shift, post_sd, weight = level(np.ones(len(r), bool))
+    n = int(len(r))
+    cv = None
+    if n >= 5:
+        s = quality_scale(m["n_obs"].to_numpy(float), m["max_gap_days"].to_numpy(float))
+        g = m["_group"].to_numpy()
+        folds = _group_folds(g, n_splits, seed)
+        oof = np.full(n, np.nan)
+        for te in folds:
+            tr = np.ones(n, bool)
+            tr[te] = False
+            oof[te] = yb[te] * math.exp(level(tr)[0])
+        q, cv = _cross_conformal(y, oof, s, folds, seed=seed, method="lue",
+                                 n_groups=int(len(pd.unique(g))), cut_error_sd=cut_error_sd)
+    else:
+        q = _prior_quantiles(float(yp.prior_sigma))
+        d = _Z90 * post_sd
+        q["q10"] = -math.hypot(q["q10"], d)
+        q["q90"] = math.hypot(q["q90"], d)
+        q["method"] = (f"prior: lognormal sigma={float(yp.prior_sigma):g} widened by the "
+                       f"level's posterior sd {post_sd:.3f} ({n} crop cuts)")
+    kind = "fitted_county" + ("+cuts" if n else "")
+    cal = {c: dict(v) for c, v in lue.calibration.items()}
+    cal.setdefault(crop, {})[region] = {
+        "factor": math.exp(shift), "kind": kind, "n": n,
+        "county_mean_t_ha": float(county_mean_t_ha), "prior_sd": tau,
+        "posterior_sd": post_sd, "weight": weight,
+        "source": f"fitted: county mean {float(county_mean_t_ha):g} t/ha over "
+                  f"{int(ok.sum())} seasons area-weighted"
+                  + (f", shrunk towards {n} crop cuts (weight {weight:.2f})" if n else "")}
+    res = dict(lue.residuals)
+    res[crop] = q
+    model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar, region=region,
+                     calibration=cal, residuals=res, vigour=vigour)
+    model.cv_ = cv
+    logger.info("levelled %s yield model for %s: x%.3f (%s)", "value-only" if value_only
+                else "LUE", crop, math.exp(shift), cal[crop][region]["source"])
+    return model
