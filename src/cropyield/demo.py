@@ -484,7 +484,8 @@ def run_demo(
         # area-weighted mean yield of every field of the crop in the (synthetic) county
         ts = world.seasons
         world_area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
-                                   "area_ha": fields.geometry.area.to_numpy() / 10_000.0})
+                                   "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
+                                   "perimeter_m": fields.geometry.length.to_numpy()})
         county_means = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
                         for c, g in ts.groupby("crop") if g["area_ha"].sum() > 0}
         for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS) | set(county_means)):

@@ -9,8 +9,9 @@ import pandas as pd
 
 from .._log import logger
 from ..errors import ModelError
-from .base import YieldModel
-from .empirical import SEASON_FEATURES, EmpiricalModel, _design, _uses_windows, model_features
+from .base import YieldModel, _jsonable
+from .empirical import (EDGE_FEATURE, SEASON_FEATURES, EmpiricalModel, _design,
+                        _uses_windows, model_features)
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale, remove_cut_error
 from .lue import LUEModel
@@ -51,7 +52,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                     level_prior_sd: float | None = None,
                     n_simulated: int = 400,
                     cut_error_sd: float | None = None, weather: pd.DataFrame | None = None,
-                    weather_options: Mapping[str, Any] | None = None) -> YieldModel:
+                    weather_options: Mapping[str, Any] | None = None,
+                    n_bags: int = 1) -> YieldModel:
     """Fit a yield model for ``crop`` to observed yields and cross-validate it.
 
     Parameters
@@ -147,6 +149,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     weather_options : mapping, optional
         ``fill_days`` (grain-fill window after the peak, days, default 35) and ``hot_c``
         (hot-day threshold, degC, default 30) of the weather covariates.
+    n_bags : int
+        ``method="empirical"`` or ``"simulation"`` (trained here or by
+        :func:`~cropyield.yieldmodel.simulation.train_on_simulations`): > 1 bags the
+        grouped-CV choice of feature set and learner over that many bootstrap resamples of
+        whole groups and averages the members (one linear model, same JSON form; ``learner
+        ["name"]`` ``"bagging"``), in the final fit and in every cross-validation fold, so
+        ``cv_`` scores the bagged model (cost: ``n_bags`` times the choice). It steadies a
+        choice that jumps between training draws (the demo's crop-model-trained cores).
+        Default 1: no bagging (the behaviour before this keyword).
 
     Returns
     -------
@@ -197,7 +208,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                               alpha=alpha, features=features, overrides=overrides,
                               climatology=climatology, indices=indices,
                               n_simulated=n_simulated, cut_error_sd=cut_error_sd,
-                              weather=weather, weather_options=weather_options)
+                              weather=weather, weather_options=weather_options,
+                              n_bags=n_bags)
     lue = base_model or LUEModel(overrides=overrides, index=index, region=region)
     if method == "empirical":
         feats = model_features(series, seasons, index=index, indices=indices,
@@ -294,7 +306,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         if method == "lue":
             fac = float(np.exp(np.mean(np.log(y[tr] / raw[tr]))))
             return raw[te] * fac, fac
-        fit = _fit_select(X[tr], y[tr], names, g[tr], alpha=alpha, n_splits=n_splits)
+        fit = _fit_select(X[tr], y[tr], names, g[tr], alpha=alpha, n_splits=n_splits,
+                          n_bags=n_bags, seed=seed)
         return predict_yield(fit, X[te])[0], fit
 
     for te in folds:
@@ -320,8 +333,11 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
                                 overrides=lue.overrides, indices=_indices_of(names),
-                                weather=dict(weather_options or {}) or None)
+                                weather=dict(weather_options or {}) or None,
+                                n_bags=n_bags, seed=seed)
     model.cv_ = cv
+    if method == "empirical" and n_bags and int(n_bags) > 1:
+        model.cv_["n_bags"] = int(n_bags)
     logger.info("fitted %s yield model for %s: %s", method, crop,
                 {k: cv[k] for k in ("n", "r2", "rmse_t_ha", "coverage_p10_p90")})
     return model
@@ -344,6 +360,8 @@ def default_feature_names(feats: pd.DataFrame) -> list[str]:
     """Default empirical features present (finite somewhere) in a feature table."""
     idx = [c[:-4] for c in feats.columns if c.endswith("_max") and c[:-4] in INDICES]
     names = list(SEASON_FEATURES) + window_feature_names(idx)
+    if EDGE_FEATURE in feats.columns:
+        names.append(EDGE_FEATURE)
     X = _design(feats, names)
     return [n for j, n in enumerate(names) if np.isfinite(X[:, j]).any()]
 
@@ -353,25 +371,94 @@ def _indices_of(names: Sequence[str]) -> list[str] | None:
     return idx or None
 
 
-def _fit_select(X, y, names, groups, *, alpha, n_splits):
+def _fit_select(X, y, names, groups, *, alpha, n_splits, n_bags=1, seed=0):
     """A fixed ``alpha``: ridge on log yield and every column (the schema-1 behaviour);
     ``alpha=None``: feature set, target and learner chosen by grouped CV
-    (:func:`~cropyield.yieldmodel.learners.select_model`)."""
+    (:func:`~cropyield.yieldmodel.learners.select_model`); ``n_bags > 1``: that choice
+    bagged over bootstrap resamples of the groups (:func:`_bagged`)."""
     if alpha is not None:
         fit = fit_learner(X, np.log(y), "ridge", {"alpha": float(alpha)})
         fit.update(columns=list(range(X.shape[1])), column_set="full", target="log",
                    floor=0.0)
         return fit
-    return select_model(X, y, groups, n_splits=n_splits, column_sets=column_sets(names))
+    fit = select_model(X, y, groups, n_splits=n_splits, column_sets=_column_sets(names))
+    if n_bags and int(n_bags) > 1:
+        fit = _bagged(X, y, names, groups, fit, n_splits=n_splits, n_bags=int(n_bags),
+                      seed=seed)
+    return fit
+
+
+def _column_sets(names):
+    """:func:`~cropyield.yieldmodel.weather.column_sets` with the field covariate
+    (:data:`~cropyield.yieldmodel.empirical.EDGE_FEATURE`, a property of the field, not of
+    an index) in every set."""
+    if EDGE_FEATURE not in names:
+        return column_sets(names)
+    j = list(names).index(EDGE_FEATURE)
+    rest = [n for n in names if n != EDGE_FEATURE]
+    back = [k for k in range(len(names)) if k != j]
+    return {k: [back[i] for i in v] + [j] for k, v in column_sets(rest).items()}
+
+
+def _bagged(X, y, names, groups, full, *, n_splits, n_bags, seed):
+    """Bootstrap aggregation of the grouped-CV model choice (Breiman 1996, Machine Learning
+    24:123): ``n_bags`` resamples of whole groups (weather years) with replacement, each
+    running the full choice of feature set and learner on the target ``full`` chose (its
+    copies of a group stay in one fold), averaged. Every member is linear in the features on
+    that target (log yield or yield), so their average is one linear model: coefficients
+    averaged on the raw feature scale over the union of the members' columns (a column a
+    member did not use counts 0), re-expressed on standardised columns of all rows - the
+    model and its JSON keep the single-regression form. A linear-target floor applies to
+    the average. Returns a :func:`select_model`-like dict (``name`` ``"bagging"``,
+    ``params`` ``{"n_bags", "seed", "members"}``, ``column_set`` ``"<full's>|bagged"``)."""
+    g = np.asarray(groups)
+    ug = np.unique(g)
+    if len(ug) < 3:
+        return full
+    rng = np.random.default_rng([int(seed), 1996])
+    target = full["target"]
+    raw = np.zeros(X.shape[1])
+    icpt = 0.0
+    members = []
+    for _ in range(n_bags):
+        pick = rng.choice(ug, size=len(ug), replace=True)
+        while len(np.unique(pick)) < 2:
+            pick = rng.choice(ug, size=len(ug), replace=True)
+        idx = np.concatenate([np.flatnonzero(g == u) for u in pick])
+        fb = select_model(X[idx], y[idx], g[idx], n_splits=n_splits,
+                          column_sets=_column_sets(names), targets=(target,))
+        cols = np.asarray(fb["columns"], int)
+        c = np.asarray(fb["coef"], float) / np.asarray(fb["scale"], float)
+        raw[cols] += c
+        icpt += float(fb["intercept"]) - float(np.sum(c * np.asarray(fb["mean"], float)))
+        members.append(f"{fb['column_set']}/{fb['name']}/{fb['params']}")
+    raw /= n_bags
+    icpt /= n_bags
+    cols = np.flatnonzero(raw != 0.0)
+    if not len(cols):  # every member an intercept-only fit: keep the single choice
+        return full
+    mean = X[:, cols].mean(axis=0)
+    sd = X[:, cols].std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    out = dict(full)
+    out.update(name="bagging", params={"n_bags": n_bags, "seed": int(seed),
+                                       "members": members},
+               coef=raw[cols] * sd, intercept=icpt + float(np.sum(raw[cols] * mean)),
+               mean=mean, scale=sd, columns=cols.tolist(),
+               column_set=f"{full['column_set']}|bagged")
+    return out
 
 
 def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, residuals,
-                    overrides, indices, cls=EmpiricalModel, **extra) -> EmpiricalModel:
-    fit = _fit_select(X, y, names, g, alpha=alpha, n_splits=n_splits)
+                    overrides, indices, cls=EmpiricalModel, n_bags=1, seed=0,
+                    **extra) -> EmpiricalModel:
+    fit = _fit_select(X, y, names, g, alpha=alpha, n_splits=n_splits, n_bags=n_bags,
+                      seed=seed)
     cols = fit["columns"]
     used = [names[j] for j in cols]
     rng_ = {names[j]: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j in cols}
-    learner = {"name": fit["name"], "params": fit["params"], "target": fit["target"],
+    learner = {"name": fit["name"], "params": _jsonable(fit["params"]),
+               "target": fit["target"],
                "column_set": fit["column_set"], "cv_mse": fit.get("cv_mse"),
                "n_splits": fit.get("n_splits"), "library": "scikit-learn"}
     return cls(crop=crop, feature_names=used, coef=fit["coef"], intercept=fit["intercept"],
