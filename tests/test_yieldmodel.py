@@ -962,7 +962,11 @@ def test_edge_covariate_corrects_mixed_edge_pixels():
                            seasons=truth)
     assert EDGE_FEATURE not in plain.feature_names and EDGE_FEATURE in edge.feature_names
     assert edge.cv_["rmse_t_ha"] < 0.85 * plain.cv_["rmse_t_ha"]
-    # prediction needs the field's perimeter and area: without them the season is NO_DATA
-    p = edge.predict(ser, truth.drop(columns=["perimeter_m"]))
-    assert p["yield_t_ha_p50"].isna().all()
-    assert all("NO_DATA" in split_flags(x) for x in p["flags"])
+    # prediction needs the field's perimeter and area: a clear error without the columns,
+    # NO_DATA for a season whose field lacks them
+    with pytest.raises(ModelError, match="perimeter_m"):
+        edge.predict(ser, truth.drop(columns=["perimeter_m"]))
+    p = edge.predict(ser, truth.assign(perimeter_m=np.where(np.arange(len(truth)) == 0,
+                                                            np.nan, truth["perimeter_m"])))
+    assert np.isnan(p["yield_t_ha_p50"].iloc[0]) and "NO_DATA" in split_flags(p["flags"].iloc[0])
+    assert p["yield_t_ha_p50"].iloc[1:].notna().all()

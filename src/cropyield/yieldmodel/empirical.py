@@ -237,7 +237,8 @@ class EmpiricalModel(YieldModel):
 
         ``weather`` (daily weather per field, :func:`~cropyield.yieldmodel.weather_features`)
         is required when the model uses weather covariates (:class:`ModelError` otherwise)
-        and ignored when it does not.
+        and ignored when it does not; likewise ``seasons`` columns ``perimeter_m`` and
+        ``area_ha`` when it uses :data:`EDGE_FEATURE`.
         """
         if self.weather_features and weather is None:
             from ..errors import ModelError
@@ -247,6 +248,15 @@ class EmpiricalModel(YieldModel):
                 " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
                 "(daily field_id, time, tmin_c, tmax_c, radiation_mj_m2, rain_mm per field, "
                 "e.g. SimulatedSeasons.weather or cropyield.synthetic.field_weather)")
+        if EDGE_FEATURE in self.feature_names and not (
+                {"perimeter_m", "area_ha"} <= set(pd.DataFrame(seasons).columns)):
+            from ..errors import ModelError
+
+            raise ModelError(
+                f"this {self.crop} model uses the field's perimeter / area ({EDGE_FEATURE}, "
+                "the edge-pixel covariate); pass seasons with 'perimeter_m' (m) and "
+                "'area_ha' (ha) columns from the field polygons in a projected CRS "
+                "(estimate_yield adds them from its fields)")
         return model_features(series, seasons, index=self.index, indices=self.indices,
                               windows=_uses_windows(self.feature_names),
                               registry=self.registry, crop=crop or self.crop,
