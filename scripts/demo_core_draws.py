@@ -60,7 +60,9 @@ def main(argv=None):
                                                               "yield_t_ha"]]
     area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
                          "area_ha": fields.geometry.area.to_numpy() / 1e4,
-                         "perimeter_m": fields.geometry.length.to_numpy()})
+                         "perimeter_m": fields.geometry.length.to_numpy(),
+                         "lat": fields.to_crs(4326).geometry.representative_point().y
+                         .to_numpy()})
     county = {c: float(gg["true_production_t"].sum() / gg["area_ha"].sum())
               for c, gg in truth.groupby("crop")}[crop]
     idx = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]

@@ -47,7 +47,9 @@ def main(argv=None):
         cut_rng.normal(0.0, s, len(cuts)) - 0.5 * s ** 2)
     area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
                          "area_ha": fields.geometry.area.to_numpy() / 1e4,
-                         "perimeter_m": fields.geometry.length.to_numpy()})
+                         "perimeter_m": fields.geometry.length.to_numpy(),
+                         "lat": fields.to_crs(4326).geometry.representative_point().y
+                         .to_numpy()})
     county = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
               for c, g in truth.groupby("crop")}
     for crop in a.crop:

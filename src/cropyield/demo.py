@@ -485,9 +485,14 @@ def run_demo(
         # the county statistic a lender looks up in the statistical yearbook: the
         # area-weighted mean yield of every field of the crop in the (synthetic) county
         ts = world.seasons
-        world_area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
-                                   "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
-                                   "perimeter_m": fields.geometry.length.to_numpy()})
+        # each field's area, perimeter and latitude, as estimate_yield gives them to the
+        # models: the level must be set on the predictions the estimates will have (a
+        # missing latitude moved the radiation features and the maize level by ~0.1 t/ha)
+        world_area = pd.DataFrame({
+            "field_id": fields["field_id"].to_numpy(),
+            "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
+            "perimeter_m": fields.geometry.length.to_numpy(),
+            "lat": fields.to_crs(4326).geometry.representative_point().y.to_numpy()})
         county_means = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
                         for c, g in ts.groupby("crop") if g["area_ha"].sum() > 0}
         for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS) | set(county_means)):
