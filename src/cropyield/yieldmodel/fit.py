@@ -86,6 +86,11 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         their ``weather_year``.)
     seasons : DataFrame, optional
         Seasons table (``field_id, season, sos, eos``; default: ``cropyield.phenology``).
+        With ``perimeter_m`` (m) and ``area_ha`` (ha) columns (the field polygons'),
+        ``"empirical"``/``"simulation"`` also offer the learner the edge covariate
+        ``perimeter_area_m`` (1/m; mixed edge pixels pull small fields' index means towards
+        their surroundings), in every candidate feature set; a model that uses it needs
+        the same columns to predict (``estimate_yield`` adds them from its fields).
     region, index, lat, radiation, climatology
         As in :meth:`LUEModel.predict`.
     n_splits, seed : int
