@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._geo import MU_PER_HA, field_areas, validate_fields
+from ._geo import MU_PER_HA, field_areas, field_perimeters, validate_fields
 from ._log import logger
 from .crops import CropRegistry, load_registry
 from .errors import ConfigError, join_flags, split_flags
@@ -405,7 +405,8 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     if model is None:
         model = LUEModel(region=region, index=index)
     area_ha = field_areas(fields)
-    f = pd.DataFrame({"field_id": fields["field_id"].to_numpy(), "area_ha": area_ha})
+    f = pd.DataFrame({"field_id": fields["field_id"].to_numpy(), "area_ha": area_ha,
+                      "perimeter_m": field_perimeters(fields)})
     # latitude (degrees) for radiation: a point inside each field, in WGS 84
     f["lat"] = np.asarray(fields.to_crs(4326).geometry.representative_point().y)
     for c in ("farmer_id", "declared_area_mu", "crop", "region"):
@@ -492,6 +493,9 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
                                "crop": phen["crop_id"], "sos": phen["sos"], "eos": phen["eos"],
                                "region": phen["region"], "lat": phen["lat"],
                                "flags": phen["flags"].fillna("")})
+    # the field's size and boundary: the edge covariate of yield models trained with it
+    seasons_in["area_ha"] = phen["area_ha"]
+    seasons_in["perimeter_m"] = phen["perimeter_m"]
     if "n_obs" in phen.columns:
         seasons_in["n_obs"] = phen["n_obs"]
     if "complete" in phen.columns:

@@ -34,6 +34,10 @@ DEFAULT_FEATURES = ("log_apar", "peak", "small_integral", "large_integral", "len
                     "pos_days")
 #: Season-level features added to the window features by default.
 SEASON_FEATURES = ("log_apar", "log_apar_post")
+#: Field covariate (1/m): perimeter / area of the field, from ``perimeter_m`` and ``area_ha``
+#: columns of the seasons table when both are there (:func:`model_features`); offered to the
+#: empirical learner in every feature set (``fit_yield_model``).
+EDGE_FEATURE = "perimeter_area_m"
 
 
 def _design(feats: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
@@ -79,7 +83,8 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
     ``indices`` (default: every index present) on ``field_id, season``, and with
     :func:`~cropyield.yieldmodel.weather.weather_features` of ``weather`` (daily weather per
     field; windows on each season's ``sos``/``pos``; ``weather_options``: ``fill_days``,
-    ``hot_c``) when given."""
+    ``hot_c``) when given, and with :data:`EDGE_FEATURE` (perimeter / area, 1/m) when
+    ``seasons`` has ``perimeter_m`` (m) and ``area_ha`` (ha) columns."""
     feats = season_features(series, seasons, index=index, **kwargs)
     if windows:
         w = window_features(series, feats[["field_id", "season", "sos", "eos"]],
@@ -95,6 +100,15 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
                               **dict(weather_options or {}))
         feats = feats.merge(wf.drop_duplicates(["field_id", "season"]),
                             on=["field_id", "season"], how="left")
+    s = pd.DataFrame(seasons)
+    if {"perimeter_m", "area_ha"} <= set(s.columns) and "field_id" in s.columns:
+        # the field's boundary per unit area (1/m): mixed edge pixels take a share of its
+        # mean from the surroundings in proportion to it (cropmodel._field_sizes)
+        keys = ["field_id", "season"] if "season" in s.columns else ["field_id"]
+        pa = s[keys].assign(**{EDGE_FEATURE: s["perimeter_m"].to_numpy(float)
+                               / (s["area_ha"].to_numpy(float) * 1e4)})
+        feats = feats.drop(columns=[EDGE_FEATURE], errors="ignore").merge(
+            pa.drop_duplicates(keys), on=keys, how="left")
     return feats
 
 
@@ -237,8 +251,10 @@ class EmpiricalModel(YieldModel):
 
         ``weather`` (daily weather per field, :func:`~cropyield.yieldmodel.weather_features`)
         is required when the model uses weather covariates (:class:`ModelError` otherwise)
-        and ignored when it does not; so is ``pool_by`` (group label per ``field_id``, or a
-        ``seasons`` column; :mod:`cropyield.yieldmodel.pooled`) for pooled group features.
+        and ignored when it does not; likewise ``seasons`` columns ``perimeter_m`` and
+        ``area_ha`` when it uses :data:`EDGE_FEATURE`; so is ``pool_by`` (group label per
+        ``field_id``, or a ``seasons`` column; :mod:`cropyield.yieldmodel.pooled`) for pooled
+        group features.
         """
         if self.pooled_features and pool_by is None:
             from ..errors import ModelError
@@ -256,6 +272,15 @@ class EmpiricalModel(YieldModel):
                 " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
                 "(daily field_id, time, tmin_c, tmax_c, radiation_mj_m2, rain_mm per field, "
                 "e.g. SimulatedSeasons.weather or cropyield.synthetic.field_weather)")
+        if EDGE_FEATURE in self.feature_names and not (
+                {"perimeter_m", "area_ha"} <= set(pd.DataFrame(seasons).columns)):
+            from ..errors import ModelError
+
+            raise ModelError(
+                f"this {self.crop} model uses the field's perimeter / area ({EDGE_FEATURE}, "
+                "the edge-pixel covariate); pass seasons with 'perimeter_m' (m) and "
+                "'area_ha' (ha) columns from the field polygons in a projected CRS "
+                "(estimate_yield adds them from its fields)")
         feats = model_features(series, seasons, index=self.index, indices=self.indices,
                                windows=_uses_windows(self.feature_names),
                                registry=self.registry, crop=crop or self.crop,
