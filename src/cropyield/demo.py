@@ -101,11 +101,12 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     from .cropmodel import library_digest, simulate_seasons
     from .yieldmodel import YieldModel
     from .yieldmodel.simulation import train_on_simulations
+    from .yieldmodel.weather import MODEL_STATS
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 7,
-         SIMULATION_SKY, bool(weather)]
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 8,
+         SIMULATION_SKY, list(MODEL_STATS) if weather else False]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():
