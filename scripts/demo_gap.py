@@ -137,7 +137,11 @@ def main(argv=None):
             features=[f"{i}_{x}" for i in indices for x in COMPACT_SUFFIXES]
             if a.compact else None)
         print("core cv", {k: core.cv_.get(k) for k in ("r2", "n")})
-    area = pd.DataFrame({"field_id": fields["field_id"], "area_ha": fields["area_ha"]})
+    # the field's area, perimeter (edge covariate) and latitude, as the demo levels with
+    area = pd.DataFrame({"field_id": fields["field_id"], "area_ha": fields["area_ha"],
+                         "perimeter_m": fields.geometry.length.to_numpy(),
+                         "lat": fields.to_crs(4326).geometry.representative_point().y
+                         .to_numpy()})
     # scored seasons: detected seasons identified as `crop` whose matched truth is `crop`
     det = phen.merge(crops.loc[crops["crop"] == crop, ["field_id", "season", "crop"]],
                      on=["field_id", "season"]).merge(area, on="field_id", how="left")

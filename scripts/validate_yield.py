@@ -22,6 +22,10 @@ Per crop (winter wheat, summer maize):
   on the simulated calendar): grain-fill weather means offered as an extra candidate feature
   set (:func:`cropyield.yieldmodel.weather_features`), beside a "canopy + weather" ceiling
   (the canopy ceiling stays canopy-only).
+* **Pooled group features** (``--pooled``, opt-in) - the empirical model (+ weather) given
+  ``pool_by`` = the weather year of each field (the fields of one county and season):
+  the group means of the post-peak integrals as extra candidates
+  (:mod:`cropyield.yieldmodel.pooled`); each field's estimate uses the other fields' imagery.
 * **Crop-cut curve** - as the number of crop cuts (drawn from the training years) falls
   through ``--cuts`` (default 100, 30, 10, 3, 0): empirical (needs ≥ 5) vs simulation levelled
   by the cuts alone, and by the cuts plus a county mean (the exact area mean of the held-out
@@ -34,7 +38,7 @@ Usage::
 
     PYTHONPATH=src .venv/bin/python scripts/validate_yield.py [--n 300] [--n-library 300]
         [--crops winter_wheat summer_maize] [--folds 5] [--cuts 100 30 10 3 0] [--seed 0]
-        [--gap 0.85] [--repeats 2] [--library fresh|shipped] [--json out.json]
+        [--gap 0.85] [--repeats 2] [--library fresh|shipped] [--pooled] [--json out.json]
 """
 
 from __future__ import annotations
@@ -119,6 +123,15 @@ def run_crop(crop: str, args) -> dict:
     if not args.no_weather:
         runs += [("empirical_weather", dict(method="empirical", seasons=seasons, weather=wx)),
                  ("empirical_phenology_weather", dict(method="empirical", weather=wx))]
+    if args.pooled:
+        # opt-in pooled group features: one group = the fields of one weather year (the
+        # county and season of these seasons); each field's estimate uses the others' imagery
+        pool = dict(zip(truth["field_id"], truth["weather_year"]))
+        wkw = {} if args.no_weather else {"weather": wx}
+        runs += [("empirical_pooled", dict(method="empirical", seasons=seasons, pool_by=pool,
+                                           **wkw)),
+                 ("empirical_phenology_pooled", dict(method="empirical", pool_by=pool,
+                                                     **wkw))]
     for name, kw in runs:
         try:
             m = fit_yield_model(ser, obs, crop=crop, groups=wy, n_splits=args.folds,
@@ -232,7 +245,7 @@ def report(results: list[dict], cmd: str) -> str:
                          f"{_f(cw['r2'] / c)} | {_f(cw['rmse'])} | – | – | {cw['n']} |")
         for name in ("lue", "empirical", "empirical_phenology", "simulation",
                      "empirical_weather", "empirical_phenology_weather",
-                     "simulation_weather"):
+                     "simulation_weather", "empirical_pooled", "empirical_phenology_pooled"):
             if name not in r:
                 continue
             s = r.get(name, {})
@@ -281,6 +294,9 @@ def main(argv=None) -> int:
                          "PCSE) or the shipped runs (those shared with the test seasons are "
                          "dropped)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--pooled", action="store_true",
+                    help="add the opt-in pooled group features (fit_yield_model(pool_by=): "
+                         "group = weather year) rows, with weather unless --no-weather")
     ap.add_argument("--no-weather", action="store_true",
                     help="skip the weather-covariate rows (cropyield.yieldmodel.weather)")
     args = ap.parse_args(argv)

@@ -13,7 +13,7 @@ from cropyield import cropmodel as cm
 from cropyield.errors import FLAGS, ModelError, split_flags
 from cropyield.series import smooth_series
 from cropyield.yieldmodel import YieldModel, fit_yield_model, weather_features
-from cropyield.yieldmodel.weather import column_sets, weather_feature_names
+from cropyield.yieldmodel.weather import MODEL_STATS, column_sets, weather_feature_names
 from cropyield.yieldmodel.windows import feature_column_sets
 
 IDX = ["ndvi", "evi2", "gcvi", "ndre", "ndmi"]
@@ -125,11 +125,12 @@ def test_fit_with_weather_roundtrip_and_missing_weather(wheat, tmp_path):
     # a fixed penalty uses every offered column: the model must carry the weather features
     m = fit_yield_model(ser, obs, crop="winter_wheat", method="empirical", groups=wy,
                         seasons=seasons, weather=s.weather, alpha=1.0)
-    wxn = weather_feature_names(("fill",))
+    wxn = weather_feature_names(("fill",), MODEL_STATS)
+    assert wxn == ["wx_fill_tmax_c", "wx_fill_rain_mm_d"]
     assert m.weather_features == wxn and m.weather == {"fill_days": 35, "hot_c": 30.0}
     path = tmp_path / "m.json"
     d = json.loads(m.to_json(path))
-    assert d["schema_version"] == 4 and d["params"]["weather"]["fill_days"] == 35
+    assert d["schema_version"] == 5 and d["params"]["weather"]["fill_days"] == 35
     assert set(wxn) <= set(d["params"]["feature_names"])
     m2 = YieldModel.from_json(path)
     p1 = m.predict(ser, seasons, weather=s.weather)

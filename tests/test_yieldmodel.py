@@ -270,7 +270,7 @@ def test_json_roundtrip_no_pickle(tmp_path):
         path = tmp_path / f"{method}.json"
         text = m.to_json(path)
         d = json.loads(text)
-        assert d["schema_version"] == SCHEMA_VERSION == 4 and d["kind"] == method
+        assert d["schema_version"] == SCHEMA_VERSION == 5 and d["kind"] == method
         assert "pickle" not in text.lower() and isinstance(d["params"], dict)
         m2 = YieldModel.from_json(path)
         assert type(m2) is type(m) and m2.model_version == m.model_version
@@ -884,3 +884,89 @@ def test_empirical_intervals_remove_the_cut_error(curves):
     assert qb["q90"] - qb["q10"] == pytest.approx(k * (qa["q90"] - qa["q10"]), rel=1e-9)
     assert b.coef == pytest.approx(a.coef) and b.cv_["r2"] == pytest.approx(a.cv_["r2"])
     assert b.cv_["coverage_p10_p90"] <= a.cv_["coverage_p10_p90"]
+
+
+def test_bagged_choice_is_the_average_of_its_members(monkeypatch):
+    """n_bags > 1: the stored linear model predicts exactly the average (in the target's
+    units) of the members chosen on bootstrap resamples of whole groups."""
+    import cropyield.yieldmodel.fit as fitmod
+    from cropyield.yieldmodel.learners import predict_linear, predict_yield
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(10), 12)
+    X = rng.uniform(0, 1, (120, 4))
+    y = np.exp(0.8 + 1.5 * X[:, 0] + 0.4 * X[:, 1] + rng.normal(0, 0.1, 120)
+               + np.repeat(rng.normal(0, 0.1, 10), 12))
+    seen = []
+    real = fitmod.select_model
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(fitmod, "select_model", spy)
+    names = ["a", "b", "c", "d"]
+    fit = fitmod._fit_select(X, y, names, g, alpha=None, n_splits=5, n_bags=4, seed=0)
+    assert len(seen) == 5 and fit["name"] == "bagging" and fit["params"]["n_bags"] == 4
+    members = seen[1:]
+    assert {m["target"] for m in members} == {seen[0]["target"]}   # the full fit's target
+    avg = np.mean([predict_linear(m, X[:, m["columns"]]) for m in members], axis=0)
+    assert np.allclose(predict_linear(fit, X[:, fit["columns"]]), avg)
+    yh, _ = predict_yield(fit, X)
+    assert np.corrcoef(np.log(yh), np.log(y))[0, 1] > 0.9
+    # same seed, same bags; another seed, other bags
+    again = fitmod._fit_select(X, y, names, g, alpha=None, n_splits=5, n_bags=4, seed=0)
+    assert np.allclose(again["coef"], fit["coef"])
+    other = fitmod._fit_select(X, y, names, g, alpha=None, n_splits=5, n_bags=4, seed=1)
+    assert not np.allclose(other["coef"], fit["coef"])
+
+
+def test_fit_empirical_bagged_roundtrip(curves):
+    """fit_yield_model(n_bags=3): a bagging learner in the same JSON form, cross-validated
+    as bagged, loading back to identical predictions."""
+    ser, truth, _ = curves
+    m = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop="summer_maize",
+                        method="empirical", groups=truth["weather_year"].to_numpy(),
+                        seasons=truth, n_bags=3)
+    assert m.learner["name"] == "bagging" and m.cv_["n_bags"] == 3
+    assert m.learner["column_set"].endswith("|bagged") and m.cv_["r2"] > 0.7
+    back = YieldModel.from_json(m.to_json())
+    p0 = m.predict(ser, truth)["yield_t_ha_p50"].to_numpy()
+    assert np.allclose(back.predict(ser, truth)["yield_t_ha_p50"].to_numpy(), p0)
+    assert json.loads(m.to_json())["params"]["learner"]["params"]["n_bags"] == 3
+
+
+def test_edge_covariate_corrects_mixed_edge_pixels():
+    """Fields whose edge pixels mix the canopy with bare surroundings in proportion to
+    perimeter / area (as cropmodel's sentinel2 sky and the world do): offering the field's
+    perimeter and area (seasons columns) lets the learner undo the bias by field size."""
+    from cropyield.series import smooth_series
+    from cropyield.yieldmodel.empirical import EDGE_FEATURE, model_features
+    obs, truth, _ = _curve_world(n=200, seed=4)
+    rng = np.random.default_rng(4)
+    npx = np.clip(rng.lognormal(np.log(35.0), 0.7, len(truth)), 6, 300)
+    short = np.sqrt(npx * 100 / 2)
+    truth = truth.assign(area_ha=npx * 0.01, perimeter_m=6 * short)
+    mix = dict(zip(truth["field_id"], np.clip(2.2 * 3 / short, 0, 0.6)))
+    k = obs["field_id"].map(mix).to_numpy()
+    for c, bare in (("ndvi", 0.2), ("evi2", 0.1), ("ndre", 0.1)):
+        obs[c] = (1 - k) * obs[c] + k * bare
+    ser = smooth_series(obs, index=["ndvi", "evi2", "ndre"])
+    f = model_features(ser, truth, indices=["ndvi", "evi2", "ndre"])
+    assert np.allclose(f[EDGE_FEATURE], 6 * short / (npx * 100))
+    cuts = truth[["field_id", "season", "yield_t_ha"]]
+    g = truth["weather_year"].to_numpy()
+    plain = fit_yield_model(ser, cuts, crop="summer_maize", method="empirical", groups=g,
+                            seasons=truth.drop(columns=["perimeter_m"]))
+    edge = fit_yield_model(ser, cuts, crop="summer_maize", method="empirical", groups=g,
+                           seasons=truth)
+    assert EDGE_FEATURE not in plain.feature_names and EDGE_FEATURE in edge.feature_names
+    assert edge.cv_["rmse_t_ha"] < 0.85 * plain.cv_["rmse_t_ha"]
+    # prediction needs the field's perimeter and area: a clear error without the columns,
+    # NO_DATA for a season whose field lacks them
+    with pytest.raises(ModelError, match="perimeter_m"):
+        edge.predict(ser, truth.drop(columns=["perimeter_m"]))
+    p = edge.predict(ser, truth.assign(perimeter_m=np.where(np.arange(len(truth)) == 0,
+                                                            np.nan, truth["perimeter_m"])))
+    assert np.isnan(p["yield_t_ha_p50"].iloc[0]) and "NO_DATA" in split_flags(p["flags"].iloc[0])
+    assert p["yield_t_ha_p50"].iloc[1:].notna().all()

@@ -136,3 +136,16 @@ def field_areas(fields) -> np.ndarray:
     except Exception:
         crs = CRS.from_epsg(6933)
     return np.asarray(fields.to_crs(crs).geometry.area, dtype=float) / 10_000.0
+
+
+def field_perimeters(fields) -> np.ndarray:
+    """Perimeter of each field in metres, in the fields' local UTM zone (lengths there are
+    true to ~0.1 %; a global equal-area CRS would distort them), EPSG:6933 only when no UTM
+    zone can be estimated."""
+    if fields.crs is None:
+        raise MissingCRSError("fields have no CRS; cannot compute perimeters")
+    try:
+        crs = fields.estimate_utm_crs()
+    except Exception:
+        crs = CRS.from_epsg(6933)
+    return np.asarray(fields.to_crs(crs).geometry.length, dtype=float)

@@ -458,7 +458,9 @@ class SimulatedSeasons:
     truth : pandas.DataFrame
         One row per field: ``field_id, crop, season`` (1), ``yield_t_ha`` (reporting basis),
         ``weather_year`` (use as CV group), ``soil, sowing_date, emergence, maturity,
-        n_kg_ha, irrigations, run_id, sos, eos`` (true, 20 % of the NDVI amplitude).
+        n_kg_ha, irrigations, run_id, sos, eos`` (true, 20 % of the NDVI amplitude); with
+        ``sky="sentinel2"`` also the field's ``area_ha`` and ``perimeter_m`` (the 2:1
+        rectangle whose edge pixels the observations mix with the surroundings).
     canopy : pandas.DataFrame
         Noise-free daily truth: ``field_id, time`` (tz-naive), ``lai, ndvi, evi2, gcvi, ndre,
         ndmi``.
@@ -666,6 +668,12 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
     npx = mix = None
     if sky == "sentinel2":
         npx, mix = _field_sizes(rng, n)
+        # the field's size and boundary (2:1 rectangle), as a user knows them from the
+        # field polygons (perimeter_m, area_ha: the edge covariate of the yield models)
+        short = np.sqrt(npx * 100.0 / 2.0)
+        for i, rec in enumerate(truth):
+            rec["area_ha"] = float(npx[i] * 0.01)
+            rec["perimeter_m"] = float(6.0 * short[i])
         # edge pixels see the landscape: the mean of the simulated fields on the same
         # calendar day (80 %) and roads/tracks (20 %), as cropyield.synthetic does
         from .synthetic._canopy import ROAD

@@ -117,6 +117,11 @@ class YieldParams:
     #: prior relative spread (log-scale sigma) of the uncalibrated model: P10/P90 =
     #: P50 × exp(∓1.2816 σ) before any residual calibration.
     prior_sigma: float = 0.25
+    #: ``value_only`` crops: prior elasticity of yield to the vigour ratio (P50 = benchmark
+    #: × level × ratio ** elasticity; 1.0: yield in proportion to season-mean fAPAR) and its
+    #: prior standard deviation; crop cuts update it (:func:`cropyield.fit_yield_model`).
+    vigour_elasticity: float = 1.0
+    vigour_elasticity_sd: float = 0.5
 
 
 @dataclass(frozen=True)

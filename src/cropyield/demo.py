@@ -91,19 +91,22 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     shipped WOFOST library, default :data:`N_SIMULATED`, observed with
     :data:`SIMULATION_SKY`; ``weather=True``: with the simulations' weather offered as
     covariates), cached as JSON under ``cache_dir()/models/`` by library digest, crop, size,
-    seed, indices, sky, weather and package version; a cached file that does not load is
-    refitted, never trusted."""
+    seed, indices, sky, weather and package version (and a format version: 7 since the
+    library's seasons carry their field's ``area_ha``/``perimeter_m``, so the core may use
+    the edge covariate ``perimeter_area_m``); a cached file that does not load is refitted,
+    never trusted."""
     import hashlib
     import json
 
     from .cropmodel import library_digest, simulate_seasons
     from .yieldmodel import YieldModel
     from .yieldmodel.simulation import train_on_simulations
+    from .yieldmodel.weather import MODEL_STATS
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 6,
-         SIMULATION_SKY, bool(weather)]
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 8,
+         SIMULATION_SKY, list(MODEL_STATS) if weather else False]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():
@@ -483,11 +486,17 @@ def run_demo(
         # the county statistic a lender looks up in the statistical yearbook: the
         # area-weighted mean yield of every field of the crop in the (synthetic) county
         ts = world.seasons
-        world_area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
-                                   "area_ha": fields.geometry.area.to_numpy() / 10_000.0})
+        # each field's area, perimeter and latitude, as estimate_yield gives them to the
+        # models: the level must be set on the predictions the estimates will have (a
+        # missing latitude moved the radiation features and the maize level by ~0.1 t/ha)
+        world_area = pd.DataFrame({
+            "field_id": fields["field_id"].to_numpy(),
+            "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
+            "perimeter_m": fields.geometry.length.to_numpy(),
+            "lat": fields.to_crs(4326).geometry.representative_point().y.to_numpy()})
         county_means = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
                         for c, g in ts.groupby("crop") if g["area_ha"].sum() > 0}
-        for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS)):
+        for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS) | set(county_means)):
             g = cuts[cuts["crop"] == crop]
             obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[
                 ["field_id", "season", "yield_t_ha"]]
@@ -514,10 +523,21 @@ def run_demo(
                     continue
                 except ModelError as exc:
                     logger.warning("simulation model for %s failed (%s); LUE instead", crop, exc)
-            if len(g) < 5:
+            # the other crops: the LUE model (value-only crops: benchmark x vigour), its
+            # level set by the county statistic and shrunk towards the crop cuts (any
+            # number); without a county figure, by >= 5 crop cuts alone
+            county = county_means.get(crop)
+            if county is None and len(g) < 5:
                 continue
-            models[crop] = fit_yield_model(result.series, obs, crop=crop, method="lue",
-                                           seasons=result.phenology, groups=None)
+            cs = result.phenology.merge(
+                result.crops.loc[result.crops["crop"] == crop, ["field_id", "season", "crop"]],
+                on=["field_id", "season"]).merge(world_area, on="field_id", how="left")
+            try:
+                models[crop] = fit_yield_model(
+                    result.series, obs, crop=crop, method="lue", seasons=cs, groups=None,
+                    county_mean_t_ha=county, cut_error_sd=CROP_CUT_SIGMA if county else None)
+            except ModelError as exc:
+                logger.warning("LUE model for %s not fitted (%s); registry default", crop, exc)
         if models:
             say(f"calibrated yield model on {len(cuts)} crop cuts for {sorted(models)}")
             # crops with too few cuts keep the default (uncalibrated, NBS-anchored) model:

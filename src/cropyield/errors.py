@@ -164,6 +164,8 @@ FLAGS: dict[str, str] = {
     "NO_WEATHER": "the yield model uses weather covariates and this season's weather is "
                   "missing (no daily weather for the field, or under 80 % of a window's "
                   "days); no yield given",
+    "FEW_POOLED": "the yield model uses pooled group features (pool_by=) and fewer than 5 "
+                  "seasons of the crop share this field's group; no yield given",
     "AREA_MISMATCH": "declared area differs from the measured area",
     "BENCHMARK_YIELD": "yield is a regional benchmark (x vigour), not modelled from light use",
     "CROP_DECLARED": "crop taken from the farmer's declaration, not identified from imagery",

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._geo import MU_PER_HA, field_areas, validate_fields
+from ._geo import MU_PER_HA, field_areas, field_perimeters, validate_fields
 from ._log import logger
 from .crops import CropRegistry, load_registry
 from .errors import ConfigError, join_flags, split_flags
@@ -293,11 +293,17 @@ def _count(*values: Any) -> Any:
     return pd.NA
 
 
-def _wx_kw(model, weather) -> dict:
-    """``weather=`` for models that take it (empirical / simulation), nothing for others."""
+def _wx_kw(model, weather, pool_by=None) -> dict:
+    """``weather=`` for models that take it (empirical / simulation), nothing for others;
+    ``pool_by=`` for models with pooled group features."""
     from .yieldmodel import EmpiricalModel
 
-    return {"weather": weather} if isinstance(model, EmpiricalModel) else {}
+    if not isinstance(model, EmpiricalModel):
+        return {}
+    kw = {"weather": weather}
+    if getattr(model, "pooled_features", None):
+        kw["pool_by"] = pool_by
+    return kw
 
 
 def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[str, YieldModel]
@@ -306,7 +312,8 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
                    as_of=None, index: str = "ndvi", radiation=None, registry=None,
                    min_area_ha: float = 0.1, min_pixels: float = 10.0,
                    area_tolerance: float = 0.15, min_crop_prob: float = 0.6,
-                   id_col: str = "field_id", weather: pd.DataFrame | None = None) -> pd.DataFrame:
+                   id_col: str = "field_id", weather: pd.DataFrame | None = None,
+                   pool_by=None) -> pd.DataFrame:
     """Yield, production and output value per (field, season).
 
     Parameters
@@ -357,6 +364,11 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         weather covariates (``fit_yield_model(..., weather=)``); such a model without it
         raises :class:`~cropyield.errors.ModelError` saying so, and seasons whose weather
         is missing get NaN and ``NO_WEATHER``. Ignored by models without weather.
+    pool_by : mapping, Series or str, optional
+        For yield models fitted with ``pool_by=`` (pooled group features,
+        :mod:`cropyield.yieldmodel.pooled`): a group label (county and season) per field id,
+        or the name of a ``fields`` column. Each field's estimate then depends on the imagery
+        of the other fields of its group. Ignored by models without pooled features.
 
     Returns
     -------
@@ -393,7 +405,8 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     if model is None:
         model = LUEModel(region=region, index=index)
     area_ha = field_areas(fields)
-    f = pd.DataFrame({"field_id": fields["field_id"].to_numpy(), "area_ha": area_ha})
+    f = pd.DataFrame({"field_id": fields["field_id"].to_numpy(), "area_ha": area_ha,
+                      "perimeter_m": field_perimeters(fields)})
     # latitude (degrees) for radiation: a point inside each field, in WGS 84
     f["lat"] = np.asarray(fields.to_crs(4326).geometry.representative_point().y)
     for c in ("farmer_id", "declared_area_mu", "crop", "region"):
@@ -480,22 +493,31 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
                                "crop": phen["crop_id"], "sos": phen["sos"], "eos": phen["eos"],
                                "region": phen["region"], "lat": phen["lat"],
                                "flags": phen["flags"].fillna("")})
+    # the field's size and boundary: the edge covariate of yield models trained with it
+    seasons_in["area_ha"] = phen["area_ha"]
+    seasons_in["perimeter_m"] = phen["perimeter_m"]
     if "n_obs" in phen.columns:
         seasons_in["n_obs"] = phen["n_obs"]
     if "complete" in phen.columns:
         seasons_in["complete"] = phen["complete"]
+    if isinstance(pool_by, str):
+        if pool_by not in fields.columns:
+            from .errors import ModelError
+
+            raise ModelError(f"pool_by={pool_by!r} is not a column of fields")
+        pool_by = dict(zip(fields["field_id"].to_numpy(), fields[pool_by].to_numpy()))
     models = dict(model) if isinstance(model, Mapping) else None
     pred_parts = []
     if models is None:
         assert not isinstance(model, Mapping)
-        pred_parts.append(model.predict(series, seasons_in, **_wx_kw(model, weather)))
+        pred_parts.append(model.predict(series, seasons_in, **_wx_kw(model, weather, pool_by)))
     else:
         for c, g in seasons_in.groupby(seasons_in["crop"].fillna("<none>"), sort=False):
             m = models.get(c)
             if m is None:
                 continue
             pred_parts.append(m.predict(series, g.reset_index(drop=True),
-                                        **_wx_kw(m, weather)))
+                                        **_wx_kw(m, weather, pool_by)))
     pred = pd.concat(pred_parts, ignore_index=True) if pred_parts else pd.DataFrame(
         columns=["field_id", "season"])
     pred = pred.drop(columns=[c for c in ("crop", "sos", "pos", "eos") if c in pred.columns])

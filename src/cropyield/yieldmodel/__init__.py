@@ -24,6 +24,9 @@ JSON persistence, never pickle):
 Weather covariates (SCYM uses them beside the imagery): :func:`weather_features` (means of
 daily weather over SOS-POS and POS-POS+35 d); ``fit_yield_model(..., weather=)`` offers them
 to the grouped-CV feature choice, and a model that chose them predicts with ``weather=``.
+Opt-in pooled group features (:mod:`.pooled`, ``pool_by=``): group means of the post-peak
+integrals over the fields of one county and season; one field's estimate then depends on
+the others' imagery.
 
 Skill: :func:`yield_skill` (R², RMSE, bias, P10-P90 coverage per crop) and
 :func:`canopy_ceiling` (what a regression on the noise-free canopy reaches on the same seasons).

@@ -25,7 +25,7 @@ from .intervals import quality_scale
 __all__ = ["SCHEMA_VERSION", "YieldModel"]
 
 #: Version of the JSON layout written by :meth:`YieldModel.to_json`.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: model kind -> class, filled as subclasses are defined (used by ``from_dict``).
 _KINDS: dict[str, type] = {}
 
@@ -82,8 +82,8 @@ class YieldModel:
         """Load a model written by :meth:`to_json` (a JSON string or a path).
 
         Files of schema 1 (before the window features), 2 (before the linear target), 3
-        (before weather covariates) and 4 load; a newer schema, another
-        layout or unknown parameters raise :class:`~cropyield.errors.ModelError` saying so.
+        (before weather covariates), 4 (before pooled group features) and 5 load; a newer
+        schema, another layout or unknown parameters raise :class:`~cropyield.errors.ModelError` saying so.
         """
         p = Path(str(text_or_path)) if not str(text_or_path).lstrip().startswith("{") else None
         try:
@@ -107,7 +107,7 @@ class YieldModel:
         if cls is None:
             raise ModelError(f"unknown model kind {d['kind']!r}")
         if int(d.get("schema_version", -1)) < 1 or not isinstance(d.get("params"), Mapping):
-            raise ModelError("not a cropyield yield model JSON (schema_version 1 to 4 with "
+            raise ModelError("not a cropyield yield model JSON (schema_version 1 to 5 with "
                              "'params' expected); refit the model with fit_yield_model")
         try:
             m = cls(**d["params"])

@@ -34,6 +34,10 @@ DEFAULT_FEATURES = ("log_apar", "peak", "small_integral", "large_integral", "len
                     "pos_days")
 #: Season-level features added to the window features by default.
 SEASON_FEATURES = ("log_apar", "log_apar_post")
+#: Field covariate (1/m): perimeter / area of the field, from ``perimeter_m`` and ``area_ha``
+#: columns of the seasons table when both are there (:func:`model_features`); offered to the
+#: empirical learner in every feature set (``fit_yield_model``).
+EDGE_FEATURE = "perimeter_area_m"
 
 
 def _design(feats: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
@@ -79,7 +83,8 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
     ``indices`` (default: every index present) on ``field_id, season``, and with
     :func:`~cropyield.yieldmodel.weather.weather_features` of ``weather`` (daily weather per
     field; windows on each season's ``sos``/``pos``; ``weather_options``: ``fill_days``,
-    ``hot_c``) when given."""
+    ``hot_c``) when given, and with :data:`EDGE_FEATURE` (perimeter / area, 1/m) when
+    ``seasons`` has ``perimeter_m`` (m) and ``area_ha`` (ha) columns."""
     feats = season_features(series, seasons, index=index, **kwargs)
     if windows:
         w = window_features(series, feats[["field_id", "season", "sos", "eos"]],
@@ -95,6 +100,15 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
                               **dict(weather_options or {}))
         feats = feats.merge(wf.drop_duplicates(["field_id", "season"]),
                             on=["field_id", "season"], how="left")
+    s = pd.DataFrame(seasons)
+    if {"perimeter_m", "area_ha"} <= set(s.columns) and "field_id" in s.columns:
+        # the field's boundary per unit area (1/m): mixed edge pixels take a share of its
+        # mean from the surroundings in proportion to it (cropmodel._field_sizes)
+        keys = ["field_id", "season"] if "season" in s.columns else ["field_id"]
+        pa = s[keys].assign(**{EDGE_FEATURE: s["perimeter_m"].to_numpy(float)
+                               / (s["area_ha"].to_numpy(float) * 1e4)})
+        feats = feats.drop(columns=[EDGE_FEATURE], errors="ignore").merge(
+            pa.drop_duplicates(keys), on=keys, how="left")
     return feats
 
 
@@ -138,6 +152,10 @@ class EmpiricalModel(YieldModel):
         Options of the weather covariates (``fill_days``, ``hot_c``;
         :func:`cropyield.yieldmodel.weather.weather_features`) when ``feature_names`` has
         weather features (``wx_*``); such a model needs ``weather=`` in :meth:`predict`.
+    pool : mapping, optional
+        Options of the pooled group features (``indices``, ``suffixes``, ``min_seasons``;
+        :mod:`cropyield.yieldmodel.pooled`) when ``feature_names`` has some (``pool_*``);
+        such a model needs ``pool_by=`` in :meth:`predict` (model JSON schema 5).
     """
 
     kind = "empirical"
@@ -149,7 +167,8 @@ class EmpiricalModel(YieldModel):
                  training_range: Mapping[str, Sequence[float]] | None = None,
                  indices: Sequence[str] | None = None,
                  learner: Mapping[str, Any] | None = None, target: str = "log",
-                 floor_t_ha: float = 0.0, weather: Mapping[str, Any] | None = None):
+                 floor_t_ha: float = 0.0, weather: Mapping[str, Any] | None = None,
+                 pool: Mapping[str, Any] | None = None):
         if target not in ("log", "linear"):
             raise ValueError(f"target must be 'log' or 'linear', got {target!r}")
         self.crop = crop
@@ -173,6 +192,13 @@ class EmpiricalModel(YieldModel):
         self.weather_features = [n for n in self.feature_names if is_weather_feature(n)]
         self.weather = (dict(weather) if weather else {"fill_days": 35, "hot_c": 30.0}) \
             if self.weather_features else None
+        from .pooled import MIN_POOL_SEASONS, is_pooled_feature, pool_options
+
+        self.pooled_features = [n for n in self.feature_names if is_pooled_feature(n)]
+        self.pool = None
+        if self.pooled_features:
+            self.pool = dict(pool) if pool else pool_options(self.indices or [],
+                                                             MIN_POOL_SEASONS)
         self.cv_ = None
 
     def _params(self) -> dict[str, Any]:
@@ -190,6 +216,8 @@ class EmpiricalModel(YieldModel):
             d["floor_t_ha"] = self.floor_t_ha
         if self.weather is not None:
             d["weather"] = self.weather
+        if self.pool is not None:
+            d["pool"] = self.pool
         return _jsonable(d)
 
     #: Factor on the log-residual P10/P90 quantiles of ``EXTRAPOLATED`` seasons.
@@ -218,13 +246,24 @@ class EmpiricalModel(YieldModel):
 
     def features(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
                  radiation=None, crop: str | None = None, climatology=None,
-                 weather: pd.DataFrame | None = None) -> pd.DataFrame:
+                 weather: pd.DataFrame | None = None, pool_by=None) -> pd.DataFrame:
         """Feature table of the model (:func:`model_features`) for ``seasons``.
 
         ``weather`` (daily weather per field, :func:`~cropyield.yieldmodel.weather_features`)
         is required when the model uses weather covariates (:class:`ModelError` otherwise)
-        and ignored when it does not.
+        and ignored when it does not; likewise ``seasons`` columns ``perimeter_m`` and
+        ``area_ha`` when it uses :data:`EDGE_FEATURE`; so is ``pool_by`` (group label per
+        ``field_id``, or a ``seasons`` column; :mod:`cropyield.yieldmodel.pooled`) for pooled
+        group features.
         """
+        if self.pooled_features and pool_by is None:
+            from ..errors import ModelError
+
+            raise ModelError(
+                f"this {self.crop} model uses pooled group features ({len(self.pooled_features)}"
+                ", e.g. " + ", ".join(self.pooled_features[:2]) + "); pass pool_by= (a mapping "
+                "field_id -> county-and-season label, or a seasons column name) and predict "
+                "the group's fields together")
         if self.weather_features and weather is None:
             from ..errors import ModelError
 
@@ -233,13 +272,37 @@ class EmpiricalModel(YieldModel):
                 " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
                 "(daily field_id, time, tmin_c, tmax_c, radiation_mj_m2, rain_mm per field, "
                 "e.g. SimulatedSeasons.weather or cropyield.synthetic.field_weather)")
-        return model_features(series, seasons, index=self.index, indices=self.indices,
-                              windows=_uses_windows(self.feature_names),
-                              registry=self.registry, crop=crop or self.crop,
-                              region=region or self.region, lat=lat, radiation=radiation,
-                              climatology=climatology,
-                              weather=weather if self.weather_features else None,
-                              weather_options=self.weather)
+        if EDGE_FEATURE in self.feature_names and not (
+                {"perimeter_m", "area_ha"} <= set(pd.DataFrame(seasons).columns)):
+            from ..errors import ModelError
+
+            raise ModelError(
+                f"this {self.crop} model uses the field's perimeter / area ({EDGE_FEATURE}, "
+                "the edge-pixel covariate); pass seasons with 'perimeter_m' (m) and "
+                "'area_ha' (ha) columns from the field polygons in a projected CRS "
+                "(estimate_yield adds them from its fields)")
+        feats = model_features(series, seasons, index=self.index, indices=self.indices,
+                               windows=_uses_windows(self.feature_names),
+                               registry=self.registry, crop=crop or self.crop,
+                               region=region or self.region, lat=lat, radiation=radiation,
+                               climatology=climatology,
+                               weather=weather if self.weather_features else None,
+                               weather_options=self.weather)
+        if self.pooled_features:
+            from .pooled import add_pooled_features, pool_labels
+
+            tab = feats
+            if isinstance(pool_by, str) and pool_by not in feats.columns:
+                sea = pd.DataFrame(seasons)
+                if "season" not in sea.columns:
+                    sea = sea.assign(season=sea.groupby("field_id").cumcount() + 1)
+                tab = feats[["field_id", "season"]].merge(
+                    sea[[c for c in ("field_id", "season", pool_by) if c in sea.columns]],
+                    on=["field_id", "season"], how="left")
+            feats = add_pooled_features(feats, pool_labels(pool_by, tab),
+                                        indices=self.pool["indices"], crop=self.crop,
+                                        min_seasons=int(self.pool.get("min_seasons", 5)))
+        return feats
 
     def _calibration_record(self, q: Mapping[str, Any]) -> dict[str, Any]:
         return {"kind": self.kind, "crop": self.crop, "features": len(self.feature_names),
@@ -249,7 +312,7 @@ class EmpiricalModel(YieldModel):
 
     def predict(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
                 radiation=None, crop: str | None = None, climatology=None,
-                weather: pd.DataFrame | None = None) -> pd.DataFrame:
+                weather: pd.DataFrame | None = None, pool_by=None) -> pd.DataFrame:
         """Yield P10/P50/P90 per (field_id, season); seasons of another crop get ``NO_MODEL``.
 
         Features are clamped to their training range widened by 25 % of its width on each
@@ -261,10 +324,13 @@ class EmpiricalModel(YieldModel):
 
         A model with weather covariates needs ``weather`` (daily weather per field, see
         :func:`~cropyield.yieldmodel.weather_features`; :class:`ModelError` without it);
-        seasons whose weather is missing get NaN and ``NO_WEATHER``.
+        seasons whose weather is missing get NaN and ``NO_WEATHER``. A model with pooled
+        group features needs ``pool_by`` (see :meth:`features`); seasons whose group has
+        too few seasons get NaN and ``FEW_POOLED``.
         """
         feats = self.features(series, seasons, lat=lat, region=region, radiation=radiation,
-                              crop=crop, climatology=climatology, weather=weather)
+                              crop=crop, climatology=climatology, weather=weather,
+                              pool_by=pool_by)
         yp = self.registry[self.crop].yield_params if self.crop in self.registry else None
         X = _design(feats, self.feature_names)
         n = len(feats)
@@ -283,15 +349,21 @@ class EmpiricalModel(YieldModel):
                 wq[k] = float(wq[k]) * self.extrapolation_widening
         rec = json.dumps(_jsonable(self._calibration_record(q)), ensure_ascii=False)
         wx_col = np.array([n in self.weather_features for n in self.feature_names], bool)
+        pl_col = np.array([n in self.pooled_features for n in self.feature_names], bool)
         quant, basis, calib, extra, sanity = [], [], [], [], []
         for i in range(n):
             fl: list[str] = []
             if feats["crop"].iloc[i] != self.crop:
                 fl.append("NO_MODEL")
             if not np.all(np.isfinite(X[i])):
-                wx_bad = ~np.isfinite(X[i]) & wx_col
-                fl.append("NO_WEATHER" if wx_bad.any() and wx_bad.sum() ==
-                          (~np.isfinite(X[i])).sum() else "NO_DATA")
+                bad = ~np.isfinite(X[i])
+                if (bad & ~wx_col & ~pl_col).any():
+                    fl.append("NO_DATA")
+                else:
+                    if (bad & wx_col).any():
+                        fl.append("NO_WEATHER")
+                    if (bad & pl_col).any():
+                        fl.append("FEW_POOLED")
             if outside[i].any():
                 fl.append("EXTRAPOLATED")
             extra.append(fl)

@@ -9,14 +9,16 @@ import pandas as pd
 
 from .._log import logger
 from ..errors import ModelError
-from .base import YieldModel
-from .empirical import SEASON_FEATURES, EmpiricalModel, _design, _uses_windows, model_features
+from .base import YieldModel, _jsonable
+from .empirical import (EDGE_FEATURE, SEASON_FEATURES, EmpiricalModel, _design,
+                        _uses_windows, model_features)
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale, remove_cut_error
 from .lue import LUEModel
 from .learners import fit_learner, predict_yield, select_model
 from .skill import _group_folds, _metrics
-from .weather import MODEL_WINDOWS, column_sets, weather_columns, weather_feature_names
+from .weather import (MODEL_STATS, MODEL_WINDOWS, column_sets, weather_columns,
+                      weather_feature_names)
 from .windows import INDICES, window_feature_names
 
 __all__ = ["fit_yield_model"]
@@ -51,7 +53,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                     level_prior_sd: float | None = None,
                     n_simulated: int = 400,
                     cut_error_sd: float | None = None, weather: pd.DataFrame | None = None,
-                    weather_options: Mapping[str, Any] | None = None) -> YieldModel:
+                    weather_options: Mapping[str, Any] | None = None,
+                    n_bags: int = 1, pool_by=None) -> YieldModel:
     """Fit a yield model for ``crop`` to observed yields and cross-validate it.
 
     Parameters
@@ -84,6 +87,11 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         their ``weather_year``.)
     seasons : DataFrame, optional
         Seasons table (``field_id, season, sos, eos``; default: ``cropyield.phenology``).
+        With ``perimeter_m`` (m) and ``area_ha`` (ha) columns (the field polygons'),
+        ``"empirical"``/``"simulation"`` also offer the learner the edge covariate
+        ``perimeter_area_m`` (1/m; mixed edge pixels pull small fields' index means towards
+        their surroundings), in every candidate feature set; a model that uses it needs
+        the same columns to predict (``estimate_yield`` adds them from its fields).
     region, index, lat, radiation, climatology
         As in :meth:`LUEModel.predict`.
     n_splits, seed : int
@@ -109,13 +117,19 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         :func:`cropyield.yieldmodel.simulation.train_on_simulations` (trained once, levelled
         here).
     county_mean_t_ha : float, optional
-        ``method="simulation"``: official mean yield (t/ha, the crop's reporting basis) of
-        the fields in ``series``/``seasons`` (area-weighted with an ``area_ha`` column),
-        e.g. the county statistic of that year.
+        ``method="simulation"`` or ``"lue"``: official mean yield (t/ha, the crop's
+        reporting basis) of the fields in ``series``/``seasons`` (area-weighted with an
+        ``area_ha`` column), e.g. the county statistic of that year. With ``"lue"`` it sets
+        the calibration factor (for ``value_only`` crops: the level of the benchmark yield),
+        shrunk towards the crop cuts in ``observed`` as the simulation model's level is
+        (any number of cuts, none included; the cuts of a ``value_only`` crop also update
+        its vigour elasticity from the registry's prior, so that a vigour ratio the cuts do
+        not support is damped rather than trusted).
     level_prior_sd : float, optional
-        ``method="simulation"``: prior standard deviation of the log level before crop cuts
-        (default 0.05 with ``county_mean_t_ha`` - the error of a county statistic - else 0.3,
-        the spread of crop-model level errors); crop cuts shrink towards the prior.
+        ``method="simulation"`` or ``"lue"`` with ``county_mean_t_ha``: prior standard
+        deviation of the log level before crop cuts (default 0.05 with
+        ``county_mean_t_ha`` - the error of a county statistic - else 0.3, the spread of
+        crop-model level errors); crop cuts shrink towards the prior.
     n_simulated : int
         Seasons to simulate when ``simulated`` is not given.
     cut_error_sd : float, optional
@@ -130,8 +144,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         Daily weather per field (``field_id, time, tmin_c, tmax_c`` degC,
         ``radiation_mj_m2`` MJ m-2 d-1, ``rain_mm`` mm/d) of the fields in ``series``: adds
         the grain-fill weather covariates of
-        :func:`cropyield.yieldmodel.weather.weather_features` (means over POS to POS + 35 d;
-        ``features=`` can name others) as an extra candidate feature set of the
+        :func:`cropyield.yieldmodel.weather.weather_features` (mean rain and Tmax over POS
+        to POS + 35 d, :data:`~cropyield.yieldmodel.weather.MODEL_STATS`; ``features=`` can
+        name others) as an extra candidate feature set of the
         grouped-CV choice - used only when better on held-out groups (``model.learner
         ["column_set"]`` ends with ``+weather`` then, and the model needs ``weather=`` to
         predict). ``method="empirical"`` and ``"simulation"`` (with ``simulated`` a
@@ -141,6 +156,24 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     weather_options : mapping, optional
         ``fill_days`` (grain-fill window after the peak, days, default 35) and ``hot_c``
         (hot-day threshold, degC, default 30) of the weather covariates.
+    n_bags : int
+        ``method="empirical"`` or ``"simulation"`` (trained here or by
+        :func:`~cropyield.yieldmodel.simulation.train_on_simulations`): > 1 bags the
+        grouped-CV choice of feature set and learner over that many bootstrap resamples of
+        whole groups and averages the members (one linear model, same JSON form; ``learner
+        ["name"]`` ``"bagging"``), in the final fit and in every cross-validation fold, so
+        ``cv_`` scores the bagged model (cost: ``n_bags`` times the choice). It steadies a
+        choice that jumps between training draws (the demo's crop-model-trained cores).
+        Default 1: no bagging (the behaviour before this keyword).
+    pool_by : mapping, Series or str, optional
+        Opt-in, ``method="empirical"`` only: a group label per ``field_id`` (mapping or
+        Series) or a ``seasons`` column naming the fields that share a county and season.
+        Adds the group means of the post-peak integrals of every index
+        (:mod:`cropyield.yieldmodel.pooled`: over every season of ``crop`` in ``series``
+        with that label, cut or not) as an extra candidate feature set. A model that chose
+        them (``learner["column_set"]`` contains ``+pooled``) needs ``pool_by=`` to predict,
+        and **one field's estimate then depends on the imagery of the other fields of its
+        group** (at least 5 seasons; fewer: NaN, flag ``FEW_POOLED``). Default: none.
 
     Returns
     -------
@@ -170,6 +203,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     """
     if method not in ("lue", "empirical", "simulation"):
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
+    if pool_by is not None and method != "empirical":
+        raise ModelError("pool_by= applies to method='empirical' only")
     if weather is not None and method == "lue":
         raise ModelError("weather= applies to method='empirical' or 'simulation'; the LUE "
                          "model takes measured radiation through radiation=")
@@ -191,7 +226,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                               alpha=alpha, features=features, overrides=overrides,
                               climatology=climatology, indices=indices,
                               n_simulated=n_simulated, cut_error_sd=cut_error_sd,
-                              weather=weather, weather_options=weather_options)
+                              weather=weather, weather_options=weather_options,
+                              n_bags=n_bags)
     lue = base_model or LUEModel(overrides=overrides, index=index, region=region)
     if method == "empirical":
         feats = model_features(series, seasons, index=index, indices=indices,
@@ -205,8 +241,28 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     feats = feats.merge(seasons[[c for c in seasons.columns if c in ("field_id", "season",
                                                                       "area_ha")]],
                         on=["field_id", "season"], how="left")
+    pool = None
+    if pool_by is not None:
+        from .pooled import add_pooled_features, pool_labels, pool_options
+
+        tab = feats if not isinstance(pool_by, str) or pool_by in feats.columns else \
+            feats[["field_id", "season"]].merge(
+                seasons[[c for c in ("field_id", "season", pool_by) if c in seasons.columns]],
+                on=["field_id", "season"], how="left")
+        pidx = list(indices) if indices else (_indices_of(default_feature_names(feats)) or [])
+        pool = pool_options(pidx)
+        feats = add_pooled_features(feats, pool_labels(pool_by, tab), indices=pidx, crop=crop)
     rg_key = region
     model: YieldModel
+    if method == "lue":
+        # raw LUE yield, or benchmark x vigour ratio ** elasticity for value-only crops
+        # (vigour ratios against every given season of the crop, not the cuts alone)
+        feats = feats.assign(_base=lue._base_yield(feats))
+        if county_mean_t_ha is not None:
+            return _fit_lue_levelled(lue, feats, observed, crop=crop, region=region,
+                                     county_mean_t_ha=county_mean_t_ha,
+                                     level_prior_sd=level_prior_sd, groups=groups,
+                                     n_splits=n_splits, seed=seed, cut_error_sd=cut_error_sd)
     # ---- aggregate statistics
     if isinstance(observed, Mapping) or (isinstance(observed, pd.DataFrame)
                                          and "mean_yield_t_ha" in observed.columns):
@@ -215,13 +271,14 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                              "method='lue' or give field yields (field_id, yield_t_ha)")
         recs = [dict(observed)] if isinstance(observed, Mapping) else observed.to_dict("records")
         model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                         region=region, calibration=lue.calibration, residuals=lue.residuals)
+                         region=region, calibration=lue.calibration, residuals=lue.residuals,
+                         vigour=lue.vigour)
         for rec in recs:
             rg = rec.get("region", region)
             f = feats[(feats["crop"] == crop)]
             if "region" in f.columns and (f["region"] == rg).any():
                 f = f[f["region"] == rg]
-            raw = lue.raw_yield(f)
+            raw = f["_base"].to_numpy(float)
             w = f["area_ha"].to_numpy(float) if "area_ha" in f.columns else np.ones(len(f))
             w = np.where(np.isfinite(w), w, 0.0)
             ok = np.isfinite(raw) & (w > 0)
@@ -241,14 +298,18 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     obs = obs.assign(_group=_groups_column(obs, groups))
     m = _join_observed(feats, obs, crop)
     y = m["yield_t_ha"].to_numpy(float)
-    raw = lue.raw_yield(m)
+    raw = m["_base"].to_numpy(float) if "_base" in m.columns else np.full(len(m), np.nan)
     s = quality_scale(m["n_obs"].to_numpy(float), m["max_gap_days"].to_numpy(float))
     if method == "lue":
         usable = np.isfinite(raw) & (raw > 0)
     else:
         names = list(features) if features else default_feature_names(m)
+        if pool is not None and not features:
+            from .pooled import pooled_feature_names
+
+            names += pooled_feature_names(pool["indices"])
         if weather is not None and not features:
-            names += weather_feature_names(MODEL_WINDOWS)
+            names += weather_feature_names(MODEL_WINDOWS, MODEL_STATS)
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
         if weather is not None:
@@ -259,6 +320,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
             if n_wx:
                 logger.warning("%d observed %s seasons have no weather covariates "
                                "(NO_WEATHER); not used", n_wx, crop)
+        if pool is not None:
+            from .pooled import is_pooled_feature
+
+            pl = np.array([is_pooled_feature(n) for n in names], bool)
+            n_pl = int((~np.isfinite(X[:, pl]).all(axis=1)).sum()) if pl.any() else 0
+            if n_pl:
+                logger.warning("%d observed %s seasons have no pooled features (fewer than "
+                               "%d seasons in their pool_by group: FEW_POOLED); not used",
+                               n_pl, crop, pool["min_seasons"])
     m, y, raw, s = m[usable].reset_index(drop=True), y[usable], raw[usable], s[usable]
     if len(m) < 5:
         raise ModelError(f"only {len(m)} usable observed {crop} seasons; need at least 5 to fit "
@@ -278,7 +348,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         if method == "lue":
             fac = float(np.exp(np.mean(np.log(y[tr] / raw[tr]))))
             return raw[te] * fac, fac
-        fit = _fit_select(X[tr], y[tr], names, g[tr], alpha=alpha, n_splits=n_splits)
+        fit = _fit_select(X[tr], y[tr], names, g[tr], alpha=alpha, n_splits=n_splits,
+                          n_bags=n_bags, seed=seed)
         return predict_yield(fit, X[te])[0], fit
 
     for te in folds:
@@ -299,13 +370,16 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         res = dict(lue.residuals)
         res[crop] = q
         model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                         region=region, calibration=cal, residuals=res)
+                         region=region, calibration=cal, residuals=res, vigour=lue.vigour)
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
                                 overrides=lue.overrides, indices=_indices_of(names),
-                                weather=dict(weather_options or {}) or None)
+                                weather=dict(weather_options or {}) or None,
+                                n_bags=n_bags, seed=seed, pool=pool)
     model.cv_ = cv
+    if method == "empirical" and n_bags and int(n_bags) > 1:
+        model.cv_["n_bags"] = int(n_bags)
     logger.info("fitted %s yield model for %s: %s", method, crop,
                 {k: cv[k] for k in ("n", "r2", "rmse_t_ha", "coverage_p10_p90")})
     return model
@@ -328,6 +402,8 @@ def default_feature_names(feats: pd.DataFrame) -> list[str]:
     """Default empirical features present (finite somewhere) in a feature table."""
     idx = [c[:-4] for c in feats.columns if c.endswith("_max") and c[:-4] in INDICES]
     names = list(SEASON_FEATURES) + window_feature_names(idx)
+    if EDGE_FEATURE in feats.columns:
+        names.append(EDGE_FEATURE)
     X = _design(feats, names)
     return [n for j, n in enumerate(names) if np.isfinite(X[:, j]).any()]
 
@@ -337,25 +413,94 @@ def _indices_of(names: Sequence[str]) -> list[str] | None:
     return idx or None
 
 
-def _fit_select(X, y, names, groups, *, alpha, n_splits):
+def _fit_select(X, y, names, groups, *, alpha, n_splits, n_bags=1, seed=0):
     """A fixed ``alpha``: ridge on log yield and every column (the schema-1 behaviour);
     ``alpha=None``: feature set, target and learner chosen by grouped CV
-    (:func:`~cropyield.yieldmodel.learners.select_model`)."""
+    (:func:`~cropyield.yieldmodel.learners.select_model`); ``n_bags > 1``: that choice
+    bagged over bootstrap resamples of the groups (:func:`_bagged`)."""
     if alpha is not None:
         fit = fit_learner(X, np.log(y), "ridge", {"alpha": float(alpha)})
         fit.update(columns=list(range(X.shape[1])), column_set="full", target="log",
                    floor=0.0)
         return fit
-    return select_model(X, y, groups, n_splits=n_splits, column_sets=column_sets(names))
+    fit = select_model(X, y, groups, n_splits=n_splits, column_sets=_column_sets(names))
+    if n_bags and int(n_bags) > 1:
+        fit = _bagged(X, y, names, groups, fit, n_splits=n_splits, n_bags=int(n_bags),
+                      seed=seed)
+    return fit
+
+
+def _column_sets(names):
+    """:func:`~cropyield.yieldmodel.weather.column_sets` with the field covariate
+    (:data:`~cropyield.yieldmodel.empirical.EDGE_FEATURE`, a property of the field, not of
+    an index) in every set."""
+    if EDGE_FEATURE not in names:
+        return column_sets(names)
+    j = list(names).index(EDGE_FEATURE)
+    rest = [n for n in names if n != EDGE_FEATURE]
+    back = [k for k in range(len(names)) if k != j]
+    return {k: [back[i] for i in v] + [j] for k, v in column_sets(rest).items()}
+
+
+def _bagged(X, y, names, groups, full, *, n_splits, n_bags, seed):
+    """Bootstrap aggregation of the grouped-CV model choice (Breiman 1996, Machine Learning
+    24:123): ``n_bags`` resamples of whole groups (weather years) with replacement, each
+    running the full choice of feature set and learner on the target ``full`` chose (its
+    copies of a group stay in one fold), averaged. Every member is linear in the features on
+    that target (log yield or yield), so their average is one linear model: coefficients
+    averaged on the raw feature scale over the union of the members' columns (a column a
+    member did not use counts 0), re-expressed on standardised columns of all rows - the
+    model and its JSON keep the single-regression form. A linear-target floor applies to
+    the average. Returns a :func:`select_model`-like dict (``name`` ``"bagging"``,
+    ``params`` ``{"n_bags", "seed", "members"}``, ``column_set`` ``"<full's>|bagged"``)."""
+    g = np.asarray(groups)
+    ug = np.unique(g)
+    if len(ug) < 3:
+        return full
+    rng = np.random.default_rng([int(seed), 1996])
+    target = full["target"]
+    raw = np.zeros(X.shape[1])
+    icpt = 0.0
+    members = []
+    for _ in range(n_bags):
+        pick = rng.choice(ug, size=len(ug), replace=True)
+        while len(np.unique(pick)) < 2:
+            pick = rng.choice(ug, size=len(ug), replace=True)
+        idx = np.concatenate([np.flatnonzero(g == u) for u in pick])
+        fb = select_model(X[idx], y[idx], g[idx], n_splits=n_splits,
+                          column_sets=_column_sets(names), targets=(target,))
+        cols = np.asarray(fb["columns"], int)
+        c = np.asarray(fb["coef"], float) / np.asarray(fb["scale"], float)
+        raw[cols] += c
+        icpt += float(fb["intercept"]) - float(np.sum(c * np.asarray(fb["mean"], float)))
+        members.append(f"{fb['column_set']}/{fb['name']}/{fb['params']}")
+    raw /= n_bags
+    icpt /= n_bags
+    cols = np.flatnonzero(raw != 0.0)
+    if not len(cols):  # every member an intercept-only fit: keep the single choice
+        return full
+    mean = X[:, cols].mean(axis=0)
+    sd = X[:, cols].std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    out = dict(full)
+    out.update(name="bagging", params={"n_bags": n_bags, "seed": int(seed),
+                                       "members": members},
+               coef=raw[cols] * sd, intercept=icpt + float(np.sum(raw[cols] * mean)),
+               mean=mean, scale=sd, columns=cols.tolist(),
+               column_set=f"{full['column_set']}|bagged")
+    return out
 
 
 def _empirical_from(X, y, g, names, *, crop, alpha, n_splits, index, region, residuals,
-                    overrides, indices, cls=EmpiricalModel, **extra) -> EmpiricalModel:
-    fit = _fit_select(X, y, names, g, alpha=alpha, n_splits=n_splits)
+                    overrides, indices, cls=EmpiricalModel, n_bags=1, seed=0,
+                    **extra) -> EmpiricalModel:
+    fit = _fit_select(X, y, names, g, alpha=alpha, n_splits=n_splits, n_bags=n_bags,
+                      seed=seed)
     cols = fit["columns"]
     used = [names[j] for j in cols]
     rng_ = {names[j]: [float(np.min(X[:, j])), float(np.max(X[:, j]))] for j in cols}
-    learner = {"name": fit["name"], "params": fit["params"], "target": fit["target"],
+    learner = {"name": fit["name"], "params": _jsonable(fit["params"]),
+               "target": fit["target"],
                "column_set": fit["column_set"], "cv_mse": fit.get("cv_mse"),
                "n_splits": fit.get("n_splits"), "library": "scikit-learn"}
     return cls(crop=crop, feature_names=used, coef=fit["coef"], intercept=fit["intercept"],
@@ -394,3 +539,141 @@ def _cross_conformal(y, oof, s, folds, *, seed, method, n_groups, cut_error_sd=N
           "method": method, **_metrics(y, oof),
           "coverage_p10_p90": float(np.mean(np.concatenate(cover))) if cover else None}
     return q, cv
+
+
+def _elasticity_posterior(r: np.ndarray, x: np.ndarray, *, prior: float, prior_sd: float,
+                          sigma2: float) -> tuple[float, float]:
+    """Normal-normal update of the vigour elasticity ``β`` in ``r = δ + β x + e``
+    (``r``: log of cut yield / benchmark, ``x``: log vigour ratio, ``e ~ N(0, sigma2)``),
+    both centred so that the level ``δ`` drops out. Returns ``(posterior mean, sd)``; the
+    prior when ``x`` does not vary."""
+    if len(r) < 3:
+        return float(prior), float(prior_sd)
+    xc, rc = x - np.mean(x), r - np.mean(r)
+    sxx = float(np.sum(xc ** 2))
+    if sxx <= 0:
+        return float(prior), float(prior_sd)
+    prec = 1.0 / prior_sd ** 2 + sxx / sigma2
+    beta = (prior / prior_sd ** 2 + float(np.sum(xc * rc)) / sigma2) / prec
+    return float(beta), float(1.0 / np.sqrt(prec))
+
+
+def _fit_lue_levelled(lue: LUEModel, feats: pd.DataFrame, observed, *, crop: str, region: str,
+                      county_mean_t_ha: float, level_prior_sd: float | None, groups,
+                      n_splits: int, seed: int, cut_error_sd: float | None) -> LUEModel:
+    """``method="lue"`` with a county statistic: the level (calibration factor) is the
+    county mean over the area-weighted mean base yield of the given seasons, shrunk towards
+    the crop cuts (any number, none included) as the simulation model's level is
+    (:func:`cropyield.yieldmodel.simulation.level_shift`, prior sd ``level_prior_sd``,
+    default 0.05 - the error of a county statistic). For ``value_only`` crops the cuts first
+    update the vigour elasticity from the registry's prior (:func:`_elasticity_posterior`):
+    with few cuts, or cuts whose vigour ratios hardly differ, it stays at the prior.
+    Intervals: cross-conformal on the cuts (>= 5, folds of ``groups``), else the crop's prior
+    sigma widened by the level's posterior sd."""
+    import math
+
+    from .intervals import _Z90, _prior_quantiles
+    from .simulation import level_shift
+
+    if not (county_mean_t_ha is not None and np.isfinite(county_mean_t_ha)
+            and county_mean_t_ha > 0):
+        raise ModelError(f"county_mean_t_ha must be a positive number (t/ha), got "
+                         f"{county_mean_t_ha!r}")
+    f = feats[feats["crop"] == crop].reset_index(drop=True)
+    yp = lue.yield_params(crop)
+    if yp is None:
+        raise ModelError(f"crop {crop!r} has no yield parameters in the registry")
+    value_only = yp.yield_basis == "value_only"
+    f = f.assign(_vr=lue.vigour_ratios(f))
+    bench = np.full(len(f), np.nan)
+    if value_only:
+        bt = dict(yp.benchmark_t_ha)
+        rg = f["region"] if "region" in f.columns else pd.Series([region] * len(f))
+        bench = np.array([float(bt.get(r_, bt.get("default", np.nan))) for r_ in rg])
+    f = f.assign(_bench=bench)
+    # crop cuts (optional)
+    if observed is not None and len(observed):
+        obs = pd.DataFrame(observed)
+        obs = obs.assign(_group=_groups_column(obs, groups))
+        m = _join_observed(f, obs, crop)
+        m = m[np.isfinite(m["_base"].to_numpy(float))].reset_index(drop=True)
+    else:
+        m = f.iloc[:0].assign(yield_t_ha=np.zeros(0), _group=np.zeros(0))
+    y = m["yield_t_ha"].to_numpy(float)
+    sigma2 = float(yp.prior_sigma) ** 2
+    vigour = {c: dict(v) for c, v in lue.vigour.items()}
+    if value_only:
+        ve = lue.vigour_elasticity(crop)
+        r0 = np.log(y / m["_bench"].to_numpy(float))
+        if len(y) >= 3:
+            sigma2 = max(sigma2, float(np.var(r0, ddof=1)))
+        beta, beta_sd = _elasticity_posterior(
+            r0, np.log(m["_vr"].to_numpy(float)), prior=float(ve["elasticity"]),
+            prior_sd=float(ve["sd"]), sigma2=sigma2)
+        vigour[crop] = {"elasticity": beta, "sd": beta_sd, "n_cuts": int(len(y)),
+                        "prior": float(ve["elasticity"]), "prior_sd": float(ve["sd"]),
+                        "source": (f"registry prior {float(ve['elasticity']):g} ± "
+                                   f"{float(ve['sd']):g} updated by {len(y)} crop cuts"
+                                   if len(y) >= 3 else "crop registry prior (< 3 crop cuts)")}
+        f = f.assign(_base=f["_bench"] * f["_vr"] ** beta)
+        m = m.assign(_base=m["_bench"] * m["_vr"] ** beta)
+    base = f["_base"].to_numpy(float)
+    w = f["area_ha"].to_numpy(float) if "area_ha" in f.columns else np.ones(len(f))
+    ok = np.isfinite(base) & (base > 0) & np.isfinite(w) & (w > 0)
+    if not ok.any():
+        raise ModelError(f"no usable {crop} season among the given seasons to compare with "
+                         "county_mean_t_ha; check seasons= (with an area_ha column) and the "
+                         "series")
+    prior_mean = math.log(float(county_mean_t_ha) / float(np.sum(base[ok] * w[ok])
+                                                          / np.sum(w[ok])))
+    tau = float(level_prior_sd) if level_prior_sd is not None else 0.05
+    yb = m["_base"].to_numpy(float)
+    r = np.log(y / yb)
+    if len(r) >= 3:
+        sigma2 = max(sigma2, float(np.var(r, ddof=1)))
+
+    def level(sel):
+        if not sel.any():
+            return level_shift(np.zeros(0), prior_mean=prior_mean, prior_sd=tau,
+                               sigma2=sigma2)
+        return level_shift(r[sel], prior_mean=prior_mean, prior_sd=tau, sigma2=sigma2,
+                           cuts_level=math.log(float(np.sum(y[sel]) / np.sum(yb[sel]))))
+
+    shift, post_sd, weight = level(np.ones(len(r), bool))
+    n = int(len(r))
+    cv = None
+    if n >= 5:
+        s = quality_scale(m["n_obs"].to_numpy(float), m["max_gap_days"].to_numpy(float))
+        g = m["_group"].to_numpy()
+        folds = _group_folds(g, n_splits, seed)
+        oof = np.full(n, np.nan)
+        for te in folds:
+            tr = np.ones(n, bool)
+            tr[te] = False
+            oof[te] = yb[te] * math.exp(level(tr)[0])
+        q, cv = _cross_conformal(y, oof, s, folds, seed=seed, method="lue",
+                                 n_groups=int(len(pd.unique(g))), cut_error_sd=cut_error_sd)
+    else:
+        q = _prior_quantiles(float(yp.prior_sigma))
+        d = _Z90 * post_sd
+        q["q10"] = -math.hypot(q["q10"], d)
+        q["q90"] = math.hypot(q["q90"], d)
+        q["method"] = (f"prior: lognormal sigma={float(yp.prior_sigma):g} widened by the "
+                       f"level's posterior sd {post_sd:.3f} ({n} crop cuts)")
+    kind = "fitted_county" + ("+cuts" if n else "")
+    cal = {c: dict(v) for c, v in lue.calibration.items()}
+    cal.setdefault(crop, {})[region] = {
+        "factor": math.exp(shift), "kind": kind, "n": n,
+        "county_mean_t_ha": float(county_mean_t_ha), "prior_sd": tau,
+        "posterior_sd": post_sd, "weight": weight,
+        "source": f"fitted: county mean {float(county_mean_t_ha):g} t/ha over "
+                  f"{int(ok.sum())} seasons area-weighted"
+                  + (f", shrunk towards {n} crop cuts (weight {weight:.2f})" if n else "")}
+    res = dict(lue.residuals)
+    res[crop] = q
+    model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar, region=region,
+                     calibration=cal, residuals=res, vigour=vigour)
+    model.cv_ = cv
+    logger.info("levelled %s yield model for %s: x%.3f (%s)", "value-only" if value_only
+                else "LUE", crop, math.exp(shift), cal[crop][region]["source"])
+    return model

@@ -30,8 +30,12 @@ class LUEModel(YieldModel):
     ``yield [t/ha] = HI × RUE [g DM/MJ APAR] × Σ(fAPAR × PAR) [MJ m-2] × 0.01 / (1 − moisture)
     × product_fraction × factor``, accumulated from ``sos`` (or the crop's green-up day,
     ``active_from_doy``) to ``eos``. Crops with ``yield_basis = "value_only"`` (orchards, tea,
-    vegetables) get the regional benchmark yield × a vigour ratio (season-mean fAPAR relative
-    to the median of the same crop in the batch, clipped to [0.7, 1.3], when >= 5 seasons).
+    vegetables) get ``benchmark × level × ratio ** elasticity``: the regional benchmark yield
+    (registry), a fitted level (``calibration``: a county statistic and/or crop cuts,
+    :func:`cropyield.fit_yield_model`; 1 before fitting) and the vigour ratio (season-mean
+    fAPAR relative to the median of the same crop in the batch, clipped to [0.7, 1.3], when
+    >= 5 seasons; 1 otherwise) raised to the crop's vigour elasticity (``vigour``; default the
+    registry's prior ``vigour_elasticity``, updated by crop cuts when fitted).
 
     Parameters
     ----------
@@ -49,6 +53,10 @@ class LUEModel(YieldModel):
     residuals : mapping, optional
         ``{crop: {"q10", "q50", "q90", "n", "method"}}`` normalised log-residual quantiles for
         the intervals (set by :func:`fit_yield_model`); default: the crop's prior sigma.
+    vigour : mapping, optional
+        ``{crop: {"elasticity", "sd", "n_cuts", "source"}}`` vigour elasticity of
+        ``value_only`` crops (set by :func:`fit_yield_model`); default: the registry's prior
+        (``vigour_elasticity``, ``vigour_elasticity_sd``).
     """
 
     kind = "lue"
@@ -56,7 +64,8 @@ class LUEModel(YieldModel):
     def __init__(self, *, overrides=None, index: str = "ndvi",
                  fapar: Mapping[str, Any] | None = None, region: str = "north_china_plain",
                  calibration: Mapping[str, Any] | None = None,
-                 residuals: Mapping[str, Any] | None = None):
+                 residuals: Mapping[str, Any] | None = None,
+                 vigour: Mapping[str, Any] | None = None):
         self.registry, self.overrides = _registry_from(overrides)
         self.index = index
         self.fapar = dict(fapar) if fapar else None
@@ -64,12 +73,69 @@ class LUEModel(YieldModel):
         self.calibration = {c: {r: dict(v) for r, v in d.items()}
                             for c, d in (calibration or {}).items()}
         self.residuals = {c: dict(v) for c, v in (residuals or {}).items()}
+        self.vigour = {c: dict(v) for c, v in (vigour or {}).items()}
         self.cv_ = None
 
     def _params(self) -> dict[str, Any]:
-        return {"overrides": self.overrides, "index": self.index, "fapar": self.fapar,
-                "region": self.region, "calibration": _jsonable(self.calibration),
-                "residuals": _jsonable(self.residuals)}
+        d = {"overrides": self.overrides, "index": self.index, "fapar": self.fapar,
+             "region": self.region, "calibration": _jsonable(self.calibration),
+             "residuals": _jsonable(self.residuals)}
+        if self.vigour:  # absent from files written before it existed; they still load
+            d["vigour"] = _jsonable(self.vigour)
+        return d
+
+    def vigour_elasticity(self, crop: str) -> dict[str, Any]:
+        """Vigour elasticity of a ``value_only`` crop: ``{"elasticity", "sd", "n_cuts",
+        "source"}`` - the fitted one (``vigour``) or the registry's prior."""
+        if crop in self.vigour:
+            return dict(self.vigour[crop])
+        yp = self.yield_params(crop)
+        e = float(yp.vigour_elasticity) if yp is not None else 1.0
+        sd = float(yp.vigour_elasticity_sd) if yp is not None else 0.5
+        return {"elasticity": e, "sd": sd, "n_cuts": 0, "source": "crop registry prior"}
+
+    def vigour_ratios(self, feats: pd.DataFrame) -> np.ndarray:
+        """Vigour ratio per feature row: season-mean fAPAR / the median of the same crop's
+        seasons in ``feats`` (>= 5 finite), clipped to [0.7, 1.3]; 1.0 where either is
+        missing (fewer than 5 seasons of the crop, or a season without fAPAR)."""
+        out = np.ones(len(feats))
+        fm_all = feats["fapar_mean"].to_numpy(float)
+        crops = feats["crop"].to_numpy()
+        for c in pd.unique(crops):
+            sel = crops == c
+            fm = fm_all[sel]
+            ok = np.isfinite(fm)
+            if ok.sum() < 5:
+                continue
+            ref = float(np.median(fm[ok]))
+            if ref <= 0:
+                continue
+            r = np.where(ok, np.clip(fm / ref, 0.7, 1.3), 1.0)
+            out[sel] = r
+        return out
+
+    def _fitted_factor(self, crop: str, region: str) -> dict[str, Any] | None:
+        user = self.calibration.get(crop, {})
+        for key in (region, "default"):
+            if key in user:
+                return {"region": key, **dict(user[key])}
+        return None
+
+    def _base_yield(self, feats: pd.DataFrame) -> np.ndarray:
+        """Yield before the fitted level: the raw LUE yield, or for ``value_only`` crops the
+        benchmark × vigour ratio ** elasticity (t/ha); NaN where neither applies."""
+        out = self.raw_yield(feats)
+        vr = self.vigour_ratios(feats)
+        for i, (c, rg) in enumerate(zip(feats["crop"], feats["region"] if "region" in feats
+                                        else [self.region] * len(feats))):
+            yp = self.yield_params(c)
+            if yp is None or yp.yield_basis != "value_only":
+                continue
+            bench = dict(yp.benchmark_t_ha)
+            b = bench.get(rg, bench.get("default"))
+            if b is not None:
+                out[i] = float(b) * vr[i] ** float(self.vigour_elasticity(c)["elasticity"])
+        return out
 
     def yield_params(self, crop: str) -> YieldParams | None:
         if crop is None or crop not in self.registry:
@@ -145,13 +211,7 @@ class LUEModel(YieldModel):
         quant: list[Mapping[str, Any] | None] = []
         basis, calib, extra = [], [], []
         sanity: list[tuple[float, ...]] = []
-        # vigour reference for value-only crops
-        vig_ref: dict[str, float] = {}
-        for c, g in feats.groupby("crop"):
-            fm = g["fapar_mean"].to_numpy(float)
-            fm = fm[np.isfinite(fm)]
-            if len(fm) >= 5:
-                vig_ref[c] = float(np.median(fm))
+        vrs = self.vigour_ratios(feats)
         for i in range(n):
             c = feats["crop"].iloc[i]
             rg = feats["region"].iloc[i]
@@ -172,18 +232,21 @@ class LUEModel(YieldModel):
                 bench = dict(yp.benchmark_t_ha)
                 b = bench.get(rg, bench.get("default"))
                 fl = ["BENCHMARK_YIELD"]
-                vr = 1.0
-                fm = feats["fapar_mean"].iloc[i]
-                if c in vig_ref and np.isfinite(fm) and vig_ref[c] > 0:
-                    vr = float(np.clip(fm / vig_ref[c], 0.7, 1.3))
+                vr = float(vrs[i])
+                ve = self.vigour_elasticity(c)
+                lev = self._fitted_factor(c, rg)
+                fac = float(lev["factor"]) if lev is not None else 1.0
                 if b is None:
                     fl.append("NO_MODEL")
                 else:
-                    p50[i] = float(b) * vr
-                calib.append(json.dumps({"kind": "benchmark", "benchmark_t_ha": b,
-                                         "vigour_ratio": vr, "region": rg,
-                                         "source": yp.source, "interval": q.get("method", "")},
-                                        ensure_ascii=False))
+                    p50[i] = float(b) * fac * vr ** float(ve["elasticity"])
+                rec = {"kind": "benchmark", "benchmark_t_ha": b, "vigour_ratio": vr,
+                       "vigour_elasticity": float(ve["elasticity"]),
+                       "vigour_source": ve.get("source", ""), "region": rg,
+                       "source": yp.source, "interval": q.get("method", "")}
+                if lev is not None:
+                    rec["level"] = _jsonable(lev)
+                calib.append(json.dumps(rec, ensure_ascii=False))
                 extra.append(fl)
                 continue
             f = self.factor(c, rg)

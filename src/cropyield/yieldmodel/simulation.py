@@ -118,7 +118,8 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                          features=None, overrides=None, climatology=None,
                          smooth_kwargs: Mapping[str, Any] | None = None,
                          season_source: str = "detected", weather=None,
-                         weather_options: Mapping[str, Any] | None = None) -> EmpiricalModel:
+                         weather_options: Mapping[str, Any] | None = None,
+                         n_bags: int = 1) -> EmpiricalModel:
     """Fit the empirical regression on crop-model seasons (step 1 of the module docstring).
 
     Parameters
@@ -147,6 +148,9 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         as an extra candidate feature set (see ``fit_yield_model(weather=)``). Default: none.
     weather_options : mapping, optional
         ``fill_days``, ``hot_c`` of :func:`cropyield.yieldmodel.weather.weather_features`.
+    n_bags : int
+        > 1: bag the learner choice over bootstrap resamples of the simulations' weather
+        years (``fit_yield_model(n_bags=)``); the smoothing and features are computed once.
 
     Returns
     -------
@@ -168,8 +172,8 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         raise ModelError(f"season_source must be 'detected' or 'truth', got {season_source!r}")
     seasons = None
     if {"sos", "eos"} <= set(truth.columns):
-        seasons = truth[[c for c in ("field_id", "season", "crop", "sos", "eos", "lat")
-                         if c in truth.columns]]
+        seasons = truth[[c for c in ("field_id", "season", "crop", "sos", "eos", "lat",
+                                     "area_ha", "perimeter_m") if c in truth.columns]]
         if season_source == "detected":
             seasons = _detected_seasons(ser, seasons, "ndvi" if "ndvi" in idx else idx[0])
             truth = truth.merge(seasons[["field_id", "season"]], on=["field_id", "season"])
@@ -183,7 +187,8 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                              method="empirical", groups=groups, seasons=seasons, region=region,
                              index=index, n_splits=n_splits, seed=seed, alpha=alpha,
                              features=features, overrides=overrides, climatology=climatology,
-                             indices=idx, weather=weather, weather_options=weather_options)
+                             indices=idx, weather=weather, weather_options=weather_options,
+                             n_bags=n_bags)
     model = cast(EmpiricalModel, fitted)  # method="empirical" fits an EmpiricalModel
     model.cv_ = {**(model.cv_ or {}), "data": "simulated",
                  "n_weather_years": int(truth["weather_year"].nunique())
@@ -250,7 +255,8 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                    climatology=None, indices: Sequence[str] | None = None,
                    n_simulated: int = 400, cut_error_sd: float | None = None,
                    weather: pd.DataFrame | None = None,
-                   weather_options: Mapping[str, Any] | None = None) -> SimulationModel:
+                   weather_options: Mapping[str, Any] | None = None,
+                   n_bags: int = 1) -> SimulationModel:
     """Crop-model-trained yield model levelled to statistics or crop cuts (module docstring).
 
     Parameters are those of :func:`cropyield.yieldmodel.fit_yield_model` (``simulated`` may
@@ -296,7 +302,7 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                                     region=region, n_splits=n_splits, seed=seed, alpha=alpha,
                                     features=features, overrides=overrides,
                                     climatology=climatology, weather=sim_wx,
-                                    weather_options=weather_options)
+                                    weather_options=weather_options, n_bags=n_bags)
     tseas = seasons[seasons["crop"] == crop] if "crop" in seasons.columns else seasons
     pred = core.predict(series, tseas, lat=lat, region=region, radiation=radiation,
                         climatology=climatology, weather=weather)

@@ -30,7 +30,8 @@ import pandas as pd
 from ..cropmodel import WEATHER_COLUMNS
 from ..errors import ModelError
 
-__all__ = ["WEATHER_VARIABLES", "WEATHER_WINDOWS", "weather_feature_names",
+__all__ = ["WEATHER_VARIABLES", "WEATHER_WINDOWS", "MODEL_WINDOWS", "MODEL_STATS",
+           "weather_feature_names",
            "weather_features", "is_weather_feature"]
 
 #: Daily weather columns the features need (units in the names; as the crop-model weather).
@@ -49,13 +50,27 @@ MIN_COVERAGE = 0.8
 #: held-out skill: every weather feature is nearly a year-level variable, and with ~16
 #: training years ten of them overfit where five do not.
 MODEL_WINDOWS = ("fill",)
+#: Statistics the yield models offer by default: mean rain and mean maximum temperature of
+#: each window of :data:`MODEL_WINDOWS`. The grain-fill water supply and heat are what carry
+#: crop-model wheat yield across weather years (year-level r = +0.63 and -0.31 on the
+#: section 8 seasons); with ~16 training years the three other statistics (Tmin, radiation,
+#: hot-day share) added noise: held-out R² 0.39 with these two against 0.35 with all five
+#: (docs/validation_yield.md section 9). Models fitted before store their five names and
+#: keep predicting (every statistic is still computed).
+MODEL_STATS = ("tmax_c", "rain_mm_d")
 
 
-def weather_feature_names(windows: Sequence[str] | None = None) -> list[str]:
+def weather_feature_names(windows: Sequence[str] | None = None,
+                          stats: Sequence[str] | None = None) -> list[str]:
     """Names of :func:`weather_features` columns (``wx_<window>_<statistic>``) of
-    ``windows`` (default: every window of :data:`WEATHER_WINDOWS`)."""
+    ``windows`` (default: every window of :data:`WEATHER_WINDOWS`) and ``stats`` (default:
+    every statistic: ``tmin_c, tmax_c, radiation_mj_m2, rain_mm_d, hot_share``)."""
     ws = [w for w, _ in WEATHER_WINDOWS] if windows is None else list(windows)
-    return [f"{PREFIX}{w}_{s}" for w in ws for s in _STATS]
+    st = list(_STATS) if stats is None else list(stats)
+    bad = [x for x in st if x not in _STATS]
+    if bad:
+        raise ValueError(f"unknown weather statistics {bad}; choose from {list(_STATS)}")
+    return [f"{PREFIX}{w}_{s}" for w in ws for s in st]
 
 
 def is_weather_feature(name: str) -> bool:
@@ -178,24 +193,38 @@ def weather_columns(names: Sequence[str]) -> list[int]:
 
 
 def column_sets(names: Sequence[str]) -> dict[str, list[int]]:
-    """Feature subsets for the learner choice with weather as an extra candidate.
+    """Feature subsets for the learner choice with weather (and pooled features) as extra
+    candidates.
 
-    The sets of :func:`cropyield.yieldmodel.windows.feature_column_sets` over the non-weather
-    features (``"full"`` first: the reference) and, when ``names`` has weather features,
-    each of them plus every weather feature (``"full+weather"``, ``"compact+weather"``). The
-    grouped-CV choice (:func:`cropyield.yieldmodel.learners.select_model`) keeps the
-    reference unless another set is better by more than one standard error, so weather is
-    used only where it pays on held-out groups.
+    The sets of :func:`cropyield.yieldmodel.windows.feature_column_sets` over the season
+    features of the field itself (``"full"`` first: the reference) and, when ``names`` has
+    weather features, each of them plus every weather feature (``"full+weather"``,
+    ``"compact+weather"``); when it has pooled group features
+    (:mod:`cropyield.yieldmodel.pooled`), instead each of them plus the pooled and the
+    weather features together (``"full+pooled+weather"``, ``"compact+pooled+weather"``;
+    ``"+pooled"`` without weather): both carry the same year-level signal, and fewer
+    candidates make the one-SE choice steadier with ~16 training years (offering the
+    weather-only sets too let one of five winter-wheat folds fall back to them: held-out
+    R² 0.45 instead of 0.49, docs/validation_yield.md section 9). The grouped-CV choice (:func:`cropyield.yieldmodel.learners.select_model`)
+    keeps the reference unless another set is better by more than one standard error, so
+    the extras are used only where they pay on held-out groups.
     """
+    from .pooled import is_pooled_feature
     from .windows import feature_column_sets
 
-    obs = [j for j, n in enumerate(names) if not is_weather_feature(n)]
     wx = weather_columns(names)
-    sets = {k: [obs[i] for i in v]
+    pl = [j for j, n in enumerate(names) if is_pooled_feature(n)]
+    obs = [j for j, n in enumerate(names) if not is_weather_feature(n)
+           and not is_pooled_feature(n)]
+    base = {k: [obs[i] for i in v]
             for k, v in feature_column_sets([names[j] for j in obs]).items()} if obs else {}
-    if wx:
-        for k in list(sets):
-            sets[f"{k}+weather"] = sets[k] + wx
-        if not sets:
-            sets["weather"] = wx
+    sets = dict(base)
+    if wx and not pl:
+        for k in base:
+            sets[f"{k}+weather"] = base[k] + wx
+    if pl:
+        for k in base:
+            sets[f"{k}+pooled" + ("+weather" if wx else "")] = base[k] + pl + wx
+    if not sets and (wx or pl):
+        sets["weather" if not pl else "pooled"] = pl + wx
     return sets

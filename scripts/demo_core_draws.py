@@ -1,0 +1,106 @@
+"""The demo's SCYM core over library draws: with/without the edge covariate, bagged or not.
+
+Reuses one demo run's tables (``cropyield demo --out OUT``) and the cached demo world; for
+each library draw (``--core-seeds``) simulates the demo's library
+(``simulate_seasons(crop, N_SIMULATED, seed, sky=SIMULATION_SKY)``), trains the core as
+``demo.simulation_core`` does (weather covariates) - with the fields' ``area_ha`` /
+``perimeter_m`` (edge covariate ``perimeter_area_m``) or without them (``--edge off``), with
+``n_bags`` of ``--bags`` - levels it exactly as the demo (county mean + the demo's crop cuts,
+cut error removed) and scores the demo's seasons of the crop (identified as the crop they
+are, crop-cut fields left out), with the bias on the smaller and the larger half of the
+fields. Paired rows (same draw) cancel the draw-to-draw variance.
+
+    PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_dy_new --crop summer_maize --core-seeds 0 1 2 3 --edge on off
+    PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_dy_new --crop summer_maize --core-seeds 0 1 2 3 --edge off --bags 1 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def main(argv=None):
+    from cropyield import demo, synthetic
+    from cropyield.cropmodel import simulate_seasons
+    from cropyield.yieldmodel import fit_yield_model
+    from cropyield.yieldmodel.simulation import train_on_simulations
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True, help="folder of a finished demo run")
+    ap.add_argument("--crop", default="summer_maize")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--core-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--bags", type=int, nargs="+", default=[1])
+    ap.add_argument("--edge", nargs="+", default=["on", "off"], choices=["on", "off"])
+    a = ap.parse_args(argv)
+    out = __import__("pathlib").Path(a.out)
+    world = demo.demo_world(synthetic.WorldConfig(seed=a.seed, **demo.DEMO_SIZES["small"]))
+    series = pd.read_parquet(out / "series.parquet")
+    phen = pd.read_parquet(out / "phenology.parquet")
+    crops = pd.read_parquet(out / "crops.parquet")
+    fields, truth, crop = world.fields, world.seasons, a.crop
+    rng = np.random.default_rng(a.seed)
+    ids = np.array(sorted(fields["field_id"]))
+    calib = sorted(rng.choice(ids, size=max(3, int(len(ids) * 0.1)), replace=False).tolist())
+    pairs = demo._match_seasons(phen, truth)
+    cuts = pairs[pairs["field_id"].isin(calib)].merge(
+        truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
+            columns={"season": "true_season"}), on=["field_id", "true_season"])
+    s = demo.CROP_CUT_SIGMA
+    cut_rng = np.random.default_rng([a.seed, 17])
+    cuts["true_yield_t_ha"] = cuts["true_yield_t_ha"] * np.exp(
+        cut_rng.normal(0.0, s, len(cuts)) - 0.5 * s ** 2)
+    g = cuts[cuts["crop"] == crop]
+    obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[["field_id", "season",
+                                                              "yield_t_ha"]]
+    area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
+                         "area_ha": fields.geometry.area.to_numpy() / 1e4,
+                         "perimeter_m": fields.geometry.length.to_numpy(),
+                         "lat": fields.to_crs(4326).geometry.representative_point().y
+                         .to_numpy()})
+    county = {c: float(gg["true_production_t"].sum() / gg["area_ha"].sum())
+              for c, gg in truth.groupby("crop")}[crop]
+    idx = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]
+    cs = phen.merge(crops.loc[crops["crop"] == crop, ["field_id", "season", "crop"]],
+                    on=["field_id", "season"]).merge(area, on="field_id", how="left")
+    for cseed in a.core_seeds:
+        sim0 = simulate_seasons(crop, demo.N_SIMULATED, seed=cseed, sky=demo.SIMULATION_SKY)
+        for edge in a.edge:
+            sim = sim0 if edge == "on" else dataclasses.replace(
+                sim0, truth=sim0.truth.drop(columns=["area_ha", "perimeter_m"],
+                                            errors="ignore"))
+            for nb in a.bags:
+                t0 = time.perf_counter()
+                core = train_on_simulations(sim, crop=crop, indices=idx, seed=cseed,
+                                            weather=True, n_bags=nb)
+                t_train = time.perf_counter() - t0
+                m = fit_yield_model(series, obs, crop=crop, method="simulation", seasons=cs,
+                                    indices=idx, seed=a.seed, simulated=core,
+                                    county_mean_t_ha=county, cut_error_sd=s,
+                                    weather=world.weather)
+                e = m.predict(series, cs, weather=world.weather).merge(
+                    pairs, on=["field_id", "season"]).merge(
+                    truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
+                        columns={"season": "true_season", "crop": "true_crop"}),
+                    on=["field_id", "true_season"])
+                e = e[(e["true_crop"] == crop) & ~e["field_id"].isin(calib)
+                      & np.isfinite(e["yield_t_ha_p50"])]
+                y, p = e["true_yield_t_ha"].to_numpy(), e["yield_t_ha_p50"].to_numpy()
+                ar = e["field_id"].map(area.set_index("field_id")["area_ha"]).to_numpy()
+                sm = ar < np.median(ar)
+                cover = np.mean((y >= e["yield_t_ha_p10"]) & (y <= e["yield_t_ha_p90"]))
+                print(f"{crop} draw {cseed} edge {edge} bags {nb}: n {len(y)} "
+                      f"R2 {1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2):.3f} "
+                      f"bias {np.mean(p - y):+.2f} (smaller half {np.mean(p[sm] - y[sm]):+.2f},"
+                      f" larger {np.mean(p[~sm] - y[~sm]):+.2f}) coverage {cover:.2f} "
+                      f"core CV R2 {core.cv_['r2']:.3f} set {core.learner['column_set']} "
+                      f"train {t_train:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
