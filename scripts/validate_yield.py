@@ -26,6 +26,9 @@ Per crop (winter wheat, summer maize):
   ``pool_by`` = the weather year of each field (the fields of one county and season):
   the group means of the post-peak integrals as extra candidates
   (:mod:`cropyield.yieldmodel.pooled`); each field's estimate uses the other fields' imagery.
+  ``--shared-sky``: the scored seasons of one weather year share one sky (acquisition dates,
+  cloudy dates, haze, atmospheric noise: ``simulate_seasons(shared_sky=True)``), as fields of
+  one county and season do; per-field skies let pooling average out more noise.
 * **Crop-cut curve** - as the number of crop cuts (drawn from the training years) falls
   through ``--cuts`` (default 100, 30, 10, 3, 0): empirical (needs ≥ 5) vs simulation levelled
   by the cuts alone, and by the cuts plus a county mean (the exact area mean of the held-out
@@ -38,7 +41,8 @@ Usage::
 
     PYTHONPATH=src .venv/bin/python scripts/validate_yield.py [--n 300] [--n-library 300]
         [--crops winter_wheat summer_maize] [--folds 5] [--cuts 100 30 10 3 0] [--seed 0]
-        [--gap 0.85] [--repeats 2] [--library fresh|shipped] [--pooled] [--json out.json]
+        [--gap 0.85] [--repeats 2] [--library fresh|shipped] [--pooled] [--shared-sky]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def _log(crop, t0, what):
 
 def run_crop(crop: str, args) -> dict:
     t0 = time.time()
-    real = simulate_seasons(crop, args.n, seed=args.seed)
+    real = simulate_seasons(crop, args.n, seed=args.seed, shared_sky=args.shared_sky)
     lib = simulate_seasons(crop, args.n_library, seed=args.seed + 1000,
                            fresh=args.library == "fresh")
     _log(crop, t0, "simulated")
@@ -104,7 +108,8 @@ def run_crop(crop: str, args) -> dict:
     folds = _group_folds(wy, args.folds, args.seed)
     out: dict = {"crop": crop, "n": len(truth), "n_weather_years": int(len(set(wy))),
                  "n_library": int(keep.sum()), "library_runs_dropped": int((~keep).sum()),
-                 "indices": idx, "gap": args.gap}
+                 "indices": idx, "gap": args.gap,
+                 "shared_sky": bool(args.shared_sky)}
     obs = truth[["field_id", "season", "yield_t_ha"]]
     # ---- canopy ceiling and CV of lue / empirical (fit_yield_model's own grouped CV)
     can = real.canopy.merge(truth[["field_id"]], on="field_id")
@@ -297,6 +302,10 @@ def main(argv=None) -> int:
     ap.add_argument("--pooled", action="store_true",
                     help="add the opt-in pooled group features (fit_yield_model(pool_by=): "
                          "group = weather year) rows, with weather unless --no-weather")
+    ap.add_argument("--shared-sky", action="store_true",
+                    help="the scored seasons of one weather year share acquisition dates, "
+                         "cloudy dates, haze and atmospheric noise (simulate_seasons("
+                         "shared_sky=True)); the SCYM library keeps per-field skies")
     ap.add_argument("--no-weather", action="store_true",
                     help="skip the weather-covariate rows (cropyield.yieldmodel.weather)")
     args = ap.parse_args(argv)

@@ -486,8 +486,40 @@ def brown_lai(lai: np.ndarray) -> np.ndarray:
     return 0.6 * (np.maximum.accumulate(lai, axis=-1) - lai)
 
 
+def _shared_sky_plan(sky_groups, D: int, days_of, seed: int, *, revisit: int,
+                     cloud_fraction: float, sky: str, nbands: int) -> dict:
+    """One sky per group of fields (the seasons of one weather year: one county under one
+    sky): the acquisition phase and, per date of the group's calendar, whether it is cloudy
+    and the date's cloud cover (``sky="sentinel2"``) or the haze of its cloudy/clear
+    atmosphere (``sky="uniform"``), and the date's atmospheric noise (0.004 per band: the
+    atmospheric correction error of one scene). Drawn from a generator seeded by ``(seed, group)`` alone,
+    so groups are independent of each other and of the fields' own draws."""
+    plan = {}
+    first = {}
+    for i, g in enumerate(sky_groups):
+        first.setdefault(g, i)
+    for g, i in first.items():
+        grng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(g) & 0xFFFFFFFF, 0x5C1])
+        phase = int(grng.integers(revisit))
+        idx = np.arange(phase, D, revisit)
+        m = len(idx)
+        if sky == "sentinel2":
+            doy = days_of[i][idx].day_of_year.to_numpy()
+            p = np.clip(cloud_fraction * (1 + 0.35 * np.cos(2 * np.pi * (doy - 200) / 365.0)),
+                        0, 1)
+            cloudy = grng.random(m) < p
+            level = np.where(cloudy, grng.uniform(0.2, 1.0, m), grng.uniform(0.0, 0.04, m))
+        else:
+            cloudy = grng.random(m) < cloud_fraction
+            level = np.where(cloudy, grng.uniform(0, 0.25, m), grng.uniform(0, 0.02, m))
+        atm = grng.normal(0, 0.004, (m, nbands))
+        plan[g] = (idx, cloudy, level, atm)
+    return plan
+
+
 def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
-             cloud_fraction=0.35, names=INDICES, sky: str = "uniform", npx=None):
+             cloud_fraction=0.35, names=INDICES, sky: str = "uniform", npx=None,
+             sky_groups=None, sky_seed: int = 0):
     """Sentinel-2-like sampling of daily reflectance ``refl (n, D, bands)`` on the day axes
     ``days_of[i]`` (one DatetimeIndex of length D per field).
 
@@ -508,6 +540,15 @@ def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
 
     Both: atmospheric noise 0.004 per band and date, pixel noise 0.012/sqrt(valid pixels);
     ``npx`` the field sizes in 10 m pixels (default: uniform 15-120).
+
+    ``sky_groups`` (one label per field, default ``None``: every field its own sky): fields
+    with one label share the acquisition dates and each date's cloudy/clear state
+    (:func:`_shared_sky_plan`, seeded by ``(sky_seed, label)``) - with ``"uniform"`` also the
+    date's haze, with ``"sentinel2"`` the date's cloud cover; both share the date's
+    atmospheric noise. What stays per field: the
+    masked share of a cloudy date (``"uniform"``: 20-100 %, sub-scene cloud fragments;
+    ``"sentinel2"``: whether the km-scale clouds cover the field, and whether it lies in the
+    haze band and how much haze), the pixel noise, and the field size.
     """
     from .synthetic._canopy import BANDS, CLOUD, compute_indices
 
@@ -515,12 +556,29 @@ def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
     frames = []
     if npx is None:
         npx = rng.uniform(15, 120, n)        # field size in 10 m pixels (0.15-1.2 ha)
+    plan = None
+    if sky_groups is not None:
+        plan = _shared_sky_plan(sky_groups, D, days_of, sky_seed, revisit=revisit,
+                                cloud_fraction=cloud_fraction, sky=sky, nbands=len(BANDS))
     for i in range(n):
         days = days_of[i]
-        phase = int(rng.integers(revisit))
-        idx = np.arange(phase, D, revisit)
-        m = len(idx)
-        if sky == "sentinel2":
+        if plan is not None:
+            idx, cloudy, level, atm = plan[sky_groups[i]]
+            m = len(idx)
+            if sky == "sentinel2":
+                cover = level
+                masked = rng.random(m) < cover
+                vf = np.where(masked, 0.0, 1.0)
+                in_band = rng.random(m) < np.minimum(1.0, 0.06 / np.maximum(1 - cover, 1e-6))
+                haze = np.where(in_band & ~masked, rng.uniform(0, 0.25, m), 0.0)
+            else:
+                vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m),
+                              1.0 - rng.uniform(0, 0.04, m))
+                haze = level
+        elif sky == "sentinel2":
+            phase = int(rng.integers(revisit))
+            idx = np.arange(phase, D, revisit)
+            m = len(idx)
             doy = days[idx].day_of_year.to_numpy()
             p = np.clip(cloud_fraction * (1 + 0.35 * np.cos(2 * np.pi * (doy - 200) / 365.0)),
                         0, 1)
@@ -531,12 +589,15 @@ def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
             in_band = rng.random(m) < np.minimum(1.0, 0.06 / np.maximum(1 - cover, 1e-6))
             haze = np.where(in_band & ~masked, rng.uniform(0, 0.25, m), 0.0)
         else:
+            phase = int(rng.integers(revisit))
+            idx = np.arange(phase, D, revisit)
+            m = len(idx)
             cloudy = rng.random(m) < cloud_fraction
             vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m),
                           1.0 - rng.uniform(0, 0.04, m))
             haze = np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
         r = refl[i, idx] * (1 - haze[:, None]) + haze[:, None] * CLOUD
-        r = r + rng.normal(0, 0.004, (m, len(BANDS)))
+        r = r + (rng.normal(0, 0.004, (m, len(BANDS))) if plan is None else atm)
         r = r + rng.normal(0, 1, (m, len(BANDS))) * 0.012 / np.sqrt(
             np.maximum(vf * npx[i], 0.5))[:, None]
         vals = compute_indices(r, names)
@@ -561,7 +622,7 @@ def _sos_eos(ndvi: np.ndarray, days: pd.DatetimeIndex):
 def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
                      fresh: bool = False, revisit: int = 5,
                      cloud_fraction: float | None = None,
-                     sky: str = "uniform") -> SimulatedSeasons:
+                     sky: str = "uniform", shared_sky: bool = False) -> SimulatedSeasons:
     """Simulate ``n`` field-seasons of ``crop`` from WOFOST and observe them like Sentinel-2.
 
     Parameters
@@ -587,6 +648,16 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         cloud share, clouds masking whole smallholder fields, haze only next to clouds,
         smallholder field sizes (lognormal, median 35 pixels) whose edge pixels mix with the
         landscape, and the world's daily soil wetness process under the canopy.
+    shared_sky : bool
+        ``False`` (default, unchanged): every field has its own acquisition dates, clouds,
+        haze and noise. ``True``: the seasons of one weather year - the "county-season"
+        groups of the validation, fields under one sky - share the acquisition calendar,
+        each date's cloudy/clear state, its haze (``"uniform"``) or cloud cover
+        (``"sentinel2"``) and its atmospheric noise, drawn from a generator seeded by
+        ``(seed, weather_year)``; the masked share of a cloudy date (sub-scene cloud
+        fragments), the haze band of ``"sentinel2"``, the pixel noise and the field size stay
+        per field (:func:`_observe`). For judging features pooled over a group
+        (``pool_by=``), whose gain per-field skies overstate.
 
     Returns
     -------
@@ -681,7 +752,9 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         land = 0.8 * refl.mean(axis=0, keepdims=True) + 0.2 * ROAD
         refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land
     observations = _observe(refl, day_axes, fids, rng, revisit=revisit,
-                            cloud_fraction=cloud_fraction, sky=sky, npx=npx)
+                            cloud_fraction=cloud_fraction, sky=sky, npx=npx,
+                            sky_groups=(lib["weather_year"].to_numpy(dtype=int)
+                                        if shared_sky else None), sky_seed=seed)
     observations["time"] = observations["time"].astype("datetime64[ns, UTC]")
     wx = warped_weather(c, lib["emergence"], sea["t_a"], sea["wscale"], t)
     weather = pd.DataFrame({"field_id": np.repeat(fids, D),
