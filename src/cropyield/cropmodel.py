@@ -486,6 +486,11 @@ def brown_lai(lai: np.ndarray) -> np.ndarray:
     return 0.6 * (np.maximum.accumulate(lai, axis=-1) - lai)
 
 
+#: With ``shared_sky`` the date's atmospheric noise (0.004 per band) is shared by the group
+#: too; ``False`` keeps it per field (the sensitivity check of docs/validation_yield.md §9).
+_SHARED_SKY_ATM = True
+
+
 def _shared_sky_plan(sky_groups, D: int, days_of, seed: int, *, revisit: int,
                      cloud_fraction: float, sky: str, nbands: int) -> dict:
     """One sky per group of fields (the seasons of one weather year: one county under one
@@ -597,7 +602,8 @@ def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
                           1.0 - rng.uniform(0, 0.04, m))
             haze = np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
         r = refl[i, idx] * (1 - haze[:, None]) + haze[:, None] * CLOUD
-        r = r + (rng.normal(0, 0.004, (m, len(BANDS))) if plan is None else atm)
+        r = r + (rng.normal(0, 0.004, (m, len(BANDS)))
+                 if plan is None or not _SHARED_SKY_ATM else atm)
         r = r + rng.normal(0, 1, (m, len(BANDS))) * 0.012 / np.sqrt(
             np.maximum(vf * npx[i], 0.5))[:, None]
         vals = compute_indices(r, names)
