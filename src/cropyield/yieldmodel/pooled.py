@@ -12,9 +12,10 @@ What it means for a user: **one field's estimate then depends on the other field
 group** (their imagery, not their yields). That suits a lender scoring a county's fields of
 one season together; it does not suit scoring a single field alone (a group needs at least
 :data:`MIN_POOL_SEASONS` seasons, otherwise the season gets NaN and ``FEW_POOLED``). On real
-imagery the fields of one county share acquisition dates and clouds, so pooling removes less
-observation noise than on the crop-model seasons, whose clouds are drawn per field: the
-validation figure is an upper estimate of the gain.
+imagery the fields of one county share acquisition dates, clouds, haze and atmospheric
+error; simulated that way (``cropyield.cropmodel.simulate_seasons(shared_sky=True)``) the
+winter-wheat gain of pooling disappears (docs/validation_yield.md section 9, "Shared sky"):
+the group mean then measures the common sky as much as the crop.
 """
 
 from __future__ import annotations
