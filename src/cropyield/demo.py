@@ -92,9 +92,10 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     shipped WOFOST library, default :data:`N_SIMULATED`, observed with
     :data:`SIMULATION_SKY`; ``weather=True``: with the simulations' weather offered as
     covariates), cached as JSON under ``cache_dir()/models/`` by library digest, crop, size,
-    seed, indices, sky, weather and package version (and a format version: 7 since the
-    library's seasons carry their field's ``area_ha``/``perimeter_m``, so the core may use
-    the edge covariate ``perimeter_area_m``); a cached file that does not load is refitted,
+    seed, indices, sky, weather statistics and package version (and a format version: 7
+    since the library's seasons carry their field's ``area_ha``/``perimeter_m``, so the
+    core may use the edge covariate ``perimeter_area_m``; 9 since the weather candidates
+    are the ``MODEL_STATS`` pair and all five statistics); a cached file that does not load is refitted,
     never trusted."""
     import hashlib
     import json
@@ -106,7 +107,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 8,
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 9,
          SIMULATION_SKY, list(MODEL_STATS) if weather else False]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
