@@ -44,27 +44,14 @@ def main(argv=None):
     phen = pd.read_parquet(out / "phenology.parquet")
     crops = pd.read_parquet(out / "crops.parquet")
     fields, truth, crop = world.fields, world.seasons, a.crop
-    rng = np.random.default_rng(a.seed)
-    ids = np.array(sorted(fields["field_id"]))
-    calib = sorted(rng.choice(ids, size=max(3, int(len(ids) * 0.1)), replace=False).tolist())
+    calib, cuts = demo.demo_crop_cuts(world, phen, seed=a.seed)
     pairs = demo._match_seasons(phen, truth)
-    cuts = pairs[pairs["field_id"].isin(calib)].merge(
-        truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
-            columns={"season": "true_season"}), on=["field_id", "true_season"])
     s = demo.CROP_CUT_SIGMA
-    cut_rng = np.random.default_rng([a.seed, 17])
-    cuts["true_yield_t_ha"] = cuts["true_yield_t_ha"] * np.exp(
-        cut_rng.normal(0.0, s, len(cuts)) - 0.5 * s ** 2)
     g = cuts[cuts["crop"] == crop]
     obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[["field_id", "season",
                                                               "yield_t_ha"]]
-    area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
-                         "area_ha": fields.geometry.area.to_numpy() / 1e4,
-                         "perimeter_m": fields.geometry.length.to_numpy(),
-                         "lat": fields.to_crs(4326).geometry.representative_point().y
-                         .to_numpy()})
-    county = {c: float(gg["true_production_t"].sum() / gg["area_ha"].sum())
-              for c, gg in truth.groupby("crop")}[crop]
+    area = demo.field_shape_table(fields)
+    county = demo.demo_county_means(world)[crop]
     idx = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]
     cs = phen.merge(crops.loc[crops["crop"] == crop, ["field_id", "season", "crop"]],
                     on=["field_id", "season"]).merge(area, on="field_id", how="left")

@@ -105,20 +105,12 @@ def main(argv=None):
     truth = world.seasons
     crop = a.crop
     # the demo's crop cuts and county mean, exactly as run_demo draws them
-    rng = np.random.default_rng(a.seed)
-    ids = np.array(sorted(fields["field_id"]))
-    calib = sorted(rng.choice(ids, size=max(3, int(len(ids) * 0.1)), replace=False).tolist())
+    calib, cuts = demo.demo_crop_cuts(world, phen, seed=a.seed)
     pairs = demo._match_seasons(phen, truth)
-    cuts = pairs[pairs["field_id"].isin(calib)].merge(
-        truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
-            columns={"season": "true_season"}), on=["field_id", "true_season"])
-    cut_rng = np.random.default_rng([a.seed, 17])
     s = demo.CROP_CUT_SIGMA
-    cuts["true_yield_t_ha"] = cuts["true_yield_t_ha"] * np.exp(
-        cut_rng.normal(0.0, s, len(cuts)) - 0.5 * s ** 2)
+    ids = np.array(sorted(fields["field_id"]))
     g = cuts[cuts["crop"] == crop]
-    county = {c: float(gg["true_production_t"].sum() / gg["area_ha"].sum())
-              for c, gg in truth.groupby("crop")}[crop]
+    county = demo.demo_county_means(world)[crop]
     indices = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]
     if a.sky is None:
         core = demo.simulation_core(crop, indices=indices, seed=a.seed)
@@ -138,10 +130,7 @@ def main(argv=None):
             if a.compact else None)
         print("core cv", {k: core.cv_.get(k) for k in ("r2", "n")})
     # the field's area, perimeter (edge covariate) and latitude, as the demo levels with
-    area = pd.DataFrame({"field_id": fields["field_id"], "area_ha": fields["area_ha"],
-                         "perimeter_m": fields.geometry.length.to_numpy(),
-                         "lat": fields.to_crs(4326).geometry.representative_point().y
-                         .to_numpy()})
+    area = demo.field_shape_table(fields)
     # scored seasons: detected seasons identified as `crop` whose matched truth is `crop`
     det = phen.merge(crops.loc[crops["crop"] == crop, ["field_id", "season", "crop"]],
                      on=["field_id", "season"]).merge(area, on="field_id", how="left")

@@ -34,24 +34,11 @@ def main(argv=None):
     phen = pd.read_parquet(out / "phenology.parquet")
     crops = pd.read_parquet(out / "crops.parquet")
     fields, truth = world.fields, world.seasons
-    rng = np.random.default_rng(a.seed)
-    ids = np.array(sorted(fields["field_id"]))
-    calib = sorted(rng.choice(ids, size=max(3, int(len(ids) * 0.1)), replace=False).tolist())
+    calib, cuts = demo.demo_crop_cuts(world, phen, seed=a.seed)
     pairs = demo._match_seasons(phen, truth)
-    cuts = pairs[pairs["field_id"].isin(calib)].merge(
-        truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
-            columns={"season": "true_season"}), on=["field_id", "true_season"])
     s = demo.CROP_CUT_SIGMA
-    cut_rng = np.random.default_rng([a.seed, 17])
-    cuts["true_yield_t_ha"] = cuts["true_yield_t_ha"] * np.exp(
-        cut_rng.normal(0.0, s, len(cuts)) - 0.5 * s ** 2)
-    area = pd.DataFrame({"field_id": fields["field_id"].to_numpy(),
-                         "area_ha": fields.geometry.area.to_numpy() / 1e4,
-                         "perimeter_m": fields.geometry.length.to_numpy(),
-                         "lat": fields.to_crs(4326).geometry.representative_point().y
-                         .to_numpy()})
-    county = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
-              for c, g in truth.groupby("crop")}
+    area = demo.field_shape_table(fields)
+    county = demo.demo_county_means(world)
     for crop in a.crop:
         g = cuts[cuts["crop"] == crop]
         obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[

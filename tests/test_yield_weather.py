@@ -107,8 +107,19 @@ def test_column_sets_unchanged_without_weather():
     wx = weather_feature_names(("fill",))
     sets = column_sets(names + wx)
     assert list(sets)[0] == "full" and sets["full"] == list(range(len(names)))
-    assert sets["full+weather"] == list(range(len(names) + len(wx)))
-    assert sets["compact+weather"][-len(wx):] == list(range(len(names), len(names) + len(wx)))
+    # "+weather": the MODEL_STATS pair of the five statistics; "+weather_all": all five
+    pair = [len(names) + j for j, n in enumerate(wx)
+            if n.endswith(tuple(f"_{s}" for s in MODEL_STATS))]
+    assert len(pair) == 2
+    assert sets["full+weather"] == list(range(len(names))) + pair
+    assert sets["full+weather_all"] == list(range(len(names) + len(wx)))
+    assert sets["compact+weather"][-2:] == pair
+    assert sets["compact+weather_all"][-len(wx):] == list(range(len(names),
+                                                                len(names) + len(wx)))
+    # only the pair given: no "+weather_all" candidate
+    two = column_sets(names + weather_feature_names(("fill",), MODEL_STATS))
+    assert "full+weather_all" not in two
+    assert two["full+weather"] == list(range(len(names) + 2))
 
 
 @pytest.fixture(scope="module")

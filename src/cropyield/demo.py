@@ -27,7 +27,8 @@ from ._log import logger
 from ._version import __version__
 
 __all__ = ["run_demo", "cache_dir", "demo_world", "simulation_core", "accuracy_report",
-           "over_lending", "referral_drivers", "declaration_check", "DEMO_SIZES"]
+           "over_lending", "referral_drivers", "declaration_check", "demo_crop_cuts",
+           "demo_county_means", "field_shape_table", "DEMO_SIZES"]
 
 #: Named demo sizes → synthetic-world overrides. "small" is the default (< 3 min on 2 cores).
 DEMO_SIZES: dict[str, dict[str, Any]] = {
@@ -91,9 +92,10 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     shipped WOFOST library, default :data:`N_SIMULATED`, observed with
     :data:`SIMULATION_SKY`; ``weather=True``: with the simulations' weather offered as
     covariates), cached as JSON under ``cache_dir()/models/`` by library digest, crop, size,
-    seed, indices, sky, weather and package version (and a format version: 7 since the
-    library's seasons carry their field's ``area_ha``/``perimeter_m``, so the core may use
-    the edge covariate ``perimeter_area_m``); a cached file that does not load is refitted,
+    seed, indices, sky, weather statistics and package version (and a format version: 7
+    since the library's seasons carry their field's ``area_ha``/``perimeter_m``, so the
+    core may use the edge covariate ``perimeter_area_m``; 9 since the weather candidates
+    are the ``MODEL_STATS`` pair and all five statistics); a cached file that does not load is refitted,
     never trusted."""
     import hashlib
     import json
@@ -105,7 +107,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 8,
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 9,
          SIMULATION_SKY, list(MODEL_STATS) if weather else False]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
@@ -395,6 +397,58 @@ def accuracy_report(result, world, *, calibration_fields=()) -> dict[str, Any]:
     return report
 
 
+def demo_crop_cuts(world, phenology: pd.DataFrame, *, seed: int,
+                   fraction: float = 0.1) -> tuple[list[str], pd.DataFrame]:
+    """The demo's crop cuts: the fields a bank's staff would measure and what they measure.
+
+    ``fraction`` of the world's fields (at least 3), drawn with ``seed``; each cut is the
+    field's true yield of the season ``phenology`` detected (matched by
+    :func:`_match_seasons`) times a lognormal measurement error of sigma
+    :data:`CROP_CUT_SIGMA` (mean-unbiased).
+
+    Returns
+    -------
+    (list of str, DataFrame)
+        The calibration field ids (sorted) and the cuts: the matched seasons' columns with
+        ``crop`` and ``true_yield_t_ha`` (the measured yield, t/ha, despite the name).
+    """
+    fields, truth = world.fields, world.seasons
+    rng = np.random.default_rng(seed)
+    ids = np.array(sorted(fields["field_id"]))
+    calib_ids = sorted(rng.choice(ids, size=max(3, int(len(ids) * fraction)),
+                                  replace=False).tolist())
+    pairs = _match_seasons(phenology, truth)
+    cuts = pairs[pairs["field_id"].isin(calib_ids)].merge(
+        truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
+            columns={"season": "true_season"}), on=["field_id", "true_season"])
+    # a crop cut measures the true yield with error: lognormal, sigma 0.13, i.e. a mean
+    # absolute error of ~10.6 %, the best sampling protocol against full-plot harvests of
+    # 237 smallholder maize plots (random octant; Kosmowski et al. 2021, Food Policy
+    # 102:102122; other protocols were worse, farmer estimates 23 %)
+    cut_rng = np.random.default_rng([seed, 17])
+    cuts["true_yield_t_ha"] = cuts["true_yield_t_ha"] * np.exp(
+        cut_rng.normal(0.0, CROP_CUT_SIGMA, len(cuts)) - 0.5 * CROP_CUT_SIGMA ** 2)
+    return calib_ids, cuts
+
+
+def demo_county_means(world) -> dict[str, float]:
+    """The county statistic a lender looks up in the statistical yearbook: per crop, the
+    area-weighted mean true yield (t/ha) of every season of the crop in the world."""
+    return {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
+            for c, g in world.seasons.groupby("crop") if g["area_ha"].sum() > 0}
+
+
+def field_shape_table(fields) -> pd.DataFrame:
+    """Each field's ``area_ha`` (ha), ``perimeter_m`` (m, in the fields' projected CRS) and
+    ``lat`` (degrees, of a point inside the polygon): what :func:`estimate_yield` gives the
+    models, so that a model's level is set on the predictions the estimates will have."""
+    return pd.DataFrame({
+        "field_id": fields["field_id"].to_numpy(),
+        "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
+        "perimeter_m": fields.geometry.length.to_numpy(),
+        "lat": fields.to_crs(4326).geometry.representative_point().y.to_numpy()})
+
+
 def run_demo(
     out: str | Path = "cropyield-demo",
     *,
@@ -463,39 +517,18 @@ def run_demo(
     # then re-estimate: intervals become conformal on those residuals.
     calib_ids: list[str] = []
     if crop_cut_fraction > 0:
-        rng = np.random.default_rng(seed)
-        ids = np.array(sorted(fields["field_id"]))
-        calib_ids = sorted(rng.choice(ids, size=max(3, int(len(ids) * crop_cut_fraction)),
-                                      replace=False).tolist())
-        pairs = _match_seasons(result.phenology, world.seasons)
-        cuts = pairs[pairs["field_id"].isin(calib_ids)].merge(
-            world.seasons[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
-                columns={"season": "true_season"}), on=["field_id", "true_season"])
-        # a crop cut measures the true yield with error: lognormal, sigma 0.13, i.e. a mean
-        # absolute error of ~10.6 %, the best sampling protocol against full-plot harvests of
-        # 237 smallholder maize plots (random octant; Kosmowski et al. 2021, Food Policy
-        # 102:102122; other protocols were worse, farmer estimates 23 %)
-        cut_rng = np.random.default_rng([seed, 17])
-        cuts["true_yield_t_ha"] = cuts["true_yield_t_ha"] * np.exp(
-            cut_rng.normal(0.0, CROP_CUT_SIGMA, len(cuts)) - 0.5 * CROP_CUT_SIGMA ** 2)
+        calib_ids, cuts = demo_crop_cuts(world, result.phenology, seed=seed,
+                                         fraction=crop_cut_fraction)
         models = {}
         from .errors import ModelError
 
         indices = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi")
                    if c in result.series.columns]
-        # the county statistic a lender looks up in the statistical yearbook: the
-        # area-weighted mean yield of every field of the crop in the (synthetic) county
-        ts = world.seasons
         # each field's area, perimeter and latitude, as estimate_yield gives them to the
         # models: the level must be set on the predictions the estimates will have (a
         # missing latitude moved the radiation features and the maize level by ~0.1 t/ha)
-        world_area = pd.DataFrame({
-            "field_id": fields["field_id"].to_numpy(),
-            "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
-            "perimeter_m": fields.geometry.length.to_numpy(),
-            "lat": fields.to_crs(4326).geometry.representative_point().y.to_numpy()})
-        county_means = {c: float(g["true_production_t"].sum() / g["area_ha"].sum())
-                        for c, g in ts.groupby("crop") if g["area_ha"].sum() > 0}
+        world_area = field_shape_table(fields)
+        county_means = demo_county_means(world)
         for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS) | set(county_means)):
             g = cuts[cuts["crop"] == crop]
             obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[

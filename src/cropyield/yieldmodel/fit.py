@@ -144,11 +144,12 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         Daily weather per field (``field_id, time, tmin_c, tmax_c`` degC,
         ``radiation_mj_m2`` MJ m-2 d-1, ``rain_mm`` mm/d) of the fields in ``series``: adds
         the grain-fill weather covariates of
-        :func:`cropyield.yieldmodel.weather.weather_features` (mean rain and Tmax over POS
-        to POS + 35 d, :data:`~cropyield.yieldmodel.weather.MODEL_STATS`; ``features=`` can
-        name others) as an extra candidate feature set of the
+        :func:`cropyield.yieldmodel.weather.weather_features` over POS to POS + 35 d - mean
+        rain and Tmax (:data:`~cropyield.yieldmodel.weather.MODEL_STATS`), and all five
+        statistics as a further candidate; ``features=`` can name others; a fixed ``alpha``
+        uses the pair) as extra candidate feature sets of the
         grouped-CV choice - used only when better on held-out groups (``model.learner
-        ["column_set"]`` ends with ``+weather`` then, and the model needs ``weather=`` to
+        ["column_set"]`` ends with ``+weather`` or ``+weather_all`` then, and the model needs ``weather=`` to
         predict). ``method="empirical"`` and ``"simulation"`` (with ``simulated`` a
         :class:`~cropyield.cropmodel.SimulatedSeasons`, trained on its own ``weather``;
         ``weather`` here is the target fields'). Training seasons without weather are
@@ -309,7 +310,10 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
 
             names += pooled_feature_names(pool["indices"])
         if weather is not None and not features:
-            names += weather_feature_names(MODEL_WINDOWS, MODEL_STATS)
+            # every statistic for the grouped-CV choice (column_sets offers the MODEL_STATS
+            # pair and all of them); a fixed penalty uses every column: the pair only
+            names += weather_feature_names(MODEL_WINDOWS,
+                                           MODEL_STATS if alpha is not None else None)
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
         if weather is not None:

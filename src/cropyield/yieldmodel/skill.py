@@ -189,12 +189,11 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
     idx = [c.rsplit("_", 1)[0] for c in feats.columns if c.endswith("_max")]
     names = window_feature_names(idx)
     if weather is not None:
-        from .weather import (MODEL_STATS, MODEL_WINDOWS, weather_feature_names,
-                              weather_features)
+        from .weather import MODEL_WINDOWS, weather_feature_names, weather_features
 
         feats = feats.merge(weather_features(weather, _canopy_peaks(canopy[cols], seasons)),
                             on=["field_id", "season"], how="left")
-        names = names + weather_feature_names(MODEL_WINDOWS, MODEL_STATS)
+        names = names + weather_feature_names(MODEL_WINDOWS)
     keys = ["field_id", "season"] if "season" in obs.columns and (
         "season" in canopy.columns or seasons is not None) else ["field_id"]
     if keys == ["field_id"]:

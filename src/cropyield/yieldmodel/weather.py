@@ -198,21 +198,29 @@ def column_sets(names: Sequence[str]) -> dict[str, list[int]]:
 
     The sets of :func:`cropyield.yieldmodel.windows.feature_column_sets` over the season
     features of the field itself (``"full"`` first: the reference) and, when ``names`` has
-    weather features, each of them plus every weather feature (``"full+weather"``,
-    ``"compact+weather"``); when it has pooled group features
-    (:mod:`cropyield.yieldmodel.pooled`), instead each of them plus the pooled and the
-    weather features together (``"full+pooled+weather"``, ``"compact+pooled+weather"``;
-    ``"+pooled"`` without weather): both carry the same year-level signal, and fewer
-    candidates make the one-SE choice steadier with ~16 training years (offering the
-    weather-only sets too let one of five winter-wheat folds fall back to them: held-out
-    R² 0.45 instead of 0.49, docs/validation_yield.md section 9). The grouped-CV choice (:func:`cropyield.yieldmodel.learners.select_model`)
-    keeps the reference unless another set is better by more than one standard error, so
-    the extras are used only where they pay on held-out groups.
+    weather features, each of them plus the weather features of :data:`MODEL_STATS`
+    (``"full+weather"``, ``"compact+weather"``; every weather feature given when none is of
+    those statistics) and, when ``names`` has weather statistics beyond them, each plus
+    every weather feature (``"full+weather_all"``, ``"compact+weather_all"``): on
+    crop-model wheat the two statistics generalise better across ~16 training years, on the
+    demo's crop-model maize all five (docs/validation_yield.md section 9), so the grouped CV
+    chooses. When ``names`` has pooled group features (:mod:`cropyield.yieldmodel.pooled`),
+    instead each base set plus the pooled and the :data:`MODEL_STATS` weather features
+    together (``"full+pooled+weather"``, ``"compact+pooled+weather"``; ``"+pooled"`` without
+    weather): both carry the same year-level signal, and fewer candidates make the one-SE
+    choice steadier with ~16 training years (offering the weather-only sets too let one of
+    five winter-wheat folds fall back to them: held-out R² 0.45 instead of 0.49,
+    docs/validation_yield.md section 9). The grouped-CV choice
+    (:func:`cropyield.yieldmodel.learners.select_model`) keeps the reference unless another
+    set is better by more than one standard error, so the extras are used only where they
+    pay on held-out groups.
     """
     from .pooled import is_pooled_feature
     from .windows import feature_column_sets
 
-    wx = weather_columns(names)
+    wx_all = weather_columns(names)
+    model = {f"_{st}" for st in MODEL_STATS}
+    wx = [j for j in wx_all if any(names[j].endswith(m) for m in model)] or wx_all
     pl = [j for j, n in enumerate(names) if is_pooled_feature(n)]
     obs = [j for j, n in enumerate(names) if not is_weather_feature(n)
            and not is_pooled_feature(n)]
@@ -222,6 +230,9 @@ def column_sets(names: Sequence[str]) -> dict[str, list[int]]:
     if wx and not pl:
         for k in base:
             sets[f"{k}+weather"] = base[k] + wx
+        if len(wx_all) > len(wx):
+            for k in base:
+                sets[f"{k}+weather_all"] = base[k] + wx_all
     if pl:
         for k in base:
             sets[f"{k}+pooled" + ("+weather" if wx else "")] = base[k] + pl + wx
