@@ -174,7 +174,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         with that label, cut or not) as an extra candidate feature set. A model that chose
         them (``learner["column_set"]`` contains ``+pooled``) needs ``pool_by=`` to predict,
         and **one field's estimate then depends on the imagery of the other fields of its
-        group** (at least 5 seasons; fewer: NaN, flag ``FEW_POOLED``). Default: none.
+        group** (at least 5 seasons; fewer: NaN, flag ``FEW_POOLED``). Experimental: on
+        crop-model wheat its gain vanished when the group's fields share one sky, as real
+        fields do (docs/validation_yield.md section 9). Default: none.
 
     Returns
     -------
