@@ -45,6 +45,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -500,7 +501,7 @@ def _shared_sky_plan(sky_groups, D: int, days_of, seed: int, *, revisit: int,
     atmospheric correction error of one scene). Drawn from a generator seeded by ``(seed, group)`` alone,
     so groups are independent of each other and of the fields' own draws."""
     plan = {}
-    first = {}
+    first: dict[Any, int] = {}
     for i, g in enumerate(sky_groups):
         first.setdefault(g, i)
     for g, i in first.items():

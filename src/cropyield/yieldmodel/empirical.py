@@ -299,9 +299,10 @@ class EmpiricalModel(YieldModel):
                 tab = feats[["field_id", "season"]].merge(
                     sea[[c for c in ("field_id", "season", pool_by) if c in sea.columns]],
                     on=["field_id", "season"], how="left")
+            pool = self.pool or {}
             feats = add_pooled_features(feats, pool_labels(pool_by, tab),
-                                        indices=self.pool["indices"], crop=self.crop,
-                                        min_seasons=int(self.pool.get("min_seasons", 5)))
+                                        indices=pool["indices"], crop=self.crop,
+                                        min_seasons=int(pool.get("min_seasons", 5)))
         return feats
 
     def _calibration_record(self, q: Mapping[str, Any]) -> dict[str, Any]:
