@@ -390,9 +390,10 @@ class _BaseServer:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """A copy of the request log, oldest first."""
+        """A copy of the request log, oldest first (by arrival: a handler thread records its
+        request when it has answered, so records can be appended out of arrival order)."""
         with self._log_lock:
-            return list(self._log)
+            return sorted(self._log, key=lambda r: r.started)
 
     @property
     def n_requests(self) -> int:
