@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from affine import Affine
 from pyproj import CRS
 
@@ -119,6 +120,15 @@ def validate_fields(fields, *, id_col: str = "field_id"):
     return fields
 
 
+def _utm_crs(fields):
+    """The fields' local UTM zone (``estimate_utm_crs``); EPSG:6933 when none can be
+    estimated."""
+    try:
+        return fields.estimate_utm_crs()
+    except Exception:
+        return CRS.from_epsg(6933)
+
+
 def field_areas(fields) -> np.ndarray:
     """Area of each field in hectares, computed in an equal-area projection.
 
@@ -127,8 +137,8 @@ def field_areas(fields) -> np.ndarray:
     """
     if fields.crs is None:
         raise MissingCRSError("fields have no CRS; cannot compute areas")
+    crs = _utm_crs(fields)
     try:
-        crs = fields.estimate_utm_crs()
         # one UTM zone only when the lon/lat bounds stay inside it; else a global equal-area CRS
         west, _, east, _ = fields.to_crs(4326).total_bounds
         if np.floor((west + 180.0) / 6.0) != np.floor((east + 180.0) / 6.0):
@@ -144,8 +154,14 @@ def field_perimeters(fields) -> np.ndarray:
     zone can be estimated."""
     if fields.crs is None:
         raise MissingCRSError("fields have no CRS; cannot compute perimeters")
-    try:
-        crs = fields.estimate_utm_crs()
-    except Exception:
-        crs = CRS.from_epsg(6933)
-    return np.asarray(fields.to_crs(crs).geometry.length, dtype=float)
+    return np.asarray(fields.to_crs(_utm_crs(fields)).geometry.length, dtype=float)
+
+
+def field_shapes(fields) -> pd.DataFrame:
+    """Per field: ``field_id``, ``area_ha`` (:func:`field_areas`, ha), ``perimeter_m``
+    (:func:`field_perimeters`, m) and ``lat`` (degrees, of a point inside the polygon, for
+    radiation) - what :func:`cropyield.estimate_yield` gives the yield models."""
+    return pd.DataFrame({
+        "field_id": fields["field_id"].to_numpy(), "area_ha": field_areas(fields),
+        "perimeter_m": field_perimeters(fields),
+        "lat": np.asarray(fields.to_crs(4326).geometry.representative_point().y, dtype=float)})

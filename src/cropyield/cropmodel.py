@@ -506,21 +506,50 @@ def _shared_sky_plan(sky_groups, D: int, days_of, seed: int, *, revisit: int,
         first.setdefault(g, i)
     for g, i in first.items():
         grng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(g) & 0xFFFFFFFF, 0x5C1])
-        phase = int(grng.integers(revisit))
-        idx = np.arange(phase, D, revisit)
-        m = len(idx)
-        if sky == "sentinel2":
-            doy = days_of[i][idx].day_of_year.to_numpy()
-            p = np.clip(cloud_fraction * (1 + 0.35 * np.cos(2 * np.pi * (doy - 200) / 365.0)),
-                        0, 1)
-            cloudy = grng.random(m) < p
-            level = np.where(cloudy, grng.uniform(0.2, 1.0, m), grng.uniform(0.0, 0.04, m))
-        else:
-            cloudy = grng.random(m) < cloud_fraction
-            level = np.where(cloudy, grng.uniform(0, 0.25, m), grng.uniform(0, 0.02, m))
-        atm = grng.normal(0, 0.004, (m, nbands))
+        idx, cloudy, cover = _sky_dates(grng, days_of[i], D, revisit=revisit,
+                                        cloud_fraction=cloud_fraction, sky=sky)
+        level = cover if sky == "sentinel2" else _uniform_haze(grng, cloudy)
+        atm = grng.normal(0, 0.004, (len(idx), nbands))
         plan[g] = (idx, cloudy, level, atm)
     return plan
+
+
+def _sky_dates(rng, days: pd.DatetimeIndex, D: int, *, revisit: int, cloud_fraction: float,
+               sky: str):
+    """Acquisition days (indices into ``days``: a random phase, every ``revisit`` days),
+    which of them are cloudy and, with ``sky="sentinel2"``, each date's cloud cover (None
+    with ``"uniform"``)."""
+    phase = int(rng.integers(revisit))
+    idx = np.arange(phase, D, revisit)
+    m = len(idx)
+    if sky == "sentinel2":
+        doy = days[idx].day_of_year.to_numpy()
+        p = np.clip(cloud_fraction * (1 + 0.35 * np.cos(2 * np.pi * (doy - 200) / 365.0)),
+                    0, 1)
+        cloudy = rng.random(m) < p
+        return idx, cloudy, np.where(cloudy, rng.uniform(0.2, 1.0, m),
+                                     rng.uniform(0.0, 0.04, m))
+    return idx, rng.random(m) < cloud_fraction, None
+
+
+def _uniform_haze(rng, cloudy: np.ndarray) -> np.ndarray:
+    """``sky="uniform"``: haze over a cloudy date's valid part (0-0.25), else 0-0.02."""
+    m = len(cloudy)
+    return np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
+
+
+def _field_sky(rng, cloudy: np.ndarray, cover, sky: str):
+    """What one field sees of its dates' sky: its valid fraction and, with
+    ``sky="sentinel2"``, its haze (whether the km-scale clouds cover it, whether it lies in
+    the haze band next to them); ``(valid fraction, haze or None)``. With ``"uniform"`` a
+    cloudy date masks 20-100 % of the field (sub-scene cloud fragments)."""
+    m = len(cloudy)
+    if sky == "sentinel2":
+        masked = rng.random(m) < cover
+        vf = np.where(masked, 0.0, 1.0)
+        in_band = rng.random(m) < np.minimum(1.0, 0.06 / np.maximum(1 - cover, 1e-6))
+        return vf, np.where(in_band & ~masked, rng.uniform(0, 0.25, m), 0.0)
+    return np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m), 1.0 - rng.uniform(0, 0.04, m)), None
 
 
 def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
@@ -570,38 +599,16 @@ def _observe(refl: np.ndarray, days_of, fids, rng, *, revisit=5,
         days = days_of[i]
         if plan is not None:
             idx, cloudy, level, atm = plan[sky_groups[i]]
-            m = len(idx)
-            if sky == "sentinel2":
-                cover = level
-                masked = rng.random(m) < cover
-                vf = np.where(masked, 0.0, 1.0)
-                in_band = rng.random(m) < np.minimum(1.0, 0.06 / np.maximum(1 - cover, 1e-6))
-                haze = np.where(in_band & ~masked, rng.uniform(0, 0.25, m), 0.0)
-            else:
-                vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m),
-                              1.0 - rng.uniform(0, 0.04, m))
+            vf, haze = _field_sky(rng, cloudy, level, sky)
+            if haze is None:
                 haze = level
-        elif sky == "sentinel2":
-            phase = int(rng.integers(revisit))
-            idx = np.arange(phase, D, revisit)
-            m = len(idx)
-            doy = days[idx].day_of_year.to_numpy()
-            p = np.clip(cloud_fraction * (1 + 0.35 * np.cos(2 * np.pi * (doy - 200) / 365.0)),
-                        0, 1)
-            cloudy = rng.random(m) < p
-            cover = np.where(cloudy, rng.uniform(0.2, 1.0, m), rng.uniform(0.0, 0.04, m))
-            masked = rng.random(m) < cover
-            vf = np.where(masked, 0.0, 1.0)
-            in_band = rng.random(m) < np.minimum(1.0, 0.06 / np.maximum(1 - cover, 1e-6))
-            haze = np.where(in_band & ~masked, rng.uniform(0, 0.25, m), 0.0)
         else:
-            phase = int(rng.integers(revisit))
-            idx = np.arange(phase, D, revisit)
-            m = len(idx)
-            cloudy = rng.random(m) < cloud_fraction
-            vf = np.where(cloudy, 1.0 - rng.uniform(0.2, 1.0, m),
-                          1.0 - rng.uniform(0, 0.04, m))
-            haze = np.where(cloudy, rng.uniform(0, 0.25, m), rng.uniform(0, 0.02, m))
+            idx, cloudy, cover = _sky_dates(rng, days, D, revisit=revisit,
+                                            cloud_fraction=cloud_fraction, sky=sky)
+            vf, haze = _field_sky(rng, cloudy, cover, sky)
+            if haze is None:
+                haze = _uniform_haze(rng, cloudy)
+        m = len(idx)
         r = refl[i, idx] * (1 - haze[:, None]) + haze[:, None] * CLOUD
         r = r + (rng.normal(0, 0.004, (m, len(BANDS)))
                  if plan is None or not _SHARED_SKY_ATM else atm)

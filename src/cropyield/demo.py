@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._geo import field_shapes as field_shape_table
 from ._io import clean_stale_dirs, work_dir_prefix
 from ._log import logger
 from ._version import __version__
@@ -438,17 +439,6 @@ def demo_county_means(world) -> dict[str, float]:
             for c, g in world.seasons.groupby("crop") if g["area_ha"].sum() > 0}
 
 
-def field_shape_table(fields) -> pd.DataFrame:
-    """Each field's ``area_ha`` (ha), ``perimeter_m`` (m, in the fields' projected CRS) and
-    ``lat`` (degrees, of a point inside the polygon): what :func:`estimate_yield` gives the
-    models, so that a model's level is set on the predictions the estimates will have."""
-    return pd.DataFrame({
-        "field_id": fields["field_id"].to_numpy(),
-        "area_ha": fields.geometry.area.to_numpy() / 10_000.0,
-        "perimeter_m": fields.geometry.length.to_numpy(),
-        "lat": fields.to_crs(4326).geometry.representative_point().y.to_numpy()})
-
-
 def run_demo(
     out: str | Path = "cropyield-demo",
     *,
@@ -533,17 +523,15 @@ def run_demo(
             g = cuts[cuts["crop"] == crop]
             obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[
                 ["field_id", "season", "yield_t_ha"]]
+            # the seasons identified as this crop (their area weights the comparison with
+            # the county statistic)
+            cs = result.phenology.merge(
+                result.crops.loc[result.crops["crop"] == crop, ["field_id", "season", "crop"]],
+                on=["field_id", "season"]).merge(world_area, on="field_id", how="left")
             if crop in SIMULATION_CROPS:
                 # SCYM-style: trained on crop-model seasons (the shipped WOFOST library seen
                 # through the same canopy/cloud model), level set by the crop cuts
                 try:
-                    # the seasons identified as this crop (their area weights the
-                    # comparison with the county statistic)
-                    cs = result.phenology.merge(
-                        result.crops.loc[result.crops["crop"] == crop,
-                                         ["field_id", "season", "crop"]],
-                        on=["field_id", "season"]).merge(
-                        world_area, on="field_id", how="left")
                     # the fields' daily weather (each crop-model season's weather year on
                     # the world calendar) offered as covariates, as SCYM uses them
                     core = simulation_core(crop, indices=indices, seed=seed, cache=cache,
@@ -562,9 +550,6 @@ def run_demo(
             county = county_means.get(crop)
             if county is None and len(g) < 5:
                 continue
-            cs = result.phenology.merge(
-                result.crops.loc[result.crops["crop"] == crop, ["field_id", "season", "crop"]],
-                on=["field_id", "season"]).merge(world_area, on="field_id", how="left")
             try:
                 models[crop] = fit_yield_model(
                     result.series, obs, crop=crop, method="lue", seasons=cs, groups=None,

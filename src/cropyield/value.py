@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ._geo import MU_PER_HA, field_areas, field_perimeters, validate_fields
+from ._geo import MU_PER_HA, field_shapes, validate_fields
 from ._log import logger
 from .crops import CropRegistry, load_registry
 from .errors import ConfigError, join_flags, split_flags
@@ -404,11 +404,8 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     table = _resolve_prices(prices)
     if model is None:
         model = LUEModel(region=region, index=index)
-    area_ha = field_areas(fields)
-    f = pd.DataFrame({"field_id": fields["field_id"].to_numpy(), "area_ha": area_ha,
-                      "perimeter_m": field_perimeters(fields)})
-    # latitude (degrees) for radiation: a point inside each field, in WGS 84
-    f["lat"] = np.asarray(fields.to_crs(4326).geometry.representative_point().y)
+    # area (ha), perimeter (m) and latitude (degrees, for radiation) of each field
+    f = field_shapes(fields)
     for c in ("farmer_id", "declared_area_mu", "crop", "region"):
         f[c] = fields[c].to_numpy() if c in fields.columns else None
     f["region"] = f["region"].where(f["region"].notna(), region)

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import ModelError
 from .base import YieldModel, _jsonable, _registry_from
 from .features import season_features
 from .windows import WINDOW_SUFFIXES, window_features
@@ -257,16 +258,12 @@ class EmpiricalModel(YieldModel):
         group features.
         """
         if self.pooled_features and pool_by is None:
-            from ..errors import ModelError
-
             raise ModelError(
                 f"this {self.crop} model uses pooled group features ({len(self.pooled_features)}"
                 ", e.g. " + ", ".join(self.pooled_features[:2]) + "); pass pool_by= (a mapping "
                 "field_id -> county-and-season label, or a seasons column name) and predict "
                 "the group's fields together")
         if self.weather_features and weather is None:
-            from ..errors import ModelError
-
             raise ModelError(
                 f"this {self.crop} model uses weather covariates ({len(self.weather_features)}"
                 " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
@@ -274,8 +271,6 @@ class EmpiricalModel(YieldModel):
                 "e.g. SimulatedSeasons.weather or cropyield.synthetic.field_weather)")
         if EDGE_FEATURE in self.feature_names and not (
                 {"perimeter_m", "area_ha"} <= set(pd.DataFrame(seasons).columns)):
-            from ..errors import ModelError
-
             raise ModelError(
                 f"this {self.crop} model uses the field's perimeter / area ({EDGE_FEATURE}, "
                 "the edge-pixel covariate); pass seasons with 'perimeter_m' (m) and "

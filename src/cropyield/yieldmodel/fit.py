@@ -14,7 +14,7 @@ from .empirical import (EDGE_FEATURE, SEASON_FEATURES, EmpiricalModel, _design,
                         _uses_windows, model_features)
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale, remove_cut_error
-from .lue import LUEModel
+from .lue import LUEModel, _benchmark_yield
 from .learners import fit_learner, predict_yield, select_model
 from .skill import _group_folds, _metrics
 from .weather import (MODEL_STATS, MODEL_WINDOWS, column_sets, weather_columns,
@@ -593,9 +593,9 @@ def _fit_lue_levelled(lue: LUEModel, feats: pd.DataFrame, observed, *, crop: str
     f = f.assign(_vr=lue.vigour_ratios(f))
     bench = np.full(len(f), np.nan)
     if value_only:
-        bt = dict(yp.benchmark_t_ha)
         rg = f["region"] if "region" in f.columns else pd.Series([region] * len(f))
-        bench = np.array([float(bt.get(r_, bt.get("default", np.nan))) for r_ in rg])
+        bench = np.array([b if (b := _benchmark_yield(yp, r_)) is not None else np.nan
+                          for r_ in rg], dtype=float)
     f = f.assign(_bench=bench)
     # crop cuts (optional)
     if observed is not None and len(observed):

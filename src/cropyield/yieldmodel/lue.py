@@ -24,6 +24,14 @@ from .intervals import _prior_quantiles
 __all__ = ["LUEModel"]
 
 
+def _benchmark_yield(yp: YieldParams, region: str) -> float | None:
+    """A ``value_only`` crop's benchmark yield (t/ha) for ``region``: the registry's
+    regional figure, else its ``default``; None when it has neither."""
+    bench = dict(yp.benchmark_t_ha)
+    b = bench.get(region, bench.get("default"))
+    return None if b is None else float(b)
+
+
 class LUEModel(YieldModel):
     """Light-use-efficiency yield model with per-crop, per-region calibration.
 
@@ -131,8 +139,7 @@ class LUEModel(YieldModel):
             yp = self.yield_params(c)
             if yp is None or yp.yield_basis != "value_only":
                 continue
-            bench = dict(yp.benchmark_t_ha)
-            b = bench.get(rg, bench.get("default"))
+            b = _benchmark_yield(yp, rg)
             if b is not None:
                 out[i] = float(b) * vr[i] ** float(self.vigour_elasticity(c)["elasticity"])
         return out
@@ -149,13 +156,10 @@ class LUEModel(YieldModel):
         the registry's regional factor, then the registry's ``default`` factor, else 1.0 with
         source ``"none"``.
         """
-        user = self.calibration.get(crop, {})
-        for key in (region, "default"):
-            if key in user:
-                d = dict(user[key])
-                d.setdefault("region", key)
-                d.setdefault("kind", "fitted")
-                return d
+        fitted = self._fitted_factor(crop, region)
+        if fitted is not None:
+            fitted.setdefault("kind", "fitted")
+            return fitted
         yp = self.yield_params(crop)
         cal = dict(yp.calibration) if yp is not None else {}
         for key in (region, "default"):
@@ -229,8 +233,7 @@ class LUEModel(YieldModel):
             q = self.residuals.get(c) or _prior_quantiles(yp.prior_sigma)
             quant.append(q)
             if yp.yield_basis == "value_only":
-                bench = dict(yp.benchmark_t_ha)
-                b = bench.get(rg, bench.get("default"))
+                b = _benchmark_yield(yp, rg)
                 fl = ["BENCHMARK_YIELD"]
                 vr = float(vrs[i])
                 ve = self.vigour_elasticity(c)
