@@ -761,9 +761,11 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
             rec["perimeter_m"] = float(6.0 * short[i])
         # edge pixels see the landscape: the mean of the simulated fields on the same
         # calendar day (80 %) and roads/tracks (20 %), as cropyield.synthetic does
-        from .synthetic._canopy import ROAD
+        from .synthetic._canopy import ROAD, SOIL
 
-        land = 0.8 * refl.mean(axis=0, keepdims=True) + 0.2 * ROAD
+        same = float(_EDGE_SAME_CROP_SHARE.get(crop, 1.0))
+        land = 0.8 * (same * refl.mean(axis=0, keepdims=True) + (1.0 - same) * SOIL) \
+            + 0.2 * ROAD
         refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land
     observations = _observe(refl, day_axes, fids, rng, revisit=revisit,
                             cloud_fraction=cloud_fraction, sky=sky, npx=npx,
@@ -790,6 +792,14 @@ _WORLD_CROP = {"winter_wheat": "winter_wheat", "summer_maize": "summer_maize",
 #: boundary strip contributes through the sensor PSF (3-tap, 0.12 per side: ~1.2 m) and the
 #: outside part of the partly covered edge pixels kept at min_coverage_frac 0.5 (~1 m).
 _EDGE_MIX_M = 2.2
+
+
+#: Experimental (empty: every crop 1.0): share of a field's neighbours in the same crop for
+#: ``sky="sentinel2"``; the rest is bare soil (``synthetic._canopy.SOIL``) in the landscape
+#: that edge pixels see (``0.8 × (share × same-crop mean + (1 − share) × soil) + 0.2 × road``).
+#: ``scripts/demo_core_draws.py --same-crop-share`` measures it (docs/validation_yield.md,
+#: "Edge interaction").
+_EDGE_SAME_CROP_SHARE: dict[str, float] = {}
 
 
 def _field_sizes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
