@@ -27,7 +27,7 @@ from .windows import WINDOW_SUFFIXES, window_features
 from .intervals import _prior_quantiles
 
 __all__ = ["DEFAULT_FEATURES", "SEASON_FEATURES", "EmpiricalModel", "ridge_fit",
-           "model_features", "edge_interaction_names"]
+           "model_features"]
 
 
 #: Features of the pre-window empirical model (schema 1); still used for models that name them.
@@ -39,37 +39,12 @@ SEASON_FEATURES = ("log_apar", "log_apar_post")
 #: columns of the seasons table when both are there (:func:`model_features`); offered to the
 #: empirical learner in every feature set (``fit_yield_model``).
 EDGE_FEATURE = "perimeter_area_m"
-#: Suffixes of the index features that :data:`EDGE_FEATURE` multiplies in the edge interaction
-#: columns (:func:`edge_interaction_names`).
-EDGE_INTERACTION_SUFFIXES = ("max", "sum", "pre30", "post30")
-
-
-def edge_interaction_names(names: Sequence[str]) -> list[str]:
-    """Edge interaction columns ``"perimeter_area_m*<feature>"`` for the features of ``names``
-    whose suffix is in :data:`EDGE_INTERACTION_SUFFIXES` (each index's compact features).
-
-    A mixed edge pixel takes a share ``e ∝ perimeter / area`` of the field's index from the
-    surroundings, so an observed index feature is ``f (1 − e) + s e`` for the field's own ``f``
-    and the surroundings' ``s``: the deficit ``e (f − s)`` grows with the canopy level, and
-    ``f ≈ f_obs + e f_obs − e s`` to first order - the linear edge term carries ``− e s``, the
-    products ``e × f_obs`` the level-proportional part an additive term cannot.
-    """
-    return [f"{EDGE_FEATURE}*{n}" for n in names
-            if "*" not in n and n.rsplit("_", 1)[-1] in EDGE_INTERACTION_SUFFIXES
-            and n != EDGE_FEATURE]
-
-
-def is_edge_feature(name: str) -> bool:
-    """True for :data:`EDGE_FEATURE` and its interaction columns."""
-    return name == EDGE_FEATURE or name.startswith(EDGE_FEATURE + "*")
 
 
 def _design(feats: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     cols = []
     for n in names:
-        if "*" in n and n not in feats.columns:  # product column (edge interaction)
-            cols.append(np.prod(_design(feats, n.split("*")), axis=1))
-        elif n in ("log_apar", "log_apar_post"):
+        if n in ("log_apar", "log_apar_post"):
             v = feats["apar_mj_m2" if n == "log_apar" else "apar_post_mj_m2"].to_numpy(float)
             cols.append(np.log(np.where(v > 0, v, np.nan)))
         elif n in feats.columns:
@@ -294,7 +269,7 @@ class EmpiricalModel(YieldModel):
                 " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
                 "(daily field_id, time, tmin_c, tmax_c, radiation_mj_m2, rain_mm per field, "
                 "e.g. SimulatedSeasons.weather or cropyield.synthetic.field_weather)")
-        if any(is_edge_feature(n) for n in self.feature_names) and not (
+        if EDGE_FEATURE in self.feature_names and not (
                 {"perimeter_m", "area_ha"} <= set(pd.DataFrame(seasons).columns)):
             raise ModelError(
                 f"this {self.crop} model uses the field's perimeter / area ({EDGE_FEATURE}, "

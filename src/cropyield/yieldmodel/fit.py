@@ -10,8 +10,7 @@ import pandas as pd
 from .._log import logger
 from ..errors import ModelError
 from .base import YieldModel, _jsonable
-from .empirical import (EDGE_FEATURE, SEASON_FEATURES, edge_interaction_names,
-                        is_edge_feature, EmpiricalModel, _design,
+from .empirical import (EDGE_FEATURE, SEASON_FEATURES, EmpiricalModel, _design,
                         _uses_windows, model_features)
 from .features import _seasons_frame
 from .intervals import conformal_quantiles, quality_scale, remove_cut_error
@@ -410,7 +409,7 @@ def default_feature_names(feats: pd.DataFrame) -> list[str]:
     idx = [c[:-4] for c in feats.columns if c.endswith("_max") and c[:-4] in INDICES]
     names = list(SEASON_FEATURES) + window_feature_names(idx)
     if EDGE_FEATURE in feats.columns:
-        names += [EDGE_FEATURE] + edge_interaction_names(names)
+        names.append(EDGE_FEATURE)
     X = _design(feats, names)
     return [n for j, n in enumerate(names) if np.isfinite(X[:, j]).any()]
 
@@ -440,26 +439,13 @@ def _fit_select(X, y, names, groups, *, alpha, n_splits, n_bags=1, seed=0):
 def _column_sets(names):
     """:func:`~cropyield.yieldmodel.weather.column_sets` with the field covariate
     (:data:`~cropyield.yieldmodel.empirical.EDGE_FEATURE`, a property of the field, not of
-    an index) in every set and, when ``names`` has edge interaction columns
-    (:func:`~cropyield.yieldmodel.empirical.edge_interaction_names`), each set once more
-    with the interactions of its own index features (``"<set>+edge_x"``), a candidate the
-    grouped CV takes only when it beats the reference by more than one standard error."""
-    names = list(names)
+    an index) in every set."""
     if EDGE_FEATURE not in names:
         return column_sets(names)
-    j = names.index(EDGE_FEATURE)
-    inter = {n.split("*", 1)[1]: k for k, n in enumerate(names)
-             if is_edge_feature(n) and n != EDGE_FEATURE}
-    back = [k for k, n in enumerate(names) if not is_edge_feature(n)]
-    rest = [names[k] for k in back]
-    sets = {}
-    for key, v in column_sets(rest).items():
-        cols = [back[i] for i in v]
-        sets[key] = cols + [j]
-        x = [inter[names[c]] for c in cols if names[c] in inter]
-        if x:
-            sets[f"{key}+edge_x"] = cols + [j] + x
-    return sets
+    j = list(names).index(EDGE_FEATURE)
+    rest = [n for n in names if n != EDGE_FEATURE]
+    back = [k for k in range(len(names)) if k != j]
+    return {k: [back[i] for i in v] + [j] for k, v in column_sets(rest).items()}
 
 
 def _bagged(X, y, names, groups, full, *, n_splits, n_bags, seed):
