@@ -42,6 +42,12 @@ def main(argv=None):
     ap.add_argument("--neighbour-share", type=float, nargs="+", default=[None],
                     help="neighbour_canopy_share of the library (simulate_seasons; default: "
                          "cropmodel.NEIGHBOUR_CANOPY_SHARE of the crop); several: paired rows")
+    ap.add_argument("--index-sets", nargs="+", default=None,
+                    help="comma-separated index sets for the cores (default: every index of "
+                         "the demo's series), e.g. ndvi,ndre,ndmi ndvi,evi2,ndre,ndmi")
+    ap.add_argument("--ensemble", type=int, default=0,
+                    help="K > 1: also score ensembles of K consecutive draws (mean log P50 "
+                         "of their levelled models) of the last index set, edge and bags")
     a = ap.parse_args(argv)
     out = __import__("pathlib").Path(a.out)
     world = demo.demo_world(synthetic.WorldConfig(seed=a.seed, **demo.DEMO_SIZES["small"]))
@@ -57,14 +63,16 @@ def main(argv=None):
                                                               "yield_t_ha"]]
     area = demo.field_shape_table(fields)
     county = demo.demo_county_means(world)[crop]
-    idx = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]
+    idx_all = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]
+    index_sets = [x.split(",") for x in a.index_sets] if a.index_sets else [idx_all]
     cs = phen.merge(crops.loc[crops["crop"] == crop, ["field_id", "season", "crop"]],
                     on=["field_id", "season"]).merge(area, on="field_id", how="left")
     runs = [(c, sh) for c in a.core_seeds for sh in a.neighbour_share]
+    last: dict[int, pd.DataFrame] = {}
     for cseed, share in runs:
         sim0 = simulate_seasons(crop, demo.N_SIMULATED, seed=cseed, sky=demo.SIMULATION_SKY,
                                 neighbour_canopy_share=share)
-        for edge in a.edge:
+        for edge, idx in [(e_, i_) for e_ in a.edge for i_ in index_sets]:
             sim = sim0 if edge != "off" else dataclasses.replace(
                 sim0, truth=sim0.truth.drop(columns=["area_ha", "perimeter_m"],
                                             errors="ignore"))
@@ -88,7 +96,8 @@ def main(argv=None):
                 ar = e["field_id"].map(area.set_index("field_id")["area_ha"]).to_numpy()
                 sm = ar < np.median(ar)
                 cover = np.mean((y >= e["yield_t_ha_p10"]) & (y <= e["yield_t_ha_p90"]))
-                print(f"{crop} draw {cseed} edge {edge} bags {nb}"
+                last[cseed] = e.set_index(["field_id", "season"])
+                print(f"{crop} draw {cseed} edge {edge} bags {nb} indices {'+'.join(idx)}"
                       + (f" neighbour share {share}" if share is not None else "")
                       + f": n {len(y)} "
                       f"R2 {1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2):.3f} "
@@ -96,6 +105,18 @@ def main(argv=None):
                       f" larger {np.mean(p[~sm] - y[~sm]):+.2f}) coverage {cover:.2f} "
                       f"core CV R2 {core.cv_['r2']:.3f} set {core.learner['column_set']} "
                       f"train {t_train:.0f} s", flush=True)
+    k = int(a.ensemble)
+    seeds = list(last)
+    for i in range(0, len(seeds) - k + 1, k) if k > 1 else ():
+        grp = seeds[i:i + k]
+        common = last[grp[0]].index
+        for g_ in grp[1:]:
+            common = common.intersection(last[g_].index)
+        y = last[grp[0]].loc[common, "true_yield_t_ha"].to_numpy()
+        p = np.exp(np.mean([np.log(last[g_].loc[common, "yield_t_ha_p50"].to_numpy())
+                            for g_ in grp], axis=0))
+        print(f"{crop} ensemble of draws {grp}: n {len(y)} "
+              f"R2 {1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2):.3f}", flush=True)
 
 
 if __name__ == "__main__":
