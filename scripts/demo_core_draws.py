@@ -5,13 +5,15 @@ each library draw (``--core-seeds``) simulates the demo's library
 (``simulate_seasons(crop, N_SIMULATED, seed, sky=SIMULATION_SKY)``), trains the core as
 ``demo.simulation_core`` does (weather covariates) - with the fields' ``area_ha`` /
 ``perimeter_m`` (edge covariate ``perimeter_area_m``) or without them (``--edge off``), with
-``n_bags`` of ``--bags`` - levels it exactly as the demo (county mean + the demo's crop cuts,
-cut error removed) and scores the demo's seasons of the crop (identified as the crop they
+``n_bags`` of ``--bags``, the library's edge pixels seeing ``--neighbour-share`` of
+canopy-carrying neighbours (``simulate_seasons(neighbour_canopy_share=)``) - levels it
+exactly as the demo (county mean + the demo's crop cuts, cut error removed) and scores the demo's seasons of the crop (identified as the crop they
 are, crop-cut fields left out), with the bias on the smaller and the larger half of the
 fields. Paired rows (same draw) cancel the draw-to-draw variance.
 
     PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_dy_new --crop summer_maize --core-seeds 0 1 2 3 --edge on off
     PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_dy_new --crop summer_maize --core-seeds 0 1 2 3 --edge off --bags 1 5
+    PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_base --crop winter_wheat --core-seeds 0 1 2 --edge on --neighbour-share 1 0.58
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def main(argv=None):
     ap.add_argument("--core-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--bags", type=int, nargs="+", default=[1])
     ap.add_argument("--edge", nargs="+", default=["on", "off"], choices=["on", "off"])
+    ap.add_argument("--neighbour-share", type=float, nargs="+", default=[None],
+                    help="neighbour_canopy_share of the library (simulate_seasons; default: "
+                         "cropmodel.NEIGHBOUR_CANOPY_SHARE of the crop); several: paired rows")
     a = ap.parse_args(argv)
     out = __import__("pathlib").Path(a.out)
     world = demo.demo_world(synthetic.WorldConfig(seed=a.seed, **demo.DEMO_SIZES["small"]))
@@ -55,10 +60,12 @@ def main(argv=None):
     idx = [c for c in ("ndvi", "evi2", "gcvi", "ndre", "ndmi") if c in series.columns]
     cs = phen.merge(crops.loc[crops["crop"] == crop, ["field_id", "season", "crop"]],
                     on=["field_id", "season"]).merge(area, on="field_id", how="left")
-    for cseed in a.core_seeds:
-        sim0 = simulate_seasons(crop, demo.N_SIMULATED, seed=cseed, sky=demo.SIMULATION_SKY)
+    runs = [(c, sh) for c in a.core_seeds for sh in a.neighbour_share]
+    for cseed, share in runs:
+        sim0 = simulate_seasons(crop, demo.N_SIMULATED, seed=cseed, sky=demo.SIMULATION_SKY,
+                                neighbour_canopy_share=share)
         for edge in a.edge:
-            sim = sim0 if edge == "on" else dataclasses.replace(
+            sim = sim0 if edge != "off" else dataclasses.replace(
                 sim0, truth=sim0.truth.drop(columns=["area_ha", "perimeter_m"],
                                             errors="ignore"))
             for nb in a.bags:
@@ -81,7 +88,9 @@ def main(argv=None):
                 ar = e["field_id"].map(area.set_index("field_id")["area_ha"]).to_numpy()
                 sm = ar < np.median(ar)
                 cover = np.mean((y >= e["yield_t_ha_p10"]) & (y <= e["yield_t_ha_p90"]))
-                print(f"{crop} draw {cseed} edge {edge} bags {nb}: n {len(y)} "
+                print(f"{crop} draw {cseed} edge {edge} bags {nb}"
+                      + (f" neighbour share {share}" if share is not None else "")
+                      + f": n {len(y)} "
                       f"R2 {1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2):.3f} "
                       f"bias {np.mean(p - y):+.2f} (smaller half {np.mean(p[sm] - y[sm]):+.2f},"
                       f" larger {np.mean(p[~sm] - y[~sm]):+.2f}) coverage {cover:.2f} "

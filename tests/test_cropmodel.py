@@ -184,3 +184,38 @@ def test_sentinel2_sky_observes_like_the_synthetic_world():
     pd.testing.assert_frame_equal(again.observations, o)
     with pytest.raises(ConfigError, match="sky"):
         cm.simulate_seasons("summer_maize", 5, sky="landsat")
+
+
+def test_wheat_edge_pixels_see_bare_neighbours():
+    """sky="sentinel2" winter wheat: 42 % of its neighbours are bare through its season
+    (NEIGHBOUR_CANOPY_SHARE 0.58), so a small field's dense canopy loses more NDVI to its
+    edge pixels than with all-wheat neighbours - and the loss grows with the canopy (an
+    edge pixel mixes the field's own index with the surroundings'). The runs, the field
+    sizes and the clouds are the same; share 1 is the former landscape (summer maize's
+    default)."""
+    kw = dict(seed=5, sky="sentinel2")
+    wh = cm.simulate_seasons("winter_wheat", 60, **kw)
+    wh1 = cm.simulate_seasons("winter_wheat", 60, neighbour_canopy_share=1.0, **kw)
+    assert cm.NEIGHBOUR_CANOPY_SHARE["winter_wheat"] == pytest.approx(0.58)
+    pd.testing.assert_frame_equal(wh.truth, wh1.truth)
+    pd.testing.assert_frame_equal(wh.observations[["field_id", "time", "valid_fraction"]],
+                                  wh1.observations[["field_id", "time", "valid_fraction"]])
+
+    def loss(sim, lo, hi):
+        o = sim.observations
+        m = o.assign(day=o["time"].dt.tz_localize(None)).merge(
+            sim.canopy, left_on=["field_id", "day"], right_on=["field_id", "time"],
+            suffixes=("", "_true"))
+        m = m[(m["ndvi_true"] > lo) & (m["ndvi_true"] <= hi)]
+        d = m["ndvi"] - m["ndvi_true"]
+        small = m["coverage"] < 25                        # fields under 0.25 ha
+        return float(d[small].mean() - d[m["coverage"] > 60].mean())
+
+    dense, mid = loss(wh, 0.7, 1.0), loss(wh, 0.3, 0.5)
+    assert dense < mid < 0                                 # grows with the canopy
+    assert dense < 1.5 * loss(wh1, 0.7, 1.0) < 0           # bare neighbours: a larger loss
+    mz = cm.simulate_seasons("summer_maize", 20, **kw)
+    mz1 = cm.simulate_seasons("summer_maize", 20, neighbour_canopy_share=1.0, **kw)
+    pd.testing.assert_frame_equal(mz.observations, mz1.observations)
+    with pytest.raises(ConfigError, match="neighbour_canopy_share"):
+        cm.simulate_seasons("winter_wheat", 5, neighbour_canopy_share=1.5, **kw)

@@ -134,3 +134,37 @@ def test_value_only_aggregate_calibrates_the_benchmark():
                         seasons=seasons)
     p = m.predict(ser, seasons).merge(seasons[["field_id", "area_ha"]], on="field_id")
     assert np.average(p["yield_t_ha_p50"], weights=p["area_ha"]) == pytest.approx(30.0)
+
+
+def test_fitted_vigour_reference_makes_estimates_batch_independent():
+    """A fitted value-only model pins its vigour reference (the fitting seasons' median
+    fAPAR): a field's P50 is the same estimated alone, with its batch, or with a batch of
+    much weaker fields (an unfitted model rescales against each batch's median), and it
+    survives a JSON round trip; files without the reference keep the batch median."""
+    ser, seasons, _, vr = _veg()
+    m = fit_yield_model(ser, None, crop="vegetables", method="lue", seasons=seasons,
+                        county_mean_t_ha=26.0)
+    ref = m.vigour_reference["vegetables"]
+    feats = LUEModel().features(ser, seasons)
+    assert ref["fapar"] == pytest.approx(np.median(feats["fapar_mean"]))
+    assert ref["n_seasons"] == 40
+    full = m.predict(ser, seasons).set_index("field_id")["yield_t_ha_p50"]
+    one = seasons.iloc[[7]]
+    alone = m.predict(ser[ser["field_id"] == "v7"], one)["yield_t_ha_p50"].iloc[0]
+    assert alone == pytest.approx(full["v7"], rel=1e-12)
+    # v7 with 6 weaker fields (NDVI 0.3): the batch median would fall, the ratio rise
+    weak = _series(6, np.full(6, 0.3)).assign(
+        field_id=lambda d: d["field_id"].str.replace("v", "w"))
+    wseasons = seasons.iloc[:6].assign(field_id=[f"w{i}" for i in range(6)])
+    mixed_ser = pd.concat([ser[ser["field_id"] == "v7"], weak], ignore_index=True)
+    mixed_seas = pd.concat([one, wseasons], ignore_index=True)
+    mixed = m.predict(mixed_ser, mixed_seas).set_index("field_id")["yield_t_ha_p50"]
+    assert mixed["v7"] == pytest.approx(full["v7"], rel=1e-12)
+    back = YieldModel.from_json(m.to_json())
+    assert back.predict(mixed_ser, mixed_seas).set_index("field_id")[
+        "yield_t_ha_p50"]["v7"] == pytest.approx(full["v7"], rel=1e-12)
+    # a file written before the reference existed: ratios against the batch median again
+    d = json.loads(m.to_json())
+    del d["params"]["vigour_reference"]
+    old = YieldModel.from_dict(d).predict(mixed_ser, mixed_seas).set_index("field_id")
+    assert old["yield_t_ha_p50"]["v7"] > full["v7"] * 1.05

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["EMERGENCE_OFFSETS", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
+__all__ = ["EMERGENCE_OFFSETS", "NEIGHBOUR_CANOPY_SHARE", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
            "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
            "nitrogen_factor", "load_weather", "warped_weather", "WEATHER_COLUMNS"]
 
@@ -636,7 +636,8 @@ def _sos_eos(ndvi: np.ndarray, days: pd.DatetimeIndex):
 def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
                      fresh: bool = False, revisit: int = 5,
                      cloud_fraction: float | None = None,
-                     sky: str = "uniform", shared_sky: bool = False) -> SimulatedSeasons:
+                     sky: str = "uniform", shared_sky: bool = False,
+                     neighbour_canopy_share: float | None = None) -> SimulatedSeasons:
     """Simulate ``n`` field-seasons of ``crop`` from WOFOST and observe them like Sentinel-2.
 
     Parameters
@@ -672,6 +673,12 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         fragments), the haze band of ``"sentinel2"``, the pixel noise and the field size stay
         per field (:func:`_observe`). For judging features pooled over a group
         (``pool_by=``), whose gain per-field skies overstate.
+    neighbour_canopy_share : float, optional
+        ``sky="sentinel2"``: share (0-1) of a field's neighbouring parcels that carry a
+        canopy through the season; the landscape its edge pixels see is
+        ``0.8 × (share × the simulated fields' mean + (1 − share) × bare soil) + 0.2 × road``
+        on each day. Default: :data:`NEIGHBOUR_CANOPY_SHARE` of the crop (winter wheat 0.58,
+        other crops 1). Set it from the county's sown areas where the crop mix differs.
 
     Returns
     -------
@@ -691,6 +698,11 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         from .errors import ConfigError
 
         raise ConfigError(f"sky must be 'uniform' or 'sentinel2', got {sky!r}")
+    if neighbour_canopy_share is not None and not 0.0 <= float(neighbour_canopy_share) <= 1.0:
+        from .errors import ConfigError
+
+        raise ConfigError(f"neighbour_canopy_share must be in [0, 1], got "
+                          f"{neighbour_canopy_share!r}")
     if cloud_fraction is None:
         cloud_fraction = 0.5 if sky == "sentinel2" else 0.35
     rng = np.random.default_rng(seed)
@@ -759,11 +771,16 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         for i, rec in enumerate(truth):
             rec["area_ha"] = float(npx[i] * 0.01)
             rec["perimeter_m"] = float(6.0 * short[i])
-        # edge pixels see the landscape: the mean of the simulated fields on the same
-        # calendar day (80 %) and roads/tracks (20 %), as cropyield.synthetic does
-        from .synthetic._canopy import ROAD
+        from .synthetic._canopy import ROAD, SOIL
 
-        land = 0.8 * refl.mean(axis=0, keepdims=True) + 0.2 * ROAD
+        # edge pixels see the landscape: the mean of the simulated fields on the same
+        # calendar day where a neighbour carries a canopy, bare soil where it does not
+        # (share 1 - neighbour_canopy_share), 80 %, and roads/tracks, 20 %
+        share = (NEIGHBOUR_CANOPY_SHARE.get(_WORLD_CROP.get(crop, crop), 1.0)
+                 if neighbour_canopy_share is None
+                 else float(neighbour_canopy_share))
+        land = 0.8 * (share * refl.mean(axis=0, keepdims=True) + (1.0 - share) * SOIL) \
+            + 0.2 * ROAD
         refl = (1 - mix[:, None, None]) * refl + mix[:, None, None] * land
     observations = _observe(refl, day_axes, fids, rng, revisit=revisit,
                             cloud_fraction=cloud_fraction, sky=sky, npx=npx,
@@ -790,6 +807,16 @@ _WORLD_CROP = {"winter_wheat": "winter_wheat", "summer_maize": "summer_maize",
 #: boundary strip contributes through the sensor PSF (3-tap, 0.12 per side: ~1.2 m) and the
 #: outside part of the partly covered edge pixels kept at min_coverage_frac 0.5 (~1 m).
 _EDGE_MIX_M = 2.2
+
+
+#: Share of a field's neighbouring parcels that carry a canopy through the crop's season
+#: (``simulate_seasons(sky="sentinel2")``; crops not listed: 1). The rest are bare: on the
+#: North China Plain 58 % of parcels grow winter wheat (``synthetic._canopy.SYSTEMS``) and
+#: the others - fallow, or waiting for crops sown from mid-April (spring maize, cotton,
+#: peanut) or June (soybean, rice) - are bare soil through wheat's green-up and peak. In
+#: summer 92 % of parcels are green; there the same-crop approximation is kept (1: summer
+#: maize measured at 0.92 gains nothing, docs/validation_yield.md "Edge interaction").
+NEIGHBOUR_CANOPY_SHARE: dict[str, float] = {"winter_wheat": 0.58}
 
 
 def _field_sizes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:

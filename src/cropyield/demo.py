@@ -96,20 +96,22 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     seed, indices, sky, weather statistics and package version (and a format version: 7
     since the library's seasons carry their field's ``area_ha``/``perimeter_m``, so the
     core may use the edge covariate ``perimeter_area_m``; 9 since the weather candidates
-    are the ``MODEL_STATS`` pair and all five statistics); a cached file that does not load is refitted,
-    never trusted."""
+    are the ``MODEL_STATS`` pair and all five statistics; 10 since the library's edge pixels
+    see bare neighbours, ``cropmodel.NEIGHBOUR_CANOPY_SHARE``, whose value for the crop is
+    in the key too); a cached file that does not load is refitted, never trusted."""
     import hashlib
     import json
 
-    from .cropmodel import library_digest, simulate_seasons
+    from .cropmodel import NEIGHBOUR_CANOPY_SHARE, library_digest, simulate_seasons
     from .yieldmodel import YieldModel
     from .yieldmodel.simulation import train_on_simulations
     from .yieldmodel.weather import MODEL_STATS
 
     n = int(n or N_SIMULATED)
     key = hashlib.sha256(json.dumps(
-        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 9,
-         SIMULATION_SKY, list(MODEL_STATS) if weather else False]
+        [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 10,
+         SIMULATION_SKY, list(MODEL_STATS) if weather else False,
+         NEIGHBOUR_CANOPY_SHARE.get(crop, 1.0)]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():

@@ -259,7 +259,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     model: YieldModel
     if method == "lue":
         # raw LUE yield, or benchmark x vigour ratio ** elasticity for value-only crops
-        # (vigour ratios against every given season of the crop, not the cuts alone)
+        # (vigour ratios against every given season of the crop, not the cuts alone, and
+        # that reference pinned in the fitted model: its estimates do not depend on the batch)
+        lue = _pin_vigour_reference(lue, feats, crop)
         feats = feats.assign(_base=lue._base_yield(feats))
         if county_mean_t_ha is not None:
             return _fit_lue_levelled(lue, feats, observed, crop=crop, region=region,
@@ -275,7 +277,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         recs = [dict(observed)] if isinstance(observed, Mapping) else observed.to_dict("records")
         model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
                          region=region, calibration=lue.calibration, residuals=lue.residuals,
-                         vigour=lue.vigour)
+                         vigour=lue.vigour, vigour_reference=lue.vigour_reference)
         for rec in recs:
             rg = rec.get("region", region)
             f = feats[(feats["crop"] == crop)]
@@ -376,7 +378,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         res = dict(lue.residuals)
         res[crop] = q
         model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
-                         region=region, calibration=cal, residuals=res, vigour=lue.vigour)
+                         region=region, calibration=cal, residuals=res, vigour=lue.vigour,
+                         vigour_reference=lue.vigour_reference)
     else:
         model = _empirical_from(X, y, g, names, crop=crop, alpha=alpha, n_splits=n_splits,
                                 index=index, region=region, residuals=q,
@@ -564,6 +567,26 @@ def _elasticity_posterior(r: np.ndarray, x: np.ndarray, *, prior: float, prior_s
     return float(beta), float(1.0 / np.sqrt(prec))
 
 
+def _pin_vigour_reference(lue: LUEModel, feats: pd.DataFrame, crop: str) -> LUEModel:
+    """A copy of ``lue`` whose vigour reference for a ``value_only`` ``crop`` is the median
+    season-mean fAPAR of the crop's seasons in ``feats`` (the fitting batch), when there are
+    enough of them; ``lue`` itself otherwise (other crops, too few seasons)."""
+    from .lue import batch_vigour_reference
+
+    yp = lue.yield_params(crop)
+    if yp is None or yp.yield_basis != "value_only" or "fapar_mean" not in feats.columns:
+        return lue
+    fm = feats.loc[feats["crop"] == crop, "fapar_mean"].to_numpy(float)
+    ref = batch_vigour_reference(fm)
+    if ref is None or not ref > 0:
+        return lue
+    refs = {**lue.vigour_reference,
+            crop: {"fapar": ref, "n_seasons": int(np.isfinite(fm).sum())}}
+    return LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar,
+                    region=lue.region, calibration=lue.calibration, residuals=lue.residuals,
+                    vigour=lue.vigour, vigour_reference=refs)
+
+
 def _fit_lue_levelled(lue: LUEModel, feats: pd.DataFrame, observed, *, crop: str, region: str,
                       county_mean_t_ha: float, level_prior_sd: float | None, groups,
                       n_splits: int, seed: int, cut_error_sd: float | None) -> LUEModel:
@@ -678,7 +701,8 @@ def _fit_lue_levelled(lue: LUEModel, feats: pd.DataFrame, observed, *, crop: str
     res = dict(lue.residuals)
     res[crop] = q
     model = LUEModel(overrides=lue.overrides, index=lue.index, fapar=lue.fapar, region=region,
-                     calibration=cal, residuals=res, vigour=vigour)
+                     calibration=cal, residuals=res, vigour=vigour,
+                     vigour_reference=lue.vigour_reference)
     model.cv_ = cv
     logger.info("levelled %s yield model for %s: x%.3f (%s)", "value-only" if value_only
                 else "LUE", crop, math.exp(shift), cal[crop][region]["source"])

@@ -32,6 +32,18 @@ def _benchmark_yield(yp: YieldParams, region: str) -> float | None:
     return None if b is None else float(b)
 
 
+#: Fewest seasons of a crop whose median fAPAR may serve as its vigour reference.
+MIN_VIGOUR_SEASONS = 5
+
+
+def batch_vigour_reference(fapar_mean) -> float | None:
+    """Median season-mean fAPAR of one crop's seasons (dimensionless), or None with fewer
+    than :data:`MIN_VIGOUR_SEASONS` finite values."""
+    fm = np.asarray(fapar_mean, dtype=float)
+    fm = fm[np.isfinite(fm)]
+    return float(np.median(fm)) if len(fm) >= MIN_VIGOUR_SEASONS else None
+
+
 class LUEModel(YieldModel):
     """Light-use-efficiency yield model with per-crop, per-region calibration.
 
@@ -41,9 +53,13 @@ class LUEModel(YieldModel):
     vegetables) get ``benchmark × level × ratio ** elasticity``: the regional benchmark yield
     (registry), a fitted level (``calibration``: a county statistic and/or crop cuts,
     :func:`cropyield.fit_yield_model`; 1 before fitting) and the vigour ratio (season-mean
-    fAPAR relative to the median of the same crop in the batch, clipped to [0.7, 1.3], when
-    >= 5 seasons; 1 otherwise) raised to the crop's vigour elasticity (``vigour``; default the
-    registry's prior ``vigour_elasticity``, updated by crop cuts when fitted).
+    fAPAR relative to a reference fAPAR of the crop, clipped to [0.7, 1.3]) raised to the
+    crop's vigour elasticity (``vigour``; default the registry's prior ``vigour_elasticity``,
+    updated by crop cuts when fitted). The reference is the median season-mean fAPAR of the
+    crop's seasons the model was fitted on (``vigour_reference``, pinned by
+    :func:`cropyield.fit_yield_model`), so that a fitted model gives a field the same estimate
+    whatever other fields are estimated with it; an unfitted model falls back to the median
+    of the crop's seasons in the batch (>= 5; a ratio of 1 otherwise).
 
     Parameters
     ----------
@@ -65,6 +81,10 @@ class LUEModel(YieldModel):
         ``{crop: {"elasticity", "sd", "n_cuts", "source"}}`` vigour elasticity of
         ``value_only`` crops (set by :func:`fit_yield_model`); default: the registry's prior
         (``vigour_elasticity``, ``vigour_elasticity_sd``).
+    vigour_reference : mapping, optional
+        ``{crop: {"fapar": float, "n_seasons": int}}`` reference season-mean fAPAR
+        (dimensionless) of ``value_only`` crops' vigour ratios (set by
+        :func:`fit_yield_model`); default: the batch median.
     """
 
     kind = "lue"
@@ -73,7 +93,8 @@ class LUEModel(YieldModel):
                  fapar: Mapping[str, Any] | None = None, region: str = "north_china_plain",
                  calibration: Mapping[str, Any] | None = None,
                  residuals: Mapping[str, Any] | None = None,
-                 vigour: Mapping[str, Any] | None = None):
+                 vigour: Mapping[str, Any] | None = None,
+                 vigour_reference: Mapping[str, Any] | None = None):
         self.registry, self.overrides = _registry_from(overrides)
         self.index = index
         self.fapar = dict(fapar) if fapar else None
@@ -82,6 +103,7 @@ class LUEModel(YieldModel):
                             for c, d in (calibration or {}).items()}
         self.residuals = {c: dict(v) for c, v in (residuals or {}).items()}
         self.vigour = {c: dict(v) for c, v in (vigour or {}).items()}
+        self.vigour_reference = {c: dict(v) for c, v in (vigour_reference or {}).items()}
         self.cv_ = None
 
     def _params(self) -> dict[str, Any]:
@@ -90,6 +112,8 @@ class LUEModel(YieldModel):
              "residuals": _jsonable(self.residuals)}
         if self.vigour:  # absent from files written before it existed; they still load
             d["vigour"] = _jsonable(self.vigour)
+        if self.vigour_reference:
+            d["vigour_reference"] = _jsonable(self.vigour_reference)
         return d
 
     def vigour_elasticity(self, crop: str) -> dict[str, Any]:
@@ -103,9 +127,11 @@ class LUEModel(YieldModel):
         return {"elasticity": e, "sd": sd, "n_cuts": 0, "source": "crop registry prior"}
 
     def vigour_ratios(self, feats: pd.DataFrame) -> np.ndarray:
-        """Vigour ratio per feature row: season-mean fAPAR / the median of the same crop's
-        seasons in ``feats`` (>= 5 finite), clipped to [0.7, 1.3]; 1.0 where either is
-        missing (fewer than 5 seasons of the crop, or a season without fAPAR)."""
+        """Vigour ratio per feature row: season-mean fAPAR / the crop's reference fAPAR,
+        clipped to [0.7, 1.3]. The reference is the pinned one (``vigour_reference``) when
+        the model was fitted for the crop, else the median of the crop's seasons in
+        ``feats`` (>= 5 finite); 1.0 where there is none (an unfitted model and fewer than 5
+        seasons of the crop) or the season has no fAPAR."""
         out = np.ones(len(feats))
         fm_all = feats["fapar_mean"].to_numpy(float)
         crops = feats["crop"].to_numpy()
@@ -113,13 +139,12 @@ class LUEModel(YieldModel):
             sel = crops == c
             fm = fm_all[sel]
             ok = np.isfinite(fm)
-            if ok.sum() < 5:
+            ref = self.vigour_reference.get(c, {}).get("fapar")
+            if ref is None:
+                ref = batch_vigour_reference(fm)
+            if ref is None or not ref > 0:
                 continue
-            ref = float(np.median(fm[ok]))
-            if ref <= 0:
-                continue
-            r = np.where(ok, np.clip(fm / ref, 0.7, 1.3), 1.0)
-            out[sel] = r
+            out[sel] = np.where(ok, np.clip(fm / float(ref), 0.7, 1.3), 1.0)
         return out
 
     def _fitted_factor(self, crop: str, region: str) -> dict[str, Any] | None:
