@@ -45,6 +45,8 @@ def main(argv=None):
     ap.add_argument("--index-sets", nargs="+", default=None,
                     help="comma-separated index sets for the cores (default: every index of "
                          "the demo's series), e.g. ndvi,ndre,ndmi ndvi,evi2,ndre,ndmi")
+    ap.add_argument("--n-simulated", type=int, default=0,
+                    help="seasons per library draw (default: demo.N_SIMULATED)")
     ap.add_argument("--ensemble", type=int, default=0,
                     help="K > 1: also score ensembles of K consecutive draws (mean log P50 "
                          "of their levelled models) of the last index set, edge and bags")
@@ -70,7 +72,7 @@ def main(argv=None):
     runs = [(c, sh) for c in a.core_seeds for sh in a.neighbour_share]
     last: dict[int, pd.DataFrame] = {}
     for cseed, share in runs:
-        sim0 = simulate_seasons(crop, demo.N_SIMULATED, seed=cseed, sky=demo.SIMULATION_SKY,
+        sim0 = simulate_seasons(crop, a.n_simulated or demo.N_SIMULATED, seed=cseed, sky=demo.SIMULATION_SKY,
                                 neighbour_canopy_share=share)
         for edge, idx in [(e_, i_) for e_ in a.edge for i_ in index_sets]:
             sim = sim0 if edge != "off" else dataclasses.replace(
