@@ -197,6 +197,9 @@ def test_wheat_edge_pixels_see_bare_neighbours():
     wh = cm.simulate_seasons("winter_wheat", 60, **kw)
     wh1 = cm.simulate_seasons("winter_wheat", 60, neighbour_canopy_share=1.0, **kw)
     assert cm.NEIGHBOUR_CANOPY_SHARE["winter_wheat"] == pytest.approx(0.58)
+    # one rule for the default, by world or WOFOST crop id (the demo's cache key uses it)
+    assert cm.neighbour_share_of("wheat") == cm.neighbour_share_of("winter_wheat") == 0.58
+    assert cm.neighbour_share_of("summer_maize") == cm.neighbour_share_of("maize") == 1.0
     pd.testing.assert_frame_equal(wh.truth, wh1.truth)
     pd.testing.assert_frame_equal(wh.observations[["field_id", "time", "valid_fraction"]],
                                   wh1.observations[["field_id", "time", "valid_fraction"]])

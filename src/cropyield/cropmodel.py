@@ -50,7 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["EMERGENCE_OFFSETS", "NEIGHBOUR_CANOPY_SHARE", "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
+__all__ = ["EMERGENCE_OFFSETS", "NEIGHBOUR_CANOPY_SHARE", "neighbour_share_of",
+           "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
            "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
            "nitrogen_factor", "load_weather", "warped_weather", "WEATHER_COLUMNS"]
 
@@ -776,8 +777,7 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
         # edge pixels see the landscape: the mean of the simulated fields on the same
         # calendar day where a neighbour carries a canopy, bare soil where it does not
         # (share 1 - neighbour_canopy_share), 80 %, and roads/tracks, 20 %
-        share = (NEIGHBOUR_CANOPY_SHARE.get(_WORLD_CROP.get(crop, crop), 1.0)
-                 if neighbour_canopy_share is None
+        share = (neighbour_share_of(crop) if neighbour_canopy_share is None
                  else float(neighbour_canopy_share))
         land = 0.8 * (share * refl.mean(axis=0, keepdims=True) + (1.0 - share) * SOIL) \
             + 0.2 * ROAD
@@ -817,6 +817,12 @@ _EDGE_MIX_M = 2.2
 #: summer 92 % of parcels are green; there the same-crop approximation is kept (1: summer
 #: maize measured at 0.92 gains nothing, docs/validation_yield.md "Edge interaction").
 NEIGHBOUR_CANOPY_SHARE: dict[str, float] = {"winter_wheat": 0.58}
+
+
+def neighbour_share_of(crop: str) -> float:
+    """The default ``neighbour_canopy_share`` of ``crop`` (a world or WOFOST crop id):
+    :data:`NEIGHBOUR_CANOPY_SHARE` of its world crop, 1 for crops not listed."""
+    return float(NEIGHBOUR_CANOPY_SHARE.get(_WORLD_CROP.get(crop, crop), 1.0))
 
 
 def _field_sizes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -102,7 +102,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     import hashlib
     import json
 
-    from .cropmodel import NEIGHBOUR_CANOPY_SHARE, library_digest, simulate_seasons
+    from .cropmodel import library_digest, neighbour_share_of, simulate_seasons
     from .yieldmodel import YieldModel
     from .yieldmodel.simulation import train_on_simulations
     from .yieldmodel.weather import MODEL_STATS
@@ -111,7 +111,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     key = hashlib.sha256(json.dumps(
         [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 10,
          SIMULATION_SKY, list(MODEL_STATS) if weather else False,
-         NEIGHBOUR_CANOPY_SHARE.get(crop, 1.0)]
+         neighbour_share_of(crop)]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():
