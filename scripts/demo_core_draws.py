@@ -14,6 +14,10 @@ fields. Paired rows (same draw) cancel the draw-to-draw variance.
     PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_dy_new --crop summer_maize --core-seeds 0 1 2 3 --edge on off
     PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_dy_new --crop summer_maize --core-seeds 0 1 2 3 --edge off --bags 1 5
     PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_base --crop winter_wheat --core-seeds 0 1 2 --edge on --neighbour-share 1 0.58
+    PYTHONPATH=src python scripts/demo_core_draws.py --out /tmp/demo_cm1 --crop winter_wheat --core-seeds 0 1 2 3 --edge on --crop-model off on
+
+``--crop-model on`` offers the crop-model weather index (``demo.demo_crop_model_index``;
+``train_on_simulations(covariates=True)``) as the demo does since issue 17's section 10.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def main(argv=None):
     ap.add_argument("--ensemble", type=int, default=0,
                     help="K > 1: also score ensembles of K consecutive draws (mean log P50 "
                          "of their levelled models) of the last index set, edge and bags")
+    ap.add_argument("--crop-model", nargs="+", default=["on"], choices=["on", "off"],
+                    help="offer the crop-model weather index (on: as the demo); several: "
+                         "paired rows")
     a = ap.parse_args(argv)
     out = __import__("pathlib").Path(a.out)
     world = demo.demo_world(synthetic.WorldConfig(seed=a.seed, **demo.DEMO_SIZES["small"]))
@@ -78,16 +85,19 @@ def main(argv=None):
             sim = sim0 if edge != "off" else dataclasses.replace(
                 sim0, truth=sim0.truth.drop(columns=["area_ha", "perimeter_m"],
                                             errors="ignore"))
-            for nb in a.bags:
+            for nb, cmi in [(b_, c_) for b_ in a.bags for c_ in a.crop_model]:
+                cov = demo.demo_crop_model_index(world) if cmi == "on" else None
                 t0 = time.perf_counter()
                 core = train_on_simulations(sim, crop=crop, indices=idx, seed=cseed,
-                                            weather=True, n_bags=nb)
+                                            weather=True, n_bags=nb,
+                                            covariates=True if cov is not None else None)
                 t_train = time.perf_counter() - t0
                 m = fit_yield_model(series, obs, crop=crop, method="simulation", seasons=cs,
                                     indices=idx, seed=a.seed, simulated=core,
                                     county_mean_t_ha=county, cut_error_sd=s,
-                                    weather=world.weather)
-                e = m.predict(series, cs, weather=world.weather).merge(
+                                    weather=world.weather, covariates=cov)
+                kw = {"covariates": cov} if cov is not None else {}
+                e = m.predict(series, cs, weather=world.weather, **kw).merge(
                     pairs, on=["field_id", "season"]).merge(
                     truth[["field_id", "season", "crop", "true_yield_t_ha"]].rename(
                         columns={"season": "true_season", "crop": "true_crop"}),
@@ -99,7 +109,8 @@ def main(argv=None):
                 sm = ar < np.median(ar)
                 cover = np.mean((y >= e["yield_t_ha_p10"]) & (y <= e["yield_t_ha_p90"]))
                 last[cseed] = e.set_index(["field_id", "season"])
-                print(f"{crop} draw {cseed} edge {edge} bags {nb} indices {'+'.join(idx)}"
+                print(f"{crop} draw {cseed} edge {edge} bags {nb} crop-model index {cmi} "
+                      f"indices {'+'.join(idx)}"
                       + (f" neighbour share {share}" if share is not None else "")
                       + f": n {len(y)} "
                       f"R2 {1 - np.sum((y - p) ** 2) / np.sum((y - y.mean()) ** 2):.3f} "

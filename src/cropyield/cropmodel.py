@@ -53,7 +53,11 @@ import pandas as pd
 __all__ = ["EMERGENCE_OFFSETS", "NEIGHBOUR_CANOPY_SHARE", "neighbour_share_of",
            "library_digest", "SimulatedSeasons", "simulate_seasons", "load_library", "run_wofost",
            "build_library", "library_runs", "WOFOST_CROPS", "SOILS", "INDICES",
-           "nitrogen_factor", "load_weather", "warped_weather", "WEATHER_COLUMNS"]
+           "nitrogen_factor", "load_weather", "warped_weather", "WEATHER_COLUMNS",
+           "weather_provider", "reference_yield", "REFERENCE_SOILS", "REFERENCE_N_KG_HA",
+           "CALENDAR_EMERGENCE", "station_weather", "build_reference_index",
+           "reference_index_table", "weather_year_index", "WEATHER_LAT",
+           "FAO56_WIND_M_S", "FAO56_ANGSTROM"]
 
 #: World crop id -> WOFOST crop of the library.
 WOFOST_CROPS = {"winter_wheat": "wheat", "summer_maize": "maize", "spring_maize": "maize",
@@ -144,8 +148,13 @@ def _wofost_inputs():
     for y in _YEARS:
         _warm_cabo(os.path.join(src, f"NL1.{y % 1000:03d}"),
                    os.path.join(warm, f"NLW.{y % 1000:03d}"))
-    weather = {"wheat": CABOWeatherDataProvider("NL1", fpath=src),
-               "maize": CABOWeatherDataProvider("NLW", fpath=warm)}
+    import warnings
+
+    with warnings.catch_warnings():
+        # the Wageningen files of 1990 and 1991 are skipped on purpose (_YEARS): gaps
+        warnings.filterwarnings("ignore", message="No CABOWE files found", category=UserWarning)
+        weather = {"wheat": CABOWeatherDataProvider("NL1", fpath=src),
+                   "maize": CABOWeatherDataProvider("NLW", fpath=warm)}
     return site, soil, crops, weather
 
 
@@ -200,8 +209,6 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
         ``twso_kg_ha``, ``yield_t_ha`` (reporting basis), ``laimax``, ``lai`` (daily green
         LAI from emergence, m2/m2, numpy array), ``tagp_kg_ha``.
     """
-    import yaml
-
     c = WOFOST_CROPS.get(crop)
     if c is None:
         from .errors import ConfigError
@@ -216,12 +223,22 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
         from .errors import ConfigError
 
         raise ConfigError(f"soil {soil!r} not in {sorted(SOILS)}")
+    site, soil0, crops, weather = _wofost_inputs()
+    return _run(c, weather[c], _emergence(c, weather_year, emergence_offset_d), soil=soil,
+                n_kg_ha=n_kg_ha, irrigations=irrigations, site=site, soil0=soil0,
+                cropdata=crops[c])
+
+
+def _run(c: str, weather, emerg: dt.date, *, soil: str, n_kg_ha: float, irrigations: int,
+         site, soil0, cropdata, max_duration: int | None = None) -> dict:
+    """One WOFOST 7.2 water-limited run of WOFOST crop ``c`` on a PCSE weather provider
+    (``max_duration`` days at most: the run's end when the crop has not matured by then)."""
+    import yaml
+
     _pcse()
     from pcse.base import ParameterProvider
     from pcse.models import Wofost72_WLP_CWB
 
-    site, soil0, crops, weather = _wofost_inputs()
-    emerg = _emergence(c, weather_year, emergence_offset_d)
     first = _IRRIGATION_START[c]
     irr = "null" if irrigations <= 0 else (
         "\n        - event_signal: irrigate\n          name: irrigation\n"
@@ -237,11 +254,11 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
         crop_start_type: emergence
         crop_end_date: null
         crop_end_type: maturity
-        max_duration: {300 if c == "wheat" else 200}
+        max_duration: {max_duration or (300 if c == "wheat" else 200)}
     TimedEvents: {irr}
     StateEvents: null
 """)
-    cd = dict(crops[c])
+    cd = dict(cropdata)
     fn = float(nitrogen_factor(n_kg_ha))
     cd["AMAXTB"] = [v * fn if i % 2 else v for i, v in enumerate(cd["AMAXTB"])]
     cd["SLATB"] = [v * fn ** 0.5 if i % 2 else v for i, v in enumerate(cd["SLATB"])]
@@ -250,7 +267,7 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
         cd["TSUM2"] = cd["TSUM2"] * _MAIZE_TSUM
     params = ParameterProvider(cropdata=cd, sitedata=site,
                                soildata=dict(soil0, RDMSOL=SOILS[soil]))
-    model = Wofost72_WLP_CWB(params, weather[c], agro)
+    model = Wofost72_WLP_CWB(params, weather, agro)
     model.run_till_terminate()
     out = pd.DataFrame(model.get_output())
     summ = model.get_summary_output()[0]
@@ -261,6 +278,284 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
             "yield_t_ha": twso / 1000.0 / (1.0 - _MOISTURE[c]),
             "laimax": float(summ.get("LAIMAX") or 0.0),
             "tagp_kg_ha": float(summ.get("TAGP") or 0.0), "lai": lai}
+
+
+#: FAO-56 defaults where daily weather lacks them (Allen et al. 1998, FAO Irrigation and
+#: Drainage Paper 56): wind speed at 2 m, m/s (ch. 3, "2 m/s ... as a temporary estimate"),
+#: and the Angstrom coefficients a_s, b_s (eq. 35). Vapour pressure defaults to the
+#: saturation vapour pressure at the daily minimum temperature (eq. 48).
+FAO56_WIND_M_S = 2.0
+FAO56_ANGSTROM = (0.25, 0.50)
+
+
+def _sat_vap_hpa(t_c: np.ndarray) -> np.ndarray:
+    """FAO-56 eq. 11, saturation vapour pressure in hPa at ``t_c`` degC."""
+    return 6.108 * np.exp(17.27 * t_c / (t_c + 237.3))
+
+
+def weather_provider(weather: pd.DataFrame, *, lat: float, elev: float = 0.0):
+    """A PCSE weather provider over the daily weather of one place (needs ``[pcse]``).
+
+    Parameters
+    ----------
+    weather : DataFrame
+        One row per day: ``time`` and :data:`WEATHER_COLUMNS` (``tmin_c, tmax_c`` degC,
+        ``radiation_mj_m2`` MJ m-2 d-1, ``rain_mm`` mm d-1); optional ``vap_hpa`` (hPa) and
+        ``wind_m_s`` (m/s at 2 m), else the FAO-56 defaults (:data:`FAO56_WIND_M_S`,
+        vapour pressure at Tmin). Days with a missing value are left out (a run that needs
+        one stops with a PCSE weather error).
+    lat : float
+        Latitude, degrees (day length and the Penman reference evapotranspiration).
+    elev : float
+        Elevation, m.
+
+    Returns
+    -------
+    pcse.base.WeatherDataProvider
+        Reference evapotranspiration (E0, ES0, ET0) computed by PCSE
+        (:func:`pcse.util.reference_ET`, Penman-Monteith for ET0).
+    """
+    _pcse()
+    from pcse.base import WeatherDataContainer, WeatherDataProvider
+    from pcse.util import reference_ET
+
+    w = pd.DataFrame(weather)
+    day = pd.to_datetime(w["time"])
+    if getattr(day.dt, "tz", None) is not None:
+        day = day.dt.tz_convert("UTC").dt.tz_localize(None)
+    tmin = pd.to_numeric(w["tmin_c"], errors="coerce").to_numpy(float)
+    tmax = pd.to_numeric(w["tmax_c"], errors="coerce").to_numpy(float)
+    rad = pd.to_numeric(w["radiation_mj_m2"], errors="coerce").to_numpy(float)
+    rain = pd.to_numeric(w["rain_mm"], errors="coerce").to_numpy(float)
+    vap = (pd.to_numeric(w["vap_hpa"], errors="coerce").to_numpy(float) if "vap_hpa" in w
+           else _sat_vap_hpa(tmin))
+    wind = (pd.to_numeric(w["wind_m_s"], errors="coerce").to_numpy(float) if "wind_m_s" in w
+            else np.full(len(w), FAO56_WIND_M_S))
+    a, b = FAO56_ANGSTROM
+
+    class _FrameWeather(WeatherDataProvider):
+        def __init__(self):
+            super().__init__()
+            self.latitude, self.longitude, self.elevation = float(lat), 0.0, float(elev)
+            self.angstA, self.angstB = a, b
+            self.description = ["cropyield daily weather"]
+            ok = np.isfinite(np.column_stack([tmin, tmax, rad, rain, vap, wind])).all(axis=1)
+            for i in np.flatnonzero(ok):
+                d = day.iloc[i].date()
+                row = dict(DAY=d, IRRAD=rad[i] * 1e6, TMIN=tmin[i], TMAX=tmax[i],
+                           VAP=vap[i], WIND=wind[i], RAIN=max(rain[i], 0.0) / 10.0)
+                e0, es0, et0 = reference_ET(LAT=self.latitude, ELEV=self.elevation,
+                                            ANGSTA=a, ANGSTB=b, **row)
+                self._store_WeatherDataContainer(WeatherDataContainer(
+                    LAT=self.latitude, LON=0.0, ELEV=self.elevation,
+                    E0=e0 / 10.0, ES0=es0 / 10.0, ET0=et0 / 10.0, **row), d)
+
+    return _FrameWeather()
+
+
+_REFERENCE_CACHE: dict[str, float] = {}
+
+#: Reference management of :func:`reference_yield`: the scenario whose simulated yield
+#: summarises the season's weather (soils averaged; nitrogen near the library's median
+#: supply; rain-fed).
+REFERENCE_SOILS = ("shallow", "medium", "deep")
+REFERENCE_N_KG_HA = 130.0
+
+
+#: Emergence (month-day) of the shipped WOFOST runs (:func:`run_wofost`): the crop
+#: calendar the parameters were run on; :func:`reference_yield`'s default.
+CALENDAR_EMERGENCE = {"wheat": "01-01", "maize": "06-01"}
+
+
+def reference_yield(weather: pd.DataFrame, seasons: pd.DataFrame, crop: str, *, lat: float,
+                    elev: float = 0.0, emergence: str | None = None, soils=REFERENCE_SOILS,
+                    n_kg_ha: float = REFERENCE_N_KG_HA, irrigations: int = 0) -> pd.DataFrame:
+    """The crop model's yield under each season's own weather (needs ``[pcse]``).
+
+    A crop-model weather index for the yield models, as crop growth monitoring systems
+    use simulated yields under the season's weather (the MARS system runs WOFOST on gridded
+    weather with regional crop calendars: van der Velde & Nisini 2019, Agric. Syst.
+    168:203-212; crop-model outputs as features of a statistical model: Shahhosseini et al.
+    2021, Sci. Rep. 11:1606): one water-limited WOFOST 7.2 run per season and soil of
+    :data:`REFERENCE_SOILS` with the reference management, on the daily weather given for
+    the field (a station or grid cell: fields sharing it are run once), from emergence on
+    the crop calendar; the yield (t/ha, reporting basis) averaged over the soils. It
+    condenses the season's water supply, heat and radiation through the crop's own
+    development into one number - what two window means of rain and Tmax summarise only
+    linearly. A run whose weather ends before maturity stops on the last weather day (the
+    yield then).
+
+    Parameters
+    ----------
+    weather : DataFrame
+        Daily weather per field: ``field_id, time`` and the columns of
+        :func:`weather_provider`.
+    seasons : DataFrame
+        ``field_id, season`` and ``pos`` (or ``sos``; phenology output): the season's year.
+    crop : str
+        A crop of :data:`WOFOST_CROPS`.
+    lat, elev : float
+        Latitude (degrees) and elevation (m) of the weather.
+    emergence : str, optional
+        ``"MM-DD"``: emergence on that day of the year of the season's ``pos`` (else
+        ``sos``); default :data:`CALENDAR_EMERGENCE` of the crop (the calendar the WOFOST
+        parameters were run on - set the region's when the parameters are calibrated for
+        it). ``"sos"``: on each season's detected start (one run per field; for weather
+        that follows the field's own calendar).
+    soils, n_kg_ha, irrigations
+        The reference scenario (rooting depths of :data:`SOILS`, N supply kg/ha, number
+        of 50 mm irrigations).
+
+    Returns
+    -------
+    DataFrame
+        ``field_id, season, cm_yield_t_ha``; NaN where the season has no date, the field
+        no weather from 10 days before emergence to 30 days after it, or the run met a gap
+        in the weather (logged). Identical weather windows are run once (and cached for the
+        process).
+    """
+    import hashlib
+    import logging
+
+    from .errors import ConfigError
+
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        raise ConfigError(f"no WOFOST parameters for crop {crop!r}; choose from "
+                          f"{sorted(WOFOST_CROPS)}")
+    bad = [x for x in soils if x not in SOILS]
+    if bad or not len(soils):
+        raise ConfigError(f"soils must be a non-empty subset of {sorted(SOILS)}, got {soils!r}")
+    _pcse()
+    from pcse.exceptions import WeatherDataProviderError
+
+    site, soil0, crops, _ = _wofost_inputs()
+    log = logging.getLogger(__name__)
+    w = pd.DataFrame(weather).copy()
+    t = pd.to_datetime(w["time"])
+    if getattr(t.dt, "tz", None) is not None:
+        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
+    w["time"] = t.dt.normalize()
+    w = w.sort_values(["field_id", "time"], kind="stable")
+    by_field = {k: g for k, g in w.groupby("field_id", sort=False)}
+    s = pd.DataFrame(seasons)
+    if "season" not in s:
+        s = s.assign(season=s.groupby("field_id").cumcount() + 1)
+
+    def _days(col):
+        d = pd.to_datetime(s[col]) if col in s else pd.Series(pd.NaT, index=s.index)
+        if getattr(d.dt, "tz", None) is not None:
+            d = d.dt.tz_convert("UTC").dt.tz_localize(None)
+        return d.dt.normalize()
+
+    if emergence == "sos":
+        start_days = _days("sos")
+    else:
+        md = emergence or CALENDAR_EMERGENCE[c]
+        try:
+            month, dom = (int(x) for x in str(md).split("-"))
+            dt.date(2001, month, dom)
+        except ValueError:
+            raise ConfigError(f"emergence must be 'sos' or 'MM-DD', got {emergence!r}") from None
+        ref = _days("pos").fillna(_days("sos"))
+        start_days = pd.Series([pd.Timestamp(int(d.year), month, dom) if pd.notna(d) else pd.NaT
+                                for d in ref], index=s.index)
+    cols = [x for x in ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm", "vap_hpa",
+                        "wind_m_s") if x in w]
+    cache = _REFERENCE_CACHE
+    out = np.full(len(s), np.nan)
+    failed = 0
+    for i, (fid, start) in enumerate(zip(s["field_id"].to_numpy(), start_days)):
+        g = by_field.get(fid)
+        if g is None or pd.isna(start):
+            continue
+        max_days = 300 if c == "wheat" else 200
+        g = g[(g["time"] >= start - pd.Timedelta(days=10))
+              & (g["time"] <= start + pd.Timedelta(days=max_days + 1))]
+        if not len(g) or g["time"].iloc[0] > start - pd.Timedelta(days=10):
+            continue
+        emerg = start.date()
+        span = int((g["time"].iloc[-1] - start).days) - 1
+        if span < 30:
+            continue
+        key = hashlib.sha256(g[cols].to_numpy(float).tobytes()
+                             + f"{c}{emerg}{span}{tuple(soils)}{n_kg_ha}{irrigations}"
+                             f"{lat}{elev}".encode()).hexdigest()
+        if key not in cache:
+            if len(cache) > 100_000:  # a long-lived process: keep the cache bounded
+                cache.clear()
+            prov = weather_provider(g, lat=lat, elev=elev)
+            try:
+                y = [_run(c, prov, emerg, soil=sl, n_kg_ha=n_kg_ha, irrigations=irrigations,
+                          site=site, soil0=soil0, cropdata=crops[c],
+                          max_duration=min(span, max_days))["yield_t_ha"]
+                     for sl in soils]
+                cache[key] = float(np.mean(y))
+            except WeatherDataProviderError:
+                failed += 1
+                cache[key] = np.nan
+        out[i] = cache[key]
+    if failed:
+        log.warning("reference_yield: %d season(s) had gaps in their weather; their crop-model "
+                    "index is NaN", failed)
+    return pd.DataFrame({"field_id": s["field_id"].to_numpy(),
+                         "season": s["season"].to_numpy(), "cm_yield_t_ha": out})
+
+
+REFERENCE_FILE = "crop_reference.parquet"
+#: Latitude of the shipped weather records (Wageningen, NL), degrees: the reference runs of
+#: :func:`reference_index_table` use the records' own place, as the library's runs do.
+WEATHER_LAT = 51.97
+
+
+def build_reference_index() -> pd.DataFrame:
+    """:func:`reference_yield` of every shipped weather year (needs ``[pcse]``).
+
+    Per WOFOST crop and weather year: the year's station record (:func:`station_weather`),
+    emergence on :data:`CALENDAR_EMERGENCE`, :data:`REFERENCE_SOILS`, nitrogen
+    :data:`REFERENCE_N_KG_HA`, rain-fed, at :data:`WEATHER_LAT`. Written to
+    ``cropyield/data/crop_reference.parquet`` by ``scripts/build_crop_reference.py``.
+    """
+    rows = []
+    for c in ("wheat", "maize"):
+        years = [y for y in _YEARS if c == "maize" or (y - 1) in _YEARS or y == 1977]
+        f = pd.DataFrame({"field_id": [str(y) for y in years], "weather_year": years,
+                          "year": years})
+        st = station_weather(c, f)
+        md = CALENDAR_EMERGENCE[c]
+        sea = f.assign(season=1, sos=[pd.Timestamp(f"{y}-{md}") for y in years])
+        ref = reference_yield(st, sea, c, lat=WEATHER_LAT)
+        rows += [dict(crop=c, weather_year=int(y), cm_yield_t_ha=round(float(v), 4))
+                 for y, v in zip(years, ref["cm_yield_t_ha"])]
+    return pd.DataFrame(rows)
+
+
+@lru_cache(maxsize=1)
+def reference_index_table() -> pd.DataFrame:
+    """The shipped crop-model weather index of every weather year of the library.
+
+    Columns ``crop`` (``wheat``/``maize``), ``weather_year``, ``cm_yield_t_ha`` (t/ha:
+    :func:`reference_yield` under the year's station record; :func:`build_reference_index`).
+    What a user computes with :func:`reference_yield` on their own station's weather; the
+    demo and the simulated library read it here so that neither runs WOFOST.
+    """
+    with resources.as_file(resources.files("cropyield") / "data" / REFERENCE_FILE) as p:
+        return pd.read_parquet(p)
+
+
+def weather_year_index(crop: str, weather_years) -> np.ndarray:
+    """The crop-model weather index (t/ha) of ``crop`` for each of ``weather_years``, from
+    :func:`reference_index_table` (NaN for a year not in it)."""
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no crop-model index for {crop!r}; choose from {sorted(WOFOST_CROPS)}")
+    t = reference_index_table()
+    m = dict(zip(t.loc[t["crop"] == c, "weather_year"].astype(int),
+                 t.loc[t["crop"] == c, "cm_yield_t_ha"].astype(float)))
+    return np.array([m.get(int(y), np.nan) if pd.notna(y) else np.nan
+                     for y in np.asarray(weather_years)], dtype=float)
 
 
 def library_runs(seed: int = 0, runs_per_year: int = 16) -> pd.DataFrame:
@@ -399,6 +694,54 @@ def load_weather(crop: str = "wheat") -> pd.DataFrame:
         raise ConfigError(f"no crop-model weather for crop {crop!r}; choose from "
                           f"{sorted(WOFOST_CROPS)}")
     return _weather_table(c).copy()
+
+
+def station_weather(crop: str, fields: pd.DataFrame) -> pd.DataFrame:
+    """The weather station record of each field's weather year on the field's calendar.
+
+    The crop-model seasons (:func:`simulate_seasons`, the synthetic world) place a WOFOST run
+    of weather year ``Y`` on a calendar by a time warp; their ``weather`` follows that warp
+    (the weather along the crop's development). A weather station records the year as is:
+    this is the shipped record of ``Y`` (:func:`load_weather`; for wheat also the autumn of
+    ``Y - 1``), dated in the field's calendar year (same month and day; 29 February
+    dropped where the target year has none). Input of :func:`reference_yield` with the crop
+    calendar's emergence.
+
+    Parameters
+    ----------
+    crop : str
+        A crop of :data:`WOFOST_CROPS`.
+    fields : DataFrame
+        ``field_id``, ``weather_year`` and ``year`` (calendar year of the season's harvest).
+
+    Returns
+    -------
+    DataFrame
+        ``field_id, time`` (tz-naive days, 1 July of ``year - 1`` to 31 December of
+        ``year``) and :data:`WEATHER_COLUMNS`.
+    """
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no crop-model weather for {crop!r}; choose from "
+                          f"{sorted(WOFOST_CROPS)}")
+    w = load_weather(c)
+    frames = []
+    f = pd.DataFrame(fields)[["field_id", "weather_year", "year"]]
+    for (wy, yr), g in f.groupby(["weather_year", "year"], sort=True):
+        rec = w.loc[pd.Timestamp(int(wy) - 1, 7, 1):pd.Timestamp(int(wy), 12, 31)]
+        shift = int(yr) - int(wy)
+        if shift:
+            rec = rec[~((rec.index.month == 2) & (rec.index.day == 29))]
+            rec = rec.set_axis(rec.index + pd.DateOffset(years=shift))
+        rec = rec.rename_axis("time").reset_index()
+        frames.append(pd.concat([rec.assign(field_id=fid) for fid in g["field_id"]],
+                                ignore_index=True))
+    if not frames:
+        return pd.DataFrame(columns=["field_id", "time", *WEATHER_COLUMNS])
+    out = pd.concat(frames, ignore_index=True)
+    return out[["field_id", "time", *WEATHER_COLUMNS]]
 
 
 def warped_weather(crop: str, emergence, t_a, wscale, t) -> dict[str, np.ndarray]:

@@ -61,6 +61,9 @@ CREDIT_POLICY_VERSION = "1.1.0"
 #: synthetic world takes from WOFOST) and how many simulated seasons it trains on.
 SIMULATION_CROPS = ("winter_wheat", "summer_maize", "spring_maize")
 N_SIMULATED = 300
+#: Offer the SCYM regressions the crop-model weather index (WOFOST's reference yield under
+#: the season's station weather; docs/validation_yield.md section 10).
+CROP_MODEL_INDEX = True
 #: Observation model of the simulated training seasons (``cropmodel.simulate_seasons(sky=)``):
 #: the Sentinel-2 process the synthetic world documents (seasonal clouds masking whole
 #: smallholder fields, haze next to clouds, edge pixels mixing with the landscape, wet soil);
@@ -86,23 +89,47 @@ def cache_dir() -> Path:
     return path
 
 
+def demo_crop_model_index(world) -> pd.DataFrame:
+    """Season covariates of the demo's fields: the crop-model weather index of each
+    crop-model crop (:data:`SIMULATION_CROPS`) under the field's weather station record.
+
+    A user runs :func:`cropyield.cropmodel.reference_yield` on their county's station or
+    grid weather; the world's stations record the shipped weather years (one per village
+    block, ``world.weather["weather_year"]``), whose index is shipped
+    (:func:`cropyield.cropmodel.weather_year_index`), so the demo runs no WOFOST.
+    Columns ``field_id, crop, wx_cm_yield_t_ha``."""
+    from .cropmodel import weather_year_index
+    from .yieldmodel.weather import CROP_MODEL_FEATURE
+
+    wx = world.weather
+    years = wx.groupby("field_id")["weather_year"].agg(lambda v: v.mode().iloc[0])
+    return pd.concat([pd.DataFrame({"field_id": years.index.to_numpy(), "crop": crop,
+                                    CROP_MODEL_FEATURE: weather_year_index(crop,
+                                                                           years.to_numpy())})
+                      for crop in SIMULATION_CROPS], ignore_index=True)
+
+
 def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = True,
-                    weather: bool = False):
+                    weather: bool = False, crop_model: bool = False):
     """The crop-model-trained regression of ``crop`` before levelling
     (:func:`cropyield.yieldmodel.simulation.train_on_simulations` on ``n`` seasons of the
     shipped WOFOST library, default :data:`N_SIMULATED`, observed with
     :data:`SIMULATION_SKY`; ``weather=True``: with the simulations' weather offered as
-    covariates), cached as JSON under ``cache_dir()/models/`` by library digest, crop, size,
+    covariates; ``crop_model=True``: and the crop-model weather index of each season's
+    weather year, ``train_on_simulations(covariates=True)``), cached as JSON under
+    ``cache_dir()/models/`` by library digest, crop, size,
     seed, indices, sky, weather statistics and package version (and a format version: 7
     since the library's seasons carry their field's ``area_ha``/``perimeter_m``, so the
     core may use the edge covariate ``perimeter_area_m``; 9 since the weather candidates
     are the ``MODEL_STATS`` pair and all five statistics; 10 since the library's edge pixels
     see bare neighbours, ``cropmodel.NEIGHBOUR_CANOPY_SHARE``, whose value for the crop is
-    in the key too); a cached file that does not load is refitted, never trusted."""
+    in the key too; 11 with the crop-model index table's digest); a cached file that does
+    not load is refitted, never trusted."""
     import hashlib
     import json
 
-    from .cropmodel import library_digest, neighbour_share_of, simulate_seasons
+    from .cropmodel import (library_digest, neighbour_share_of, reference_index_table,
+                            simulate_seasons)
     from .yieldmodel import YieldModel
     from .yieldmodel.simulation import train_on_simulations
     from .yieldmodel.weather import MODEL_STATS
@@ -111,7 +138,8 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     key = hashlib.sha256(json.dumps(
         [library_digest(), crop, n, int(seed), list(indices), __version__, "detected", 10,
          SIMULATION_SKY, list(MODEL_STATS) if weather else False,
-         neighbour_share_of(crop)]
+         neighbour_share_of(crop), 11,
+         reference_index_table()["cm_yield_t_ha"].round(4).tolist() if crop_model else False]
     ).encode()).hexdigest()[:20]
     path = cache_dir() / "models" / f"simulation-{crop}-{key}.json"
     if cache and path.exists():
@@ -123,7 +151,8 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
             logger.warning("cached simulation model %s unreadable (%s); refitting", path, exc)
     core = train_on_simulations(simulate_seasons(crop, n, seed=seed, sky=SIMULATION_SKY),
                                 crop=crop, indices=list(indices), seed=seed,
-                                weather=bool(weather) or None)
+                                weather=bool(weather) or None,
+                                covariates=True if crop_model else None)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -521,6 +550,7 @@ def run_demo(
         # missing latitude moved the radiation features and the maize level by ~0.1 t/ha)
         world_area = field_shape_table(fields)
         county_means = demo_county_means(world)
+        covariates = demo_crop_model_index(world)
         for crop in sorted(set(cuts["crop"]) | set(SIMULATION_CROPS) | set(county_means)):
             g = cuts[cuts["crop"] == crop]
             obs = g.rename(columns={"true_yield_t_ha": "yield_t_ha"})[
@@ -537,12 +567,13 @@ def run_demo(
                     # the fields' daily weather (each crop-model season's weather year on
                     # the world calendar) offered as covariates, as SCYM uses them
                     core = simulation_core(crop, indices=indices, seed=seed, cache=cache,
-                                           weather=True)
+                                           weather=True, crop_model=CROP_MODEL_INDEX)
                     models[crop] = fit_yield_model(
                         result.series, obs, crop=crop, method="simulation",
                         seasons=cs, indices=indices, seed=seed, simulated=core,
                         county_mean_t_ha=county_means.get(crop),
-                        cut_error_sd=CROP_CUT_SIGMA, weather=world.weather)
+                        cut_error_sd=CROP_CUT_SIGMA, weather=world.weather,
+                        covariates=covariates if CROP_MODEL_INDEX else None)
                     continue
                 except ModelError as exc:
                     logger.warning("simulation model for %s failed (%s); LUE instead", crop, exc)
@@ -571,7 +602,7 @@ def run_demo(
                 models.setdefault(c, default)
             result.estimates = estimate_yield(result.series, fields, model=models,
                                               phenology=result.phenology, crops=result.crops,
-                                              weather=world.weather)
+                                              weather=world.weather, covariates=covariates)
             result.profiles = credit.assess(
                 result.estimates, policy=credit.Policy.preset(CREDIT_POLICY_VERSION))
     alerts = in_season_alerts(result.observations, fields, MONITOR_AS_OF)

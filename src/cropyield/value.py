@@ -293,9 +293,10 @@ def _count(*values: Any) -> Any:
     return pd.NA
 
 
-def _wx_kw(model, weather, pool_by=None) -> dict:
+def _wx_kw(model, weather, pool_by=None, covariates=None) -> dict:
     """``weather=`` for models that take it (empirical / simulation), nothing for others;
-    ``pool_by=`` for models with pooled group features."""
+    ``pool_by=`` for models with pooled group features, ``covariates=`` for models with
+    season covariates."""
     from .yieldmodel import EmpiricalModel
 
     if not isinstance(model, EmpiricalModel):
@@ -303,6 +304,8 @@ def _wx_kw(model, weather, pool_by=None) -> dict:
     kw = {"weather": weather}
     if getattr(model, "pooled_features", None):
         kw["pool_by"] = pool_by
+    if getattr(model, "covariate_features", None):
+        kw["covariates"] = covariates
     return kw
 
 
@@ -313,7 +316,7 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
                    min_area_ha: float = 0.1, min_pixels: float = 10.0,
                    area_tolerance: float = 0.15, min_crop_prob: float = 0.6,
                    id_col: str = "field_id", weather: pd.DataFrame | None = None,
-                   pool_by=None) -> pd.DataFrame:
+                   pool_by=None, covariates: pd.DataFrame | None = None) -> pd.DataFrame:
     """Yield, production and output value per (field, season).
 
     Parameters
@@ -369,6 +372,11 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
         :mod:`cropyield.yieldmodel.pooled`): a group label (county and season) per field id,
         or the name of a ``fields`` column. Each field's estimate then depends on the imagery
         of the other fields of its group. Ignored by models without pooled features.
+    covariates : DataFrame, optional
+        For yield models fitted with ``covariates=`` (season-level weather covariates such
+        as the crop-model index of :func:`cropyield.cropmodel.reference_yield`):
+        ``field_id, season`` and the model's ``wx_*`` covariate columns. Ignored by models
+        without them.
 
     Returns
     -------
@@ -507,14 +515,15 @@ def estimate_yield(series: pd.DataFrame, fields, *, model: YieldModel | Mapping[
     pred_parts = []
     if models is None:
         assert not isinstance(model, Mapping)
-        pred_parts.append(model.predict(series, seasons_in, **_wx_kw(model, weather, pool_by)))
+        pred_parts.append(model.predict(series, seasons_in,
+                                        **_wx_kw(model, weather, pool_by, covariates)))
     else:
         for c, g in seasons_in.groupby(seasons_in["crop"].fillna("<none>"), sort=False):
             m = models.get(c)
             if m is None:
                 continue
             pred_parts.append(m.predict(series, g.reset_index(drop=True),
-                                        **_wx_kw(m, weather, pool_by)))
+                                        **_wx_kw(m, weather, pool_by, covariates)))
     pred = pd.concat(pred_parts, ignore_index=True) if pred_parts else pd.DataFrame(
         columns=["field_id", "season"])
     pred = pred.drop(columns=[c for c in ("crop", "sos", "pos", "eos") if c in pred.columns])

@@ -78,6 +78,7 @@ def _uses_windows(names: Sequence[str]) -> bool:
 def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indices=None,
                    windows: bool = True, weather: pd.DataFrame | None = None,
                    weather_options: Mapping[str, Any] | None = None,
+                   covariates: pd.DataFrame | None = None,
                    **kwargs) -> pd.DataFrame:
     """:func:`season_features` (``kwargs``: registry, crop, region, lat, radiation, fapar,
     climatology) joined with :func:`~cropyield.yieldmodel.windows.window_features` of
@@ -101,6 +102,14 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
                               **dict(weather_options or {}))
         feats = feats.merge(wf.drop_duplicates(["field_id", "season"]),
                             on=["field_id", "season"], how="left")
+    if covariates is not None:
+        from .weather import season_covariates
+
+        cov = season_covariates(covariates)
+        keys = [k for k in ("field_id", "season", "crop") if k in cov.columns]
+        feats = feats.drop(columns=[c for c in cov.columns if c not in keys
+                                    and c in feats.columns]).merge(
+            cov.drop_duplicates(keys), on=keys, how="left")
     s = pd.DataFrame(seasons)
     if {"perimeter_m", "area_ha"} <= set(s.columns) and "field_id" in s.columns:
         # the field's boundary per unit area (1/m): mixed edge pixels take a share of its
@@ -191,8 +200,13 @@ class EmpiricalModel(YieldModel):
         from .weather import is_weather_feature
 
         self.weather_features = [n for n in self.feature_names if is_weather_feature(n)]
+        from .weather import weather_feature_names
+
+        daily = set(weather_feature_names())
+        #: weather-level covariates given per season (``covariates=``), not computed here
+        self.covariate_features = [n for n in self.weather_features if n not in daily]
         self.weather = (dict(weather) if weather else {"fill_days": 35, "hot_c": 30.0}) \
-            if self.weather_features else None
+            if any(n in daily for n in self.weather_features) else None
         from .pooled import MIN_POOL_SEASONS, is_pooled_feature, pool_options
 
         self.pooled_features = [n for n in self.feature_names if is_pooled_feature(n)]
@@ -247,7 +261,8 @@ class EmpiricalModel(YieldModel):
 
     def features(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
                  radiation=None, crop: str | None = None, climatology=None,
-                 weather: pd.DataFrame | None = None, pool_by=None) -> pd.DataFrame:
+                 weather: pd.DataFrame | None = None, pool_by=None,
+                 covariates: pd.DataFrame | None = None) -> pd.DataFrame:
         """Feature table of the model (:func:`model_features`) for ``seasons``.
 
         ``weather`` (daily weather per field, :func:`~cropyield.yieldmodel.weather_features`)
@@ -263,7 +278,13 @@ class EmpiricalModel(YieldModel):
                 ", e.g. " + ", ".join(self.pooled_features[:2]) + "); pass pool_by= (a mapping "
                 "field_id -> county-and-season label, or a seasons column name) and predict "
                 "the group's fields together")
-        if self.weather_features and weather is None:
+        if self.covariate_features and covariates is None:
+            raise ModelError(
+                f"this {self.crop} model uses season covariates ("
+                + ", ".join(self.covariate_features) + "); pass covariates= (field_id, season "
+                "and those columns, e.g. cropyield.cropmodel.reference_yield output renamed to "
+                "wx_cm_yield_t_ha)")
+        if self.weather is not None and weather is None:
             raise ModelError(
                 f"this {self.crop} model uses weather covariates ({len(self.weather_features)}"
                 " features, e.g. " + ", ".join(self.weather_features[:3]) + "); pass weather= "
@@ -281,8 +302,9 @@ class EmpiricalModel(YieldModel):
                                registry=self.registry, crop=crop or self.crop,
                                region=region or self.region, lat=lat, radiation=radiation,
                                climatology=climatology,
-                               weather=weather if self.weather_features else None,
-                               weather_options=self.weather)
+                               weather=weather if self.weather is not None else None,
+                               weather_options=self.weather,
+                               covariates=covariates if self.covariate_features else None)
         if self.pooled_features:
             from .pooled import add_pooled_features, pool_labels
 
@@ -308,7 +330,8 @@ class EmpiricalModel(YieldModel):
 
     def predict(self, series: pd.DataFrame, seasons, *, lat=None, region: str | None = None,
                 radiation=None, crop: str | None = None, climatology=None,
-                weather: pd.DataFrame | None = None, pool_by=None) -> pd.DataFrame:
+                weather: pd.DataFrame | None = None, pool_by=None,
+                covariates: pd.DataFrame | None = None) -> pd.DataFrame:
         """Yield P10/P50/P90 per (field_id, season); seasons of another crop get ``NO_MODEL``.
 
         Features are clamped to their training range widened by 25 % of its width on each
@@ -322,11 +345,13 @@ class EmpiricalModel(YieldModel):
         :func:`~cropyield.yieldmodel.weather_features`; :class:`ModelError` without it);
         seasons whose weather is missing get NaN and ``NO_WEATHER``. A model with pooled
         group features needs ``pool_by`` (see :meth:`features`); seasons whose group has
-        too few seasons get NaN and ``FEW_POOLED``.
+        too few seasons get NaN and ``FEW_POOLED``. A model with season covariates
+        (``fit_yield_model(..., covariates=)``) needs ``covariates``; seasons without them
+        get NaN and ``NO_WEATHER``.
         """
         feats = self.features(series, seasons, lat=lat, region=region, radiation=radiation,
                               crop=crop, climatology=climatology, weather=weather,
-                              pool_by=pool_by)
+                              pool_by=pool_by, covariates=covariates)
         yp = self.registry[self.crop].yield_params if self.crop in self.registry else None
         X = _design(feats, self.feature_names)
         n = len(feats)

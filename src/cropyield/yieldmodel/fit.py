@@ -54,6 +54,7 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                     n_simulated: int = 400,
                     cut_error_sd: float | None = None, weather: pd.DataFrame | None = None,
                     weather_options: Mapping[str, Any] | None = None,
+                    covariates: pd.DataFrame | None = None,
                     n_bags: int = 1, pool_by=None) -> YieldModel:
     """Fit a yield model for ``crop`` to observed yields and cross-validate it.
 
@@ -208,6 +209,8 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
         raise ModelError(f"method must be 'lue', 'empirical' or 'simulation', got {method!r}")
     if pool_by is not None and method != "empirical":
         raise ModelError("pool_by= applies to method='empirical' only")
+    if covariates is not None and method == "lue":
+        raise ModelError("covariates= applies to method='empirical' or 'simulation'")
     if weather is not None and method == "lue":
         raise ModelError("weather= applies to method='empirical' or 'simulation'; the LUE "
                          "model takes measured radiation through radiation=")
@@ -230,14 +233,15 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
                               climatology=climatology, indices=indices,
                               n_simulated=n_simulated, cut_error_sd=cut_error_sd,
                               weather=weather, weather_options=weather_options,
-                              n_bags=n_bags)
+                              n_bags=n_bags, covariates=covariates)
     lue = base_model or LUEModel(overrides=overrides, index=index, region=region)
     if method == "empirical":
         feats = model_features(series, seasons, index=index, indices=indices,
                                windows=not features or _uses_windows(features),
                                registry=lue.registry, crop=crop, region=region, lat=lat,
                                radiation=radiation, climatology=climatology,
-                               weather=weather, weather_options=weather_options)
+                               weather=weather, weather_options=weather_options,
+                               covariates=covariates)
     else:
         feats = lue.features(series, seasons, lat=lat, region=region, radiation=radiation,
                              crop=crop, climatology=climatology)
@@ -318,9 +322,14 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
             # pair and all of them); a fixed penalty uses every column: the pair only
             names += weather_feature_names(MODEL_WINDOWS,
                                            MODEL_STATS if alpha is not None else None)
+        if covariates is not None and not features:
+            from .weather import season_covariates
+
+            names += [c for c in season_covariates(covariates).columns
+                      if c not in ("field_id", "season", "crop")]
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
-        if weather is not None:
+        if weather is not None or covariates is not None:
             wx = np.zeros(len(names), bool)
             wx[weather_columns(names)] = True
             finite = np.isfinite(X)

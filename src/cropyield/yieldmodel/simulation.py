@@ -119,7 +119,7 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
                          smooth_kwargs: Mapping[str, Any] | None = None,
                          season_source: str = "detected", weather=None,
                          weather_options: Mapping[str, Any] | None = None,
-                         n_bags: int = 1) -> EmpiricalModel:
+                         n_bags: int = 1, covariates=None) -> EmpiricalModel:
     """Fit the empirical regression on crop-model seasons (step 1 of the module docstring).
 
     Parameters
@@ -148,6 +148,11 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         as an extra candidate feature set (see ``fit_yield_model(weather=)``). Default: none.
     weather_options : mapping, optional
         ``fill_days``, ``hot_c`` of :func:`cropyield.yieldmodel.weather.weather_features`.
+    covariates : DataFrame or True, optional
+        Season covariates of the simulated fields (``fit_yield_model(covariates=)``);
+        ``True``: the crop-model weather index of each simulated season's weather year from
+        the shipped table (:func:`cropyield.cropmodel.weather_year_index`, column
+        :data:`~cropyield.yieldmodel.weather.CROP_MODEL_FEATURE`). Default: none.
     n_bags : int
         > 1: bag the learner choice over bootstrap resamples of the simulations' weather
         years (``fit_yield_model(n_bags=)``); the smoothing and features are computed once.
@@ -183,17 +188,30 @@ def train_on_simulations(simulated, *, crop: str, indices: Sequence[str] | None 
         if weather is None:
             raise ModelError("weather=True needs simulated.weather (simulate_seasons output "
                              "of this cropyield version); pass the daily weather table")
+    if covariates is True:
+        covariates = _library_covariates(truth, crop)
     fitted = fit_yield_model(ser, truth[["field_id", "season", "yield_t_ha"]], crop=crop,
                              method="empirical", groups=groups, seasons=seasons, region=region,
                              index=index, n_splits=n_splits, seed=seed, alpha=alpha,
                              features=features, overrides=overrides, climatology=climatology,
                              indices=idx, weather=weather, weather_options=weather_options,
-                             n_bags=n_bags)
+                             n_bags=n_bags, covariates=covariates)
     model = cast(EmpiricalModel, fitted)  # method="empirical" fits an EmpiricalModel
     model.cv_ = {**(model.cv_ or {}), "data": "simulated",
                  "n_weather_years": int(truth["weather_year"].nunique())
                  if "weather_year" in truth.columns else None}
     return model
+
+
+def _library_covariates(truth: pd.DataFrame, crop: str) -> pd.DataFrame:
+    """The crop-model weather index of simulated seasons, by their weather year."""
+    from ..cropmodel import weather_year_index
+    from .weather import CROP_MODEL_FEATURE
+
+    if "weather_year" not in truth.columns:
+        raise ModelError("covariates=True needs the simulations' weather_year (truth column)")
+    return pd.DataFrame({"field_id": truth["field_id"].to_numpy(),
+                         CROP_MODEL_FEATURE: weather_year_index(crop, truth["weather_year"])})
 
 
 def _detected_seasons(ser: pd.DataFrame, truth: pd.DataFrame, index: str) -> pd.DataFrame:
@@ -256,7 +274,7 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                    n_simulated: int = 400, cut_error_sd: float | None = None,
                    weather: pd.DataFrame | None = None,
                    weather_options: Mapping[str, Any] | None = None,
-                   n_bags: int = 1) -> SimulationModel:
+                   n_bags: int = 1, covariates: pd.DataFrame | None = None) -> SimulationModel:
     """Crop-model-trained yield model levelled to statistics or crop cuts (module docstring).
 
     Parameters are those of :func:`cropyield.yieldmodel.fit_yield_model` (``simulated`` may
@@ -269,7 +287,11 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
     ``weather`` is the daily weather of the *target* fields: with it, simulations given as
     :class:`~cropyield.cropmodel.SimulatedSeasons` are trained with their own ``weather``
     (weather covariates as an extra candidate set), and a pre-trained model that uses
-    weather predicts with it.
+    weather predicts with it. ``covariates`` are the *target* fields' season covariates
+    (``fit_yield_model(covariates=)``); simulations given as
+    :class:`~cropyield.cropmodel.SimulatedSeasons` then get the crop-model weather index
+    of their weather years (``train_on_simulations(covariates=True)``; the only covariate
+    a simulation has), and a pre-trained model that uses covariates predicts with them.
 
     Returns
     -------
@@ -302,10 +324,12 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                                     region=region, n_splits=n_splits, seed=seed, alpha=alpha,
                                     features=features, overrides=overrides,
                                     climatology=climatology, weather=sim_wx,
-                                    weather_options=weather_options, n_bags=n_bags)
+                                    weather_options=weather_options, n_bags=n_bags,
+                                    covariates=True if covariates is not None else None)
     tseas = seasons[seasons["crop"] == crop] if "crop" in seasons.columns else seasons
     pred = core.predict(series, tseas, lat=lat, region=region, radiation=radiation,
-                        climatology=climatology, weather=weather)
+                        climatology=climatology, weather=weather,
+                        **({"covariates": covariates} if core.covariate_features else {}))
     p50 = pred["yield_t_ha_p50"].to_numpy(float)
     # county statistic -> prior mean of the level
     prior_mean, kind, src = 0.0, [], []

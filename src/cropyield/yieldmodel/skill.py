@@ -120,7 +120,8 @@ def _groups_of(obs: pd.DataFrame, groups) -> np.ndarray:
 
 def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None, indices=None,
                    n_splits: int = 5, seed: int = 0, seasons=None,
-                   weather: pd.DataFrame | None = None) -> dict[str, Any]:
+                   weather: pd.DataFrame | None = None,
+                   covariates: pd.DataFrame | None = None) -> dict[str, Any]:
     """Canopy ceiling: grouped-CV skill of a regression on the noise-free daily canopy.
 
     The canopy of each season is described by the phenological-window features of
@@ -158,6 +159,10 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         the grain-fill weather covariates (anchored on the noise-free NDVI peak) as an extra
         candidate set, as ``fit_yield_model(weather=)`` does - a "canopy + weather" ceiling.
         Default: the canopy-only ceiling.
+    covariates : DataFrame, optional
+        Season covariates (``field_id[, season]`` and ``wx_*`` columns, e.g. the crop-model
+        weather index), offered with the weather features as ``fit_yield_model
+        (covariates=)`` does: the ceiling of a model that uses them.
 
     Returns
     -------
@@ -194,11 +199,20 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         feats = feats.merge(weather_features(weather, _canopy_peaks(canopy[cols], seasons)),
                             on=["field_id", "season"], how="left")
         names = names + weather_feature_names(MODEL_WINDOWS)
+    cov = None
+    if covariates is not None:
+        from .weather import season_covariates
+
+        cov = season_covariates(covariates)
+        names = names + [c for c in cov.columns if c not in ("field_id", "season", "crop")]
     keys = ["field_id", "season"] if "season" in obs.columns and (
         "season" in canopy.columns or seasons is not None) else ["field_id"]
     if keys == ["field_id"]:
         feats = feats.drop(columns="season")
     m = obs.merge(feats, on=keys, how="inner")
+    if cov is not None:
+        ck = [k for k in ("field_id", "season", "crop") if k in cov.columns and k in m.columns]
+        m = m.merge(cov.drop_duplicates(ck), on=ck, how="left")
     X = m[names].to_numpy(float)
     y = m["yield_t_ha"].to_numpy(float)
     ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y) & (y > 0)

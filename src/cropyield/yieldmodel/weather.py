@@ -31,7 +31,7 @@ from ..cropmodel import WEATHER_COLUMNS
 from ..errors import ModelError
 
 __all__ = ["WEATHER_VARIABLES", "WEATHER_WINDOWS", "MODEL_WINDOWS", "MODEL_STATS",
-           "weather_feature_names",
+           "CROP_MODEL_FEATURE", "season_covariates", "weather_feature_names",
            "weather_features", "is_weather_feature"]
 
 #: Daily weather columns the features need (units in the names; as the crop-model weather).
@@ -58,6 +58,33 @@ MODEL_WINDOWS = ("fill",)
 #: (docs/validation_yield.md section 9). Models fitted before store their five names and
 #: keep predicting (every statistic is still computed).
 MODEL_STATS = ("tmax_c", "rain_mm_d")
+#: Name of the crop-model weather index as a season covariate
+#: (:func:`cropyield.cropmodel.reference_yield`'s ``cm_yield_t_ha``, t/ha).
+CROP_MODEL_FEATURE = "wx_cm_yield_t_ha"
+
+
+def season_covariates(covariates) -> pd.DataFrame:
+    """Check a table of season-level weather covariates (``covariates=`` of the yield models).
+
+    ``field_id`` (and ``season``, else every season of the field; and ``crop``, else any
+    crop: a field with two crops in the year can carry each crop's value) and one or more
+    numeric columns named ``wx_*`` that are not :func:`weather_feature_names` (those are
+    computed from daily ``weather=``), e.g. :data:`CROP_MODEL_FEATURE`. They join the
+    weather candidate sets of the learner choice (:func:`column_sets`).
+    """
+    cov = pd.DataFrame(covariates)
+    if "field_id" not in cov.columns:
+        raise ModelError("covariates need a 'field_id' column (and 'season')")
+    extra = [c for c in cov.columns if c not in ("field_id", "season", "crop")]
+    daily = set(weather_feature_names())
+    bad = [c for c in extra if not is_weather_feature(c) or c in daily]
+    if bad or not extra:
+        raise ModelError(f"covariate columns must be named '{PREFIX}*' and not be one of the "
+                         f"daily-weather features; got {extra} (bad: {bad}); e.g. "
+                         f"{CROP_MODEL_FEATURE!r} from cropyield.cropmodel.reference_yield")
+    for c in extra:
+        cov[c] = pd.to_numeric(cov[c], errors="coerce").astype(float)
+    return cov[[c for c in ("field_id", "season", "crop") if c in cov.columns] + extra]
 
 
 def weather_feature_names(windows: Sequence[str] | None = None,
@@ -220,7 +247,10 @@ def column_sets(names: Sequence[str]) -> dict[str, list[int]]:
 
     wx_all = weather_columns(names)
     model = {f"_{st}" for st in MODEL_STATS}
-    wx = [j for j in wx_all if any(names[j].endswith(m) for m in model)] or wx_all
+    daily = set(weather_feature_names())
+    # the MODEL_STATS pair and every season covariate (names[j] not a daily-weather feature)
+    wx = [j for j in wx_all if any(names[j].endswith(m) for m in model)
+          or names[j] not in daily] or wx_all
     pl = [j for j, n in enumerate(names) if is_pooled_feature(n)]
     obs = [j for j, n in enumerate(names) if not is_weather_feature(n)
            and not is_pooled_feature(n)]
