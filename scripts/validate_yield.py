@@ -195,7 +195,17 @@ def run_crop(crop: str, args) -> dict:
                                                       "n", "n_weather_years")}
     rng = np.random.default_rng(args.seed)
     rows = []
-    sim_all, sim_wx = [], []
+    sim_all, sim_wx, sim_cm = [], [], []
+    core_cm = None
+    if args.crop_model:
+        # SCYM with the index: the library's seasons get their weather year's shipped index
+        core_cm = train_on_simulations(library, crop=crop, indices=idx, n_splits=args.folds,
+                                       season_source="truth", seed=args.seed,
+                                       weather=None if args.no_weather else library.weather,
+                                       covariates=True)
+        out["library_cv_cropmodel"] = {k: core_cm.cv_.get(k) for k in ("r2", "rmse_t_ha")}
+        out["library_cv_cropmodel"]["column_set"] = core_cm.learner.get("column_set")
+        _log(crop, t0, "library model with the crop-model index")
     for fi, te in enumerate(folds):
         tr = np.setdiff1d(np.arange(len(truth)), te)
         te_seas = seasons.iloc[te]
@@ -207,6 +217,12 @@ def run_crop(crop: str, args) -> dict:
             mw = fit_yield_model(ser, obs.iloc[tr], crop=crop, method="simulation",
                                  simulated=core_wx, seasons=seasons.iloc[tr], weather=wx)
             sim_wx.append(mw.predict(ser, te_seas, weather=wx).merge(
+                te_truth[["field_id", "yield_t_ha"]], on="field_id"))
+        if core_cm is not None:
+            mm = fit_yield_model(ser, obs.iloc[tr], crop=crop, method="simulation",
+                                 simulated=core_cm, seasons=seasons.iloc[tr], weather=wx,
+                                 covariates=cov)
+            sim_cm.append(mm.predict(ser, te_seas, weather=wx, covariates=cov).merge(
                 te_truth[["field_id", "yield_t_ha"]], on="field_id"))
         county = float(te_truth["yield_t_ha"].mean())
         for n_cuts in args.cuts:
@@ -236,6 +252,10 @@ def run_crop(crop: str, args) -> dict:
     p = pd.concat(sim_all)
     out["simulation"] = score(p["yield_t_ha"], p["yield_t_ha_p10"], p["yield_t_ha_p50"],
                               p["yield_t_ha_p90"])
+    if sim_cm:
+        p = pd.concat(sim_cm)
+        out["simulation_cropmodel"] = score(p["yield_t_ha"], p["yield_t_ha_p10"],
+                                            p["yield_t_ha_p50"], p["yield_t_ha_p90"])
     if sim_wx:
         p = pd.concat(sim_wx)
         out["simulation_weather"] = score(p["yield_t_ha"], p["yield_t_ha_p10"],
@@ -284,7 +304,8 @@ def report(results: list[dict], cmd: str) -> str:
         for name in ("lue", "empirical", "empirical_phenology", "simulation",
                      "empirical_weather", "empirical_phenology_weather",
                      "simulation_weather", "empirical_pooled", "empirical_phenology_pooled",
-                     "empirical_cropmodel", "empirical_phenology_cropmodel"):
+                     "empirical_cropmodel", "empirical_phenology_cropmodel",
+                     "simulation_cropmodel"):
             if name not in r:
                 continue
             s = r.get(name, {})
