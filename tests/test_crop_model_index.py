@@ -222,6 +222,11 @@ def test_simulation_model_with_the_crop_model_index(wheat):
     with pytest.raises(ModelError, match="covariates="):
         fit_yield_model(ser, obs.iloc[:20], crop="winter_wheat", method="simulation",
                         simulated=core, seasons=seasons)
+    # simulations (not a pre-trained model) get only the crop-model index
+    with pytest.raises(ModelError, match="only the crop-model index"):
+        fit_yield_model(ser, obs.iloc[:20], crop="winter_wheat", method="simulation",
+                        simulated=lib, seasons=seasons,
+                        covariates=cov.assign(wx_soil_depth=1.0))
     with pytest.raises(ModelError, match="weather_year"):
         train_on_simulations(lib.__class__(lib.observations, lib.truth.drop(
             columns="weather_year"), lib.canopy, lib.seed), crop="winter_wheat",

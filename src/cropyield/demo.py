@@ -123,7 +123,7 @@ def simulation_core(crop: str, *, indices, seed: int, n: int = 0, cache: bool = 
     core may use the edge covariate ``perimeter_area_m``; 9 since the weather candidates
     are the ``MODEL_STATS`` pair and all five statistics; 10 since the library's edge pixels
     see bare neighbours, ``cropmodel.NEIGHBOUR_CANOPY_SHARE``, whose value for the crop is
-    in the key too; 11 with the crop-model index table's digest); a cached file that does
+    in the key too; 11 with the crop-model index table's values); a cached file that does
     not load is refitted, never trusted."""
     import hashlib
     import json

@@ -158,6 +158,18 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
     weather_options : mapping, optional
         ``fill_days`` (grain-fill window after the peak, days, default 35) and ``hot_c``
         (hot-day threshold, degC, default 30) of the weather covariates.
+    covariates : DataFrame, optional
+        Season-level weather covariates you computed: ``field_id`` (``season``, ``crop``
+        optional join keys) and numeric columns named ``wx_*``
+        (:func:`~cropyield.yieldmodel.weather.season_covariates`), e.g. the crop-model
+        weather index ``wx_cm_yield_t_ha`` from :func:`cropyield.cropmodel.reference_yield`
+        under each field's station weather. Offered with the grain-fill weather pair in the
+        ``+weather`` candidate sets (with no ``weather=``, alone); a model that uses them
+        needs ``covariates=`` to predict, and a season without them gets NaN and
+        ``NO_WEATHER``. ``method="simulation"`` with simulations (not a pre-trained model)
+        accepts only the crop-model index: the simulations get theirs from their weather
+        years (``train_on_simulations(covariates=True)``). docs/validation_yield.md
+        section 10.
     n_bags : int
         ``method="empirical"`` or ``"simulation"`` (trained here or by
         :func:`~cropyield.yieldmodel.simulation.train_on_simulations`): > 1 bags the

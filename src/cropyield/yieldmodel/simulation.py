@@ -320,6 +320,16 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                 raise ModelError("weather= needs simulations with their weather "
                                  "(SimulatedSeasons.weather); simulate them with "
                                  "cropyield.cropmodel.simulate_seasons")
+        if covariates is not None:
+            from .weather import CROP_MODEL_FEATURE, season_covariates
+
+            other = [c for c in season_covariates(covariates).columns
+                     if c not in ("field_id", "season", "crop", CROP_MODEL_FEATURE)]
+            if other:
+                raise ModelError(f"simulations have only the crop-model index "
+                                 f"({CROP_MODEL_FEATURE}) as a covariate, not {other}; drop "
+                                 "them or train the model yourself (train_on_simulations"
+                                 "(covariates=<the simulations' table>))")
         core = train_on_simulations(sim, crop=crop, indices=ser_idx or None, index=index,
                                     region=region, n_splits=n_splits, seed=seed, alpha=alpha,
                                     features=features, overrides=overrides,
