@@ -527,3 +527,69 @@ def test_serve_rejects_unknown_size():
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--size", "planet"])
     assert exc.value.code == 2
+
+
+# ---------------------------------------- estimate() and the CLI with weather and covariates
+def test_estimate_passes_weather_and_covariates_to_the_yield_model(served, few_fields,
+                                                                   tmp_path):
+    """A winter-wheat model fitted with weather and the crop-model index runs through
+    ``cy.estimate`` (in memory and partitioned into a store) and ``cropyield estimate
+    --weather --covariates`` with the same numbers; without the tables it says what to pass."""
+    import cropyield as cy
+    from cropyield import cropmodel as cm
+    from cropyield import synthetic
+    from cropyield.demo import DEMO_SIZES
+    from cropyield.errors import ModelError
+    from cropyield.series import smooth_series
+    from cropyield.yieldmodel.weather import CROP_MODEL_FEATURE
+
+    fields, path = few_fields
+    lib = cm.simulate_seasons("winter_wheat", 60, seed=4)
+    idx = ["ndvi", "evi2", "ndre", "ndmi"]
+    cov_lib = pd.DataFrame({"field_id": lib.truth["field_id"], CROP_MODEL_FEATURE:
+                            cm.weather_year_index("wheat", lib.truth["weather_year"])})
+    model = cy.fit_yield_model(smooth_series(lib.observations, index=idx),
+                               lib.truth[["field_id", "season", "yield_t_ha"]],
+                               crop="winter_wheat", method="empirical",
+                               groups=lib.truth["weather_year"].to_numpy(),
+                               seasons=lib.truth[["field_id", "season", "crop", "sos", "eos"]],
+                               indices=idx, weather=lib.weather, covariates=cov_lib, alpha=1.0)
+    assert model.weather is not None and model.covariate_features == [CROP_MODEL_FEATURE]
+    config = synthetic.WorldConfig(seed=0, **DEMO_SIZES["tiny"])
+    wx = synthetic.field_weather(fields, config)
+    years = wx.groupby("field_id")["weather_year"].agg(lambda v: v.mode().iloc[0])
+    cov = pd.DataFrame({"field_id": years.index, "crop": "winter_wheat",
+                        CROP_MODEL_FEATURE: cm.weather_year_index("wheat", years.to_numpy())})
+    scenes = cy.search_scenes(fields, served["start"], served["end"], catalog=served["url"])
+    kw = dict(scenes=scenes, model={"winter_wheat": model}, min_coverage_frac=0.5,
+              declared_prior_odds=10.0, progress_bar=False)
+    with pytest.raises(ModelError, match="covariates="):
+        cy.estimate(fields, served["start"], served["end"], weather=wx, **kw)
+    whole = cy.estimate(fields, served["start"], served["end"], weather=wx, covariates=cov,
+                        **kw)
+    wheat = whole.estimates[whole.estimates["crop"] == "winter_wheat"]
+    assert len(wheat) >= 3 and np.isfinite(wheat["yield_t_ha_p50"]).mean() > 0.5
+    assert wheat["calibration"].str.contains('"kind": "empirical"').all()
+    # partitioned into a store: each partition gets its fields' rows, same numbers
+    parts = cy.estimate(fields, served["start"], served["end"], weather=wx, covariates=cov,
+                        store=tmp_path / "api", partition_size=8, **kw)
+    cols = ["field_id", "season", "yield_t_ha_p10", "yield_t_ha_p50", "yield_t_ha_p90"]
+
+    def wheat_rows(est):
+        e = pd.DataFrame(est)
+        e = e[e["crop"] == "winter_wheat"][cols]
+        return e.sort_values(["field_id", "season"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(wheat_rows(whole.estimates), wheat_rows(parts.estimates))
+    # the command line: model JSON, weather as Parquet, covariates as CSV
+    (tmp_path / "m.json").write_text(json.dumps({"winter_wheat": model.to_dict()}))
+    wx.to_parquet(tmp_path / "wx.parquet")
+    cov.to_csv(tmp_path / "cov.csv", index=False)
+    p = _cli_estimate(served, path, tmp_path / "cli", "--quiet", "--model",
+                      str(tmp_path / "m.json"), "--weather", str(tmp_path / "wx.parquet"),
+                      "--covariates", str(tmp_path / "cov.csv"), "--min-coverage-frac", "0.5")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    cli = pd.read_parquet(tmp_path / "cli" / "estimates.parquet")
+    pd.testing.assert_frame_equal(wheat_rows(cli), wheat_rows(parts.estimates),
+                                  check_dtype=False)

@@ -162,6 +162,33 @@ def _read_model(path: str | None):
                      "(YieldModel.to_json, or {crop: model})")
 
 
+def _read_table(path: str | None, what: str, ids):
+    """A per-field table (``--weather``, ``--covariates``) from Parquet or CSV; ``field_id``
+    cast to the type of the fields' ids ``ids``, ``time`` (weather) read as dates."""
+    if path is None:
+        return None
+    import pandas as pd
+
+    try:
+        if str(path).lower().endswith((".parquet", ".pq")):
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype={"field_id": str})
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"cropyield estimate: cannot read {what} table {path}: {exc}") from None
+    if "field_id" not in df.columns:
+        raise SystemExit(f"cropyield estimate: {what} table {path} has no 'field_id' column "
+                         f"(columns: {list(df.columns)})")
+    try:
+        df["field_id"] = df["field_id"].astype(ids.dtype)
+    except (TypeError, ValueError):
+        raise SystemExit(f"cropyield estimate: the field_id values of {path} are not of the "
+                         f"fields' id type ({ids.dtype})") from None
+    if "time" in df.columns:
+        df["time"] = pd.to_datetime(df["time"])
+    return df
+
+
 def _read_policy(path: str | None):
     if path is None:
         return None
@@ -181,6 +208,7 @@ def _estimate(args: argparse.Namespace) -> int:
         return 2
     fields = _read_fields(args.fields, args.id_col)
     model, policy = _read_model(args.model), _read_policy(args.policy)
+    ids = fields[args.id_col]
     bar = False if args.quiet else None   # None: a bar only when stderr is a terminal
     client = cluster = None
     try:
@@ -206,7 +234,8 @@ def _estimate(args: argparse.Namespace) -> int:
             policy=policy, id_col=args.id_col, min_coverage_frac=args.min_coverage_frac,
             declared_prior_odds=args.declared_prior_odds, client=client, store=args.out,
             partition_size=args.partition_size, restart=args.restart, collect=False,
-            progress_bar=bar)
+            progress_bar=bar, weather=_read_table(args.weather, "weather", ids),
+            covariates=_read_table(args.covariates, "covariates", ids))
     except CropYieldError as exc:
         print(f"cropyield estimate: {exc}", file=sys.stderr)
         return 2
@@ -285,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     est.add_argument("--model", default=None, metavar="JSON",
                      help="yield model (YieldModel.to_json, or {crop: model})")
     est.add_argument("--policy", default=None, metavar="JSON", help="credit policy (JSON)")
+    est.add_argument("--weather", default=None, metavar="FILE",
+                     help="daily weather per field (Parquet or CSV: field_id, time, tmin_c, "
+                     "tmax_c, radiation_mj_m2, rain_mm) for a --model fitted with weather")
+    est.add_argument("--covariates", default=None, metavar="FILE",
+                     help="season covariates (Parquet or CSV: field_id[, season][, crop], wx_* "
+                     "columns, e.g. the crop-model index) for a --model fitted with them")
     est.add_argument("--max-cloud", type=float, default=None,
                      help="skip scenes with more tile cloud cover (%%)")
     est.add_argument("--id-col", default="field_id", help="field id column (default: %(default)s)")

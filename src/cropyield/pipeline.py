@@ -161,6 +161,8 @@ def estimate(
     env: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     progress_bar: bool | None = None,
+    weather: pd.DataFrame | None = None,
+    covariates: pd.DataFrame | None = None,
 ) -> PipelineResult:
     """Run the whole chain for ``fields`` between ``start`` and ``end``.
 
@@ -225,6 +227,14 @@ def estimate(
     progress_bar : bool, optional
         Show a tqdm bar on stderr (fields done, field-scene rows, MB read, ETA). Default:
         only when stderr is a terminal.
+    weather, covariates : DataFrame, optional
+        For yield models fitted with them (``fit_yield_model(weather=, covariates=)``):
+        daily weather per field (``field_id, time, tmin_c, tmax_c, radiation_mj_m2,
+        rain_mm``) and season covariates (``field_id[, season][, crop]``, ``wx_*`` columns,
+        e.g. the crop-model index of :func:`cropyield.cropmodel.reference_yield`), keyed by
+        the values of ``id_col``; passed to :func:`cropyield.estimate_yield` (each partition
+        gets its own fields' rows) and part of a store's run fingerprint. A model that
+        needs them raises :class:`~cropyield.errors.ModelError` without them.
 
     Returns
     -------
@@ -255,6 +265,8 @@ def estimate(
     fields = validate_fields(fields, id_col=id_col)
     if "ndvi" not in indices:
         raise ValueError("indices must include 'ndvi' (it drives the series and the yield model)")
+    weather = _field_table(weather, "weather", ("time",))
+    covariates = _field_table(covariates, "covariates", ())
     opts = _Options(indices=tuple(indices), region=region, model=model, prices=prices,
                     as_of=as_of, on_error=on_error, declared_prior_odds=declared_prior_odds,
                     min_coverage_frac=min_coverage_frac, id_col=id_col,
@@ -264,7 +276,8 @@ def estimate(
             fields, start, end, opts, catalog=catalog, collection=collection, scenes=scenes,
             max_cloud=max_cloud, policy=policy, progress=progress, client=client, store=store,
             partition_size=partition_size or DEFAULT_PARTITION_FIELDS, restart=restart,
-            collect=collect, storage_options=storage_options, progress_bar=progress_bar)
+            collect=collect, storage_options=storage_options, progress_bar=progress_bar,
+            weather=weather, covariates=covariates)
 
     from . import credit
     from .catalogs import search_scenes
@@ -299,7 +312,7 @@ def estimate(
                        declared_prior_odds=declared_prior_odds)
     estimates = stages.run("yield", estimate_yield, series, fields, model=model, prices=prices,
                            phenology=phen, crops=crops, region=region, as_of=as_of,
-                           id_col=id_col)
+                           id_col=id_col, weather=weather, covariates=covariates)
     estimates = _with_geometry(estimates, fields, id_col)
     profiles = stages.run("credit", credit.assess, estimates, policy=policy, as_of=as_of)
     return PipelineResult(scenes, obs, series, phen, crops, estimates, profiles, stages.timings)
@@ -320,6 +333,37 @@ class _Options:
     id_col: str
     env: dict
     window: tuple | None = None
+
+
+def _field_table(table, name: str, need: tuple) -> pd.DataFrame | None:
+    """``weather=`` / ``covariates=`` of :func:`estimate` as a DataFrame with ``field_id``."""
+    if table is None:
+        return None
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"{name}= must be a pandas DataFrame, got {type(table).__name__}")
+    miss = [c for c in ("field_id", *need) if c not in table.columns]
+    if miss:
+        raise ValueError(f"{name}= needs columns {miss} (field_id holds the fields' id_col "
+                         "values)")
+    return table
+
+
+def _rows_of(table: pd.DataFrame | None, fields, id_col: str) -> pd.DataFrame | None:
+    """The rows of a per-field table that belong to ``fields`` (one partition's)."""
+    if table is None:
+        return None
+    return table[table["field_id"].isin(set(fields[id_col]))]
+
+
+def _table_digest(table: pd.DataFrame | None) -> str | None:
+    """Content digest of a per-field table, for the run fingerprint."""
+    if table is None:
+        return None
+    import hashlib
+
+    h = hashlib.sha256("\x00".join(map(str, table.columns)).encode())
+    h.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _want_bar(progress_bar: bool | None) -> bool:
@@ -587,11 +631,13 @@ def _describe(x: Any) -> Any:
     return {"type": type(x).__name__, "url": str(url) if url else None}
 
 
-def _run_partition(pid: str, scenes, fields, opts: _Options, store) -> dict[str, Any]:
+def _run_partition(pid: str, scenes, fields, opts: _Options, store, weather=None,
+                   covariates=None) -> dict[str, Any]:
     """One partition: observations → series → phenology → crops → yield (on a worker or
-    locally). Writes its tables to ``store`` (when given) or returns them."""
+    locally). Writes its tables to ``store`` (when given) or returns them. ``weather`` and
+    ``covariates``: the partition's rows of :func:`estimate`'s tables."""
     _worker_setup()
-    tables, info = _partition_tables(scenes, fields, opts)
+    tables, info = _partition_tables(scenes, fields, opts, weather, covariates)
     info["partition"] = pid
     info["n_fields"] = int(len(fields))
     if store is not None:
@@ -623,7 +669,8 @@ def _worker_setup() -> None:
         pass
 
 
-def _partition_tables(scenes, fields, o: _Options) -> tuple[dict[str, pd.DataFrame], dict]:
+def _partition_tables(scenes, fields, o: _Options, weather=None,
+                      covariates=None) -> tuple[dict[str, pd.DataFrame], dict]:
     from .identify import identify_crops
     from .observations import field_observations
     from .seasons import phenology
@@ -644,7 +691,7 @@ def _partition_tables(scenes, fields, o: _Options) -> tuple[dict[str, pd.DataFra
                        declared_prior_odds=o.declared_prior_odds)
     est = stages.run("yield", estimate_yield, series, fields, model=o.model, prices=o.prices,
                      phenology=phen, crops=crops, region=o.region, as_of=o.as_of,
-                     id_col=o.id_col)
+                     id_col=o.id_col, weather=weather, covariates=covariates)
     est = _with_geometry(est, fields, o.id_col)
     tables = {"observations": obs, "series": series, "phenology": phen, "crops": crops,
               "estimates": est}
@@ -667,7 +714,8 @@ def _pause_hook(when: str, n: int) -> None:
 
 def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collection, scenes,
                           max_cloud, policy, progress, client, store, partition_size, restart,
-                          collect, storage_options, progress_bar) -> PipelineResult:
+                          collect, storage_options, progress_bar, weather=None,
+                          covariates=None) -> PipelineResult:
     from ._version import __version__
     from .catalogs import Scenes, search_scenes
     from .store import ResultStore, fingerprint
@@ -708,6 +756,9 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
         "partition_size": int(partition_size), "n_partitions": len(pids),
         "partition_block_px": None if block is None else list(block),
     }
+    if weather is not None or covariates is not None:  # runs without them keep their print
+        run["weather"] = _table_digest(weather)
+        run["covariates"] = _table_digest(covariates)
     run["fingerprint"] = fingerprint(run)
     done: dict[str, Any] = st.begin(run, restart=restart) if st is not None else {}
     done = {k: v for k, v in done.items() if k in set(pids)}
@@ -765,7 +816,9 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
     try:
         if client is None:
             for pid in todo:
-                finished(_run_partition(pid, scenes, groups[pid], o, st))
+                finished(_run_partition(pid, scenes, groups[pid], o, st,
+                                        _rows_of(weather, groups[pid], o.id_col),
+                                        _rows_of(covariates, groups[pid], o.id_col)))
         else:
             from distributed import as_completed
 
@@ -773,6 +826,8 @@ def _estimate_partitioned(fields, start, end, o: _Options, *, catalog, collectio
             # largest partitions first, so that the last task to finish is a small one
             # (the workers' busy times end close together)
             futs = [client.submit(_run_partition, pid, scen, groups[pid], o, st,
+                                  _rows_of(weather, groups[pid], o.id_col),
+                                  _rows_of(covariates, groups[pid], o.id_col),
                                   key=f"cropyield-partition-{pid}-{run['fingerprint']}",
                                   pure=False, retries=1, priority=len(groups[pid]))
                     for pid in todo]
