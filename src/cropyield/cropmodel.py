@@ -72,6 +72,7 @@ _MOISTURE = {"wheat": 0.125, "maize": 0.14}
 # first irrigation, days after emergence: wheat in spring (stem elongation, ~10 April on the
 # Wageningen calendar), maize a month after emergence
 _IRRIGATION_START = {"wheat": 100, "maize": 30}
+_MAX_DURATION = {"wheat": 300, "maize": 200}   # days from emergence a run may last
 _CROP_NO = {"wheat": 1, "maize": 2}
 _YEARS = tuple(y for y in range(1977, 2000) if y not in (1990, 1991))
 _MAIZE_DT, _MAIZE_RAIN, _MAIZE_TSUM = 6.0, 1.5, 0.75
@@ -82,6 +83,31 @@ WEATHER_FILE = "crop_weather.parquet"
 #: Daily weather columns (units in the names): minimum and maximum air temperature (degC),
 #: global radiation (MJ m-2 d-1), rain (mm d-1).
 WEATHER_COLUMNS = ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm")
+
+
+def _wofost_crop(crop: str, what: str) -> str:
+    """The WOFOST crop (``wheat``/``maize``) of ``crop``, or a ConfigError naming ``what``
+    has no such crop."""
+    c = WOFOST_CROPS.get(crop)
+    if c is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"no {what} for crop {crop!r}; choose from {sorted(WOFOST_CROPS)}")
+    return c
+
+
+def _crop_years(c: str) -> list[int]:
+    """Weather years of WOFOST crop ``c``: wheat emerging before 1 January needs the
+    previous year's weather."""
+    return [y for y in _YEARS if c == "maize" or (y - 1) in _YEARS or y == 1977]
+
+
+def _utc_days(x) -> pd.Series:
+    """Dates as tz-naive UTC midnights (tz-aware ones converted to UTC)."""
+    d = pd.Series(pd.to_datetime(x))
+    if d.dt.tz is not None:
+        d = d.dt.tz_convert("UTC").dt.tz_localize(None)
+    return d.dt.normalize()
 
 
 def nitrogen_factor(n_kg_ha) -> np.ndarray:
@@ -209,12 +235,7 @@ def run_wofost(crop: str, weather_year: int, *, emergence_offset_d: float = 0.0,
         ``twso_kg_ha``, ``yield_t_ha`` (reporting basis), ``laimax``, ``lai`` (daily green
         LAI from emergence, m2/m2, numpy array), ``tagp_kg_ha``.
     """
-    c = WOFOST_CROPS.get(crop)
-    if c is None:
-        from .errors import ConfigError
-
-        raise ConfigError(f"no WOFOST parameters for crop {crop!r}; choose from "
-                          f"{sorted(WOFOST_CROPS)}")
+    c = _wofost_crop(crop, "WOFOST parameters")
     if weather_year not in _YEARS:
         from .errors import ConfigError
 
@@ -254,7 +275,7 @@ def _run(c: str, weather, emerg: dt.date, *, soil: str, n_kg_ha: float, irrigati
         crop_start_type: emergence
         crop_end_date: null
         crop_end_type: maturity
-        max_duration: {max_duration or (300 if c == "wheat" else 200)}
+        max_duration: {max_duration or _MAX_DURATION[c]}
     TimedEvents: {irr}
     StateEvents: null
 """)
@@ -320,9 +341,7 @@ def weather_provider(weather: pd.DataFrame, *, lat: float, elev: float = 0.0):
     from pcse.util import reference_ET
 
     w = pd.DataFrame(weather)
-    day = pd.to_datetime(w["time"])
-    if getattr(day.dt, "tz", None) is not None:
-        day = day.dt.tz_convert("UTC").dt.tz_localize(None)
+    day = _utc_days(w["time"].to_numpy())
     tmin = pd.to_numeric(w["tmin_c"], errors="coerce").to_numpy(float)
     tmax = pd.to_numeric(w["tmax_c"], errors="coerce").to_numpy(float)
     rad = pd.to_numeric(w["radiation_mj_m2"], errors="coerce").to_numpy(float)
@@ -419,10 +438,7 @@ def reference_yield(weather: pd.DataFrame, seasons: pd.DataFrame, crop: str, *, 
 
     from .errors import ConfigError
 
-    c = WOFOST_CROPS.get(crop)
-    if c is None:
-        raise ConfigError(f"no WOFOST parameters for crop {crop!r}; choose from "
-                          f"{sorted(WOFOST_CROPS)}")
+    c = _wofost_crop(crop, "WOFOST parameters")
     bad = [x for x in soils if x not in SOILS]
     if bad or not len(soils):
         raise ConfigError(f"soils must be a non-empty subset of {sorted(SOILS)}, got {soils!r}")
@@ -432,10 +448,7 @@ def reference_yield(weather: pd.DataFrame, seasons: pd.DataFrame, crop: str, *, 
     site, soil0, crops, _ = _wofost_inputs()
     log = logging.getLogger(__name__)
     w = pd.DataFrame(weather).copy()
-    t = pd.to_datetime(w["time"])
-    if getattr(t.dt, "tz", None) is not None:
-        t = t.dt.tz_convert("UTC").dt.tz_localize(None)
-    w["time"] = t.dt.normalize()
+    w["time"] = _utc_days(w["time"].to_numpy()).to_numpy()
     w = w.sort_values(["field_id", "time"], kind="stable")
     by_field = {k: g for k, g in w.groupby("field_id", sort=False)}
     s = pd.DataFrame(seasons)
@@ -443,10 +456,8 @@ def reference_yield(weather: pd.DataFrame, seasons: pd.DataFrame, crop: str, *, 
         s = s.assign(season=s.groupby("field_id").cumcount() + 1)
 
     def _days(col):
-        d = pd.to_datetime(s[col]) if col in s else pd.Series(pd.NaT, index=s.index)
-        if getattr(d.dt, "tz", None) is not None:
-            d = d.dt.tz_convert("UTC").dt.tz_localize(None)
-        return d.dt.normalize()
+        return (_utc_days(s[col].to_numpy()).set_axis(s.index) if col in s
+                else pd.Series(pd.NaT, index=s.index))
 
     if emergence == "sos":
         start_days = _days("sos")
@@ -463,13 +474,13 @@ def reference_yield(weather: pd.DataFrame, seasons: pd.DataFrame, crop: str, *, 
     cols = [x for x in ("tmin_c", "tmax_c", "radiation_mj_m2", "rain_mm", "vap_hpa",
                         "wind_m_s") if x in w]
     cache = _REFERENCE_CACHE
+    max_days = _MAX_DURATION[c]
     out = np.full(len(s), np.nan)
     failed = 0
     for i, (fid, start) in enumerate(zip(s["field_id"].to_numpy(), start_days)):
         g = by_field.get(fid)
         if g is None or pd.isna(start):
             continue
-        max_days = 300 if c == "wheat" else 200
         g = g[(g["time"] >= start - pd.Timedelta(days=10))
               & (g["time"] <= start + pd.Timedelta(days=max_days + 1))]
         if not len(g) or g["time"].iloc[0] > start - pd.Timedelta(days=10):
@@ -518,7 +529,7 @@ def build_reference_index() -> pd.DataFrame:
     """
     rows = []
     for c in ("wheat", "maize"):
-        years = [y for y in _YEARS if c == "maize" or (y - 1) in _YEARS or y == 1977]
+        years = _crop_years(c)
         f = pd.DataFrame({"field_id": [str(y) for y in years], "weather_year": years,
                           "year": years})
         st = station_weather(c, f)
@@ -546,11 +557,7 @@ def reference_index_table() -> pd.DataFrame:
 def weather_year_index(crop: str, weather_years) -> np.ndarray:
     """The crop-model weather index (t/ha) of ``crop`` for each of ``weather_years``, from
     :func:`reference_index_table` (NaN for a year not in it)."""
-    c = WOFOST_CROPS.get(crop)
-    if c is None:
-        from .errors import ConfigError
-
-        raise ConfigError(f"no crop-model index for {crop!r}; choose from {sorted(WOFOST_CROPS)}")
+    c = _wofost_crop(crop, "crop-model index")
     t = reference_index_table()
     m = dict(zip(t.loc[t["crop"] == c, "weather_year"].astype(int),
                  t.loc[t["crop"] == c, "cm_yield_t_ha"].astype(float)))
@@ -564,8 +571,7 @@ def library_runs(seed: int = 0, runs_per_year: int = 16) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     rows = []
     for c in ("wheat", "maize"):
-        # wheat emerging before 1 January needs the previous year's weather
-        years = [y for y in _YEARS if c == "maize" or (y - 1) in _YEARS or y == 1977]
+        years = _crop_years(c)
         for y in years:
             for _ in range(runs_per_year):
                 rows.append(dict(
@@ -687,13 +693,7 @@ def load_weather(crop: str = "wheat") -> pd.DataFrame:
         ``tmax_c`` (degC), ``radiation_mj_m2`` (MJ m-2 d-1), ``rain_mm`` (mm d-1); NaN on the
         missing days of the files (1990-1991).
     """
-    c = WOFOST_CROPS.get(crop)
-    if c is None:
-        from .errors import ConfigError
-
-        raise ConfigError(f"no crop-model weather for crop {crop!r}; choose from "
-                          f"{sorted(WOFOST_CROPS)}")
-    return _weather_table(c).copy()
+    return _weather_table(_wofost_crop(crop, "crop-model weather")).copy()
 
 
 def station_weather(crop: str, fields: pd.DataFrame) -> pd.DataFrame:
@@ -720,13 +720,7 @@ def station_weather(crop: str, fields: pd.DataFrame) -> pd.DataFrame:
         ``field_id, time`` (tz-naive days, 1 July of ``year - 1`` to 31 December of
         ``year``) and :data:`WEATHER_COLUMNS`.
     """
-    c = WOFOST_CROPS.get(crop)
-    if c is None:
-        from .errors import ConfigError
-
-        raise ConfigError(f"no crop-model weather for {crop!r}; choose from "
-                          f"{sorted(WOFOST_CROPS)}")
-    w = load_weather(c)
+    w = _weather_table(_wofost_crop(crop, "crop-model weather"))  # read only: no copy
     frames = []
     f = pd.DataFrame(fields)[["field_id", "weather_year", "year"]]
     for (wy, yr), g in f.groupby(["weather_year", "year"], sort=True):
@@ -1028,12 +1022,7 @@ def simulate_seasons(crop: str, n: int, *, seed: int = 0, weather_years=None,
     -------
     SimulatedSeasons
     """
-    c = WOFOST_CROPS.get(crop)
-    if c is None:
-        from .errors import ConfigError
-
-        raise ConfigError(f"no crop-model seasons for {crop!r}; choose from "
-                          f"{sorted(WOFOST_CROPS)}")
+    c = _wofost_crop(crop, "crop-model seasons")
     if n < 1:
         from .errors import ConfigError
 

@@ -103,13 +103,9 @@ def model_features(series: pd.DataFrame, seasons, *, index: str = "ndvi", indice
         feats = feats.merge(wf.drop_duplicates(["field_id", "season"]),
                             on=["field_id", "season"], how="left")
     if covariates is not None:
-        from .weather import season_covariates
+        from .weather import join_covariates
 
-        cov = season_covariates(covariates)
-        keys = [k for k in ("field_id", "season", "crop") if k in cov.columns]
-        feats = feats.drop(columns=[c for c in cov.columns if c not in keys
-                                    and c in feats.columns]).merge(
-            cov.drop_duplicates(keys), on=keys, how="left")
+        feats = join_covariates(feats, covariates)
     s = pd.DataFrame(seasons)
     if {"perimeter_m", "area_ha"} <= set(s.columns) and "field_id" in s.columns:
         # the field's boundary per unit area (1/m): mixed edge pixels take a share of its
@@ -197,16 +193,13 @@ class EmpiricalModel(YieldModel):
         self.residuals = dict(residuals) if residuals else None
         self.registry, self.overrides = _registry_from(overrides)
         self.training_range = {k: list(v) for k, v in (training_range or {}).items()}
-        from .weather import is_weather_feature
+        from .weather import is_covariate_feature, is_weather_feature
 
         self.weather_features = [n for n in self.feature_names if is_weather_feature(n)]
-        from .weather import weather_feature_names
-
-        daily = set(weather_feature_names())
         #: weather-level covariates given per season (``covariates=``), not computed here
-        self.covariate_features = [n for n in self.weather_features if n not in daily]
+        self.covariate_features = [n for n in self.weather_features if is_covariate_feature(n)]
         self.weather = (dict(weather) if weather else {"fill_days": 35, "hot_c": 30.0}) \
-            if any(n in daily for n in self.weather_features) else None
+            if len(self.covariate_features) < len(self.weather_features) else None
         from .pooled import MIN_POOL_SEASONS, is_pooled_feature, pool_options
 
         self.pooled_features = [n for n in self.feature_names if is_pooled_feature(n)]

@@ -335,10 +335,9 @@ def fit_yield_model(series: pd.DataFrame, observed, *, crop: str, method: str = 
             names += weather_feature_names(MODEL_WINDOWS,
                                            MODEL_STATS if alpha is not None else None)
         if covariates is not None and not features:
-            from .weather import season_covariates
+            from .weather import covariate_names
 
-            names += [c for c in season_covariates(covariates).columns
-                      if c not in ("field_id", "season", "crop")]
+            names += covariate_names(covariates)
         X = _design(m, names)
         usable = np.all(np.isfinite(X), axis=1)
         if weather is not None or covariates is not None:

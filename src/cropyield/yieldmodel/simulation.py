@@ -321,10 +321,9 @@ def fit_simulation(series: pd.DataFrame, observed, *, crop: str, seasons: pd.Dat
                                  "(SimulatedSeasons.weather); simulate them with "
                                  "cropyield.cropmodel.simulate_seasons")
         if covariates is not None:
-            from .weather import CROP_MODEL_FEATURE, season_covariates
+            from .weather import CROP_MODEL_FEATURE, covariate_names
 
-            other = [c for c in season_covariates(covariates).columns
-                     if c not in ("field_id", "season", "crop", CROP_MODEL_FEATURE)]
+            other = [c for c in covariate_names(covariates) if c != CROP_MODEL_FEATURE]
             if other:
                 raise ModelError(f"simulations have only the crop-model index "
                                  f"({CROP_MODEL_FEATURE}) as a covariate, not {other}; drop "

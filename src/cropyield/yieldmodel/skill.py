@@ -199,20 +199,19 @@ def canopy_ceiling(canopy: pd.DataFrame, observed: pd.DataFrame, *, groups=None,
         feats = feats.merge(weather_features(weather, _canopy_peaks(canopy[cols], seasons)),
                             on=["field_id", "season"], how="left")
         names = names + weather_feature_names(MODEL_WINDOWS)
-    cov = None
     if covariates is not None:
-        from .weather import season_covariates
+        from .weather import covariate_names
 
-        cov = season_covariates(covariates)
-        names = names + [c for c in cov.columns if c not in ("field_id", "season", "crop")]
+        names = names + covariate_names(covariates)
     keys = ["field_id", "season"] if "season" in obs.columns and (
         "season" in canopy.columns or seasons is not None) else ["field_id"]
     if keys == ["field_id"]:
         feats = feats.drop(columns="season")
     m = obs.merge(feats, on=keys, how="inner")
-    if cov is not None:
-        ck = [k for k in ("field_id", "season", "crop") if k in cov.columns and k in m.columns]
-        m = m.merge(cov.drop_duplicates(ck), on=ck, how="left")
+    if covariates is not None:
+        from .weather import join_covariates
+
+        m = join_covariates(m, covariates)
     X = m[names].to_numpy(float)
     y = m["yield_t_ha"].to_numpy(float)
     ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y) & (y > 0)

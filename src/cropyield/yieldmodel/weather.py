@@ -31,7 +31,8 @@ from ..cropmodel import WEATHER_COLUMNS
 from ..errors import ModelError
 
 __all__ = ["WEATHER_VARIABLES", "WEATHER_WINDOWS", "MODEL_WINDOWS", "MODEL_STATS",
-           "CROP_MODEL_FEATURE", "season_covariates", "weather_feature_names",
+           "CROP_MODEL_FEATURE", "COVARIATE_KEYS", "season_covariates", "covariate_names",
+           "join_covariates", "is_covariate_feature", "weather_feature_names",
            "weather_features", "is_weather_feature"]
 
 #: Daily weather columns the features need (units in the names; as the crop-model weather).
@@ -63,6 +64,16 @@ MODEL_STATS = ("tmax_c", "rain_mm_d")
 CROP_MODEL_FEATURE = "wx_cm_yield_t_ha"
 
 
+#: Join keys of a season-covariate table (``field_id`` required).
+COVARIATE_KEYS = ("field_id", "season", "crop")
+
+
+def is_covariate_feature(name: str) -> bool:
+    """Whether a model feature name is a season covariate: a ``wx_*`` name that is not
+    computed from daily weather (:func:`weather_feature_names`)."""
+    return is_weather_feature(name) and name not in _DAILY_NAMES
+
+
 def season_covariates(covariates) -> pd.DataFrame:
     """Check a table of season-level weather covariates (``covariates=`` of the yield models).
 
@@ -75,16 +86,29 @@ def season_covariates(covariates) -> pd.DataFrame:
     cov = pd.DataFrame(covariates)
     if "field_id" not in cov.columns:
         raise ModelError("covariates need a 'field_id' column (and 'season')")
-    extra = [c for c in cov.columns if c not in ("field_id", "season", "crop")]
-    daily = set(weather_feature_names())
-    bad = [c for c in extra if not is_weather_feature(c) or c in daily]
+    extra = [c for c in cov.columns if c not in COVARIATE_KEYS]
+    bad = [c for c in extra if not is_covariate_feature(c)]
     if bad or not extra:
         raise ModelError(f"covariate columns must be named '{PREFIX}*' and not be one of the "
                          f"daily-weather features; got {extra} (bad: {bad}); e.g. "
                          f"{CROP_MODEL_FEATURE!r} from cropyield.cropmodel.reference_yield")
     for c in extra:
         cov[c] = pd.to_numeric(cov[c], errors="coerce").astype(float)
-    return cov[[c for c in ("field_id", "season", "crop") if c in cov.columns] + extra]
+    return cov[[c for c in COVARIATE_KEYS if c in cov.columns] + extra]
+
+
+def covariate_names(covariates) -> list[str]:
+    """The covariate columns of a :func:`season_covariates` table (checked)."""
+    return [c for c in season_covariates(covariates).columns if c not in COVARIATE_KEYS]
+
+
+def join_covariates(table: pd.DataFrame, covariates) -> pd.DataFrame:
+    """``table`` (one row per field and season) with the checked covariate columns joined on
+    the keys both have (a left join: seasons without a row get NaN)."""
+    cov = season_covariates(covariates)
+    keys = [k for k in COVARIATE_KEYS if k in cov.columns and k in table.columns]
+    return table.drop(columns=[c for c in cov.columns if c not in keys and c in table.columns]
+                      ).merge(cov.drop_duplicates(keys), on=keys, how="left")
 
 
 def weather_feature_names(windows: Sequence[str] | None = None,
@@ -98,6 +122,10 @@ def weather_feature_names(windows: Sequence[str] | None = None,
     if bad:
         raise ValueError(f"unknown weather statistics {bad}; choose from {list(_STATS)}")
     return [f"{PREFIX}{w}_{s}" for w in ws for s in st]
+
+
+#: Every feature name :func:`weather_features` computes from daily weather.
+_DAILY_NAMES = frozenset(weather_feature_names())
 
 
 def is_weather_feature(name: str) -> bool:
@@ -247,10 +275,9 @@ def column_sets(names: Sequence[str]) -> dict[str, list[int]]:
 
     wx_all = weather_columns(names)
     model = {f"_{st}" for st in MODEL_STATS}
-    daily = set(weather_feature_names())
-    # the MODEL_STATS pair and every season covariate (names[j] not a daily-weather feature)
+    # the MODEL_STATS pair and every season covariate
     wx = [j for j in wx_all if any(names[j].endswith(m) for m in model)
-          or names[j] not in daily] or wx_all
+          or is_covariate_feature(names[j])] or wx_all
     pl = [j for j, n in enumerate(names) if is_pooled_feature(n)]
     obs = [j for j, n in enumerate(names) if not is_weather_feature(n)
            and not is_pooled_feature(n)]
